@@ -1,0 +1,225 @@
+"""Model settings: built from an HF Qwen2/Qwen2.5 `config.json` or from our ml_collections configs.
+
+Every field is validated when the settings are made, with an error that names the field (or the
+HF key), the value and what is allowed: a wrong config should fail at start-up, not deep in a jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+SUPPORTED_MODEL_TYPES = ("qwen2",)
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or asks for a feature we do not implement."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Dimensions and numerics of a Qwen2/Qwen2.5 decoder.
+
+    `param_dtype` is how weights are stored, `dtype` the compute dtype of activations and matmul
+    operands; norms, RoPE tables and softmax run in fp32 and logits are always returned in fp32.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1_000_000.0
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"model.num_heads ({self.num_heads}) must be a multiple of "
+                f"model.num_kv_heads ({self.num_kv_heads}) for grouped-query attention"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"model.head_dim must be even for RoPE, got {self.head_dim}")
+        if not self.rms_norm_eps > 0:
+            raise ConfigError(f"model.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        if not self.rope_theta > 0:
+            raise ConfigError(f"model.rope_theta must be > 0, got {self.rope_theta!r}")
+        for name in ("param_dtype", "dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ConfigError(
+                    f"model.{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}"
+                )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(
+                f"model.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"
+            )
+
+    @property
+    def jnp_param_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    @property
+    def jnp_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def num_query_groups(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> ModelConfig:
+        """From our own config files (`config.model` of configs/*.py); unknown keys are errors."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - fields)
+        if unknown:
+            raise ConfigError(f"unknown model setting(s) {unknown}; allowed: {sorted(fields)}")
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.name not in settings
+        )
+        if missing:
+            raise ConfigError(f"missing model setting(s) {missing}")
+        return cls(**dict(settings))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _rope_settings(hf: Mapping[str, Any]) -> float:
+    """RoPE theta from either transformers 4 (`rope_theta`, `rope_scaling`) or 5 (`rope_parameters`)."""
+    theta = hf.get("rope_theta")
+    for key in ("rope_parameters", "rope_scaling"):
+        params = hf.get(key)
+        if params is None:
+            continue
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"config.json key {key!r} must be an object, got {params!r}")
+        rope_type = params.get("rope_type", params.get("type", "default"))
+        if rope_type != "default":
+            raise ConfigError(
+                f"config.json key '{key}.rope_type' = {rope_type!r} is not supported "
+                "(only 'default' RoPE is implemented; YaRN and other scalings are not)"
+            )
+        theta = params.get("rope_theta", theta)
+    if theta is None:
+        theta = 10_000.0  # transformers' Qwen2Config default
+    return float(theta)
+
+
+def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
+    """ModelConfig from the dict of an HF Qwen2/Qwen2.5 `config.json`."""
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ConfigError(
+            f"config.json key 'model_type' = {model_type!r} is not supported; "
+            f"expected one of {SUPPORTED_MODEL_TYPES}"
+        )
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConfigError(f"config.json key 'hidden_act' = {act!r} is not supported (only 'silu')")
+    if hf.get("use_sliding_window", False):
+        raise ConfigError(
+            "config.json key 'use_sliding_window' = true is not supported: Qwen2's own sliding "
+            "window is not implemented (ahn_jax's sink+window modes are chosen at call time)"
+        )
+    for i, layer_type in enumerate(hf.get("layer_types") or []):
+        if layer_type != "full_attention":
+            raise ConfigError(
+                f"config.json key 'layer_types[{i}]' = {layer_type!r} is not supported "
+                "(only 'full_attention' layers)"
+            )
+    required = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+    )
+    for key in required:
+        if key not in hf:
+            raise ConfigError(f"config.json is missing the required key {key!r}")
+    num_heads = hf["num_attention_heads"]
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
+    if head_dim * num_heads != hf["hidden_size"] and "head_dim" not in hf:
+        raise ConfigError(
+            f"config.json 'hidden_size' ({hf['hidden_size']}) is not divisible by "
+            f"'num_attention_heads' ({num_heads})"
+        )
+    settings = dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=num_heads,
+        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+        head_dim=head_dim,
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=_rope_settings(hf),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        max_position_embeddings=hf.get("max_position_embeddings", 32768),
+    )
+    settings.update(overrides)
+    return ModelConfig(**settings)
+
+
+def read_hf_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {directory}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e
+
+
+def to_hf_config(config: ModelConfig) -> dict[str, Any]:
+    """A transformers-5 `config.json` dict describing the same model (for exports)."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "max_position_embeddings": config.max_position_embeddings,
+        "use_sliding_window": False,
+        "dtype": config.param_dtype,
+    }

@@ -1,0 +1,143 @@
+"""HF safetensors <-> Orbax conversion of Qwen2/Qwen2.5 checkpoints.
+
+  python -m ahn_jax.convert --hf_dir DIR --out CKPT [--dtype bfloat16|float32]
+  python -m ahn_jax.convert --to_hf --ckpt CKPT --out DIR [--max_shard_gb 5]
+
+Both directions stream tensor by tensor: peak memory is about one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from ahn_jax import checkpoint, hf_naming, safetensors_io
+from ahn_jax.config import ConfigError, from_hf_config, read_hf_config
+from ahn_jax.loading import load_hf_params, param_shapes
+
+DTYPE_CHOICES = ("bfloat16", "float32", "float16")
+USER_ERRORS = (
+    ConfigError,
+    safetensors_io.CheckpointFormatError,
+    hf_naming.CheckpointMismatchError,
+    FileNotFoundError,
+    FileExistsError,
+)
+
+
+def _source_dtype(hf_dir: Path) -> str:
+    infos = safetensors_io.tensor_index(hf_dir)
+    info = infos.get("model.embed_tokens.weight") or next(iter(infos.values()))
+    return np.dtype(info.dtype).name
+
+
+def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> Path:
+    """Convert an HF directory to an Orbax checkpoint; `dtype=None` keeps the checkpoint's own."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    hf_config = read_hf_config(hf_dir)
+    dtype = dtype or _source_dtype(hf_dir)
+    if dtype not in DTYPE_CHOICES:
+        raise ConfigError(f"--dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
+    config = from_hf_config(hf_config, param_dtype=dtype, dtype=dtype)
+    params = load_hf_params(hf_dir, config)
+    checkpoint.save_params(
+        out, params, hf_config=hf_config, param_dtype=dtype, side_files_from=hf_dir
+    )
+    return out
+
+
+def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
+    """Export a converted checkpoint back to HF safetensors (sharded beyond `max_shard_bytes`)."""
+    ckpt, out = Path(ckpt), Path(out)
+    if not checkpoint.is_params_checkpoint(ckpt):
+        raise FileNotFoundError(
+            f"{ckpt} is not an ahn_jax checkpoint (no {checkpoint.MARKER_FILE}); "
+            "write one with: python -m ahn_jax.convert --hf_dir DIR --out CKPT"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"output directory {out} exists and is not empty")
+    marker = checkpoint.read_marker(ckpt)
+    hf_config = read_hf_config(ckpt)
+    dtype = marker["param_dtype"]
+    config = from_hf_config(hf_config, param_dtype=dtype, dtype=dtype)
+    shapes = param_shapes(config)
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    target = traverse_util.unflatten_dict(
+        {
+            path: jax.ShapeDtypeStruct(shape, config.jnp_param_dtype, sharding=cpu)
+            for path, shape in shapes.items()
+        }
+    )
+    params = traverse_util.flatten_dict(checkpoint.restore_params(ckpt, target))
+    np_dtype = np.dtype(config.jnp_param_dtype)
+
+    def producer(m: hf_naming.TensorMap):
+        def produce():
+            array = np.asarray(params[m.path])
+            return m.to_hf(array if m.layer is None else array[m.layer])
+
+        return produce
+
+    plans = [
+        safetensors_io.TensorPlan(m.hf_name, m.hf_shape, np_dtype, producer(m))
+        for m in hf_naming.tensor_maps(config, shapes)
+    ]
+    safetensors_io.write_checkpoint(out, plans, max_shard_bytes=max_shard_bytes)
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2))
+    for name in checkpoint.SIDE_FILES:
+        if (ckpt / name).is_file():
+            shutil.copy2(ckpt / name, out / name)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ahn_jax.convert",
+        description="Convert Qwen2/Qwen2.5 checkpoints between HF safetensors and Orbax.",
+    )
+    parser.add_argument("--hf_dir", help="HF checkpoint directory to read (HF -> Orbax)")
+    parser.add_argument("--out", required=True, help="output directory (must be new or empty)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="stored dtype (default: as source)")
+    parser.add_argument("--to_hf", action="store_true", help="export an Orbax checkpoint to HF")
+    parser.add_argument("--ckpt", help="Orbax checkpoint written by this tool (with --to_hf)")
+    parser.add_argument(
+        "--max_shard_gb", type=float, default=5.0, help="HF shard size limit (with --to_hf)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        out = _run(parser, args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    if args.to_hf:
+        if not args.ckpt:
+            parser.error("--to_hf needs --ckpt CKPT (the Orbax checkpoint to export)")
+        if args.dtype:
+            parser.error("--dtype applies to HF -> Orbax; an export keeps the stored dtype")
+        out = orbax_to_hf(args.ckpt, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
+    else:
+        if not args.hf_dir:
+            parser.error("--hf_dir DIR is required (or --to_hf --ckpt CKPT to export)")
+        out = hf_to_orbax(args.hf_dir, args.out, dtype=args.dtype)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Qwen2/Qwen2.5 building blocks: RMSNorm, RoPE, attention projections, SwiGLU MLP.
+
+Weights are stored in the layout their einsums read (`q_kernel` is [D, N, H]), each `nnx.Param`
+carrying `logical_axes` metadata that `sharding.py` maps to mesh axes. Dimension letters:
+B batch, T query length, S key length, D hidden, N query heads, K kv heads, H head dim, F MLP width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ahn_jax.config import ModelConfig
+
+INIT_STDDEV = 0.02  # transformers' `initializer_range` for Qwen2
+
+
+def _param(rngs: nnx.Rngs | None, shape, logical_axes, config: ModelConfig, init: str) -> nnx.Param:
+    dtype = config.jnp_param_dtype
+    if init == "normal":
+        value = INIT_STDDEV * jax.random.normal(rngs.params(), shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = jnp.ones(shape, dtype)
+    return nnx.Param(value, logical_axes=logical_axes)
+
+
+class RMSNorm(nnx.Module):
+    """x / rms(x) * scale, statistics in fp32, as transformers' Qwen2RMSNorm."""
+
+    def __init__(self, dim: int, config: ModelConfig):
+        self.eps = config.rms_norm_eps
+        self.scale = _param(None, (dim,), ("norm",), config, "ones")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        normed = (x32 * jax.lax.rsqrt(variance + self.eps)).astype(x.dtype)
+        return self.scale[...].astype(x.dtype) * normed
+
+
+def rope_tables(positions_BT: jax.Array, head_dim: int, theta: float):
+    """cos/sin tables [B, T, H] in fp32 for absolute positions (half-split layout of HF)."""
+    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    inv_freq = 1.0 / (theta**exponents)
+    angles = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:
+    half = x_BTNH.shape[-1] // 2
+    x32 = x_BTNH.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    out = x32 * cos_BTH[:, :, None, :] + rotated * sin_BTH[:, :, None, :]
+    return out.astype(x_BTNH.dtype)
+
+
+class AttentionProjections(nnx.Module):
+    """q/k/v projections with bias, o projection without: the weights of a Qwen2 attention block."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        D, N, K, H = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        self.q_kernel = _param(rngs, (D, N, H), ("embed", "heads", "head_dim"), config, "normal")
+        self.q_bias = _param(rngs, (N, H), ("heads", "head_dim"), config, "zeros")
+        self.k_kernel = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), config, "normal")
+        self.k_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), config, "zeros")
+        self.v_kernel = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), config, "normal")
+        self.v_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), config, "zeros")
+        self.o_kernel = _param(rngs, (N, H, D), ("heads", "head_dim", "embed"), config, "normal")
+
+    def qkv(self, x_BTD: jax.Array):
+        dtype = x_BTD.dtype
+        q = jnp.einsum("BTD,DNH->BTNH", x_BTD, self.q_kernel[...].astype(dtype))
+        k = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.k_kernel[...].astype(dtype))
+        v = jnp.einsum("BTD,DKH->BTKH", x_BTD, self.v_kernel[...].astype(dtype))
+        q = q + self.q_bias[...].astype(dtype)
+        k = k + self.k_bias[...].astype(dtype)
+        v = v + self.v_bias[...].astype(dtype)
+        return q, k, v
+
+    def out(self, attn_BTNH: jax.Array) -> jax.Array:
+        return jnp.einsum("BTNH,NHD->BTD", attn_BTNH, self.o_kernel[...].astype(attn_BTNH.dtype))
+
+
+class SwiGLU(nnx.Module):
+    """down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        D, F = config.hidden_size, config.intermediate_size
+        self.gate_kernel = _param(rngs, (D, F), ("embed", "mlp"), config, "normal")
+        self.up_kernel = _param(rngs, (D, F), ("embed", "mlp"), config, "normal")
+        self.down_kernel = _param(rngs, (F, D), ("mlp", "embed"), config, "normal")
+
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        dtype = x_BTD.dtype
+        gate = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_kernel[...].astype(dtype))
+        up = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_kernel[...].astype(dtype))
+        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down_kernel[...].astype(dtype))
