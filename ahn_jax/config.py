@@ -223,3 +223,66 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         "use_sliding_window": False,
         "dtype": config.param_dtype,
     }
+
+
+AHN_TYPES = ("gdn", "dn", "mamba2")
+
+# What every Qwen2.5-Instruct size shares; a config file states only what differs.
+QWEN25_DEFAULTS = {
+    "head_dim": 128,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1_000_000.0,
+    "max_position_embeddings": 32768,
+    "param_dtype": "bfloat16",
+    "dtype": "bfloat16",
+    "remat_policy": "full",
+}
+
+
+def make_config(model: Mapping[str, Any], *, ahn_type: str = "gdn", **sections: Any):
+    """The ConfigDict of a config file: model settings (validated now) plus the AHN section."""
+    from ml_collections import ConfigDict
+
+    config = ConfigDict(
+        {
+            "model": dict(model),
+            "ahn": {"type": ahn_type, "full_attention_layers": ()},
+            **{name: dict(section) for name, section in sections.items()},
+        }
+    )
+    validate_config(config)
+    return config
+
+
+def validate_config(config) -> ModelConfig:
+    """Check a ConfigDict's sections; returns its ModelConfig. Errors name the bad field."""
+    if "model" not in config:
+        raise ConfigError("config has no 'model' section")
+    model_config = ModelConfig.from_dict(config.model.to_dict())
+    if "ahn" in config:
+        if config.ahn.type not in AHN_TYPES:
+            raise ConfigError(f"ahn.type must be one of {AHN_TYPES}, got {config.ahn.type!r}")
+        bad = [i for i in config.ahn.full_attention_layers if not 0 <= i < model_config.num_layers]
+        if bad:
+            raise ConfigError(
+                f"ahn.full_attention_layers has layer ids {bad} outside "
+                f"[0, {model_config.num_layers})"
+            )
+    return model_config
+
+
+def load_config_file(path: str | Path):
+    """Import a config file and return its `get_config()` ConfigDict, validated."""
+    import importlib.util
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_ahn_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} defines no get_config()")
+    config = module.get_config()
+    validate_config(config)
+    return config

@@ -19,7 +19,7 @@ from ahn_jax.sharding import DEFAULT_RULES, state_shardings
 
 def param_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     _, state = nnx.split(abstract_model(config))
-    flat = traverse_util.flatten_dict(state.to_pure_dict())
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
@@ -82,17 +82,17 @@ def from_pretrained(
     graphdef, abstract_state = nnx.split(abstract_model(config))
     if mesh is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, abstract_state.to_pure_dict())
+        shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(abstract_state))
     else:
-        shardings = state_shardings(abstract_state, mesh, rules).to_pure_dict()
+        shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules))
     if checkpoint.is_params_checkpoint(path):
         target = jax.tree.map(
             lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-            abstract_state.to_pure_dict(),
+            nnx.to_pure_dict(abstract_state),
             shardings,
         )
         params = checkpoint.restore_params(path, target)
     else:
         params = jax.device_put(load_hf_params(path, config), shardings)
-    abstract_state.replace_by_pure_dict(params)
+    nnx.replace_by_pure_dict(abstract_state, params)
     return nnx.merge(graphdef, abstract_state)

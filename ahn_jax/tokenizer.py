@@ -1,0 +1,97 @@
+"""Tokenizers: a checkpoint's HF `tokenizer.json` with Qwen2.5's chat template, and a byte tokenizer.
+
+The chat template is Qwen2.5-Instruct's (without tool calls), written out in Python so that
+training, evaluation and generation format conversations identically without a Jinja runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import tokenizers
+
+QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def render_chat(
+    messages: Sequence[Mapping[str, str]],
+    *,
+    add_generation_prompt: bool = False,
+    default_system: str = QWEN_DEFAULT_SYSTEM,
+) -> str:
+    """Qwen2.5's chat template: a system turn (given or default), then each turn, then optionally
+    the opening of the assistant's reply."""
+    for i, message in enumerate(messages):
+        role = message.get("role")
+        if role not in CHAT_ROLES:
+            raise ValueError(f"messages[{i}].role = {role!r} is not supported; use {CHAT_ROLES}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"messages[{i}].content must be a string")
+    turns = list(messages)
+    if turns and turns[0]["role"] == "system":
+        system, turns = turns[0]["content"], turns[1:]
+    else:
+        system = default_system
+    text = f"{IM_START}system\n{system}{IM_END}\n"
+    for message in turns:
+        text += f"{IM_START}{message['role']}\n{message['content']}{IM_END}\n"
+    if add_generation_prompt:
+        text += f"{IM_START}assistant\n"
+    return text
+
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` loaded from a checkpoint directory's `tokenizer.json`."""
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer):
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> HFTokenizer:
+        path = Path(directory) / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {directory}")
+        return cls(tokenizers.Tokenizer.from_file(str(path)))
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_id(self, token: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise KeyError(f"token {token!r} is not in the vocabulary")
+        return token_id
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        add_generation_prompt: bool = False,
+        default_system: str = QWEN_DEFAULT_SYSTEM,
+    ) -> list[int]:
+        text = render_chat(
+            messages, add_generation_prompt=add_generation_prompt, default_system=default_system
+        )
+        return self.encode(text)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as token ids 0..255: the vocabulary of our tiny CPU models."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
