@@ -72,7 +72,7 @@ def read_marker(directory: str | Path) -> dict[str, Any]:
 
 
 def restore_params(directory: str | Path, abstract_params: Mapping[str, Any]) -> dict[str, Any]:
-    """Restore onto `abstract_params` (ShapeDtypeStruct leaves; their dtype and sharding are used)."""
+    """Restore onto `abstract_params`: ShapeDtypeStruct leaves whose dtype and sharding are used."""
     directory = Path(directory).absolute()
     read_marker(directory)
     with ocp.StandardCheckpointer() as checkpointer:

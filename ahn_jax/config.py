@@ -117,7 +117,7 @@ class ModelConfig:
 
 
 def _rope_settings(hf: Mapping[str, Any]) -> float:
-    """RoPE theta from either transformers 4 (`rope_theta`, `rope_scaling`) or 5 (`rope_parameters`)."""
+    """RoPE theta from transformers 4 keys (`rope_theta`, `rope_scaling`) or 5 keys."""
     theta = hf.get("rope_theta")
     for key in ("rope_parameters", "rope_scaling"):
         params = hf.get(key)

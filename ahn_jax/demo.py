@@ -48,8 +48,10 @@ def main(argv) -> None:
 
     model = init_model(model_config, seed=demo.seed)
     n_params = sum(x.size for x in jax.tree.leaves(model))
-    print(f"model: {n_params:,} parameters, {model_config.num_layers} layers, "
-          f"d={model_config.hidden_size}, vocab={model_config.vocab_size} (bytes), untrained")
+    print(
+        f"model: {n_params:,} parameters, {model_config.num_layers} layers, "
+        f"d={model_config.hidden_size}, vocab={model_config.vocab_size} (bytes), untrained"
+    )
     print(f"text: {demo.batch_size} windows x {demo.seq_len} bytes of '{_PLAY.value}'")
 
     loss_fn = jax.jit(lambda ids: losses.next_token_cross_entropy(model(ids), ids))

@@ -19,7 +19,8 @@ IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 
 class CheckpointMismatchError(ValueError):
-    """The checkpoint's tensors do not fit the config: lists every missing/unexpected/mis-shaped one."""
+    """A checkpoint does not fit the config; the message lists every missing, unexpected and
+    mis-shaped tensor."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +78,15 @@ _LAYER_TENSORS = (
 
 def tensor_maps(config: ModelConfig, param_shapes: Mapping[tuple[str, ...], tuple[int, ...]]):
     """Every HF tensor of the model, in HF's order, with where it goes in our state."""
-    maps = [TensorMap("model.embed_tokens.weight", ("embed_tokens",), None, "copy",
-                      param_shapes[("embed_tokens",)])]  # fmt: skip
+    maps = [
+        TensorMap(
+            "model.embed_tokens.weight",
+            ("embed_tokens",),
+            None,
+            "copy",
+            param_shapes[("embed_tokens",)],
+        )
+    ]
     for i in range(config.num_layers):
         for suffix, sub_path, kind, in_dims in _LAYER_TENSORS:
             path = ("layers", *sub_path)
@@ -88,12 +96,18 @@ def tensor_maps(config: ModelConfig, param_shapes: Mapping[tuple[str, ...], tupl
                 )
             )
     maps.append(
-        TensorMap("model.norm.weight", ("final_norm", "scale"), None, "copy",
-                  param_shapes[("final_norm", "scale")])
-    )  # fmt: skip
+        TensorMap(
+            "model.norm.weight",
+            ("final_norm", "scale"),
+            None,
+            "copy",
+            param_shapes[("final_norm", "scale")],
+        )
+    )
     if not config.tie_word_embeddings:
-        maps.append(TensorMap("lm_head.weight", ("lm_head",), None, "linear",
-                              param_shapes[("lm_head",)]))  # fmt: skip
+        maps.append(
+            TensorMap("lm_head.weight", ("lm_head",), None, "linear", param_shapes[("lm_head",)])
+        )
     return maps
 
 

@@ -116,7 +116,10 @@ class Qwen2Model(nnx.Module):
             )
         else:
             logits = jnp.einsum(
-                "BTD,DV->BTV", x, self.lm_head[...].astype(dtype), preferred_element_type=jnp.float32
+                "BTD,DV->BTV",
+                x,
+                self.lm_head[...].astype(dtype),
+                preferred_element_type=jnp.float32,
             )
         return logits.astype(jnp.float32)
 

