@@ -34,12 +34,12 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = qwen.RMSNorm(config.hidden_size, config)
         self.mlp = qwen.SwiGLU(config, rngs)
 
-    def __call__(self, x_BTD, cos_BTH, sin_BTH, mask_TS):
+    def __call__(self, x_BTD, cos_BTH, sin_BTH):
         h = self.input_norm(x_BTD)
         q, k, v = self.attn.qkv(h)
         q = qwen.apply_rope(q, cos_BTH, sin_BTH)
         k = qwen.apply_rope(k, cos_BTH, sin_BTH)
-        x_BTD = x_BTD + self.attn.out(attention.attend(q, k, v, mask_TS))
+        x_BTD = x_BTD + self.attn.out(attention.causal_attention(q, k, v))
         return x_BTD + self.mlp(self.post_attn_norm(x_BTD))
 
 
@@ -95,12 +95,10 @@ class Qwen2Model(nnx.Module):
         x = jnp.take(self.embed_tokens[...], input_ids_BT, axis=0).astype(dtype)
         x = constrain(x, ("batch", "length", "embed"))
         cos, sin = qwen.rope_tables(positions_BT, config.head_dim, config.rope_theta)
-        T = input_ids_BT.shape[1]
-        mask = attention.causal_mask(T, T)
 
         def layer_step(x_BTD, layer):
             x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
-            x_BTD = layer(x_BTD, cos, sin, mask)
+            x_BTD = layer(x_BTD, cos, sin)
             return constrain(x_BTD, ("batch", "length", "embed")), None
 
         if config.remat_policy != "none":

@@ -33,6 +33,15 @@ def test_logits_match_transformers(tmp_path, case):
     np.testing.assert_allclose(np.asarray(logits), hf_logits(hf_model, ids), atol=1e-4, rtol=0)
 
 
+def test_long_sequence_uses_the_blocked_path_and_matches(tmp_path):
+    from ahn_jax.attention import BLOCK
+
+    hf_model = save_tiny_qwen2(tmp_path, num_hidden_layers=1)
+    ids = random_ids(hf_model.config.vocab_size, shape=(1, BLOCK + 77))
+    logits = ahn_jax.from_pretrained(tmp_path)(ids)
+    np.testing.assert_allclose(np.asarray(logits), hf_logits(hf_model, ids), atol=1e-4, rtol=0)
+
+
 def test_sharded_save_loads_the_same_model(tmp_path):
     hf_model = save_tiny_qwen2(tmp_path, max_shard_size="40KB", num_hidden_layers=3)
     assert (tmp_path / "model.safetensors.index.json").is_file()
