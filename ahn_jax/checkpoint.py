@@ -1,21 +1,27 @@
 """Orbax checkpoints of model parameters, as written by `ahn_jax.convert`.
 
 Layout of a converted checkpoint directory:
-  params/               orbax StandardCheckpointer tree (our nested parameter dict)
-  config.json           the HF config the weights were converted from (verbatim)
-  ahn_jax_checkpoint.json   marker: format version and the stored parameter dtype
-  tokenizer files       copied from the HF directory when present
+  params/                   Orbax (v1 API) pytree of our nested parameter dict
+  config.json               the HF config the weights were converted from (verbatim)
+  ahn_jax_checkpoint.json   marker: format version and stored parameter dtype; written last
+  tokenizer files           copied from the HF directory when present
+
+Parameters are written one at a time with Orbax's partial save, and can be read one at a time
+with partial load, so neither direction ever holds more than one parameter beyond its result.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orbax.checkpoint as ocp
+import jax
+import numpy as np
+import orbax.checkpoint.experimental.v1 as ocp
+from flax import traverse_util
 
 PARAMS_DIR = "params"
 MARKER_FILE = "ahn_jax_checkpoint.json"
@@ -29,6 +35,8 @@ SIDE_FILES = (
     "merges.txt",
 )
 
+ParamPath = tuple[str, ...]
+
 
 def is_params_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / MARKER_FILE).is_file()
@@ -36,20 +44,20 @@ def is_params_checkpoint(directory: str | Path) -> bool:
 
 def save_params(
     directory: str | Path,
-    params: Mapping[str, Any],
+    pieces: Iterable[tuple[ParamPath, np.ndarray]],
     *,
     hf_config: Mapping[str, Any],
     param_dtype: str,
     side_files_from: str | Path | None = None,
 ) -> None:
-    """Write a parameter tree (numpy or jax leaves) with its HF config; refuses to overwrite."""
+    """Write parameters given one (path, array) piece at a time; refuses to overwrite."""
     directory = Path(directory).absolute()
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"output directory {directory} exists and is not empty")
     directory.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / PARAMS_DIR, dict(params))
-        checkpointer.wait_until_finished()
+    for path, array in pieces:
+        ocp.partial.save(directory / PARAMS_DIR, traverse_util.unflatten_dict({path: array}))
+    ocp.partial.finalize(directory / PARAMS_DIR)
     (directory / "config.json").write_text(json.dumps(dict(hf_config), indent=2))
     if side_files_from is not None:
         for name in SIDE_FILES:
@@ -62,18 +70,26 @@ def save_params(
 
 
 def read_marker(directory: str | Path) -> dict[str, Any]:
-    marker = json.loads((Path(directory) / MARKER_FILE).read_text())
+    path = Path(directory) / MARKER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not an ahn_jax checkpoint (no {MARKER_FILE}); "
+            "write one with: python -m ahn_jax.convert --hf_dir DIR --out CKPT"
+        )
+    marker = json.loads(path.read_text())
     if marker.get("format_version") != FORMAT_VERSION:
         raise ValueError(
-            f"{directory}/{MARKER_FILE}: format_version {marker.get('format_version')!r} is not "
-            f"supported (expected {FORMAT_VERSION})"
+            f"{path}: format_version {marker.get('format_version')!r} is not supported "
+            f"(expected {FORMAT_VERSION})"
         )
     return marker
 
 
-def restore_params(directory: str | Path, abstract_params: Mapping[str, Any]) -> dict[str, Any]:
-    """Restore onto `abstract_params`: ShapeDtypeStruct leaves whose dtype and sharding are used."""
+def restore_param(directory: str | Path, path: ParamPath, target: jax.ShapeDtypeStruct):
+    """One stored parameter, with the dtype and sharding of `target` (an Orbax partial load)."""
     directory = Path(directory).absolute()
-    read_marker(directory)
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(directory / PARAMS_DIR, dict(abstract_params))
+    context = ocp.Context()
+    context.pytree.loading.partial_load = True
+    with context:
+        tree = ocp.load(directory / PARAMS_DIR, traverse_util.unflatten_dict({path: target}))
+    return traverse_util.flatten_dict(tree)[path]

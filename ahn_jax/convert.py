@@ -16,11 +16,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import traverse_util
 
 from ahn_jax import checkpoint, hf_naming, safetensors_io
 from ahn_jax.config import ConfigError, from_hf_config, read_hf_config
-from ahn_jax.loading import load_hf_params, param_shapes
+from ahn_jax.loading import iter_hf_params, param_shapes
 
 DTYPE_CHOICES = ("bfloat16", "float32", "float16")
 USER_ERRORS = (
@@ -46,49 +45,52 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
     if dtype not in DTYPE_CHOICES:
         raise ConfigError(f"--dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
     config = from_hf_config(hf_config, param_dtype=dtype, dtype=dtype)
-    params = load_hf_params(hf_dir, config)
     checkpoint.save_params(
-        out, params, hf_config=hf_config, param_dtype=dtype, side_files_from=hf_dir
+        out,
+        iter_hf_params(hf_dir, config),
+        hf_config=hf_config,
+        param_dtype=dtype,
+        side_files_from=hf_dir,
     )
     return out
 
 
 def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Export a converted checkpoint back to HF safetensors (sharded beyond `max_shard_bytes`)."""
+    """Export a converted checkpoint back to HF safetensors (sharded beyond `max_shard_bytes`).
+
+    Tensors are written parameter by parameter (all layers' q_proj, then all k_proj, ...), each
+    parameter read from Orbax only when its first tensor is due, so one parameter is held at a time.
+    """
     ckpt, out = Path(ckpt), Path(out)
-    if not checkpoint.is_params_checkpoint(ckpt):
-        raise FileNotFoundError(
-            f"{ckpt} is not an ahn_jax checkpoint (no {checkpoint.MARKER_FILE}); "
-            "write one with: python -m ahn_jax.convert --hf_dir DIR --out CKPT"
-        )
+    marker = checkpoint.read_marker(ckpt)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"output directory {out} exists and is not empty")
-    marker = checkpoint.read_marker(ckpt)
     hf_config = read_hf_config(ckpt)
     dtype = marker["param_dtype"]
     config = from_hf_config(hf_config, param_dtype=dtype, dtype=dtype)
     shapes = param_shapes(config)
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    target = traverse_util.unflatten_dict(
-        {
-            path: jax.ShapeDtypeStruct(shape, config.jnp_param_dtype, sharding=cpu)
-            for path, shape in shapes.items()
-        }
-    )
-    params = traverse_util.flatten_dict(checkpoint.restore_params(ckpt, target))
-    np_dtype = np.dtype(config.jnp_param_dtype)
+    held: dict[tuple[str, ...], np.ndarray] = {}
+
+    def param(path):
+        if path not in held:
+            held.clear()
+            target = jax.ShapeDtypeStruct(shapes[path], config.jnp_param_dtype, sharding=cpu)
+            held[path] = np.asarray(checkpoint.restore_param(ckpt, path, target))
+        return held[path]
 
     def producer(m: hf_naming.TensorMap):
         def produce():
-            array = np.asarray(params[m.path])
+            array = param(m.path)
             return m.to_hf(array if m.layer is None else array[m.layer])
 
         return produce
 
-    plans = [
-        safetensors_io.TensorPlan(m.hf_name, m.hf_shape, np_dtype, producer(m))
-        for m in hf_naming.tensor_maps(config, shapes)
-    ]
+    maps = hf_naming.tensor_maps(config, shapes)
+    order = {path: i for i, path in enumerate(shapes)}
+    maps.sort(key=lambda m: (order[m.path], m.layer or 0))
+    np_dtype = np.dtype(config.jnp_param_dtype)
+    plans = [safetensors_io.TensorPlan(m.hf_name, m.hf_shape, np_dtype, producer(m)) for m in maps]
     safetensors_io.write_checkpoint(out, plans, max_shard_bytes=max_shard_bytes)
     (out / "config.json").write_text(json.dumps(hf_config, indent=2))
     for name in checkpoint.SIDE_FILES:

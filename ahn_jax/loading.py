@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,22 +12,26 @@ from flax import nnx, traverse_util
 from tqdm import tqdm
 
 from ahn_jax import checkpoint, hf_naming, safetensors_io
+from ahn_jax.checkpoint import ParamPath
 from ahn_jax.config import ModelConfig, from_hf_config, read_hf_config
 from ahn_jax.model import Qwen2Model, abstract_model
 from ahn_jax.sharding import DEFAULT_RULES, state_shardings
 
 
-def param_shapes(config: ModelConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+def param_shapes(config: ModelConfig) -> dict[ParamPath, tuple[int, ...]]:
     _, state = nnx.split(abstract_model(config))
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(state))
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
-def load_hf_params(directory: str | Path, config: ModelConfig) -> dict[str, Any]:
-    """Our nested parameter dict (numpy, `config.param_dtype`) from HF safetensors, streamed.
+def iter_hf_params(
+    directory: str | Path, config: ModelConfig
+) -> Iterator[tuple[ParamPath, np.ndarray]]:
+    """Our parameters (numpy, `config.param_dtype`) from HF safetensors, one at a time.
 
-    Each tensor is read, transposed and cast on its own, so peak memory is one copy of the weights
-    in the target dtype plus the largest single tensor.
+    The checkpoint is checked against the config before anything is read. Each parameter is
+    assembled from its tensors (one per layer for stacked weights) and handed over before the
+    next is read, so a consumer that stores or writes each piece never needs two copies.
     """
     shapes = param_shapes(config)
     maps = hf_naming.tensor_maps(config, shapes)
@@ -39,19 +43,20 @@ def load_hf_params(directory: str | Path, config: ModelConfig) -> dict[str, Any]
         source=str(directory),
     )
     dtype = np.dtype(config.jnp_param_dtype)
-    arrays = {path: np.empty(shape, dtype) for path, shape in shapes.items()}
-    by_name = {m.hf_name: m for m in maps}
-    wanted = [infos[name] for name in by_name]
-    for name, tensor in tqdm(
-        safetensors_io.iter_tensors(wanted), total=len(wanted), desc="loading", disable=None
-    ):
-        target = by_name[name]
-        value = target.to_ours(tensor)
-        if target.layer is None:
-            arrays[target.path][...] = value
-        else:
-            arrays[target.path][target.layer] = value
-    return traverse_util.unflatten_dict(arrays)
+    by_path: dict[ParamPath, list[hf_naming.TensorMap]] = {}
+    for m in maps:
+        by_path.setdefault(m.path, []).append(m)
+    with tqdm(total=len(maps), desc=f"reading {Path(directory).name}", disable=None) as bar:
+        for path, path_maps in by_path.items():
+            array = np.empty(shapes[path], dtype)
+            for m in sorted(path_maps, key=lambda m: (str(infos[m.hf_name].file), m.hf_name)):
+                value = m.to_ours(safetensors_io.read_tensor(infos[m.hf_name]))
+                if m.layer is None:
+                    array[...] = value
+                else:
+                    array[m.layer] = value
+                bar.update()
+            yield path, array
 
 
 def _dtype_name(dtype) -> str:
@@ -85,14 +90,19 @@ def from_pretrained(
         shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(abstract_state))
     else:
         shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules))
+    flat_shardings = traverse_util.flatten_dict(shardings)
     if checkpoint.is_params_checkpoint(path):
-        target = jax.tree.map(
-            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-            nnx.to_pure_dict(abstract_state),
-            shardings,
-        )
-        params = checkpoint.restore_params(path, target)
+        flat_abstract = traverse_util.flatten_dict(nnx.to_pure_dict(abstract_state))
+        params = {}
+        for param_path, leaf in flat_abstract.items():  # one at a time: bounded peak memory
+            target = jax.ShapeDtypeStruct(
+                leaf.shape, leaf.dtype, sharding=flat_shardings[param_path]
+            )
+            params[param_path] = checkpoint.restore_param(path, param_path, target)
     else:
-        params = jax.device_put(load_hf_params(path, config), shardings)
+        # One device_put of the whole tree: on CPU it can alias the numpy buffers (measured
+        # 1.1x the checkpoint at peak, against 1.6x for a put per parameter).
+        params = jax.device_put(dict(iter_hf_params(path, config)), flat_shardings)
+    params = traverse_util.unflatten_dict(params)
     nnx.replace_by_pure_dict(abstract_state, params)
     return nnx.merge(graphdef, abstract_state)
