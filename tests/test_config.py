@@ -6,10 +6,10 @@ from pathlib import Path
 
 import jax
 import pytest
+from qwen_fixtures import tiny_config
 
 from ahn_jax.config import (
     ConfigError,
-    ModelConfig,
     from_hf_config,
     load_config_file,
     read_hf_config,
@@ -129,17 +129,8 @@ def test_tiny_config_is_cpu_sized():
     ],
 )
 def test_model_config_validation_names_the_field(changes, field):
-    settings = dict(
-        vocab_size=8,
-        hidden_size=8,
-        intermediate_size=8,
-        num_layers=1,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=4,
-    )
     with pytest.raises(ConfigError, match=field):
-        ModelConfig(**{**settings, **changes})
+        tiny_config(**changes)
 
 
 def test_config_file_errors(tmp_path):

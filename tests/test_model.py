@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from qwen_fixtures import hf_logits, random_ids, save_tiny_qwen2
+from qwen_fixtures import hf_logits, random_ids, save_tiny_qwen2, tiny_config
 
 import ahn_jax
-from ahn_jax.config import ModelConfig
 from ahn_jax.model import init_model
 
 PARITY_CASES = {
@@ -74,25 +73,11 @@ def test_bf16_compute_stays_close_to_fp32(tmp_path):
     assert rel < 2e-2, rel
 
 
-def _tiny_config(**changes) -> ModelConfig:
-    settings = dict(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=48,
-        num_layers=3,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=8,
-    )
-    settings.update(changes)
-    return ModelConfig(**settings)
-
-
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
 def test_remat_policies_keep_logits_and_gradients(policy):
     ids = random_ids(64, shape=(2, 7))
-    plain = init_model(_tiny_config())
-    remat = init_model(_tiny_config(remat_policy=policy))
+    plain = init_model(tiny_config())
+    remat = init_model(tiny_config(remat_policy=policy))
 
     def loss(model):
         return jnp.mean(jnp.square(model(ids)))
@@ -116,14 +101,14 @@ def test_depth_does_not_unroll():
     pos = jnp.broadcast_to(jnp.arange(5), ids.shape)
     sizes = []
     for layers in (2, 8):
-        graphdef, state = nnx.split(init_model(_tiny_config(num_layers=layers)))
+        graphdef, state = nnx.split(init_model(tiny_config(num_layers=layers)))
         hlo = forward.lower(graphdef, state, ids, pos).as_text()
         sizes.append(hlo.count("dot_general"))
     assert sizes[0] == sizes[1]
 
 
 def test_bad_calls_have_clear_errors():
-    model = init_model(_tiny_config())
+    model = init_model(tiny_config())
     with pytest.raises(ValueError, match="mode must be one of"):
         model(random_ids(64), mode="sliding")
     with pytest.raises(ValueError, match=r"input_ids must be \[batch, length\]"):

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from qwen_fixtures import random_ids, save_tiny_qwen2
+from qwen_fixtures import random_ids, save_tiny_qwen2, tiny_config
 
 import ahn_jax
 from ahn_jax.sharding import MeshError, make_mesh, partition_spec, shard_module
@@ -31,18 +31,9 @@ def test_fsdp_tensor_mesh_matches_single_device(tmp_path):
 
 
 def test_shard_module_places_an_initialised_model():
-    from ahn_jax.config import ModelConfig
     from ahn_jax.model import init_model
 
-    config = ModelConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=4,
-        head_dim=8,
-    )
+    config = tiny_config(intermediate_size=64, num_layers=2, num_kv_heads=4)
     model = init_model(config)
     ids = random_ids(64, shape=(2, 6))
     before = np.asarray(model(ids))
