@@ -1,0 +1,144 @@
+"""Sink + sliding-window causal attention: query t sees key s iff s <= t and (t - s < W or s < S).
+
+impls:
+  "reference"  dense [T, T] mask; W and S may be traced.
+  "blocked"    pure JAX, compute and memory proportional to T (W + S): each block of queries attends
+               to the static-size band of key blocks that can hold its window, plus the sink prefix.
+               W and S may be traced, below static bounds `max_window` / `max_sinks`.
+  "splash"     Pallas TPU splash attention with a fused sink-or-local mask (interpret mode off TPU);
+               W and S must be Python ints (the mask is preprocessed on the host per (T, W, S)).
+Layout [B, T, H, D]; k/v may have fewer heads than q (grouped-query attention).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMPLS = ("reference", "blocked", "splash")
+MASKED = -1e30  # finite: a fully masked row would give a uniform softmax, never NaN
+
+
+def visible(q_pos, k_pos, window, sinks):
+    """The mask, on broadcastable absolute positions."""
+    return (k_pos <= q_pos) & ((q_pos - k_pos < window) | (k_pos < sinks))
+
+
+def _grouped_softmax_attention(q_BTKGD, k_BSKD, v_BSKD, mask, scale):
+    """Attention over explicit key sets; mask broadcasts to [B, K, G, T, S]."""
+    s = jnp.einsum("BTKGD,BSKD->BKGTS", q_BTKGD, k_BSKD, preferred_element_type=jnp.float32)
+    s = jnp.where(mask, s * scale, MASKED)
+    p = jax.nn.softmax(s, axis=-1)
+    return jnp.einsum("BKGTS,BSKD->BTKGD", p.astype(v_BSKD.dtype), v_BSKD)
+
+
+def _reference(q, k, v, window, sinks, scale):
+    B, T, N, D = q.shape
+    K = k.shape[2]
+    pos = jnp.arange(T)
+    mask = visible(pos[:, None], pos[None, :], window, sinks)
+    o = _grouped_softmax_attention(q.reshape(B, T, K, N // K, D), k, v, mask, scale)
+    return o.reshape(B, T, N, v.shape[-1])
+
+
+def _blocked(q, k, v, window, sinks, scale, max_window, max_sinks, block):
+    B, T, N, D = q.shape
+    K, Dv = k.shape[2], v.shape[-1]
+    G = N // K
+    n_q = -(-T // block)
+    n_band = -(-(max_window - 1) // block) + 1  # key blocks that can hold a window of max_window
+    sink_len = min(-(-max_sinks // block) * block, n_q * block) if max_sinks > 0 else 0
+
+    def pad(x, front, back):
+        return jnp.pad(x, ((0, 0), (front, back), (0, 0), (0, 0)))
+
+    tail = n_q * block - T
+    q_blocks = pad(q, 0, tail).reshape(B, n_q, block, K, G, D)
+    # keys padded in front so that query block i's band starts at padded index i * block
+    front = (n_band - 1) * block
+    k_pad, v_pad = pad(k, front, tail), pad(v, front, tail)
+    starts = jnp.arange(n_q) * block
+
+    def band(x):
+        return jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(x, s, n_band * block, axis=1))(
+            starts
+        )  # [n_q, B, n_band * block, K, D]
+
+    k_band, v_band = band(k_pad), band(v_pad)
+    q_pos = starts[:, None] + jnp.arange(block)[None, :]  # [n_q, block]
+    band_pos = starts[:, None] - front + jnp.arange(n_band * block)[None, :]
+    band_mask = (band_pos[:, None, :] >= 0) & visible(
+        q_pos[:, :, None], band_pos[:, None, :], window, 0
+    )
+    if sink_len:
+        sink_pos = jnp.arange(sink_len)
+        # sink keys that the band already covers are masked here, so none counts twice
+        sink_mask = (sink_pos[None, None, :] < sinks) & (
+            (sink_pos[None, None, :] <= q_pos[:, :, None])
+            & (q_pos[:, :, None] - sink_pos[None, None, :] >= window)
+        )
+        k_sink = jnp.broadcast_to(k[:, :sink_len], (n_q, B, sink_len, K, D))
+        v_sink = jnp.broadcast_to(v[:, :sink_len], (n_q, B, sink_len, K, Dv))
+        k_band = jnp.concatenate([k_sink, k_band], axis=2)
+        v_band = jnp.concatenate([v_sink, v_band], axis=2)
+        band_mask = jnp.concatenate(
+            [jnp.broadcast_to(sink_mask, (n_q, block, sink_len)), band_mask], axis=-1
+        )
+
+    def one_block(q_b, k_b, v_b, mask_b):
+        return _grouped_softmax_attention(q_b, k_b, v_b, mask_b[None, None, None], scale)
+
+    o = jax.vmap(one_block)(jnp.moveaxis(q_blocks, 1, 0), k_band, v_band, band_mask)
+    return jnp.moveaxis(o, 0, 1).reshape(B, n_q * block, N, Dv)[:, :T]
+
+
+def _static_int(x, name):
+    try:
+        return int(x)
+    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+        raise ValueError(
+            f"{name} is traced: give impl='blocked' a static bound max_{name}=..."
+        ) from e
+
+
+def sink_window_attention(
+    q,
+    k,
+    v,
+    *,
+    window,
+    sinks,
+    scale=None,
+    impl="reference",
+    max_window=None,
+    max_sinks=None,
+    block_size=128,
+):
+    """Causal attention restricted to S sinks plus a window of W keys (the query's own included).
+
+    `max_window` / `max_sinks` (impl="blocked") are static upper bounds on traced W and S; with
+    Python-int W and S they default to them. A window above its bound would be silently cut, so a
+    concrete one is checked here.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    B, T, N, D = q.shape
+    if k.ndim != 4 or k.shape[:2] != (B, T) or v.shape[:3] != k.shape[:3] or N % k.shape[2]:
+        raise ValueError(
+            f"k, v must be [B, T, K, D] with K dividing q's {N} heads; got {k.shape}, {v.shape}"
+        )
+    scale = D**-0.5 if scale is None else scale
+    if impl == "reference":
+        return _reference(q, k, v, window, sinks, scale)
+    if impl == "splash":
+        from kernels import splash_window
+
+        return splash_window.attention(
+            q, k, v, _static_int(window, "window"), _static_int(sinks, "sinks"), scale
+        )
+    max_window = _static_int(window, "window") if max_window is None else int(max_window)
+    max_sinks = _static_int(sinks, "sinks") if max_sinks is None else int(max_sinks)
+    for name, value, bound in (("window", window, max_window), ("sinks", sinks, max_sinks)):
+        if not isinstance(value, jax.core.Tracer) and int(value) > bound:
+            raise ValueError(f"{name}={int(value)} exceeds its static bound max_{name}={bound}")
+    return _blocked(q, k, v, window, sinks, scale, max(max_window, 1), max_sinks, block_size)
