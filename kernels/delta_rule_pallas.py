@@ -92,25 +92,38 @@ def _state_spec(K, V):
     return pl.BlockSpec((1, K, V), lambda b, c: (b, 0, 0))
 
 
-_PARAMS = pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary"))
+def _params():
+    return pltpu.CompilerParams(
+        dimension_semantics=("parallel", "arbitrary"),
+        vmem_limit_bytes=pallas_mode.current_vmem_limit(),
+    )
+
+
+def _out(shape, like):
+    """fp32 output aval that varies over the same shard_map axes as `like`."""
+    return jax.ShapeDtypeStruct(shape, jnp.float32, manual_axis_type=jax.typeof(like).mat)
 
 
 def _forward(u, w, qg, P, kd, decay, S0, precision):
     BH, N, C, V = u.shape
     K = w.shape[-1]
-    f32 = jnp.float32
     spec = functools.partial(_chunk_spec, reverse=False, n_chunks=N)
     return pl.pallas_call(
         functools.partial(_forward_kernel, precision=precision),
         grid=(BH, N),
-        in_specs=[spec((C, V)), spec((C, K)), spec((C, K)), spec((C, C)), spec((C, K)),
-                  spec((1, V)), _state_spec(K, V)],  # fmt: skip
+        in_specs=[
+            spec((C, V)),
+            spec((C, K)),
+            spec((C, K)),
+            spec((C, C)),
+            spec((C, K)),
+            spec((1, V)),
+            _state_spec(K, V),
+        ],
         out_specs=[spec((C, V)), spec((K, V)), _state_spec(K, V)],
-        out_shape=[jax.ShapeDtypeStruct((BH, N, C, V), f32),
-                   jax.ShapeDtypeStruct((BH, N, K, V), f32),
-                   jax.ShapeDtypeStruct((BH, K, V), f32)],  # fmt: skip
-        scratch_shapes=[pltpu.VMEM((K, V), f32)],
-        compiler_params=_PARAMS,
+        out_shape=[_out((BH, N, C, V), u), _out((BH, N, K, V), u), _out((BH, K, V), u)],
+        scratch_shapes=[pltpu.VMEM((K, V), jnp.float32)],
+        compiler_params=_params(),
         interpret=pallas_mode.interpret(),
     )(u, w, qg, P, kd, decay, S0)
 
@@ -118,7 +131,6 @@ def _forward(u, w, qg, P, kd, decay, S0, precision):
 def _backward(u, w, qg, P, kd, decay, states, dO, dfinal, precision):
     BH, N, C, V = u.shape
     K = w.shape[-1]
-    f32 = jnp.float32
     spec = functools.partial(_chunk_spec, reverse=True, n_chunks=N)
     shapes = [(C, V), (C, K), (C, K), (C, C), (C, K), (1, V)]
     return pl.pallas_call(
@@ -126,10 +138,9 @@ def _backward(u, w, qg, P, kd, decay, states, dO, dfinal, precision):
         grid=(BH, N),
         in_specs=[spec(s) for s in shapes] + [spec((K, V)), spec((C, V)), _state_spec(K, V)],
         out_specs=[spec(s) for s in shapes] + [_state_spec(K, V)],
-        out_shape=[jax.ShapeDtypeStruct((BH, N, *s), f32) for s in shapes]
-        + [jax.ShapeDtypeStruct((BH, K, V), f32)],
-        scratch_shapes=[pltpu.VMEM((K, V), f32)],
-        compiler_params=_PARAMS,
+        out_shape=[_out((BH, N, *s), u) for s in shapes] + [_out((BH, K, V), u)],
+        scratch_shapes=[pltpu.VMEM((K, V), jnp.float32)],
+        compiler_params=_params(),
         interpret=pallas_mode.interpret(),
     )(u, w, qg, P, kd, decay, states, dO, dfinal)
 

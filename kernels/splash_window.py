@@ -35,9 +35,11 @@ class SinkWindowMask(masks._ComputableMask):
     def __eq__(self, other: object):
         if not isinstance(other, type(self)):
             return NotImplemented
-        return (self.shape, self.window, self.sinks) == (other.shape, other.window, other.sinks) and (
-            np.array_equal(self.q_sequence, other.q_sequence)
-        )
+        return (self.shape, self.window, self.sinks) == (
+            other.shape,
+            other.window,
+            other.sinks,
+        ) and (np.array_equal(self.q_sequence, other.q_sequence))
 
     def __hash__(self):
         return hash((type(self), self.shape, self.window, self.sinks, self.q_sequence.tobytes()))

@@ -97,7 +97,8 @@ def _static_int(x, name):
         return int(x)
     except (TypeError, jax.errors.ConcretizationTypeError) as e:
         raise ValueError(
-            f"{name} is traced: give impl='blocked' a static bound max_{name}=..."
+            f"{name} is traced: impl='splash' needs a Python int, impl='blocked' a static "
+            f"bound max_{name}=..."
         ) from e
 
 

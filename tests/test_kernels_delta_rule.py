@@ -134,3 +134,18 @@ def test_bad_shapes_and_impl():
         gated_delta_rule(q, k, v, g[:, :4], b)
     with pytest.raises(ValueError, match="initial_state must be"):
         gated_delta_rule(q, k, v, g, b, initial_state=state[:, :1])
+
+
+@pytest.mark.parametrize(
+    "T, chunk, gate, beta", [(50, 16, "mixed", "mixed"), (20, 64, "strong", "one")]
+)
+def test_pallas_equals_recurrent_forward_and_backward(T, chunk, gate, beta):
+    """The Pallas inter-chunk scan (interpret mode on CPU) against the oracle, all gradients."""
+    inputs = make_inputs(T, gate=gate, beta=beta)
+    o_ref, s_ref = run("recurrent", inputs, True, chunk)
+    o, s = run("pallas", inputs, True, chunk)
+    assert_close(o, o_ref, name="o")
+    assert_close(s, s_ref, name="state")
+    reference = grads("recurrent", inputs, chunk)
+    for name, got, want in zip(ARGNAMES, grads("pallas", inputs, chunk), reference, strict=True):
+        assert_close(got, want, name=f"d{name}")

@@ -74,3 +74,14 @@ def test_bad_shapes():
         ssd(x, dt, A, B, C, impl="fast")
     with pytest.raises(ValueError, match="B and C must both be"):
         ssd(x, dt, A, B, C[..., :3])
+
+
+def test_pallas_equals_recurrent_forward_and_backward():
+    inputs = make_inputs(40)
+    y_ref, s_ref = run("recurrent", inputs)
+    y, s = run("pallas", inputs, 16)
+    assert_close(y, y_ref, name="y")
+    assert_close(s, s_ref, name="state")
+    for name, got, want in zip(ARGNAMES, grads("pallas", inputs), grads("recurrent", inputs),
+                               strict=True):  # fmt: skip
+        assert_close(got, want, name=f"d{name}")
