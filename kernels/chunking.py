@@ -65,11 +65,16 @@ def chunk_terms(q, k, G, scale: float, precision):
 
 
 def inter_chunk_scan(u_base, w, qg, P, kd, decay, initial_state, precision):
-    """Scan the state across chunks (pure JAX). Inputs [B, H, N, ...]; returns (O, final S)."""
+    """Scan the state across chunks (pure JAX). Inputs [B, H, N, ...]; returns (O, final S).
+
+    `w=None` means no delta correction (SSD): U = u_base, and that product is skipped.
+    """
 
     def body(S, chunk):
         u_base_c, w_c, qg_c, P_c, kd_c, decay_c = chunk
-        U = u_base_c - jnp.einsum("BHCK,BHKV->BHCV", w_c, S, precision=precision)
+        U = u_base_c
+        if w_c is not None:
+            U = U - jnp.einsum("BHCK,BHKV->BHCV", w_c, S, precision=precision)
         O = jnp.einsum("BHCK,BHKV->BHCV", qg_c, S, precision=precision)
         O = O + jnp.einsum("BHCI,BHIV->BHCV", P_c, U, precision=precision)
         S = decay_c[..., None, None] * S + jnp.einsum(
@@ -77,6 +82,6 @@ def inter_chunk_scan(u_base, w, qg, P, kd, decay, initial_state, precision):
         )
         return S, O
 
-    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (u_base, w, qg, P, kd, decay))
+    xs = tuple(None if x is None else jnp.moveaxis(x, 2, 0) for x in (u_base, w, qg, P, kd, decay))
     final, O_NBHCV = jax.lax.scan(body, initial_state, xs)
     return jnp.moveaxis(O_NBHCV, 0, 2), final

@@ -1,0 +1,212 @@
+"""Kernel benchmarks, side by side in one run: chunked vs recurrent (GDN, DN, SSD) and blocked vs
+dense sink+window attention, forward and forward+backward, with achieved GFLOP/s next to the
+machine's measured large-matmul rate.
+
+  python bench/kernels.py [--lengths 1024 2048 ...] [--ops gdn dn ssd window] [--repeats 2]
+
+FLOPs counted (per head; C chunk, K = V = d):
+  recurrent delta rule: 6 K V per token (k S, k^T u, q S);
+  chunked delta rule, per chunk: 2C^2K (k k^T) + C^2 (K+V) (triangular solve) + 2C^2K (q k^T)
+    + 6CKV (w S, q S, k^T U) + 2C^2V (P U); SSD drops the first two and w S;
+  window attention: 4 d per visible (query, key) pair, i.e. the useful work only (the dense
+    reference computes T^2 pairs but is credited the same useful FLOPs).
+Forward+backward is credited 3x the forward FLOPs (the usual convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# This file's name would shadow the `kernels` package: import it with bench/ off the path.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kernels.delta_rule import delta_rule, gated_delta_rule  # noqa: E402
+from kernels.ssd import ssd  # noqa: E402
+from kernels.window_attention import sink_window_attention  # noqa: E402
+
+sys.path.append(str(HERE))
+from common import machine, write_result  # noqa: E402
+
+HEADS, DIM = 16, 128
+WINDOW, SINKS, KV_HEADS = 512, 128, 2
+DENSE_LIMIT_BYTES = 6 * 2**30  # the dense reference's [H, T, T] fp32 scores must fit
+
+
+def best_seconds(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def matmul_gflops(repeats: int) -> float:
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4096, 4096)), jnp.float32)
+    seconds = best_seconds(jax.jit(lambda a: a @ a), x, repeats=max(repeats, 3))
+    return 2 * 4096**3 / seconds / 1e9
+
+
+def delta_flops(T, chunked: bool, C: int, ssd_form: bool = False) -> float:
+    d = DIM
+    if not chunked:
+        return HEADS * T * 6 * d * d
+    per_chunk = 2 * C * C * d + 6 * C * d * d + 2 * C * C * d
+    if ssd_form:
+        per_chunk -= 2 * C * d * d  # no w S
+    else:
+        per_chunk += 2 * C * C * d + C * C * 2 * d
+    return HEADS * -(-T // C) * per_chunk
+
+
+def window_flops(T) -> float:
+    t = np.arange(T)
+    visible = np.minimum(t + 1, WINDOW) + np.clip(np.minimum(SINKS, t + 1 - WINDOW), 0, None)
+    return HEADS * 4 * DIM * float(visible.sum())
+
+
+def inputs(T, kind: str):
+    rng = np.random.default_rng(0)
+
+    def arr(*shape):
+        return jnp.asarray(rng.standard_normal(shape), jnp.float32)
+
+    if kind == "window":
+        return arr(1, T, HEADS, DIM), arr(1, T, KV_HEADS, DIM), arr(1, T, KV_HEADS, DIM)
+    gates = jnp.asarray(-np.log1p(np.exp(rng.standard_normal((1, T, HEADS)))), jnp.float32)
+    strengths = jnp.asarray(rng.uniform(size=(1, T, HEADS)), jnp.float32)
+    if kind == "ssd":
+        A = -jnp.exp(arr(HEADS))
+        return arr(1, T, HEADS, DIM), -gates, A, arr(1, T, HEADS, DIM), arr(1, T, HEADS, DIM)
+    q, k, v = arr(1, T, HEADS, DIM), arr(1, T, HEADS, DIM), arr(1, T, HEADS, DIM)
+    return (q, k, v, gates, strengths) if kind == "gdn" else (q, k, v, strengths)
+
+
+def op_functions(kind: str):
+    """(baseline name, baseline fn, fast name, fast fn, chunk) for one op."""
+    if kind == "gdn":
+
+        def make(impl):
+            return lambda *a: gated_delta_rule(*a, impl=impl, use_qk_l2norm=True)[0]
+
+        return "recurrent", make("recurrent"), "chunked", make("chunked"), 64
+    if kind == "dn":
+
+        def make(impl):
+            return lambda *a: delta_rule(*a, impl=impl, use_qk_l2norm=True)[0]
+
+        return "recurrent", make("recurrent"), "chunked", make("chunked"), 64
+    if kind == "ssd":
+
+        def make(impl):
+            return lambda *a: ssd(*a, impl=impl)[0]
+
+        return "recurrent", make("recurrent"), "chunked", make("chunked"), 256
+
+    def make(impl):
+        return lambda q, k, v: sink_window_attention(q, k, v, window=WINDOW, sinks=SINKS, impl=impl)
+
+    return "dense", make("reference"), "blocked", make("blocked"), None
+
+
+def forward_backward(fn):
+    def grads(*args):
+        return jax.grad(lambda *a: jnp.sum(fn(*a)), argnums=tuple(range(len(args))))(*args)
+
+    return grads
+
+
+def bench_op(kind: str, lengths, repeats: int, peak: float) -> list[dict]:
+    base_name, base_fn, fast_name, fast_fn, chunk = op_functions(kind)
+    rows = []
+    for T in lengths:
+        args = inputs(T, kind)
+        row = {"op": kind, "T": T}
+        for mode, wrap in (("fwd", lambda f: f), ("fwd+bwd", forward_backward)):
+            mult = 1 if mode == "fwd" else 3
+            for name, fn in ((base_name, base_fn), (fast_name, fast_fn)):
+                if kind == "window":
+                    flops = window_flops(T)
+                    too_big = name == "dense" and HEADS * T * T * 4 * mult > DENSE_LIMIT_BYTES
+                else:
+                    flops = delta_flops(T, name == "chunked", chunk, ssd_form=kind == "ssd")
+                    too_big = False
+                key = f"{name}_{mode}"
+                if too_big:
+                    row[key] = None
+                    continue
+                seconds = best_seconds(jax.jit(wrap(fn)), *args, repeats=repeats)
+                row[key] = seconds
+                row[f"{key}_gflops"] = mult * flops / seconds / 1e9
+            if row.get(f"{base_name}_{mode}") is not None:
+                row[f"speedup_{mode}"] = row[f"{base_name}_{mode}"] / row[f"{fast_name}_{mode}"]
+        rows.append(row)
+        summary = "  ".join(
+            f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in row.items()
+            if k not in ("op",) and not k.endswith("gflops")
+        )
+        print(f"[{kind}] {summary}", flush=True)
+    return rows
+
+
+def table(rows: list[dict], peak: float) -> str:
+    lines = []
+    for kind in dict.fromkeys(r["op"] for r in rows):
+        base, _, fast, _, _ = op_functions(kind)
+        lines += [
+            f"\n{kind}: {base} vs {fast} (seconds; GFLOP/s of {fast} and % of matmul peak)\n",
+            f"| T | {base} fwd | {fast} fwd | speedup | {fast} GFLOP/s (%) | {base} f+b "
+            f"| {fast} f+b | speedup | {fast} f+b GFLOP/s (%) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in (r for r in rows if r["op"] == kind):
+            cells = [str(r["T"])]
+            for mode in ("fwd", "fwd+bwd"):
+                b, f = r.get(f"{base}_{mode}"), r[f"{fast}_{mode}"]
+                g = r[f"{fast}_{mode}_gflops"]
+                cells += [
+                    "n/a" if b is None else f"{b:.3f}",
+                    f"{f:.3f}",
+                    "n/a" if b is None else f"{b / f:.2f}x",
+                    f"{g:.1f} ({100 * g / peak:.0f}%)",
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        timed = [r for r in rows if r["op"] == kind]
+        by_T = {r["T"]: r for r in timed}
+        if 8192 in by_T and 32768 in by_T:
+            growth = by_T[32768][f"{fast}_fwd"] / by_T[8192][f"{fast}_fwd"]
+            lines.append(f"\n{fast} forward time 32k / 8k: {growth:.2f} (linear = 4)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lengths", type=int, nargs="+",
+                        default=[1024, 2048, 4096, 8192, 16384, 32768])  # fmt: skip
+    parser.add_argument("--ops", nargs="+", default=["gdn", "dn", "ssd", "window"])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    peak = matmul_gflops(args.repeats)
+    print(f"measured fp32 matmul (4096^2): {peak:.1f} GFLOP/s on {jax.devices()[0]}", flush=True)
+    rows = []
+    for kind in args.ops:
+        rows += bench_op(kind, args.lengths, args.repeats, peak)
+    result = {"benchmark": "kernels", "machine": machine(), "matmul_gflops": peak, "rows": rows}
+    print(f"wrote {write_result('kernels', result)}")
+    print(f"\nmatmul peak {peak:.1f} GFLOP/s" + table(rows, peak))
+
+
+if __name__ == "__main__":
+    main()
