@@ -1,6 +1,8 @@
-"""Pure-JAX kernels (no flax, nothing from ahn_jax): delta rule, gated delta rule, Mamba2 SSD and
-sink+window attention, each with a naive oracle, a chunked/blocked path and Pallas TPU kernels.
+"""Pure-JAX kernels of AHN (no flax, nothing from ahn_jax), layout [B, T, H, D]:
 
-The ops arrive with the kernels issue; this package exists so that the layout of design.md is in
-place and `ahn_jax` never grows kernel code of its own.
+- `delta_rule`: gated delta rule and delta rule (oracle, chunked WY form, Pallas scan) + decode step
+- `ssd`: Mamba2's state-space dual recurrence (oracle, chunked, Pallas scan) + decode step
+- `window_attention`: sink + sliding-window causal attention (dense, blocked, splash)
+
+See docs/kernels.md for the math, what is tested where, and known issues.
 """

@@ -29,6 +29,35 @@ def step(q_BHK, k_BHK, v_BHV, g_BH, beta_BH, state_BHKV, scale: float):
     return o, state
 
 
+def checkpointed_scan(body, init, xs, segment: int = 64):
+    """`lax.scan(body, init, xs)` over the leading axis, rematerialised by segments.
+
+    Reverse-mode AD of a plain scan keeps every step's carry; for these recurrences that is a whole
+    [B, H, K, V] state per token (1 MiB per token at H=16, K=V=128). Here only one carry per
+    `segment` steps is kept and the steps inside a segment are recomputed in the backward pass.
+    """
+    T = jax.tree.leaves(xs)[0].shape[0]
+    main = T - T % segment
+    outputs = []
+    carry = init
+    if main:
+
+        @jax.checkpoint
+        def segment_body(carry, seg_xs):
+            return jax.lax.scan(body, carry, seg_xs)
+
+        seg_xs = jax.tree.map(
+            lambda x: x[:main].reshape(main // segment, segment, *x.shape[1:]), xs
+        )
+        carry, ys = jax.lax.scan(segment_body, carry, seg_xs)
+        outputs.append(jax.tree.map(lambda y: y.reshape(main, *y.shape[2:]), ys))
+    if main < T:
+        carry, ys = jax.lax.scan(body, carry, jax.tree.map(lambda x: x[main:], xs))
+        outputs.append(ys)
+    ys = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=0), *outputs)
+    return carry, ys
+
+
 def recurrent(q, k, v, g, beta, initial_state, scale: float):
     """The whole sequence by scanning `step` over T. Returns (o [B,T,H,V] fp32, final state)."""
 
@@ -37,5 +66,5 @@ def recurrent(q, k, v, g, beta, initial_state, scale: float):
         return state, o
 
     xs = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, g, beta))
-    final, o_TBHV = jax.lax.scan(body, initial_state, xs)
+    final, o_TBHV = checkpointed_scan(body, initial_state, xs)
     return jnp.moveaxis(o_TBHV, 0, 1), final

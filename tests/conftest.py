@@ -3,10 +3,15 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
+for flag in (
+    "--xla_force_host_platform_device_count=8",
+    # works around an XLA:CPU deadlock (jax 0.10.2, 2 cores); see docs/kernels.md
+    "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+    "--xla_cpu_multi_thread_eigen=false",
+    "--xla_cpu_experimental_ynn_fusion_type=",
+):
+    if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 
 import pytest  # noqa: E402
 
