@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# bench/kernels.py would shadow the `kernels` package: import it with bench/ off the path.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -22,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 from kernels import delta_rule_pallas, tpu_aot  # noqa: E402
 from kernels.window_attention import sink_window_attention  # noqa: E402
 
-sys.path.append(str(Path(__file__).resolve().parent))
+sys.path.append(str(HERE))
 from common import machine, write_result  # noqa: E402
 
 f32 = jnp.float32
@@ -115,10 +118,9 @@ def main() -> None:
         mib = "/".join(
             f"{r[k] / 2**20:.1f}" for k in ("argument_bytes", "output_bytes", "temp_bytes")
         )
-        print(
-            f"| {r['topology']} | {r['program']} | {vmem} | {mib} | {r['flops'] / 1e9:.2f} "
-            f"| {r['bytes_accessed'] / 1e9:.3f} |"
-        )
+        flops = "n/a" if r["flops"] is None else f"{r['flops'] / 1e9:.2f}"
+        accessed = "n/a" if r["bytes_accessed"] is None else f"{r['bytes_accessed'] / 1e9:.3f}"
+        print(f"| {r['topology']} | {r['program']} | {vmem} | {mib} | {flops} | {accessed} |")
 
 
 if __name__ == "__main__":

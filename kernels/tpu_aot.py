@@ -37,16 +37,27 @@ def compile_for(topology: str, fn, *shapes_and_dtypes):
         return lowered, lowered.compile()
 
 
-def scoped_vmem_bytes(topology: str, fn, *shapes_and_dtypes) -> int:
-    """What Mosaic allocates in VMEM for our kernels in `fn`: compile under a 4 KiB cap and read
-    the size from the out-of-memory error (the largest kernel's allocation)."""
-    with pallas_mode.vmem_limit(4096):
-        try:
-            compile_for(topology, fn, *shapes_and_dtypes)
-        except Exception as error:  # noqa: BLE001 - the error text is the measurement
-            match = re.search(r"Scoped allocation with size ([0-9.]+)([KMG]?)", str(error))
-            if match is None:
-                raise
-            scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)]
-            return int(float(match.group(1)) * scale)
-    return 4096
+def scoped_vmem_bytes(topology: str, fn, *shapes_and_dtypes, max_tries: int = 8) -> int | None:
+    """The largest scoped VMEM allocation Mosaic makes for our kernels in `fn`.
+
+    Compiles under a VMEM cap that starts at 4 KiB; each failure names the allocation that did not
+    fit, the cap is raised just above it, and so on until everything fits. None if the first
+    compile already fits."""
+    cap, largest = 4096, None
+    for _ in range(max_tries):
+
+        def fresh(*args):  # a new function object: jit must retrace under the new cap
+            return fn(*args)
+
+        with pallas_mode.vmem_limit(cap):
+            try:
+                compile_for(topology, fresh, *shapes_and_dtypes)
+                return largest
+            except Exception as error:  # noqa: BLE001 - the error text is the measurement
+                match = re.search(r"Scoped allocation with size ([0-9.]+)([KMG]?)", str(error))
+                if match is None:
+                    raise
+                scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)]
+                largest = int(float(match.group(1)) * scale)
+                cap = largest + 4096
+    raise RuntimeError(f"VMEM allocations still growing after {max_tries} compiles")
