@@ -85,3 +85,12 @@ def inter_chunk_scan(u_base, w, qg, P, kd, decay, initial_state, precision):
     xs = tuple(None if x is None else jnp.moveaxis(x, 2, 0) for x in (u_base, w, qg, P, kd, decay))
     final, O_NBHCV = jax.lax.scan(body, initial_state, xs)
     return jnp.moveaxis(O_NBHCV, 0, 2), final
+
+
+def scan_for(impl: str):
+    """The inter-chunk scan of an impl: pure JAX ("chunked") or the Pallas kernels ("pallas")."""
+    if impl == "pallas":
+        from kernels import delta_rule_pallas  # Pallas is imported only when asked for
+
+        return delta_rule_pallas.inter_chunk_scan
+    return inter_chunk_scan

@@ -89,13 +89,9 @@ def gated_delta_rule(
     if impl == "recurrent":
         o, final = delta_rule_reference.recurrent(q, k, v, g, beta, state, scale)
     else:
-        if impl == "pallas":
-            from kernels import delta_rule_pallas
-
-            scan_impl = delta_rule_pallas.inter_chunk_scan
-        else:
-            scan_impl = chunking.inter_chunk_scan
-        o, final = _chunked(q, k, v, g, beta, state, scale, chunk_size, precision, scan_impl)
+        o, final = _chunked(
+            q, k, v, g, beta, state, scale, chunk_size, precision, chunking.scan_for(impl)
+        )
     return o.astype(v.dtype), (final if output_final_state else None)
 
 

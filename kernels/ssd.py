@@ -86,11 +86,5 @@ def ssd(
     if impl == "recurrent":
         y, final = _recurrent(x, dt, A, B, C, state)
     else:
-        if impl == "pallas":
-            from kernels import delta_rule_pallas
-
-            scan_impl = delta_rule_pallas.inter_chunk_scan
-        else:
-            scan_impl = chunking.inter_chunk_scan
-        y, final = _chunked(x, dt, A, B, C, state, chunk_size, precision, scan_impl)
+        y, final = _chunked(x, dt, A, B, C, state, chunk_size, precision, chunking.scan_for(impl))
     return y.astype(x.dtype), (final if output_final_state else None)
