@@ -93,10 +93,11 @@ def test_without_l2norm_and_custom_scale():
 def test_bf16_inputs_within_fla_thresholds():
     inputs = make_inputs(50, dtype=jnp.bfloat16)
     o_ref, s_ref = run("recurrent", tuple(x.astype(jnp.float32) for x in inputs))
-    o, s = run("chunked", inputs)
-    assert o.dtype == jnp.bfloat16
-    assert_close(o, o_ref, tol=0.005, name="o")
-    assert_close(s, s_ref, tol=0.005, name="state")
+    for impl in ("chunked", "pallas"):
+        o, s = run(impl, inputs)
+        assert o.dtype == jnp.bfloat16
+        assert_close(o, o_ref, tol=0.005, name=f"{impl} o")
+        assert_close(s, s_ref, tol=0.005, name=f"{impl} state")
 
 
 def test_step_equals_one_recurrent_step_and_chains():

@@ -85,3 +85,14 @@ def test_pallas_equals_recurrent_forward_and_backward():
     for name, got, want in zip(ARGNAMES, grads("pallas", inputs), grads("recurrent", inputs),
                                strict=True):  # fmt: skip
         assert_close(got, want, name=f"d{name}")
+
+
+def test_bf16_inputs_within_fla_thresholds():
+    inputs = make_inputs(50)
+    bf16 = tuple(x.astype(jnp.bfloat16) for x in inputs[:5]) + (inputs[5],)
+    y_ref, s_ref = run("recurrent", tuple(x.astype(jnp.float32) for x in bf16))
+    for impl in ("chunked", "pallas"):
+        y, s = run(impl, bf16, 16)
+        assert y.dtype == jnp.bfloat16
+        assert_close(y, y_ref, tol=0.005, name=f"{impl} y")
+        assert_close(s, s_ref, tol=0.005, name=f"{impl} state")

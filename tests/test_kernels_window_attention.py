@@ -94,3 +94,12 @@ def test_splash_needs_static_window():
     q, k, v = make_qkv(8)
     with pytest.raises(ValueError, match="window is traced"):
         jax.jit(lambda w: sink_window_attention(q, k, v, window=w, sinks=0, impl="splash"))(4)
+
+
+@pytest.mark.parametrize("impl", ["blocked", "splash"])
+def test_bf16_inputs_within_fla_thresholds(impl):
+    q, k, v = make_qkv(130, dtype=jnp.bfloat16)
+    want = sink_window_attention(*(x.astype(jnp.float32) for x in (q, k, v)), window=33, sinks=5)
+    got = sink_window_attention(q, k, v, window=33, sinks=5, impl=impl, block_size=16)
+    assert got.dtype == jnp.bfloat16
+    assert_close(got, want, tol=0.005)
