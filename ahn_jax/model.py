@@ -86,9 +86,9 @@ class Qwen2Model(nnx.Module):
                 f"got {jnp.shape(positions)}"
             )
         graphdef, state = nnx.split(self)
-        return forward(graphdef, state, input_ids, jnp.asarray(positions), mode=mode)
+        return forward(graphdef, state, input_ids, jnp.asarray(positions))
 
-    def logits(self, input_ids_BT, positions_BT, mode: str) -> jax.Array:
+    def logits(self, input_ids_BT, positions_BT) -> jax.Array:
         """The traced computation behind `__call__` (call it inside jit/grad of your own)."""
         config = self.config
         dtype = config.jnp_dtype
@@ -122,11 +122,11 @@ class Qwen2Model(nnx.Module):
         return logits.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mode"))
-def forward(graphdef, state, input_ids_BT, positions_BT, *, mode: str = "full") -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def forward(graphdef, state, input_ids_BT, positions_BT) -> jax.Array:
     """Pure function of the split model state: fp32 logits [B, T, V]."""
     model = nnx.merge(graphdef, state)
-    return model.logits(input_ids_BT, positions_BT, mode)
+    return model.logits(input_ids_BT, positions_BT)
 
 
 def init_model(config: ModelConfig, seed: int = 0) -> Qwen2Model:

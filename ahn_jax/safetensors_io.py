@@ -11,7 +11,6 @@ import dataclasses
 import json
 import math
 import struct
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import ml_dtypes
@@ -142,12 +141,6 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
         if f.readinto(buffer) != expected:
             raise CheckpointFormatError(f"{info.file} is truncated inside tensor {info.name!r}")
     return np.frombuffer(buffer, dtype=info.dtype).reshape(info.shape)
-
-
-def iter_tensors(infos: Iterable[TensorInfo]) -> Iterator[tuple[str, np.ndarray]]:
-    """Tensors one at a time, in file order (sequential reads)."""
-    for info in sorted(infos, key=lambda i: (str(i.file), i.begin)):
-        yield info.name, read_tensor(info)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write_result  # noqa: E402
 
 PRELUDE = """

@@ -165,9 +165,11 @@ _scan_flat.defvjp(_scan_flat_fwd, _scan_flat_bwd)
 
 
 def inter_chunk_scan(u_base, w, qg, P, kd, decay, initial_state, precision):
-    """Drop-in for `chunking.inter_chunk_scan`: inputs [B, H, N, ...]; returns (O, final S)."""
+    """Drop-in for `chunking.inter_chunk_scan` (w may be None): returns (O, final S)."""
     B, H, N, C, V = u_base.shape
-    K = w.shape[-1]
+    K = kd.shape[-1]
+    if w is None:  # no delta correction (SSD): the kernel multiplies zeros
+        w = jnp.zeros(kd.shape, jnp.float32)
 
     def flat(x):
         return x.reshape(B * H, *x.shape[2:]).astype(jnp.float32)

@@ -143,3 +143,75 @@ def sink_window_attention(
         if not isinstance(value, jax.core.Tracer) and int(value) > bound:
             raise ValueError(f"{name}={int(value)} exceeds its static bound max_{name}={bound}")
     return _blocked(q, k, v, window, sinks, scale, max(max_window, 1), max_sinks, block_size)
+
+
+def causal_attention(q, k, v, *, scale=None, block: int = 512):
+    """Plain causal attention (no window); sequences longer than `block` go block by block.
+
+    The blocked path never forms the [T, T] score matrix and skips key blocks above the diagonal
+    with `lax.cond` (an online softmax across the rest), so it does half the dense work in memory
+    that fits a cache; both paths are one compile whatever T, and differentiable.
+    """
+    T, D = q.shape[1], q.shape[-1]
+    scale = D**-0.5 if scale is None else scale
+    if T <= block:
+        return _reference(q, k, v, T, 0, scale)
+    return _blocked_causal(q, k, v, block, scale)
+
+
+def _blocked_causal(q_BTNH, k_BTKH, v_BTKH, block: int, scale: float) -> jax.Array:
+    B, T, N, H = q_BTNH.shape
+    K = k_BTKH.shape[2]
+    G = N // K
+    n_blocks = -(-T // block)
+    pad = n_blocks * block - T  # padded keys sit after every real query: the causal mask hides them
+
+    def to_blocks(x, heads):  # [B, T, heads, H] -> [n, B, heads, block, H]
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        return x.reshape(B, n_blocks, block, heads, H).transpose(1, 0, 3, 2, 4)
+
+    q_blocks = to_blocks(q_BTNH, N).reshape(n_blocks, B, K, G, block, H)
+    k_blocks, v_blocks = to_blocks(k_BTKH, K), to_blocks(v_BTKH, K)
+    within = jnp.arange(block)
+
+    def query_block(_, inputs):
+        i, q_BKGbH = inputs
+
+        def key_block(carry, key_inputs):
+            j, k_BKbH, v_BKbH = key_inputs
+
+            def update(carry):
+                row_max, denom, acc = carry
+                s = jnp.einsum(
+                    "BKGTH,BKSH->BKGTS", q_BKGbH, k_BKbH, preferred_element_type=jnp.float32
+                )
+                visible = (j * block + within)[None, :] <= (i * block + within)[:, None]
+                s = jnp.where(visible, s * scale, MASKED)
+                new_max = jnp.maximum(row_max, s.max(-1))
+                p = jnp.exp(s - new_max[..., None])
+                correction = jnp.exp(row_max - new_max)
+                pv = jnp.einsum(
+                    "BKGTS,BKSH->BKGTH",
+                    p.astype(v_BKbH.dtype),
+                    v_BKbH,
+                    preferred_element_type=jnp.float32,
+                )
+                return new_max, denom * correction + p.sum(-1), acc * correction[..., None] + pv
+
+            return jax.lax.cond(j <= i, update, lambda c: c, carry), None
+
+        shape = q_BKGbH.shape[:-1]
+        init = (
+            jnp.full(shape, MASKED, jnp.float32),
+            jnp.zeros(shape, jnp.float32),
+            jnp.zeros((*shape, H), jnp.float32),
+        )
+        (_, denom, acc), _ = jax.lax.scan(
+            key_block, init, (jnp.arange(n_blocks), k_blocks, v_blocks)
+        )
+        return None, (acc / denom[..., None]).astype(q_BKGbH.dtype)
+
+    _, out = jax.lax.scan(query_block, None, (jnp.arange(n_blocks), q_blocks))
+    # [n, B, K, G, block, H] -> [B, T, N, H]
+    out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, n_blocks * block, N, H)
+    return out[:, :T]

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ahn_jax.attention import attend, causal_attention, causal_mask
+from kernels.window_attention import causal_attention, sink_window_attention
 
 
 def _qkv(T, N=4, K=2, H=8, seed=0):
@@ -18,8 +18,7 @@ def _qkv(T, N=4, K=2, H=8, seed=0):
 
 
 def _dense(q, k, v):
-    T = q.shape[1]
-    return attend(q, k, v, causal_mask(T, T))
+    return sink_window_attention(q, k, v, window=q.shape[1], sinks=0)
 
 
 @pytest.mark.parametrize("T, block, heads", [(37, 8, (4, 2)), (64, 16, (4, 4)), (50, 16, (4, 1))])
