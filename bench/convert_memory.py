@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import _paths  # noqa: F401  - must precede any import of `kernels`; see bench/_paths.py
 from common import machine, write_result  # noqa: E402
 
 PRELUDE = """

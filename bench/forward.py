@@ -14,6 +14,8 @@ import statistics
 import tempfile
 import time
 
+import _paths  # noqa: F401  - must precede any import of `kernels`; see bench/_paths.py
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

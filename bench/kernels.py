@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
+
+import _paths  # noqa: F401  - must precede any import of `kernels`; see bench/_paths.py
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA:CPU (jax 0.10.2) can deadlock in the chunked delta rule's backward pass; see docs/kernels.md
@@ -28,20 +28,15 @@ CPU_WORKAROUND = (
     "--xla_cpu_experimental_ynn_fusion_type="
 )
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + CPU_WORKAROUND
-# This file's name would shadow the `kernels` package: import it with bench/ off the path.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from common import machine, write_result  # noqa: E402
 
 from kernels.delta_rule import delta_rule, gated_delta_rule  # noqa: E402
 from kernels.ssd import ssd  # noqa: E402
 from kernels.window_attention import sink_window_attention  # noqa: E402
-
-sys.path.append(str(HERE))
-from common import machine, write_result  # noqa: E402
 
 HEADS, DIM = 16, 128
 WINDOW, SINKS, KV_HEADS = 512, 128, 2

@@ -11,22 +11,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
+
+import _paths  # noqa: F401  - must precede any import of `kernels`; see bench/_paths.py
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# bench/kernels.py would shadow the `kernels` package: import it with bench/ off the path.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from common import machine, write_result  # noqa: E402
 
 from kernels import delta_rule_pallas, tpu_aot  # noqa: E402
 from kernels.window_attention import sink_window_attention  # noqa: E402
-
-sys.path.append(str(HERE))
-from common import machine, write_result  # noqa: E402
 
 f32 = jnp.float32
 HEADS, KV_HEADS, D, C = 16, 2, 128, 64
