@@ -1,7 +1,7 @@
-"""The attention op the decoder calls, dispatched to `kernels/` implementations.
+"""The attention op the decoder's parallel forward calls, dispatched to `kernels/`.
 
-Mode "full" is plain causal attention; the sink+window modes of the AHN issue add their dispatch
-(kernels.window_attention.sink_window_attention) here, so the decoder never builds a mask itself.
+Query t sees key s iff s <= t and (t - s < window or s < sinks) (ahn_spec §1.2); `window=None` is
+plain causal attention. W and S may be traced: one compile serves every value.
 """
 
 from __future__ import annotations
@@ -13,5 +13,9 @@ from kernels import window_attention
 BLOCK = 512  # query/key block of the blocked path; sequences up to one block use the dense path
 
 
-def causal_attention(q_BTNH: jax.Array, k_BTKH: jax.Array, v_BTKH: jax.Array) -> jax.Array:
-    return window_attention.causal_attention(q_BTNH, k_BTKH, v_BTKH, block=BLOCK)
+def causal_attention(
+    q_BTNH: jax.Array, k_BTKH: jax.Array, v_BTKH: jax.Array, *, window=None, sinks=0
+) -> jax.Array:
+    return window_attention.causal_attention(
+        q_BTNH, k_BTKH, v_BTKH, block=BLOCK, window=window, sinks=sinks
+    )

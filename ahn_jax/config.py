@@ -17,6 +17,7 @@ import jax.numpy as jnp
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 SUPPORTED_MODEL_TYPES = ("qwen2",)
+AHN_TYPES = ("gdn", "dn", "mamba2")
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat_policy: str = "none"
+    ahn_type: str | None = None  # None: a plain Qwen2 model without AHN weights
+    full_attention_layers: tuple[int, ...] = ()  # layers kept as full attention in every mode
 
     def __post_init__(self):
         for name in (
@@ -79,6 +82,14 @@ class ModelConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(
                 f"model.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"
+            )
+        if self.ahn_type is not None and self.ahn_type not in AHN_TYPES:
+            raise ConfigError(f"ahn.type must be one of {AHN_TYPES}, got {self.ahn_type!r}")
+        object.__setattr__(self, "full_attention_layers", tuple(self.full_attention_layers))
+        bad = [i for i in self.full_attention_layers if not 0 <= i < self.num_layers]
+        if bad:
+            raise ConfigError(
+                f"ahn.full_attention_layers has layer ids {bad} outside [0, {self.num_layers})"
             )
 
     @property
@@ -225,8 +236,6 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
     }
 
 
-AHN_TYPES = ("gdn", "dn", "mamba2")
-
 # What every Qwen2.5-Instruct size shares; a config file states only what differs.
 QWEN25_DEFAULTS = {
     "head_dim": 128,
@@ -255,20 +264,21 @@ def make_config(model: Mapping[str, Any], *, ahn_type: str = "gdn", **sections: 
 
 
 def validate_config(config) -> ModelConfig:
-    """Check a ConfigDict's sections; returns its ModelConfig. Errors name the bad field."""
+    """Check a ConfigDict's sections; returns its ModelConfig (AHN settings included).
+
+    Errors name the bad field."""
     if "model" not in config:
         raise ConfigError("config has no 'model' section")
-    model_config = ModelConfig.from_dict(config.model.to_dict())
+    settings = config.model.to_dict()
     if "ahn" in config:
-        if config.ahn.type not in AHN_TYPES:
-            raise ConfigError(f"ahn.type must be one of {AHN_TYPES}, got {config.ahn.type!r}")
-        bad = [i for i in config.ahn.full_attention_layers if not 0 <= i < model_config.num_layers]
-        if bad:
+        unknown = sorted(set(config.ahn.keys()) - {"type", "full_attention_layers"})
+        if unknown:
             raise ConfigError(
-                f"ahn.full_attention_layers has layer ids {bad} outside "
-                f"[0, {model_config.num_layers})"
+                f"unknown ahn setting(s) {unknown}; allowed: ['full_attention_layers', 'type']"
             )
-    return model_config
+        settings["ahn_type"] = config.ahn.type
+        settings["full_attention_layers"] = tuple(config.ahn.get("full_attention_layers", ()))
+    return ModelConfig.from_dict(settings)
 
 
 def load_config_file(path: str | Path):

@@ -32,6 +32,17 @@ def _grouped_softmax_attention(q_BTKGD, k_BSKD, v_BSKD, mask, scale):
     return jnp.einsum("BKGTS,BSKD->BTKGD", p.astype(v_BSKD.dtype), v_BSKD)
 
 
+def masked_attention(q, k, v, mask, *, scale=None):
+    """Attention over explicit keys (e.g. a decode cache plus new tokens): mask [T, S] or
+    [B, T, S] says which key each query sees; every query must see at least one key."""
+    B, T, N, D = q.shape
+    K = k.shape[2]
+    scale = D**-0.5 if scale is None else scale
+    mask = mask[:, None, None] if mask.ndim == 3 else mask
+    o = _grouped_softmax_attention(q.reshape(B, T, K, N // K, D), k, v, mask, scale)
+    return o.reshape(B, T, N, v.shape[-1])
+
+
 def _reference(q, k, v, window, sinks, scale):
     B, T, N, D = q.shape
     K = k.shape[2]
@@ -145,21 +156,24 @@ def sink_window_attention(
     return _blocked(q, k, v, window, sinks, scale, max(max_window, 1), max_sinks, block_size)
 
 
-def causal_attention(q, k, v, *, scale=None, block: int = 512):
-    """Plain causal attention (no window); sequences longer than `block` go block by block.
+def causal_attention(q, k, v, *, scale=None, block: int = 512, window=None, sinks=0):
+    """Causal attention, optionally restricted to `sinks` + `window` (both may be traced).
 
-    The blocked path never forms the [T, T] score matrix and skips key blocks above the diagonal
-    with `lax.cond` (an online softmax across the rest), so it does half the dense work in memory
-    that fits a cache; both paths are one compile whatever T, and differentiable.
+    Sequences longer than `block` go block by block: the [T, T] score matrix is never formed and
+    key blocks that hold no visible key (above the diagonal, or outside both the sink prefix and
+    the query block's window band) are skipped with `lax.cond`, an online softmax across the
+    rest. So compute follows what is visible (T^2 / 2 causal, T (W + S) windowed) while one
+    compile serves every W and S; differentiable.
     """
     T, D = q.shape[1], q.shape[-1]
     scale = D**-0.5 if scale is None else scale
+    window = T if window is None else window
     if T <= block:
-        return _reference(q, k, v, T, 0, scale)
-    return _blocked_causal(q, k, v, block, scale)
+        return _reference(q, k, v, window, sinks, scale)
+    return _blocked_causal(q, k, v, block, scale, window, sinks)
 
 
-def _blocked_causal(q_BTNH, k_BTKH, v_BTKH, block: int, scale: float) -> jax.Array:
+def _blocked_causal(q_BTNH, k_BTKH, v_BTKH, block: int, scale: float, window, sinks):
     B, T, N, H = q_BTNH.shape
     K = k_BTKH.shape[2]
     G = N // K
@@ -176,17 +190,20 @@ def _blocked_causal(q_BTNH, k_BTKH, v_BTKH, block: int, scale: float) -> jax.Arr
 
     def query_block(_, inputs):
         i, q_BKGbH = inputs
+        q_pos = i * block + within
 
         def key_block(carry, key_inputs):
             j, k_BKbH, v_BKbH = key_inputs
+            # the block's last key reaches the window of the block's first query, or is a sink
+            needed = (j <= i) & (((j + 1) * block - 1 > i * block - window) | (j * block < sinks))
 
             def update(carry):
                 row_max, denom, acc = carry
                 s = jnp.einsum(
                     "BKGTH,BKSH->BKGTS", q_BKGbH, k_BKbH, preferred_element_type=jnp.float32
                 )
-                visible = (j * block + within)[None, :] <= (i * block + within)[:, None]
-                s = jnp.where(visible, s * scale, MASKED)
+                seen = visible(q_pos[:, None], (j * block + within)[None, :], window, sinks)
+                s = jnp.where(seen, s * scale, MASKED)
                 new_max = jnp.maximum(row_max, s.max(-1))
                 p = jnp.exp(s - new_max[..., None])
                 correction = jnp.exp(row_max - new_max)
@@ -198,7 +215,7 @@ def _blocked_causal(q_BTNH, k_BTKH, v_BTKH, block: int, scale: float) -> jax.Arr
                 )
                 return new_max, denom * correction + p.sum(-1), acc * correction[..., None] + pv
 
-            return jax.lax.cond(j <= i, update, lambda c: c, carry), None
+            return jax.lax.cond(needed, update, lambda c: c, carry), None
 
         shape = q_BKGbH.shape[:-1]
         init = (
