@@ -53,25 +53,30 @@ class DecoderLayer(nnx.Module):
         return x_BTD + self.mlp(self.post_attn_norm(x_BTD))
 
     def __call__(self, x_BTD, cos_BTH, sin_BTH, *, mode="full", window=None, sinks=0):
-        """The parallel (training) forward. In mode "ahn" the memory runs over all T positions,
-        item t holding the token t - W that leaves the window as t arrives; items with nothing
-        to evict (t < S + W) get identity gates, so shapes never depend on W and S."""
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
         if mode == "full":
             return self._finish(x_BTD, attention.causal_attention(q, k, v))
         attn = attention.causal_attention(q, k, v, window=window, sinks=sinks)
         if mode == "ahn":
-            t = jnp.arange(q.shape[1])
-            evicting = t - window >= sinks
-            source = jnp.maximum(t - window, 0)
-            gates = jax.tree.map(
-                lambda g: _masked_where(evicting, jnp.take(g, source, axis=1)),
-                self.ahn.write_gates(h),
-            )
-            k_ev, v_ev = (ahn.repeat_kv(jnp.take(x, source, axis=1), q.shape[2]) for x in (k, v))
-            o, _ = self.ahn.recurrence(q, k_ev, v_ev, gates, None, "chunked")
-            attn = attn + _masked_where(evicting, self.ahn.output(o, h))
+            attn = attn + self.memory(h, q, k, v, window, sinks)
         return self._finish(x_BTD, attn)
+
+    def memory(self, h_BTD, q_BTNH, k_BTKH, v_BTKH, window, sinks):
+        """The AHN output [B, T, N, H] of the parallel forward. The memory runs over all T
+        positions, item t holding the token t - W that leaves the window as t arrives; items
+        with nothing to evict (t < S + W) get identity gates, so shapes never depend on W, S."""
+        t = jnp.arange(q_BTNH.shape[1])
+        evicting = t - window >= sinks
+        source = jnp.maximum(t - window, 0)
+        gates = jax.tree.map(
+            lambda g: _masked_where(evicting, jnp.take(g, source, axis=1)),
+            self.ahn.write_gates(h_BTD),
+        )
+        k_ev, v_ev = (
+            ahn.repeat_kv(jnp.take(x, source, axis=1), q_BTNH.shape[2]) for x in (k_BTKH, v_BTKH)
+        )
+        o, _ = self.ahn.recurrence(q_BTNH, k_ev, v_ev, gates, None, "chunked")
+        return _masked_where(evicting, self.ahn.output(o, h_BTD))
 
     def extend(self, x_BTD, cos_BTH, sin_BTH, arrays: dict, plan, mode: str):
         """P new tokens against this layer's cache arrays (ahn_jax/cache.py); returns the new
