@@ -3,7 +3,8 @@
 Layout of a converted checkpoint directory:
   params/                   Orbax (v1 API) pytree of our nested parameter dict
   config.json               the HF config the weights were converted from (verbatim)
-  ahn_jax_checkpoint.json   marker: format version and stored parameter dtype; written last
+  ahn_jax_checkpoint.json   marker: format version, stored parameter dtype and, when the
+                            checkpoint holds AHN weights, their settings; written last
   tokenizer files           copied from the HF directory when present
 
 Parameters are written one at a time with Orbax's partial save, and can be read one at a time
@@ -49,6 +50,7 @@ def save_params(
     hf_config: Mapping[str, Any],
     param_dtype: str,
     side_files_from: str | Path | None = None,
+    ahn: Mapping[str, Any] | None = None,
 ) -> None:
     """Write parameters given one (path, array) piece at a time; refuses to overwrite."""
     directory = Path(directory).absolute()
@@ -66,6 +68,8 @@ def save_params(
                 shutil.copy2(source, directory / name)
     # The marker goes last: a directory without it is an unfinished write, never read as valid.
     marker = {"format_version": FORMAT_VERSION, "param_dtype": param_dtype}
+    if ahn is not None:  # the checkpoint also holds AHN weights (type, full-attention layers)
+        marker["ahn"] = dict(ahn)
     (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2))
 
 

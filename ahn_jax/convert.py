@@ -2,6 +2,11 @@
 
   python -m ahn_jax.convert --hf_dir DIR --out CKPT [--dtype bfloat16|float32]
   python -m ahn_jax.convert --to_hf --ckpt CKPT --out DIR [--max_shard_gb 5]
+  python -m ahn_jax.convert --ahn_only --ckpt CKPT --out DIR
+
+--ahn_only exports the AHN weights of a checkpoint that holds them in the reference's layout
+(`model.layers.{i}.ahn.fn.*` + config.json), which `from_pretrained(base, ahn_path=DIR)` and the
+reference's `merge_weights.py` read.
 
 Both directions stream tensor by tensor: peak memory is about one copy of the weights.
 """
@@ -17,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ahn_jax import checkpoint, hf_naming, safetensors_io
+from ahn_jax import ahn_io, checkpoint, hf_naming, safetensors_io
 from ahn_jax.config import ConfigError, from_hf_config, read_hf_config
 from ahn_jax.loading import iter_hf_params, param_shapes
 
@@ -99,6 +104,30 @@ def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 *
     return out
 
 
+def export_ahn(ckpt: str | Path, out: str | Path) -> Path:
+    """AHN weights of an Orbax checkpoint -> AHN-only safetensors in the reference's naming."""
+    ckpt = Path(ckpt)
+    marker = checkpoint.read_marker(ckpt)
+    if "ahn" not in marker:
+        raise ConfigError(f"checkpoint {ckpt} holds no AHN weights (its marker has no 'ahn')")
+    dtype = marker["param_dtype"]
+    config = from_hf_config(read_hf_config(ckpt), param_dtype=dtype, dtype=dtype).replace(
+        ahn_type=marker["ahn"]["ahn_type"],
+        full_attention_layers=tuple(marker["ahn"]["full_attention_layers"]),
+    )
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    params = {
+        path: np.asarray(
+            checkpoint.restore_param(
+                ckpt, path, jax.ShapeDtypeStruct(shape, np.float32, sharding=cpu)
+            )
+        )
+        for path, shape in param_shapes(config).items()
+        if path[:2] == ("layers", "ahn")
+    }
+    return ahn_io.save_ahn_weights(out, config, params)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ahn_jax.convert",
@@ -108,7 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output directory (must be new or empty)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="stored dtype (default: as source)")
     parser.add_argument("--to_hf", action="store_true", help="export an Orbax checkpoint to HF")
-    parser.add_argument("--ckpt", help="Orbax checkpoint written by this tool (with --to_hf)")
+    parser.add_argument("--ckpt", help="Orbax checkpoint written by ahn_jax (--to_hf, --ahn_only)")
+    parser.add_argument(
+        "--ahn_only", action="store_true", help="export only the AHN weights, reference layout"
+    )
     parser.add_argument(
         "--max_shard_gb", type=float, default=5.0, help="HF shard size limit (with --to_hf)"
     )
@@ -128,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    if args.ahn_only:
+        if not args.ckpt:
+            parser.error("--ahn_only needs --ckpt CKPT (an ahn_jax checkpoint with AHN weights)")
+        return export_ahn(args.ckpt, args.out)
     if args.to_hf:
         if not args.ckpt:
             parser.error("--to_hf needs --ckpt CKPT (the Orbax checkpoint to export)")

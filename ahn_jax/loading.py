@@ -11,9 +11,15 @@ import numpy as np
 from flax import nnx, traverse_util
 from tqdm import tqdm
 
-from ahn_jax import checkpoint, hf_naming, safetensors_io
+from ahn_jax import ahn, ahn_io, checkpoint, hf_naming, safetensors_io
 from ahn_jax.checkpoint import ParamPath
-from ahn_jax.config import ModelConfig, from_hf_config, read_hf_config
+from ahn_jax.config import (
+    ConfigError,
+    ModelConfig,
+    from_hf_config,
+    read_hf_config,
+    to_hf_config,
+)
 from ahn_jax.model import Qwen2Model, abstract_model
 from ahn_jax.sharding import DEFAULT_RULES, state_shardings
 
@@ -63,9 +69,31 @@ def _dtype_name(dtype) -> str:
     return jnp.dtype(dtype).name
 
 
+def _ahn_settings(path: Path, ahn_type, ahn_path) -> dict:
+    """The AHN type and full-attention layers asked for, reconciled with what files say."""
+    settings = {"ahn_type": None, "full_attention_layers": ()}
+    if checkpoint.is_params_checkpoint(path):
+        settings.update(checkpoint.read_marker(path).get("ahn", {}))
+    if ahn_path is not None:
+        found = ahn_io.read_ahn_settings(ahn_path)
+        settings = {k: found[k] for k in ("ahn_type", "full_attention_layers")}
+    if ahn_type is not None:
+        if ahn_path is not None and ahn_type != settings["ahn_type"]:
+            raise ConfigError(
+                f"ahn_type={ahn_type!r} but the AHN weights in {ahn_path} are of type "
+                f"{settings['ahn_type']!r}"
+            )
+        settings["ahn_type"] = ahn_type
+    return settings
+
+
 def from_pretrained(
     path: str | Path,
     *,
+    ahn_type: str | None = None,
+    ahn_path: str | Path | None = None,
+    ahn_output_init: str = "zeros",
+    seed: int = 0,
     dtype=jnp.float32,
     compute_dtype=None,
     remat_policy: str = "none",
@@ -74,16 +102,23 @@ def from_pretrained(
 ) -> Qwen2Model:
     """Load a Qwen2/Qwen2.5 model from an HF directory or an Orbax checkpoint of `convert`.
 
-    `dtype` is the parameter dtype, `compute_dtype` that of activations (defaults to `dtype`).
-    With `mesh`, parameters are placed sharded by the logical-axis `rules` as they load.
+    AHN weights: `ahn_path` loads AHN-only safetensors in the reference's layout (the released
+    checkpoints); `ahn_type` ("gdn", "dn", "mamba2") adds fresh ones drawn from `seed`, their
+    output projection zero (the student starts as the sinks+window model) or, with
+    `ahn_output_init="normal"`, N(0, 0.02). An Orbax checkpoint that holds AHN weights brings them.
+    `dtype` is the base parameter dtype (AHN weights stay fp32), `compute_dtype` that of
+    activations (defaults to `dtype`). With `mesh`, parameters are placed sharded by the
+    logical-axis `rules` as they load.
     """
     path = Path(path)
-    config = from_hf_config(
+    base_config = from_hf_config(
         read_hf_config(path),
         param_dtype=_dtype_name(dtype),
         dtype=_dtype_name(compute_dtype if compute_dtype is not None else dtype),
         remat_policy=remat_policy,
     )
+    ahn_settings = _ahn_settings(path, ahn_type, ahn_path)
+    config = base_config.replace(**ahn_settings)
     graphdef, abstract_state = nnx.split(abstract_model(config))
     if mesh is None:
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -91,10 +126,13 @@ def from_pretrained(
     else:
         shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules))
     flat_shardings = traverse_util.flatten_dict(shardings)
+    flat_abstract = traverse_util.flatten_dict(nnx.to_pure_dict(abstract_state))
     if checkpoint.is_params_checkpoint(path):
-        flat_abstract = traverse_util.flatten_dict(nnx.to_pure_dict(abstract_state))
+        stored_ahn = checkpoint.read_marker(path).get("ahn", {}).get("ahn_type")
         params = {}
         for param_path, leaf in flat_abstract.items():  # one at a time: bounded peak memory
+            if _is_ahn(param_path) and (ahn_path is not None or stored_ahn != config.ahn_type):
+                continue
             target = jax.ShapeDtypeStruct(
                 leaf.shape, leaf.dtype, sharding=flat_shardings[param_path]
             )
@@ -102,7 +140,58 @@ def from_pretrained(
     else:
         # One device_put of the whole tree: on CPU it can alias the numpy buffers (measured
         # 1.1x the checkpoint at peak, against 1.6x for a put per parameter).
-        params = jax.device_put(dict(iter_hf_params(path, config)), flat_shardings)
-    params = traverse_util.unflatten_dict(params)
-    nnx.replace_by_pure_dict(abstract_state, params)
+        params = dict(iter_hf_params(path, base_config))
+    missing_ahn = [p for p in flat_abstract if _is_ahn(p) and p not in params]
+    if missing_ahn:
+        if ahn_path is not None:
+            shapes = {p: flat_abstract[p].shape for p in missing_ahn}
+            params.update(ahn_io.load_ahn_weights(ahn_path, config, shapes))
+        else:
+            fresh = init_ahn_weights(config, seed, ahn_output_init)
+            params.update({p: fresh[p] for p in missing_ahn})
+    params = jax.device_put(params, {p: flat_shardings[p] for p in params})
+    nnx.replace_by_pure_dict(abstract_state, traverse_util.unflatten_dict(params))
     return nnx.merge(graphdef, abstract_state)
+
+
+def _is_ahn(param_path: ParamPath) -> bool:
+    return param_path[:2] == ("layers", "ahn")
+
+
+def init_ahn_weights(config: ModelConfig, seed: int, output_init: str) -> dict:
+    """Fresh stacked AHN weights [L, ...] for every layer, without building the base model."""
+
+    @nnx.vmap(transform_metadata={nnx.PARTITION_NAME: None, "logical_axes": "layers"})
+    def make(layer_rngs):
+        return ahn.make_memory(config, layer_rngs, output_init)
+
+    memories = make(nnx.Rngs(params=seed).split(config.num_layers))
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(memories)))
+    return {("layers", "ahn", *path): np.asarray(value) for path, value in flat.items()}
+
+
+def save_model(model: Qwen2Model, directory: str | Path, *, side_files_from=None) -> Path:
+    """Write a model (AHN weights included) as an Orbax checkpoint `from_pretrained` reads."""
+    config = model.config
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    ahn_settings = None
+    if config.ahn_type is not None:
+        ahn_settings = {
+            "ahn_type": config.ahn_type,
+            "full_attention_layers": list(config.full_attention_layers),
+        }
+    checkpoint.save_params(
+        directory,
+        ((path, np.asarray(value)) for path, value in flat.items()),
+        hf_config=to_hf_config(config),
+        param_dtype=config.param_dtype,
+        side_files_from=side_files_from,
+        ahn=ahn_settings,
+    )
+    return Path(directory)
+
+
+def ahn_params_of(model: Qwen2Model) -> dict[ParamPath, np.ndarray]:
+    """The model's AHN weights, stacked over layers, by path."""
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, ahn.AhnParam)))
+    return {path: np.asarray(value) for path, value in flat.items()}
