@@ -1,0 +1,125 @@
+"""Decode cost against context length: full attention vs sinks + window vs AHN (tiny model, CPU).
+
+  python bench/decode.py [--lengths 1024,2048,...] [--steps 32] [--repeats 3]
+
+For each context length L the prompt (random bytes) is prefilled through the real chunked
+prefill, then `--steps` decode steps are timed (best of `--repeats`, after a warm-up step that
+compiles) for the three modes side by side, and the cache's bytes are read off the cache itself.
+The tiny_gdn config (4 layers, d 128, 2 / 1 heads) with S = 32 sinks and W = 992: the windowed
+caches hold S + W = 1024 tokens. Writes bench/results/decode.json and decode.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import _paths  # noqa: F401  - first: keeps bench/kernels.py from shadowing the kernels package
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from common import RESULTS, machine, write_result
+from flax import nnx
+
+from ahn_jax import model as model_lib
+from ahn_jax.config import load_config_file, validate_config
+
+SINKS, WINDOW = 32, 992
+MODES = ("full", "swa", "ahn")
+
+
+def time_decode(model, ids, mode, steps, repeats):
+    L = ids.shape[1]
+    window, sinks = (L + steps + 1, 0) if mode == "full" else (WINDOW, SINKS)
+    cache = model.init_cache(1, window=window, sinks=sinks, mode=mode)
+    _, cache = model.prefill(ids, cache, chunk_size=1024)
+    graphdef, state = nnx.split(model)
+    step = jax.jit(lambda t, c: model_lib.decode_step(graphdef, state, t, c))
+    token = ids[:, -1]
+    logits, warm = step(token, cache)  # compiles
+    jax.block_until_ready(logits)
+    best = float("inf")
+    for _ in range(repeats):
+        c = cache
+        start = time.perf_counter()
+        for _ in range(steps):
+            logits, c = step(token, c)
+        jax.block_until_ready(logits)
+        best = min(best, (time.perf_counter() - start) / steps)
+    return best, cache.nbytes()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768,65536")
+    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    config = validate_config(load_config_file("configs/tiny_gdn.py"))
+    model = model_lib.init_model(config, seed=0, ahn_output_init="normal")
+    rows = []
+    for L in (int(x) for x in args.lengths.split(",")):
+        ids = jnp.asarray(np.random.default_rng(L).integers(0, 256, (1, L)), jnp.int32)
+        row = {"length": L}
+        for mode in MODES:
+            seconds, nbytes = time_decode(model, ids, mode, args.steps, args.repeats)
+            row[mode] = {"ms_per_token": 1e3 * seconds, "cache_bytes": nbytes}
+        rows.append(row)
+        print(
+            f"L={L:6d} "
+            + "  ".join(
+                f"{m}: {row[m]['ms_per_token']:.2f} ms, {row[m]['cache_bytes'] / 2**20:.2f} MiB"
+                for m in MODES
+            ),
+            flush=True,
+        )
+    result = {"machine": machine(), "sinks": SINKS, "window": WINDOW, "rows": rows, **vars(args)}
+    write_result("decode", result)
+    plot(rows)
+    print_table(rows)
+
+
+def plot(rows):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [r["length"] for r in rows]
+    fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(10, 4))
+    for mode in MODES:
+        ax_mem.plot(lengths, [r[mode]["cache_bytes"] / 2**20 for r in rows], "o-", label=mode)
+        ax_time.plot(lengths, [r[mode]["ms_per_token"] for r in rows], "o-", label=mode)
+    for ax, title in ((ax_mem, "cache (MiB)"), (ax_time, "decode (ms / token)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_title(title)
+        ax.axvline(SINKS + WINDOW, color="grey", ls=":", lw=1)
+        ax.legend()
+    ax_mem.set_yscale("log")
+    fig.suptitle(f"tiny model, CPU, S={SINKS}, W={WINDOW}")
+    fig.tight_layout()
+    RESULTS.mkdir(exist_ok=True)
+    fig.savefig(RESULTS / "decode.png", dpi=110)
+
+
+def print_table(rows):
+    print("\n| L | full ms/token | swa ms/token | ahn ms/token | ahn / swa | full cache MiB "
+          "| swa cache MiB | ahn cache MiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ms = {m: r[m]["ms_per_token"] for m in MODES}
+        mib = {m: r[m]["cache_bytes"] / 2**20 for m in MODES}
+        print(
+            f"| {r['length']} | {ms['full']:.2f} | {ms['swa']:.2f} | {ms['ahn']:.2f} | "
+            f"{ms['ahn'] / ms['swa']:.2f}x | {mib['full']:.2f} | {mib['swa']:.3f} | "
+            f"{mib['ahn']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
