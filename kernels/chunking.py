@@ -8,6 +8,11 @@ into chunks of C tokens, with G the in-chunk cumulative log-decay, each chunk is
   S' = e^(G_last) S + (k e^(G_last - G))^T U
 
 so everything but a short scan over chunks is batched matrix products over all chunks at once.
+
+On CPU ("chunked" impls) the per-chunk terms are instead computed inside the scan step
+(`grouped_chunk_scan`): for 2048 chunks x 16 heads the batched-over-all-chunks products stream
+hundreds of MB through memory and ran at 20-50 GFLOP/s, while one chunk of a few heads stays in
+cache. The Pallas impls keep the batched terms and scan only the state (`inter_chunk_scan`).
 """
 
 from __future__ import annotations
@@ -62,6 +67,86 @@ def chunk_terms(q, k, G, scale: float, precision):
         k * jnp.exp(G_last - G)[..., None],
         jnp.exp(G_last[..., 0]),
     )
+
+
+def unit_lower_inverse(A: jax.Array, precision, block: int = 16) -> jax.Array:
+    """(I + A)^-1 for strictly lower-triangular A [..., C, C], from matrix products only.
+
+    XLA:CPU's batched `triangular_solve` runs at a few GFLOP/s; this builds the inverse as fla's
+    `solve_tril` does: the diagonal `block` x `block` blocks by doubling (blocks of size b -> 2b:
+    X <- X - X L X, L the coupling between paired blocks, X block-diagonal), then the pairs of
+    blocks are merged upwards with [[X11, 0], [X21, X22]], X21 = -X22 A21 X11. Each step multiplies
+    exact inverses of sub-blocks (no power series), so fp32 rounding stays like a substitution.
+    C that is not a power of two is padded with identity rows.
+    """
+    C = A.shape[-1]
+    Cp = 1 << (C - 1).bit_length()
+    if Cp != C:
+        A = jnp.pad(A, [(0, 0)] * (A.ndim - 2) + [(0, Cp - C), (0, Cp - C)])
+    b0 = min(block, Cp)
+    n = Cp // b0
+    D = jnp.stack([A[..., j * b0 : (j + 1) * b0, j * b0 : (j + 1) * b0] for j in range(n)], -3)
+    r, c = jnp.arange(b0)[:, None], jnp.arange(b0)[None, :]
+    X = jnp.broadcast_to(jnp.eye(b0, dtype=A.dtype), D.shape)
+    b = 1
+    while b < b0:  # within each diagonal block: blocks of b -> 2b
+        pair = ((r // (2 * b)) == (c // (2 * b))) & ((r // b) % 2 == 1) & ((c // b) % 2 == 0)
+        XL = jnp.einsum("...ij,...jk->...ik", X, jnp.where(pair, D, 0.0), precision=precision)
+        X = X - jnp.einsum("...ij,...jk->...ik", XL, X, precision=precision)
+        b *= 2
+    blocks = [X[..., j, :, :] for j in range(n)]
+    while len(blocks) > 1:  # merge neighbouring blocks of size b into 2b
+        merged = []
+        for j in range(0, len(blocks), 2):
+            X11, X22 = blocks[j], blocks[j + 1]
+            s = j * b
+            A21 = A[..., s + b : s + 2 * b, s : s + b]
+            X21 = jnp.einsum("...ij,...jk->...ik", X22, A21, precision=precision)
+            X21 = -jnp.einsum("...ij,...jk->...ik", X21, X11, precision=precision)
+            top = jnp.concatenate([X11, jnp.zeros_like(X11)], axis=-1)
+            merged.append(jnp.concatenate([top, jnp.concatenate([X21, X22], axis=-1)], axis=-2))
+        blocks = merged
+        b *= 2
+    return blocks[0][..., :C, :C]
+
+
+def heads_per_group(H: int, most: int = 4) -> int:
+    """How many heads one scan step handles: the largest divisor of H up to `most` (cache-sized)."""
+    return max(h for h in range(1, min(H, most) + 1) if H % h == 0)
+
+
+def to_groups(x: jax.Array, chunk: int, heads: int) -> jax.Array:
+    """[B, T, H, ...] -> [B * H / heads, N, heads, C, ...] in fp32, T zero-padded to N * C."""
+    x = pad_time(x, chunk)
+    B, T, H = x.shape[:3]
+    x = x.reshape(B, T // chunk, chunk, H // heads, heads, *x.shape[3:])
+    x = jnp.moveaxis(x, (3, 1, 4), (1, 2, 3))  # B, groups, N, heads, C, ...
+    return x.reshape(B * (H // heads), T // chunk, heads, chunk, *x.shape[5:]).astype(jnp.float32)
+
+
+def from_groups(x: jax.Array, batch: int, length: int) -> jax.Array:
+    """[B * groups, N, heads, C, V] -> [B, T, H, V], cropped to `length`."""
+    _, N, h, C, V = x.shape
+    x = x.reshape(batch, -1, N, h, C, V)
+    return jnp.moveaxis(x, (1, 3), (3, 4)).reshape(batch, N * C, -1, V)[:, :length]
+
+
+def grouped_chunk_scan(step, state_BHKV, xs, per_group=()):
+    """Scan `step(S, chunk, *per_group) -> (S, O)` over chunks, one group of heads at a time.
+
+    xs: arrays [B * groups, N, heads, C, ...] (`to_groups`); per_group: arrays [B * groups, ...]
+    that stay fixed along the scan. Returns (O [B * groups, N, heads, C, V], final S [B,H,K,V]).
+    """
+    B, H, K, V = state_BHKV.shape
+    heads = xs[0].shape[2]
+    S0 = state_BHKV.reshape(B * (H // heads), heads, K, V)
+
+    def one_group(args):
+        S, xs_g, consts = args
+        return jax.lax.scan(lambda S, chunk: step(S, chunk, *consts), S, xs_g)
+
+    final, O = jax.lax.map(one_group, (S0, tuple(xs), tuple(per_group)))
+    return O, final.reshape(B, H, K, V)
 
 
 def inter_chunk_scan(u_base, w, qg, P, kd, decay, initial_state, precision):

@@ -4,12 +4,17 @@ Per head, with a fp32 state S [K, V]:
   S <- exp(g_t) S;  u = beta_t (v_t - k_t S);  S <- S + k_t^T u;  o_t = scale q_t S.
 
 impl="recurrent" scans token by token (the oracle); impl="chunked" uses the WY/UT form: per chunk
-of C tokens, (I + strictly_lower(beta k k^T e^(G_t - G_i))) is inverted by one unit-triangular
-solve in fp32, then only a short scan over chunks remains (kernels/chunking.py);
-impl="pallas" runs that inter-chunk scan as a Pallas TPU kernel (kernels/delta_rule_pallas.py).
+of C tokens, T = (I + strictly_lower(beta k k^T e^(G_t - G_i)))^-1 in fp32 from matrix products
+(`chunking.unit_lower_inverse`), and one scan over chunks does each chunk's work in its step,
+a few heads at a time so that it stays in cache (`chunking.grouped_chunk_scan`):
+  U = T (beta (v - e^G k S));  O = (q e^G) S + P U;  S' = e^(G_last) S + (k e^(G_last - G))^T U.
+impl="pallas" computes the state-free terms for all chunks at once (one unit-triangular solve) and
+runs the inter-chunk scan as a Pallas TPU kernel (kernels/delta_rule_pallas.py).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +42,45 @@ def _check(q, k, v, g, beta, initial_state, impl, chunk_size):
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
 
-def _chunked(q, k, v, g, beta, initial_state, scale, chunk_size, precision, scan_impl):
+def _chunk_step(S, chunk, *, scale, l2norm, precision):
+    """One chunk of a group of heads: S [h, K, V]; q, k [h, C, K], v [h, C, V], g, beta [h, C]."""
+    q, k, v, g, beta = chunk
+    if l2norm:
+        q, k = delta_rule_reference.l2_normalize(q), delta_rule_reference.l2_normalize(k)
+    C = q.shape[-2]
+    mm = functools.partial(jnp.einsum, precision=precision)
+    G = jnp.cumsum(g, axis=-1)
+    decay = chunking.decay_matrix(G, strict=False)
+    qk_kk = mm("...tk,...ik->...ti", jnp.concatenate([q * scale, k], axis=-2), k)
+    P = qk_kk[..., :C, :] * decay  # tril(q k^T e^(G_t - G_i)), diagonal included
+    t, i = jnp.arange(C)[:, None], jnp.arange(C)[None, :]
+    A = jnp.where(t > i, beta[..., :, None] * qk_kk[..., C:, :] * decay, 0.0)
+    eG = jnp.exp(G)[..., None]
+    qS = mm("...ck,...kv->...cv", q * (scale * eG), S)
+    kS = mm("...ck,...kv->...cv", k, S)
+    U = mm(
+        "...ti,...iv->...tv",
+        chunking.unit_lower_inverse(A, precision),
+        beta[..., None] * (v - eG * kS),
+    )
+    O = qS + mm("...ti,...iv->...tv", P, U)
+    G_last = G[..., -1:]
+    S = jnp.exp(G_last)[..., None] * S + mm(
+        "...ck,...cv->...kv", k * jnp.exp(G_last - G)[..., None], U
+    )
+    return S, O
+
+
+def _chunked(q, k, v, g, beta, initial_state, scale, chunk_size, precision, l2norm):
+    B, T, H, _ = q.shape
+    heads = chunking.heads_per_group(H)
+    xs = tuple(chunking.to_groups(x, chunk_size, heads) for x in (q, k, v, g, beta))
+    step = functools.partial(_chunk_step, scale=scale, l2norm=l2norm, precision=precision)
+    O, final = chunking.grouped_chunk_scan(step, initial_state, xs)
+    return chunking.from_groups(O, B, T), final
+
+
+def _chunked_pallas(q, k, v, g, beta, initial_state, scale, chunk_size, precision, scan_impl):
     T = q.shape[1]
     C = chunk_size
     q, k, v, g, beta = (chunking.to_chunks(chunking.pad_time(x, C), C) for x in (q, k, v, g, beta))
@@ -79,7 +122,7 @@ def gated_delta_rule(
     B, _, H, K = q.shape
     V = v.shape[-1]
     scale = K**-0.5 if scale is None else scale
-    if use_qk_l2norm:
+    if use_qk_l2norm and impl != "chunked":  # the chunked step normalises in cache
         q, k = delta_rule_reference.l2_normalize(q), delta_rule_reference.l2_normalize(k)
     state = (
         jnp.zeros((B, H, K, V), jnp.float32)
@@ -88,8 +131,10 @@ def gated_delta_rule(
     )
     if impl == "recurrent":
         o, final = delta_rule_reference.recurrent(q, k, v, g, beta, state, scale)
+    elif impl == "chunked":
+        o, final = _chunked(q, k, v, g, beta, state, scale, chunk_size, precision, use_qk_l2norm)
     else:
-        o, final = _chunked(
+        o, final = _chunked_pallas(
             q, k, v, g, beta, state, scale, chunk_size, precision, chunking.scan_for(impl)
         )
     return o.astype(v.dtype), (final if output_final_state else None)

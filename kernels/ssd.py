@@ -5,9 +5,13 @@ x [B,T,H,P], dt [B,T,H] (after softplus), A [H] (negative), B and C [B,T,H,N], s
 
 It is the chunked recurrence of kernels/chunking.py with keys B, values dt x, queries C, log-decay
 dt A and no delta correction (w = 0), so it shares the inter-chunk scan (and its Pallas kernel).
+impl="chunked" does each chunk's work inside the scan step, a few heads at a time (in cache; see
+kernels/chunking.py); impl="pallas" batches the state-free terms and scans with the Pallas kernel.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +20,7 @@ from kernels import chunking
 from kernels.delta_rule_reference import checkpointed_scan
 
 IMPLS = ("recurrent", "chunked", "pallas")
+HEADS_PER_STEP = 2  # chunk 256: [256, 256] per-head terms, so fewer heads per step than the GDN
 
 
 def ssd_step(x, dt, A, B, C, state):
@@ -40,7 +45,32 @@ def _recurrent(x, dt, A, B, C, state):
     return jnp.moveaxis(y, 0, 1), final
 
 
-def _chunked(x, dt, A, B, C, state, chunk_size, precision, scan_impl):
+def _chunk_step(S, chunk, A, *, precision):
+    """One chunk of a group of heads: S [h, N, P]; x [h, C, P], dt [h, C], B, C [h, C, N]; A [h]."""
+    x, dt, B, C = chunk
+    mm = functools.partial(jnp.einsum, precision=precision)
+    G = jnp.cumsum(dt * A[:, None], axis=-1)
+    P = mm("...tn,...in->...ti", C, B) * chunking.decay_matrix(G, strict=False)
+    u = dt[..., None] * x
+    O = mm("...cn,...np->...cp", C * jnp.exp(G)[..., None], S) + mm("...ti,...ip->...tp", P, u)
+    G_last = G[..., -1:]
+    S = jnp.exp(G_last)[..., None] * S + mm(
+        "...cn,...cp->...np", B * jnp.exp(G_last - G)[..., None], u
+    )
+    return S, O
+
+
+def _chunked(x, dt, A, B, C, state, chunk_size, precision):
+    b, T, H, _ = x.shape
+    heads = chunking.heads_per_group(H, HEADS_PER_STEP)
+    xs = tuple(chunking.to_groups(a, chunk_size, heads) for a in (x, dt, B, C))
+    A = jnp.broadcast_to(A.astype(jnp.float32), (b, H)).reshape(-1, heads)
+    step = functools.partial(_chunk_step, precision=precision)
+    y, final = chunking.grouped_chunk_scan(step, state, xs, (A,))
+    return chunking.from_groups(y, b, T), final
+
+
+def _chunked_pallas(x, dt, A, B, C, state, chunk_size, precision, scan_impl):
     T = x.shape[1]
     x, dt, B, C = (chunking.to_chunks(chunking.pad_time(a, chunk_size), chunk_size)
                    for a in (x, dt, B, C))  # fmt: skip
@@ -83,6 +113,10 @@ def ssd(
     )
     if impl == "recurrent":
         y, final = _recurrent(x, dt, A, B, C, state)
+    elif impl == "chunked":
+        y, final = _chunked(x, dt, A, B, C, state, chunk_size, precision)
     else:
-        y, final = _chunked(x, dt, A, B, C, state, chunk_size, precision, chunking.scan_for(impl))
+        y, final = _chunked_pallas(
+            x, dt, A, B, C, state, chunk_size, precision, chunking.scan_for(impl)
+        )
     return y.astype(x.dtype), (final if output_final_state else None)
