@@ -50,11 +50,10 @@ def _chunk_step(S, chunk, *, scale, l2norm, precision):
     C = q.shape[-2]
     mm = functools.partial(jnp.einsum, precision=precision)
     G = jnp.cumsum(g, axis=-1)
-    decay = chunking.decay_matrix(G, strict=False)
-    qk_kk = mm("...tk,...ik->...ti", jnp.concatenate([q * scale, k], axis=-2), k)
-    P = qk_kk[..., :C, :] * decay  # tril(q k^T e^(G_t - G_i)), diagonal included
-    t, i = jnp.arange(C)[:, None], jnp.arange(C)[None, :]
-    A = jnp.where(t > i, beta[..., :, None] * qk_kk[..., C:, :] * decay, 0.0)
+    # [beta k; q] k^T * e^(G_t - G_i): A strictly lower, P with the diagonal
+    lhs = jnp.concatenate([beta[..., None] * k, q * scale], axis=-2)
+    A_P = chunking.masked_decayed_products(lhs, k, G, precision, strict_rows=1)
+    A, P = A_P[..., :C, :], A_P[..., C:, :]
     eG = jnp.exp(G)[..., None]
     qS = mm("...ck,...kv->...cv", q * (scale * eG), S)
     kS = mm("...ck,...kv->...cv", k, S)

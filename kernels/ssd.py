@@ -50,7 +50,7 @@ def _chunk_step(S, chunk, A, *, precision):
     x, dt, B, C = chunk
     mm = functools.partial(jnp.einsum, precision=precision)
     G = jnp.cumsum(dt * A[:, None], axis=-1)
-    P = mm("...tn,...in->...ti", C, B) * chunking.decay_matrix(G, strict=False)
+    P = chunking.masked_decayed_products(C, B, G, precision)
     u = dt[..., None] * x
     O = mm("...cn,...np->...cp", C * jnp.exp(G)[..., None], S) + mm("...ti,...ip->...tp", P, u)
     G_last = G[..., -1:]
