@@ -1,9 +1,14 @@
-"""The Qwen2/Qwen2.5 decoder: scanned layers, remat, and the functional `jax.jit` core.
+"""The Qwen2/Qwen2.5 decoder with AHN: three modes, scanned layers, remat, the `jax.jit` core.
 
 `Qwen2Model(config, rngs)` is an NNX module; calling it runs a jitted pure function of its split
 state (`forward`), so there is no Python graph walk per call. The decoder layers are created with
 `nnx.vmap` (a leading `layers` axis on every weight) and applied with `jax.lax.scan`, so compile
 time does not grow with depth.
+
+Modes (ahn_spec §1.2): "full" is causal attention (the teacher, and plain Qwen2); "swa" restricts
+each query to S sinks + a window of W keys; "ahn" adds, before the frozen o_proj, the output of the
+layer's AHN, which has absorbed every token that left the window. Inference goes through
+`init_cache` / `prefill` / `decode_step`, whose cache (ahn_jax/cache.py) never grows past S + W.
 """
 
 from __future__ import annotations
