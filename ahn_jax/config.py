@@ -248,16 +248,52 @@ QWEN25_DEFAULTS = {
 }
 
 
+# The paper's recipe (ahn_spec §3); a config file overrides what differs.
+TRAIN_DEFAULTS = {
+    "steps": 740,
+    "batch_size": 128,  # global, in sequences
+    "micro_batches": 1,  # gradient accumulation
+    "seq_len": 24576,
+    "length_buckets": (),  # pad each batch to the smallest bucket (default: seq_len only)
+    "learning_rate": 1e-4,
+    "warmup_fraction": 0.1,
+    "weight_decay": 0.1,
+    "max_grad_norm": 1.0,
+    "loss": "kl",
+    "window_sampling": "random",
+    "window": 256,  # "fixed" / "linear" sampling
+    "sinks": 0,
+    "window_choices": tuple(2**i for i in range(5, 14)),
+    "sink_choices": (0, 32, 64, 128, 512, 2048, 4096),
+    "seq_tile": 512,  # loss tiles: the [T, V] logits are never formed
+    "vocab_tile": 8192,
+    "seed": 0,
+    "base_checkpoint": "",  # HF dir or ahn_jax checkpoint; "" = the config's random init
+    "output_dir": "runs/ahn",
+    "checkpoint_every": 50,
+    "keep_checkpoints": 3,
+    "log_every": 1,
+}
+DATA_DEFAULTS = {
+    "format": "chat",
+    "paths": (),
+    "tokenizer": "checkpoint",  # the base checkpoint's tokenizer.json, or "bytes"
+    "filter_len": 288,
+    "cutoff_len": 24576,
+}
+
+
 def make_config(model: Mapping[str, Any], *, ahn_type: str = "gdn", **sections: Any):
-    """The ConfigDict of a config file: model settings (validated now) plus the AHN section."""
+    """The ConfigDict of a config file: model settings (validated now), the AHN section, the
+    training and data sections (the paper's recipe, updated by `train=` / `data=`) and any other
+    sections given."""
     from ml_collections import ConfigDict
 
+    sections = {name: dict(section) for name, section in sections.items()}
+    sections["train"] = {**TRAIN_DEFAULTS, **sections.get("train", {})}
+    sections["data"] = {**DATA_DEFAULTS, **sections.get("data", {})}
     config = ConfigDict(
-        {
-            "model": dict(model),
-            "ahn": {"type": ahn_type, "full_attention_layers": ()},
-            **{name: dict(section) for name, section in sections.items()},
-        }
+        {"model": dict(model), "ahn": {"type": ahn_type, "full_attention_layers": ()}, **sections}
     )
     validate_config(config)
     return config

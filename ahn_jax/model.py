@@ -57,14 +57,20 @@ class DecoderLayer(nnx.Module):
         x_BTD = x_BTD + self.attn.out(attn_BTNH)
         return x_BTD + self.mlp(self.post_attn_norm(x_BTD))
 
-    def __call__(self, x_BTD, cos_BTH, sin_BTH, *, mode="full", window=None, sinks=0):
+    def __call__(
+        self, x_BTD, cos_BTH, sin_BTH, *, mode="full", window=None, sinks=0, with_attention=False
+    ):
+        """The parallel forward; `with_attention` also returns the pre-o_proj attention output
+        (AHN output included), which the per-layer `distill` loss compares."""
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
         if mode == "full":
-            return self._finish(x_BTD, attention.causal_attention(q, k, v))
-        attn = attention.causal_attention(q, k, v, window=window, sinks=sinks)
+            attn = attention.causal_attention(q, k, v)
+        else:
+            attn = attention.causal_attention(q, k, v, window=window, sinks=sinks)
         if mode == "ahn":
             attn = attn + self.memory(h, q, k, v, window, sinks)
-        return self._finish(x_BTD, attn)
+        out = self._finish(x_BTD, attn)
+        return (out, attn) if with_attention else out
 
     def memory(self, h_BTD, q_BTNH, k_BTKH, v_BTKH, window, sinks):
         """The AHN output [B, T, N, H] of the parallel forward. The memory runs over all T
@@ -205,29 +211,39 @@ class Qwen2Model(nnx.Module):
 
     def logits(self, input_ids_BT, positions_BT, *, mode="full", window=None, sinks=0):
         """The traced computation behind `__call__` (call it inside jit/grad of your own)."""
+        x, _ = self.hidden_states(input_ids_BT, positions_BT, mode=mode, window=window, sinks=sinks)
+        return jnp.einsum("BTD,DV->BTV", x, self.lm_head_DV(), preferred_element_type=jnp.float32)
+
+    def hidden_states(
+        self, input_ids_BT, positions_BT, *, mode="full", window=None, sinks=0, collect=False
+    ):
+        """Final-normed hidden states [B, T, D] (the input of `lm_head_DV`), and with `collect`
+        every layer's attention output before o_proj, stacked [L, B, T, N, H] (else None)."""
         x, cos, sin = self._embed(input_ids_BT, positions_BT)
         windows = self._layer_windows(window if window is not None else 0, x.shape[1])
 
         def layer_step(x_BTD, inputs):
             layer, layer_window = inputs
             x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
-            x_BTD = layer(x_BTD, cos, sin, mode=mode, window=layer_window, sinks=sinks)
-            return constrain(x_BTD, ("batch", "length", "embed")), None
+            x_BTD, attn = layer(
+                x_BTD, cos, sin, mode=mode, window=layer_window, sinks=sinks, with_attention=True
+            )
+            return constrain(x_BTD, ("batch", "length", "embed")), attn if collect else None
 
         if self.config.remat_policy != "none":
             policy = _REMAT_POLICIES[self.config.remat_policy]
             layer_step = jax.checkpoint(layer_step, policy=policy)
-        x, _ = jax.lax.scan(layer_step, x, (self.layers, windows))
-        return self._head(x)
+        x, attentions = jax.lax.scan(layer_step, x, (self.layers, windows))
+        return self.final_norm(x), attentions
+
+    def lm_head_DV(self) -> jax.Array:
+        """The output projection [D, V] in the compute dtype (the embedding when tied)."""
+        head = self.embed_tokens[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+        return head.astype(self.config.jnp_dtype)
 
     def _head(self, x):
         x = self.final_norm(x)
-        dtype = self.config.jnp_dtype
-        if self.config.tie_word_embeddings:
-            spec, head = "...D,VD->...V", self.embed_tokens[...]
-        else:
-            spec, head = "...D,DV->...V", self.lm_head[...]
-        return jnp.einsum(spec, x, head.astype(dtype), preferred_element_type=jnp.float32)
+        return jnp.einsum("...D,DV->...V", x, self.lm_head_DV(), preferred_element_type=jnp.float32)
 
     # ---- inference with a constant-size cache ------------------------------------------------
 

@@ -102,7 +102,7 @@ def test_depth_does_not_unroll():
     sizes = []
     for layers in (2, 8):
         graphdef, state = nnx.split(init_model(tiny_config(num_layers=layers)))
-        hlo = forward.lower(graphdef, state, ids, pos).as_text()
+        hlo = forward.lower(graphdef, state, ids, pos, jnp.int32(0), jnp.int32(0)).as_text()
         sizes.append(hlo.count("dot_general"))
     assert sizes[0] == sizes[1]
 

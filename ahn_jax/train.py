@@ -1,0 +1,370 @@
+"""Self-distillation of the AHN weights: `python -m ahn_jax.train --config=configs/X.py`.
+
+Teacher: the frozen model in mode "full" (no gradient). Student: the same weights in mode "ahn"
+with a window and sinks sampled per step (ahn_jax/windows.py). Loss: KL(teacher || student) on
+positions >= S + W whose label is not ignored (`train.loss` may also be "ce" or "distill"). Only
+`AhnParam` weights get gradients and optimizer state (AdamW, warmup + cosine, clipping; gradient
+accumulation over `train.micro_batches`).
+
+Checkpoints (Orbax CheckpointManager, asynchronous, keep N) hold the AHN weights, the optimizer
+state, the data iterator's state and the step; a restarted run with the same command resumes from
+the latest one and continues exactly. Metrics go to `<output_dir>/metrics.jsonl` and a progress
+bar; at the end the AHN weights are exported in the reference's layout to `<output_dir>/ahn`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+import orbax.checkpoint as ocp
+from absl import app, logging
+from flax import nnx
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from ahn_jax import ahn_io, data, losses, windows
+from ahn_jax.ahn import AhnParam
+from ahn_jax.config import ConfigError, ModelConfig, validate_config
+from ahn_jax.loading import ahn_params_of, from_pretrained
+from ahn_jax.model import init_model
+from ahn_jax.optim import learning_rate_schedule, make_optimizer
+from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=False)
+
+LOSSES = ("kl", "ce", "distill")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. a non-finite loss); the message names the step."""
+
+
+# ---- settings ----------------------------------------------------------------------------------
+
+
+def validate_train_config(config) -> None:
+    """Fail at start-up, naming the field and the value, for what would fail later."""
+    for section in ("train", "data"):
+        if section not in config:
+            raise ConfigError(f"config has no '{section}' section")
+    t, d = config.train, config.data
+    positive = ("steps", "batch_size", "micro_batches", "seq_len", "checkpoint_every", "log_every")
+    for name in positive:
+        value = t.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"train.{name} must be a positive integer, got {value!r}")
+    if t.batch_size % t.micro_batches:
+        raise ConfigError(
+            f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batches "
+            f"({t.micro_batches})"
+        )
+    if t.loss not in LOSSES:
+        raise ConfigError(f"train.loss must be one of {LOSSES}, got {t.loss!r}")
+    if t.window_sampling not in windows.KINDS:
+        raise ConfigError(
+            f"train.window_sampling must be one of {windows.KINDS}, got {t.window_sampling!r}"
+        )
+    if not t.learning_rate > 0:
+        raise ConfigError(f"train.learning_rate must be > 0, got {t.learning_rate!r}")
+    if t.window_sampling == "fixed" and t.window + t.sinks >= t.seq_len:
+        raise ConfigError(
+            f"train.window ({t.window}) + train.sinks ({t.sinks}) must be below train.seq_len "
+            f"({t.seq_len}): no position would reach the memory"
+        )
+    if d.cutoff_len > t.seq_len:
+        raise ConfigError(
+            f"data.cutoff_len ({d.cutoff_len}) must not exceed train.seq_len ({t.seq_len})"
+        )
+    if t.base_checkpoint and not Path(t.base_checkpoint).exists():
+        raise ConfigError(f"train.base_checkpoint = {t.base_checkpoint!r} does not exist")
+    for path in d.get("paths", ()):
+        if not Path(path).exists():
+            raise ConfigError(f"data.paths has {path!r}, which does not exist")
+
+
+def load_base(config, model_config: ModelConfig):
+    """The frozen base (a checkpoint, or the config's random init) with fresh AHN weights."""
+    t = config.train
+    if t.base_checkpoint:
+        return from_pretrained(
+            t.base_checkpoint,
+            ahn_type=model_config.ahn_type,
+            seed=t.seed,
+            dtype=model_config.jnp_param_dtype,
+            compute_dtype=model_config.jnp_dtype,
+            remat_policy=model_config.remat_policy,
+        )
+    return init_model(model_config, seed=t.seed)
+
+
+def tokenizer_for(config):
+    if config.data.tokenizer == "bytes":
+        return ByteTokenizer()
+    directory = config.data.get("tokenizer_dir") or config.train.base_checkpoint
+    if not directory:
+        raise ConfigError("data.tokenizer = 'checkpoint' needs train.base_checkpoint")
+    return HFTokenizer.from_dir(directory)
+
+
+# ---- the step ----------------------------------------------------------------------------------
+
+
+def valid_positions(labels_BT, window, sinks):
+    """Where the loss counts: the memory is active (t >= S + W) and the label is not ignored."""
+    t = jnp.arange(labels_BT.shape[1])[None, :]
+    return (t >= window + sinks) & (labels_BT != data.IGNORE)
+
+
+def loss_on_batch(model, batch, window, sinks, loss_name, seq_tile, vocab_tile):
+    ids, labels = batch["input_ids"], batch["labels"]
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    distill = loss_name == "distill"
+    student, student_attn = model.hidden_states(
+        ids, positions, mode="ahn", window=window, sinks=sinks, collect=distill
+    )
+    valid = valid_positions(labels, window, sinks)
+    if loss_name == "ce":  # next-token CE: position t predicts label t + 1
+        targets = jnp.pad(labels[:, 1:], ((0, 0), (0, 1)), constant_values=data.IGNORE)
+        valid = valid & (targets != data.IGNORE)
+        return losses.cross_entropy(
+            student, model.lm_head_DV(), targets, valid, seq_tile=seq_tile, vocab_tile=vocab_tile
+        )
+    teacher, teacher_attn = model.hidden_states(ids, positions, mode="full", collect=distill)
+    if distill:
+        return losses.layer_distill(student_attn, teacher_attn, valid)
+    return losses.distillation_kl(
+        student, teacher, model.lm_head_DV(), valid, seq_tile=seq_tile, vocab_tile=vocab_tile
+    )
+
+
+def make_train_step(graphdef, tx, schedule, train_config):
+    """A jitted step: (trainable, opt_state, frozen, batch, window, sinks) -> (trainable,
+    opt_state, metrics). Micro-batches are scanned with gradients summed in fp32."""
+    loss_name = train_config.loss
+    micro = train_config.micro_batches
+    tiles = (train_config.seq_tile, train_config.vocab_tile)
+
+    def micro_loss(trainable, frozen, batch, window, sinks):
+        model = nnx.merge(graphdef, trainable, frozen)
+        loss, count = loss_on_batch(model, batch, window, sinks, loss_name, *tiles)
+        return loss * count, count
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(trainable, opt_state, frozen, batch, window, sinks, step_index):
+        split = jax.tree.map(lambda x: x.reshape(micro, -1, *x.shape[1:]), batch)
+        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+        def accumulate(carry, micro_batch):
+            total, count, grads = carry
+            (weighted, n), g = grad_fn(trainable, frozen, micro_batch, window, sinks)
+            return (total + weighted, count + n, jax.tree.map(jnp.add, grads, g)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
+        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), zeros)
+        (total, count, grads), _ = jax.lax.scan(accumulate, init, split)
+        scale = 1.0 / jnp.maximum(count, 1)
+        grads = jax.tree.map(lambda g: g * scale, grads)
+        updates, opt_state = tx.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        metrics = {
+            "loss": total * scale,
+            "valid_tokens": count,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": schedule(step_index),
+        }
+        return trainable, opt_state, metrics
+
+    return step
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    config: object
+    model_config: ModelConfig
+    graphdef: object
+    trainable: object
+    frozen: object
+    opt_state: object
+    tx: object
+    schedule: object
+    iterator: object
+    manager: ocp.CheckpointManager
+    output_dir: Path
+    skips: data.SkipCounter
+    start_step: int = 0
+
+
+def setup(config) -> Run:
+    model_config = validate_config(config)
+    if model_config.ahn_type is None:
+        raise ConfigError("ahn.type must be set to train AHN weights")
+    validate_train_config(config)
+    t = config.train
+    output_dir = Path(t.output_dir).absolute()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = load_base(config, model_config)
+    graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
+    schedule = learning_rate_schedule(t.learning_rate, t.steps, t.warmup_fraction)
+    tx = make_optimizer(
+        learning_rate=t.learning_rate,
+        total_steps=t.steps,
+        warmup_fraction=t.warmup_fraction,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+    )
+    opt_state = tx.init(trainable)
+    skips = data.SkipCounter()
+    dataset = data.make_dataset(
+        config.data,
+        tokenizer_for(config),
+        batch_size=t.batch_size // jax.process_count(),
+        seed=t.seed,
+        buckets=tuple(t.get("length_buckets") or (t.seq_len,)),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        skips=skips,
+    )
+    iterator = iter(dataset)
+    manager = ocp.CheckpointManager(
+        output_dir / "checkpoints",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=t.keep_checkpoints, enable_async_checkpointing=True
+        ),
+    )
+    run = Run(config, model_config, graphdef, trainable, frozen, opt_state, tx, schedule,
+              iterator, manager, output_dir, skips)  # fmt: skip
+    restore_latest(run)
+    return run
+
+
+def save(run: Run, step: int) -> None:
+    run.manager.save(
+        step,
+        args=ocp.args.Composite(
+            trainable=ocp.args.StandardSave(run.trainable),
+            opt_state=ocp.args.StandardSave(run.opt_state),
+            data=ocp.args.JsonSave(run.iterator.get_state()),
+            meta=ocp.args.JsonSave({"step": step, "config": json.loads(run.config.to_json())}),
+        ),
+    )
+
+
+def restore_latest(run: Run) -> None:
+    step = run.manager.latest_step()
+    if step is None:
+        return
+
+    def abstract(tree):
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+        )
+
+    restored = run.manager.restore(
+        step,
+        args=ocp.args.Composite(
+            trainable=ocp.args.StandardRestore(abstract(run.trainable)),
+            opt_state=ocp.args.StandardRestore(abstract(run.opt_state)),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    run.trainable, run.opt_state = restored.trainable, restored.opt_state
+    run.iterator.set_state(restored.data)
+    run.start_step = step
+    logging.info("resumed from %s at step %d", run.manager.directory, step)
+
+
+def train(config) -> Run:
+    run = setup(config)
+    t = config.train
+    step_fn = make_train_step(run.graphdef, run.tx, run.schedule, t)
+    metrics_path = run.output_dir / "metrics.jsonl"
+    bar = tqdm(
+        total=t.steps, initial=run.start_step, desc="train", disable=None, dynamic_ncols=True
+    )
+    last_time = time.perf_counter()
+    with open(metrics_path, "a") as metrics_file:
+        for step in range(run.start_step + 1, t.steps + 1):
+            batch = next(run.iterator)
+            length = int(batch["lengths"].max())
+            window, sinks = windows.sample_window(
+                t.seed,
+                step,
+                length,
+                kind=t.window_sampling,
+                window=t.window,
+                sinks=t.sinks,
+                window_choices=tuple(t.window_choices),
+                sink_choices=tuple(t.sink_choices),
+            )
+            arrays = {k: jnp.asarray(batch[k]) for k in ("input_ids", "labels")}
+            run.trainable, run.opt_state, metrics = step_fn(
+                run.trainable, run.opt_state, run.frozen, arrays,
+                jnp.int32(window), jnp.int32(sinks), jnp.int32(step - 1),
+            )  # fmt: skip
+            loss = float(metrics["loss"])
+            if not math.isfinite(loss):
+                run.manager.wait_until_finished()
+                raise TrainingError(
+                    f"non-finite loss {loss} at step {step} (window {window}, sinks {sinks}); "
+                    f"the last good checkpoint is step {run.manager.latest_step()}"
+                )
+            now = time.perf_counter()
+            record = {
+                "step": step,
+                "loss": loss,
+                "grad_norm": float(metrics["grad_norm"]),
+                "learning_rate": float(metrics["learning_rate"]),
+                "window": window,
+                "sinks": sinks,
+                "valid_tokens": int(metrics["valid_tokens"]),
+                "tokens_per_s": batch["lengths"].sum() * jax.process_count() / (now - last_time),
+                "skipped_records": run.skips.count,
+            }
+            record["tokens_per_s"] = float(record["tokens_per_s"])
+            last_time = now
+            if step % t.log_every == 0 or step == t.steps:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            bar.set_postfix(loss=f"{loss:.4f}", W=window, S=sinks,
+                            tok_s=f"{record['tokens_per_s']:,.0f}")  # fmt: skip
+            bar.update()
+            if step % t.checkpoint_every == 0 or step == t.steps:
+                save(run, step)
+    bar.close()
+    run.manager.wait_until_finished()
+    export_dir = run.output_dir / "ahn"
+    if jax.process_index() == 0 and not export_dir.exists():
+        params = ahn_params_of(nnx.merge(run.graphdef, run.trainable, run.frozen))
+        ahn_io.save_ahn_weights(export_dir, run.model_config, params)
+    return run
+
+
+def main(argv) -> None:
+    del argv
+    if _CONFIG.value is None:
+        raise app.UsageError("--config=configs/<name>.py is required")
+    try:
+        run = train(_CONFIG.value)
+    except (ConfigError, FileNotFoundError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"done: {run.config.train.steps} steps; AHN weights in {run.output_dir / 'ahn'}")
+    if run.skips.count:
+        print(f"skipped {run.skips.count} bad records (see the log for file:line)")
+
+
+if __name__ == "__main__":
+    app.run(main)

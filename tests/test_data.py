@@ -1,0 +1,138 @@
+"""Data: chat rendering and labels with the real Qwen2.5 tokenizer, bad records, order, shards."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from ahn_jax import data
+from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer, render_chat
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is a hippocampus?"},
+    {"role": "assistant", "content": "A brain region for memory."},
+    {"role": "user", "content": "And AHN?"},
+    {"role": "assistant", "content": "A compressed memory for transformers."},
+]
+
+
+def test_chat_labels_cover_only_the_assistant(qwen25_tokenizer_dir):
+    tokenizer = HFTokenizer.from_dir(qwen25_tokenizer_dir)
+    ids, labels = data.encode_chat(tokenizer, CHAT)
+    np.testing.assert_array_equal(ids, tokenizer.encode(render_chat(CHAT)))
+    learned = tokenizer.decode(ids[labels != data.IGNORE])
+    assert (
+        learned
+        == "A brain region for memory.<|im_end|>A compressed memory for transformers.<|im_end|>"
+    )
+    np.testing.assert_array_equal(labels[labels != data.IGNORE], ids[labels != data.IGNORE])
+
+
+def test_sharegpt_and_openai_forms_agree():
+    sharegpt = {"conversations": [{"from": {"system": "system", "user": "human",
+                "assistant": "gpt"}[m["role"]], "value": m["content"]} for m in CHAT]}  # fmt: skip
+    assert data.chat_messages(sharegpt) == data.chat_messages({"messages": CHAT}) == CHAT
+
+
+def _config(paths, fmt="chat", cutoff_len=64):
+    return ConfigDict({"format": fmt, "paths": [str(p) for p in paths], "filter_len": 10,
+                       "cutoff_len": cutoff_len})  # fmt: skip
+
+
+CHAT_LEN = 256  # byte-level chats: the default system prompt alone is ~100 bytes
+
+
+def _write_chat(path, n, bad_lines=()):
+    lines = []
+    for i in range(n):
+        reply = f"reply number {i} " * (1 + i % 3)
+        messages = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": reply}]
+        lines.append(json.dumps({"messages": messages}))
+    for number, text in bad_lines:
+        lines.insert(number - 1, text)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_bad_records_are_skipped_counted_and_located(tmp_path, caplog):
+    path = tmp_path / "chat.jsonl"
+    bad = [(2, "{not json"), (4, json.dumps({"messages": [{"role": "user"}]})),
+           (6, json.dumps({"text": "no conversation"}))]  # fmt: skip
+    _write_chat(path, 12, bad)
+    skips = data.SkipCounter()
+    dataset = data.make_dataset(_config([path], cutoff_len=CHAT_LEN), ByteTokenizer(),
+                                batch_size=3, seed=0, buckets=(CHAT_LEN,), skips=skips)  # fmt: skip
+    iterator = iter(dataset)
+    with caplog.at_level(logging.WARNING):
+        batches = [next(iterator) for _ in range(8)]  # two passes over the 12 good records
+    assert skips.count >= 3
+    assert f"{path}:2" in caplog.text and f"{path}:4" in caplog.text and f"{path}:6" in caplog.text
+    assert all(b["input_ids"].shape == (3, CHAT_LEN) for b in batches)
+    assert all(int(b["lengths"].max()) < CHAT_LEN for b in batches)  # nothing cut: rows differ
+
+
+def test_filter_and_cutoff(tmp_path):
+    path = tmp_path / "text.jsonl"
+    texts = ["short", "x" * 30, "y" * 200]
+    path.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    dataset = data.make_dataset(_config([path], fmt="text"), ByteTokenizer(), batch_size=1,
+                                seed=0, buckets=(64,))  # fmt: skip
+    iterator = iter(dataset)
+    lengths = sorted({int(next(iterator)["lengths"][0]) for _ in range(10)})
+    assert lengths == [30, 64]  # "short" (5 <= filter_len 10) dropped, 200 cut at 64
+
+
+def test_order_is_seeded_and_the_iterator_state_resumes_exactly(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    _write_chat(path, 20)
+
+    def make(seed=0, **kwargs):
+        return iter(
+            data.make_dataset(
+                _config([path], cutoff_len=CHAT_LEN),
+                ByteTokenizer(),
+                batch_size=2,
+                seed=seed,
+                buckets=(CHAT_LEN,),
+                **kwargs,
+            )
+        )
+
+    first = make()
+    for _ in range(3):
+        next(first)
+    state = first.get_state()
+    expected = [next(first)["input_ids"] for _ in range(4)]
+    resumed = make()
+    resumed.set_state(json.loads(json.dumps(state)))
+    for batch in expected:
+        np.testing.assert_array_equal(next(resumed)["input_ids"], batch)
+    other = make(seed=1)
+    assert any(not np.array_equal(next(other)["input_ids"], b) for b in [next(make())["input_ids"]])
+
+
+def test_processes_read_disjoint_shards(tmp_path):
+    path = tmp_path / "text.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"document {i:03d} " * 3}) for i in range(16)))
+    seen = []
+    for index in range(2):
+        dataset = data.make_dataset(
+            _config([path], fmt="text"),
+            ByteTokenizer(),
+            batch_size=1,
+            seed=0,
+            buckets=(64,),
+            process_index=index,
+            process_count=2,
+        )
+        it = iter(dataset)
+        seen.append({bytes(next(it)["input_ids"][0, :12]) for _ in range(8)})
+    assert len(seen[0]) == len(seen[1]) == 8 and not seen[0] & seen[1]
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
+        data.make_dataset(_config([tmp_path / "nowhere.jsonl"]), ByteTokenizer(), batch_size=1,
+                          seed=0, buckets=(64,))  # fmt: skip
