@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
-from absl import app, logging
+from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -178,7 +178,7 @@ def make_train_step(graphdef, tx, schedule, train_config):
         metrics = {
             "loss": total * scale,
             "valid_tokens": count,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(step_index),
         }
         return trainable, opt_state, metrics
@@ -204,6 +204,7 @@ class Run:
     output_dir: Path
     skips: data.SkipCounter
     start_step: int = 0
+    step_fn: object = None
 
 
 def setup(config) -> Run:
@@ -289,7 +290,7 @@ def restore_latest(run: Run) -> None:
 def train(config) -> Run:
     run = setup(config)
     t = config.train
-    step_fn = make_train_step(run.graphdef, run.tx, run.schedule, t)
+    step_fn = run.step_fn = make_train_step(run.graphdef, run.tx, run.schedule, t)
     metrics_path = run.output_dir / "metrics.jsonl"
     bar = tqdm(
         total=t.steps, initial=run.start_step, desc="train", disable=None, dynamic_ncols=True
@@ -356,6 +357,8 @@ def main(argv) -> None:
     del argv
     if _CONFIG.value is None:
         raise app.UsageError("--config=configs/<name>.py is required")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     try:
         run = train(_CONFIG.value)
     except (ConfigError, FileNotFoundError, TrainingError) as e:

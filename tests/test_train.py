@@ -1,0 +1,158 @@
+"""Training: the step, what trains, compile counts, accumulation, exact resume, bad settings."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx, traverse_util
+
+from ahn_jax import train as train_lib
+from ahn_jax.ahn import AhnParam
+from ahn_jax.config import ConfigError, make_config, validate_config
+from ahn_jax.loading import from_pretrained
+from ahn_jax.model import init_model
+
+ROOT = Path(__file__).parent.parent
+MODEL = dict(vocab_size=256, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=2,
+             num_kv_heads=1, head_dim=16)  # fmt: skip
+TRAIN = dict(steps=5, batch_size=4, seq_len=128, learning_rate=3e-3, window_choices=(32, 64),
+             sink_choices=(0, 4), seq_tile=64, vocab_tile=128, checkpoint_every=2,
+             log_every=1)  # fmt: skip
+DATA = dict(format="shakespeare", tokenizer="bytes", filter_len=32, cutoff_len=128,
+            held_out=("hamlet",))  # fmt: skip
+
+
+def tiny(tmp_path, **train_changes):
+    train = {**TRAIN, "output_dir": str(tmp_path / "run"), **train_changes}
+    return make_config(MODEL, ahn_type="gdn", train=train, data=DATA)
+
+
+def _flat(state):
+    return traverse_util.flatten_dict(nnx.to_pure_dict(state))
+
+
+def _records(run_dir):
+    records = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        records[record["step"]] = record  # a resumed run re-logs the steps after its checkpoint
+    return records
+
+
+def test_training_changes_only_ahn_weights_without_recompiling(tmp_path):
+    config = tiny(tmp_path)
+    run = train_lib.train(config)
+    _, _, frozen_before = nnx.split(init_model(validate_config(config), seed=0), AhnParam, ...)
+    for path, value in _flat(frozen_before).items():
+        np.testing.assert_array_equal(np.asarray(_flat(run.frozen)[path]), value, str(path))
+    assert np.any(np.asarray(run.trainable["layers"]["ahn"]["o_proj"][...]))
+    records = _records(tmp_path / "run")
+    assert sorted(records) == [1, 2, 3, 4, 5]
+    assert all(np.isfinite(r["loss"]) and r["valid_tokens"] > 0 for r in records.values())
+    assert len({(r["window"], r["sinks"]) for r in records.values()}) > 1
+    assert run.step_fn._cache_size() == 1  # new windows and sinks did not recompile
+    # the export runs on top of the same base in the reference's layout
+    model = from_pretrained_run(run, tmp_path)
+    assert model.config.ahn_type == "gdn"
+
+
+def from_pretrained_run(run, tmp_path):
+    base = tmp_path / "base"
+    from ahn_jax.loading import save_model
+
+    model = nnx.merge(run.graphdef, run.trainable, run.frozen)
+    save_model(model.__class__(model.config.replace(ahn_type=None), nnx.Rngs(0)), base)
+    return from_pretrained(base, ahn_path=tmp_path / "run" / "ahn")
+
+
+def test_micro_batches_accumulate_to_the_full_batch_gradient(tmp_path):
+    config = tiny(tmp_path)
+    model = init_model(validate_config(config), seed=0, ahn_output_init="normal")
+    graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
+    rng = np.random.default_rng(0)
+    batch = {"input_ids": jnp.asarray(rng.integers(0, 256, (4, 128)), jnp.int32)}
+    batch["labels"] = batch["input_ids"]
+    results = []
+    for micro in (1, 2):
+        settings = config.train.copy_and_resolve_references()
+        settings.micro_batches = micro
+        from ahn_jax.optim import learning_rate_schedule, make_optimizer
+
+        tx = make_optimizer(learning_rate=1e-3, total_steps=10)
+        step = train_lib.make_train_step(graphdef, tx, learning_rate_schedule(1e-3, 10), settings)
+        state = jax.tree.map(jnp.copy, trainable)
+        new, _, metrics = step(state, tx.init(state), frozen, batch, jnp.int32(48), jnp.int32(4),
+                               jnp.int32(3))  # fmt: skip
+        results.append((new, metrics))
+    (a, ma), (b, mb) = results
+    np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(float(ma["grad_norm"]), float(mb["grad_norm"]), rtol=1e-4)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
+def _command(config_path, out, steps):
+    return [sys.executable, "-m", "ahn_jax.train", f"--config={config_path}",
+            f"--config.train.output_dir={out}", f"--config.train.steps={steps}",
+            "--config.train.checkpoint_every=3"]  # fmt: skip
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    config_path = tmp_path / "tiny_train.py"
+    config_path.write_text(
+        "from ahn_jax.config import make_config\n\n\ndef get_config():\n"
+        f"    return make_config({MODEL!r}, ahn_type='gdn', train={TRAIN!r}, data={DATA!r})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    steps = 9
+    straight = subprocess.run(_command(config_path, tmp_path / "a", steps), env=env, cwd=ROOT,
+                              capture_output=True, text=True)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    killed = subprocess.Popen(_command(config_path, tmp_path / "b", steps), env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert len(metrics.read_text().splitlines()) < steps  # it really died mid-way
+    resumed = subprocess.run(_command(config_path, tmp_path / "b", steps), env=env, cwd=ROOT,
+                             capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    for step in a:
+        assert a[step]["loss"] == b[step]["loss"], step
+        assert (a[step]["window"], a[step]["sinks"]) == (b[step]["window"], b[step]["sinks"])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"window_sampling": "fixed", "window": 120, "sinks": 8}, r"train\.window \(120\)"),
+        ({"loss": "mse"}, r"train\.loss must be one of"),
+        ({"batch_size": 3, "micro_batches": 2}, r"train\.batch_size \(3\)"),
+        ({"base_checkpoint": "/nowhere/qwen"}, r"train\.base_checkpoint = '/nowhere/qwen'"),
+        ({"steps": 0}, r"train\.steps must be a positive integer"),
+    ],
+)
+def test_bad_settings_fail_at_start_naming_the_field(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        train_lib.setup(tiny(tmp_path, **changes))
+
+
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
+    with pytest.raises(train_lib.TrainingError, match=r"non-finite loss .* at step \d+"):
+        train_lib.train(tiny(tmp_path, learning_rate=1e30, steps=5))
