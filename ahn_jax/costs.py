@@ -12,13 +12,13 @@ import json
 
 from absl import app, flags
 from flax import nnx
-from ml_collections import config_flags
 
+from ahn_jax import cli
 from ahn_jax.ahn import AhnParam
 from ahn_jax.config import AHN_TYPES, ModelConfig, validate_config
 from ahn_jax.model import abstract_model
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=False)
+_CONFIG = cli.config_file_flag()
 _AHN_TYPE = flags.DEFINE_enum("ahn_type", None, AHN_TYPES, "AHN type (default: the config's)")
 _JSON = flags.DEFINE_bool("json", False, "print one JSON object")
 
@@ -46,9 +46,9 @@ def report(config: ModelConfig) -> dict:
 
 def main(argv) -> None:
     del argv
-    if _CONFIG.value is None:
+    if _CONFIG() is None:
         raise app.UsageError("--config=configs/<name>.py is required")
-    config = validate_config(_CONFIG.value)
+    config = validate_config(_CONFIG())
     if _AHN_TYPE.value is not None:
         config = config.replace(ahn_type=_AHN_TYPE.value)
     result = report(config)

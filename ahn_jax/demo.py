@@ -17,14 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
-from ahn_jax import data, losses
+from ahn_jax import cli, data, losses
 from ahn_jax.config import validate_config
 from ahn_jax.model import init_model
 from ahn_jax.tokenizer import ByteTokenizer
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny_gdn.py", "config file")
+_CONFIG = cli.config_file_flag("configs/tiny_gdn.py")
 _PLAY = flags.DEFINE_string("play", "hamlet", "held-out play whose text is scored")
 
 
@@ -38,7 +37,7 @@ def text_windows(text: str, seq_len: int, batch_size: int, seed: int) -> np.ndar
 
 def main(argv) -> None:
     del argv
-    config = _CONFIG.value
+    config = _CONFIG()
     model_config = validate_config(config)
     demo = config.demo
     texts = data.shakespeare_texts()

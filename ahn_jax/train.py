@@ -28,10 +28,9 @@ import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from ahn_jax import ahn_io, data, losses, windows
+from ahn_jax import ahn_io, cli, data, losses, windows
 from ahn_jax.ahn import AhnParam
 from ahn_jax.config import ConfigError, ModelConfig, validate_config
 from ahn_jax.loading import ahn_params_of, from_pretrained
@@ -39,7 +38,7 @@ from ahn_jax.model import init_model
 from ahn_jax.optim import learning_rate_schedule, make_optimizer
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file", lock_config=False)
+_CONFIG = cli.config_file_flag()
 
 LOSSES = ("kl", "ce", "distill")
 
@@ -355,12 +354,12 @@ def train(config) -> Run:
 
 def main(argv) -> None:
     del argv
-    if _CONFIG.value is None:
+    if _CONFIG() is None:
         raise app.UsageError("--config=configs/<name>.py is required")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     try:
-        run = train(_CONFIG.value)
+        run = train(_CONFIG())
     except (ConfigError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
