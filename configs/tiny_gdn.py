@@ -41,5 +41,5 @@ def get_config():
         ahn_type="gdn",
         train=train,
         data=data,
-        demo={"seed": 0, "seq_len": 512, "batch_size": 8},
+        demo={"seed": 0, "seq_len": 512, "batch_size": 8, "window": 64, "sinks": 4},
     )
