@@ -1,4 +1,9 @@
-"""Shared command-line plumbing for the `python -m ahn_jax.<tool>` entry points."""
+"""Shared command-line plumbing for the `python -m ahn_jax.<tool>` entry points.
+
+`--config` is defined by the entry point being run (in its `__main__` block), never on import:
+tools import each other's functions (the demo calls training), and a flag defined on import
+would take the importing tool's place and default.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ from absl import flags
 from ml_collections import config_flags
 
 
-def config_file_flag(default: str | None = None):
-    """Define `--config` (an ml_collections config file, overridable as `--config.a.b=v`) once per
-    process, so that several tools can be imported together (tests do); returns a getter."""
-    if "config" not in flags.FLAGS:
-        config_flags.DEFINE_config_file("config", default, "config file", lock_config=False)
-    return lambda: flags.FLAGS["config"].value
+def define_config_flag(default: str | None = None) -> None:
+    """`--config`: an ml_collections config file, overridable as `--config.a.b=value`."""
+    config_flags.DEFINE_config_file("config", default, "config file", lock_config=False)
+
+
+def config():
+    """The parsed `--config` (None when not given and no default)."""
+    return flags.FLAGS["config"].value

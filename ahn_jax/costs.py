@@ -18,7 +18,6 @@ from ahn_jax.ahn import AhnParam
 from ahn_jax.config import AHN_TYPES, ModelConfig, validate_config
 from ahn_jax.model import abstract_model
 
-_CONFIG = cli.config_file_flag()
 _AHN_TYPE = flags.DEFINE_enum("ahn_type", None, AHN_TYPES, "AHN type (default: the config's)")
 _JSON = flags.DEFINE_bool("json", False, "print one JSON object")
 
@@ -46,9 +45,9 @@ def report(config: ModelConfig) -> dict:
 
 def main(argv) -> None:
     del argv
-    if _CONFIG() is None:
+    if cli.config() is None:
         raise app.UsageError("--config=configs/<name>.py is required")
-    config = validate_config(_CONFIG())
+    config = validate_config(cli.config())
     if _AHN_TYPE.value is not None:
         config = config.replace(ahn_type=_AHN_TYPE.value)
     result = report(config)
@@ -64,4 +63,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    cli.define_config_flag()
     app.run(main)

@@ -28,7 +28,6 @@ from flax import nnx
 from ahn_jax import cli, data, train
 from ahn_jax.tokenizer import ByteTokenizer
 
-_CONFIG = cli.config_file_flag("configs/tiny_gdn.py")
 _PLAY = flags.DEFINE_string("play", "hamlet", "held-out play whose text is scored")
 
 
@@ -65,7 +64,7 @@ def main(argv) -> None:
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    config = _CONFIG()
+    config = cli.config()
     texts = data.shakespeare_texts()
     if _PLAY.value not in texts:
         raise app.UsageError(f"--play={_PLAY.value!r} is not one of {sorted(texts)}")
@@ -103,4 +102,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    cli.define_config_flag("configs/tiny_gdn.py")
     app.run(main)

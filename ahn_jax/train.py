@@ -38,8 +38,6 @@ from ahn_jax.model import init_model
 from ahn_jax.optim import learning_rate_schedule, make_optimizer
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 
-_CONFIG = cli.config_file_flag()
-
 LOSSES = ("kl", "ce", "distill")
 
 
@@ -354,12 +352,12 @@ def train(config) -> Run:
 
 def main(argv) -> None:
     del argv
-    if _CONFIG() is None:
+    if cli.config() is None:
         raise app.UsageError("--config=configs/<name>.py is required")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     try:
-        run = train(_CONFIG())
+        run = train(cli.config())
     except (ConfigError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -369,4 +367,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    cli.define_config_flag()
     app.run(main)

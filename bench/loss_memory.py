@@ -1,0 +1,78 @@
+"""Peak temporary memory of the distillation loss's gradient: tiled vs dense logits.
+
+  python bench/loss_memory.py
+
+Compiles (does not run) the gradient with respect to the student's hidden states of
+KL(teacher || student) for Qwen2.5's vocabulary (V = 151,936) and hidden size 2048 (3B), batch 1,
+and reads XLA's `memory_analysis().temp_size_in_bytes` on this CPU: the dense loss forms the
+[T, V] logits of both streams, the tiled one (ahn_jax.losses.distillation_kl) a few tiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import _paths  # noqa: F401  - first: keeps bench/kernels.py from shadowing the kernels package
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import jax.numpy as jnp
+from common import machine, write_result
+
+from ahn_jax import losses
+
+V, D = 151_936, 2048
+
+
+def dense_kl(student, teacher, head, valid):
+    log_p_t = jax.nn.log_softmax(jnp.einsum("BTD,DV->BTV", teacher, head), -1)
+    log_p_s = jax.nn.log_softmax(jnp.einsum("BTD,DV->BTV", student, head), -1)
+    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), -1)
+    return jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def temp_bytes(loss, T):
+    hidden = jax.ShapeDtypeStruct((1, T, D), jnp.bfloat16)
+    head = jax.ShapeDtypeStruct((D, V), jnp.bfloat16)
+    valid = jax.ShapeDtypeStruct((1, T), jnp.bool_)
+    compiled = jax.jit(jax.grad(loss)).lower(hidden, hidden, head, valid).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lengths", default="2048,8192,24576")
+    parser.add_argument("--tiles", default="512x8192,1024x16384")
+    args = parser.parse_args()
+    rows = []
+    for T in (int(x) for x in args.lengths.split(",")):
+        row = {"T": T, "dense": temp_bytes(dense_kl, T) if T <= 8192 else None}
+        for tile in args.tiles.split(","):
+            seq_tile, vocab_tile = (int(x) for x in tile.split("x"))
+
+            def tiled(s, t, h, v, seq_tile=seq_tile, vocab_tile=vocab_tile):
+                return losses.distillation_kl(s, t, h, v, seq_tile=seq_tile, vocab_tile=vocab_tile)[
+                    0
+                ]
+
+            row[tile] = temp_bytes(tiled, T)
+        rows.append(row)
+        print(row, flush=True)
+    write_result("loss_memory", {"machine": machine(), "V": V, "D": D, "rows": rows})
+    tiles = args.tiles.split(",")
+    print(
+        "\n| T | [T, V] fp32 logits | dense KL grad temp | "
+        + " | ".join(f"tiled {t} temp" for t in tiles)
+        + " |"
+    )
+    print("|---|---|---|" + "---|" * len(tiles))
+    for r in rows:
+        dense = f"{r['dense'] / 2**20:,.0f} MiB" if r["dense"] is not None else "n/a"
+        cells = " | ".join(f"{r[t] / 2**20:,.1f} MiB" for t in tiles)
+        print(f"| {r['T']} | {r['T'] * V * 4 / 2**20:,.0f} MiB | {dense} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
