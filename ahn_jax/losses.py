@@ -29,27 +29,26 @@ def _tiles(x_ND, n_rows, tile):
     return jnp.pad(x_ND, ((0, n_rows - x_ND.shape[0]), (0, 0))).reshape(-1, tile, x_ND.shape[-1])
 
 
-def _vocab_tiles(head_DV, vocab_tile):
-    V = head_DV.shape[1]
-    n = -(-V // vocab_tile)
-    head = jnp.pad(head_DV, ((0, 0), (0, n * vocab_tile - V)))
-    return head.reshape(head.shape[0], n, vocab_tile).transpose(1, 0, 2), V
-
-
 def _online_stats(rows, head_DV, vocab_tile, with_teacher):
     """Per row: student (max, sum exp) and, with a teacher, its (max, sum exp) and
-    sum_v exp(z_t - max_t) (z_t - z_s), each accumulated over vocabulary tiles."""
-    tiles, V = _vocab_tiles(head_DV, vocab_tile)
+    sum_v exp(z_t - max_t) (z_t - z_s), each accumulated over vocabulary tiles.
+
+    Tiles are read from the head with `dynamic_slice` (no padded or transposed copy of the
+    [D, V] head); the last tile is shifted back to end at V and masks the columns it repeats."""
+    V = head_DV.shape[1]
+    tile = min(vocab_tile, V)
+    n_tiles = -(-V // tile)
     n_rows = rows[0].shape[0]
 
     @jax.checkpoint
-    def body(carry, inputs):
-        index, head_tile = inputs
-        column = index * vocab_tile + jnp.arange(vocab_tile)
+    def body(carry, index):
+        start = jnp.minimum(index * tile, V - tile)
+        head_tile = jax.lax.dynamic_slice_in_dim(head_DV, start, tile, axis=1)
+        fresh = start + jnp.arange(tile) >= index * tile
 
         def logits(h):
             z = jnp.einsum("RD,DV->RV", h, head_tile, preferred_element_type=jnp.float32)
-            return jnp.where(column < V, z, MASKED)
+            return jnp.where(fresh, z, MASKED)
 
         z_s = logits(rows[0])
         m_s, s_s = carry[:2]
@@ -69,7 +68,7 @@ def _online_stats(rows, head_DV, vocab_tile, with_teacher):
     start = jnp.full((n_rows,), MASKED, jnp.float32)
     zero = jnp.zeros((n_rows,), jnp.float32)
     init = (start, zero, start, zero, zero) if with_teacher else (start, zero)
-    stats, _ = jax.lax.scan(body, init, (jnp.arange(tiles.shape[0]), tiles))
+    stats, _ = jax.lax.scan(body, init, jnp.arange(n_tiles))
     return stats
 
 

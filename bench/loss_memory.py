@@ -6,6 +6,8 @@ Compiles (does not run) the gradient with respect to the student's hidden states
 KL(teacher || student) for Qwen2.5's vocabulary (V = 151,936) and hidden size 2048 (3B), batch 1,
 and reads XLA's `memory_analysis().temp_size_in_bytes` on this CPU: the dense loss forms the
 [T, V] logits of both streams, the tiled one (ahn_jax.losses.distillation_kl) a few tiles.
+`--dtype bfloat16` (default) is the training dtype; XLA:CPU computes bf16 dots in fp32 and hoists
+an fp32 copy of the head out of the loop, which a TPU does not need.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def dense_kl(student, teacher, head, valid):
     return jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def temp_bytes(loss, T):
-    hidden = jax.ShapeDtypeStruct((1, T, D), jnp.bfloat16)
-    head = jax.ShapeDtypeStruct((D, V), jnp.bfloat16)
+def temp_bytes(loss, T, dtype):
+    hidden = jax.ShapeDtypeStruct((1, T, D), dtype)
+    head = jax.ShapeDtypeStruct((D, V), dtype)
     valid = jax.ShapeDtypeStruct((1, T), jnp.bool_)
     compiled = jax.jit(jax.grad(loss)).lower(hidden, hidden, head, valid).compile()
     return compiled.memory_analysis().temp_size_in_bytes
@@ -45,10 +47,12 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--lengths", default="2048,8192,24576")
     parser.add_argument("--tiles", default="512x8192,1024x16384")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     args = parser.parse_args()
     rows = []
     for T in (int(x) for x in args.lengths.split(",")):
-        row = {"T": T, "dense": temp_bytes(dense_kl, T) if T <= 8192 else None}
+        dtype = jnp.dtype(args.dtype)
+        row = {"T": T, "dense": temp_bytes(dense_kl, T, dtype) if T <= 8192 else None}
         for tile in args.tiles.split(","):
             seq_tile, vocab_tile = (int(x) for x in tile.split("x"))
 
@@ -57,10 +61,10 @@ def main():
                     0
                 ]
 
-            row[tile] = temp_bytes(tiled, T)
+            row[tile] = temp_bytes(tiled, T, dtype)
         rows.append(row)
         print(row, flush=True)
-    write_result("loss_memory", {"machine": machine(), "V": V, "D": D, "rows": rows})
+    write_result(f"loss_memory_{args.dtype}", {"machine": machine(), "V": V, "D": D, "rows": rows})
     tiles = args.tiles.split(",")
     print(
         "\n| T | [T, V] fp32 logits | dense KL grad temp | "
