@@ -268,6 +268,7 @@ TRAIN_DEFAULTS = {
     "seq_tile": 512,  # loss tiles: the [T, V] logits are never formed
     "vocab_tile": 8192,
     "seed": 0,
+    "mesh": "",  # e.g. "data=2,fsdp=4,tensor=1" (product = device count); "" = one device
     "base_checkpoint": "",  # HF dir or ahn_jax checkpoint; "" = the config's random init
     "output_dir": "runs/ahn",
     "checkpoint_every": 50,

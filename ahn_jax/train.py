@@ -14,6 +14,7 @@ bar; at the end the AHN weights are exported in the reference's layout to `<outp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -28,6 +29,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx
+from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from ahn_jax import ahn_io, cli, data, losses, windows
@@ -36,6 +38,7 @@ from ahn_jax.config import ConfigError, ModelConfig, validate_config
 from ahn_jax.loading import ahn_params_of, from_pretrained
 from ahn_jax.model import init_model
 from ahn_jax.optim import learning_rate_schedule, make_optimizer
+from ahn_jax.sharding import MeshError, make_mesh, partition_spec, shard_module
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 LOSSES = ("kl", "ce", "distill")
@@ -88,8 +91,29 @@ def validate_train_config(config) -> None:
             raise ConfigError(f"data.paths has {path!r}, which does not exist")
 
 
-def load_base(config, model_config: ModelConfig):
-    """The frozen base (a checkpoint, or the config's random init) with fresh AHN weights."""
+def parse_mesh(spec: str) -> dict[str, int]:
+    """ "data=2,fsdp=4,tensor=1" -> {"data": 2, "fsdp": 4, "tensor": 1}."""
+    sizes = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, size = part.partition("=")
+        if not size.strip().isdigit():
+            raise ConfigError(f"train.mesh = {spec!r}: {part!r} is not axis=size")
+        sizes[name.strip()] = int(size)
+    return sizes
+
+
+def make_train_mesh(spec: str) -> jax.sharding.Mesh | None:
+    if not spec:
+        return None
+    try:
+        return make_mesh(parse_mesh(spec))
+    except MeshError as e:
+        raise ConfigError(f"train.mesh = {spec!r}: {e}") from e
+
+
+def load_base(config, model_config: ModelConfig, mesh=None):
+    """The frozen base (a checkpoint, or the config's random init) with fresh AHN weights,
+    placed on `mesh` by the logical-axis rules when one is given."""
     t = config.train
     if t.base_checkpoint:
         return from_pretrained(
@@ -99,8 +123,10 @@ def load_base(config, model_config: ModelConfig):
             dtype=model_config.jnp_param_dtype,
             compute_dtype=model_config.jnp_dtype,
             remat_policy=model_config.remat_policy,
+            mesh=mesh,
         )
-    return init_model(model_config, seed=t.seed)
+    model = init_model(model_config, seed=t.seed)
+    return model if mesh is None else shard_module(model, mesh)
 
 
 def tokenizer_for(config):
@@ -202,6 +228,15 @@ class Run:
     skips: data.SkipCounter
     start_step: int = 0
     step_fn: object = None
+    mesh: jax.sharding.Mesh | None = None
+
+    def place_batch(self, batch: dict) -> dict:
+        """The batch as arrays, split over the mesh's data-parallel axes."""
+        arrays = {k: jnp.asarray(batch[k]) for k in ("input_ids", "labels")}
+        if self.mesh is None:
+            return arrays
+        spec = partition_spec(("batch", None), arrays["input_ids"].shape, self.mesh)
+        return jax.device_put(arrays, NamedSharding(self.mesh, spec))
 
 
 def setup(config) -> Run:
@@ -210,9 +245,10 @@ def setup(config) -> Run:
         raise ConfigError("ahn.type must be set to train AHN weights")
     validate_train_config(config)
     t = config.train
+    mesh = make_train_mesh(t.mesh)
     output_dir = Path(t.output_dir).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = load_base(config, model_config)
+    model = load_base(config, model_config, mesh)
     graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
     schedule = learning_rate_schedule(t.learning_rate, t.steps, t.warmup_fraction)
     tx = make_optimizer(
@@ -242,7 +278,7 @@ def setup(config) -> Run:
         ),
     )
     run = Run(config, model_config, graphdef, trainable, frozen, opt_state, tx, schedule,
-              iterator, manager, output_dir, skips)  # fmt: skip
+              iterator, manager, output_dir, skips, mesh=mesh)  # fmt: skip
     restore_latest(run)
     return run
 
@@ -293,7 +329,8 @@ def train(config) -> Run:
         total=t.steps, initial=run.start_step, desc="train", disable=None, dynamic_ncols=True
     )
     last_time = time.perf_counter()
-    with open(metrics_path, "a") as metrics_file:
+    on_mesh = contextlib.nullcontext() if run.mesh is None else jax.set_mesh(run.mesh)
+    with open(metrics_path, "a") as metrics_file, on_mesh:
         for step in range(run.start_step + 1, t.steps + 1):
             batch = next(run.iterator)
             length = int(batch["lengths"].max())
@@ -307,7 +344,7 @@ def train(config) -> Run:
                 window_choices=tuple(t.window_choices),
                 sink_choices=tuple(t.sink_choices),
             )
-            arrays = {k: jnp.asarray(batch[k]) for k in ("input_ids", "labels")}
+            arrays = run.place_batch(batch)
             run.trainable, run.opt_state, metrics = step_fn(
                 run.trainable, run.opt_state, run.frozen, arrays,
                 jnp.int32(window), jnp.int32(sinks), jnp.int32(step - 1),

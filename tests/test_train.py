@@ -156,3 +156,19 @@ def test_bad_settings_fail_at_start_naming_the_field(tmp_path, changes, message)
 def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
     with pytest.raises(train_lib.TrainingError, match=r"non-finite loss .* at step \d+"):
         train_lib.train(tiny(tmp_path, learning_rate=1e30, steps=5))
+
+
+def test_a_2x2x2_mesh_gives_the_single_device_loss(tmp_path):
+    train_lib.train(tiny(tmp_path / "one", steps=2))
+    sharded = train_lib.train(tiny(tmp_path / "mesh", steps=2, mesh="data=2,fsdp=2,tensor=2"))
+    assert sharded.mesh.shape == {"data": 2, "fsdp": 2, "tensor": 2}
+    leaf = sharded.frozen["layers"]["mlp"]["gate_kernel"][...]
+    assert len(leaf.sharding.device_set) > 1  # the frozen weights really are sharded
+    a, b = _records(tmp_path / "one" / "run"), _records(tmp_path / "mesh" / "run")
+    for step in (1, 2):
+        np.testing.assert_allclose(b[step]["loss"], a[step]["loss"], rtol=1e-5, atol=1e-7)
+
+
+def test_a_mesh_that_does_not_fit_the_devices_fails_at_start(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.mesh = 'data=3'.*needs 3 devices but 8"):
+        train_lib.setup(tiny(tmp_path, mesh="data=3"))
