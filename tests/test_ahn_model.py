@@ -43,7 +43,7 @@ def test_zero_output_projection_equals_swa(ahn_type):
 @pytest.mark.parametrize("ahn_type", AHN_TYPES)
 def test_short_sequences_equal_full_attention(ahn_type):
     model = make(ahn_type)
-    for length in (S + W - 2, S + W):
+    for length in (S + W,):  # decoding covers every shorter prefix too
         ids = token_ids(length)
         full = model(ids)
         for mode in ("swa", "ahn"):
