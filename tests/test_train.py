@@ -47,9 +47,16 @@ def _records(run_dir):
     return records
 
 
-def test_training_changes_only_ahn_weights_without_recompiling(tmp_path):
-    config = tiny(tmp_path)
-    run = train_lib.train(config)
+@pytest.fixture(scope="module")
+def single_device_run(tmp_path_factory):
+    """One 5-step run on one device, shared by the tests that compare against it."""
+    tmp_path = tmp_path_factory.mktemp("single")
+    return tmp_path, train_lib.train(tiny(tmp_path))
+
+
+def test_training_changes_only_ahn_weights_without_recompiling(single_device_run):
+    tmp_path, run = single_device_run
+    config = run.config
     _, _, frozen_before = nnx.split(init_model(validate_config(config), seed=0), AhnParam, ...)
     for path, value in _flat(frozen_before).items():
         np.testing.assert_array_equal(np.asarray(_flat(run.frozen)[path]), value, str(path))
@@ -65,7 +72,7 @@ def test_training_changes_only_ahn_weights_without_recompiling(tmp_path):
 
 
 def from_pretrained_run(run, tmp_path):
-    base = tmp_path / "base"
+    base = tmp_path / "base_export"
     from ahn_jax.loading import save_model
 
     model = nnx.merge(run.graphdef, run.trainable, run.frozen)
@@ -105,7 +112,9 @@ def _command(config_path, out, steps):
             "--config.train.checkpoint_every=2"]  # fmt: skip
 
 
-def test_resume_after_sigkill_is_exact(tmp_path):
+def test_resume_after_sigkill_is_exact(tmp_path, single_device_run):
+    """Killed mid-run and restarted with the same command: the same loss at every step as the
+    uninterrupted run (the shared in-process run, same config)."""
     config_path = tmp_path / "tiny_train.py"
     config_path.write_text(
         "from ahn_jax.config import make_config\n\n\ndef get_config():\n"
@@ -113,9 +122,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     steps = 5
-    straight = subprocess.run(_command(config_path, tmp_path / "a", steps), env=env, cwd=ROOT,
-                              capture_output=True, text=True)  # fmt: skip
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    straight_dir = single_device_run[0] / "run"
 
     killed = subprocess.Popen(_command(config_path, tmp_path / "b", steps), env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -131,7 +138,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     resumed = subprocess.run(_command(config_path, tmp_path / "b", steps), env=env, cwd=ROOT,
                              capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    a, b = _records(straight_dir), _records(tmp_path / "b")
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
     for step in a:
         assert a[step]["loss"] == b[step]["loss"], step
@@ -158,14 +165,13 @@ def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
         train_lib.train(tiny(tmp_path, learning_rate=1e30, steps=5))
 
 
-def test_a_2x2x2_mesh_gives_the_single_device_loss(tmp_path):
-    train_lib.train(tiny(tmp_path / "one", steps=2))
-    sharded = train_lib.train(tiny(tmp_path / "mesh", steps=2, mesh="data=2,fsdp=2,tensor=2"))
+def test_a_2x2x2_mesh_gives_the_single_device_loss(tmp_path, single_device_run):
+    sharded = train_lib.train(tiny(tmp_path / "mesh", mesh="data=2,fsdp=2,tensor=2"))
     assert sharded.mesh.shape == {"data": 2, "fsdp": 2, "tensor": 2}
     leaf = sharded.frozen["layers"]["mlp"]["gate_kernel"][...]
     assert len(leaf.sharding.device_set) > 1  # the frozen weights really are sharded
-    a, b = _records(tmp_path / "one" / "run"), _records(tmp_path / "mesh" / "run")
-    for step in (1, 2):
+    a, b = _records(single_device_run[0] / "run"), _records(tmp_path / "mesh" / "run")
+    for step in range(1, 6):
         np.testing.assert_allclose(b[step]["loss"], a[step]["loss"], rtol=1e-5, atol=1e-7)
 
 
