@@ -248,6 +248,10 @@ QWEN25_DEFAULTS = {
 }
 
 
+# The reference's random-window candidates (ahn_spec §3; ahn_jax/windows.py samples from them).
+WINDOW_CHOICES = tuple(2**i for i in range(5, 14))  # W + S: 32 .. 8192
+SINK_CHOICES = (0, 32, 64, 128, 512, 2048, 4096)
+
 # The paper's recipe (ahn_spec §3); a config file overrides what differs.
 TRAIN_DEFAULTS = {
     "steps": 740,
@@ -263,8 +267,8 @@ TRAIN_DEFAULTS = {
     "window_sampling": "random",
     "window": 256,  # "fixed" / "linear" sampling
     "sinks": 0,
-    "window_choices": tuple(2**i for i in range(5, 14)),
-    "sink_choices": (0, 32, 64, 128, 512, 2048, 4096),
+    "window_choices": WINDOW_CHOICES,
+    "sink_choices": SINK_CHOICES,
     "seq_tile": 512,  # loss tiles: the [T, V] logits are never formed
     "vocab_tile": 8192,
     "seed": 0,

@@ -18,13 +18,6 @@ IGNORE = -100  # label of positions that carry no loss (HF convention)
 MASKED = -1e30  # finite: padded vocabulary columns, and the running max before any column
 
 
-def next_token_cross_entropy(logits_BTV: jax.Array, tokens_BT: jax.Array) -> jax.Array:
-    """Mean cross-entropy (nats/token) of predicting tokens[:, t+1] from logits[:, t]."""
-    log_probs = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-    targets = tokens_BT[:, 1:, None]
-    return -jnp.mean(jnp.take_along_axis(log_probs, targets, axis=-1))
-
-
 def _tiles(x_ND, n_rows, tile):
     return jnp.pad(x_ND, ((0, n_rows - x_ND.shape[0]), (0, 0))).reshape(-1, tile, x_ND.shape[-1])
 

@@ -77,17 +77,31 @@ class DecoderLayer(nnx.Module):
         positions, item t holding the token t - W that leaves the window as t arrives; items
         with nothing to evict (t < S + W) get identity gates, so shapes never depend on W, S."""
         t = jnp.arange(q_BTNH.shape[1])
-        evicting = t - window >= sinks
-        source = jnp.maximum(t - window, 0)
-        gates = jax.tree.map(
-            lambda g: _masked_where(evicting, jnp.take(g, source, axis=1)),
-            self.ahn.write_gates(h_BTD),
+        y, _ = self._read_memory(
+            h_BTD,
+            q_BTNH,
+            (k_BTKH, v_BTKH, self.ahn.write_gates(h_BTD)),
+            evict_index=jnp.maximum(t - window, 0),
+            evicting=t - window >= sinks,
+            state=None,
+            impl="chunked",
         )
+        return y
+
+    def _read_memory(self, h_BTD, q_BTNH, sources, evict_index, evicting, state, impl):
+        """Write the evicted items (k, v and gates gathered from `sources` at `evict_index`,
+        identity gates where not `evicting`) and read with the current queries: the one memory
+        path of the parallel forward and of prefill/decode. Returns (y, final state)."""
+        k, v, gates = sources
+        gates = {
+            n: _masked_where(evicting, jnp.take(g, evict_index, axis=1)) for n, g in gates.items()
+        }
         k_ev, v_ev = (
-            ahn.repeat_kv(jnp.take(x, source, axis=1), q_BTNH.shape[2]) for x in (k_BTKH, v_BTKH)
+            ahn.repeat_kv(jnp.take(x, evict_index, axis=1), q_BTNH.shape[2]).astype(q_BTNH.dtype)
+            for x in (k, v)
         )
-        o, _ = self.ahn.recurrence(q_BTNH, k_ev, v_ev, gates, None, "chunked")
-        return _masked_where(evicting, self.ahn.output(o, h_BTD))
+        o, state = self.ahn.recurrence(q_BTNH, k_ev, v_ev, gates, state, impl)
+        return _masked_where(evicting, self.ahn.output(o, h_BTD)), state
 
     def extend(self, x_BTD, cos_BTH, sin_BTH, arrays: dict, plan, mode: str):
         """P new tokens against this layer's cache arrays (ahn_jax/cache.py); returns the new
@@ -110,17 +124,16 @@ class DecoderLayer(nnx.Module):
                 n: jnp.concatenate([arrays["gates"][n], new_gates[n]], 1) for n in new_gates
             }
             kept["gates"] = {n: jnp.take(g, plan.keep_index, axis=1) for n, g in gates_all.items()}
-            gates = {
-                n: _masked_where(plan.evicting, jnp.take(g, plan.evict_index, axis=1))
-                for n, g in gates_all.items()
-            }
-            k_ev, v_ev = (
-                ahn.repeat_kv(jnp.take(x, plan.evict_index, axis=1), q.shape[2]).astype(q.dtype)
-                for x in (k_all, v_all)
+            y, kept["state"] = self._read_memory(
+                h,
+                q,
+                (k_all, v_all, gates_all),
+                evict_index=plan.evict_index,
+                evicting=plan.evicting,
+                state=arrays["state"],
+                impl=ahn.recurrence_impl(q.shape[1]),
             )
-            impl = ahn.recurrence_impl(q.shape[1])
-            o, kept["state"] = self.ahn.recurrence(q, k_ev, v_ev, gates, arrays["state"], impl)
-            attn = attn + _masked_where(plan.evicting, self.ahn.output(o, h))
+            attn = attn + y
         return self._finish(x_BTD, attn), kept
 
 
@@ -179,7 +192,7 @@ class Qwen2Model(nnx.Module):
         graphdef, state = nnx.split(self)
         return forward(graphdef, state, input_ids, jnp.asarray(positions), window, sinks, mode=mode)
 
-    def _check_mode(self, mode, window, sinks):
+    def _check_supported(self, mode):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "ahn" and self.config.ahn_type is None:
@@ -187,6 +200,9 @@ class Qwen2Model(nnx.Module):
                 "mode 'ahn' needs AHN weights: load with from_pretrained(..., ahn_type=...) or "
                 "ahn_path=..., or set ahn.type in the config"
             )
+
+    def _check_mode(self, mode, window, sinks):
+        self._check_supported(mode)
         if mode == "full":
             return jnp.int32(0), jnp.int32(0)
         if window is None:
@@ -212,7 +228,7 @@ class Qwen2Model(nnx.Module):
     def logits(self, input_ids_BT, positions_BT, *, mode="full", window=None, sinks=0):
         """The traced computation behind `__call__` (call it inside jit/grad of your own)."""
         x, _ = self.hidden_states(input_ids_BT, positions_BT, mode=mode, window=window, sinks=sinks)
-        return jnp.einsum("BTD,DV->BTV", x, self.lm_head_DV(), preferred_element_type=jnp.float32)
+        return self._vocab_logits(x)
 
     def hidden_states(
         self, input_ids_BT, positions_BT, *, mode="full", window=None, sinks=0, collect=False
@@ -241,9 +257,10 @@ class Qwen2Model(nnx.Module):
         head = self.embed_tokens[...].T if self.config.tie_word_embeddings else self.lm_head[...]
         return head.astype(self.config.jnp_dtype)
 
-    def _head(self, x):
-        x = self.final_norm(x)
-        return jnp.einsum("...D,DV->...V", x, self.lm_head_DV(), preferred_element_type=jnp.float32)
+    def _vocab_logits(self, normed_x):
+        return jnp.einsum(
+            "...D,DV->...V", normed_x, self.lm_head_DV(), preferred_element_type=jnp.float32
+        )
 
     # ---- inference with a constant-size cache ------------------------------------------------
 
@@ -252,7 +269,7 @@ class Qwen2Model(nnx.Module):
         AHN weights, else "swa"; mode "full" is plain attention over up to `window` tokens."""
         config = self.config
         mode = mode or ("ahn" if config.ahn_type else "swa")
-        self._check_mode(mode, window if mode != "full" else 1, sinks)
+        self._check_supported(mode)  # window and sinks are checked by empty_cache
         if config.full_attention_layers and mode != "full":
             raise NotImplementedError(
                 "ahn.full_attention_layers is not supported by the constant-size cache (those "
@@ -315,7 +332,7 @@ class Qwen2Model(nnx.Module):
             return layer.extend(x_BTD, cos, sin, arrays, plan, cache.mode)
 
         x, arrays = jax.lax.scan(layer_step, x, (self.layers, cache.layer_arrays()))
-        logits = self._head(x if all_logits else x[:, -1])
+        logits = self._vocab_logits(self.final_norm(x if all_logits else x[:, -1]))
         new_cache = cache.replace(
             **arrays, slot_pos=plan.slot_pos, length=cache.length + input_ids_BP.shape[1]
         )

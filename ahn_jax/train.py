@@ -365,10 +365,11 @@ def train(config) -> Run:
                 "window": window,
                 "sinks": sinks,
                 "valid_tokens": int(metrics["valid_tokens"]),
-                "tokens_per_s": batch["lengths"].sum() * jax.process_count() / (now - last_time),
+                "tokens_per_s": float(batch["lengths"].sum())
+                * jax.process_count()
+                / (now - last_time),
                 "skipped_records": run.skips.count,
             }
-            record["tokens_per_s"] = float(record["tokens_per_s"])
             last_time = now
             if step % t.log_every == 0 or step == t.steps:
                 metrics_file.write(json.dumps(record) + "\n")

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ahn_jax.config import ConfigError
+from ahn_jax.config import SINK_CHOICES, WINDOW_CHOICES, ConfigError
 
 KINDS = ("random", "fixed", "linear")
-WINDOW_CHOICES = tuple(2**i for i in range(5, 14))  # 32 .. 8192
-SINK_CHOICES = (0, 32, 64, 128, 512, 2048, 4096)
 
 
 def sample_window(
