@@ -18,9 +18,12 @@ def machine() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in lines if "model name" in line)
     except (OSError, StopIteration):
         pass
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:  # no git on the machine (a bare accelerator host)
+        commit = "unknown"
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -3,6 +3,11 @@ dense sink+window attention, forward and forward+backward, with achieved GFLOP/s
 machine's measured large-matmul rate.
 
   python bench/kernels.py [--lengths 1024 2048 ...] [--ops gdn dn ssd window] [--repeats 2]
+      [--precision highest|default]
+  JAX_PLATFORMS=cuda python bench/kernels.py ...   # on a GPU
+
+`--precision` is the kernels' matmul precision knob and is used for the reference matmul rate
+too: `highest` is true fp32 everywhere, `default` lets a GPU use TF32 tensor cores.
 
 FLOPs counted (per head; C chunk, K = V = d):
   recurrent delta rule: 6 K V per token (k S, k^T u, q S);
@@ -22,12 +27,14 @@ import time
 import _paths  # noqa: F401  - must precede any import of `kernels`; see bench/_paths.py
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# XLA:CPU (jax 0.10.2) can deadlock in the chunked delta rule's backward pass; see docs/kernels.md
-CPU_WORKAROUND = (
-    "--xla_cpu_enable_concurrency_optimized_scheduler=false --xla_cpu_multi_thread_eigen=false "
-    "--xla_cpu_experimental_ynn_fusion_type="
-)
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + CPU_WORKAROUND
+if os.environ["JAX_PLATFORMS"] == "cpu":
+    # XLA:CPU (jax 0.10.2) can deadlock in the chunked delta rule's backward pass; see
+    # docs/kernels.md. Other platforms do not know these flags.
+    CPU_WORKAROUND = (
+        "--xla_cpu_enable_concurrency_optimized_scheduler=false "
+        "--xla_cpu_multi_thread_eigen=false --xla_cpu_experimental_ynn_fusion_type="
+    )
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + CPU_WORKAROUND
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -53,9 +60,10 @@ def best_seconds(fn, *args, repeats: int) -> float:
     return min(times)
 
 
-def matmul_gflops(repeats: int) -> float:
+def matmul_gflops(repeats: int, precision: str) -> float:
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4096, 4096)), jnp.float32)
-    seconds = best_seconds(jax.jit(lambda a: a @ a), x, repeats=max(repeats, 3))
+    product = jax.jit(lambda a: jnp.matmul(a, a, precision=precision))
+    seconds = best_seconds(product, x, repeats=max(repeats, 3))
     return 2 * 4096**3 / seconds / 1e9
 
 
@@ -94,24 +102,26 @@ def inputs(T, kind: str):
     return (q, k, v, gates, strengths) if kind == "gdn" else (q, k, v, strengths)
 
 
-def op_functions(kind: str):
+def op_functions(kind: str, precision: str = "highest"):
     """(baseline name, baseline fn, fast name, fast fn, chunk) for one op."""
     if kind == "gdn":
 
         def make(impl):
-            return lambda *a: gated_delta_rule(*a, impl=impl, use_qk_l2norm=True)[0]
+            return lambda *a: gated_delta_rule(
+                *a, impl=impl, use_qk_l2norm=True, precision=precision
+            )[0]
 
         return "recurrent", make("recurrent"), "chunked", make("chunked"), 64
     if kind == "dn":
 
         def make(impl):
-            return lambda *a: delta_rule(*a, impl=impl, use_qk_l2norm=True)[0]
+            return lambda *a: delta_rule(*a, impl=impl, use_qk_l2norm=True, precision=precision)[0]
 
         return "recurrent", make("recurrent"), "chunked", make("chunked"), 64
     if kind == "ssd":
 
         def make(impl):
-            return lambda *a: ssd(*a, impl=impl)[0]
+            return lambda *a: ssd(*a, impl=impl, precision=precision)[0]
 
         return "recurrent", make("recurrent"), "chunked", make("chunked"), 256
 
@@ -128,8 +138,8 @@ def forward_backward(fn):
     return grads
 
 
-def bench_op(kind: str, lengths, repeats: int, max_slow_fb: int) -> list[dict]:
-    base_name, base_fn, fast_name, fast_fn, chunk = op_functions(kind)
+def bench_op(kind: str, lengths, repeats: int, max_slow_fb: int, precision: str) -> list[dict]:
+    base_name, base_fn, fast_name, fast_fn, chunk = op_functions(kind, precision)
     rows = []
     for T in lengths:
         args = inputs(T, kind)
@@ -150,11 +160,15 @@ def bench_op(kind: str, lengths, repeats: int, max_slow_fb: int) -> list[dict]:
                     continue
                 print(f"  {kind} T={T} {key} ...", end=" ", flush=True)
                 seconds = best_seconds(jax.jit(wrap(fn)), *args, repeats=repeats)
-                print(f"{seconds:.3f} s", flush=True)
+                print(f"{1e3 * seconds:.2f} ms", flush=True)
                 row[key] = seconds
                 row[f"{key}_gflops"] = mult * flops / seconds / 1e9
             if row.get(f"{base_name}_{mode}") is not None:
                 row[f"speedup_{mode}"] = row[f"{base_name}_{mode}"] / row[f"{fast_name}_{mode}"]
+        if row.get(f"{base_name}_fwd") is not None:
+            # the speed only counts if the fast form still computes the same thing on this device
+            want, got = jax.jit(base_fn)(*args), jax.jit(fast_fn)(*args)
+            row["rel_rms_error"] = float(jnp.sqrt(jnp.mean((got - want) ** 2) / jnp.mean(want**2)))
         rows.append(row)
         summary = "  ".join(
             f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
@@ -170,10 +184,10 @@ def table(rows: list[dict], peak: float) -> str:
     for kind in dict.fromkeys(r["op"] for r in rows):
         base, _, fast, _, _ = op_functions(kind)
         lines += [
-            f"\n{kind}: {base} vs {fast} (seconds; GFLOP/s of {fast} and % of matmul peak)\n",
+            f"\n{kind}: {base} vs {fast} (ms; GFLOP/s of {fast} and % of matmul peak)\n",
             f"| T | {base} fwd | {fast} fwd | speedup | {fast} GFLOP/s (%) | {base} f+b "
-            f"| {fast} f+b | speedup | {fast} f+b GFLOP/s (%) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"| {fast} f+b | speedup | {fast} f+b GFLOP/s (%) | rel. RMS error |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in rows if r["op"] == kind):
             cells = [str(r["T"])]
@@ -181,11 +195,13 @@ def table(rows: list[dict], peak: float) -> str:
                 b, f = r.get(f"{base}_{mode}"), r[f"{fast}_{mode}"]
                 g = r[f"{fast}_{mode}_gflops"]
                 cells += [
-                    "n/a" if b is None else f"{b:.3f}",
-                    f"{f:.3f}",
+                    "n/a" if b is None else f"{1e3 * b:.2f}",
+                    f"{1e3 * f:.2f}",
                     "n/a" if b is None else f"{b / f:.2f}x",
                     f"{g:.1f} ({100 * g / peak:.0f}%)",
                 ]
+            err = r.get("rel_rms_error")
+            cells.append("n/a" if err is None else f"{err:.1e}")
             lines.append("| " + " | ".join(cells) + " |")
         timed = [r for r in rows if r["op"] == kind]
         by_T = {r["T"]: r for r in timed}
@@ -202,18 +218,32 @@ def main() -> None:
     parser.add_argument("--ops", nargs="+", default=["gdn", "dn", "ssd", "window"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max_recurrent_backward", type=int, default=8192)
+    parser.add_argument("--precision", choices=["highest", "default"], default="highest")
     args = parser.parse_args()
-    peak = matmul_gflops(args.repeats)
+    peak = matmul_gflops(args.repeats, args.precision)
+    device = jax.devices()[0]
     print(
-        f"measured fp32 matmul (4096^2): {peak:.1f} GFLOP/s on {jax.devices()[0]} "
-        f"with XLA_FLAGS={os.environ['XLA_FLAGS'].strip()}",
+        f"measured fp32 matmul (4096^2, precision {args.precision}): {peak:.1f} GFLOP/s on "
+        f"{device.device_kind} ({jax.__version__}) with XLA_FLAGS="
+        f"{os.environ.get('XLA_FLAGS', '').strip()}",
         flush=True,
     )
     rows = []
     for kind in args.ops:
-        rows += bench_op(kind, args.lengths, args.repeats, args.max_recurrent_backward)
-    result = {"benchmark": "kernels", "machine": machine(), "matmul_gflops": peak, "rows": rows}
-    print(f"wrote {write_result('kernels', result)}")
+        rows += bench_op(
+            kind, args.lengths, args.repeats, args.max_recurrent_backward, args.precision
+        )
+    result = {
+        "benchmark": "kernels",
+        "machine": machine(),
+        "device": device.device_kind,
+        "jax": jax.__version__,
+        "precision": args.precision,
+        "matmul_gflops": peak,
+        "rows": rows,
+    }
+    name = "kernels" if device.platform == "cpu" else f"kernels_{device.platform}_{args.precision}"
+    print(f"wrote {write_result(name, result)}")
     print(f"\nmatmul peak {peak:.1f} GFLOP/s" + table(rows, peak))
 
 

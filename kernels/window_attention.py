@@ -88,8 +88,9 @@ def _blocked(q, k, v, window, sinks, scale, max_window, max_sinks, block):
             (sink_pos[None, None, :] <= q_pos[:, :, None])
             & (q_pos[:, :, None] - sink_pos[None, None, :] >= window)
         )
-        k_sink = jnp.broadcast_to(k[:, :sink_len], (n_q, B, sink_len, K, D))
-        v_sink = jnp.broadcast_to(v[:, :sink_len], (n_q, B, sink_len, K, Dv))
+        # the sink blocks may reach past T (T < sink_len): take them from the padded keys
+        k_sink = jnp.broadcast_to(pad(k, 0, tail)[:, :sink_len], (n_q, B, sink_len, K, D))
+        v_sink = jnp.broadcast_to(pad(v, 0, tail)[:, :sink_len], (n_q, B, sink_len, K, Dv))
         k_band = jnp.concatenate([k_sink, k_band], axis=2)
         v_band = jnp.concatenate([v_sink, v_band], axis=2)
         band_mask = jnp.concatenate(
@@ -151,8 +152,12 @@ def sink_window_attention(
     max_window = _static_int(window, "window") if max_window is None else int(max_window)
     max_sinks = _static_int(sinks, "sinks") if max_sinks is None else int(max_sinks)
     for name, value, bound in (("window", window, max_window), ("sinks", sinks, max_sinks)):
-        if not isinstance(value, jax.core.Tracer) and int(value) > bound:
-            raise ValueError(f"{name}={int(value)} exceeds its static bound max_{name}={bound}")
+        try:
+            concrete = int(value)
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            continue  # traced: the static bound is the caller's promise
+        if concrete > bound:
+            raise ValueError(f"{name}={concrete} exceeds its static bound max_{name}={bound}")
     return _blocked(q, k, v, window, sinks, scale, max(max_window, 1), max_sinks, block_size)
 
 

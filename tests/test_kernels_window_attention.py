@@ -44,6 +44,12 @@ def test_blocked_equals_reference(W, S):
     assert attend._cache_size() <= 2
 
 
+def test_blocked_sequence_shorter_than_the_sink_blocks():
+    # max_sinks = 20 rounds up to two 16-blocks (32 keys) while T is 25
+    q, k, v = make_qkv(25)
+    assert_close(attend("blocked", q, k, v, 5, 18), attend("reference", q, k, v, 5, 18))
+
+
 def test_blocked_gradients_equal_reference():
     q, k, v = make_qkv(45)
 
