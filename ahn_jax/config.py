@@ -278,6 +278,15 @@ TRAIN_DEFAULTS = {
     "checkpoint_every": 50,
     "keep_checkpoints": 3,
     "log_every": 1,
+    # several processes (TPU pod hosts, GPU nodes): jax.distributed.initialize(); the address, count
+    # and id are found on TPU pods and SLURM when left empty / -1
+    "distributed": False,
+    "coordinator_address": "",
+    "num_processes": -1,
+    "process_id": -1,
+    "tensorboard": True,  # event files in <output_dir>/tensorboard
+    "profile_steps": (),  # (first, last): a JAX profiler trace in <output_dir>/profile
+    "peak_flops_per_device": 0.0,  # for the MFU estimate; 0 = from the device kind when known
 }
 DATA_DEFAULTS = {
     "format": "chat",

@@ -18,8 +18,14 @@ from ahn_jax.ahn import AhnParam
 from ahn_jax.config import AHN_TYPES, ModelConfig, validate_config
 from ahn_jax.model import abstract_model
 
-_AHN_TYPE = flags.DEFINE_enum("ahn_type", None, AHN_TYPES, "AHN type (default: the config's)")
-_JSON = flags.DEFINE_bool("json", False, "print one JSON object")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The CLI's flags, defined only when this module is the entry point (training imports it)."""
+    cli.define_config_flag()
+    flags.DEFINE_enum("ahn_type", None, AHN_TYPES, "AHN type (default: the config's)")
+    flags.DEFINE_bool("json", False, "print one JSON object")
 
 
 def parameter_counts(config: ModelConfig) -> dict[str, int]:
@@ -48,10 +54,10 @@ def main(argv) -> None:
     if cli.config() is None:
         raise app.UsageError("--config=configs/<name>.py is required")
     config = validate_config(cli.config())
-    if _AHN_TYPE.value is not None:
-        config = config.replace(ahn_type=_AHN_TYPE.value)
+    if FLAGS.ahn_type is not None:
+        config = config.replace(ahn_type=FLAGS.ahn_type)
     result = report(config)
-    if _JSON.value:
+    if FLAGS.json:
         print(json.dumps(result))
         return
     print(f"AHN type:       {result['ahn_type']}")
@@ -63,5 +69,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    cli.define_config_flag()
+    define_flags()
     app.run(main)

@@ -261,8 +261,10 @@ def make_dataset(
                 return None
             return Example(ids[:cutoff], labels[:cutoff])
 
-    dataset = grain.MapDataset.source(source)[process_index::process_count]
-    dataset = dataset.seed(seed).shuffle().repeat(None).map(encode)
+    # one global shuffled stream, dealt out to the processes: together they read the batches a
+    # single process would (up to rows dropped by the filter below)
+    dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+    dataset = dataset[process_index::process_count].map(encode)
     return (
         dataset.to_iter_dataset()
         .filter(lambda e: e is not None)

@@ -23,21 +23,26 @@ import sys
 import time
 from pathlib import Path
 
+import grain
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
-from flax import nnx
-from jax.sharding import NamedSharding
+from flax import nnx, traverse_util
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from ahn_jax import ahn_io, cli, data, losses, windows
 from ahn_jax.ahn import AhnParam
 from ahn_jax.config import ConfigError, ModelConfig, validate_config
-from ahn_jax.loading import ahn_params_of, from_pretrained
+from ahn_jax.loading import from_pretrained
+from ahn_jax.metrics_log import MetricsLog
 from ahn_jax.model import init_model
 from ahn_jax.optim import learning_rate_schedule, make_optimizer
+from ahn_jax.profiling import Profile, Utilization
 from ahn_jax.sharding import MeshError, make_mesh, partition_spec, shard_module
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 
@@ -89,6 +94,27 @@ def validate_train_config(config) -> None:
     for path in d.get("paths", ()):
         if not Path(path).exists():
             raise ConfigError(f"data.paths has {path!r}, which does not exist")
+    if t.distributed and not t.mesh:
+        raise ConfigError("train.distributed = True needs train.mesh (the global device mesh)")
+    profile = tuple(t.profile_steps)
+    if profile and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
+        raise ConfigError(
+            f"train.profile_steps must be (first, last) with 1 <= first <= last, got {profile!r}"
+        )
+
+
+def initialize_distributed(t) -> None:
+    """Join the other processes of a multi-process run (TPU pod hosts, GPU nodes). Empty
+    address / -1 count and id let JAX find them itself (TPU pods, SLURM)."""
+    if not t.distributed or jax.distributed.is_initialized():
+        return
+    settings = {
+        "coordinator_address": t.coordinator_address or None,
+        "num_processes": None if t.num_processes < 0 else t.num_processes,
+        "process_id": None if t.process_id < 0 else t.process_id,
+    }
+    jax.distributed.initialize(**settings)
+    logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
 def parse_mesh(spec: str) -> dict[str, int]:
@@ -127,6 +153,13 @@ def load_base(config, model_config: ModelConfig, mesh=None):
         )
     model = init_model(model_config, seed=t.seed)
     return model if mesh is None else shard_module(model, mesh)
+
+
+def length_buckets(t) -> tuple[int, ...]:
+    """Batch lengths. Processes pad their rows alone, so several processes use the largest only:
+    the rows of one global batch must agree on its length."""
+    buckets = tuple(t.get("length_buckets") or (t.seq_len,))
+    return buckets if jax.process_count() == 1 else (max(buckets),)
 
 
 def tokenizer_for(config):
@@ -232,11 +265,18 @@ class Run:
 
     def place_batch(self, batch: dict) -> dict:
         """The batch as arrays, split over the mesh's data-parallel axes."""
-        arrays = {k: jnp.asarray(batch[k]) for k in ("input_ids", "labels")}
+        local = {k: batch[k] for k in ("input_ids", "labels")}
         if self.mesh is None:
-            return arrays
-        spec = partition_spec(("batch", None), arrays["input_ids"].shape, self.mesh)
-        return jax.device_put(arrays, NamedSharding(self.mesh, spec))
+            return {k: jnp.asarray(v) for k, v in local.items()}
+        rows, length = local["input_ids"].shape
+        global_shape = (rows * jax.process_count(), length)
+        spec = partition_spec(("batch", None), global_shape, self.mesh)
+        sharding = NamedSharding(self.mesh, spec)
+        # each process holds its own rows of the global batch
+        return {
+            k: jax.make_array_from_process_local_data(sharding, v, global_shape)
+            for k, v in local.items()
+        }
 
 
 def setup(config) -> Run:
@@ -245,6 +285,7 @@ def setup(config) -> Run:
         raise ConfigError("ahn.type must be set to train AHN weights")
     validate_train_config(config)
     t = config.train
+    initialize_distributed(t)
     mesh = make_train_mesh(t.mesh)
     output_dir = Path(t.output_dir).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -259,13 +300,21 @@ def setup(config) -> Run:
         max_grad_norm=t.max_grad_norm,
     )
     opt_state = tx.init(trainable)
+    if mesh is not None:
+        # scalars such as Adam's step count come out uncommitted on one device; a restore would
+        # commit them there, which jit under the mesh rejects: replicate them over the mesh
+        replicated = NamedSharding(mesh, PartitionSpec())
+        opt_state = jax.tree.map(
+            lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
+            opt_state,
+        )
     skips = data.SkipCounter()
     dataset = data.make_dataset(
         config.data,
         tokenizer_for(config),
         batch_size=t.batch_size // jax.process_count(),
         seed=t.seed,
-        buckets=tuple(t.get("length_buckets") or (t.seq_len,)),
+        buckets=length_buckets(t),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         skips=skips,
@@ -289,7 +338,7 @@ def save(run: Run, step: int) -> None:
         args=ocp.args.Composite(
             trainable=ocp.args.StandardSave(run.trainable),
             opt_state=ocp.args.StandardSave(run.opt_state),
-            data=ocp.args.JsonSave(run.iterator.get_state()),
+            data=grain.checkpoint.CheckpointSave(run.iterator),  # one file per process
             meta=ocp.args.JsonSave({"step": step, "config": json.loads(run.config.to_json())}),
         ),
     )
@@ -310,30 +359,52 @@ def restore_latest(run: Run) -> None:
         args=ocp.args.Composite(
             trainable=ocp.args.StandardRestore(abstract(run.trainable)),
             opt_state=ocp.args.StandardRestore(abstract(run.opt_state)),
-            data=ocp.args.JsonRestore(),
+            data=grain.checkpoint.CheckpointRestore(run.iterator),
             meta=ocp.args.JsonRestore(),
         ),
     )
     run.trainable, run.opt_state = restored.trainable, restored.opt_state
-    run.iterator.set_state(restored.data)
     run.start_step = step
     logging.info("resumed from %s at step %d", run.manager.directory, step)
+
+
+def global_max(value: int) -> int:
+    """The largest value over all processes (each sees only its own rows): every process must
+    sample the same window and sinks."""
+    if jax.process_count() == 1:
+        return value
+    return int(multihost_utils.process_allgather(np.int32(value)).max())
+
+
+def export_ahn(run: Run) -> Path:
+    """The AHN weights in the reference's layout, written by process 0."""
+    export_dir = run.output_dir / "ahn"
+    gathered = multihost_utils.process_allgather(run.trainable, tiled=True)  # a collective
+    if jax.process_index() == 0 and not export_dir.exists():
+        flat = traverse_util.flatten_dict(nnx.to_pure_dict(gathered))
+        params = {path: np.asarray(value) for path, value in flat.items()}
+        ahn_io.save_ahn_weights(export_dir, run.model_config, params)
+    return export_dir
 
 
 def train(config) -> Run:
     run = setup(config)
     t = config.train
     step_fn = run.step_fn = make_train_step(run.graphdef, run.tx, run.schedule, t)
-    metrics_path = run.output_dir / "metrics.jsonl"
-    bar = tqdm(
-        total=t.steps, initial=run.start_step, desc="train", disable=None, dynamic_ncols=True
-    )
+    lead = jax.process_index() == 0  # one process writes metrics and shows progress
+    bar = tqdm(total=t.steps, initial=run.start_step, desc="train",
+               disable=None if lead else True, dynamic_ncols=True)  # fmt: skip
+    devices = 1 if run.mesh is None else run.mesh.size
+    utilization = Utilization(run.model_config, devices, t.peak_flops_per_device)
+    profile = Profile(run.output_dir / "profile", tuple(t.profile_steps))
     last_time = time.perf_counter()
     on_mesh = contextlib.nullcontext() if run.mesh is None else jax.set_mesh(run.mesh)
-    with open(metrics_path, "a") as metrics_file, on_mesh:
+    log = MetricsLog(run.output_dir, tensorboard=t.tensorboard, enabled=lead)
+    with log, on_mesh:
         for step in range(run.start_step + 1, t.steps + 1):
+            profile.before(step)
             batch = next(run.iterator)
-            length = int(batch["lengths"].max())
+            length = global_max(int(batch["lengths"].max()))
             window, sinks = windows.sample_window(
                 t.seed,
                 step,
@@ -350,6 +421,7 @@ def train(config) -> Run:
                 jnp.int32(window), jnp.int32(sinks), jnp.int32(step - 1),
             )  # fmt: skip
             loss = float(metrics["loss"])
+            profile.after(step)
             if not math.isfinite(loss):
                 run.manager.wait_until_finished()
                 raise TrainingError(
@@ -357,34 +429,33 @@ def train(config) -> Run:
                     f"the last good checkpoint is step {run.manager.latest_step()}"
                 )
             now = time.perf_counter()
+            seconds, last_time = now - last_time, now
+            rows, padded = arrays["input_ids"].shape
             record = {
                 "step": step,
                 "loss": loss,
+                t.loss: loss,
                 "grad_norm": float(metrics["grad_norm"]),
                 "learning_rate": float(metrics["learning_rate"]),
                 "window": window,
                 "sinks": sinks,
                 "valid_tokens": int(metrics["valid_tokens"]),
-                "tokens_per_s": float(batch["lengths"].sum())
-                * jax.process_count()
-                / (now - last_time),
+                "tokens_per_s": float(batch["lengths"].sum()) * jax.process_count() / seconds,
+                "step_seconds": seconds,
+                **utilization.of_step(rows, padded, window + sinks, seconds),
                 "skipped_records": run.skips.count,
             }
-            last_time = now
             if step % t.log_every == 0 or step == t.steps:
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
-            bar.set_postfix(loss=f"{loss:.4f}", W=window, S=sinks,
-                            tok_s=f"{record['tokens_per_s']:,.0f}")  # fmt: skip
+                log.write(record)
+            bar.set_postfix({t.loss: f"{loss:.4f}", "W": window, "S": sinks,
+                             "tok/s": f"{record['tokens_per_s']:,.0f}"})  # fmt: skip
             bar.update()
             if step % t.checkpoint_every == 0 or step == t.steps:
                 save(run, step)
+    profile.close()
     bar.close()
     run.manager.wait_until_finished()
-    export_dir = run.output_dir / "ahn"
-    if jax.process_index() == 0 and not export_dir.exists():
-        params = ahn_params_of(nnx.merge(run.graphdef, run.trainable, run.frozen))
-        ahn_io.save_ahn_weights(export_dir, run.model_config, params)
+    export_ahn(run)
     return run
 
 

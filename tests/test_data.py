@@ -113,23 +113,23 @@ def test_order_is_seeded_and_the_iterator_state_resumes_exactly(tmp_path):
     assert any(not np.array_equal(next(other)["input_ids"], b) for b in [next(make())["input_ids"]])
 
 
-def test_processes_read_disjoint_shards(tmp_path):
+def test_processes_read_disjoint_shards_that_together_make_the_single_process_batches(tmp_path):
     path = tmp_path / "text.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"document {i:03d} " * 3}) for i in range(16)))
-    seen = []
-    for index in range(2):
-        dataset = data.make_dataset(
-            _config([path], fmt="text"),
-            ByteTokenizer(),
-            batch_size=1,
-            seed=0,
-            buckets=(64,),
-            process_index=index,
-            process_count=2,
-        )
+
+    def batches(batch_size, index, count):
+        dataset = data.make_dataset(_config([path], fmt="text"), ByteTokenizer(),
+                                    batch_size=batch_size, seed=0, buckets=(64,),
+                                    process_index=index, process_count=count)  # fmt: skip
         it = iter(dataset)
-        seen.append({bytes(next(it)["input_ids"][0, :12]) for _ in range(8)})
+        return [{bytes(row[:12]) for row in next(it)["input_ids"]} for _ in range(8)]
+
+    shards = [batches(2, index, 2) for index in range(2)]
+    seen = [set().union(*shard[:4]) for shard in shards]  # the first epoch: 4 steps of 4 rows
     assert len(seen[0]) == len(seen[1]) == 8 and not seen[0] & seen[1]
+    single = batches(4, 0, 1)
+    for step in range(8):  # the global batch of each step is the single process's batch
+        assert shards[0][step] | shards[1][step] == single[step], step
 
 
 def test_missing_file_is_named(tmp_path):

