@@ -30,7 +30,8 @@ from ahn_jax.config import ConfigError, validate_config
 from ahn_jax.model import abstract_model
 from ahn_jax.optim import learning_rate_schedule, make_optimizer
 from ahn_jax.sharding import MeshError, make_mesh, partition_spec, state_shardings
-from ahn_jax.train import make_train_step, parse_mesh
+from ahn_jax.train import parse_mesh
+from ahn_jax.train_step import make_train_step
 
 # Cloud TPU names -> topology descriptions that libtpu accepts (ecosystem_notes §1).
 TOPOLOGY_ALIASES = {

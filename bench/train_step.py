@@ -3,9 +3,9 @@
   python bench/train_step.py [--models tiny 50m] [--lengths 2048 8192] [--repeats 2]
   JAX_PLATFORMS=cuda python bench/train_step.py ...   # on a GPU
 
-distill: `ahn_jax.train.make_train_step` as training runs it: teacher forward (full attention, no
-  gradient) + student forward (sinks + window + AHN-GDN) + backward to the AHN weights + AdamW, KL
-  loss tiled over sequence and vocabulary; fixed W = 512, S = 32 (W + S < T so the memory works).
+distill: `ahn_jax.train_step.make_train_step` as training runs it: teacher forward (full
+  attention, no gradient) + student forward (sinks + window + AHN-GDN) + backward to the AHN
+  weights + AdamW, KL loss tiled over sequence and vocabulary; fixed W = 512, S = 32.
 plain: a full-attention forward + backward of the same model with gradients for every weight
   (next-token cross-entropy through the same tiled loss), no optimizer: what ordinary training of
   the base costs per token.
@@ -40,7 +40,7 @@ from ahn_jax.ahn import AhnParam  # noqa: E402
 from ahn_jax.config import make_config, validate_config  # noqa: E402
 from ahn_jax.model import init_model  # noqa: E402
 from ahn_jax.optim import learning_rate_schedule, make_optimizer  # noqa: E402
-from ahn_jax.train import make_train_step  # noqa: E402
+from ahn_jax.train_step import make_train_step  # noqa: E402
 
 WINDOW, SINKS = 512, 32
 MODELS = {

@@ -22,6 +22,7 @@ from ahn_jax.ahn import AhnParam
 from ahn_jax.config import ConfigError, make_config, validate_config
 from ahn_jax.loading import from_pretrained
 from ahn_jax.model import init_model
+from ahn_jax.train_step import make_train_step
 
 ROOT = Path(__file__).parent.parent
 MODEL = dict(vocab_size=256, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=2,
@@ -135,7 +136,7 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tmp_path):
         from ahn_jax.optim import learning_rate_schedule, make_optimizer
 
         tx = make_optimizer(learning_rate=1e-3, total_steps=10)
-        step = train_lib.make_train_step(graphdef, tx, learning_rate_schedule(1e-3, 10), settings)
+        step = make_train_step(graphdef, tx, learning_rate_schedule(1e-3, 10), settings)
         state = jax.tree.map(jnp.copy, trainable)
         new, _, metrics = step(state, tx.init(state), frozen, batch, jnp.int32(48), jnp.int32(4),
                                jnp.int32(3))  # fmt: skip
