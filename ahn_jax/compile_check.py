@@ -28,7 +28,7 @@ from ahn_jax import cli
 from ahn_jax.ahn import AhnParam
 from ahn_jax.config import ConfigError, validate_config
 from ahn_jax.model import abstract_model
-from ahn_jax.optim import learning_rate_schedule, make_optimizer
+from ahn_jax.optim import optimizer_for
 from ahn_jax.sharding import MeshError, make_mesh, partition_spec, state_shardings
 from ahn_jax.train import parse_mesh
 from ahn_jax.train_step import make_train_step
@@ -97,9 +97,7 @@ def check(config, topology: str, mesh_spec: str = "", seq_len=None, batch_size=N
     graphdef, trainable, frozen = nnx.split(abstract_model(model_config), AhnParam, ...)
     trainable = _abstract(trainable, state_shardings(trainable, mesh))
     frozen = _abstract(frozen, state_shardings(frozen, mesh))
-    tx = make_optimizer(learning_rate=t.learning_rate, total_steps=t.steps,
-                        warmup_fraction=t.warmup_fraction, weight_decay=t.weight_decay,
-                        max_grad_norm=t.max_grad_norm)  # fmt: skip
+    tx, schedule = optimizer_for(t)
     with jax.set_mesh(mesh):
         # the optimizer state's placement is what tx.init gives the sharded AHN weights
         init = jax.jit(tx.init).lower(trainable).compile()
@@ -109,7 +107,7 @@ def check(config, topology: str, mesh_spec: str = "", seq_len=None, batch_size=N
         batch = {k: jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=rows)
                  for k in ("input_ids", "labels")}  # fmt: skip
         scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
-        step = make_train_step(graphdef, tx, learning_rate_schedule(t.learning_rate, t.steps), t)
+        step = make_train_step(graphdef, tx, schedule, t)
         lowered = step.lower(trainable, opt_state, frozen, batch, scalar, scalar, scalar)
         report = {
             "topology": topology,

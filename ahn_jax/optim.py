@@ -47,3 +47,16 @@ def make_optimizer(
         optax.clip_by_global_norm(max_grad_norm),
         optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask),
     )
+
+
+def optimizer_for(train_config):
+    """(optimizer, learning-rate schedule) from a config's `train` section."""
+    t = train_config
+    tx = make_optimizer(
+        learning_rate=t.learning_rate,
+        total_steps=t.steps,
+        warmup_fraction=t.warmup_fraction,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+    )
+    return tx, learning_rate_schedule(t.learning_rate, t.steps, t.warmup_fraction)

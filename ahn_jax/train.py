@@ -42,7 +42,7 @@ from ahn_jax.config import ConfigError, ModelConfig, validate_config
 from ahn_jax.loading import from_pretrained
 from ahn_jax.metrics_log import MetricsLog
 from ahn_jax.model import init_model
-from ahn_jax.optim import learning_rate_schedule, make_optimizer
+from ahn_jax.optim import optimizer_for
 from ahn_jax.profiling import Profile, Utilization
 from ahn_jax.sharding import MeshError, make_mesh, partition_spec, shard_module
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
@@ -220,14 +220,7 @@ def setup(config) -> Run:
     output_dir.mkdir(parents=True, exist_ok=True)
     model = load_base(config, model_config, mesh)
     graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
-    schedule = learning_rate_schedule(t.learning_rate, t.steps, t.warmup_fraction)
-    tx = make_optimizer(
-        learning_rate=t.learning_rate,
-        total_steps=t.steps,
-        warmup_fraction=t.warmup_fraction,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-    )
+    tx, schedule = optimizer_for(t)
     opt_state = tx.init(trainable)
     if mesh is not None:
         # scalars such as Adam's step count come out uncommitted on one device; a restore would

@@ -90,9 +90,10 @@ def test_eviction_timing(ahn_type):
     def memory(h, q, k, v):
         return layer.memory(h, q, k, v, W, S)
 
-    np.testing.assert_array_equal(_dependence(attention, 2, (q, k, v), T), lossless)
-    # keys too, except query 0: a softmax over one key does not depend on that key
-    np.testing.assert_array_equal(_dependence(attention, 1, (q, k, v), T)[1:], lossless[1:])
+    if ahn_type == "gdn":  # the attention is the same for every AHN type
+        np.testing.assert_array_equal(_dependence(attention, 2, (q, k, v), T), lossless)
+        # keys too, except query 0: a softmax over one key does not depend on that key
+        np.testing.assert_array_equal(_dependence(attention, 1, (q, k, v), T)[1:], lossless[1:])
     assert in_memory[S + W].tolist() == [p == S for p in range(T)]  # the first eviction
     for argnum in (2, 3):  # evicted keys and values
         np.testing.assert_array_equal(_dependence(memory, argnum, (h, q, k, v), T), in_memory)

@@ -22,6 +22,7 @@ from ahn_jax.ahn import AhnParam
 from ahn_jax.config import ConfigError, make_config, validate_config
 from ahn_jax.loading import from_pretrained
 from ahn_jax.model import init_model
+from ahn_jax.optim import optimizer_for
 from ahn_jax.train_step import make_train_step
 
 ROOT = Path(__file__).parent.parent
@@ -130,13 +131,12 @@ def test_micro_batches_accumulate_to_the_full_batch_gradient(tmp_path):
     batch = {"input_ids": jnp.asarray(rng.integers(0, 256, (4, 128)), jnp.int32)}
     batch["labels"] = batch["input_ids"]
     results = []
+    # the shared run's optimizer: the micro = 1 step is its program, compiled once per session
+    tx, schedule = optimizer_for(config.train)
     for micro in (1, 2):
         settings = config.train.copy_and_resolve_references()
         settings.micro_batches = micro
-        from ahn_jax.optim import learning_rate_schedule, make_optimizer
-
-        tx = make_optimizer(learning_rate=1e-3, total_steps=10)
-        step = make_train_step(graphdef, tx, learning_rate_schedule(1e-3, 10), settings)
+        step = make_train_step(graphdef, tx, schedule, settings)
         state = jax.tree.map(jnp.copy, trainable)
         new, _, metrics = step(state, tx.init(state), frozen, batch, jnp.int32(48), jnp.int32(4),
                                jnp.int32(3))  # fmt: skip
@@ -209,9 +209,29 @@ def test_bad_settings_fail_at_start_naming_the_field(tmp_path, changes, message)
         train_lib.setup(tiny(tmp_path, **changes))
 
 
-def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path):
-    with pytest.raises(train_lib.TrainingError, match=r"non-finite loss .* at step \d+"):
-        train_lib.train(tiny(tmp_path, learning_rate=1e30, steps=5))
+def test_non_finite_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch):
+    """Frozen weights turned to NaN before step 3 (the shared run's program, so no compile): the
+    run stops at step 3, naming it, and step 2's checkpoint is kept."""
+    setup = train_lib.setup
+
+    def poisoned_setup(config):
+        run = setup(config)
+        place = run.place_batch
+        calls = []
+
+        def place_then_poison(batch):
+            calls.append(1)
+            if len(calls) == 3:
+                run.frozen = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), run.frozen)
+            return place(batch)
+
+        run.place_batch = place_then_poison
+        return run
+
+    monkeypatch.setattr(train_lib, "setup", poisoned_setup)
+    message = r"non-finite loss nan at step 3 .* the last good checkpoint is step 2"
+    with pytest.raises(train_lib.TrainingError, match=message):
+        train_lib.train(tiny(tmp_path))
 
 
 def _assert_same_losses(run_dir, reference_dir, steps):
