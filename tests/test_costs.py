@@ -50,6 +50,13 @@ def test_table_9_cache_and_mixing_flops_at_128k():
     cache = three_b["cache_bytes"]
     assert [round(cache[m] / 1e9, 2) for m in ("full", "swa", "ahn")] == [9.44, 2.42, 2.45]
     assert round(100 * (1 - cache["ahn"] / cache["full"]), 1) == 74.0
+    for base, printed in (("qwen7b", [14.7, 3.76, 3.81]), ("qwen14b", [50.33, 12.88, 13.01])):
+        cache = costs.report(_config(base))["cache_bytes"]
+        digits = 1 if base == "qwen7b" else 2  # the paper prints 7B's full cache as 14.7
+        got = [round(cache["full"] / 1e9, digits)] + [
+            round(cache[m] / 1e9, 2) for m in ("swa", "ahn")
+        ]
+        assert got == printed, base
     mixing_ratios = {b: costs.report(_config(b))["ratios"]["mixing_ahn_over_full"]
                      for b in ("qwen3b", "qwen7b", "qwen14b")}  # fmt: skip
     assert {b: round(100 * r, 1) for b, r in mixing_ratios.items()} == {
