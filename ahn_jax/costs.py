@@ -52,19 +52,13 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
     return {"base_params": count(base_state), "ahn_params": count(ahn_state)}
 
 
-def _layers(config: ModelConfig) -> tuple[int, int]:
-    """(layers that keep full attention, layers that use window + memory)."""
-    full = len(set(config.full_attention_layers))
-    return full, config.num_layers - full
-
-
 def cache_bytes(
     config: ModelConfig, length: int, window: int, sinks: int, bytes_per_element: int = 4
 ) -> dict[str, int]:
     """The paper's cache per sequence: KV of every token (full), of the S + W kept tokens (swa),
     plus the H x H state of each query head (ahn). Layers kept as full attention keep their KV."""
     H, Nq, Nkv = config.head_dim, config.num_heads, config.num_kv_heads
-    full_layers, memory_layers = _layers(config)
+    full_layers, memory_layers = flops.layer_split(config)
     kept = min(length, window + sinks)
     full_kv = 2 * length * H * Nkv * config.num_layers
     windowed = 2 * H * Nkv * (full_layers * length + memory_layers * kept)
@@ -79,7 +73,7 @@ def gate_cache_bytes(config: ModelConfig, window: int, sinks: int) -> int:
     """The AHN write gates kept (fp32) for every cached slot, which the paper does not count."""
     if config.ahn_type is None:
         return 0
-    _, memory_layers = _layers(config)
+    _, memory_layers = flops.layer_split(config)
     n_gates = len(gate_names(config.ahn_type))
     return memory_layers * (window + sinks) * config.num_heads * n_gates * 4
 
@@ -108,7 +102,10 @@ def report(
     counts = parameter_counts(config)
     lossless = window + sinks
     mixing = {mode: flops.mixing_flops(config, length, mode, lossless) for mode in MODES}
-    model = {mode: mixing[mode] + 2 * length * counts["base_params"] for mode in ("full", "ahn")}
+    model = {
+        mode: flops.model_flops(config, length, mode, lossless, base_params=counts["base_params"])
+        for mode in ("full", "ahn")
+    }
     cache = cache_bytes(config, length, window, sinks, bytes_per_element)
     return {
         "ahn_type": config.ahn_type,

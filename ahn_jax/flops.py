@@ -42,6 +42,12 @@ def _layer_mixing(config: ModelConfig, length: int, mode: str, window: int) -> f
     return mixing
 
 
+def layer_split(config: ModelConfig) -> tuple[int, int]:
+    """(layers kept as full attention, layers with window + memory)."""
+    full = len(set(config.full_attention_layers))
+    return full, config.num_layers - full
+
+
 def mixing_flops(config: ModelConfig, length: int, mode: str, window: int = 0) -> float:
     """Token-mixing FLOPs of one sequence's forward pass over all layers; `window` is the whole
     lossless memory W (window + sinks) for "swa" and "ahn"."""
@@ -49,10 +55,10 @@ def mixing_flops(config: ModelConfig, length: int, mode: str, window: int = 0) -
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode != "full" and window < 1:
         raise ValueError(f"mode {mode!r} needs window >= 1, got {window}")
-    full_layers = len(set(config.full_attention_layers))
+    full_layers, memory_layers = layer_split(config)
     return full_layers * _layer_mixing(config, length, "full", window) + (
-        config.num_layers - full_layers
-    ) * _layer_mixing(config, length, mode, window)
+        memory_layers * _layer_mixing(config, length, mode, window)
+    )
 
 
 def model_flops(

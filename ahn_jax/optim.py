@@ -32,31 +32,13 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(
-    *,
-    learning_rate: float,
-    total_steps: int,
-    warmup_fraction: float = 0.1,
-    weight_decay: float = 0.1,
-    max_grad_norm: float = 1.0,
-    b1: float = 0.9,
-    b2: float = 0.999,
-) -> optax.GradientTransformation:
-    schedule = learning_rate_schedule(learning_rate, total_steps, warmup_fraction)
-    return optax.chain(
-        optax.clip_by_global_norm(max_grad_norm),
-        optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask),
-    )
-
-
-def optimizer_for(train_config):
-    """(optimizer, learning-rate schedule) from a config's `train` section."""
+def optimizer_for(train_config, *, b1: float = 0.9, b2: float = 0.999):
+    """(optimizer, learning-rate schedule) from a config's `train` section: global-norm clipping,
+    then AdamW on the schedule with the no-decay mask."""
     t = train_config
-    tx = make_optimizer(
-        learning_rate=t.learning_rate,
-        total_steps=t.steps,
-        warmup_fraction=t.warmup_fraction,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
+    schedule = learning_rate_schedule(t.learning_rate, t.steps, t.warmup_fraction)
+    tx = optax.chain(
+        optax.clip_by_global_norm(t.max_grad_norm),
+        optax.adamw(schedule, b1=b1, b2=b2, weight_decay=t.weight_decay, mask=decay_mask),
     )
-    return tx, learning_rate_schedule(t.learning_rate, t.steps, t.warmup_fraction)
+    return tx, schedule

@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from absl import app, flags, logging
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from ahn_jax import ahn_io, cli, data, windows
@@ -126,6 +126,11 @@ def parse_mesh(spec: str) -> dict[str, int]:
             raise ConfigError(f"train.mesh = {spec!r}: {part!r} is not axis=size")
         sizes[name.strip()] = int(size)
     return sizes
+
+
+def on_mesh(mesh):
+    """The mesh as jit's context, or nothing on a single device."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def make_train_mesh(spec: str) -> jax.sharding.Mesh | None:
@@ -221,15 +226,11 @@ def setup(config) -> Run:
     model = load_base(config, model_config, mesh)
     graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
     tx, schedule = optimizer_for(t)
-    opt_state = tx.init(trainable)
-    if mesh is not None:
-        # scalars such as Adam's step count come out uncommitted on one device; a restore would
-        # commit them there, which jit under the mesh rejects: replicate them over the mesh
-        replicated = NamedSharding(mesh, PartitionSpec())
-        opt_state = jax.tree.map(
-            lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
-            opt_state,
-        )
+    # initialised by the compiler, under the mesh: moments placed like their weights, scalars
+    # such as Adam's count on every device of the step (as `compile_check` derives them), so a
+    # checkpoint restores onto placements that jit accepts
+    with on_mesh(mesh):
+        opt_state = jax.jit(tx.init)(trainable)
     skips = data.SkipCounter()
     dataset = data.make_dataset(
         config.data,
@@ -320,9 +321,8 @@ def train(config) -> Run:
     utilization = Utilization(run.model_config, devices, t.peak_flops_per_device)
     profile = Profile(run.output_dir / "profile", tuple(t.profile_steps))
     last_time = time.perf_counter()
-    on_mesh = contextlib.nullcontext() if run.mesh is None else jax.set_mesh(run.mesh)
     log = MetricsLog(run.output_dir, tensorboard=t.tensorboard, enabled=lead)
-    with log, on_mesh:
+    with log, on_mesh(run.mesh):
         for step in range(run.start_step + 1, t.steps + 1):
             profile.before(step)
             batch = next(run.iterator)

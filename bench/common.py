@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -37,3 +38,16 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+def best_seconds(fn, *args, repeats: int) -> float:
+    """Fastest of `repeats` timed calls of fn(*args), after one call that compiles and warms up."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return min(times)

@@ -22,24 +22,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
-import _paths  # noqa: F401  - must precede any import of `kernels`; see bench/_paths.py
+import _paths  # must precede any import of `kernels`; see bench/_paths.py
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if os.environ["JAX_PLATFORMS"] == "cpu":
-    # XLA:CPU (jax 0.10.2) can deadlock in the chunked delta rule's backward pass; see
-    # docs/kernels.md. Other platforms do not know these flags.
-    CPU_WORKAROUND = (
-        "--xla_cpu_enable_concurrency_optimized_scheduler=false "
-        "--xla_cpu_multi_thread_eigen=false --xla_cpu_experimental_ynn_fusion_type="
-    )
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + CPU_WORKAROUND
+_paths.cpu_deadlock_workaround()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import machine, write_result  # noqa: E402
+from common import best_seconds, machine, write_result  # noqa: E402
 
 from kernels.delta_rule import delta_rule, gated_delta_rule  # noqa: E402
 from kernels.ssd import ssd  # noqa: E402
@@ -48,16 +39,6 @@ from kernels.window_attention import sink_window_attention  # noqa: E402
 HEADS, DIM = 16, 128
 WINDOW, SINKS, KV_HEADS = 512, 128, 2
 DENSE_LIMIT_BYTES = 6 * 2**30  # the dense reference's [H, T, T] fp32 scores must fit
-
-
-def best_seconds(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def matmul_gflops(repeats: int, precision: str) -> float:

@@ -17,29 +17,22 @@ each step.
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
-import _paths  # noqa: F401  - first: keeps bench/kernels.py from shadowing the kernels package
+import _paths  # first: keeps bench/kernels.py from shadowing the kernels package
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if os.environ["JAX_PLATFORMS"] == "cpu":  # the XLA:CPU deadlock workaround of docs/kernels.md
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
-        " --xla_cpu_multi_thread_eigen=false --xla_cpu_experimental_ynn_fusion_type="
-    )
+_paths.cpu_deadlock_workaround()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from common import machine, write_result  # noqa: E402
+from common import best_seconds, machine, write_result  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ahn_jax import losses  # noqa: E402
 from ahn_jax.ahn import AhnParam  # noqa: E402
 from ahn_jax.config import make_config, validate_config  # noqa: E402
 from ahn_jax.model import init_model  # noqa: E402
-from ahn_jax.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from ahn_jax.optim import optimizer_for  # noqa: E402
 from ahn_jax.train_step import make_train_step  # noqa: E402
 
 WINDOW, SINKS = 512, 32
@@ -67,8 +60,8 @@ def build(name: str, length: int, dtype: str):
 
 def distill_step(config, model, batch):
     graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
-    tx = make_optimizer(learning_rate=1e-4, total_steps=10)
-    step = make_train_step(graphdef, tx, learning_rate_schedule(1e-4, 10), config.train)
+    tx, schedule = optimizer_for(config.train)
+    step = make_train_step(graphdef, tx, schedule, config.train)
     opt_state = tx.init(trainable)
     args = (frozen, batch, jnp.int32(WINDOW), jnp.int32(SINKS), jnp.int32(3))
 
@@ -100,16 +93,6 @@ def plain_step(config, model, batch):
     return (lambda: step(params, ids)), step.lower(params, ids)
 
 
-def best_seconds(run, repeats: int) -> float:
-    jax.block_until_ready(run())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def memory_bytes(lowered) -> int:
     analysis = lowered.compile().memory_analysis()
     return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes
@@ -133,7 +116,7 @@ def main() -> None:
             for kind, make in (("plain", plain_step), ("distill", distill_step)):
                 run, lowered = make(config, model, batch)
                 row[f"{kind}_bytes"] = memory_bytes(lowered)
-                seconds = best_seconds(run, args.repeats)
+                seconds = best_seconds(run, repeats=args.repeats)
                 row[f"{kind}_tokens_per_s"] = length / seconds
                 print(f"  {name} T={length} {kind}: {seconds:.3f} s, "
                       f"{length / seconds:,.0f} tok/s, {row[f'{kind}_bytes'] / 2**20:,.0f} MiB",

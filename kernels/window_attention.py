@@ -88,9 +88,10 @@ def _blocked(q, k, v, window, sinks, scale, max_window, max_sinks, block):
             (sink_pos[None, None, :] <= q_pos[:, :, None])
             & (q_pos[:, :, None] - sink_pos[None, None, :] >= window)
         )
-        # the sink blocks may reach past T (T < sink_len): take them from the padded keys
-        k_sink = jnp.broadcast_to(pad(k, 0, tail)[:, :sink_len], (n_q, B, sink_len, K, D))
-        v_sink = jnp.broadcast_to(pad(v, 0, tail)[:, :sink_len], (n_q, B, sink_len, K, Dv))
+        # from the padded keys: the sink blocks may reach past T (T < sink_len)
+        sink_keys = slice(front, front + sink_len)
+        k_sink = jnp.broadcast_to(k_pad[:, sink_keys], (n_q, B, sink_len, K, D))
+        v_sink = jnp.broadcast_to(v_pad[:, sink_keys], (n_q, B, sink_len, K, Dv))
         k_band = jnp.concatenate([k_sink, k_band], axis=2)
         v_band = jnp.concatenate([v_sink, v_band], axis=2)
         band_mask = jnp.concatenate(
