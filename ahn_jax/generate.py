@@ -26,25 +26,32 @@ from absl import app, flags
 from flax import nnx
 
 from ahn_jax import model as model_lib
+from ahn_jax.cache import DecodeCache
 from ahn_jax.loading import from_pretrained
 from ahn_jax.tokenizer import END_OF_TEXT, IM_END, ByteTokenizer, HFTokenizer
 
-_MODEL = flags.DEFINE_string("model", None, "base model: HF directory or ahn_jax checkpoint")
-_AHN = flags.DEFINE_string("ahn", None, "AHN-only weights directory (reference layout)")
-_PROMPT = flags.DEFINE_string("prompt", None, "prompt text")
-_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "file whose whole text is the prompt")
-_JSONL = flags.DEFINE_string("jsonl", None, 'JSONL of {"prompt": ...} or {"messages": [...]}')
-_OUT = flags.DEFINE_string("out", None, "JSONL output for --jsonl (default: stdout)")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 128, "tokens to generate per prompt")
-_MODE = flags.DEFINE_enum("mode", None, model_lib.MODES, "default: ahn if AHN weights, else full")
-_WINDOW = flags.DEFINE_integer("window", 32640, "sliding window W (sinks excluded)")
-_SINKS = flags.DEFINE_integer("sinks", 128, "attention sinks S")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (with temperature > 0)")
-_SEED = flags.DEFINE_integer("seed", 0, "sampling seed")
-_CHAT = flags.DEFINE_bool("chat", False, "wrap prompts in the Qwen2.5 chat template")
-_BATCH = flags.DEFINE_integer("batch_size", 8, "prompts per batch (--jsonl)")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter dtype")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The CLI's flags: defined by `__main__` only, so that importing this module (evaluate does)
+    defines nothing."""
+    flags.DEFINE_string("model", None, "base model: HF directory or ahn_jax checkpoint")
+    flags.DEFINE_string("ahn", None, "AHN-only weights directory (reference layout)")
+    flags.DEFINE_string("prompt", None, "prompt text")
+    flags.DEFINE_string("prompt_file", None, "file whose whole text is the prompt")
+    flags.DEFINE_string("jsonl", None, 'JSONL of {"prompt": ...} or {"messages": [...]}')
+    flags.DEFINE_string("out", None, "JSONL output for --jsonl (default: stdout)")
+    flags.DEFINE_integer("max_new_tokens", 128, "tokens to generate per prompt")
+    flags.DEFINE_enum("mode", None, model_lib.MODES, "default: ahn if AHN weights, else full")
+    flags.DEFINE_integer("window", 32640, "sliding window W (sinks excluded)")
+    flags.DEFINE_integer("sinks", 128, "attention sinks S")
+    flags.DEFINE_float("temperature", 0.0, "0 = greedy")
+    flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (with temperature > 0)")
+    flags.DEFINE_integer("seed", 0, "sampling seed")
+    flags.DEFINE_bool("chat", False, "wrap prompts in the Qwen2.5 chat template")
+    flags.DEFINE_integer("batch_size", 8, "prompts per batch (--jsonl)")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter dtype")
 
 
 def sample_token(logits_BV, key, temperature, top_p):
@@ -78,8 +85,11 @@ def generate(
     seed: int = 0,
     stop_ids: Sequence[int] = (),
     on_tokens: Callable[[np.ndarray], None] | None = None,
+    on_cache: Callable[[DecodeCache], None] | None = None,
 ) -> list[list[int]]:
-    """New tokens for a batch of equally long prompts (stops at a stop id, not included)."""
+    """New tokens for a batch of equally long prompts (stops at a stop id, not included).
+
+    `on_tokens` sees each step's tokens (-1 for finished rows), `on_cache` the final cache."""
     lengths = {len(p) for p in prompts}
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError(f"a batch needs non-empty prompts of one length, got lengths {lengths}")
@@ -107,10 +117,12 @@ def generate(
             break
         key, sub = jax.random.split(key)
         tokens, cache = _step(graphdef, state, tokens, cache, sub, temperature, top_p)
+    if on_cache is not None:
+        on_cache(cache)
     return [[int(t) for t in row if t >= 0] for row in out]
 
 
-def _tokenizer(model_dir: str, vocab_size: int):
+def load_tokenizer(model_dir: str, vocab_size: int):
     if (Path(model_dir) / "tokenizer.json").is_file():
         return HFTokenizer.from_dir(model_dir)
     if vocab_size == ByteTokenizer.vocab_size:
@@ -118,7 +130,7 @@ def _tokenizer(model_dir: str, vocab_size: int):
     raise FileNotFoundError(f"no tokenizer.json in {model_dir} (and the vocabulary is not bytes)")
 
 
-def _stop_ids(tokenizer) -> list[int]:
+def stop_ids(tokenizer) -> list[int]:
     if isinstance(tokenizer, ByteTokenizer):
         return []
     ids = []
@@ -155,25 +167,25 @@ def _encode(tokenizer, record: dict, chat: bool) -> list[int]:
 
 def main(argv) -> None:
     del argv
-    sources = [x for x in (_PROMPT.value, _PROMPT_FILE.value, _JSONL.value) if x is not None]
-    if _MODEL.value is None or len(sources) != 1:
+    sources = [x for x in (FLAGS.prompt, FLAGS.prompt_file, FLAGS.jsonl) if x is not None]
+    if FLAGS.model is None or len(sources) != 1:
         raise app.UsageError("give --model and exactly one of --prompt, --prompt_file, --jsonl")
-    model = from_pretrained(_MODEL.value, ahn_path=_AHN.value, dtype=jnp.dtype(_DTYPE.value))
-    mode = _MODE.value or ("ahn" if model.config.ahn_type else "full")
-    tokenizer = _tokenizer(_MODEL.value, model.config.vocab_size)
+    model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=jnp.dtype(FLAGS.dtype))
+    mode = FLAGS.mode or ("ahn" if model.config.ahn_type else "full")
+    tokenizer = load_tokenizer(FLAGS.model, model.config.vocab_size)
     settings = dict(
-        max_new_tokens=_MAX_NEW.value,
+        max_new_tokens=FLAGS.max_new_tokens,
         mode=mode,
-        window=_WINDOW.value,
-        sinks=_SINKS.value,
-        temperature=_TEMPERATURE.value,
-        top_p=_TOP_P.value,
-        seed=_SEED.value,
-        stop_ids=_stop_ids(tokenizer),
+        window=FLAGS.window,
+        sinks=FLAGS.sinks,
+        temperature=FLAGS.temperature,
+        top_p=FLAGS.top_p,
+        seed=FLAGS.seed,
+        stop_ids=stop_ids(tokenizer),
     )
-    if _JSONL.value is None:
-        text = _PROMPT.value if _PROMPT.value is not None else Path(_PROMPT_FILE.value).read_text()
-        ids = _encode(tokenizer, {"prompt": text}, _CHAT.value)
+    if FLAGS.jsonl is None:
+        text = FLAGS.prompt if FLAGS.prompt is not None else Path(FLAGS.prompt_file).read_text()
+        ids = _encode(tokenizer, {"prompt": text}, FLAGS.chat)
         streamed: list[int] = []
 
         def stream(new):
@@ -186,15 +198,15 @@ def main(argv) -> None:
         generate(model, [ids], on_tokens=stream, **settings)
         sys.stdout.write("\n")
         return
-    records = _read_jsonl(_JSONL.value, _CHAT.value)
-    encoded = [_encode(tokenizer, r, _CHAT.value) for r in records]
+    records = _read_jsonl(FLAGS.jsonl, FLAGS.chat)
+    encoded = [_encode(tokenizer, r, FLAGS.chat) for r in records]
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
         by_length.setdefault(len(ids), []).append(i)
     completions: dict[int, str] = {}
     for indices in by_length.values():
-        for start in range(0, len(indices), _BATCH.value):
-            batch = indices[start : start + _BATCH.value]
+        for start in range(0, len(indices), FLAGS.batch_size):
+            batch = indices[start : start + FLAGS.batch_size]
             outputs = generate(model, [encoded[i] for i in batch], **settings)
             completions.update(
                 {i: tokenizer.decode(o) for i, o in zip(batch, outputs, strict=True)}
@@ -204,11 +216,12 @@ def main(argv) -> None:
         json.dumps({**records[i], "completion": completions[i]}, ensure_ascii=False)
         for i in range(len(records))
     ]
-    if _OUT.value:
-        Path(_OUT.value).write_text("\n".join(lines) + "\n")
+    if FLAGS.out:
+        Path(FLAGS.out).write_text("\n".join(lines) + "\n")
     else:
         print("\n".join(lines))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

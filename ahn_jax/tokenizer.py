@@ -93,5 +93,6 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def decode(self, ids: Sequence[int]) -> str:
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
+        del skip_special_tokens  # bytes have no special tokens
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
