@@ -200,3 +200,59 @@ def _memory_plot(out, settings, records, config, label, plt) -> None:
     fig.tight_layout()
     fig.savefig(out / "memory_by_length.png", dpi=120)
     plt.close(fig)
+
+
+def compare_plot(run_dirs: list[Path], path: Path) -> None:
+    """One figure of several runs of a task: loss by position (perplexity) or accuracy by length
+    (pass key), one line per run, labelled by its mode, window and sinks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tasks = set()
+    for run in run_dirs:
+        summary = json.loads((Path(run) / "summary.json").read_text())
+        tasks.add(summary["task"])
+        s = summary["settings"]
+        label = (
+            s["mode"] if s["mode"] == "full" else f"{s['mode']} (W {s['window']}, S {s['sinks']})"
+        )
+        if summary["task"] == "perplexity":
+            starts = [b["start"] for b in summary["buckets"]]
+            loss = np.asarray([b["loss"] for b in summary["buckets"]])
+            err = np.asarray([b["stderr"] for b in summary["buckets"]])
+            ax.plot(starts, loss, marker="o", label=label)
+            ax.fill_between(starts, loss - err, loss + err, alpha=0.2)
+            ax.set(xlabel="position (tokens)", ylabel="loss (nats/token)")
+        elif summary["task"] == "passkey":
+            lengths = list(summary["accuracy"])
+            ax.plot([int(n) for n in lengths], [summary["accuracy"][n]["all"] for n in lengths],
+                    marker="o", label=label)  # fmt: skip
+            ax.set(xlabel="prompt length (tokens)", ylabel="pass-key accuracy %", ylim=(-5, 105))
+        else:
+            raise ValueError(f"{run}: compare plots cover perplexity and passkey runs")
+    if len(tasks) != 1:
+        raise ValueError(f"the runs mix tasks {sorted(tasks)}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv) -> None:
+    """python -m ahn_jax.eval_report --runs OUT_FULL,OUT_SWA,OUT_AHN --plot compare.png"""
+    from absl import flags
+
+    del argv
+    compare_plot([Path(r) for r in flags.FLAGS.runs], Path(flags.FLAGS.plot))
+    print(f"wrote {flags.FLAGS.plot}")
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_list("runs", None, "evaluate --out directories of one task", required=True)
+    flags.DEFINE_string("plot", "compare.png", "PNG to write")
+    app.run(main)

@@ -370,6 +370,11 @@ def run_perplexity(
 def resolve_settings(config, task: str) -> Settings:
     """Flags, with the benchmark's reference defaults filled in; errors name the flag."""
     mode = FLAGS.mode or ("ahn" if config.ahn_type else "full")
+    if mode == "ahn" and not config.ahn_type:
+        raise app.UsageError(
+            f"--mode=ahn needs AHN weights: {FLAGS.model} has none; pass --ahn DIR "
+            "(or evaluate --mode=swa / full)"
+        )
     benchmark = eval_tasks.BENCHMARKS.get(task)
     window = FLAGS.window or (benchmark.window if benchmark else None)
     sinks = FLAGS.sinks if FLAGS.sinks is not None else (benchmark.sinks if benchmark else 0)
