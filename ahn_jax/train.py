@@ -1,5 +1,8 @@
 """Self-distillation of the AHN weights: `python -m ahn_jax.train --config=configs/X.py`.
 
+(`train.objective = "pretrain"` instead trains every weight of a base without AHN by next-token
+prediction under full attention, and exports it to `<output_dir>/model`: the demo's tiny base.)
+
 Teacher: the frozen model in mode "full" (no gradient). Student: the same weights in mode "ahn"
 with a window and sinks sampled per step (ahn_jax/windows.py). Loss: KL(teacher || student) on
 positions >= S + W whose label is not ignored (`train.loss` may also be "ce" or "distill"). Only
@@ -39,14 +42,14 @@ from tqdm import tqdm
 from ahn_jax import ahn_io, cli, data, windows
 from ahn_jax.ahn import AhnParam
 from ahn_jax.config import ConfigError, ModelConfig, validate_config
-from ahn_jax.loading import from_pretrained
+from ahn_jax.loading import from_pretrained, save_model
 from ahn_jax.metrics_log import MetricsLog
 from ahn_jax.model import init_model
 from ahn_jax.optim import optimizer_for
 from ahn_jax.profiling import Profile, Utilization
 from ahn_jax.sharding import MeshError, make_mesh, partition_spec, shard_module
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
-from ahn_jax.train_step import LOSSES, make_train_step
+from ahn_jax.train_step import LOSSES, OBJECTIVES, make_train_step
 
 
 class TrainingError(RuntimeError):
@@ -72,6 +75,8 @@ def validate_train_config(config) -> None:
             f"train.batch_size ({t.batch_size}) must be a multiple of train.micro_batches "
             f"({t.micro_batches})"
         )
+    if t.objective not in OBJECTIVES:
+        raise ConfigError(f"train.objective must be one of {OBJECTIVES}, got {t.objective!r}")
     if t.loss not in LOSSES:
         raise ConfigError(f"train.loss must be one of {LOSSES}, got {t.loss!r}")
     if t.window_sampling not in windows.KINDS:
@@ -215,16 +220,20 @@ class Run:
 
 def setup(config) -> Run:
     model_config = validate_config(config)
-    if model_config.ahn_type is None:
-        raise ConfigError("ahn.type must be set to train AHN weights")
     validate_train_config(config)
+    pretrain = config.train.objective == "pretrain"
+    if pretrain and model_config.ahn_type is not None:
+        raise ConfigError("train.objective = 'pretrain' trains the base: set ahn.type = None")
+    if not pretrain and model_config.ahn_type is None:
+        raise ConfigError("ahn.type must be set to train AHN weights")
     t = config.train
     initialize_distributed(t)
     mesh = make_train_mesh(t.mesh)
     output_dir = Path(t.output_dir).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
     model = load_base(config, model_config, mesh)
-    graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
+    # distillation trains the AHN weights only; pretraining every weight of the base
+    graphdef, trainable, frozen = nnx.split(model, nnx.Param if pretrain else AhnParam, ...)
     tx, schedule = optimizer_for(t)
     # initialised by the compiler, under the mesh: moments placed like their weights, scalars
     # such as Adam's count on every device of the step (as `compile_check` derives them), so a
@@ -310,11 +319,21 @@ def export_ahn(run: Run) -> Path:
     return export_dir
 
 
+def export_model(run: Run) -> Path:
+    """The pretrained base as a checkpoint `from_pretrained` (and `train.base_checkpoint`) reads."""
+    export_dir = run.output_dir / "model"
+    gathered = multihost_utils.process_allgather(run.trainable, tiled=True)  # a collective
+    if jax.process_index() == 0 and not export_dir.exists():
+        save_model(nnx.merge(run.graphdef, gathered, run.frozen), export_dir)
+    return export_dir
+
+
 def train(config) -> Run:
     run = setup(config)
     t = config.train
     step_fn = run.step_fn = make_train_step(run.graphdef, run.tx, run.schedule, t)
     lead = jax.process_index() == 0  # one process writes metrics and shows progress
+    loss_name = "ce" if t.objective == "pretrain" else t.loss
     bar = tqdm(total=t.steps, initial=run.start_step, desc="train",
                disable=None if lead else True, dynamic_ncols=True)  # fmt: skip
     devices = 1 if run.mesh is None else run.mesh.size
@@ -356,7 +375,7 @@ def train(config) -> Run:
             record = {
                 "step": step,
                 "loss": loss,
-                t.loss: loss,
+                loss_name: loss,
                 "grad_norm": float(metrics["grad_norm"]),
                 "learning_rate": float(metrics["learning_rate"]),
                 "window": window,
@@ -369,7 +388,7 @@ def train(config) -> Run:
             }
             if step % t.log_every == 0 or step == t.steps:
                 log.write(record)
-            bar.set_postfix({t.loss: f"{loss:.4f}", "W": window, "S": sinks,
+            bar.set_postfix({loss_name: f"{loss:.4f}", "W": window, "S": sinks,
                              "tok/s": f"{record['tokens_per_s']:,.0f}"})  # fmt: skip
             bar.update()
             if step % t.checkpoint_every == 0 or step == t.steps:
@@ -377,7 +396,10 @@ def train(config) -> Run:
     profile.close()
     bar.close()
     run.manager.wait_until_finished()
-    export_ahn(run)
+    if t.objective == "pretrain":
+        export_model(run)
+    else:
+        export_ahn(run)
     return run
 
 
@@ -392,7 +414,8 @@ def main(argv) -> None:
     except (ConfigError, FileNotFoundError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"done: {run.config.train.steps} steps; AHN weights in {run.output_dir / 'ahn'}")
+    what = "model" if run.config.train.objective == "pretrain" else "ahn"
+    print(f"done: {run.config.train.steps} steps; weights in {run.output_dir / what}")
     if run.skips.count:
         print(f"skipped {run.skips.count} bad records (see the log for file:line)")
 

@@ -1,4 +1,4 @@
-"""The jitted distillation step, apart from the run around it (data, checkpoints, logging).
+"""The jitted training step, apart from the run around it (data, checkpoints, logging).
 
 Teacher: the frozen model in mode "full" (no gradient). Student: the same weights in mode "ahn" with
 the step's window and sinks. Loss on positions >= S + W whose label is not ignored: KL(teacher ||
@@ -18,12 +18,30 @@ from flax import nnx
 from ahn_jax import losses
 
 LOSSES = ("kl", "ce", "distill")
+OBJECTIVES = ("distill", "pretrain")
 
 
 def valid_positions(labels_BT, window, sinks):
     """Where the loss counts: the memory is active (t >= S + W) and the label is not ignored."""
     t = jnp.arange(labels_BT.shape[1])[None, :]
     return (t >= window + sinks) & (labels_BT != losses.IGNORE)
+
+
+def next_token_targets(labels_BT):
+    """Position t predicts label t + 1; the last position predicts nothing."""
+    return jnp.pad(labels_BT[:, 1:], ((0, 0), (0, 1)), constant_values=losses.IGNORE)
+
+
+def pretrain_loss(model, batch, seq_tile, vocab_tile):
+    """Next-token cross-entropy of the model under full attention, on every labelled position."""
+    ids = batch["input_ids"]
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    hidden, _ = model.hidden_states(ids, positions, mode="full")
+    targets = next_token_targets(batch["labels"])
+    return losses.cross_entropy(
+        hidden, model.lm_head_DV(), targets, targets != losses.IGNORE, seq_tile=seq_tile,
+        vocab_tile=vocab_tile,
+    )  # fmt: skip
 
 
 def loss_on_batch(model, batch, window, sinks, loss_name, seq_tile, vocab_tile):
@@ -35,7 +53,7 @@ def loss_on_batch(model, batch, window, sinks, loss_name, seq_tile, vocab_tile):
     )
     valid = valid_positions(labels, window, sinks)
     if loss_name == "ce":  # next-token CE: position t predicts label t + 1
-        targets = jnp.pad(labels[:, 1:], ((0, 0), (0, 1)), constant_values=losses.IGNORE)
+        targets = next_token_targets(labels)
         valid = valid & (targets != losses.IGNORE)
         return losses.cross_entropy(
             student, model.lm_head_DV(), targets, valid, seq_tile=seq_tile, vocab_tile=vocab_tile
@@ -50,14 +68,20 @@ def loss_on_batch(model, batch, window, sinks, loss_name, seq_tile, vocab_tile):
 
 def make_train_step(graphdef, tx, schedule, train_config):
     """A jitted step: (trainable, opt_state, frozen, batch, window, sinks) -> (trainable,
-    opt_state, metrics). Micro-batches are scanned with gradients summed in fp32."""
+    opt_state, metrics). Micro-batches are scanned with gradients summed in fp32. With
+    `objective="pretrain"` the trainable state is the base and the loss next-token CE under full
+    attention (window and sinks are ignored)."""
     loss_name = train_config.loss
+    pretrain = train_config.get("objective", "distill") == "pretrain"
     micro = train_config.micro_batches
     tiles = (train_config.seq_tile, train_config.vocab_tile)
 
     def micro_loss(trainable, frozen, batch, window, sinks):
         model = nnx.merge(graphdef, trainable, frozen)
-        loss, count = loss_on_batch(model, batch, window, sinks, loss_name, *tiles)
+        if pretrain:
+            loss, count = pretrain_loss(model, batch, *tiles)
+        else:
+            loss, count = loss_on_batch(model, batch, window, sinks, loss_name, *tiles)
         return loss * count, count
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))

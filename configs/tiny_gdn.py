@@ -9,19 +9,22 @@ from ahn_jax.config import make_config
 HELD_OUT = ("hamlet", "macbeth", "tempest", "twelfth_night")
 
 
+MODEL = dict(
+    vocab_size=256,  # UTF-8 bytes
+    hidden_size=128,
+    intermediate_size=384,
+    num_layers=4,
+    num_heads=2,
+    num_kv_heads=1,
+    head_dim=64,
+    rope_theta=10_000.0,
+    tie_word_embeddings=False,
+    max_position_embeddings=4096,
+)
+
+
 def get_config():
-    model = dict(
-        vocab_size=256,  # UTF-8 bytes
-        hidden_size=128,
-        intermediate_size=384,
-        num_layers=4,
-        num_heads=2,
-        num_kv_heads=1,
-        head_dim=64,
-        rope_theta=10_000.0,
-        tie_word_embeddings=False,
-        max_position_embeddings=4096,
-    )
+    model = MODEL
     train = dict(
         steps=60,
         batch_size=8,

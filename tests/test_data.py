@@ -136,3 +136,19 @@ def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
         data.make_dataset(_config([tmp_path / "nowhere.jsonl"]), ByteTokenizer(), batch_size=1,
                           seed=0, buckets=(64,))  # fmt: skip
+
+
+def test_recall_pairs_go_into_every_full_window_and_change_with_the_epoch(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("Now is the winter of our discontent made glorious summer. " * 12)  # 3 x 256
+    config = _config([path], fmt="text")
+    config.update(cutoff_len=256, recall={"span": 8, "pairs": 1, "min_gap": 40, "max_gap": 100})
+    iterator = iter(data.make_dataset(config, ByteTokenizer(), batch_size=3, seed=0,
+                                      buckets=(256,)))  # fmt: skip
+    epochs = [next(iterator)["input_ids"] for _ in range(2)]
+    for batch in epochs:
+        for row in batch:
+            text = bytes(row.astype(np.uint8))
+            key = text.index(b"<k=")
+            assert text[key + 3 : key + 11] == text[text.index(b"<r=") + 3 :][:8]
+    assert not np.array_equal(np.sort(epochs[0], axis=0), np.sort(epochs[1], axis=0))

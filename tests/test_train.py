@@ -302,3 +302,33 @@ def test_two_processes_of_4_devices_give_the_single_process_loss(tmp_path, singl
 def test_a_mesh_that_does_not_fit_the_devices_fails_at_start(tmp_path):
     with pytest.raises(ConfigError, match=r"train\.mesh = 'data=3'.*needs 3 devices but 8"):
         train_lib.setup(tiny(tmp_path, mesh="data=3"))
+
+
+def test_pretraining_trains_every_base_weight_and_exports_a_loadable_model(tmp_path):
+    """configs/tiny_base.py (the demo base's command), shortened: the same entry point and
+    objective on recall windows; the export loads as a base for distillation."""
+    from configs import tiny_base
+
+    config = tiny_base.get_config()
+    config.model.update(MODEL)
+    config.train.update(steps=3, batch_size=4, seq_len=128, checkpoint_every=3, log_every=1,
+                        output_dir=str(tmp_path / "base"))  # fmt: skip
+    config.data.update(cutoff_len=128, recall={"span": 8, "pairs": 1, "min_gap": 32, "max_gap": 80})
+    before = init_model(validate_config(config), seed=config.train.seed)
+    run = train_lib.train(config)
+    losses = [r["ce"] for r in _records(tmp_path / "base").values()]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    base = from_pretrained(tmp_path / "base" / "model")
+    assert base.config.ahn_type is None
+    changed = {
+        path: not np.allclose(value, _flat(nnx.state(before, nnx.Param))[path])
+        for path, value in _flat(nnx.state(base, nnx.Param)).items()
+    }
+    assert all(changed.values()), [p for p, c in changed.items() if not c]
+    np.testing.assert_array_equal(
+        _flat(nnx.state(base, nnx.Param))[("embed_tokens",)],
+        np.asarray(_flat(run.trainable)[("embed_tokens",)]),
+    )
+    with pytest.raises(ConfigError, match="set ahn.type = None"):
+        config.ahn.type = "gdn"
+        train_lib.setup(config)

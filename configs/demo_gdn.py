@@ -1,0 +1,36 @@
+"""The demo's distillation: AHN-GDN on the pretrained tiny base (configs/tiny_base.py), taught by
+the same base with full attention on Shakespeare windows with key/recall pairs.
+
+  python -m ahn_jax.train --config=configs/demo_gdn.py
+
+The student sees 4 sinks + a window of 32 bytes, so every recall (64-192 bytes after its key)
+needs the memory. `--config.ahn.type=dn` or `mamba2` (and another output_dir) trains the others.
+"""
+
+from ahn_jax.config import make_config
+from configs.tiny_base import RECALL
+from configs.tiny_gdn import HELD_OUT, MODEL
+
+WINDOW, SINKS = 32, 4
+
+
+def get_config():
+    train = dict(
+        steps=400,
+        batch_size=16,
+        seq_len=256,
+        learning_rate=3e-3,
+        window_sampling="fixed",
+        window=WINDOW,
+        sinks=SINKS,
+        vocab_tile=256,
+        seq_tile=256,
+        checkpoint_every=100,
+        keep_checkpoints=1,
+        log_every=10,
+        base_checkpoint="runs/demo_base/model",
+        output_dir="runs/demo/gdn",
+    )
+    data = dict(format="shakespeare", tokenizer="bytes", filter_len=64, cutoff_len=256,
+                held_out=HELD_OUT, recall=RECALL)  # fmt: skip
+    return make_config(MODEL, ahn_type="gdn", train=train, data=data)

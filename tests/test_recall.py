@@ -1,0 +1,42 @@
+"""The recall signal: pairs of identical random spans, placed in order-preserved text."""
+
+import numpy as np
+import pytest
+
+from ahn_jax import recall
+from ahn_jax.recall import KEY_LETTER, MARKER, ORDINARY, RECALL_LETTER, RecallSpec
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pairs_repeat_their_letters_beyond_the_gap_in_order_kept_text(seed):
+    spec = RecallSpec(span=16, pairs=2, min_gap=64, max_gap=150)
+    text = np.frombuffer(b"To be, or not to be, that is the question. " * 10, np.uint8)
+    ids, kinds = recall.insert_recall(text, 256, spec, np.random.default_rng(seed))
+    assert ids.shape == kinds.shape == (256,)
+    keys, recalls = np.flatnonzero(kinds == KEY_LETTER), np.flatnonzero(kinds == RECALL_LETTER)
+    assert len(keys) == len(recalls) == 2 * 16
+    assert (kinds[: spec.first_key] == ORDINARY).all()
+    spans = {}
+    for positions, opener in ((keys, b"<k="), (recalls, b"<r=")):
+        for span in np.split(positions, 2):
+            assert (np.diff(span) == 1).all()  # contiguous letters
+            assert bytes(ids[span[0] - 3 : span[0]].astype(np.uint8)) == opener
+            assert ids[span[-1] + 1] == ord(">") and kinds[span[-1] + 1] == MARKER
+            assert ((97 <= ids[span]) & (ids[span] <= 122)).all()
+            spans.setdefault(bytes(ids[span].astype(np.uint8)), []).append(span[0])
+    assert len(spans) == 2  # each key's letters appear again once, after the gap
+    for key_start, recall_start in spans.values():
+        assert 64 <= recall_start - key_start <= 150
+    plain = ids[kinds == ORDINARY]  # the text, in order, with the blocks taken out
+    np.testing.assert_array_equal(plain, text[: len(plain)])
+
+
+def test_the_same_seed_gives_the_same_window_and_bad_specs_are_named():
+    spec, text = RecallSpec(), np.zeros(600, np.int32) + 32
+    a = recall.insert_recall(text, 512, spec, np.random.default_rng(3))
+    b = recall.insert_recall(text, 512, spec, np.random.default_rng(3))
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="cannot hold a pair 384 bytes apart"):
+        recall.insert_recall(text, 256, spec, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="min_gap"):
+        RecallSpec(min_gap=10).check(512)
