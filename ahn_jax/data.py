@@ -273,8 +273,11 @@ def make_dataset(
         spec = RecallSpec(**recall)
         spec.check(cutoff)
         dataset = dataset.random_map(functools.partial(_with_recall, spec, cutoff), seed=seed + 1)
+    # Read in this thread: grain's default per-element thread pool polls its futures on every
+    # element, 0.8 ms per example (54 ms per batch of 64 short windows, measured) against 0.13 ms
+    # without it; a batch-level prefetch thread aborted the interpreter at exit.
     return (
-        dataset.to_iter_dataset()
+        dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         .filter(lambda e: e is not None)
         .batch(batch_size, drop_remainder=True, batch_fn=lambda b: pad_batch(b, buckets))
     )
