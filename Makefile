@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with only Python 3.11 and make:
 #   make test   -- venv + package with the test extra, ruff lint/format check, pytest on 8 fake CPU devices
-#   make demo   -- venv + package, then the main job on its embedded default config
+#   make demo   -- venv + package, then the miniature reproduction (docs/results.md);
+#                  make demo QUICK=1 is its few-minute smoke version
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -35,7 +36,7 @@ test: $(VENV)/.installed-test
 	$(CPU_ENV) $(PY) -m pytest -q --timeout=900 tests
 
 demo: $(VENV)/.installed-base
-	JAX_PLATFORMS=cpu XLA_FLAGS="$(CPU_FLAGS)" $(PY) -m ahn_jax.demo
+	JAX_PLATFORMS=cpu XLA_FLAGS="$(CPU_FLAGS)" $(PY) -m ahn_jax.demo $(if $(QUICK),--quick,)
 
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format .

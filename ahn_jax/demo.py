@@ -1,106 +1,241 @@
-"""`make demo`: self-distil AHN-GDN on the tiny config, then score held-out text in three modes.
+"""`make demo`: the paper's claim in miniature, on real text, on a laptop CPU.
 
-  python -m ahn_jax.demo [--config=configs/tiny_gdn.py] [--config.train.steps=60]
+  python -m ahn_jax.demo [--types gdn,dn,mamba2] [--quick] [--base DIR] [--out runs/demo]
 
-1. Trains through the real training entry point (`ahn_jax.train.train`): the tiny byte-level
-   Qwen2-architecture model's AHN weights learn, by KL self-distillation, to make the
-   sinks + window model behave like the full-attention one on Shakespeare (held-out plays
-   excluded). A finished run in `train.output_dir` is picked up, not repeated.
-2. Scores windows of a held-out play: next-byte loss under full attention, sinks + window, and
-   sinks + window + AHN, and each restricted model's KL to the full one, on the positions beyond
-   the window (where the memory acts).
+1. The base: a tiny byte-level Qwen2-architecture model pretrained with full attention on the
+   Shakespeare plays (four held out) with key/recall pairs mixed in (configs/tiny_base.py). It is
+   looked for in --base, then ahn_jax/assets/demo_base, then runs/demo_base/model; failing those it
+   is pretrained here through `ahn_jax.train` (resumable; long on a CPU, see docs/results.md).
+2. Self-distillation of each AHN type on that base through `ahn_jax.train` and --config
+   (configs/demo_gdn.py: 4 sinks + a 32-byte window, so every recall needs the memory). A finished
+   run in <out>/<type> is picked up, not repeated.
+3. Held-out plays, cut into windows with their own pairs (fixed seed), scored under full attention,
+   sinks + window, and sinks + window + each AHN: loss on the recalled letters, on the keys' letters
+   (the baseline) and on plain text beyond S + W, with standard errors over plays; cache bytes and
+   FLOPs per token at 1k and 8k tokens. Table, JSON and a loss-by-position plot go to --out.
 
-Until the miniature-reproduction issue provides a pretrained base, the base is the config's random
-initialisation, so the numbers show the machinery, not the paper's effect.
+--quick (the CI smoke test, a few minutes): fewer steps and windows, and a barely trained base when
+none is found; its numbers show the machinery, not the effect.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import platform
+import sys
 import time
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
-from flax import nnx
 
-from ahn_jax import cli, data, train
-from ahn_jax.tokenizer import ByteTokenizer
+from ahn_jax import cli, costs, data, flops, recall_eval, train
+from ahn_jax.loading import from_pretrained
+from ahn_jax.recall import RecallSpec
 
-_PLAY = flags.DEFINE_string("play", "hamlet", "held-out play whose text is scored")
-
-
-def text_windows(text: str, seq_len: int, batch_size: int, seed: int) -> np.ndarray:
-    tokens = np.asarray(ByteTokenizer().encode(text), dtype=np.int32)
-    if len(tokens) <= seq_len:
-        raise ValueError(f"text of {len(tokens)} bytes is shorter than seq_len={seq_len}")
-    starts = np.random.default_rng(seed).integers(0, len(tokens) - seq_len, size=batch_size)
-    return np.stack([tokens[s : s + seq_len] for s in starts])
+ASSET_BASE = Path(__file__).parent / "assets" / "demo_base"
+RUN_BASE = Path("runs/demo_base/model")
+FLAGS = flags.FLAGS
 
 
-def evaluate(model, ids, window: int, sinks: int) -> dict[str, float]:
-    """Next-byte loss per mode, and KL to full attention, on positions t >= S + W."""
-    ids = jnp.asarray(ids)
-    logits = {
-        "full": model(ids),
-        "swa": model(ids, mode="swa", window=window, sinks=sinks),
-        "ahn": model(ids, mode="ahn", window=window, sinks=sinks),
-    }
-    beyond = slice(window + sinks, -1)
-    targets = ids[:, window + sinks + 1 :, None]
-    result = {}
-    log_p_full = jax.nn.log_softmax(logits["full"][:, beyond], -1)
-    for mode, value in logits.items():
-        log_p = jax.nn.log_softmax(value[:, beyond], -1)
-        result[f"{mode}_loss"] = float(-jnp.mean(jnp.take_along_axis(log_p, targets, -1)))
-        if mode != "full":
-            kl = jnp.sum(jnp.exp(log_p_full) * (log_p_full - log_p), -1)
-            result[f"{mode}_kl"] = float(jnp.mean(kl))
-    return result
+def define_flags() -> None:
+    cli.define_config_flag("configs/demo_gdn.py")
+    flags.DEFINE_list("types", ["gdn"], "AHN types to distil and compare (gdn, dn, mamba2)")
+    flags.DEFINE_bool("quick", False, "a few-minute run that shows the machinery (CI smoke test)")
+    flags.DEFINE_string("base", None, "pretrained base directory (default: see the docstring), or "
+                        "'pretrain' to pretrain one here whatever exists")  # fmt: skip
+    flags.DEFINE_string("out", "runs/demo", "where the AHN runs, the table and the plot go")
+    flags.DEFINE_integer("windows_per_play", 48, "evaluation windows per held-out play")
+    flags.DEFINE_integer("seed", 1234, "evaluation windows' seed")
+
+
+def find_or_pretrain_base(quick: bool, out: Path) -> tuple[Path, str]:
+    """(base directory, how it was obtained)."""
+    candidates = () if FLAGS.base == "pretrain" else (FLAGS.base, ASSET_BASE, RUN_BASE)
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "config.json").is_file():
+            return Path(candidate), f"found at {candidate}"
+    if FLAGS.base and FLAGS.base != "pretrain":
+        raise app.UsageError(f"--base {FLAGS.base}: no model there (no config.json)")
+    from configs import tiny_base
+
+    config = tiny_base.get_config()
+    if quick:  # enough to run the pipeline; the recall is not learned in so few steps
+        config.train.update(steps=20, batch_size=8, log_every=10, checkpoint_every=20,
+                            output_dir=str(out / "quick_base"))  # fmt: skip
+    t = config.train
+    print(f"   no pretrained base found: pretraining one ({t.steps} steps of {t.batch_size} x "
+          f"{t.seq_len} bytes) into {t.output_dir}" + ("" if quick else
+          "; on 2 CPU cores this takes hours (it resumes if interrupted)"))  # fmt: skip
+    train.train(config)
+    return Path(t.output_dir) / "model", f"pretrained here ({t.steps} steps)"
+
+
+def distil(config, ahn_type: str, base: Path, out: Path, quick: bool) -> Path:
+    config = config.copy_and_resolve_references()
+    config.ahn.type = ahn_type
+    config.train.update(base_checkpoint=str(base), output_dir=str(out / ahn_type))
+    if quick:
+        config.train.update(steps=min(config.train.steps, 20), checkpoint_every=20, log_every=5)
+    t = config.train
+    print(f"2. self-distilling AHN-{ahn_type.upper()} for {t.steps} steps ({t.batch_size} x "
+          f"{t.seq_len} bytes, S={t.sinks} + W={t.window}) into {t.output_dir}")  # fmt: skip
+    start = time.perf_counter()
+    run = train.train(config)
+    print(f"   done in {time.perf_counter() - start:.0f} s")
+    return run.output_dir / "ahn"
+
+
+def cost_columns(model_config, mode: str, window: int, sinks: int) -> dict[str, float]:
+    """Decode-cache bytes and forward FLOPs per token of one model at 1k and 8k tokens."""
+    base_params = costs.parameter_counts(model_config)["base_params"]
+    row = {}
+    for length in (1024, 8192):
+        w, s = (length, 0) if mode == "full" else (window, sinks)
+        row[f"cache_bytes_{length}"] = costs.decode_cache_bytes(model_config, w, s, mode)
+        total = flops.model_flops(model_config, length, mode, window + sinks,
+                                  base_params=base_params)  # fmt: skip
+        row[f"flops_per_token_{length}"] = total / length
+    return row
 
 
 def main(argv) -> None:
     del argv
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    config = cli.config()
+    config, quick, out = cli.config(), FLAGS.quick, Path(FLAGS.out)
+    unknown = sorted(set(FLAGS.types) - {"gdn", "dn", "mamba2"})
+    if unknown:
+        raise app.UsageError(f"--types: unknown {unknown}; use gdn, dn, mamba2")
+    out.mkdir(parents=True, exist_ok=True)
+    print("1. the base")
+    base, provenance = find_or_pretrain_base(quick, out)
+    print(f"   {base}: {provenance}")
+    ahn_dirs = {t: distil(config, t, base, out, quick) for t in FLAGS.types}
+
+    t, spec = config.train, RecallSpec(**config.data.recall)
+    window, sinks, length = t.window, t.sinks, t.seq_len
+    plays = tuple(config.data.held_out)
     texts = data.shakespeare_texts()
-    if _PLAY.value not in texts:
-        raise app.UsageError(f"--play={_PLAY.value!r} is not one of {sorted(texts)}")
-    if _PLAY.value not in config.data.get("held_out", ()):
-        raise app.UsageError(f"--play={_PLAY.value!r} is not held out from training")
-    t = config.train
+    per_play_windows = 4 if quick else FLAGS.windows_per_play
     print(
-        f"1. self-distilling AHN-{config.ahn.type.upper()} for {t.steps} steps ({t.batch_size} x "
-        f"{t.seq_len} bytes of Shakespeare per step) into {t.output_dir}"
+        f"3. scoring {len(plays)} held-out plays x {per_play_windows} windows of {length} bytes "
+        f"(S={sinks} + W={window}; recalls {spec.min_gap}-{spec.max_gap} bytes after their key)"
     )
-    start = time.perf_counter()
-    run = train.train(config)
-    model = nnx.merge(run.graphdef, run.trainable, run.frozen)
-    n_base = sum(x.size for x in jax.tree.leaves(run.frozen))
-    n_ahn = sum(x.size for x in jax.tree.leaves(run.trainable))
+    base_model = from_pretrained(base)
+    models = {"full": (base_model, "full"), "swa": (base_model, "swa")}
+    for ahn_type, ahn_dir in ahn_dirs.items():
+        models[f"ahn-{ahn_type}"] = (from_pretrained(base, ahn_path=ahn_dir), "ahn")
+    per_play: dict[str, dict[str, dict[str, float]]] = {}
+    position_sums = {name: np.zeros(length - 1) for name in models}
+    for i, play in enumerate(plays):
+        ids, kinds = recall_eval.play_windows(texts[play], length, spec, per_play_windows,
+                                              FLAGS.seed + i)  # fmt: skip
+        per_play[play] = {}
+        for name, (model, mode) in models.items():
+            losses = recall_eval.next_byte_losses(model, ids, mode, window, sinks)
+            per_play[play][name] = recall_eval.kind_means(losses, kinds, window + sinks)
+            position_sums[name] += losses.sum(0)
+        print(f"   {play}: " + ", ".join(f"{n} recall {m['recall']:.3f}"
+                                       for n, m in per_play[play].items()), flush=True)  # fmt: skip
+    results = summarize(per_play, models, window, sinks)
+    results.update(
+        base=str(base), base_provenance=provenance, quick=quick, plays=list(plays),
+        windows_per_play=per_play_windows, seed=FLAGS.seed, window=window, sinks=sinks,
+        length=length, recall=dict(config.data.recall), distill_steps=int(t.steps),
+        machine=f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        command=" ".join(sys.argv),
+    )  # fmt: skip
+    table = markdown(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(table + "\n")
+    plot_positions(position_sums, len(plays) * per_play_windows, window + sinks, out)
+    print(table)
     print(
-        f"   done in {time.perf_counter() - start:.0f} s; base {n_base:,} parameters (frozen, "
-        f"random init), AHN {n_ahn:,} trained"
+        f"   written: {out / 'results.md'}, {out / 'results.json'}, {out / 'loss_by_position.png'}"
     )
 
-    demo = config.demo
-    window, sinks = demo.window, demo.sinks
-    windows = text_windows(texts[_PLAY.value], demo.seq_len, demo.batch_size, demo.seed)
-    print(
-        f"2. held-out '{_PLAY.value}': {demo.batch_size} windows x {demo.seq_len} bytes, "
-        f"S={sinks} sinks + W={window} window, scored at positions >= S + W"
-    )
-    scores = evaluate(model, windows, window, sinks)
-    print("   | mode | next-byte loss (nats) | KL to full |")
-    print("   |---|---|---|")
-    print(f"   | full attention | {scores['full_loss']:.4f} | 0 |")
-    print(f"   | sinks + window | {scores['swa_loss']:.4f} | {scores['swa_kl']:.5f} |")
-    print(f"   | sinks + window + AHN | {scores['ahn_loss']:.4f} | {scores['ahn_kl']:.5f} |")
-    print(f"   (uniform guess: ln 256 = {math.log(256):.4f}); AHN weights: {t.output_dir}/ahn")
+
+def summarize(per_play, models, window, sinks) -> dict:
+    rows = {}
+    for name, (model, mode) in models.items():
+        rows[name] = {
+            kind: vars(recall_eval.Estimate.over([per_play[p][name][kind] for p in per_play]))
+            for kind in recall_eval.KINDS
+        }
+        rows[name].update(cost_columns(model.config, mode, window, sinks))
+    claims = {}
+    for name in models:
+        if not name.startswith("ahn-"):
+            continue
+        full, swa, this = (rows[m]["recall"]["mean"] for m in ("full", "swa", name))
+        try:
+            closed = recall_eval.gap_closed(per_play, name)
+        except ValueError as e:  # an untrained base: no gap, nothing to claim
+            claims[name] = {"holds": False, "why": str(e)}
+            continue
+        between = full < this < swa
+        claims[name] = {
+            "gap_closed": vars(closed),
+            "between_full_and_swa": bool(between),
+            "holds": bool(between and closed.mean - closed.stderr > 0.3),
+        }
+    return {"rows": rows, "claims": claims, "ln26": math.log(26)}
+
+
+def markdown(results: dict) -> str:
+    lines = [
+        f"S = {results['sinks']} sinks + W = {results['window']} window; {len(results['plays'])} "
+        f"held-out plays x {results['windows_per_play']} windows of {results['length']} bytes; "
+        "mean next-byte loss (nats) ± standard error over plays",
+        "",
+        "| model | recalled letters | keys' letters (baseline) | text beyond S+W | cache 1k / 8k "
+        "| FLOPs/token 1k / 8k |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in results["rows"].items():
+        cells = [str(recall_eval.Estimate(**row[k])) for k in ("recall", "key", "text")] + [
+            f"{row['cache_bytes_1024'] / 1024:.0f} / {row['cache_bytes_8192'] / 1024:.0f} KiB",
+            f"{row['flops_per_token_1024'] / 1e6:.2f} / {row['flops_per_token_8192'] / 1e6:.2f} M",
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, claim in results["claims"].items():
+        if "gap_closed" in claim:
+            closed = recall_eval.Estimate(**claim["gap_closed"])
+            verdict = "holds" if claim["holds"] else "does NOT hold"
+            lines.append(f"{name} closes {closed} of the sinks+window - full recall gap; the "
+                         f"claim (between, > 30% beyond its error bar) {verdict}.")  # fmt: skip
+        else:
+            lines.append(f"{name}: no claim can be checked: {claim['why']}")
+    if results["quick"]:
+        lines.append("(--quick: short runs; these numbers show the machinery, not the effect.)")
+    return "\n".join(lines)
+
+
+def plot_positions(position_sums, count: int, beyond: int, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bucket = 16
+    for name, sums in position_sums.items():
+        mean = sums / count
+        n = len(mean) // bucket * bucket
+        ax.plot(np.arange(n // bucket) * bucket + bucket / 2 + 1,
+                mean[:n].reshape(-1, bucket).mean(1), marker="o", label=name)  # fmt: skip
+    ax.axvline(beyond, color="gray", linestyle=":", label="S + W")
+    ax.set(xlabel="position of the predicted byte", ylabel="mean loss (nats/byte)",
+           title="held-out plays with key/recall pairs")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_by_position.png", dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
-    cli.define_config_flag("configs/tiny_gdn.py")
+    define_flags()
     app.run(main)
