@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags, logging
+from tqdm import tqdm
 
 from ahn_jax import cli, costs, data, flops, recall_eval, train
 from ahn_jax.loading import from_pretrained
@@ -129,6 +130,7 @@ def main(argv) -> None:
         models[f"ahn-{ahn_type}"] = (from_pretrained(base, ahn_path=ahn_dir), "ahn")
     per_play: dict[str, dict[str, dict[str, float]]] = {}
     position_sums = {name: np.zeros(length - 1) for name in models}
+    bar = tqdm(total=len(plays) * len(models), desc="scoring", dynamic_ncols=True)
     for i, play in enumerate(plays):
         ids, kinds = recall_eval.play_windows(texts[play], length, spec, per_play_windows,
                                               FLAGS.seed + i)  # fmt: skip
@@ -137,8 +139,10 @@ def main(argv) -> None:
             losses = recall_eval.next_byte_losses(model, ids, mode, window, sinks)
             per_play[play][name] = recall_eval.kind_means(losses, kinds, window + sinks)
             position_sums[name] += losses.sum(0)
-        print(f"   {play}: " + ", ".join(f"{n} recall {m['recall']:.3f}"
-                                       for n, m in per_play[play].items()), flush=True)  # fmt: skip
+            bar.update()
+        bar.write(f"   {play}: " + ", ".join(f"{n} recall {m['recall']:.3f}"
+                                           for n, m in per_play[play].items()))  # fmt: skip
+    bar.close()
     results = summarize(per_play, models, window, sinks)
     results.update(
         base=str(base), base_provenance=provenance, quick=quick, plays=list(plays),
