@@ -44,7 +44,8 @@ CONFIGS = {
     "E": (256, 64, RecallSpec(span=16, pairs=1, min_gap=64, max_gap=192), 1e-3),
     "P": (256, 64, RecallSpec(span=32, pairs=2, min_gap=40, max_gap=150), 1e-3),
     "Q": (256, 64, RecallSpec(span=16, pairs=2, min_gap=40, max_gap=150), 1e-3),
-    "R": (512, 32, RecallSpec(span=32, pairs=4, min_gap=48, max_gap=300), 1e-3),
+    "R": (512, 32, RecallSpec(span=32, pairs=3, min_gap=48, max_gap=300), 1e-3),
+    "S": (256, 32, RecallSpec(span=16, pairs=2, min_gap=40, max_gap=150), 1e-3),
 }
 WINDOW, SINKS = 32, 4
 
@@ -68,11 +69,14 @@ def windows(stream: np.ndarray, n: int, length: int, spec: RecallSpec, rng):
     return np.stack(ids), np.stack(kinds)
 
 
-def run(name, tokens, eval_every, all_texts):
+def run(name, tokens, eval_every, all_texts, synthetic=False):
     length, batch, spec, lr = CONFIGS[name]
     train_stream = np.frombuffer(
         "".join(t for k, t in all_texts.items() if k not in HELD_OUT).encode(), np.uint8
     ).astype(np.int32)
+    if synthetic:  # a copy-only warm-up: random letters and spaces between the pairs
+        alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     ", np.uint8).astype(np.int32)
+        train_stream = np.random.default_rng(7).choice(alphabet, len(train_stream))
     eval_stream = np.frombuffer("".join(all_texts[k] for k in HELD_OUT).encode(), np.uint8).astype(
         np.int32
     )
@@ -124,13 +128,14 @@ def main():
     parser.add_argument("--eval_every", type=float, default=2e6)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--out", default="bench/results/recall_pretrain_sweep.json")
+    parser.add_argument("--synthetic", action="store_true", help="random letters, not the plays")
     args = parser.parse_args()
     print(f"device: {jax.devices()[0].device_kind}; ln 26 = {math.log(26):.3f}", flush=True)
     all_texts = texts()
     results = {}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for name in args.configs.split(","):
-        results[name] = run(name, args.tokens, args.eval_every, all_texts)
+        results[name] = run(name, args.tokens, args.eval_every, all_texts, args.synthetic)
         Path(args.out).write_text(json.dumps(results, indent=1))  # after each: partial is kept
 
 
