@@ -83,7 +83,7 @@ def inputs(T, kind: str):
     return (q, k, v, gates, strengths) if kind == "gdn" else (q, k, v, strengths)
 
 
-def op_functions(kind: str, precision: str = "highest"):
+def op_functions(kind: str, precision: str = "highest", ssd_chunk: int = 256):
     """(baseline name, baseline fn, fast name, fast fn, chunk) for one op."""
     if kind == "gdn":
 
@@ -102,9 +102,9 @@ def op_functions(kind: str, precision: str = "highest"):
     if kind == "ssd":
 
         def make(impl):
-            return lambda *a: ssd(*a, impl=impl, precision=precision)[0]
+            return lambda *a: ssd(*a, impl=impl, precision=precision, chunk_size=ssd_chunk)[0]
 
-        return "recurrent", make("recurrent"), "chunked", make("chunked"), 256
+        return "recurrent", make("recurrent"), "chunked", make("chunked"), ssd_chunk
 
     def make(impl):
         return lambda q, k, v: sink_window_attention(q, k, v, window=WINDOW, sinks=SINKS, impl=impl)
@@ -119,8 +119,10 @@ def forward_backward(fn):
     return grads
 
 
-def bench_op(kind: str, lengths, repeats: int, max_slow_fb: int, precision: str) -> list[dict]:
-    base_name, base_fn, fast_name, fast_fn, chunk = op_functions(kind, precision)
+def bench_op(
+    kind: str, lengths, repeats: int, max_slow_fb: int, precision: str, ssd_chunk: int = 256
+) -> list[dict]:
+    base_name, base_fn, fast_name, fast_fn, chunk = op_functions(kind, precision, ssd_chunk)
     rows = []
     for T in lengths:
         args = inputs(T, kind)
@@ -200,6 +202,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max_recurrent_backward", type=int, default=8192)
     parser.add_argument("--precision", choices=["highest", "default"], default="highest")
+    parser.add_argument("--ssd_chunk", type=int, default=256, help="SSD chunk (signature: 256)")
     args = parser.parse_args()
     peak = matmul_gflops(args.repeats, args.precision)
     device = jax.devices()[0]
@@ -212,7 +215,12 @@ def main() -> None:
     rows = []
     for kind in args.ops:
         rows += bench_op(
-            kind, args.lengths, args.repeats, args.max_recurrent_backward, args.precision
+            kind,
+            args.lengths,
+            args.repeats,
+            args.max_recurrent_backward,
+            args.precision,
+            args.ssd_chunk,
         )
     result = {
         "benchmark": "kernels",
