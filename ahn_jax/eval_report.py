@@ -95,9 +95,7 @@ def markdown_table(summary: dict) -> str:
     if "average" in summary:
         lines.append(f"| **average** | {summary['samples']} | **{summary['average']:.2f}** |")
     if summary.get("accuracy"):
-        depths = sorted(
-            {d for row in summary["accuracy"].values() for d in row if d != "all"}, key=float
-        )
+        depths = _depths(summary["accuracy"])
         lines += [
             "",
             "pass-key accuracy (%) by prompt length (rows) and needle depth (columns):",
@@ -109,6 +107,27 @@ def markdown_table(summary: dict) -> str:
             cells = [f"{row[d]:.0f}" if d in row else "" for d in [*depths, "all"]]
             lines.append(f"| {length} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _depths(grid: dict) -> list[str]:
+    """The needle depths of a pass-key grid {length: {depth: accuracy, "all": mean}}, in order."""
+    return sorted({d for row in grid.values() for d in row if d != "all"}, key=float)
+
+
+def run_label(settings: dict) -> str:
+    """The run's mode, with its window and sinks unless it is full attention."""
+    mode = settings["mode"]
+    return mode if mode == "full" else f"{mode} (W {settings['window']}, S {settings['sinks']})"
+
+
+def _loss_by_position(ax, summary: dict, label: str) -> None:
+    """A perplexity run's bucket losses with their standard-error band."""
+    starts = [b["start"] for b in summary["buckets"]]
+    loss = np.asarray([b["loss"] for b in summary["buckets"]])
+    err = np.asarray([b["stderr"] for b in summary["buckets"]])
+    ax.plot(starts, loss, marker="o", label=label)
+    ax.fill_between(starts, loss - err, loss + err, alpha=0.25)
+    ax.set(xlabel="position (tokens)", ylabel="loss (nats/token)")
 
 
 def write_report(out: Path, settings: dict, records: list[dict], config) -> dict:
@@ -128,24 +147,18 @@ def _plots(out: Path, settings: dict, summary: dict, records: list[dict], config
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    label = settings["mode"]
-    if label != "full":
-        label += f" (W {settings['window']}, S {settings['sinks']})"
+    label = run_label(settings)
     if settings["task"] == "perplexity":
         fig, ax = plt.subplots(figsize=(7, 4))
-        starts = [b["start"] for b in summary["buckets"]]
-        loss = np.asarray([b["loss"] for b in summary["buckets"]])
-        err = np.asarray([b["stderr"] for b in summary["buckets"]])
-        ax.plot(starts, loss, marker="o", label=label)
-        ax.fill_between(starts, loss - err, loss + err, alpha=0.25)
-        ax.set(xlabel="position (tokens)", ylabel="loss (nats/token)", title="loss by position")
+        _loss_by_position(ax, summary, label)
+        ax.set(title="loss by position")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out / "loss_by_position.png", dpi=120)
         plt.close(fig)
     elif settings["task"] == "passkey":
         grid = summary["accuracy"]
-        depths = sorted({d for row in grid.values() for d in row if d != "all"}, key=float)
+        depths = _depths(grid)
         matrix = np.asarray([[grid[length].get(d, np.nan) for length in grid] for d in depths])
         fig, ax = plt.subplots(figsize=(1.2 * len(grid) + 3, 0.5 * len(depths) + 2.5))
         image = ax.imshow(matrix, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
@@ -215,17 +228,9 @@ def compare_plot(run_dirs: list[Path], path: Path) -> None:
     for run in run_dirs:
         summary = json.loads((Path(run) / "summary.json").read_text())
         tasks.add(summary["task"])
-        s = summary["settings"]
-        label = (
-            s["mode"] if s["mode"] == "full" else f"{s['mode']} (W {s['window']}, S {s['sinks']})"
-        )
+        label = run_label(summary["settings"])
         if summary["task"] == "perplexity":
-            starts = [b["start"] for b in summary["buckets"]]
-            loss = np.asarray([b["loss"] for b in summary["buckets"]])
-            err = np.asarray([b["stderr"] for b in summary["buckets"]])
-            ax.plot(starts, loss, marker="o", label=label)
-            ax.fill_between(starts, loss - err, loss + err, alpha=0.2)
-            ax.set(xlabel="position (tokens)", ylabel="loss (nats/token)")
+            _loss_by_position(ax, summary, label)
         elif summary["task"] == "passkey":
             lengths = list(summary["accuracy"])
             ax.plot([int(n) for n in lengths], [summary["accuracy"][n]["all"] for n in lengths],

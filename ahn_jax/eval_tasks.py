@@ -237,20 +237,26 @@ def read_samples(
 
     The dataset is `dataset` if given, else each record's "dataset" field, else the file name."""
     samples, problems = [], []
+    for number, record, error in json_lines(path):
+        try:
+            if error:
+                raise ValueError(error)
+            samples.append(_sample(benchmark, record, number, path, dataset))
+        except (KeyError, TypeError, ValueError) as e:
+            problems.append(f"{path}:{number}: {e}")
+    return samples, problems
+
+
+def json_lines(path: Path):
+    """(line number, record, None) for each non-blank line of a JSONL file, or (line number,
+    None, why) for a line that is not JSON."""
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        where = f"{path}:{number}"
         try:
-            record = json.loads(line)
+            yield number, json.loads(line), None
         except json.JSONDecodeError as e:
-            problems.append(f"{where}: invalid JSON ({e.msg})")
-            continue
-        try:
-            samples.append(_sample(benchmark, record, number, path, dataset))
-        except (KeyError, TypeError, ValueError) as e:
-            problems.append(f"{where}: {e}")
-    return samples, problems
+            yield number, None, f"invalid JSON ({e.msg})"
 
 
 def _sample(benchmark, record, number, path, dataset) -> Sample:

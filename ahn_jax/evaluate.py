@@ -39,6 +39,7 @@ from tqdm import tqdm
 from ahn_jax import eval_report, eval_tasks, passkey
 from ahn_jax import generate as generate_lib
 from ahn_jax import model as model_lib
+from ahn_jax.eval_metrics import passkey_exact_match
 from ahn_jax.loading import from_pretrained
 
 TASKS = ("lveval", "infinitebench", "longbench", "passkey", "perplexity")
@@ -210,17 +211,11 @@ def passkey_prompts(tokenizer, settings: Settings) -> list[Prompt]:
 
 def score_prediction(task: str, record: dict, prediction: str) -> float:
     if task == "passkey":
-        from ahn_jax.eval_metrics import passkey_exact_match
-
         return passkey_exact_match(prediction, record["answers"][0])
     benchmark = eval_tasks.BENCHMARKS[task]
     return eval_tasks.score(
         benchmark, record["dataset"], prediction, record["answers"], record.get("keywords")
     )
-
-
-def _record_cache_bytes(into: dict, cache) -> None:
-    into["bytes"] = cache.nbytes()
 
 
 def run_generation(
@@ -237,7 +232,7 @@ def run_generation(
     for (_, max_new), group in sorted(groups.items()):
         for start in range(0, len(group), batch_size):
             batch = group[start : start + batch_size]
-            measured: dict = {}
+            caches: list = []
             outputs = generate_lib.generate(
                 model,
                 [p.ids for p in batch],
@@ -246,7 +241,7 @@ def run_generation(
                 window=settings.window,
                 sinks=settings.sinks,
                 stop_ids=stops,
-                on_cache=functools.partial(_record_cache_bytes, measured),
+                on_cache=caches.append,
             )
             results = []
             for prompt, new in zip(batch, outputs, strict=True):
@@ -260,7 +255,7 @@ def run_generation(
                         prompt_tokens=len(prompt.ids),
                         generated_tokens=len(new),
                         max_new_tokens=max_new,
-                        cache_bytes=measured["bytes"],
+                        cache_bytes=caches[0].nbytes(),
                         batch_size=len(batch),
                     )
                 )
@@ -279,13 +274,8 @@ def read_documents(files: Sequence[Path]) -> list[tuple[str, str]]:
         if path.suffix != ".jsonl":
             documents.append((path.stem, path.read_text(encoding="utf-8")))
             continue
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line).get("text")
-            except (json.JSONDecodeError, AttributeError):
-                text = None
+        for number, record, _ in eval_tasks.json_lines(path):
+            text = record.get("text") if isinstance(record, dict) else None
             if not isinstance(text, str):
                 print(f"skipping {path}:{number}: needs a JSON object with a 'text' string",
                       file=sys.stderr)  # fmt: skip

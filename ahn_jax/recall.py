@@ -42,8 +42,8 @@ class RecallSpec:
 
 
 def insert_recall(text_ids: np.ndarray, length: int, spec: RecallSpec, rng: np.random.Generator):
-    """(ids [length], kinds [length]): `text_ids` (at least `length` bytes are not needed: the
-    text is used in order and the window is filled with it) with the pairs placed in it."""
+    """(ids [length], kinds [length]): the pairs placed in a window whose other bytes are
+    `text_ids`, in order (length minus the blocks' bytes of it are used)."""
     spec.check(length)
     starts = _place_pairs(length, spec, rng)
     ids = np.zeros(length, np.int32)

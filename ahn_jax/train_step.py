@@ -32,24 +32,14 @@ def next_token_targets(labels_BT):
     return jnp.pad(labels_BT[:, 1:], ((0, 0), (0, 1)), constant_values=losses.IGNORE)
 
 
-def pretrain_loss(model, batch, seq_tile, vocab_tile):
-    """Next-token cross-entropy of the model under full attention, on every labelled position."""
-    ids = batch["input_ids"]
-    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    hidden, _ = model.hidden_states(ids, positions, mode="full")
-    targets = next_token_targets(batch["labels"])
-    return losses.cross_entropy(
-        hidden, model.lm_head_DV(), targets, targets != losses.IGNORE, seq_tile=seq_tile,
-        vocab_tile=vocab_tile,
-    )  # fmt: skip
-
-
-def loss_on_batch(model, batch, window, sinks, loss_name, seq_tile, vocab_tile):
+def loss_on_batch(model, batch, window, sinks, loss_name, seq_tile, vocab_tile, student_mode="ahn"):
+    """(mean loss, counted positions). Pretraining is "ce" with the student in mode "full" and
+    window = sinks = 0 (every labelled position counts)."""
     ids, labels = batch["input_ids"], batch["labels"]
     positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
     distill = loss_name == "distill"
     student, student_attn = model.hidden_states(
-        ids, positions, mode="ahn", window=window, sinks=sinks, collect=distill
+        ids, positions, mode=student_mode, window=window, sinks=sinks, collect=distill
     )
     valid = valid_positions(labels, window, sinks)
     if loss_name == "ce":  # next-token CE: position t predicts label t + 1
@@ -72,14 +62,14 @@ def make_train_step(graphdef, tx, schedule, train_config):
     `objective="pretrain"` the trainable state is the base and the loss next-token CE under full
     attention (window and sinks are ignored)."""
     loss_name = train_config.loss
-    pretrain = train_config.get("objective", "distill") == "pretrain"
+    pretrain = train_config.objective == "pretrain"
     micro = train_config.micro_batches
     tiles = (train_config.seq_tile, train_config.vocab_tile)
 
     def micro_loss(trainable, frozen, batch, window, sinks):
         model = nnx.merge(graphdef, trainable, frozen)
-        if pretrain:
-            loss, count = pretrain_loss(model, batch, *tiles)
+        if pretrain:  # window and sinks are not used: every labelled position counts
+            loss, count = loss_on_batch(model, batch, 0, 0, "ce", *tiles, student_mode="full")
         else:
             loss, count = loss_on_batch(model, batch, window, sinks, loss_name, *tiles)
         return loss * count, count

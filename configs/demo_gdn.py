@@ -8,8 +8,8 @@ needs the memory. `--config.ahn.type=dn` or `mamba2` (and another output_dir) tr
 """
 
 from ahn_jax.config import make_config
-from configs.tiny_base import RECALL
-from configs.tiny_gdn import HELD_OUT, MODEL
+from configs.tiny_base import DATA
+from configs.tiny_gdn import MODEL
 
 WINDOW, SINKS = 32, 4
 
@@ -31,6 +31,4 @@ def get_config():
         base_checkpoint="runs/demo_base/model",
         output_dir="runs/demo/gdn",
     )
-    data = dict(format="shakespeare", tokenizer="bytes", filter_len=64, cutoff_len=256,
-                held_out=HELD_OUT, recall=RECALL)  # fmt: skip
-    return make_config(MODEL, ahn_type="gdn", train=train, data=data)
+    return make_config(MODEL, ahn_type="gdn", train=train, data=DATA)

@@ -14,6 +14,9 @@ from ahn_jax.config import make_config
 from configs.tiny_gdn import HELD_OUT, MODEL
 
 RECALL = {"span": 16, "pairs": 1, "min_gap": 64, "max_gap": 192}
+# Shakespeare windows of 256 bytes with one pair each; the demo's distillation reads the same
+DATA = dict(format="shakespeare", tokenizer="bytes", filter_len=64, cutoff_len=256,
+            held_out=HELD_OUT, recall=RECALL)  # fmt: skip
 
 
 def get_config():
@@ -32,6 +35,4 @@ def get_config():
         log_every=100,
         output_dir="runs/demo_base",
     )
-    data = dict(format="shakespeare", tokenizer="bytes", filter_len=64, cutoff_len=256,
-                held_out=HELD_OUT, recall=RECALL)  # fmt: skip
-    return make_config(MODEL, ahn_type=None, train=train, data=data)
+    return make_config(MODEL, ahn_type=None, train=train, data=DATA)
