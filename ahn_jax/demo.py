@@ -21,7 +21,6 @@ none is found; its numbers show the machinery, not the effect.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
 import time
@@ -185,7 +184,7 @@ def summarize(per_play, models, window, sinks) -> dict:
             "between_full_and_swa": bool(between),
             "holds": bool(between and closed.mean - closed.stderr > 0.3),
         }
-    return {"rows": rows, "claims": claims, "ln26": math.log(26)}
+    return {"rows": rows, "claims": claims}
 
 
 def markdown(results: dict) -> str:

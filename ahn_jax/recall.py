@@ -1,9 +1,12 @@
 """A long-range recall signal mixed into byte-level text, for the miniature reproduction.
 
-Each window of text gets `pairs` key/recall pairs: a block `<k=` + `span` random lowercase letters +
-`>` and, `min_gap`..`max_gap` bytes later, the cue `<r=` followed by the same letters and `>`.
-The letters of a key are unpredictable (about ln 26 nats each); after the cue a model that can see
-the key copies them, one that cannot (sinks + a window shorter than the gap) cannot. The text
+Each window of text gets `pairs` key/recall pairs: a block `<k=` + `span` random letters + `>` and,
+`min_gap`..`max_gap` bytes later, the cue `<r=` followed by the same letters and `>`. The letters
+of a key are unpredictable (ln 26 nats each for lowercase; ln 26 .. ln 11 for 16 distinct ones);
+after the cue a model that can see the key copies them, one that cannot (sinks + a window shorter
+than the gap) cannot. An alphabet the text rarely uses (capitals, distinct) is much easier to
+learn to copy: with lowercase keys a head that looks for "the byte after this letter" finds a
+dozen matches in the text for each one in the key. The text
 between blocks is the window's own text, in order. `kinds` labels every byte so that evaluation
 can average the loss on the recalled letters, on the keys' letters (the baseline) and on ordinary
 text separately.
@@ -26,12 +29,20 @@ class RecallSpec:
     min_gap: int = 96  # bytes from a key's start to its recall's start
     max_gap: int = 384
     first_key: int = 8  # no key starts before this (keeps keys out of the attention sinks)
+    letters: str = "abcdefghijklmnopqrstuvwxyz"  # the alphabet keys are drawn from
+    distinct: bool = False  # no letter twice in a key (so each letter has one successor)
 
     @property
     def block(self) -> int:
         return len(KEY_OPEN) + self.span + len(CLOSE)
 
     def check(self, length: int) -> None:
+        if not self.letters or not self.letters.isascii():
+            raise ValueError(f"recall.letters must be non-empty ASCII, got {self.letters!r}")
+        if self.distinct and self.span > len(set(self.letters)):
+            raise ValueError(
+                f"recall.span {self.span} > {len(set(self.letters))} distinct recall.letters"
+            )
         if self.min_gap < self.block or self.max_gap < self.min_gap:
             raise ValueError(f"recall gaps must satisfy block {self.block} <= min_gap <= max_gap")
         if self.first_key + self.max_gap + self.block > length:
@@ -50,7 +61,8 @@ def insert_recall(text_ids: np.ndarray, length: int, spec: RecallSpec, rng: np.r
     kinds = np.full(length, ORDINARY, np.int8)
     occupied = np.zeros(length, bool)
     for key_start, recall_start in starts:
-        letters = rng.integers(ord("a"), ord("z") + 1, spec.span).astype(np.int32)
+        alphabet = np.frombuffer(spec.letters.encode(), np.uint8).astype(np.int32)
+        letters = rng.choice(alphabet, spec.span, replace=not spec.distinct)
         for start, opener, kind in ((key_start, KEY_OPEN, KEY_LETTER),
                                     (recall_start, RECALL_OPEN, RECALL_LETTER)):  # fmt: skip
             block = np.concatenate([np.frombuffer(opener, np.uint8), letters, [ord(">")]])

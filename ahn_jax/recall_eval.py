@@ -2,10 +2,10 @@
 
 Held-out plays are cut into windows with their own key/recall pairs (a fixed seed per play); a
 model's next-byte loss is averaged per play over three kinds of predicted byte: the recalled letters
-(which only a model that sees or remembers the key can predict), the keys' letters (random: a
-baseline near ln 26 for every mode) and ordinary text at positions beyond S + W (where the memory
-acts). Error bars are standard errors over plays, not over windows: windows of one play share
-scenes and are not independent.
+(which only a model that sees or remembers the key can predict), the keys' letters (random: the
+same baseline for every mode, ln 26 .. ln 11 for distinct capitals) and ordinary text at positions
+beyond S + W (where the memory acts). Error bars are standard errors over plays, not over
+windows: windows of one play share scenes and are not independent.
 """
 
 from __future__ import annotations

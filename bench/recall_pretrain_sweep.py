@@ -35,7 +35,10 @@ from ahn_jax.recall import KEY_LETTER, ORDINARY, RECALL_LETTER, RecallSpec, inse
 HELD_OUT = ("hamlet", "macbeth", "tempest", "twelfth_night")
 MODEL = dict(vocab_size=256, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=2,
              num_kv_heads=1, head_dim=64, rope_theta=1e4, tie_word_embeddings=False)  # fmt: skip
-# name: (seq_len, batch, recall spec, peak learning rate)
+CAPITALS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # keys in an alphabet the text rarely uses, no repeats
+SMALL = dict(hidden_size=64, intermediate_size=192, num_layers=2, num_heads=2, num_kv_heads=2,
+             head_dim=32)  # fmt: skip
+# name: (seq_len, batch, recall spec, peak learning rate[, changes to MODEL])
 CONFIGS = {
     "A": (512, 32, RecallSpec(span=16, pairs=2, min_gap=96, max_gap=384), 3e-3),
     "B": (256, 64, RecallSpec(span=16, pairs=1, min_gap=64, max_gap=192), 3e-3),
@@ -46,6 +49,9 @@ CONFIGS = {
     "Q": (256, 64, RecallSpec(span=16, pairs=2, min_gap=40, max_gap=150), 1e-3),
     "R": (512, 32, RecallSpec(span=32, pairs=3, min_gap=48, max_gap=300), 1e-3),
     "S": (256, 32, RecallSpec(span=16, pairs=2, min_gap=40, max_gap=150), 1e-3),
+    "T": (256, 16, RecallSpec(span=16, pairs=1, min_gap=64, max_gap=192), 1e-3, SMALL),
+    "U": (256, 16, RecallSpec(16, 1, 64, 192, letters=CAPITALS, distinct=True), 1e-3, SMALL),
+    "V": (256, 16, RecallSpec(24, 2, 40, 150, letters=CAPITALS, distinct=True), 1e-3, SMALL),
 }
 WINDOW, SINKS = 32, 4
 
@@ -70,7 +76,7 @@ def windows(stream: np.ndarray, n: int, length: int, spec: RecallSpec, rng):
 
 
 def run(name, tokens, eval_every, all_texts, synthetic=False):
-    length, batch, spec, lr = CONFIGS[name]
+    length, batch, spec, lr, *model_changes = CONFIGS[name]
     train_stream = np.frombuffer(
         "".join(t for k, t in all_texts.items() if k not in HELD_OUT).encode(), np.uint8
     ).astype(np.int32)
@@ -81,7 +87,7 @@ def run(name, tokens, eval_every, all_texts, synthetic=False):
         np.int32
     )
     eval_ids, eval_kinds = windows(eval_stream, 64, length, spec, np.random.default_rng(123))
-    model = init_model(ModelConfig(**MODEL), seed=0)
+    model = init_model(ModelConfig(**(MODEL | (model_changes[0] if model_changes else {}))), seed=0)
     graphdef, params = nnx.split(model, nnx.Param)
     steps = int(tokens // (batch * length))
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(200, steps // 10), steps, lr / 10)

@@ -8,8 +8,7 @@ needs the memory. `--config.ahn.type=dn` or `mamba2` (and another output_dir) tr
 """
 
 from ahn_jax.config import make_config
-from configs.tiny_base import DATA
-from configs.tiny_gdn import MODEL
+from configs.tiny_base import DATA, MODEL
 
 WINDOW, SINKS = 32, 4
 

@@ -40,3 +40,18 @@ def test_the_same_seed_gives_the_same_window_and_bad_specs_are_named():
         recall.insert_recall(text, 256, spec, np.random.default_rng(0))
     with pytest.raises(ValueError, match="min_gap"):
         RecallSpec(min_gap=10).check(512)
+
+
+def test_distinct_capital_keys_never_repeat_a_letter_and_impossible_alphabets_are_named():
+    capitals = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    spec = RecallSpec(span=16, pairs=1, min_gap=64, max_gap=150, letters=capitals, distinct=True)
+    text = np.zeros(300, np.int32) + ord("e")
+    for seed in range(20):
+        ids, kinds = recall.insert_recall(text, 256, spec, np.random.default_rng(seed))
+        key, again = ids[kinds == KEY_LETTER], ids[kinds == RECALL_LETTER]
+        np.testing.assert_array_equal(key, again)
+        assert len(set(key.tolist())) == 16 and ((65 <= key) & (key <= 90)).all()
+    with pytest.raises(ValueError, match="span 16 > 10 distinct"):
+        RecallSpec(letters="0123456789", distinct=True).check(512)
+    with pytest.raises(ValueError, match="letters must be non-empty ASCII"):
+        RecallSpec(letters="").check(512)
