@@ -179,10 +179,16 @@ def summarize(per_play, models, window, sinks) -> dict:
             claims[name] = {"holds": False, "why": str(e)}
             continue
         between = full < this < swa
+        # A model that cannot see the key may be *worse* than chance on the recalled letters
+        # (it expects to copy); closing that excess is not recall. Below the keys' loss (chance
+        # for these letters) is: the margin says how much of the closed gap is real recall.
+        below_chance = rows[name]["key"]["mean"] - this
         claims[name] = {
             "gap_closed": vars(closed),
             "between_full_and_swa": bool(between),
             "holds": bool(between and closed.mean - closed.stderr > 0.3),
+            "below_keys_baseline": float(below_chance),
+            "full_below_keys_baseline": float(rows["full"]["key"]["mean"] - full),
         }
     return {"rows": rows, "claims": claims}
 
@@ -209,7 +215,9 @@ def markdown(results: dict) -> str:
             closed = recall_eval.Estimate(**claim["gap_closed"])
             verdict = "holds" if claim["holds"] else "does NOT hold"
             lines.append(f"{name} closes {closed} of the sinks+window - full recall gap; the "
-                         f"claim (between, > 30% beyond its error bar) {verdict}.")  # fmt: skip
+                         f"claim (between, > 30% beyond its error bar) {verdict}. Its recall is "
+                         f"{claim['below_keys_baseline']:+.3f} nats below the keys' baseline "
+                         f"(full: {claim['full_below_keys_baseline']:+.3f}).")  # fmt: skip
         else:
             lines.append(f"{name}: no claim can be checked: {claim['why']}")
     if results["quick"]:

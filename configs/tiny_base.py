@@ -37,7 +37,7 @@ DATA = dict(format="shakespeare", tokenizer="bytes", filter_len=64, cutoff_len=2
 def get_config():
     train = dict(
         objective="pretrain",
-        steps=8000,
+        steps=12000,
         batch_size=16,
         seq_len=256,
         learning_rate=1e-3,

@@ -41,3 +41,36 @@ def test_quick_demo_pretrains_distils_and_scores_held_out_plays(tmp_path):
 def test_demo_rejects_unknown_types():
     result = _demo("--types=gdn,lstm")
     assert result.returncode != 0 and "unknown ['lstm']" in result.stderr
+
+
+def test_the_claim_needs_the_gap_closed_beyond_its_error_and_reports_recall_below_chance():
+    """summarize on hand-made per-play losses: gap (4 - 2.5) / (4 - 1) = 0.5 closed, 0.5 nats
+    below the keys' loss; a model that only stops being worse than chance closes 1/6 and is not
+    below it."""
+    from types import SimpleNamespace
+
+    from ahn_jax import demo
+    from ahn_jax.config import ModelConfig
+    from configs.tiny_base import MODEL
+
+    def losses(recall):
+        return {"recall": recall, "key": 3.0, "text": 1.5}
+
+    per_play = {
+        play: {
+            "full": losses(1.0 + d),
+            "swa": losses(4.0 + d),
+            "ahn-gdn": losses(2.5 + d),
+            "ahn-dn": losses(3.5 + d),
+        }  # fmt: skip
+        for play, d in (("a", 0.0), ("b", 0.01), ("c", -0.01), ("d", 0.02))
+    }
+    model = SimpleNamespace(config=ModelConfig(**MODEL, ahn_type="gdn"))
+    models = {"full": (model, "full"), "swa": (model, "swa"), "ahn-gdn": (model, "ahn"),
+              "ahn-dn": (model, "ahn")}  # fmt: skip
+    claims = demo.summarize(per_play, models, window=32, sinks=4)["claims"]
+    gdn, dn = claims["ahn-gdn"], claims["ahn-dn"]
+    assert gdn["holds"] and abs(gdn["gap_closed"]["mean"] - 0.5) < 0.01
+    assert abs(gdn["below_keys_baseline"] - (3.0 - 2.5 - 0.005)) < 1e-9
+    assert not dn["holds"] and dn["between_full_and_swa"] and dn["below_keys_baseline"] < 0
+    assert abs(gdn["full_below_keys_baseline"] - (3.0 - 1.005)) < 1e-9
