@@ -5,7 +5,7 @@
 1. The base: a tiny byte-level Qwen2-architecture model pretrained with full attention on the
    Shakespeare plays (four held out) with key/recall pairs mixed in (configs/tiny_base.py). It is
    looked for in --base, then ahn_jax/assets/demo_base, then runs/demo_base/model; failing those it
-   is pretrained here through `ahn_jax.train` (resumable; long on a CPU, see docs/results.md).
+   is pretrained here through `ahn_jax.train` (resumable; ~50 min on 2 CPU cores, docs/results.md).
 2. Self-distillation of each AHN type on that base through `ahn_jax.train` and --config
    (configs/demo_gdn.py: 4 sinks + a 32-byte window, so every recall needs the memory). A finished
    run in <out>/<type> is picked up, not repeated.
@@ -67,7 +67,7 @@ def find_or_pretrain_base(quick: bool, out: Path) -> tuple[Path, str]:
     t = config.train
     print(f"   no pretrained base found: pretraining one ({t.steps} steps of {t.batch_size} x "
           f"{t.seq_len} bytes) into {t.output_dir}" + ("" if quick else
-          "; on 2 CPU cores this takes hours (it resumes if interrupted)"))  # fmt: skip
+          "; on 2 CPU cores about 50 minutes (it resumes if interrupted)"))  # fmt: skip
     train.train(config)
     return Path(t.output_dir) / "model", f"pretrained here ({t.steps} steps)"
 
