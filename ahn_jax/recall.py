@@ -39,10 +39,9 @@ class RecallSpec:
     def check(self, length: int) -> None:
         if not self.letters or not self.letters.isascii():
             raise ValueError(f"recall.letters must be non-empty ASCII, got {self.letters!r}")
-        if self.distinct and self.span > len(set(self.letters)):
-            raise ValueError(
-                f"recall.span {self.span} > {len(set(self.letters))} distinct recall.letters"
-            )
+        distinct = len(set(self.letters))
+        if self.distinct and self.span > distinct:
+            raise ValueError(f"recall.span {self.span} > {distinct} distinct recall.letters")
         if self.min_gap < self.block or self.max_gap < self.min_gap:
             raise ValueError(f"recall gaps must satisfy block {self.block} <= min_gap <= max_gap")
         if self.first_key + self.max_gap + self.block > length:

@@ -14,20 +14,12 @@ to these 12000 (docs/results.md gives the commands and why).
 """
 
 from ahn_jax.config import make_config
+from configs import tiny_gdn
 from configs.tiny_gdn import HELD_OUT
 
-MODEL = dict(
-    vocab_size=256,  # UTF-8 bytes
-    hidden_size=64,
-    intermediate_size=192,
-    num_layers=2,
-    num_heads=2,
-    num_kv_heads=2,
-    head_dim=32,
-    rope_theta=10_000.0,
-    tie_word_embeddings=False,
-    max_position_embeddings=4096,
-)
+# configs/tiny_gdn.py's byte-level model (vocabulary, RoPE, untied head), made smaller
+MODEL = dict(tiny_gdn.MODEL, hidden_size=64, intermediate_size=192, num_layers=2, num_heads=2,
+             num_kv_heads=2, head_dim=32)  # fmt: skip
 RECALL = {"span": 16, "pairs": 1, "min_gap": 64, "max_gap": 192,
           "letters": "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "distinct": True}  # fmt: skip
 # Shakespeare windows of 256 bytes with one pair each; the demo's distillation reads the same
