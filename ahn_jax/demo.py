@@ -5,7 +5,8 @@
 1. The base: a tiny byte-level Qwen2-architecture model pretrained with full attention on the
    Shakespeare plays (four held out) with key/recall pairs mixed in (configs/tiny_base.py). It is
    looked for in --base, then ahn_jax/assets/demo_base, then runs/demo_base/model; failing those it
-   is pretrained here through `ahn_jax.train` (resumable; ~50 min on 2 CPU cores, docs/results.md).
+   is pretrained here through `ahn_jax.train` with configs/tiny_base.py alone (resumable; ~50 min
+   on 2 CPU cores): the committed base also had a second stage (docs/results.md).
 2. Self-distillation of each AHN type on that base through `ahn_jax.train` and --config
    (configs/demo_gdn.py: 4 sinks + a 32-byte window, so every recall needs the memory). A finished
    run in <out>/<type> is picked up, not repeated.

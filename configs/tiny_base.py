@@ -9,8 +9,9 @@ The keys are 16 distinct capital letters: lowercase keys share their alphabet wi
 the text, so a copying head that looks for "the byte after the current letter" finds a dozen
 matches in the text for each one in the key, and the copy was not learned within 15 M bytes
 (docs/results.md). The 2-layer model runs ~2.6x faster per byte than configs/tiny_gdn.py's on a
-CPU. The result is committed (ahn_jax/assets/demo_base): it was run as 8000 steps, then resumed
-to these 12000 (docs/results.md gives the commands and why).
+CPU. The result is committed (ahn_jax/assets/demo_base): it was run as 8000 steps, resumed to
+these 12000, then continued for 8000 more steps from that export with a fresh schedule
+(`--config.train.base_checkpoint`); docs/results.md gives the three commands and why.
 """
 
 from ahn_jax.config import make_config
