@@ -25,6 +25,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
+# libtpu takes a lockfile so that one process drives a TPU. The tests only compile for TPU
+# topologies (nothing runs on a chip), and test processes running in parallel must not block each
+# other: without this, two processes compiling at once abort with a lockfile error.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 import pytest  # noqa: E402
 
 
@@ -36,3 +41,21 @@ def qwen25_tokenizer_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("qwen25_tokenizer")
     write_qwen25_tokenizer(directory)
     return directory
+
+
+# `make test` spreads the tests over up to 4 processes (pytest-xdist, --dist loadgroup): each module
+# stays in one process (its module fixtures are built once); the modules that load libtpu share a
+# process, and the slowest modules are handed out first so that none of them starts last.
+LIBTPU_MODULES = {"test_launch.py", "test_tpu_compile.py"}
+SLOWEST_FIRST = ("test_train.py", "test_demo.py", "test_evaluate.py", "test_kernels_delta_rule.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a module is kept
+    for item in items:
+        module = item.path.name
+        item.add_marker(pytest.mark.xdist_group("libtpu" if module in LIBTPU_MODULES else module))
