@@ -33,7 +33,7 @@ $(VENV)/.installed-test: $(VENV)/.installed-base
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(CPU_ENV) $(PY) -m pytest -q --timeout=900 -n auto --maxprocesses=4 --dist loadgroup --durations=15 tests
+	$(CPU_ENV) $(PY) -m pytest -q --timeout=900 -n auto --maxprocesses=4 --dist loadfile --durations=15 tests
 
 demo: $(VENV)/.installed-base
 	JAX_PLATFORMS=cpu XLA_FLAGS="$(CPU_FLAGS)" $(PY) -m ahn_jax.demo $(if $(QUICK),--quick,)

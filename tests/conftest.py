@@ -43,10 +43,9 @@ def qwen25_tokenizer_dir(tmp_path_factory):
     return directory
 
 
-# `make test` spreads the tests over up to 4 processes (pytest-xdist, --dist loadgroup): each module
-# stays in one process (its module fixtures are built once); the modules that load libtpu share a
-# process, and the slowest modules are handed out first so that none of them starts last.
-LIBTPU_MODULES = {"test_launch.py", "test_tpu_compile.py"}
+# `make test` spreads the tests over up to 4 processes (pytest-xdist, --dist loadfile: each module
+# stays in one process, so its module fixtures are built once); the slowest modules come first so
+# that none of them starts last.
 SLOWEST_FIRST = ("test_train.py", "test_demo.py", "test_evaluate.py", "test_kernels_delta_rule.py")
 
 
@@ -56,6 +55,3 @@ def pytest_collection_modifyitems(items):
         return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
     items.sort(key=rank)  # stable: the order inside a module is kept
-    for item in items:
-        module = item.path.name
-        item.add_marker(pytest.mark.xdist_group("libtpu" if module in LIBTPU_MODULES else module))
