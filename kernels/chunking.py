@@ -46,44 +46,100 @@ def from_chunks(x_BHNCV: jax.Array, length: int) -> jax.Array:
     return jnp.moveaxis(x_BHNCV, 1, 3).reshape(B, N * C, H, V)[:, :length]
 
 
-def decay_matrix(G_BHNC: jax.Array, *, strict: bool) -> jax.Array:
-    """e^(G_t - G_i) on the lower triangle (t > i if strict, else t >= i), 0 above it."""
-    C = G_BHNC.shape[-1]
-    t, i = jnp.arange(C)[:, None], jnp.arange(C)[None, :]
-    visible = t > i if strict else t >= i
-    diff = G_BHNC[..., :, None] - G_BHNC[..., None, :]
-    return jnp.where(visible, jnp.exp(jnp.where(visible, diff, MASKED_LOG)), 0.0)
+# diagonal blocks of the decay matrix that take a masked exp (16 and 64 measured slower)
+DECAY_BLOCK = 32
 
 
-def masked_decayed_products(lhs, rhs, G, precision, *, strict_rows: int = 0):
+def segment_sums(x: jax.Array) -> jax.Array:
+    """[..., m] -> [..., m, m]: x_{i+1} + ... + x_t at (t, i) for t >= i (0 on the diagonal), 0
+    above. Each entry sums its own segment only, so its rounding is relative to its own size, not
+    to a long prefix sum's (as Mamba2's segsum). One product with a constant 0/1 [m, m*m] matrix:
+    a single matmul for all rows, where XLA:CPU's cumsum of the masked [m, m] matrix was slower.
+    """
+    m = x.shape[-1]
+    t, i, j = (jnp.arange(m).reshape(shape) for shape in ((1, m, 1), (1, 1, m), (m, 1, 1)))
+    member = ((i < j) & (j <= t)).astype(x.dtype).reshape(m, m * m)  # [j, (t, i)]
+    sums = jnp.matmul(x, member, precision=jax.lax.Precision.HIGHEST)
+    return sums.reshape(*x.shape[:-1], m, m)
+
+
+def decay_matrix(g: jax.Array, *, strict: bool, block: int = DECAY_BLOCK) -> jax.Array:
+    """e^(g_{i+1} + ... + g_t) = e^(G_t - G_i) on the lower triangle (t > i if strict, else
+    t >= i), 0 above it, from per-token log-decays g [..., C] <= 0.
+
+    Only the diagonal `block` x `block` blocks take exp of a (masked) matrix. Below them, with
+    rho_r the G of the first row of t's block r, e^(G_t - G_i) = e^(G_t - rho_r) e^(rho_r - G_i):
+    i lies in an earlier block, so both exponents are <= 0 (no overflow for any decay; a factor
+    that underflows to 0 bounds a product that is smaller still). Why: XLA:CPU evaluated the exp of
+    the broadcast [C, C] difference G_t - G_i at 3-4 ns per element, 8x its rate on a plain
+    array; side by side this form ran the chunked SSD forward 1.2x faster, the GDN within noise
+    (docs/benchmarks.md).
+
+    Precision: every exponent is a segment sum (`segment_sums`), never the difference of two
+    prefix sums, whose rounding (eps |G|) would become the decay's relative error after a strong
+    decay; and e^0 is a constant, whose two opposite gradient terms would otherwise cancel in
+    rounding. Both matter for gradients with strong decays in long chunks (docs/kernels.md).
+    """
+    C = g.shape[-1]
+    b = max(d for d in range(1, min(block, C) + 1) if C % d == 0)
+    n = C // b
+    lead = g.shape[:-1]
+    gb = g.reshape(*lead, n, b)
+    inside = segment_sums(gb)  # [..., r, x, y]
+    x, y = jnp.arange(b)[:, None], jnp.arange(b)[None, :]
+    D = jnp.where(x == y, 1.0, jnp.exp(jnp.where(x > y, inside, MASKED_LOG)))
+    a = D[..., :, 0]  # e^(G_t - rho_r): from the first row of t's block to t
+    # e^(rho_r - G_i) for i in block s < r: the rest of block s after i, blocks s+1 .. r-1, and
+    # the first token of block r
+    rest = inside[..., -1, :]  # [..., s, y]
+    block_sums = segment_sums(jnp.sum(gb, axis=-1))  # [..., p, s]: blocks s+1 .. p
+    between = jnp.concatenate([jnp.zeros_like(block_sums[..., :1, :]), block_sums[..., :-1, :]], -2)
+    exponent = rest[..., None, :, :] + (between + gb[..., :, :1])[..., None]  # [..., r, s, y]
+    earlier = (jnp.arange(n)[None, :] < jnp.arange(n)[:, None])[:, :, None]  # [r, s, 1]
+    Bm = jnp.exp(jnp.where(earlier, exponent, MASKED_LOG))
+    if strict:
+        D = jnp.where(x == y, 0.0, D)
+    same = (jnp.arange(n)[:, None] == jnp.arange(n)[None, :])[:, None, :, None]  # [r, 1, s, 1]
+    full = jnp.where(same, D[..., :, :, None, :], a[..., :, :, None, None] * Bm[..., :, None, :, :])
+    return full.reshape(*lead, C, C)
+
+
+def decay_to_end(g: jax.Array) -> jax.Array:
+    """e^(g_{t+1} + ... + g_last) along the chunk, as suffix sums (see decay_matrix, precision)."""
+    C = g.shape[-1]
+    later = (jnp.arange(C)[:, None] > jnp.arange(C)[None, :]).astype(g.dtype)  # [j, t]: j > t
+    return jnp.exp(jnp.matmul(g, later, precision=jax.lax.Precision.HIGHEST))
+
+
+def masked_decayed_products(lhs, rhs, g, precision, *, strict_rows: int = 0):
     """tril(lhs rhs^T * e^(G_t - G_i)) per chunk; lhs [..., R*C, K] is R stacked row blocks.
 
-    Row blocks r < strict_rows are masked strictly (t > i), the others with the diagonal; the
-    log-decay differences are masked before exp. (Splitting e^(G_t - G_i) = e^(G_t - m) e^(m - G_i)
-    into the operands, under a lax.cond on the chunk's spread, measured no faster on XLA:CPU.)
+    g [..., C] are the per-token log-decays. Row blocks r < strict_rows are masked strictly
+    (t > i), the others with the diagonal. The decay is exactly 0 above the diagonal, so the
+    product needs no further mask.
     """
-    C = G.shape[-1]
+    C = g.shape[-1]
     R = lhs.shape[-2] // C
-    t, i = jnp.arange(C)[:, None], jnp.arange(C)[None, :]
-    masks = jnp.concatenate([t > i if r < strict_rows else t >= i for r in range(R)], axis=0)
-    diff = jnp.tile(G, R)[..., :, None] - G[..., None, :]
-    decay = jnp.exp(jnp.where(masks, diff, MASKED_LOG))
+    decay = decay_matrix(g, strict=False)
+    if strict_rows:
+        strict = jnp.where(jnp.arange(C)[:, None] > jnp.arange(C)[None, :], decay, 0.0)
+        decay = jnp.concatenate([strict] * strict_rows + [decay] * (R - strict_rows), axis=-2)
+    elif R > 1:
+        decay = jnp.concatenate([decay] * R, axis=-2)
     products = jnp.einsum("...tk,...ik->...ti", lhs, rhs, precision=precision)
-    return jnp.where(masks, products * decay, 0.0)
+    return products * decay
 
 
-def chunk_terms(q, k, G, scale: float, precision):
-    """The per-chunk terms that do not depend on the state: q e^G, P, k e^(G_last - G), e^G_last."""
+def chunk_terms(q, k, g, scale: float, precision):
+    """The per-chunk terms that do not depend on the state: q e^G, P, k e^(G_last - G), e^G_last.
+
+    g [..., C] are the per-token log-decays, G their prefix sums.
+    """
     qs = q * scale
     P = jnp.einsum("...tk,...ik->...ti", qs, k, precision=precision)
-    P = P * decay_matrix(G, strict=False)
-    G_last = G[..., -1:]
-    return (
-        qs * jnp.exp(G)[..., None],
-        P,
-        k * jnp.exp(G_last - G)[..., None],
-        jnp.exp(G_last[..., 0]),
-    )
+    P = P * decay_matrix(g, strict=False)
+    G = jnp.cumsum(g, axis=-1)
+    return qs * jnp.exp(G)[..., None], P, k * decay_to_end(g)[..., None], jnp.exp(G[..., -1])
 
 
 def unit_lower_inverse(A: jax.Array, precision, block: int = 16) -> jax.Array:

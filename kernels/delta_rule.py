@@ -52,7 +52,7 @@ def _chunk_step(S, chunk, *, scale, l2norm, precision):
     G = jnp.cumsum(g, axis=-1)
     # [beta k; q] k^T * e^(G_t - G_i): A strictly lower, P with the diagonal
     lhs = jnp.concatenate([beta[..., None] * k, q * scale], axis=-2)
-    A_P = chunking.masked_decayed_products(lhs, k, G, precision, strict_rows=1)
+    A_P = chunking.masked_decayed_products(lhs, k, g, precision, strict_rows=1)
     A, P = A_P[..., :C, :], A_P[..., C:, :]
     eG = jnp.exp(G)[..., None]
     qS = mm("...ck,...kv->...cv", q * (scale * eG), S)
@@ -65,7 +65,7 @@ def _chunk_step(S, chunk, *, scale, l2norm, precision):
     O = qS + mm("...ti,...iv->...tv", P, U)
     G_last = G[..., -1:]
     S = jnp.exp(G_last)[..., None] * S + mm(
-        "...ck,...cv->...kv", k * jnp.exp(G_last - G)[..., None], U
+        "...ck,...cv->...kv", k * chunking.decay_to_end(g)[..., None], U
     )
     return S, O
 
@@ -85,14 +85,14 @@ def _chunked_pallas(q, k, v, g, beta, initial_state, scale, chunk_size, precisio
     q, k, v, g, beta = (chunking.to_chunks(chunking.pad_time(x, C), C) for x in (q, k, v, g, beta))
     G = jnp.cumsum(g, axis=-1)
     kk = jnp.einsum("...tk,...ik->...ti", k, k, precision=precision)
-    A = beta[..., :, None] * kk * chunking.decay_matrix(G, strict=True)
+    A = beta[..., :, None] * kk * chunking.decay_matrix(g, strict=True)
     eye = jnp.eye(C, dtype=jnp.float32)
     rhs = jnp.concatenate([beta[..., None] * v, (beta * jnp.exp(G))[..., None] * k], axis=-1)
     solved = jax.lax.linalg.triangular_solve(
         eye + A, rhs, left_side=True, lower=True, unit_diagonal=True
     )
     u_base, w = solved[..., : v.shape[-1]], solved[..., v.shape[-1] :]
-    qg, P, kd, decay = chunking.chunk_terms(q, k, G, scale, precision)
+    qg, P, kd, decay = chunking.chunk_terms(q, k, g, scale, precision)
     O, final = scan_impl(u_base, w, qg, P, kd, decay, initial_state, precision)
     return chunking.from_chunks(O, T), final
 

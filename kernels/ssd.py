@@ -49,13 +49,14 @@ def _chunk_step(S, chunk, A, *, precision):
     """One chunk of a group of heads: S [h, N, P]; x [h, C, P], dt [h, C], B, C [h, C, N]; A [h]."""
     x, dt, B, C = chunk
     mm = functools.partial(jnp.einsum, precision=precision)
-    G = jnp.cumsum(dt * A[:, None], axis=-1)
-    P = chunking.masked_decayed_products(C, B, G, precision)
+    g = dt * A[:, None]
+    G = jnp.cumsum(g, axis=-1)
+    P = chunking.masked_decayed_products(C, B, g, precision)
     u = dt[..., None] * x
     O = mm("...cn,...np->...cp", C * jnp.exp(G)[..., None], S) + mm("...ti,...ip->...tp", P, u)
     G_last = G[..., -1:]
     S = jnp.exp(G_last)[..., None] * S + mm(
-        "...cn,...cp->...np", B * jnp.exp(G_last - G)[..., None], u
+        "...cn,...cp->...np", B * chunking.decay_to_end(g)[..., None], u
     )
     return S, O
 
@@ -74,9 +75,9 @@ def _chunked_pallas(x, dt, A, B, C, state, chunk_size, precision, scan_impl):
     T = x.shape[1]
     x, dt, B, C = (chunking.to_chunks(chunking.pad_time(a, chunk_size), chunk_size)
                    for a in (x, dt, B, C))  # fmt: skip
-    G = jnp.cumsum(dt * A.astype(jnp.float32)[None, :, None, None], axis=-1)
+    g = dt * A.astype(jnp.float32)[None, :, None, None]
     u_base = dt[..., None] * x
-    qg, P, kd, decay = chunking.chunk_terms(C, B, G, 1.0, precision)
+    qg, P, kd, decay = chunking.chunk_terms(C, B, g, 1.0, precision)
     y, final = scan_impl(u_base, None, qg, P, kd, decay, state, precision)  # no delta correction
     return chunking.from_chunks(y, T), final
 

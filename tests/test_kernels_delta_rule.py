@@ -57,6 +57,8 @@ CASES = [
     (50, 16, "mixed", "mixed", False),  # T not a multiple of the chunk, no state
     (64, 16, "near_zero", "mixed", True),
     (40, 16, "strong", "mixed", True),
+    (100, 64, "strong", "mixed", True),  # several decay blocks per chunk, factors underflow
+    (130, 64, "near_zero", "one", False),
     (33, 16, "mixed", "zero", True),
     (33, 16, "mixed", "one", True),
 ]
@@ -73,7 +75,8 @@ def test_chunked_equals_recurrent(T, chunk, gate, beta, with_state):
 
 @pytest.mark.parametrize("T, chunk, gate, beta", [(50, 16, "mixed", "mixed"),
                                                   (40, 16, "strong", "one"),
-                                                  (24, 16, "near_zero", "zero")])  # fmt: skip
+                                                  (24, 16, "near_zero", "zero"),
+                                                  (70, 32, "strong", "mixed")])  # fmt: skip
 def test_chunked_gradients_equal_recurrent(T, chunk, gate, beta):
     inputs = make_inputs(T, gate=gate, beta=beta)
     reference = grads("recurrent", inputs)
