@@ -53,10 +53,14 @@ DECAY_BLOCK = 32
 def segment_sums(x: jax.Array) -> jax.Array:
     """[..., m] -> [..., m, m]: x_{i+1} + ... + x_t at (t, i) for t >= i (0 on the diagonal), 0
     above. Each entry sums its own segment only, so its rounding is relative to its own size, not
-    to a long prefix sum's (as Mamba2's segsum). One product with a constant 0/1 [m, m*m] matrix:
-    a single matmul for all rows, where XLA:CPU's cumsum of the masked [m, m] matrix was slower.
+    to a long prefix sum's (as Mamba2's segsum). For short segments, one product with a constant
+    0/1 [m, m*m] matrix: a single matmul for all rows, where XLA:CPU's cumsum of the masked [m, m]
+    matrix was slower; longer ones (the constant grows as m^3) take the cumsum.
     """
     m = x.shape[-1]
+    if m > 64:
+        after = jnp.arange(m)[:, None] > jnp.arange(m)[None, :]
+        return jnp.cumsum(jnp.where(after, x[..., :, None], 0.0), axis=-2)
     t, i, j = (jnp.arange(m).reshape(shape) for shape in ((1, m, 1), (1, 1, m), (m, 1, 1)))
     member = ((i < j) & (j <= t)).astype(x.dtype).reshape(m, m * m)  # [j, (t, i)]
     sums = jnp.matmul(x, member, precision=jax.lax.Precision.HIGHEST)

@@ -33,7 +33,7 @@ def oracle(g: np.ndarray, strict: bool) -> np.ndarray:
     return np.where(visible, np.exp(np.where(visible, diff, -np.inf)), 0.0)
 
 
-@pytest.mark.parametrize("C", [64, 256, 40, 16])  # 40: not a multiple of the block (one block)
+@pytest.mark.parametrize("C", [64, 256, 16, 40, 37, 134])  # blocks of 20, 1, 2 (67 blocks)
 @pytest.mark.parametrize("kind", ["mixed", "near_zero", "strong", "spikes"])
 @pytest.mark.parametrize("strict", [False, True])
 def test_decay_matrix_equals_masked_exp(C, kind, strict):
