@@ -125,13 +125,9 @@ def masked_decayed_products(lhs, rhs, g, precision, *, strict_rows: int = 0):
     C = g.shape[-1]
     R = lhs.shape[-2] // C
     decay = decay_matrix(g, strict=False)
-    if strict_rows:
-        strict = jnp.where(jnp.arange(C)[:, None] > jnp.arange(C)[None, :], decay, 0.0)
-        decay = jnp.concatenate([strict] * strict_rows + [decay] * (R - strict_rows), axis=-2)
-    elif R > 1:
-        decay = jnp.concatenate([decay] * R, axis=-2)
-    products = jnp.einsum("...tk,...ik->...ti", lhs, rhs, precision=precision)
-    return products * decay
+    strict = jnp.where(jnp.arange(C)[:, None] > jnp.arange(C)[None, :], decay, 0.0)
+    rows = jnp.concatenate([strict] * strict_rows + [decay] * (R - strict_rows), axis=-2)
+    return jnp.einsum("...tk,...ik->...ti", lhs, rhs, precision=precision) * rows
 
 
 def chunk_terms(q, k, g, scale: float, precision):
@@ -140,8 +136,7 @@ def chunk_terms(q, k, g, scale: float, precision):
     g [..., C] are the per-token log-decays, G their prefix sums.
     """
     qs = q * scale
-    P = jnp.einsum("...tk,...ik->...ti", qs, k, precision=precision)
-    P = P * decay_matrix(g, strict=False)
+    P = masked_decayed_products(qs, k, g, precision)
     G = jnp.cumsum(g, axis=-1)
     return qs * jnp.exp(G)[..., None], P, k * decay_to_end(g)[..., None], jnp.exp(G[..., -1])
 

@@ -49,15 +49,10 @@ def _chunk_step(S, chunk, A, *, precision):
     """One chunk of a group of heads: S [h, N, P]; x [h, C, P], dt [h, C], B, C [h, C, N]; A [h]."""
     x, dt, B, C = chunk
     mm = functools.partial(jnp.einsum, precision=precision)
-    g = dt * A[:, None]
-    G = jnp.cumsum(g, axis=-1)
-    P = chunking.masked_decayed_products(C, B, g, precision)
+    Cg, P, Bd, decay = chunking.chunk_terms(C, B, dt * A[:, None], 1.0, precision)
     u = dt[..., None] * x
-    O = mm("...cn,...np->...cp", C * jnp.exp(G)[..., None], S) + mm("...ti,...ip->...tp", P, u)
-    G_last = G[..., -1:]
-    S = jnp.exp(G_last)[..., None] * S + mm(
-        "...cn,...cp->...np", B * chunking.decay_to_end(g)[..., None], u
-    )
+    O = mm("...cn,...np->...cp", Cg, S) + mm("...ti,...ip->...tp", P, u)
+    S = decay[..., None, None] * S + mm("...cn,...cp->...np", Bd, u)
     return S, O
 
 
