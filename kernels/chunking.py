@@ -23,6 +23,17 @@ import jax.numpy as jnp
 MASKED_LOG = -1e30  # replaces masked log-decay differences *before* exp: no inf, no inf*0 NaN
 
 
+def initial_state(state, shape, inputs) -> jax.Array:
+    """The fp32 state a scan starts from (zeros if `state` is None), varying over every shard_map
+    axis the inputs vary over: a scan's carry must keep its type, and the state it carries out
+    depends on all the inputs, so zeros (or a state replicated over the heads axis) would not."""
+    state = jnp.zeros(shape, jnp.float32) if state is None else state.astype(jnp.float32)
+    missing = (
+        set().union(*(jax.typeof(x).mat.varying for x in inputs)) - jax.typeof(state).mat.varying
+    )
+    return jax.lax.pcast(state, tuple(sorted(missing)), to="varying") if missing else state
+
+
 def pad_time(x: jax.Array, chunk: int) -> jax.Array:
     """Zero-pad axis 1 (time) to a multiple of `chunk`: zero gates and inputs are identity steps."""
     pad = -x.shape[1] % chunk

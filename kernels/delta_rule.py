@@ -123,11 +123,7 @@ def gated_delta_rule(
     scale = K**-0.5 if scale is None else scale
     if use_qk_l2norm and impl != "chunked":  # the chunked step normalises in cache
         q, k = delta_rule_reference.l2_normalize(q), delta_rule_reference.l2_normalize(k)
-    state = (
-        jnp.zeros((B, H, K, V), jnp.float32)
-        if initial_state is None
-        else initial_state.astype(jnp.float32)
-    )
+    state = chunking.initial_state(initial_state, (B, H, K, V), (q, k, v, g, beta))
     if impl == "recurrent":
         o, final = delta_rule_reference.recurrent(q, k, v, g, beta, state, scale)
     elif impl == "chunked":

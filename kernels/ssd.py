@@ -102,11 +102,7 @@ def ssd(
     state_shape = (b, H, N, P)
     if initial_state is not None and initial_state.shape != state_shape:
         raise ValueError(f"initial_state must be {state_shape}; got {initial_state.shape}")
-    state = (
-        jnp.zeros(state_shape, jnp.float32)
-        if initial_state is None
-        else initial_state.astype(jnp.float32)
-    )
+    state = chunking.initial_state(initial_state, state_shape, (x, dt, A, B, C))
     if impl == "recurrent":
         y, final = _recurrent(x, dt, A, B, C, state)
     elif impl == "chunked":

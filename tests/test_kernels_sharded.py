@@ -66,3 +66,22 @@ def test_window_attention_sharded_over_batch_and_heads():
     got = sharded(fn, (BTH_, BTH_, BTH_), BTH_)(q, k, v)
     assert_close(got, want)
     assert np.asarray(got).shape == q.shape
+
+
+def test_zero_initial_state_varies_like_the_inputs():
+    """Without an initial state the kernels start from zeros, which must still be a valid scan
+    carry under shard_map (a carry that does not vary over the heads axis was a type error)."""
+    q, k, v, g, beta, _ = delta_inputs(20, H=4)
+    x, dt, A, B, C, _ = ssd_inputs(20, H=4)
+
+    def fn(q, k, v, g, beta, x, dt, A, B, C):
+        o, s = gated_delta_rule(q, k, v, g, beta, output_final_state=True, chunk_size=16)
+        y, h = ssd(x, dt, A, B, C, output_final_state=True, chunk_size=16)
+        return o, s, y, h
+
+    specs = (BTH_, BTH_, BTH_, BTH, BTH, BTH_, BTH, P("tensor"), BTH_, BTH_)
+    args = (q, k, v, g, beta, x, dt, A, B, C)
+    want = jax.jit(fn)(*args)
+    got = sharded(fn, specs, (BTH_, STATE, BTH_, STATE))(*args)
+    for a, b in zip(got, want, strict=True):
+        assert_close(a, b)
