@@ -20,7 +20,6 @@ from kernels import chunking
 from kernels.delta_rule_reference import checkpointed_scan
 
 IMPLS = ("recurrent", "chunked", "pallas")
-HEADS_PER_STEP = 2  # chunk 256: [256, 256] per-head terms, so fewer heads per step than the GDN
 
 
 def ssd_step(x, dt, A, B, C, state):
@@ -58,7 +57,7 @@ def _chunk_step(S, chunk, A, *, precision):
 
 def _chunked(x, dt, A, B, C, state, chunk_size, precision):
     b, T, H, _ = x.shape
-    heads = chunking.heads_per_group(H, HEADS_PER_STEP)
+    heads = chunking.heads_per_group(H)
     xs = tuple(chunking.to_groups(a, chunk_size, heads) for a in (x, dt, B, C))
     A = jnp.broadcast_to(A.astype(jnp.float32), (b, H)).reshape(-1, heads)
     step = functools.partial(_chunk_step, precision=precision)
