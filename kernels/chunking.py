@@ -17,6 +17,8 @@ cache. The Pallas impls keep the batched terms and scan only the state (`inter_c
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -152,8 +154,33 @@ def chunk_terms(q, k, g, scale: float, precision):
     return qs * jnp.exp(G)[..., None], P, k * decay_to_end(g)[..., None], jnp.exp(G[..., -1])
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def unit_lower_inverse(A: jax.Array, precision, block: int = 16) -> jax.Array:
     """(I + A)^-1 for strictly lower-triangular A [..., C, C], from matrix products only.
+
+    Its gradient is the inverse's own, -X^T dX X^T on the strict lower triangle (the entries that
+    are read), two [C, C] products instead of the transposes of every product below.
+    """
+    return _unit_lower_inverse(A, precision, block)
+
+
+def _unit_lower_inverse_fwd(A, precision, block):
+    X = _unit_lower_inverse(A, precision, block)
+    return X, X
+
+
+def _unit_lower_inverse_bwd(precision, block, X, dX):
+    XT_dX = jnp.einsum("...ji,...jk->...ik", X, dX, precision=precision)
+    dA = -jnp.einsum("...ij,...kj->...ik", XT_dX, X, precision=precision)
+    C = X.shape[-1]
+    return (jnp.where(jnp.arange(C)[:, None] > jnp.arange(C)[None, :], dA, 0.0),)
+
+
+unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)
+
+
+def _unit_lower_inverse(A: jax.Array, precision, block: int) -> jax.Array:
+    """The forward of `unit_lower_inverse`.
 
     XLA:CPU's batched `triangular_solve` runs at a few GFLOP/s; this builds the inverse as fla's
     `solve_tril` does: the diagonal `block` x `block` blocks by doubling (blocks of size b -> 2b:

@@ -1,5 +1,5 @@
-"""The blocked decay matrix equals the masked exp of prefix-sum differences (float64): values and
-gradients."""
+"""The blocked decay matrix equals the masked exp of prefix-sum differences (float64), and the
+unit lower-triangular inverse a float64 solve: values and gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from kernel_checks import assert_close
 
-from kernels.chunking import decay_matrix, decay_to_end, masked_decayed_products
+from kernels.chunking import (
+    decay_matrix,
+    decay_to_end,
+    masked_decayed_products,
+    unit_lower_inverse,
+)
 
 
 def log_decays(kind: str, C: int, seed: int = 0) -> np.ndarray:
@@ -81,3 +86,37 @@ def test_decay_to_end_equals_suffix_products(kind):
     g = log_decays(kind, 64)
     G = np.cumsum(g.astype(np.float64), axis=-1)
     assert_close(decay_to_end(jnp.asarray(g)), np.exp(G[..., -1:] - G), name=f"to end {kind}")
+
+
+@pytest.mark.parametrize("C", [64, 40])  # 40 is padded to 64 with identity rows
+def test_unit_lower_inverse_and_its_gradient_equal_a_float64_solve(C):
+    """(I + A)^-1 with A as the delta rule builds it (beta k k^T times decays, unit-norm k), and the
+    hand-written VJP against the float64 solve's on the strict lower triangle (the rest is 0)."""
+    rng = np.random.default_rng(3)
+    k = rng.standard_normal((3, 2, C, 16))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    beta = rng.uniform(size=(3, 2, C, 1))
+    A = np.tril(beta * (k @ np.swapaxes(k, -1, -2)) * oracle(log_decays("mixed", C), False), -1)
+    weights = rng.standard_normal(A.shape)
+
+    def solve(A):
+        eye = jnp.eye(C, dtype=A.dtype)
+        return jax.lax.linalg.triangular_solve(
+            eye + A, jnp.broadcast_to(eye, A.shape), left_side=True, lower=True, unit_diagonal=True
+        )
+
+    def loss(inverse, A):  # A's strict lower triangle is the input, as in the kernels
+        return jnp.sum(inverse(jnp.tril(A, -1)) * weights)
+
+    ours = jax.value_and_grad(lambda A: loss(lambda a: unit_lower_inverse(a, "highest"), A))
+    value, grad = ours(jnp.asarray(A, jnp.float32))
+    with jax.enable_x64(True):
+        want_value, want_grad = jax.value_and_grad(lambda A: loss(solve, A))(jnp.asarray(A))
+    assert_close(unit_lower_inverse(jnp.asarray(A, jnp.float32), "highest"), solve_np(A))
+    assert_close(value, want_value, name="loss")
+    assert_close(grad, want_grad, name="dA")
+    assert np.all(np.asarray(grad)[..., np.triu_indices(C)[0], np.triu_indices(C)[1]] == 0.0)
+
+
+def solve_np(A: np.ndarray) -> np.ndarray:
+    return np.linalg.inv(np.eye(A.shape[-1]) + A)
