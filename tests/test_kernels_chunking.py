@@ -49,10 +49,11 @@ def test_decay_matrix_equals_masked_exp(C, kind, strict):
     assert_close(got, want, name=f"decay {kind} C={C}")
 
 
+@pytest.mark.parametrize("C", [64, 256])
 @pytest.mark.parametrize("kind", ["mixed", "strong", "spikes"])
-def test_decay_matrix_gradient_equals_masked_exp(kind):
-    g = log_decays(kind, 64)
-    weights = np.random.default_rng(1).standard_normal((64, 64))
+def test_decay_matrix_gradient_equals_masked_exp(kind, C):
+    g = log_decays(kind, C)
+    weights = np.random.default_rng(1).standard_normal((C, C))
 
     def plain(g):  # float64, the masked exp of prefix-sum differences
         C = g.shape[-1]
