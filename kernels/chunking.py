@@ -30,6 +30,7 @@ def initial_state(state, shape, inputs) -> jax.Array:
     axis the inputs vary over: a scan's carry must keep its type, and the state it carries out
     depends on all the inputs, so zeros (or a state replicated over the heads axis) would not."""
     state = jnp.zeros(shape, jnp.float32) if state is None else state.astype(jnp.float32)
+    # jax 0.10's spelling of an aval's varying manual axes (older releases had `.vma`)
     missing = (
         set().union(*(jax.typeof(x).mat.varying for x in inputs)) - jax.typeof(state).mat.varying
     )
