@@ -37,6 +37,11 @@ def initial_state(state, shape, inputs) -> jax.Array:
     return jax.lax.pcast(state, tuple(sorted(missing)), to="varying") if missing else state
 
 
+def strictly_lower(n: int) -> jax.Array:
+    """[n, n] bool mask of the entries below the diagonal (row > column)."""
+    return jnp.arange(n)[:, None] > jnp.arange(n)[None, :]
+
+
 def pad_time(x: jax.Array, chunk: int) -> jax.Array:
     """Zero-pad axis 1 (time) to a multiple of `chunk`: zero gates and inputs are identity steps."""
     pad = -x.shape[1] % chunk
@@ -73,8 +78,7 @@ def segment_sums(x: jax.Array) -> jax.Array:
     """
     m = x.shape[-1]
     if m > 64:
-        after = jnp.arange(m)[:, None] > jnp.arange(m)[None, :]
-        return jnp.cumsum(jnp.where(after, x[..., :, None], 0.0), axis=-2)
+        return jnp.cumsum(jnp.where(strictly_lower(m), x[..., :, None], 0.0), axis=-2)
     t, i, j = (jnp.arange(m).reshape(shape) for shape in ((1, m, 1), (1, 1, m), (m, 1, 1)))
     member = ((i < j) & (j <= t)).astype(x.dtype).reshape(m, m * m)  # [j, (t, i)]
     sums = jnp.matmul(x, member, precision=jax.lax.Precision.HIGHEST)
@@ -124,8 +128,7 @@ def decay_matrix(g: jax.Array, *, strict: bool, block: int = DECAY_BLOCK) -> jax
 
 def decay_to_end(g: jax.Array) -> jax.Array:
     """e^(g_{t+1} + ... + g_last) along the chunk, as suffix sums (see decay_matrix, precision)."""
-    C = g.shape[-1]
-    later = (jnp.arange(C)[:, None] > jnp.arange(C)[None, :]).astype(g.dtype)  # [j, t]: j > t
+    later = strictly_lower(g.shape[-1]).astype(g.dtype)  # [j, t]: j > t
     return jnp.exp(jnp.matmul(g, later, precision=jax.lax.Precision.HIGHEST))
 
 
@@ -139,7 +142,7 @@ def masked_decayed_products(lhs, rhs, g, precision, *, strict_rows: int = 0):
     C = g.shape[-1]
     R = lhs.shape[-2] // C
     decay = decay_matrix(g, strict=False)
-    strict = jnp.where(jnp.arange(C)[:, None] > jnp.arange(C)[None, :], decay, 0.0)
+    strict = jnp.where(strictly_lower(C), decay, 0.0)
     rows = jnp.concatenate([strict] * strict_rows + [decay] * (R - strict_rows), axis=-2)
     return jnp.einsum("...tk,...ik->...ti", lhs, rhs, precision=precision) * rows
 
@@ -151,8 +154,15 @@ def chunk_terms(q, k, g, scale: float, precision):
     """
     qs = q * scale
     P = masked_decayed_products(qs, k, g, precision)
+    from_start, to_end, whole = decays(g)
+    return qs * from_start[..., None], P, k * to_end[..., None], whole
+
+
+def decays(g: jax.Array):
+    """Per-token decays of a chunk from its log-decays g [..., C], G their prefix sums:
+    e^G (from the chunk's start), e^(G_last - G) (to its end, `decay_to_end`), e^G_last."""
     G = jnp.cumsum(g, axis=-1)
-    return qs * jnp.exp(G)[..., None], P, k * decay_to_end(g)[..., None], jnp.exp(G[..., -1])
+    return jnp.exp(G), decay_to_end(g), jnp.exp(G[..., -1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -173,8 +183,7 @@ def _unit_lower_inverse_fwd(A, precision, block):
 def _unit_lower_inverse_bwd(precision, block, X, dX):
     XT_dX = jnp.einsum("...ji,...jk->...ik", X, dX, precision=precision)
     dA = -jnp.einsum("...ij,...kj->...ik", XT_dX, X, precision=precision)
-    C = X.shape[-1]
-    return (jnp.where(jnp.arange(C)[:, None] > jnp.arange(C)[None, :], dA, 0.0),)
+    return (jnp.where(strictly_lower(X.shape[-1]), dA, 0.0),)
 
 
 unit_lower_inverse.defvjp(_unit_lower_inverse_fwd, _unit_lower_inverse_bwd)

@@ -49,12 +49,12 @@ def _chunk_step(S, chunk, *, scale, l2norm, precision):
         q, k = delta_rule_reference.l2_normalize(q), delta_rule_reference.l2_normalize(k)
     C = q.shape[-2]
     mm = functools.partial(jnp.einsum, precision=precision)
-    G = jnp.cumsum(g, axis=-1)
     # [beta k; q] k^T * e^(G_t - G_i): A strictly lower, P with the diagonal
     lhs = jnp.concatenate([beta[..., None] * k, q * scale], axis=-2)
     A_P = chunking.masked_decayed_products(lhs, k, g, precision, strict_rows=1)
     A, P = A_P[..., :C, :], A_P[..., C:, :]
-    eG = jnp.exp(G)[..., None]
+    from_start, to_end, whole = chunking.decays(g)
+    eG = from_start[..., None]
     qS = mm("...ck,...kv->...cv", q * (scale * eG), S)
     kS = mm("...ck,...kv->...cv", k, S)
     U = mm(
@@ -63,10 +63,7 @@ def _chunk_step(S, chunk, *, scale, l2norm, precision):
         beta[..., None] * (v - eG * kS),
     )
     O = qS + mm("...ti,...iv->...tv", P, U)
-    G_last = G[..., -1:]
-    S = jnp.exp(G_last)[..., None] * S + mm(
-        "...ck,...cv->...kv", k * chunking.decay_to_end(g)[..., None], U
-    )
+    S = whole[..., None, None] * S + mm("...ck,...cv->...kv", k * to_end[..., None], U)
     return S, O
 
 
