@@ -36,9 +36,10 @@ def test_greedy_generation_follows_the_parallel_forward():
     sequences = jnp.asarray([p + n for p, n in zip(prompts, new, strict=True)])
     assert sequences.shape == (2, 18)
     logits = model(sequences, mode="ahn", window=4, sinks=2)
-    np.testing.assert_array_equal(
-        np.asarray(jnp.argmax(logits[:, 5:-1], axis=-1)), np.asarray(sequences[:, 6:])
-    )
+    # each generated token is the parallel forward's argmax, up to the rounding by which the decode
+    # program and the parallel one differ (a near-tie may flip on another CPU)
+    chosen = jnp.take_along_axis(logits[:, 5:-1], sequences[:, 6:, None], axis=-1)[..., 0]
+    assert float(jnp.max(jnp.max(logits[:, 5:-1], axis=-1) - chosen)) <= 1e-5
 
 
 def test_cli_streams_a_prompt_and_batches_jsonl(tmp_path):
