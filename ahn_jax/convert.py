@@ -1,180 +1,82 @@
-"""HF safetensors <-> Orbax conversion of Qwen2/Qwen2.5 checkpoints.
+"""`python -m ahn_jax.convert`: HF safetensors <-> converted weights, AHN-only exports
+(ahn_jax/checkpoints/convert.py).
 
   python -m ahn_jax.convert --hf_dir DIR --out CKPT [--dtype bfloat16|float32]
   python -m ahn_jax.convert --to_hf --ckpt CKPT --out DIR [--max_shard_gb 5]
   python -m ahn_jax.convert --ahn_only --ckpt CKPT --out DIR
 
---ahn_only exports the AHN weights of a checkpoint that holds them in the reference's layout
-(`model.layers.{i}.ahn.fn.*` + config.json), which `from_pretrained(base, ahn_path=DIR)` and the
-reference's `merge_weights.py` read.
-
-Both directions stream tensor by tensor: peak memory is about one copy of the weights.
+`main(argv)` parses its own flags (a private absl FlagValues), so that it can be called with an
+argument list: it returns 0 when written and 2 when a checkpoint or the output directory is
+wrong; a usage error exits with status 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-from pathlib import Path
+from typing import NoReturn
 
-import jax
-import numpy as np
+from absl import flags
 
-from ahn_jax import ahn_io, checkpoint, hf_naming, safetensors_io
-from ahn_jax.config import ConfigError, from_hf_config, read_hf_config
-from ahn_jax.loading import iter_hf_params, param_shapes
+from ahn_jax.checkpoints import convert as convert_lib
 
-DTYPE_CHOICES = ("bfloat16", "float32", "float16")
-USER_ERRORS = (
-    ConfigError,
-    safetensors_io.CheckpointFormatError,
-    hf_naming.CheckpointMismatchError,
-    FileNotFoundError,
-    FileExistsError,
-)
+PROGRAM = "python -m ahn_jax.convert"
 
 
-def _source_dtype(hf_dir: Path) -> str:
-    infos = safetensors_io.tensor_index(hf_dir)
-    info = infos.get("model.embed_tokens.weight") or next(iter(infos.values()))
-    return np.dtype(info.dtype).name
+def define_flags(fv: flags.FlagValues) -> None:
+    """The CLI's flags, on `fv` (a private FlagValues: `main` may be called as a function)."""
+    flags.DEFINE_string("hf_dir", None, "HF checkpoint directory to read (HF -> Orbax)",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("out", None, "output directory (must be new or empty); required",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_enum("dtype", None, list(convert_lib.DTYPE_CHOICES),
+                      "stored dtype (default: as source)", flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("to_hf", False, "export an Orbax checkpoint to HF", flag_values=fv)
+    flags.DEFINE_string("ckpt", None, "Orbax checkpoint written by ahn_jax (--to_hf, --ahn_only)",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("ahn_only", False, "export only the AHN weights, reference layout",
+                      flag_values=fv)  # fmt: skip
+    flags.DEFINE_float("max_shard_gb", 5.0, "HF shard size limit (with --to_hf)", flag_values=fv)
+    flags.DEFINE_bool("help", False, "show this help and exit", short_name="h", flag_values=fv)
 
 
-def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> Path:
-    """Convert an HF directory to an Orbax checkpoint; `dtype=None` keeps the checkpoint's own."""
-    hf_dir, out = Path(hf_dir), Path(out)
-    hf_config = read_hf_config(hf_dir)
-    dtype = dtype or _source_dtype(hf_dir)
-    if dtype not in DTYPE_CHOICES:
-        raise ConfigError(f"--dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
-    config = from_hf_config(hf_config, param_dtype=dtype, dtype=dtype)
-    checkpoint.save_params(
-        out,
-        iter_hf_params(hf_dir, config),
-        hf_config=hf_config,
-        param_dtype=dtype,
-        side_files_from=hf_dir,
-    )
-    return out
-
-
-def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Export a converted checkpoint back to HF safetensors (sharded beyond `max_shard_bytes`).
-
-    Tensors are written parameter by parameter (all layers' q_proj, then all k_proj, ...), each
-    parameter read from Orbax only when its first tensor is due, so one parameter is held at a time.
-    """
-    ckpt, out = Path(ckpt), Path(out)
-    marker = checkpoint.read_marker(ckpt)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output directory {out} exists and is not empty")
-    hf_config = read_hf_config(ckpt)
-    dtype = marker["param_dtype"]
-    config = from_hf_config(hf_config, param_dtype=dtype, dtype=dtype)
-    shapes = param_shapes(config)
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    held: dict[tuple[str, ...], np.ndarray] = {}
-
-    def param(path):
-        if path not in held:
-            held.clear()
-            target = jax.ShapeDtypeStruct(shapes[path], config.jnp_param_dtype, sharding=cpu)
-            held[path] = np.asarray(checkpoint.restore_param(ckpt, path, target))
-        return held[path]
-
-    def producer(m: hf_naming.TensorMap):
-        def produce():
-            array = param(m.path)
-            return m.to_hf(array if m.layer is None else array[m.layer])
-
-        return produce
-
-    maps = hf_naming.tensor_maps(config, shapes)
-    order = {path: i for i, path in enumerate(shapes)}
-    maps.sort(key=lambda m: (order[m.path], m.layer or 0))
-    np_dtype = np.dtype(config.jnp_param_dtype)
-    plans = [safetensors_io.TensorPlan(m.hf_name, m.hf_shape, np_dtype, producer(m)) for m in maps]
-    safetensors_io.write_checkpoint(out, plans, max_shard_bytes=max_shard_bytes)
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2))
-    for name in checkpoint.SIDE_FILES:
-        if (ckpt / name).is_file():
-            shutil.copy2(ckpt / name, out / name)
-    return out
-
-
-def export_ahn(ckpt: str | Path, out: str | Path) -> Path:
-    """AHN weights of an Orbax checkpoint -> AHN-only safetensors in the reference's naming."""
-    ckpt = Path(ckpt)
-    marker = checkpoint.read_marker(ckpt)
-    if "ahn" not in marker:
-        raise ConfigError(f"checkpoint {ckpt} holds no AHN weights (its marker has no 'ahn')")
-    dtype = marker["param_dtype"]
-    config = from_hf_config(read_hf_config(ckpt), param_dtype=dtype, dtype=dtype).replace(
-        ahn_type=marker["ahn"]["ahn_type"],
-        full_attention_layers=tuple(marker["ahn"]["full_attention_layers"]),
-    )
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    params = {
-        path: np.asarray(
-            checkpoint.restore_param(
-                ckpt, path, jax.ShapeDtypeStruct(shape, np.float32, sharding=cpu)
-            )
-        )
-        for path, shape in param_shapes(config).items()
-        if path[:2] == ("layers", "ahn")
-    }
-    return ahn_io.save_ahn_weights(out, config, params)
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m ahn_jax.convert",
-        description="Convert Qwen2/Qwen2.5 checkpoints between HF safetensors and Orbax.",
-    )
-    parser.add_argument("--hf_dir", help="HF checkpoint directory to read (HF -> Orbax)")
-    parser.add_argument("--out", required=True, help="output directory (must be new or empty)")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, help="stored dtype (default: as source)")
-    parser.add_argument("--to_hf", action="store_true", help="export an Orbax checkpoint to HF")
-    parser.add_argument("--ckpt", help="Orbax checkpoint written by ahn_jax (--to_hf, --ahn_only)")
-    parser.add_argument(
-        "--ahn_only", action="store_true", help="export only the AHN weights, reference layout"
-    )
-    parser.add_argument(
-        "--max_shard_gb", type=float, default=5.0, help="HF shard size limit (with --to_hf)"
-    )
-    return parser
+def _usage_error(message: str) -> NoReturn:
+    print(f"usage: {PROGRAM} --out DIR (--hf_dir DIR | --to_hf --ckpt CKPT | --ahn_only --ckpt "
+          f"CKPT) [--help]\n{PROGRAM}: error: {message}", file=sys.stderr)  # fmt: skip
+    sys.exit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    """Convert as the arguments (default: the command line's) say; the exit status."""
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
     try:
-        out = _run(parser, args)
-    except USER_ERRORS as e:
+        extra = flag_values([PROGRAM, *(sys.argv[1:] if argv is None else argv)])[1:]
+    except flags.Error as e:
+        _usage_error(str(e))
+    if flag_values.help:
+        print(f"{__doc__}\n{flag_values.get_help()}")
+        return 0
+    if extra:
+        _usage_error(f"unrecognized arguments: {' '.join(extra)}")
+    if flag_values.out is None:
+        _usage_error("the following arguments are required: --out")
+    try:
+        out = convert_lib.run(
+            out=flag_values.out,
+            hf_dir=flag_values.hf_dir,
+            ckpt=flag_values.ckpt,
+            dtype=flag_values.dtype,
+            to_hf=flag_values.to_hf,
+            ahn_only=flag_values.ahn_only,
+            max_shard_gb=flag_values.max_shard_gb,
+        )
+    except convert_lib.ArgumentError as e:
+        _usage_error(str(e))
+    except convert_lib.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0
-
-
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
-    if args.ahn_only:
-        if not args.ckpt:
-            parser.error("--ahn_only needs --ckpt CKPT (an ahn_jax checkpoint with AHN weights)")
-        return export_ahn(args.ckpt, args.out)
-    if args.to_hf:
-        if not args.ckpt:
-            parser.error("--to_hf needs --ckpt CKPT (the Orbax checkpoint to export)")
-        if args.dtype:
-            parser.error("--dtype applies to HF -> Orbax; an export keeps the stored dtype")
-        out = orbax_to_hf(args.ckpt, args.out, max_shard_bytes=int(args.max_shard_gb * 2**30))
-    else:
-        if not args.hf_dir:
-            parser.error("--hf_dir DIR is required (or --to_hf --ckpt CKPT to export)")
-        out = hf_to_orbax(args.hf_dir, args.out, dtype=args.dtype)
-    return out
 
 
 if __name__ == "__main__":

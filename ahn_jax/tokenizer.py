@@ -16,14 +16,16 @@ IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 CHAT_ROLES = ("system", "user", "assistant")
 
 
-def render_chat(
+def chat_segments(
     messages: Sequence[Mapping[str, str]],
     *,
     add_generation_prompt: bool = False,
     default_system: str = QWEN_DEFAULT_SYSTEM,
-) -> str:
-    """Qwen2.5's chat template: a system turn (given or default), then each turn, then optionally
-    the opening of the assistant's reply."""
+) -> list[tuple[str, bool]]:
+    """Qwen2.5's chat template as (text, is it learned) segments: a system turn (given or default),
+    then each turn, then optionally the opening of the assistant's reply. Joined they are
+    `render_chat`'s text; the learned segments are each assistant reply with its closing
+    <|im_end|> (the tokens SFT trains on, as LLaMA-Factory's does)."""
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in CHAT_ROLES:
@@ -35,12 +37,29 @@ def render_chat(
         system, turns = turns[0]["content"], turns[1:]
     else:
         system = default_system
-    text = f"{IM_START}system\n{system}{IM_END}\n"
+    segments = [(f"{IM_START}system\n{system}{IM_END}\n", False)]
     for message in turns:
-        text += f"{IM_START}{message['role']}\n{message['content']}{IM_END}\n"
+        segments += [
+            (f"{IM_START}{message['role']}\n", False),
+            (f"{message['content']}{IM_END}", message["role"] == "assistant"),
+            ("\n", False),
+        ]
     if add_generation_prompt:
-        text += f"{IM_START}assistant\n"
-    return text
+        segments.append((f"{IM_START}assistant\n", False))
+    return segments
+
+
+def render_chat(
+    messages: Sequence[Mapping[str, str]],
+    *,
+    add_generation_prompt: bool = False,
+    default_system: str = QWEN_DEFAULT_SYSTEM,
+) -> str:
+    """Qwen2.5's chat template rendered as text (`chat_segments` joined)."""
+    segments = chat_segments(
+        messages, add_generation_prompt=add_generation_prompt, default_system=default_system
+    )
+    return "".join(text for text, _ in segments)
 
 
 class HFTokenizer:

@@ -15,11 +15,9 @@ sys.path.append(str(HERE))
 
 def cpu_deadlock_workaround() -> None:
     """Call before importing jax in scripts that run the chunked delta rule's backward: XLA:CPU
-    (jax 0.10.2) can deadlock there (docs/kernels.md). Other platforms do not know these flags."""
+    (jax 0.10.2) can deadlock there (ahn_jax/xla_cpu.py). Other platforms do not know the flags."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if os.environ["JAX_PLATFORMS"] == "cpu":
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + " --xla_cpu_enable_concurrency_optimized_scheduler=false"
-            " --xla_cpu_multi_thread_eigen=false --xla_cpu_experimental_ynn_fusion_type="
-        )
+        from ahn_jax import xla_cpu  # imports jax, which reads JAX_PLATFORMS at import: set above
+
+        xla_cpu.add_xla_flags(*xla_cpu.DEADLOCK_WORKAROUND)

@@ -22,9 +22,10 @@ import argparse  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from ahn_jax import data, recall_eval  # noqa: E402
-from ahn_jax.loading import from_pretrained  # noqa: E402
-from ahn_jax.recall import KEY_LETTER, RECALL_LETTER, RecallSpec  # noqa: E402
+from ahn_jax.checkpoints.pretrained import from_pretrained  # noqa: E402
+from ahn_jax.demo import scoring  # noqa: E402
+from ahn_jax.training import data  # noqa: E402
+from ahn_jax.training.recall_pairs import KEY_LETTER, RECALL_LETTER, RecallSpec  # noqa: E402
 from configs import demo_gdn, tiny_base  # noqa: E402
 
 
@@ -43,12 +44,12 @@ def main() -> None:
         by_offset = {RECALL_LETTER: [], KEY_LETTER: []}
         print(f"{directory} (S = {sinks} + W = {window}): recall / keys / text")
         for i, play in enumerate(config.data.held_out):
-            ids, kinds = recall_eval.play_windows(texts[play], length, spec, args.windows,
+            ids, kinds = scoring.play_windows(texts[play], length, spec, args.windows,
                                                   args.seed + i)  # fmt: skip
             cells = []
             for mode in ("full", "swa"):
-                losses = recall_eval.next_byte_losses(model, ids, mode, window, sinks)
-                m = recall_eval.kind_means(losses, kinds, window + sinks)
+                losses = scoring.next_byte_losses(model, ids, mode, window, sinks)
+                m = scoring.kind_means(losses, kinds, window + sinks)
                 cells.append(f"{mode} {m['recall']:.3f} / {m['key']:.3f} / {m['text']:.3f}")
                 if mode == "full":
                     for kind, rows in by_offset.items():

@@ -25,11 +25,10 @@ import numpy as np
 from common import RESULTS, machine, write_result
 from flax import nnx
 
-from ahn_jax import model as model_lib
-from ahn_jax.config import load_config_file, validate_config
+from ahn_jax.config import MODES, load_config_file, validate_config
+from ahn_jax.model import transformer as model_lib
 
 SINKS, WINDOW = 32, 992
-MODES = ("full", "swa", "ahn")
 
 
 def time_decode(model, ids, mode, steps, repeats):

@@ -1,6 +1,7 @@
 """Kernel benchmarks, side by side in one run: chunked vs recurrent (GDN, DN, SSD) and blocked vs
 dense sink+window attention, forward and forward+backward, with achieved GFLOP/s next to the
-machine's measured large-matmul rate.
+machine's measured large-matmul rate. The blocked attention is `causal_attention` with the model's
+block (ahn_jax's attention op): the path the model runs.
 
   python bench/kernels.py [--lengths 1024 2048 ...] [--ops gdn dn ssd window] [--repeats 2]
       [--precision highest|default]
@@ -9,10 +10,10 @@ machine's measured large-matmul rate.
 `--precision` is the kernels' matmul precision knob and is used for the reference matmul rate
 too: `highest` is true fp32 everywhere, `default` lets a GPU use TF32 tensor cores.
 
-FLOPs counted (per head; C chunk, K = V = d):
-  recurrent delta rule: 6 K V per token (k S, k^T u, q S);
-  chunked delta rule, per chunk: 2C^2K (k k^T) + C^2 (K+V) (triangular solve) + 2C^2K (q k^T)
-    + 6CKV (w S, q S, k^T U) + 2C^2V (P U); SSD drops the first two and w S;
+FLOPs counted (per head; C chunk, H = E = d; shape letters: docs/method.md §Shapes):
+  recurrent delta rule: 6 H E per token (k S, k^T u, q S);
+  chunked delta rule, per chunk: 2C^2H (k k^T) + C^2 (H+E) (triangular solve) + 2C^2H (q k^T)
+    + 6CHE (w S, q S, k^T U) + 2C^2E (P U); SSD drops the first two and w S;
   window attention: 4 d per visible (query, key) pair, i.e. the useful work only (the dense
     reference computes T^2 pairs but is credited the same useful FLOPs).
 Forward+backward is credited 3x the forward FLOPs (the usual convention).
@@ -34,10 +35,11 @@ from common import best_seconds, machine, write_result  # noqa: E402
 
 from kernels.delta_rule import delta_rule, gated_delta_rule  # noqa: E402
 from kernels.ssd import ssd  # noqa: E402
-from kernels.window_attention import sink_window_attention  # noqa: E402
+from kernels.window_attention import causal_attention, sink_window_attention  # noqa: E402
 
 HEADS, DIM = 16, 128
 WINDOW, SINKS, KV_HEADS = 512, 128, 2
+ATTENTION_BLOCK = 512  # the model's block (ahn_jax's attention op passes it to causal_attention)
 DENSE_LIMIT_BYTES = 6 * 2**30  # the dense reference's [H, T, T] fp32 scores must fit
 
 
@@ -106,10 +108,13 @@ def op_functions(kind: str, precision: str = "highest", ssd_chunk: int = 256):
 
         return "recurrent", make("recurrent"), "chunked", make("chunked"), ssd_chunk
 
-    def make(impl):
-        return lambda q, k, v: sink_window_attention(q, k, v, window=WINDOW, sinks=SINKS, impl=impl)
+    def dense(q, k, v):
+        return sink_window_attention(q, k, v, window=WINDOW, sinks=SINKS, impl="reference")
 
-    return "dense", make("reference"), "blocked", make("blocked"), None
+    def blocked(q, k, v):  # the model's path
+        return causal_attention(q, k, v, block=ATTENTION_BLOCK, window=WINDOW, sinks=SINKS)
+
+    return "dense", dense, "blocked", blocked, None
 
 
 def forward_backward(fn):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from common import machine, write_result
 
-from ahn_jax import losses
+from ahn_jax.training import losses
 
 V, D = 151_936, 2048
 

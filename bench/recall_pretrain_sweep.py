@@ -3,7 +3,8 @@
   python bench/recall_pretrain_sweep.py [--tokens 20e6] [--eval_every 2e6] [--configs A,B]
 
 Pretrains the tiny Qwen2-architecture model (configs/tiny_gdn.py's dimensions, no AHN) with full
-attention on the Shakespeare plays with key/recall pairs mixed in (ahn_jax/recall.py), for several
+attention on the Shakespeare plays with key/recall pairs mixed in
+(ahn_jax/training/recall_pairs.py), for several
 curricula, and reports against tokens seen the held-out loss on the recalled letters under full
 attention and under sinks + window on the same weights (the gap the demo needs is >= 1 nat/byte),
 and on the keys' letters (about ln 26 = 3.26 when unpredictable). Used to size the demo's one-time
@@ -29,8 +30,14 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ahn_jax.config import ModelConfig  # noqa: E402
-from ahn_jax.model import init_model  # noqa: E402
-from ahn_jax.recall import KEY_LETTER, ORDINARY, RECALL_LETTER, RecallSpec, insert_recall  # noqa: E402
+from ahn_jax.model.transformer import init_model  # noqa: E402
+from ahn_jax.training.recall_pairs import (  # noqa: E402
+    KEY_LETTER,
+    ORDINARY,
+    RECALL_LETTER,
+    RecallSpec,
+    insert_recall,
+)
 
 HELD_OUT = ("hamlet", "macbeth", "tempest", "twelfth_night")
 MODEL = dict(vocab_size=256, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=2,

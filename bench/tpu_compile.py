@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from common import machine, write_result  # noqa: E402
 
-from kernels import delta_rule_pallas, tpu_aot  # noqa: E402
+from kernels.common import inter_chunk_pallas, tpu_aot  # noqa: E402
 from kernels.window_attention import sink_window_attention  # noqa: E402
 
 f32 = jnp.float32
@@ -36,14 +36,14 @@ def scan_shapes(T):
 
 
 def scan_forward(*args):
-    return delta_rule_pallas._scan_flat(*args, HP)
+    return inter_chunk_pallas.scan_flat(*args, HP)
 
 
 def scan_backward(*args):
     """The reverse kernel alone, fed forward-shaped residuals and cotangents."""
     u, w, qg, P, kd, decay, S0 = args
     states = jnp.zeros((*u.shape[:2], D, D), f32)
-    return delta_rule_pallas._backward(u, w, qg, P, kd, decay, states, u, S0, HP)
+    return inter_chunk_pallas.backward(u, w, qg, P, kd, decay, states, u, S0, HP)
 
 
 def scan_forward_backward(*args):

@@ -28,12 +28,12 @@ import numpy as np  # noqa: E402
 from common import best_seconds, machine, write_result  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from ahn_jax import losses  # noqa: E402
-from ahn_jax.ahn import AhnParam  # noqa: E402
 from ahn_jax.config import make_config, validate_config  # noqa: E402
-from ahn_jax.model import init_model  # noqa: E402
-from ahn_jax.optim import optimizer_for  # noqa: E402
-from ahn_jax.train_step import make_train_step  # noqa: E402
+from ahn_jax.model.memory import AhnParam  # noqa: E402
+from ahn_jax.model.transformer import init_model  # noqa: E402
+from ahn_jax.training import losses  # noqa: E402
+from ahn_jax.training.optimizer import optimizer_for  # noqa: E402
+from ahn_jax.training.step import make_train_step  # noqa: E402
 
 WINDOW, SINKS = 512, 32
 MODELS = {

@@ -1,7 +1,7 @@
 """Pretraining of the demo's tiny base: a byte-level Qwen2-architecture model (2 layers, d 64,
 2 heads of 32, 0.14 M parameters), no AHN, every weight trained by next-token prediction under
 full attention on the Shakespeare plays (four held out) with one key/recall pair per 256-byte
-window (ahn_jax/recall.py).
+window (ahn_jax/training/recall_pairs.py).
 
   python -m ahn_jax.train --config=configs/tiny_base.py
 

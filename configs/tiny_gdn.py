@@ -39,10 +39,4 @@ def get_config():
     )
     data = dict(format="shakespeare", tokenizer="bytes", filter_len=64, cutoff_len=512,
                 held_out=HELD_OUT)  # fmt: skip
-    return make_config(
-        model,
-        ahn_type="gdn",
-        train=train,
-        data=data,
-        demo={"seed": 0, "seq_len": 512, "batch_size": 8, "window": 64, "sinks": 4},
-    )
+    return make_config(model, ahn_type="gdn", train=train, data=data)

@@ -1,8 +1,19 @@
-"""Pure-JAX kernels of AHN (no flax, nothing from ahn_jax), layout [B, T, H, D]:
+"""Pure-JAX kernels of AHN (no flax, nothing from ahn_jax; tests/test_kernels/test_independence.py).
 
-- `delta_rule`: gated delta rule and delta rule (oracle, chunked WY form, Pallas scan) + decode step
-- `ssd`: Mamba2's state-space dual recurrence (oracle, chunked, Pallas scan) + decode step
-- `window_attention`: sink + sliding-window causal attention (dense, blocked, splash)
+Three families, each a package split the same way (as fla's `ops/<family>/`): `naive` (the oracle,
+straight from the math), `chunked` (`blocked` for attention; the fast XLA form), `pallas` (the
+Pallas form), and an `__init__` with the public entry points, which dispatch by `impl`:
 
-See docs/kernels.md for the math, what is tested where, and known issues.
+- `delta_rule`: gated delta rule and delta rule (`gated_delta_rule`, `delta_rule`) + decode step
+  (`gated_delta_rule_step`)
+- `ssd`: Mamba2's state-space dual recurrence (`ssd`) + decode step (`ssd_step`)
+- `window_attention`: sink + sliding-window causal attention (`sink_window_attention`,
+  `causal_attention`, `masked_attention`, the mask `visible`)
+
+`common` holds what they share: the chunk math (`chunking`), the Pallas inter-chunk scan of the
+delta rule and SSD (`inter_chunk_pallas`), the oracles' checkpointed scan (`scan`), the mask value
+(`masking.MASKED`), shard_map carries (`varying`), `pallas_mode` and `tpu_aot`.
+
+Shape letters: see docs/method.md (Shapes). The math, what is tested where and known issues:
+docs/kernels.md.
 """

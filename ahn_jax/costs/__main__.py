@@ -1,0 +1,50 @@
+"""`python -m ahn_jax.costs`: what a config costs, from shapes alone (parameters, cache memory,
+FLOPs); the work is ahn_jax/costs/table.py's."""
+
+from __future__ import annotations
+
+import json
+
+from absl import app, flags
+
+from ahn_jax import cli
+from ahn_jax.config import AHN_TYPES, validate_config
+from ahn_jax.costs import table
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The CLI's flags, defined only when this module is the entry point."""
+    cli.define_config_flag()
+    flags.DEFINE_enum("ahn_type", None, AHN_TYPES, "AHN type (default: the config's)")
+    flags.DEFINE_integer("length", 128_000, "context length L in tokens")
+    flags.DEFINE_integer("window", 32_640, "sliding window W (tokens, sinks excluded)")
+    flags.DEFINE_integer("sinks", 128, "attention sinks S")
+    flags.DEFINE_integer("bytes_per_element", 4, "bytes per cached value (the paper: 4)")
+    flags.DEFINE_string("plot", None, "write a PNG of cache and FLOPs against length here")
+    flags.DEFINE_bool("json", False, "print one JSON object")
+
+
+def main(argv) -> None:
+    del argv
+    if cli.config() is None:
+        raise app.UsageError("--config=configs/<name>.py is required")
+    config = validate_config(cli.config())
+    if FLAGS.ahn_type is not None:
+        config = config.replace(ahn_type=FLAGS.ahn_type)
+    args = (FLAGS.length, FLAGS.window, FLAGS.sinks, FLAGS.bytes_per_element)
+    result = table.report(config, *args)
+    if FLAGS.plot:
+        table.plot(config, FLAGS.plot, *args)
+    if FLAGS.json:
+        print(json.dumps(result))
+        return
+    print(table.format_report(result))
+    if FLAGS.plot:
+        print(f"plot:           {FLAGS.plot}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,164 @@
+"""What a config costs, from shapes alone (nothing is allocated): parameters, cache memory, FLOPs
+(the command line is ahn_jax/costs/__main__.py).
+
+  python -m ahn_jax.costs --config=configs/qwen3b_gdn.py [--ahn_type gdn|dn|mamba2] \
+      [--length 128000] [--window 32640 --sinks 128] [--bytes_per_element 4] [--plot costs.png] \
+      [--json]
+
+Parameter counts (ahn_spec §1.3) come from `jax.eval_shape` of the model, so a 14B config costs
+milliseconds. Cache memory and FLOPs follow the paper's Table 1 formulas (ahn_spec §4; FLOPs in
+ahn_jax/formulas.py) with W = window + sinks, the whole lossless memory: at 128,000 tokens they
+reproduce the paper's Table 9. The AHN's gate cache (the per-token write gates kept for tokens in
+the window), which the paper leaves out, is reported separately; `decode_cache_bytes` is what
+`ahn_jax.cache.DecodeCache` actually holds (tests compare it with a real cache).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+from ahn_jax.config import MODES, ModelConfig
+from ahn_jax.costs import formulas
+from ahn_jax.model.memory import AhnParam, gate_names
+from ahn_jax.model.transformer import abstract_model
+
+
+def parameter_counts(config: ModelConfig) -> dict[str, int]:
+    """Base and AHN parameter counts of a config (AHN counted in every layer, as the reference
+    builds it even for layers kept as full attention)."""
+    _, ahn_state, base_state = nnx.split(abstract_model(config), AhnParam, ...)
+
+    def count(state):
+        return sum(leaf.size for leaf in nnx.to_flat_state(state).leaves)
+
+    return {"base_params": count(base_state), "ahn_params": count(ahn_state)}
+
+
+def cache_bytes(
+    config: ModelConfig, length: int, window: int, sinks: int, bytes_per_element: int = 4
+) -> dict[str, int]:
+    """The paper's cache per sequence: KV of every token (full), of the S + W kept tokens (swa),
+    plus the H x H state of each query head (ahn). Layers kept as full attention keep their KV."""
+    H, Nq, Nkv = config.head_dim, config.num_heads, config.num_kv_heads
+    full_layers, memory_layers = formulas.layer_split(config)
+    kept = min(length, window + sinks)
+    full_kv = 2 * length * H * Nkv * config.num_layers
+    windowed = 2 * H * Nkv * (full_layers * length + memory_layers * kept)
+    return {
+        "full": full_kv * bytes_per_element,
+        "swa": windowed * bytes_per_element,
+        "ahn": (windowed + memory_layers * H * H * Nq) * bytes_per_element,
+    }
+
+
+def gate_cache_bytes(config: ModelConfig, window: int, sinks: int) -> int:
+    """The AHN write gates kept (fp32) for every cached slot, which the paper does not count."""
+    if config.ahn_type is None:
+        return 0
+    _, memory_layers = formulas.layer_split(config)
+    n_gates = len(gate_names(config.ahn_type))
+    return memory_layers * (window + sinks) * config.num_heads * n_gates * 4
+
+
+def decode_cache_bytes(
+    config: ModelConfig, window: int, sinks: int, mode: str, batch_size: int = 1
+) -> int:
+    """Bytes of `model.init_cache(batch_size, window=, sinks=, mode=)`: KV in the compute dtype,
+    gates and state in fp32 (mode "ahn" only), and the slot bookkeeping."""
+    L, C = config.num_layers, window + sinks
+    kv = 2 * L * batch_size * C * config.num_kv_heads * config.head_dim
+    total = kv * np.dtype(config.jnp_dtype).itemsize
+    if mode == "ahn":
+        n_gates = len(gate_names(config.ahn_type))
+        total += 4 * L * batch_size * config.num_heads * (n_gates * C + config.head_dim**2)
+    return total + 4 * (C + 1)  # slot positions + length (int32)
+
+
+def report(
+    config: ModelConfig,
+    length: int = 128_000,
+    window: int = 32_640,
+    sinks: int = 128,
+    bytes_per_element: int = 4,
+) -> dict:
+    counts = parameter_counts(config)
+    lossless = window + sinks
+    mixing = {mode: formulas.mixing_flops(config, length, mode, lossless) for mode in MODES}
+    model = {
+        mode: formulas.model_flops(
+            config, length, mode, lossless, base_params=counts["base_params"]
+        )
+        for mode in ("full", "ahn")
+    }
+    cache = cache_bytes(config, length, window, sinks, bytes_per_element)
+    return {
+        "ahn_type": config.ahn_type,
+        **counts,
+        "ahn_fraction": counts["ahn_params"] / counts["base_params"],
+        "ahn_params_per_layer": counts["ahn_params"] // config.num_layers,
+        "length": length,
+        "window": window,
+        "sinks": sinks,
+        "bytes_per_element": bytes_per_element,
+        "cache_bytes": cache,
+        "gate_cache_bytes": gate_cache_bytes(config, window, sinks),
+        "mixing_flops": mixing,
+        "model_flops": model,
+        "ratios": {
+            "cache_ahn_over_full": cache["ahn"] / cache["full"],
+            "mixing_ahn_over_full": mixing["ahn"] / mixing["full"],
+            "model_ahn_over_full": model["ahn"] / model["full"],
+        },
+    }
+
+
+def plot(config: ModelConfig, path, max_length: int, window: int, sinks: int, bpe: int) -> None:
+    """Cache bytes and mixing FLOPs against context length for full, swa and ahn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = np.unique(np.geomspace(1024, max_length, 48).astype(int))
+    fig, (ax_cache, ax_flops) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode in MODES:
+        cache = [cache_bytes(config, int(n), window, sinks, bpe)[mode] / 1e9 for n in lengths]
+        mix = [formulas.mixing_flops(config, int(n), mode, window + sinks) for n in lengths]
+        ax_cache.plot(lengths, cache, label=mode)
+        ax_flops.plot(lengths, mix, label=mode)
+    for ax, title in ((ax_cache, f"cache (GB, {bpe} bytes/value)"), (ax_flops, "mixing FLOPs")):
+        ax.set_xscale("log")
+        ax.set_xlabel("context length (tokens)")
+        ax.set_title(title)
+        ax.axvline(window + sinks, color="grey", linestyle=":", linewidth=1)
+        ax.legend()
+    ax_flops.set_yscale("log")
+    fig.suptitle(f"{config.ahn_type or 'base'}: W = {window}, S = {sinks}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _giga(x: float) -> str:
+    return f"{x / 1e9:.2f} GB"
+
+
+def format_report(result: dict) -> str:
+    """A `report` as the lines `python -m ahn_jax.costs` prints."""
+    cache, mixing, model = result["cache_bytes"], result["mixing_flops"], result["model_flops"]
+    ratios = result["ratios"]
+    return "\n".join([
+        f"AHN type:       {result['ahn_type']}",
+        f"base params:    {result['base_params']:,}",
+        f"AHN params:     {result['ahn_params']:,} ({100 * result['ahn_fraction']:.2f}% of the "
+        f"base; {result['ahn_params_per_layer']:,} per layer)",
+        f"at L = {result['length']:,}, W = {result['window']:,}, S = {result['sinks']}:",
+        f"cache:          full {_giga(cache['full'])}, swa {_giga(cache['swa'])}, ahn "
+        f"{_giga(cache['ahn'])} ({100 * ratios['cache_ahn_over_full']:.1f}% of full)"
+        f"; + AHN gate cache {_giga(result['gate_cache_bytes'])} (not in the paper)",
+        f"mixing FLOPs:   full {mixing['full']:.3e}, swa {mixing['swa']:.3e}, ahn "
+        f"{mixing['ahn']:.3e} ({100 * ratios['mixing_ahn_over_full']:.1f}%)",
+        f"model FLOPs:    full {model['full']:.3e}, ahn {model['ahn']:.3e} "
+        f"({100 * ratios['model_ahn_over_full']:.1f}%)",
+    ])  # fmt: skip

@@ -1,0 +1,1 @@
+"""The miniature reproduction: `python -m ahn_jax.demo` (docs/results.md)."""

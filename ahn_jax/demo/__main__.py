@@ -1,0 +1,50 @@
+"""`python -m ahn_jax.demo`: The miniature reproduction (docs/results.md); the steps are
+ahn_jax/demo/pipeline.py's."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+
+from ahn_jax import cli
+from ahn_jax.config import AHN_TYPES
+from ahn_jax.demo import pipeline
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    cli.define_config_flag("configs/demo_gdn.py")
+    flags.DEFINE_list("types", ["gdn"], f"AHN types to distil and compare ({', '.join(AHN_TYPES)})")
+    flags.DEFINE_bool("quick", False, "a few-minute run that shows the machinery (CI smoke test)")
+    flags.DEFINE_string("base", None, "pretrained base directory (default: see the docstring), or "
+                        "'pretrain' to pretrain one here whatever exists")  # fmt: skip
+    flags.DEFINE_string("out", "runs/demo", "where the AHN runs, the table and the plot go")
+    flags.DEFINE_integer("windows_per_play", 48, "evaluation windows per held-out play")
+    flags.DEFINE_integer("seed", 1234, "evaluation windows' seed")
+
+
+def main(argv) -> None:
+    del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    unknown = sorted(set(FLAGS.types) - set(AHN_TYPES))
+    if unknown:
+        raise app.UsageError(f"--types: unknown {unknown}; use {', '.join(AHN_TYPES)}")
+    pipeline.run(
+        cli.config(),
+        types=FLAGS.types,
+        quick=FLAGS.quick,
+        base=FLAGS.base,
+        out=Path(FLAGS.out),
+        windows_per_play=FLAGS.windows_per_play,
+        seed=FLAGS.seed,
+        command=" ".join(sys.argv),
+    )
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Long-context evaluation: benchmark tasks and their metrics, passkey, perplexity, reports."""

@@ -1,0 +1,107 @@
+"""Perplexity by position bucket, with documents fed through the constant-size cache."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from ahn_jax.evaluation.results import Settings, append_results, read_results
+from ahn_jax.jsonl import read_jsonl
+
+
+def read_documents(files: Sequence[Path]) -> list[tuple[str, str]]:
+    """(id, text) per document: a .jsonl line's "text" field, or a whole non-JSONL file."""
+    documents = []
+    for path in files:
+        if path.suffix != ".jsonl":
+            documents.append((path.stem, path.read_text(encoding="utf-8")))
+            continue
+        for number, record in read_jsonl(path, on_invalid=_skip):
+            text = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                _skip(f"{path}:{number}: needs a JSON object with a 'text' string")
+                continue
+            documents.append((f"{path.stem}:{number}", text))
+    return documents
+
+
+def _skip(why) -> None:
+    print(f"skipping {why}", file=sys.stderr)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _chunk_nll(graphdef, state, inputs_BP, targets_BP, cache):
+    logits, cache = nnx.merge(graphdef, state).cached_logits(inputs_BP, cache, all_logits=True)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(log_probs, targets_BP[..., None], axis=-1)[..., 0], cache
+
+
+def token_nll(model, ids_BT: np.ndarray, settings: Settings, chunk: int):
+    """Next-token loss [B, T-1] of each row, fed through the decode cache `chunk` tokens at a
+    time: memory stays constant in swa/ahn mode whatever the document length."""
+    window, sinks = settings.window, settings.sinks
+    if settings.mode == "full":
+        window, sinks = ids_BT.shape[1], 0
+    cache = model.init_cache(ids_BT.shape[0], window=window, sinks=sinks, mode=settings.mode)
+    graphdef, state = nnx.split(model)
+    pieces = []
+    for start in range(0, ids_BT.shape[1] - 1, chunk):
+        stop = min(start + chunk, ids_BT.shape[1] - 1)
+        nll, cache = _chunk_nll(
+            graphdef, state, ids_BT[:, start:stop], ids_BT[:, start + 1 : stop + 1], cache
+        )
+        pieces.append(np.asarray(nll))
+    return np.concatenate(pieces, axis=1), cache.nbytes()
+
+
+def run_perplexity(
+    model, tokenizer, files, settings: Settings, out: Path, *, batch_size: int, chunk: int, limit
+):
+    length, bucket = settings.max_length, settings.extra["bucket"]
+    done = {r["id"] for r in read_results(out)}
+    documents, short = [], 0
+    for doc_id, text in read_documents(files):
+        ids = tokenizer.encode(text)
+        if len(ids) < length:
+            short += 1
+        elif doc_id not in done:
+            documents.append((doc_id, ids[:length]))
+    if short:
+        print(f"skipping {short} document(s) shorter than --max_length={length}", file=sys.stderr)
+    documents = documents[:limit] if limit is not None else documents
+    n_buckets = -(-(length - 1) // bucket)
+    with tqdm(total=len(documents), desc="perplexity") as bar:
+        for start in range(0, len(documents), batch_size):
+            batch = documents[start : start + batch_size]
+            nll, cache_bytes = token_nll(
+                model, np.asarray([ids for _, ids in batch], np.int32), settings, chunk
+            )
+            results = []
+            for (doc_id, _), row in zip(batch, nll, strict=True):
+                # the loss at index i predicts token i + 1: bucket by the predicted position
+                positions = np.arange(1, length)
+                which = (positions // bucket).clip(max=n_buckets - 1)
+                sums = np.bincount(which, weights=row, minlength=n_buckets)
+                counts = np.bincount(which, minlength=n_buckets)
+                results.append(
+                    dict(
+                        id=doc_id,
+                        dataset="perplexity",
+                        tokens=length,
+                        bucket_nll=(sums / np.maximum(counts, 1)).tolist(),
+                        bucket_tokens=counts.tolist(),
+                        score=float(row.mean()),
+                        cache_bytes=cache_bytes,
+                        batch_size=len(batch),
+                    )
+                )
+            append_results(out, results)
+            bar.update(len(batch))

@@ -1,0 +1,261 @@
+"""Summaries and plots of an evaluation's scored records (predictions.jsonl of ahn_jax.evaluate).
+
+Scores are reported as the benchmarks report them: per dataset round(100 * mean, 2), and the
+plain mean over datasets (the paper's "Avg"). Pass keys: accuracy per length and depth.
+Perplexity: token-weighted loss per position bucket, with the standard error over documents.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ahn_jax.costs import table
+
+
+def summarize(task: str, records: list[dict]) -> dict:
+    if task == "perplexity":
+        return _perplexity_summary(records)
+    by_dataset = defaultdict(list)
+    for record in records:
+        by_dataset[record["dataset"]].append(record["score"])
+    datasets = {
+        name: {"samples": len(scores), "score": round(100 * float(np.mean(scores)), 2)}
+        for name, scores in sorted(by_dataset.items())
+    }
+    summary = {"task": task, "samples": len(records), "datasets": datasets}
+    if datasets:
+        summary["average"] = round(float(np.mean([d["score"] for d in datasets.values()])), 2)
+    summary["truncated"] = sum(bool(r.get("truncated")) for r in records)
+    if task == "passkey":
+        summary["accuracy"] = _passkey_grid(records)
+    return summary
+
+
+def _passkey_grid(records) -> dict:
+    """{length: {depth: accuracy %}} plus each length's mean over depths."""
+    cells = defaultdict(list)
+    for r in records:
+        cells[(r["context_length"], r["depth"])].append(r["score"])
+    grid: dict = defaultdict(dict)
+    for (length, depth), scores in sorted(cells.items()):
+        grid[str(length)][f"{depth:g}"] = round(100 * float(np.mean(scores)), 2)
+    for row in grid.values():
+        row["all"] = round(float(np.mean(list(row.values()))), 2)
+    return dict(grid)
+
+
+def _perplexity_summary(records) -> dict:
+    if not records:
+        return {"task": "perplexity", "documents": 0}
+    nll = np.asarray([r["bucket_nll"] for r in records])  # [docs, buckets]
+    tokens = np.asarray([r["bucket_tokens"] for r in records])
+    mean = (nll * tokens).sum(0) / tokens.sum(0)
+    stderr = nll.std(0, ddof=1) / math.sqrt(len(records)) if len(records) > 1 else 0 * mean
+    length = records[0]["tokens"]
+    bucket = math.ceil((length - 1) / len(mean))
+    overall = float((nll * tokens).sum() / tokens.sum())
+    return {
+        "task": "perplexity",
+        "documents": len(records),
+        "tokens_per_document": length,
+        "loss": round(overall, 4),
+        "perplexity": round(math.exp(overall), 3),
+        "buckets": [
+            {"start": i * bucket, "loss": round(float(m), 4), "stderr": round(float(e), 4)}
+            for i, (m, e) in enumerate(zip(mean, stderr, strict=True))
+        ],
+    }
+
+
+def markdown_table(summary: dict) -> str:
+    if summary["task"] == "perplexity":
+        if not summary["documents"]:
+            return "no documents scored"
+        lines = [
+            f"perplexity over {summary['documents']} document(s) of "
+            f"{summary['tokens_per_document']} tokens: loss {summary['loss']} "
+            f"(ppl {summary['perplexity']})",
+            "",
+            "| positions from | loss (nats/token) | ± stderr |",
+            "|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {b['start']} | {b['loss']:.4f} | {b['stderr']:.4f} |" for b in summary["buckets"]
+        ]
+        return "\n".join(lines)
+    lines = ["| dataset | samples | score |", "|---|---:|---:|"]
+    lines += [
+        f"| {n} | {d['samples']} | {d['score']:.2f} |" for n, d in summary["datasets"].items()
+    ]
+    if "average" in summary:
+        lines.append(f"| **average** | {summary['samples']} | **{summary['average']:.2f}** |")
+    if summary.get("accuracy"):
+        depths = _depths(summary["accuracy"])
+        lines += [
+            "",
+            "pass-key accuracy (%) by prompt length (rows) and needle depth (columns):",
+            "",
+        ]
+        lines.append("| length | " + " | ".join(depths) + " | all |")
+        lines.append("|---:|" + "---:|" * (len(depths) + 1))
+        for length, row in summary["accuracy"].items():
+            cells = [f"{row[d]:.0f}" if d in row else "" for d in [*depths, "all"]]
+            lines.append(f"| {length} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _depths(grid: dict) -> list[str]:
+    """The needle depths of a pass-key grid {length: {depth: accuracy, "all": mean}}, in order."""
+    return sorted({d for row in grid.values() for d in row if d != "all"}, key=float)
+
+
+def run_label(settings: dict) -> str:
+    """The run's mode, with its window and sinks unless it is full attention."""
+    mode = settings["mode"]
+    return mode if mode == "full" else f"{mode} (W {settings['window']}, S {settings['sinks']})"
+
+
+def _loss_by_position(ax, summary: dict, label: str) -> None:
+    """A perplexity run's bucket losses with their standard-error band."""
+    starts = [b["start"] for b in summary["buckets"]]
+    loss = np.asarray([b["loss"] for b in summary["buckets"]])
+    err = np.asarray([b["stderr"] for b in summary["buckets"]])
+    ax.plot(starts, loss, marker="o", label=label)
+    ax.fill_between(starts, loss - err, loss + err, alpha=0.25)
+    ax.set(xlabel="position (tokens)", ylabel="loss (nats/token)")
+
+
+def write_report(out: Path, settings: dict, records: list[dict], config) -> dict:
+    """summary.json, summary.md and the plots; returns the summary."""
+    summary = summarize(settings["task"], records)
+    summary["settings"] = {k: settings[k] for k in ("mode", "window", "sinks", "max_length")}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    (out / "summary.md").write_text(markdown_table(summary) + "\n")
+    if records:
+        _plots(out, settings, summary, records, config)
+    return summary
+
+
+def _plots(out: Path, settings: dict, summary: dict, records: list[dict], config) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label = run_label(settings)
+    if settings["task"] == "perplexity":
+        fig, ax = plt.subplots(figsize=(7, 4))
+        _loss_by_position(ax, summary, label)
+        ax.set(title="loss by position")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "loss_by_position.png", dpi=120)
+        plt.close(fig)
+    elif settings["task"] == "passkey":
+        grid = summary["accuracy"]
+        depths = _depths(grid)
+        matrix = np.asarray([[grid[length].get(d, np.nan) for length in grid] for d in depths])
+        fig, ax = plt.subplots(figsize=(1.2 * len(grid) + 3, 0.5 * len(depths) + 2.5))
+        image = ax.imshow(matrix, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(grid)), list(grid))
+        ax.set_yticks(range(len(depths)), depths)
+        ax.set(xlabel="prompt length (tokens)", ylabel="needle depth", title=f"pass key, {label}")
+        fig.colorbar(image, label="accuracy %")
+        fig.tight_layout()
+        fig.savefig(out / "passkey.png", dpi=120)
+        plt.close(fig)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        by_dataset = defaultdict(list)
+        for r in records:
+            by_dataset[r["dataset"]].append((r["prompt_tokens"], 100 * r["score"]))
+        for name, points in sorted(by_dataset.items()):
+            x, y = zip(*sorted(points), strict=True)
+            ax.plot(x, y, marker="o", linestyle="none", alpha=0.6, label=name)
+        ax.set(xlabel="prompt tokens", ylabel="score", title=f"{settings['task']}, {label}")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        fig.savefig(out / "score_by_length.png", dpi=120)
+        plt.close(fig)
+    _memory_plot(out, settings, records, config, label, plt)
+
+
+def _memory_plot(out, settings, records, config, label, plt) -> None:
+    """Cache bytes per sequence measured after each batch, and what the cost model predicts."""
+    # a sequence's cache is sized for its prompt plus its generation budget
+    tokens = np.asarray(
+        [r.get("tokens") or r["prompt_tokens"] + r["max_new_tokens"] for r in records]
+    )
+    capacity = np.where(  # slots per layer; the slot table and length are shared by a batch
+        settings["mode"] == "full", tokens, settings["window"] + settings["sinks"]
+    )
+    shared = 4 * (capacity + 1)
+    batch = np.asarray([r["batch_size"] for r in records])
+    measured = (np.asarray([r["cache_bytes"] for r in records]) - shared) / batch + shared
+    lengths = np.linspace(1, tokens.max() * 1.1, 50).astype(int)
+    mode, window, sinks = settings["mode"], settings["window"], settings["sinks"]
+    if mode == "full":  # the cache holds every token (generation sizes it prompt + budget)
+        modelled = [table.decode_cache_bytes(config, int(n), 0, "full") for n in lengths]
+    else:
+        modelled = [table.decode_cache_bytes(config, window, sinks, mode)] * len(lengths)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(lengths, np.asarray(modelled) / 2**20, label=f"cost model, {mode}")
+    ax.plot(tokens, measured / 2**20, "o", alpha=0.6, label=f"measured, {label}")
+    ax.set(xlabel="tokens in the sequence", ylabel="decode cache (MiB per sequence)",
+           title="cache memory against length")  # fmt: skip
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "memory_by_length.png", dpi=120)
+    plt.close(fig)
+
+
+def compare_plot(run_dirs: list[Path], path: Path) -> None:
+    """One figure of several runs of a task: loss by position (perplexity) or accuracy by length
+    (pass key), one line per run, labelled by its mode, window and sinks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tasks = set()
+    for run in run_dirs:
+        summary = json.loads((Path(run) / "summary.json").read_text())
+        tasks.add(summary["task"])
+        label = run_label(summary["settings"])
+        if summary["task"] == "perplexity":
+            _loss_by_position(ax, summary, label)
+        elif summary["task"] == "passkey":
+            lengths = list(summary["accuracy"])
+            ax.plot([int(n) for n in lengths], [summary["accuracy"][n]["all"] for n in lengths],
+                    marker="o", label=label)  # fmt: skip
+            ax.set(xlabel="prompt length (tokens)", ylabel="pass-key accuracy %", ylim=(-5, 105))
+        else:
+            raise ValueError(f"{run}: compare plots cover perplexity and passkey runs")
+    if len(tasks) != 1:
+        raise ValueError(f"the runs mix tasks {sorted(tasks)}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    # python -m ahn_jax.evaluation.report --runs OUT_FULL,OUT_SWA,OUT_AHN --plot compare.png
+    from absl import app, flags
+
+    flags.DEFINE_list("runs", None, "evaluate --out directories of one task", required=True)
+    flags.DEFINE_string("plot", "compare.png", "PNG to write")
+
+    def main(argv) -> None:
+        del argv
+        compare_plot([Path(r) for r in flags.FLAGS.runs], Path(flags.FLAGS.plot))
+        print(f"wrote {flags.FLAGS.plot}")
+
+    app.run(main)

@@ -1,0 +1,94 @@
+"""An evaluation's settings and its results on disk: run.json (the settings a resumed run must
+match), predictions.jsonl (one scored record per sample, appended as batches finish)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from absl import app, logging
+
+from ahn_jax import jsonl
+
+TASKS = ("lveval", "infinitebench", "longbench", "passkey", "perplexity")
+PREDICTIONS, RUN_SETTINGS = "predictions.jsonl", "run.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What determines the scores: a resumed run must match them (they go to run.json)."""
+
+    task: str
+    model: str
+    ahn: str | None
+    mode: str
+    window: int
+    sinks: int
+    max_length: int | None
+    max_new_tokens: int | None
+    chat: bool
+    dtype: str
+    extra: dict  # task-specific: passkey lengths/depths/samples/seed, perplexity bucket
+
+
+def check_settings(out: Path, settings: Settings) -> None:
+    """Write run.json, or check that the run being resumed had the same settings."""
+    path = out / RUN_SETTINGS
+    current = json.loads(json.dumps(dataclasses.asdict(settings)))
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
+        if changed:
+            details = ", ".join(f"{k}: {before.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise app.UsageError(
+                f"{out} holds a run with other settings ({details}); use another --out "
+                "or remove that directory"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def read_results(out: Path) -> list[dict]:
+    """Scored records already in `out`. A torn last line (a crash mid-write) is dropped."""
+    path = out / PREDICTIONS
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+
+    def torn(error: jsonl.InvalidJsonError) -> None:
+        if error.number != len(lines):
+            raise error
+        logging.warning("%s:%d: dropping a partly written record", path, error.number)
+        path.write_text("".join(f"{x}\n" for x in lines[:-1]), encoding="utf-8")
+
+    return [record for _, record in jsonl.read_jsonl(path, on_invalid=torn)]
+
+
+def append_results(out: Path, records: Iterable[dict]) -> None:
+    with open(out / PREDICTIONS, "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def data_files(paths: Sequence[str]) -> list[Path]:
+    files = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(path.glob("*.jsonl"))
+            if not found:
+                raise app.UsageError(f"--data {path}: the directory has no .jsonl files")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise app.UsageError(f"--data {path}: no such file or directory")
+    if not files:
+        raise app.UsageError("--data is required for this task")
+    return files

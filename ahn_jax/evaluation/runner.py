@@ -1,0 +1,124 @@
+"""Generation tasks (LV-Eval, InfiniteBench, LongBench, pass-key retrieval): prompts as the
+reference evaluation builds them, batched greedy decoding, scoring, results appended to disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ahn_jax.evaluation import passkey, tasks
+from ahn_jax.evaluation.metrics import passkey_exact_match
+from ahn_jax.evaluation.results import (
+    Settings,
+    append_results,
+    read_results,
+)
+from ahn_jax.inference import generate as generate_lib
+
+
+@dataclasses.dataclass
+class Prompt:
+    """One generation job: token ids and what scoring needs."""
+
+    id: str
+    ids: list[int]
+    max_new: int
+    record: dict  # copied into the result (dataset, answers, lengths, ...)
+
+
+def benchmark_prompts(benchmark, files, tokenizer, settings: Settings, dataset) -> list[Prompt]:
+    prompts = []
+    for path in files:
+        samples, problems = tasks.read_samples(benchmark, path, dataset)
+        for problem in problems:
+            print(f"skipping {problem}", file=sys.stderr)
+        for sample in samples:
+            spec = benchmark.datasets[sample.dataset]
+            max_new = settings.max_new_tokens or spec.max_gen
+            text, truncated = tasks.truncate_prompt(
+                tokenizer, sample.prompt, benchmark, settings.max_length, max_new
+            )
+            ids = tasks.prompt_ids(tokenizer, text, settings.chat and spec.chat)
+            record = dict(
+                dataset=sample.dataset,
+                answers=sample.answers,
+                keywords=sample.keywords,
+                length=sample.length,
+                truncated=truncated,
+            )
+            prompts.append(Prompt(sample.id, ids, max_new, record))
+    return prompts
+
+
+def passkey_prompts(tokenizer, settings: Settings) -> list[Prompt]:
+    extra = settings.extra
+    samples = passkey.passkey_samples(
+        tokenizer, extra["lengths"], extra["depths"], extra["samples"], extra["seed"]
+    )
+    return [
+        Prompt(
+            s.id,
+            s.ids,
+            settings.max_new_tokens or 10,
+            dict(dataset="passkey", answers=[s.passkey], context_length=s.length, depth=s.depth),
+        )
+        for s in samples
+    ]
+
+
+def score_prediction(task: str, record: dict, prediction: str) -> float:
+    if task == "passkey":
+        return passkey_exact_match(prediction, record["answers"][0])
+    benchmark = tasks.BENCHMARKS[task]
+    return tasks.score(
+        benchmark, record["dataset"], prediction, record["answers"], record.get("keywords")
+    )
+
+
+def run_generation(
+    model, tokenizer, prompts: list[Prompt], settings: Settings, out: Path, batch_size: int
+):
+    """Decode the prompts not yet scored in `out`, in batches of equal length, appending results."""
+    done = {r["id"] for r in read_results(out)}
+    todo = [p for p in prompts if p.id not in done]
+    groups: dict[tuple[int, int], list[Prompt]] = {}
+    for prompt in todo:
+        groups.setdefault((len(prompt.ids), prompt.max_new), []).append(prompt)
+    stops = generate_lib.stop_ids(tokenizer)
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=settings.task)
+    for (_, max_new), group in sorted(groups.items()):
+        for start in range(0, len(group), batch_size):
+            batch = group[start : start + batch_size]
+            caches: list = []
+            outputs = generate_lib.generate(
+                model,
+                [p.ids for p in batch],
+                max_new_tokens=max_new,
+                mode=settings.mode,
+                window=settings.window,
+                sinks=settings.sinks,
+                stop_ids=stops,
+                on_cache=caches.append,
+            )
+            results = []
+            for prompt, new in zip(batch, outputs, strict=True):
+                prediction = tokenizer.decode(new, skip_special_tokens=True)
+                results.append(
+                    dict(
+                        id=prompt.id,
+                        **prompt.record,
+                        pred=prediction,
+                        score=score_prediction(settings.task, prompt.record, prediction),
+                        prompt_tokens=len(prompt.ids),
+                        generated_tokens=len(new),
+                        max_new_tokens=max_new,
+                        cache_bytes=caches[0].nbytes(),
+                        batch_size=len(batch),
+                    )
+                )
+            append_results(out, results)
+            bar.update(len(batch))
+    bar.close()

@@ -1,0 +1,1 @@
+"""Generation with the constant-size cache."""

@@ -1,0 +1,118 @@
+"""One decoder layer: the Qwen2 block, with the layer's AHN memory in mode "ahn".
+
+The parallel forward (`__call__`, training and scoring) and the cached path (`with_cache`, prefill
+and decode) share the projections, the memory read and the residual tail, so the two cannot drift
+apart; docs/method.md §Method says where the memory plugs in.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from ahn_jax.config import ModelConfig
+from ahn_jax.model import layers, memory
+from kernels import window_attention
+
+
+def _masked_where(keep, x):
+    """x where `keep` ([T] over the sequence axis 1), else 0."""
+    return jnp.where(keep.reshape((1, -1) + (1,) * (x.ndim - 2)), x, 0)
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, ahn_output_init: str = "zeros"):
+        self.input_norm = layers.RMSNorm(config.hidden_size, config)
+        self.attn = layers.AttentionProjections(config, rngs)
+        self.post_attn_norm = layers.RMSNorm(config.hidden_size, config)
+        self.mlp = layers.SwiGLU(config, rngs)
+        if config.ahn_type is not None:
+            self.ahn = memory.make_memory(config, rngs, ahn_output_init)
+
+    def _project(self, x_BTD, cos_BTH, sin_BTH):
+        h = self.input_norm(x_BTD)
+        q, k, v = self.attn.qkv(h)
+        return h, layers.apply_rope(q, cos_BTH, sin_BTH), layers.apply_rope(k, cos_BTH, sin_BTH), v
+
+    def _finish(self, x_BTD, attn_BTNH):
+        x_BTD = x_BTD + self.attn.out(attn_BTNH)
+        return x_BTD + self.mlp(self.post_attn_norm(x_BTD))
+
+    def __call__(
+        self, x_BTD, cos_BTH, sin_BTH, *, mode="full", window=None, sinks=0, with_attention=False
+    ):
+        """The parallel forward; `with_attention` also returns the pre-o_proj attention output
+        (AHN output included), which the per-layer `distill` loss compares."""
+        h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
+        if mode == "full":
+            attn = window_attention.causal_attention(q, k, v)
+        else:
+            attn = window_attention.causal_attention(q, k, v, window=window, sinks=sinks)
+        if mode == "ahn":
+            attn = attn + self.memory(h, q, k, v, window, sinks)
+        out = self._finish(x_BTD, attn)
+        return (out, attn) if with_attention else out
+
+    def memory(self, h_BTD, q_BTNH, k_BTKH, v_BTKH, window, sinks):
+        """The AHN output [B, T, N, H] of the parallel forward. The memory runs over all T
+        positions, item t holding the token t - W that leaves the window as t arrives; items
+        with nothing to evict (t < S + W) get identity gates, so shapes never depend on W, S."""
+        t = jnp.arange(q_BTNH.shape[1])
+        y, _ = self._read_memory(
+            h_BTD,
+            q_BTNH,
+            (k_BTKH, v_BTKH, self.ahn.write_gates(h_BTD)),
+            evict_index=jnp.maximum(t - window, 0),
+            evicting=t - window >= sinks,
+            state=None,
+            impl="chunked",
+        )
+        return y
+
+    def _read_memory(self, h_BTD, q_BTNH, sources, evict_index, evicting, state, impl):
+        """Write the evicted items (k, v and gates gathered from `sources` at `evict_index`,
+        identity gates where not `evicting`) and read with the current queries: the one memory
+        path of the parallel forward and of prefill/decode. Returns (y, final state)."""
+        k, v, gates = sources
+        gates = {
+            n: _masked_where(evicting, jnp.take(g, evict_index, axis=1)) for n, g in gates.items()
+        }
+        k_ev, v_ev = (
+            memory.repeat_kv(jnp.take(x, evict_index, axis=1), q_BTNH.shape[2]).astype(q_BTNH.dtype)
+            for x in (k, v)
+        )
+        o, state = self.ahn.recurrence(q_BTNH, k_ev, v_ev, gates, state, impl)
+        return _masked_where(evicting, self.ahn.output(o, h_BTD)), state
+
+    def with_cache(self, x_BTD, cos_BTH, sin_BTH, arrays: dict, plan, mode: str):
+        """P new tokens against this layer's cache arrays (ahn_jax/model/cache.py); returns the new
+        hidden states and arrays."""
+        h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
+        k_all = jnp.concatenate([arrays["k"], k.astype(arrays["k"].dtype)], axis=1)
+        v_all = jnp.concatenate([arrays["v"], v.astype(arrays["v"].dtype)], axis=1)
+        attn = window_attention.masked_attention(
+            q, k_all.astype(q.dtype), v_all.astype(q.dtype), plan.mask
+        )
+        kept = {
+            "k": jnp.take(k_all, plan.keep_index, axis=1),
+            "v": jnp.take(v_all, plan.keep_index, axis=1),
+            "gates": arrays["gates"],
+            "state": arrays["state"],
+        }
+        if mode == "ahn":
+            new_gates = self.ahn.write_gates(h)
+            gates_all = {
+                n: jnp.concatenate([arrays["gates"][n], new_gates[n]], 1) for n in new_gates
+            }
+            kept["gates"] = {n: jnp.take(g, plan.keep_index, axis=1) for n, g in gates_all.items()}
+            y, kept["state"] = self._read_memory(
+                h,
+                q,
+                (k_all, v_all, gates_all),
+                evict_index=plan.evict_index,
+                evicting=plan.evicting,
+                state=arrays["state"],
+                impl=memory.recurrence_impl(q.shape[1]),
+            )
+            attn = attn + y
+        return self._finish(x_BTD, attn), kept

@@ -1,0 +1,263 @@
+"""The Qwen2/Qwen2.5 decoder with AHN: three modes, scanned layers, remat, the `jax.jit` core.
+
+`AhnModel(config, rngs)` is an NNX module; calling it runs a jitted pure function of its split
+state (`forward`), so there is no Python graph walk per call. The decoder layers are created with
+`nnx.vmap` (a leading `layers` axis on every weight) and applied with `jax.lax.scan`, so compile
+time does not grow with depth.
+
+Modes (ahn_spec §1.2): "full" is causal attention (the teacher, and plain Qwen2); "swa" restricts
+each query to S sinks + a window of W keys; "ahn" adds, before the frozen o_proj, the output of the
+layer's AHN, which has absorbed every token that left the window. Inference goes through
+`init_cache` / `prefill` / `decode_step`, whose cache (ahn_jax/model/cache.py) never grows past
+S + W.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ahn_jax.config import MODES, ModelConfig
+from ahn_jax.model import layers, memory
+from ahn_jax.model.cache import DecodeCache, empty_cache, extend_plan
+from ahn_jax.model.decoder import DecoderLayer
+from ahn_jax.model.sharding import constrain
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class AhnModel(nnx.Module):
+    """Qwen2/Qwen2.5 causal LM, with an AHN per layer when `config.ahn_type` is set.
+
+    `model(input_ids, mode=...)` returns fp32 logits [B, T, V]; `init_cache` / `prefill` /
+    `decode_step` run inference with a cache of constant size (ahn_jax/model/cache.py).
+    """
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, ahn_output_init: str = "zeros"):
+        self.config = config
+        V, D = config.vocab_size, config.hidden_size
+        self.embed_tokens = nnx.Param(
+            layers.INIT_STDDEV * jax.random.normal(rngs.params(), (V, D), config.jnp_param_dtype),
+            logical_axes=("vocab", "embed"),
+        )
+
+        @nnx.vmap(transform_metadata={nnx.PARTITION_NAME: None, "logical_axes": "layers"})
+        def make_layers(layer_rngs):
+            return DecoderLayer(config, layer_rngs, ahn_output_init)
+
+        self.layers = make_layers(rngs.split(config.num_layers))
+        self.final_norm = layers.RMSNorm(D, config)
+        if not config.tie_word_embeddings:
+            self.lm_head = nnx.Param(
+                layers.INIT_STDDEV
+                * jax.random.normal(rngs.params(), (D, V), config.jnp_param_dtype),
+                logical_axes=("embed", "vocab"),
+            )
+
+    # ---- parallel forward -------------------------------------------------------------------
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        *,
+        mode: str = "full",
+        window=None,
+        sinks=0,
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
+        """Logits [B, T, V] in fp32. Modes: "full" (causal attention, the teacher), "swa" (S sinks
+        + a window of W keys) and "ahn" (swa plus the memory of evicted tokens). `window` and
+        `sinks` are runtime values: new ones do not recompile."""
+        input_ids = jnp.asarray(input_ids)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+        window, sinks = self._check_mode(mode, window, sinks)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        elif jnp.shape(positions) != input_ids.shape:
+            raise ValueError(
+                f"positions must have the shape of input_ids {input_ids.shape}, "
+                f"got {jnp.shape(positions)}"
+            )
+        graphdef, state = nnx.split(self)
+        return forward(graphdef, state, input_ids, jnp.asarray(positions), window, sinks, mode=mode)
+
+    def _check_supported(self, mode):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "ahn" and self.config.ahn_type is None:
+            raise ValueError(
+                "mode 'ahn' needs AHN weights: load with from_pretrained(..., ahn_type=...) or "
+                "ahn_path=..., or set memory.type in the config"
+            )
+
+    def _check_mode(self, mode, window, sinks):
+        self._check_supported(mode)
+        if mode == "full":
+            return jnp.int32(0), jnp.int32(0)
+        if window is None:
+            raise ValueError(f"mode {mode!r} needs window=W (the sliding window, sinks excluded)")
+        for name, value, low in (("window", window, 1), ("sinks", sinks, 0)):
+            if not isinstance(value, jax.core.Tracer) and int(value) < low:
+                raise ValueError(f"{name} must be >= {low}, got {int(value)}")
+        return jnp.asarray(window, jnp.int32), jnp.asarray(sinks, jnp.int32)
+
+    def _embed(self, input_ids_BT, positions_BT):
+        config = self.config
+        x = jnp.take(self.embed_tokens[...], input_ids_BT, axis=0).astype(config.jnp_dtype)
+        cos, sin = layers.rope_tables(positions_BT, config.head_dim, config.rope_theta)
+        return constrain(x, ("batch", "length", "embed")), cos, sin
+
+    def _layer_windows(self, window, length):
+        """Per-layer windows: layers kept as full attention see the whole sequence."""
+        full = jnp.zeros((self.config.num_layers,), bool)
+        if self.config.full_attention_layers:
+            full = full.at[jnp.asarray(self.config.full_attention_layers)].set(True)
+        return jnp.where(full, jnp.maximum(length, 1), window)
+
+    def logits(self, input_ids_BT, positions_BT, *, mode="full", window=None, sinks=0):
+        """The traced computation behind `__call__` (call it inside jit/grad of your own)."""
+        x, _ = self.hidden_states(input_ids_BT, positions_BT, mode=mode, window=window, sinks=sinks)
+        return self._vocab_logits(x)
+
+    def hidden_states(
+        self, input_ids_BT, positions_BT, *, mode="full", window=None, sinks=0, collect=False
+    ):
+        """Final-normed hidden states [B, T, D] (the input of `lm_head_DV`), and with `collect`
+        every layer's attention output before o_proj, stacked [L, B, T, N, H] (else None)."""
+        x, cos, sin = self._embed(input_ids_BT, positions_BT)
+        windows = self._layer_windows(window if window is not None else 0, x.shape[1])
+
+        def layer_step(x_BTD, inputs):
+            layer, layer_window = inputs
+            x_BTD = constrain(x_BTD, ("batch", "length", "embed"))
+            x_BTD, attn = layer(
+                x_BTD, cos, sin, mode=mode, window=layer_window, sinks=sinks, with_attention=True
+            )
+            return constrain(x_BTD, ("batch", "length", "embed")), attn if collect else None
+
+        if self.config.remat_policy != "none":
+            policy = _REMAT_POLICIES[self.config.remat_policy]
+            layer_step = jax.checkpoint(layer_step, policy=policy)
+        x, attentions = jax.lax.scan(layer_step, x, (self.layers, windows))
+        return self.final_norm(x), attentions
+
+    def lm_head_DV(self) -> jax.Array:
+        """The output projection [D, V] in the compute dtype (the embedding when tied)."""
+        head = self.embed_tokens[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+        return head.astype(self.config.jnp_dtype)
+
+    def _vocab_logits(self, normed_x):
+        return jnp.einsum(
+            "...D,DV->...V", normed_x, self.lm_head_DV(), preferred_element_type=jnp.float32
+        )
+
+    # ---- inference with a constant-size cache ------------------------------------------------
+
+    def init_cache(self, batch_size: int, *, window: int, sinks: int = 0, mode: str | None = None):
+        """An empty cache of S + W slots per layer. `mode` defaults to "ahn" when the model has
+        AHN weights, else "swa"; mode "full" is plain attention over up to `window` tokens."""
+        config = self.config
+        mode = mode or ("ahn" if config.ahn_type else "swa")
+        self._check_supported(mode)  # window and sinks are checked by empty_cache
+        if config.full_attention_layers and mode != "full":
+            raise NotImplementedError(
+                "memory.full_attention_layers is not supported by the constant-size cache (those "
+                "layers' caches grow with the context); use the parallel forward"
+            )
+        return empty_cache(
+            num_layers=config.num_layers,
+            batch_size=batch_size,
+            window=window,
+            sinks=sinks,
+            num_kv_heads=config.num_kv_heads,
+            num_heads=config.num_heads,
+            head_dim=config.head_dim,
+            gate_names=memory.gate_names(config.ahn_type) if config.ahn_type else (),
+            dtype=config.jnp_dtype,
+            mode=mode,
+        )
+
+    def prefill(
+        self,
+        input_ids: jax.Array,
+        cache: DecodeCache,
+        *,
+        chunk_size: int = 1024,
+        all_logits: bool = False,
+    ):
+        """Feed a prompt [B, P] (any P >= 1) into the cache, `chunk_size` tokens at a time.
+
+        Returns (logits, cache): the last position's logits [B, V], or [B, P, V] with
+        `all_logits`. Calls may follow each other (and decode steps): the state carries over."""
+        input_ids = jnp.asarray(input_ids)
+        if input_ids.ndim != 2 or input_ids.shape[1] < 1:
+            raise ValueError(f"input_ids must be [batch, length >= 1], got {input_ids.shape}")
+        if input_ids.shape[0] != cache.k.shape[1]:
+            raise ValueError(
+                f"input_ids has batch {input_ids.shape[0]}, the cache {cache.k.shape[1]}"
+            )
+        graphdef, state = nnx.split(self)
+        pieces = []
+        for start in range(0, input_ids.shape[1], chunk_size):
+            logits, cache = extend_cache(
+                graphdef, state, input_ids[:, start : start + chunk_size], cache, all_logits
+            )
+            pieces.append(logits)
+        return (jnp.concatenate(pieces, axis=1) if all_logits else pieces[-1]), cache
+
+    def decode_step(self, token_ids: jax.Array, cache: DecodeCache):
+        """One token per row: token_ids [B] -> (logits [B, V], cache)."""
+        graphdef, state = nnx.split(self)
+        return decode_step(graphdef, state, token_ids, cache)
+
+    def cached_logits(self, input_ids_BP, cache: DecodeCache, all_logits: bool):
+        """The traced computation behind prefill/decode: P new tokens against the cache."""
+        plan = extend_plan(cache, input_ids_BP.shape[1])
+        positions = jnp.broadcast_to(plan.positions, input_ids_BP.shape)
+        x, cos, sin = self._embed(input_ids_BP, positions)
+
+        def layer_step(x_BTD, inputs):
+            layer, arrays = inputs
+            return layer.with_cache(x_BTD, cos, sin, arrays, plan, cache.mode)
+
+        x, arrays = jax.lax.scan(layer_step, x, (self.layers, cache.layer_arrays()))
+        logits = self._vocab_logits(self.final_norm(x if all_logits else x[:, -1]))
+        new_cache = cache.replace(
+            **arrays, slot_pos=plan.slot_pos, length=cache.length + input_ids_BP.shape[1]
+        )
+        return logits, new_cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mode"))
+def forward(graphdef, state, input_ids_BT, positions_BT, window, sinks, *, mode="full"):
+    """Pure function of the split model state: fp32 logits [B, T, V]."""
+    model = nnx.merge(graphdef, state)
+    return model.logits(input_ids_BT, positions_BT, mode=mode, window=window, sinks=sinks)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "all_logits"))
+def extend_cache(graphdef, state, input_ids_BP, cache, all_logits=False):
+    """Pure prefill of P tokens: (logits, new cache)."""
+    return nnx.merge(graphdef, state).cached_logits(input_ids_BP, cache, all_logits)
+
+
+def decode_step(graphdef, state, token_ids_B, cache):
+    """Pure decode step, usable inside jit and lax.scan: (logits [B, V], new cache)."""
+    return extend_cache(graphdef, state, token_ids_B[:, None], cache)
+
+
+def init_model(config: ModelConfig, seed: int = 0, ahn_output_init: str = "zeros") -> AhnModel:
+    return AhnModel(config, nnx.Rngs(params=seed), ahn_output_init)
+
+
+def abstract_model(config: ModelConfig) -> AhnModel:
+    """The model with ShapeDtypeStruct leaves: shapes and metadata, nothing allocated."""
+    return nnx.eval_shape(lambda: init_model(config))

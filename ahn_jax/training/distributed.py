@@ -1,0 +1,61 @@
+"""Several processes and devices: joining a multi-process run, the training mesh, agreeing on
+values every process must share."""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from ahn_jax.config import ConfigError, TrainConfig
+from ahn_jax.model.sharding import MeshError, make_mesh
+
+
+def initialize_distributed(t: TrainConfig) -> None:
+    """Join the other processes of a multi-process run (TPU pod hosts, GPU nodes). Empty
+    address / -1 count and id let JAX find them itself (TPU pods, SLURM)."""
+    if not t.distributed or jax.distributed.is_initialized():
+        return
+    settings = {
+        "coordinator_address": t.coordinator_address or None,
+        "num_processes": None if t.num_processes < 0 else t.num_processes,
+        "process_id": None if t.process_id < 0 else t.process_id,
+    }
+    jax.distributed.initialize(**settings)
+    logging.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def parse_mesh(spec: str) -> dict[str, int]:
+    """ "data=2,fsdp=4,tensor=1" -> {"data": 2, "fsdp": 4, "tensor": 1}."""
+    sizes = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, size = part.partition("=")
+        if not size.strip().isdigit():
+            raise ConfigError(f"train.mesh = {spec!r}: {part!r} is not axis=size")
+        sizes[name.strip()] = int(size)
+    return sizes
+
+
+def on_mesh(mesh):
+    """The mesh as jit's context, or nothing on a single device."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
+
+
+def make_train_mesh(spec: str) -> jax.sharding.Mesh | None:
+    if not spec:
+        return None
+    try:
+        return make_mesh(parse_mesh(spec))
+    except MeshError as e:
+        raise ConfigError(f"train.mesh = {spec!r}: {e}") from e
+
+
+def global_max(value: int) -> int:
+    """The largest value over all processes (each sees only its own rows): every process must
+    sample the same window and sinks."""
+    if jax.process_count() == 1:
+        return value
+    return int(multihost_utils.process_allgather(np.int32(value)).max())

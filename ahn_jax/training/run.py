@@ -1,0 +1,151 @@
+"""A training run's state and its set-up: the base with fresh AHN weights on the mesh, the
+optimizer, the data iterator, the checkpoint manager (restoring the latest checkpoint)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import grain
+import jax
+import jax.numpy as jnp
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import NamedSharding
+from ml_collections import ConfigDict
+
+from ahn_jax.checkpoints.pretrained import from_pretrained
+from ahn_jax.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    run_configs,
+    validate_config,
+)
+from ahn_jax.model.memory import AhnParam
+from ahn_jax.model.sharding import partition_spec, shard_module
+from ahn_jax.model.transformer import init_model
+from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
+from ahn_jax.training import data
+from ahn_jax.training.checkpointing import restore_latest
+from ahn_jax.training.distributed import initialize_distributed, make_train_mesh, on_mesh
+from ahn_jax.training.optimizer import optimizer_for
+
+
+def load_base(t: TrainConfig, model_config: ModelConfig, mesh=None):
+    """The frozen base (a checkpoint, or the config's random init) with fresh AHN weights,
+    placed on `mesh` by the logical-axis rules when one is given."""
+    if t.base_checkpoint:
+        return from_pretrained(
+            t.base_checkpoint,
+            ahn_type=model_config.ahn_type,
+            seed=t.seed,
+            dtype=model_config.jnp_param_dtype,
+            compute_dtype=model_config.jnp_dtype,
+            remat_policy=model_config.remat_policy,
+            mesh=mesh,
+        )
+    model = init_model(model_config, seed=t.seed)
+    return model if mesh is None else shard_module(model, mesh)
+
+
+def length_buckets(t: TrainConfig) -> tuple[int, ...]:
+    """Batch lengths. Processes pad their rows alone, so several processes use the largest only:
+    the rows of one global batch must agree on its length."""
+    buckets = t.length_buckets or (t.seq_len,)
+    return buckets if jax.process_count() == 1 else (max(buckets),)
+
+
+def tokenizer_for(d: DataConfig, t: TrainConfig):
+    if d.tokenizer == "bytes":
+        return ByteTokenizer()
+    directory = d.tokenizer_dir or t.base_checkpoint
+    if not directory:
+        raise ConfigError("data.tokenizer = 'checkpoint' needs train.base_checkpoint")
+    return HFTokenizer.from_dir(directory)
+
+
+@dataclasses.dataclass
+class Run:
+    config: ConfigDict  # the config file's sections as given (saved with each checkpoint)
+    model_config: ModelConfig
+    train: TrainConfig
+    data: DataConfig
+    graphdef: nnx.GraphDef
+    trainable: nnx.State  # what the optimizer updates: the AHN weights (the base: pretraining)
+    frozen: nnx.State
+    opt_state: optax.OptState
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    iterator: grain.DatasetIterator
+    manager: ocp.CheckpointManager
+    output_dir: Path
+    skips: data.SkipCounter
+    start_step: int = 0
+    step_fn: Callable | None = None  # the jitted train step, once made
+    mesh: jax.sharding.Mesh | None = None
+
+    def place_batch(self, batch: dict) -> dict:
+        """The batch as arrays, split over the mesh's data-parallel axes."""
+        local = {k: batch[k] for k in ("input_ids", "labels")}
+        if self.mesh is None:
+            return {k: jnp.asarray(v) for k, v in local.items()}
+        rows, length = local["input_ids"].shape
+        global_shape = (rows * jax.process_count(), length)
+        spec = partition_spec(("batch", None), global_shape, self.mesh)
+        sharding = NamedSharding(self.mesh, spec)
+        # each process holds its own rows of the global batch
+        return {
+            k: jax.make_array_from_process_local_data(sharding, v, global_shape)
+            for k, v in local.items()
+        }
+
+
+def setup(config: ConfigDict) -> Run:
+    """The run of a config ConfigDict: its sections checked and typed, the model, optimizer, data
+    and checkpoint manager made, and the latest checkpoint in its output directory restored."""
+    model_config = validate_config(config)
+    t, d = run_configs(config)
+    pretrain = t.objective == "pretrain"
+    if pretrain and model_config.ahn_type is not None:
+        raise ConfigError("train.objective = 'pretrain' trains the base: set ahn.type = None")
+    if not pretrain and model_config.ahn_type is None:
+        raise ConfigError("ahn.type must be set to train AHN weights")
+    initialize_distributed(t)
+    mesh = make_train_mesh(t.mesh)
+    output_dir = Path(t.output_dir).absolute()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model = load_base(t, model_config, mesh)
+    # distillation trains the AHN weights only; pretraining every weight of the base
+    graphdef, trainable, frozen = nnx.split(model, nnx.Param if pretrain else AhnParam, ...)
+    tx, schedule = optimizer_for(t)
+    # initialised by the compiler, under the mesh: moments placed like their weights, scalars
+    # such as Adam's count on every device of the step (as `compile_check` derives them), so a
+    # checkpoint restores onto placements that jit accepts
+    with on_mesh(mesh):
+        opt_state = jax.jit(tx.init)(trainable)
+    skips = data.SkipCounter()
+    dataset = data.make_dataset(
+        d,
+        tokenizer_for(d, t),
+        batch_size=t.batch_size // jax.process_count(),
+        seed=t.seed,
+        buckets=length_buckets(t),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        skips=skips,
+    )
+    iterator = iter(dataset)
+    manager = ocp.CheckpointManager(
+        output_dir / "checkpoints",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=t.keep_checkpoints, enable_async_checkpointing=True
+        ),
+    )
+    run = Run(config, model_config, t, d, graphdef, trainable, frozen, opt_state, tx, schedule,
+              iterator, manager, output_dir, skips, mesh=mesh)  # fmt: skip
+    restore_latest(run)
+    return run

@@ -1,0 +1,75 @@
+"""Sink + sliding-window causal attention: query t sees key s iff s <= t and (t - s < W or s < S).
+
+impls of `sink_window_attention`:
+  "reference"  dense [T, T] mask (`naive`, the oracle); W and S may be traced.
+  "blocked"    XLA, blocks of queries against the key blocks that hold a visible key, online softmax
+               (`blocked`): compute proportional to T (W + S); W and S may be traced (one compile
+               for all of them). The same path serves `causal_attention`, which the model runs.
+  "splash"     Pallas TPU splash attention with a fused sink-or-local mask (`pallas`; interpret
+               mode off TPU); W and S must be Python ints (the mask is preprocessed per (T, W, S)).
+Layout q [B, T, N, H], k [B, T, K, H], v [B, T, K, E]: k/v may have fewer heads than q
+(grouped-query attention, K dividing N).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from kernels.window_attention import blocked, naive
+from kernels.window_attention.naive import masked_attention, visible
+
+IMPLS = ("reference", "blocked", "splash")
+# query/key block of the blocked path; sequences up to one block take the dense path
+BLOCK = 512
+
+__all__ = ["BLOCK", "IMPLS", "causal_attention", "masked_attention", "sink_window_attention", "visible"]
+
+
+def _static_int(x, name):
+    try:
+        return int(x)
+    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+        raise ValueError(
+            f"{name} is traced: impl='splash' needs a Python int (impl='blocked' takes traced ones)"
+        ) from e
+
+
+def sink_window_attention(q, k, v, *, window, sinks, scale=None, impl="reference", block_size=128):
+    """Causal attention restricted to S sinks plus a window of W keys (the query's own included).
+
+    q [B, T, N, H], k [B, T, K, H], v [B, T, K, E] -> [B, T, N, E]. `block_size` is the query and
+    key block of impl="blocked".
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    B, T, N, H = q.shape
+    if k.ndim != 4 or k.shape[:2] != (B, T) or v.shape[:3] != k.shape[:3] or N % k.shape[2]:
+        raise ValueError(
+            f"k, v must be [B, T, K, H] with K dividing q's {N} heads; got {k.shape}, {v.shape}"
+        )
+    scale = H**-0.5 if scale is None else scale
+    if impl == "reference":
+        return naive.reference(q, k, v, window, sinks, scale)
+    if impl == "splash":
+        from kernels.window_attention import pallas  # Pallas is imported only when asked for
+
+        return pallas.attention(
+            q, k, v, _static_int(window, "window"), _static_int(sinks, "sinks"), scale
+        )
+    return blocked.blocked(q, k, v, window, sinks, scale, block_size)
+
+
+def causal_attention(q, k, v, *, scale=None, block: int = BLOCK, window=None, sinks=0):
+    """Causal attention, optionally restricted to `sinks` + `window` (both may be traced).
+
+    Sequences up to `block` take the dense reference; longer ones the blocked path (kernels/
+    window_attention/blocked.py): the [T, T] score matrix is never formed and key blocks with no
+    visible key are skipped, so compute follows what is visible (T^2 / 2 causal, T (W + S)
+    windowed) while one compile serves every W and S; differentiable.
+    """
+    T, H = q.shape[1], q.shape[-1]
+    scale = H**-0.5 if scale is None else scale
+    window = T if window is None else window
+    if T <= block:
+        return naive.reference(q, k, v, window, sinks, scale)
+    return blocked.blocked(q, k, v, window, sinks, scale, block)

@@ -1,0 +1,130 @@
+"""The typed `train` and `data` sections: defaults, errors naming the field, overrides."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from ahn_jax.config import (
+    DATA_DEFAULTS,
+    TRAIN_DEFAULTS,
+    ConfigError,
+    DataConfig,
+    TrainConfig,
+    load_config_file,
+    make_config,
+    run_configs,
+)
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+MODEL = dict(vocab_size=256, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=2,
+             num_kv_heads=1, head_dim=16)  # fmt: skip
+
+
+def test_defaults_are_the_papers_recipe():
+    train, data = TrainConfig(), DataConfig()
+    assert (train.steps, train.batch_size, train.seq_len, train.learning_rate) == (
+        740, 128, 24576, 1e-4)  # fmt: skip
+    assert (train.objective, train.loss, train.window_sampling) == ("distill", "kl", "random")
+    assert (data.format, data.filter_len, data.cutoff_len) == ("chat", 288, 24576)
+    assert TRAIN_DEFAULTS == train.to_dict() and DATA_DEFAULTS == data.to_dict()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("[!_]*.py")))
+def test_every_config_file_gives_typed_sections(name):
+    config = load_config_file(CONFIGS / f"{name}.py")
+    for typed, section in ((TrainConfig, config.train), (DataConfig, config.data)):
+        settings = section.to_dict()
+        fields = typed.from_dict(settings).to_dict()
+        for key, value in settings.items():
+            assert fields[key] == (tuple(value) if isinstance(value, list) else value), key
+
+
+@pytest.mark.parametrize(
+    "section, changes, message",
+    [
+        ("train", {"stepz": 10}, r"unknown setting\(s\) train\.stepz"),
+        ("data", {"held_outt": ("hamlet",)}, r"unknown setting\(s\) data\.held_outt"),
+        ("train", {"steps": "10"}, r"train\.steps must be a positive integer, got '10'"),
+        ("train", {"seed": 1.5}, r"train\.seed must be an integer, got 1\.5"),
+        ("train", {"learning_rate": "fast"}, r"train\.learning_rate must be a number"),
+        ("train", {"mesh": 8}, r"train\.mesh must be a string, got 8"),
+        ("train", {"tensorboard": "yes"}, r"train\.tensorboard must be True or False"),
+        ("train", {"window_choices": (64, "128")}, r"train\.window_choices must be a sequence"),
+        ("data", {"cutoff_len": "512"}, r"data\.cutoff_len must be a positive integer"),
+        ("data", {"paths": "a.jsonl"}, r"data\.paths must be a sequence of strings"),
+        ("data", {"recall": 3}, r"data\.recall must be a mapping, got 3"),
+        ("data", {"format": "csv"}, r"data\.format must be one of"),
+        ("data", {"tokenizer": "words"}, r"data\.tokenizer must be one of"),
+    ],
+)
+def test_unknown_and_mistyped_fields_are_named(section, changes, message):
+    with pytest.raises(ConfigError, match=message):  # when the config file is made
+        make_config(MODEL, ahn_type="gdn", **{section: changes})
+    typed = {"train": TrainConfig, "data": DataConfig}[section]
+    with pytest.raises(ConfigError, match=message):
+        typed.from_dict(changes)
+
+
+def test_fields_get_their_types():
+    train = TrainConfig.from_dict({"learning_rate": 1, "length_buckets": [128, 256]})
+    assert train.learning_rate == 1.0 and isinstance(train.learning_rate, float)
+    assert train.length_buckets == (128, 256)
+    data = DataConfig.from_dict({"paths": [Path("a.jsonl")], "held_out": ["hamlet"]})
+    assert data.paths == ("a.jsonl",) and data.held_out == ("hamlet",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        train.steps = 3  # type: ignore[misc]
+    assert train.replace(steps=3).steps == 3
+    with pytest.raises(ConfigError, match=r"train\.steps must be a positive integer, got 0"):
+        train.replace(steps=0)
+
+
+def test_overrides_of_the_config_dict_apply():
+    config = load_config_file(CONFIGS / "tiny_gdn.py")
+    config.train.steps = 7
+    config.train.update(window_sampling="fixed", window=32, sinks=4)
+    config.data.cutoff_len = 256
+    train, data = run_configs(config)
+    assert (train.steps, train.window_sampling, train.window, train.sinks) == (7, "fixed", 32, 4)
+    assert data.cutoff_len == 256 and data.held_out == config.data.held_out
+    config.train.stepz = 3  # an unlocked ConfigDict takes a new key; the run does not
+    with pytest.raises(ConfigError, match=r"train\.stepz"):
+        run_configs(config)
+
+
+def _parse_command_line(*overrides):
+    """`--config` as the tools define it (ahn_jax/cli.py), on a private FlagValues."""
+    argv = ["prog", f"--config={CONFIGS / 'tiny_gdn.py'}", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "config file", flag_values=flag_values,
+                                    lock_config=False, sys_argv=argv)  # fmt: skip
+    flag_values(argv)
+    return flag_values.config
+
+
+def test_command_line_overrides_apply_before_the_typed_sections_are_made():
+    config = _parse_command_line("--config.train.steps=3", "--config.data.held_out=('hamlet',)",
+                                 "--config.train.mesh=fsdp=2")  # fmt: skip
+    train, data = run_configs(config)
+    assert (train.steps, train.mesh, data.held_out) == (3, "fsdp=2", ("hamlet",))
+    with pytest.raises(AttributeError, match="stepz"):  # ml_collections names the unknown field
+        _parse_command_line("--config.train.stepz=3")
+
+
+def test_a_run_checks_the_sections_against_each_other_and_the_file_system(tmp_path):
+    def config(**changes):
+        return make_config(MODEL, ahn_type="gdn", train=dict(seq_len=256),
+                           data={"cutoff_len": 256, **changes})  # fmt: skip
+
+    with pytest.raises(ConfigError, match=r"data\.cutoff_len \(512\) must not exceed"):
+        run_configs(config(cutoff_len=512))
+    with pytest.raises(ConfigError, match=r"data\.paths has '.*nowhere\.jsonl'"):
+        run_configs(config(paths=[str(tmp_path / "nowhere.jsonl")]))
+    missing = make_config(MODEL, ahn_type="gdn", train=dict(base_checkpoint="/nowhere/qwen"))
+    with pytest.raises(ConfigError, match=r"train\.base_checkpoint = '/nowhere/qwen'"):
+        run_configs(missing)
+    del missing["data"]
+    with pytest.raises(ConfigError, match="no 'data' section"):
+        run_configs(missing)

@@ -1,0 +1,108 @@
+"""Costs from shapes: parameter counts (ahn_spec §1.3), cache memory and FLOPs (§4, Table 9)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ahn_jax.config import load_config_file, validate_config
+from ahn_jax.costs import table
+from ahn_jax.costs.table import parameter_counts
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+AHN_PARAMS = {  # ahn_spec §1.3
+    "qwen3b": {"mamba2": 11_872_512, "dn": 11_801_088, "gdn": 12_982_464},
+    "qwen7b": {"mamba2": 18_568_256, "dn": 18_468_352, "gdn": 21_280_560},
+    "qwen14b": {"mamba2": 51_371_520, "dn": 51_124_224, "gdn": 60_960_384},
+}
+BASE_PARAMS = {"qwen3b": 3_085_938_688, "qwen7b": 7_615_616_512, "qwen14b": 14_770_033_664}
+
+
+@pytest.mark.parametrize("base", sorted(AHN_PARAMS))
+def test_parameter_counts_match_the_reference(base):
+    config = validate_config(load_config_file(CONFIGS / f"{base}_gdn.py"))
+    for ahn_type, expected in AHN_PARAMS[base].items():
+        counts = parameter_counts(config.replace(ahn_type=ahn_type))
+        assert counts == {"base_params": BASE_PARAMS[base], "ahn_params": expected}, ahn_type
+
+
+def test_costs_cli_prints_json():
+    out = subprocess.run(
+        [sys.executable, "-m", "ahn_jax.costs", f"--config={CONFIGS / 'qwen7b_gdn.py'}",
+         "--ahn_type", "dn", "--json"],
+        capture_output=True, text=True, check=True, cwd=CONFIGS.parent,
+    )  # fmt: skip
+    result = json.loads(out.stdout)
+    assert result["base_params"] == BASE_PARAMS["qwen7b"]
+    assert result["ahn_params"] == 18_468_352
+    assert result["ahn_type"] == "dn"
+
+
+def _config(base):
+    return validate_config(load_config_file(CONFIGS / f"{base}_gdn.py"))
+
+
+def test_table_9_cache_and_mixing_flops_at_128k():
+    """The paper's Table 9 at L = 128,000, W + S = 32,768, 4 bytes per value, to its precision."""
+    three_b = table.report(_config("qwen3b"))  # the CLI's defaults: W 32640, S 128
+    cache = three_b["cache_bytes"]
+    assert [round(cache[m] / 1e9, 2) for m in ("full", "swa", "ahn")] == [9.44, 2.42, 2.45]
+    assert round(100 * (1 - cache["ahn"] / cache["full"]), 1) == 74.0
+    for base, printed in (("qwen7b", [14.7, 3.76, 3.81]), ("qwen14b", [50.33, 12.88, 13.01])):
+        cache = table.report(_config(base))["cache_bytes"]
+        digits = 1 if base == "qwen7b" else 2  # the paper prints 7B's full cache as 14.7
+        got = [round(cache["full"] / 1e9, digits)] + [
+            round(cache[m] / 1e9, 2) for m in ("swa", "ahn")
+        ]
+        assert got == printed, base
+    mixing_ratios = {b: table.report(_config(b))["ratios"]["mixing_ahn_over_full"]
+                     for b in ("qwen3b", "qwen7b", "qwen14b")}  # fmt: skip
+    assert {b: round(100 * r, 1) for b, r in mixing_ratios.items()} == {
+        "qwen3b": 46.7, "qwen7b": 48.2, "qwen14b": 49.7
+    }  # fmt: skip
+    mixing = three_b["mixing_flops"]
+    assert (round(mixing["full"] / 1e15, 2), round(mixing["ahn"] / 1e15, 2)) == (2.50, 1.17)
+    fourteen = table.report(_config("qwen14b"))["mixing_flops"]
+    # the paper prints 8.83 -> 4.38; the formula gives 8.826 -> 4.386 (its last digit truncated)
+    assert fourteen["full"] / 1e15 == pytest.approx(8.83, abs=0.005)
+    assert fourteen["ahn"] / 1e15 == pytest.approx(4.38, abs=0.01)
+    # the gate cache the paper leaves out: (beta, log alpha) in fp32 per head and kept token
+    assert three_b["gate_cache_bytes"] == 36 * 32768 * 16 * 2 * 4
+
+
+def test_cache_held_by_decode_equals_the_model_at_every_length():
+    """Bytes really held by the decode cache, at lengths before and far beyond S + W, equal
+    what `costs` predicts, and stay constant."""
+    import jax.numpy as jnp
+    from shared import tiny_config
+
+    from ahn_jax.model.transformer import init_model
+
+    config = tiny_config(num_layers=2, ahn_type="gdn")
+    model = init_model(config, seed=0)
+    window, sinks = 12, 4
+    for mode in ("ahn", "swa"):
+        predicted = table.decode_cache_bytes(config, window, sinks, mode, batch_size=2)
+        cache = model.init_cache(2, window=window, sinks=sinks, mode=mode)
+        held = []
+        ids = jnp.ones((2, 5), jnp.int32)
+        for _ in range(8):  # 40 tokens: the window fills at 16, then evicts
+            _, cache = model.prefill(ids, cache)
+            held.append(cache.nbytes())
+        assert held == [predicted] * 8, mode
+    # the paper's formula is the KV + state part of it (fp32 here: 4 bytes per value)
+    paper = table.cache_bytes(config, 40, window, sinks, bytes_per_element=4)["ahn"]
+    gates = table.gate_cache_bytes(config, window, sinks)
+    assert table.decode_cache_bytes(config, window, sinks, "ahn") == paper + gates + 4 * (16 + 1)
+
+
+def test_costs_cli_writes_the_plot(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "ahn_jax.costs", f"--config={CONFIGS / 'qwen3b_gdn.py'}",
+         "--length", "65536", "--window", "8064", "--sinks", "128", f"--plot={tmp_path / 'c.png'}"],
+        capture_output=True, text=True, check=True, cwd=CONFIGS.parent,
+    )  # fmt: skip
+    assert "cache:" in out.stdout and "mixing FLOPs:" in out.stdout
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

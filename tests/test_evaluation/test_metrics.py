@@ -1,0 +1,100 @@
+"""Benchmark metrics and loaders against hand-made fixtures in each benchmark's schema.
+
+Every expected score in fixtures/eval/metric_cases.jsonl was worked out by hand (its "why" field
+shows the arithmetic), so these tests check our port of the reference's scoring rules, not the
+port against itself.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ahn_jax.evaluation import metrics, tasks
+from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+CASES = [json.loads(line) for line in (FIXTURES / "metric_cases.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['dataset']}:{c['pred'][:12]}")
+def test_hand_scored_predictions(case):
+    if case["benchmark"] == "passkey":
+        got = metrics.passkey_exact_match(case["pred"], case["answers"][0])
+    else:
+        benchmark = tasks.BENCHMARKS[case["benchmark"]]
+        got = tasks.score(
+            benchmark, case["dataset"], case["pred"], case["answers"], case["keywords"]
+        )
+    # 1e-7: rouge's F adds 1e-8 to its denominator
+    assert got == pytest.approx(case["expected"], abs=1e-7), case["why"]
+
+
+def test_every_dataset_has_a_hand_scored_case():
+    covered = {(c["benchmark"], c["dataset"]) for c in CASES}
+    for benchmark in tasks.BENCHMARKS.values():
+        assert {(benchmark.name, d) for d in benchmark.datasets} <= covered
+
+
+def test_rouge_errors_score_zero():
+    assert metrics.rouge_score("", "an answer") == 0.0  # rouge raises on empty text
+
+
+def test_lveval_loader_reads_the_schema_and_reports_bad_lines():
+    path = FIXTURES / "lveval" / "factrecall_en_128k.jsonl"
+    samples, problems = tasks.read_samples(tasks.LVEVAL, path)
+    assert [s.id for s in samples] == ["factrecall_en_128k:1", "factrecall_en_128k:3"]
+    assert {s.dataset for s in samples} == {"factrecall_en"}  # the length level is dropped
+    assert samples[0].keywords == "David Beckham" and samples[1].keywords == "Paris"
+    assert samples[0].length == 13
+    assert samples[0].prompt == (
+        "Please answer the following questions based on the given article.\n\nArticle: Many "
+        "people say so. David Beckham is the greatest footballer. Nobody disagrees.\n\nPlease "
+        "answer the following questions based on the above article.\n\nQuestion: Who is the "
+        "greatest footballer?\nAnswer:"
+    )
+    assert problems == [f"{path}:2: field 'answers' must be a non-empty list of strings"]
+    zh, problems = tasks.read_samples(tasks.LVEVAL, FIXTURES / "lveval" / "cmrc_mixup_128k.jsonl")
+    assert not problems and zh[0].prompt.startswith("请根据下面给定的文章回答问题")
+    assert "文章：北京是中国的首都。\n\n现在请基于上述文章" in zh[0].prompt
+
+
+def test_longbench_and_infinitebench_loaders():
+    hotpot = FIXTURES / "longbench" / "hotpotqa.jsonl"
+    samples, problems = tasks.read_samples(tasks.LONGBENCH, hotpot)
+    assert len(samples) == 2 and samples[1].answers == ["Denmark", "Helsingør, Denmark"]
+    assert samples[0].prompt.endswith("Question: Who wrote Hamlet?\nAnswer:")
+    assert len(problems) == 1 and problems[0].startswith(f"{hotpot}:3: invalid JSON")
+    book = FIXTURES / "infinitebench" / "longbook_qa_eng.jsonl"
+    samples, problems = tasks.read_samples(tasks.INFINITEBENCH, book)
+    assert samples[0].answers == ["Moby Dick"] and samples[0].dataset == "longbook_qa_eng"
+    assert samples[0].prompt.endswith("Question: What was the whale's name?\n\nBe very concise.")
+    assert problems == [f"{book}:2: a record must be a JSON object"]
+    # a file named after no dataset of the benchmark: the error names the known ones
+    _, problems = tasks.read_samples(tasks.INFINITEBENCH, hotpot)
+    assert "dataset 'hotpotqa' is not one of infinitebench's" in problems[0]
+
+
+def test_truncation_as_the_reference():
+    tokenizer, prompt = ByteTokenizer(), "abcdefghij"
+    middle = tasks.LVEVAL
+    assert tasks.truncate_prompt(tokenizer, prompt, middle, 10, 64) == (prompt, False)
+    assert tasks.truncate_prompt(tokenizer, prompt, middle, 4, 64) == ("abij", True)
+    front = tasks.LONGBENCH  # keeps the last max_length - max_gen tokens
+    assert tasks.truncate_prompt(tokenizer, prompt, front, 4, 1) == ("hij", True)
+    assert tasks.truncate_prompt(tokenizer, prompt, front, 12, 5) == (prompt, False)
+
+
+def test_chat_template_follows_the_reference_rule(qwen25_tokenizer_dir):
+    tokenizer = HFTokenizer.from_dir(qwen25_tokenizer_dir)
+    assert tasks.uses_chat("qwen2.5-3b-ahn-gdn", "auto")
+    assert not tasks.uses_chat("Qwen2.5-3B-Instruct", "auto")  # the reference's substring
+    assert tasks.uses_chat("Qwen2.5-3B-Instruct", "on")
+    assert not tasks.uses_chat("qwen2.5", "off")
+    ids = tasks.prompt_ids(tokenizer, "Who?", chat=True)
+    assert tokenizer.decode(ids) == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+        "assistant.<|im_end|>\n<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert tasks.prompt_ids(tokenizer, "Who?", chat=False) == tokenizer.encode("Who?")
+    assert not tasks.LONGBENCH.datasets["triviaqa"].chat  # few-shot: raw prompt

@@ -1,0 +1,197 @@
+"""Sink + window attention: the blocked path (the one `causal_attention`, and so the model, runs)
+and splash equal the dense reference, forward and backward, for traced W and S."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from checks import assert_close
+
+from kernels.window_attention import causal_attention, sink_window_attention, visible
+
+
+def make_qkv(T, N=4, K=2, H=8, seed=0, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((2, T, N, H))
+    k, v = rng.standard_normal((2, 2, T, K, H))
+    return tuple(jnp.asarray(a, dtype) for a in (q, k, v))
+
+
+@functools.partial(jax.jit, static_argnames=("impl",))
+def attend(impl, q, k, v, window, sinks):
+    return sink_window_attention(q, k, v, window=window, sinks=sinks, impl=impl, block_size=16)
+
+
+def test_mask_semantics_at_the_boundaries():
+    S, W = 3, 5
+    t, s = np.arange(12)[:, None], np.arange(12)[None, :]
+    mask = np.asarray(visible(t, s, W, S))
+    assert mask[7, 3] and mask[7, 2]  # t - s = 4 < W; s < S
+    assert not mask[8, 3]  # t - s = 5 == W, not a sink: evicted
+    assert mask[11, 0] and not mask[11, 4] and mask[11, 7]
+    assert not mask[2, 3]  # causal
+    # the first evicted token leaves exactly when t = S + W
+    assert mask[S + W - 1, S] and not mask[S + W, S]
+
+
+@pytest.mark.parametrize("W, S", [(5, 3), (16, 0), (40, 20), (1, 1), (33, 17), (7, 20)])
+def test_blocked_equals_reference(W, S):
+    q, k, v = make_qkv(77)
+    assert_close(attend("blocked", q, k, v, W, S), attend("reference", q, k, v, W, S))
+    # one compile serves every (W, S): they are traced
+    assert attend._cache_size() <= 2
+
+
+def test_blocked_sinks_across_a_block_edge_in_a_padded_sequence():
+    # the 18 sinks fill the first 16-block and reach into the second, which T = 25 leaves padded
+    q, k, v = make_qkv(25)
+    assert_close(attend("blocked", q, k, v, 5, 18), attend("reference", q, k, v, 5, 18))
+
+
+def test_blocked_gradients_equal_reference():
+    q, k, v = make_qkv(45)
+
+    def loss(impl):
+        return lambda q, k, v: jnp.sum(jnp.sin(attend(impl, q, k, v, 9, 4)))
+
+    want = jax.grad(loss("reference"), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(loss("blocked"), argnums=(0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", got, want, strict=True):
+        assert_close(a, b, name=f"d{name}")
+
+
+def test_reference_equals_plain_causal_when_window_covers_everything():
+    q, k, v = make_qkv(20, N=2, K=2)
+    out = sink_window_attention(q, k, v, window=20, sinks=0)
+    scores = jnp.einsum("btnd,bsnd->bnts", q, k) * 8**-0.5
+    scores = jnp.where(np.tril(np.ones((20, 20), bool)), scores, -jnp.inf)
+    want = jnp.einsum("bnts,bsnd->btnd", jax.nn.softmax(scores, -1), v)
+    assert_close(out, want)
+
+
+def test_blocked_takes_any_window_and_sinks_concrete_or_traced():
+    """No static bounds: a window or a sink prefix longer than the sequence, concrete or traced,
+    gives the reference's result (the removed static-bound path cut such windows)."""
+    q, k, v = make_qkv(10)
+    traced = jax.jit(
+        lambda w, s: sink_window_attention(q, k, v, window=w, sinks=s, impl="blocked", block_size=4)
+    )
+    for W, S in ((50, 0), (4, 30), (3, 2)):
+        want = sink_window_attention(q, k, v, window=W, sinks=S)
+        got = sink_window_attention(q, k, v, window=W, sinks=S, impl="blocked", block_size=4)
+        assert_close(got, want, name=f"W={W} S={S}")
+        assert_close(traced(W, S), want, name=f"traced W={W} S={S}")
+
+
+@pytest.mark.parametrize("impl", ["blocked", "splash"])
+def test_value_dim_may_differ_from_the_key_dim(impl):
+    q, k, _ = make_qkv(40)
+    v = jnp.asarray(np.random.default_rng(1).standard_normal((2, 40, 2, 12)), jnp.float32)
+    got = sink_window_attention(q, k, v, window=9, sinks=3, impl=impl, block_size=16)
+    assert got.shape == (2, 40, 4, 12)
+    assert_close(got, sink_window_attention(q, k, v, window=9, sinks=3))
+
+
+def test_splash_equals_reference_forward_and_backward():
+    """Splash with the fused sink-or-local mask (interpret mode on CPU), T padded to 128."""
+    q, k, v = make_qkv(150)
+
+    def loss(impl):
+        return lambda q, k, v: jnp.sum(
+            jnp.sin(sink_window_attention(q, k, v, window=37, sinks=5, impl=impl))
+        )
+
+    out = sink_window_attention(q, k, v, window=37, sinks=5, impl="splash")
+    assert_close(out, sink_window_attention(q, k, v, window=37, sinks=5))
+    want = jax.grad(loss("reference"), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(loss("splash"), argnums=(0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", got, want, strict=True):
+        assert_close(a, b, name=f"d{name}")
+
+
+def test_splash_needs_static_window():
+    q, k, v = make_qkv(8)
+    with pytest.raises(ValueError, match="window is traced"):
+        jax.jit(lambda w: sink_window_attention(q, k, v, window=w, sinks=0, impl="splash"))(4)
+
+
+@pytest.mark.parametrize("impl", ["blocked", "splash"])
+def test_bf16_inputs_within_fla_thresholds(impl):
+    q, k, v = make_qkv(130, dtype=jnp.bfloat16)
+    want = sink_window_attention(*(x.astype(jnp.float32) for x in (q, k, v)), window=33, sinks=5)
+    got = sink_window_attention(q, k, v, window=33, sinks=5, impl=impl, block_size=16)
+    assert got.dtype == jnp.bfloat16
+    assert_close(got, want, tol=0.005)
+
+
+# causal_attention: the entry point the model calls (dense up to `block`, blocked beyond)
+
+
+def _qkv(T, N=4, K=2, H=8, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 3)
+    return (
+        jax.random.normal(keys[0], (2, T, N, H)),
+        jax.random.normal(keys[1], (2, T, K, H)),
+        jax.random.normal(keys[2], (2, T, K, H)),
+    )
+
+
+def _dense(q, k, v):
+    return sink_window_attention(q, k, v, window=q.shape[1], sinks=0)
+
+
+@pytest.mark.parametrize("T, block, heads", [(37, 8, (4, 2)), (64, 16, (4, 4)), (50, 16, (4, 1))])
+def test_causal_attention_blocked_equals_dense(T, block, heads):
+    q, k, v = _qkv(T, N=heads[0], K=heads[1])
+    blocked = causal_attention(q, k, v, block=block)
+    np.testing.assert_allclose(np.asarray(blocked), np.asarray(_dense(q, k, v)), atol=2e-6)
+
+
+def test_causal_attention_blocked_gradients_equal_dense():
+    q, k, v = _qkv(45)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+    dense = jax.grad(loss(_dense), argnums=(0, 1, 2))(q, k, v)
+    blocked = jax.grad(loss(lambda q, k, v: causal_attention(q, k, v, block=8)), (0, 1, 2))(q, k, v)
+    for a, b in zip(dense, blocked, strict=True):
+        assert np.all(np.isfinite(np.asarray(b)))
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5, rtol=1e-5)
+
+
+def test_causal_attention_is_causal():
+    """Changing a later token never changes an earlier output."""
+    q, k, v = _qkv(40)
+    out = causal_attention(q, k, v, block=8)
+    k2, v2 = k.at[:, 30].add(5.0), v.at[:, 30].add(5.0)
+    out2 = causal_attention(q, k2, v2, block=8)
+    np.testing.assert_array_equal(np.asarray(out[:, :30]), np.asarray(out2[:, :30]))
+    assert not np.allclose(np.asarray(out[:, 30:]), np.asarray(out2[:, 30:]))
+
+
+@pytest.mark.parametrize("window, sinks", [(5, 3), (8, 0), (17, 9), (1, 0), (45, 0)])
+def test_causal_attention_sink_window_equals_reference_with_traced_bounds(window, sinks):
+    """The decoder's windowed path: W and S traced, one compile for all of them, and blocks
+    outside the sink prefix and the window band skipped without changing the result."""
+    q, k, v = _qkv(45)
+    blocked = jax.jit(lambda q, k, v, w, s: causal_attention(q, k, v, block=8, window=w, sinks=s))
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+    def reference(q, k, v):
+        return sink_window_attention(q, k, v, window=window, sinks=sinks)
+
+    def ours(q, k, v):
+        return blocked(q, k, v, jnp.int32(window), jnp.int32(sinks))
+
+    np.testing.assert_allclose(np.asarray(ours(q, k, v)), np.asarray(reference(q, k, v)), atol=2e-6)
+    for a, b in zip(
+        jax.grad(loss(reference), (0, 1, 2))(q, k, v),
+        jax.grad(loss(ours), (0, 1, 2))(q, k, v),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5, rtol=1e-5)

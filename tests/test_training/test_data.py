@@ -1,0 +1,155 @@
+"""Data: chat rendering and labels with the real Qwen2.5 tokenizer, bad records, order, shards."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from ahn_jax.config import DataConfig
+from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer, render_chat
+from ahn_jax.training import data
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is a hippocampus?"},
+    {"role": "assistant", "content": "A brain region for memory."},
+    {"role": "user", "content": "And AHN?"},
+    {"role": "assistant", "content": "A compressed memory for transformers."},
+]
+
+
+def test_chat_labels_cover_only_the_assistant(qwen25_tokenizer_dir):
+    tokenizer = HFTokenizer.from_dir(qwen25_tokenizer_dir)
+    ids, labels = data.encode_chat(tokenizer, CHAT)
+    np.testing.assert_array_equal(ids, tokenizer.encode(render_chat(CHAT)))
+    learned = tokenizer.decode(ids[labels != data.IGNORE])
+    assert (
+        learned
+        == "A brain region for memory.<|im_end|>A compressed memory for transformers.<|im_end|>"
+    )
+    np.testing.assert_array_equal(labels[labels != data.IGNORE], ids[labels != data.IGNORE])
+
+
+def test_sharegpt_and_openai_forms_agree():
+    sharegpt = {"conversations": [{"from": {"system": "system", "user": "human",
+                "assistant": "gpt"}[m["role"]], "value": m["content"]} for m in CHAT]}  # fmt: skip
+    assert data.chat_messages(sharegpt) == data.chat_messages({"messages": CHAT}) == CHAT
+
+
+def _config(paths, fmt="chat", cutoff_len=64):
+    return DataConfig(format=fmt, paths=tuple(str(p) for p in paths), filter_len=10,
+                      cutoff_len=cutoff_len)  # fmt: skip
+
+
+CHAT_LEN = 256  # byte-level chats: the default system prompt alone is ~100 bytes
+
+
+def _write_chat(path, n, bad_lines=()):
+    lines = []
+    for i in range(n):
+        reply = f"reply number {i} " * (1 + i % 3)
+        messages = [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": reply}]
+        lines.append(json.dumps({"messages": messages}))
+    for number, text in bad_lines:
+        lines.insert(number - 1, text)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_bad_records_are_skipped_counted_and_located(tmp_path, caplog):
+    path = tmp_path / "chat.jsonl"
+    bad = [(2, "{not json"), (4, json.dumps({"messages": [{"role": "user"}]})),
+           (6, json.dumps({"text": "no conversation"}))]  # fmt: skip
+    _write_chat(path, 12, bad)
+    skips = data.SkipCounter()
+    dataset = data.make_dataset(_config([path], cutoff_len=CHAT_LEN), ByteTokenizer(),
+                                batch_size=3, seed=0, buckets=(CHAT_LEN,), skips=skips)  # fmt: skip
+    iterator = iter(dataset)
+    with caplog.at_level(logging.WARNING):
+        batches = [next(iterator) for _ in range(8)]  # two passes over the 12 good records
+    assert skips.count >= 3
+    assert f"{path}:2" in caplog.text and f"{path}:4" in caplog.text and f"{path}:6" in caplog.text
+    assert all(b["input_ids"].shape == (3, CHAT_LEN) for b in batches)
+    assert all(int(b["lengths"].max()) < CHAT_LEN for b in batches)  # nothing cut: rows differ
+
+
+def test_filter_and_cutoff(tmp_path):
+    path = tmp_path / "text.jsonl"
+    texts = ["short", "x" * 30, "y" * 200]
+    path.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    dataset = data.make_dataset(_config([path], fmt="text"), ByteTokenizer(), batch_size=1,
+                                seed=0, buckets=(64,))  # fmt: skip
+    iterator = iter(dataset)
+    lengths = sorted({int(next(iterator)["lengths"][0]) for _ in range(10)})
+    assert lengths == [30, 64]  # "short" (5 <= filter_len 10) dropped, 200 cut at 64
+
+
+def test_order_is_seeded_and_the_iterator_state_resumes_exactly(tmp_path):
+    path = tmp_path / "chat.jsonl"
+    _write_chat(path, 20)
+
+    def make(seed=0, **kwargs):
+        return iter(
+            data.make_dataset(
+                _config([path], cutoff_len=CHAT_LEN),
+                ByteTokenizer(),
+                batch_size=2,
+                seed=seed,
+                buckets=(CHAT_LEN,),
+                **kwargs,
+            )
+        )
+
+    first = make()
+    for _ in range(3):
+        next(first)
+    state = first.get_state()
+    expected = [next(first)["input_ids"] for _ in range(4)]
+    resumed = make()
+    resumed.set_state(json.loads(json.dumps(state)))
+    for batch in expected:
+        np.testing.assert_array_equal(next(resumed)["input_ids"], batch)
+    other = make(seed=1)
+    assert any(not np.array_equal(next(other)["input_ids"], b) for b in [next(make())["input_ids"]])
+
+
+def test_processes_read_disjoint_shards_that_together_make_the_single_process_batches(tmp_path):
+    path = tmp_path / "text.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"document {i:03d} " * 3}) for i in range(16)))
+
+    def batches(batch_size, index, count):
+        dataset = data.make_dataset(_config([path], fmt="text"), ByteTokenizer(),
+                                    batch_size=batch_size, seed=0, buckets=(64,),
+                                    process_index=index, process_count=count)  # fmt: skip
+        it = iter(dataset)
+        return [{bytes(row[:12]) for row in next(it)["input_ids"]} for _ in range(8)]
+
+    shards = [batches(2, index, 2) for index in range(2)]
+    seen = [set().union(*shard[:4]) for shard in shards]  # the first epoch: 4 steps of 4 rows
+    assert len(seen[0]) == len(seen[1]) == 8 and not seen[0] & seen[1]
+    single = batches(4, 0, 1)
+    for step in range(8):  # the global batch of each step is the single process's batch
+        assert shards[0][step] | shards[1][step] == single[step], step
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
+        data.make_dataset(_config([tmp_path / "nowhere.jsonl"]), ByteTokenizer(), batch_size=1,
+                          seed=0, buckets=(64,))  # fmt: skip
+
+
+def test_recall_pairs_go_into_every_full_window_and_change_with_the_epoch(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("Now is the winter of our discontent made glorious summer. " * 12)  # 3 x 256
+    config = _config([path], fmt="text")
+    recall = {"span": 8, "pairs": 1, "min_gap": 40, "max_gap": 100}
+    config = config.replace(cutoff_len=256, recall=recall)
+    iterator = iter(data.make_dataset(config, ByteTokenizer(), batch_size=3, seed=0,
+                                      buckets=(256,)))  # fmt: skip
+    epochs = [next(iterator)["input_ids"] for _ in range(2)]
+    for batch in epochs:
+        for row in batch:
+            text = bytes(row.astype(np.uint8))
+            key = text.index(b"<k=")
+            assert text[key + 3 : key + 11] == text[text.index(b"<r=") + 3 :][:8]
+    assert not np.array_equal(np.sort(epochs[0], axis=0), np.sort(epochs[1], axis=0))

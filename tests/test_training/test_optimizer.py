@@ -1,0 +1,138 @@
+"""The optimizer: warmup + cosine schedule, global-norm clipping, AdamW as optax's, decay mask."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from shared import tiny_config
+
+from ahn_jax.config import TrainConfig
+from ahn_jax.model.memory import AhnParam
+from ahn_jax.model.transformer import init_model
+from ahn_jax.training.optimizer import NO_DECAY, decay_mask, learning_rate_schedule, optimizer_for
+
+PEAK, STEPS, WARMUP = 2e-3, 100, 0.2  # 20 warmup steps, then 80 of cosine decay
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():
+    schedule = learning_rate_schedule(PEAK, STEPS, WARMUP)
+    lr = np.asarray([float(schedule(step)) for step in range(STEPS + 1)])
+    np.testing.assert_allclose(lr[:21], PEAK * np.arange(21) / 20, rtol=1e-6, atol=1e-12)
+    progress = (np.arange(20, STEPS + 1) - 20) / 80
+    np.testing.assert_allclose(lr[20:], PEAK * 0.5 * (1 + np.cos(np.pi * progress)), atol=1e-9)
+    assert lr.max() == pytest.approx(PEAK) and lr[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_optimizer_for_reads_the_schedule_from_the_config():
+    config = TrainConfig(learning_rate=PEAK, steps=STEPS, warmup_fraction=WARMUP)
+    _, schedule = optimizer_for(config)
+    reference = learning_rate_schedule(PEAK, STEPS, WARMUP)
+    for step in (0, 7, 20, 55, STEPS):
+        assert float(schedule(step)) == pytest.approx(float(reference(step)), abs=1e-12)
+
+
+def _toy_params():
+    # plain nested dicts: names the mask exempts ("A_log", "norm") beside names that decay
+    rng = np.random.default_rng(0)
+    return {
+        "layer": {
+            "w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
+            "A_log": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+        },
+        "norm": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+        "head": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
+    }
+
+
+def _grads(step):
+    """Gradients whose global norm moves around max_grad_norm = 1: some steps are clipped."""
+    rng = np.random.default_rng(100 + step)
+    scale = (30.0, 0.2, 5.0, 0.05, 2.0, 0.7)[step % 6]
+    leaves = {
+        "layer": {"w": rng.normal(size=(4, 3)), "A_log": rng.normal(size=(3,))},
+        "norm": rng.normal(size=(3,)),
+        "head": rng.normal(size=(3, 2)),
+    }
+    return jax.tree.map(lambda g: jnp.asarray(scale * g / 3.0, jnp.float32), leaves)
+
+
+def _global_norm(grads) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads))))
+
+
+def _clipped(grads, max_norm):
+    """Global-norm clipping written out: one norm over every leaf together."""
+    return jax.tree.map(lambda g: g * min(1.0, max_norm / _global_norm(grads)), grads)
+
+
+def test_updates_are_optax_adamw_on_globally_clipped_gradients():
+    config = TrainConfig(learning_rate=PEAK, steps=12, warmup_fraction=0.25, weight_decay=0.1,
+                         max_grad_norm=1.0)  # fmt: skip
+    tx, schedule = optimizer_for(config)
+    exempt = {"layer": {"w": True, "A_log": False}, "norm": False, "head": True}
+    reference = optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=0.1, mask=exempt)
+    params = ref_params = _toy_params()
+    state, ref_state = tx.init(params), reference.init(ref_params)
+    clipped_steps = 0
+    for step in range(config.steps):
+        grads = _grads(step)
+        clipped_steps += _global_norm(grads) > config.max_grad_norm
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        ref_updates, ref_state = reference.update(
+            _clipped(grads, config.max_grad_norm), ref_state, ref_params
+        )
+        ref_params = optax.apply_updates(ref_params, ref_updates)
+        for ours, theirs in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-7, err_msg=f"step {step}")
+    assert 0 < clipped_steps < config.steps  # both sides of the clipping threshold were seen
+
+
+def test_one_adamw_step_by_hand():
+    """A constant gradient makes Adam's bias-corrected moments exactly g and g^2: the step is
+    -lr * (g / (|g| + eps) + weight_decay * param), with no decay term where the mask exempts."""
+    config = TrainConfig(learning_rate=PEAK, steps=10, warmup_fraction=0.2, weight_decay=0.3,
+                         max_grad_norm=1e9)  # fmt: skip
+    tx, schedule = optimizer_for(config)
+    params = _toy_params()
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+    state = tx.init(params)
+    for _ in range(3):  # steps 0, 1, 2: the learning rate of step 2 is 2/2 * PEAK
+        updates, state = tx.update(grads, state, params)
+    lr = float(schedule(2))
+    assert lr == pytest.approx(PEAK)
+    adam = 0.5 / (0.5 + 1e-8)
+    np.testing.assert_allclose(
+        updates["layer"]["w"], -lr * (adam + 0.3 * params["layer"]["w"]), rtol=1e-5
+    )
+    np.testing.assert_allclose(updates["head"], -lr * (adam + 0.3 * params["head"]), rtol=1e-5)
+    np.testing.assert_allclose(updates["layer"]["A_log"], np.full(3, -lr * adam), rtol=1e-5)
+    np.testing.assert_allclose(updates["norm"], np.full(3, -lr * adam), rtol=1e-5)
+
+
+def test_decay_mask_exempts_the_no_decay_names_of_plain_parameter_trees():
+    params = {name: jnp.zeros(2) for name in NO_DECAY}
+    params |= {
+        "q_kernel": jnp.zeros(2),
+        "dt_proj": jnp.zeros(2),
+        "layers": {"g_proj": jnp.zeros(2), "A_log": jnp.zeros(2)},
+    }
+    mask = decay_mask(params)
+    assert {name for name in NO_DECAY if mask[name]} == set()
+    assert mask["q_kernel"] and mask["dt_proj"] and mask["layers"]["g_proj"]
+    assert not mask["layers"]["A_log"]  # by the leaf's own name, at any depth
+
+
+@pytest.mark.parametrize("ahn_type", ["gdn", "mamba2"])
+def test_decay_mask_marks_the_model_weights_that_decay(ahn_type):
+    _, trainable, _ = nnx.split(init_model(tiny_config(ahn_type=ahn_type)), AhnParam, ...)
+    marks = {
+        jax.tree_util.keystr(path): bool(mark)
+        for path, mark in jax.tree_util.tree_leaves_with_path(decay_mask(trainable))
+    }
+    decaying = [path for path in marks if not any(f"['{n}']" in path for n in NO_DECAY)]
+    assert decaying and all(marks[path] for path in decaying), marks
+    # Only the weights that decay are checked here: on an nnx.State (flax 0.12) the mask does not
+    # yet see the names of the exempt ones (A_log, D, dt_bias, norms, biases) -- issue-tracked.
