@@ -4,10 +4,6 @@
   python -m ahn_jax.convert --hf_dir DIR --out CKPT [--dtype bfloat16|float32]
   python -m ahn_jax.convert --to_hf --ckpt CKPT --out DIR [--max_shard_gb 5]
   python -m ahn_jax.convert --ahn_only --ckpt CKPT --out DIR
-
-`main(argv)` parses its own flags (a private absl FlagValues), so that it can be called with an
-argument list: it returns 0 when written and 2 when a checkpoint or the output directory is
-wrong; a usage error exits with status 2.
 """
 
 from __future__ import annotations
@@ -46,7 +42,10 @@ def _usage_error(message: str) -> NoReturn:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Convert as the arguments (default: the command line's) say; the exit status."""
+    """Convert as the arguments (default: the command line's) say. The flags are parsed on a
+    private absl FlagValues, so that this can be called with an argument list: it returns 0 when
+    written and 2 when a checkpoint or the output directory is wrong; a usage error exits with
+    status 2."""
     flag_values = flags.FlagValues()
     define_flags(flag_values)
     try:

@@ -7,7 +7,7 @@
   python -m ahn_jax.evaluate --model DIR --task perplexity --data pg19.jsonl --max_length 32768 \\
       --bucket 2048 --out DIR
 
-Benchmarks run as the reference evaluation runs them (ahn_jax/tasks.py): its prompts,
+Benchmarks run as the reference evaluation runs them (ahn_jax/evaluation/tasks.py): its prompts,
 truncation (LV-Eval: middle; LongBench and InfiniteBench: keep the last max_length - max_gen
 tokens), Qwen chat template when the model name contains "qwen2" (--chat=auto), greedy decoding
 until an end token or the dataset's generation budget, and its metrics. Window, sinks and

@@ -3,7 +3,7 @@
   python bench/train_step.py [--models tiny 50m] [--lengths 2048 8192] [--repeats 2]
   JAX_PLATFORMS=cuda python bench/train_step.py ...   # on a GPU
 
-distill: `ahn_jax.train_step.make_train_step` as training runs it: teacher forward (full
+distill: `ahn_jax.training.step.make_train_step` as training runs it: teacher forward (full
   attention, no gradient) + student forward (sinks + window + AHN-GDN) + backward to the AHN
   weights + AdamW, KL loss tiled over sequence and vocabulary; fixed W = 512, S = 32.
 plain: a full-attention forward + backward of the same model with gradients for every weight

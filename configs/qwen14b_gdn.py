@@ -1,4 +1,4 @@
-"""Qwen2.5-14B-Instruct with an AHN-GDN memory in every layer (ahn_spec §1.1)."""
+"""Qwen2.5-14B-Instruct with an AHN-GDN memory in every layer (docs/method.md §Shapes)."""
 
 from ahn_jax.config import QWEN25_DEFAULTS, make_config
 

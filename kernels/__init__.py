@@ -14,6 +14,6 @@ Pallas form), and an `__init__` with the public entry points, which dispatch by 
 delta rule and SSD (`inter_chunk_pallas`), the oracles' checkpointed scan (`scan`), the mask value
 (`masking.MASKED`), shard_map carries (`varying`), `pallas_mode` and `tpu_aot`.
 
-Shape letters: see docs/method.md (Shapes). The math, what is tested where and known issues:
+Shape letters: docs/method.md §Shapes. The math, what is tested where and known issues:
 docs/kernels.md.
 """

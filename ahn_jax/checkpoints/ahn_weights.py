@@ -3,7 +3,7 @@
 This is how the released checkpoints (ByteDance-Seed/AHN-{GDN,DN,Mamba2}-for-Qwen-2.5-Instruct-*)
 are stored: tensors `model.layers.{i}.ahn.fn.<name>` in torch layout, and the base model's
 config.json with the reference's AHN fields (`_ahn_implementation`, `fa_layer_ids`, ...). They run
-on top of the base model they were trained for (ahn_spec §5 "Checkpoints").
+on top of the base model they were trained for (docs/method.md §Variants).
 """
 
 from __future__ import annotations

@@ -83,6 +83,29 @@ def _ahn_settings(path: Path, ahn_type, ahn_path) -> dict:
     return settings
 
 
+def _flat_shardings(abstract_state, mesh, rules) -> dict:
+    """Where each parameter goes: the first device, or the mesh by the logical-axis rules."""
+    if mesh is None:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(abstract_state))
+    else:
+        shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules))
+    return traverse_util.flatten_dict(shardings)
+
+
+def _restore_converted(path, config, flat_abstract, flat_shardings, ahn_path) -> dict:
+    """The parameters of a converted checkpoint, one at a time (bounded peak memory), placed as
+    they load; its AHN weights only when they are of the requested type and no `ahn_path` wins."""
+    stored_ahn = converted.read_marker(path).get("ahn", {}).get("ahn_type")
+    params = {}
+    for param_path, leaf in flat_abstract.items():
+        if _is_ahn(param_path) and (ahn_path is not None or stored_ahn != config.ahn_type):
+            continue
+        target = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=flat_shardings[param_path])
+        params[param_path] = converted.restore_param(path, param_path, target)
+    return params
+
+
 def from_pretrained(
     path: str | Path,
     *,
@@ -116,35 +139,21 @@ def from_pretrained(
     ahn_settings = _ahn_settings(path, ahn_type, ahn_path)
     config = base_config.replace(**ahn_settings)
     graphdef, abstract_state = nnx.split(abstract_model(config))
-    if mesh is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(abstract_state))
-    else:
-        shardings = nnx.to_pure_dict(state_shardings(abstract_state, mesh, rules))
-    flat_shardings = traverse_util.flatten_dict(shardings)
+    flat_shardings = _flat_shardings(abstract_state, mesh, rules)
     flat_abstract = traverse_util.flatten_dict(nnx.to_pure_dict(abstract_state))
     if converted.is_params_checkpoint(path):
-        stored_ahn = converted.read_marker(path).get("ahn", {}).get("ahn_type")
-        params = {}
-        for param_path, leaf in flat_abstract.items():  # one at a time: bounded peak memory
-            if _is_ahn(param_path) and (ahn_path is not None or stored_ahn != config.ahn_type):
-                continue
-            target = jax.ShapeDtypeStruct(
-                leaf.shape, leaf.dtype, sharding=flat_shardings[param_path]
-            )
-            params[param_path] = converted.restore_param(path, param_path, target)
+        params = _restore_converted(path, config, flat_abstract, flat_shardings, ahn_path)
     else:
-        # One device_put of the whole tree: on CPU it can alias the numpy buffers (measured
-        # 1.1x the checkpoint at peak, against 1.6x for a put per parameter).
+        # One device_put of the whole tree: on CPU it can alias the numpy buffers, a lower peak
+        # than a put per parameter (docs/benchmarks.md, "Checkpoint conversion memory").
         params = dict(iter_hf_params(path, base_config))
     missing_ahn = [p for p in flat_abstract if _is_ahn(p) and p not in params]
-    if missing_ahn:
-        if ahn_path is not None:
-            shapes = {p: flat_abstract[p].shape for p in missing_ahn}
-            params.update(ahn_weights.load_ahn_weights(ahn_path, config, shapes))
-        else:
-            fresh = init_ahn_weights(config, seed, ahn_output_init)
-            params.update({p: fresh[p] for p in missing_ahn})
+    if missing_ahn and ahn_path is not None:
+        shapes = {p: flat_abstract[p].shape for p in missing_ahn}
+        params.update(ahn_weights.load_ahn_weights(ahn_path, config, shapes))
+    elif missing_ahn:
+        fresh = init_ahn_weights(config, seed, ahn_output_init)
+        params.update({p: fresh[p] for p in missing_ahn})
     params = jax.device_put(params, {p: flat_shardings[p] for p in params})
     nnx.replace_by_pure_dict(abstract_state, traverse_util.unflatten_dict(params))
     return nnx.merge(graphdef, abstract_state)

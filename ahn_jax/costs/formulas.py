@@ -1,4 +1,4 @@
-"""FLOPs of a forward pass by the paper's accounting (ahn_spec §4, its Table 1 formulas).
+"""FLOPs of a forward pass by the paper's accounting (docs/method.md §Costs, the paper's Table 1).
 
 Per layer, with L tokens, D = hidden size, H = head dim, Nq / Nkv heads and W the lossless memory
 (window + sinks), matmuls only, causal:

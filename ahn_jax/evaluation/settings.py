@@ -50,18 +50,7 @@ def resolve_settings(
             raise app.UsageError(f"--task={task} --mode={mode} needs --window")
         window = 0
     max_length = max_length or (benchmark.max_length if benchmark else None)
-    extra: dict = {}
-    if task == "passkey":
-        extra = dict(
-            lengths=[int(x) for x in lengths],
-            depths=[float(x) for x in depths],
-            samples=samples,
-            seed=seed,
-        )
-    if task == "perplexity":
-        if max_length is None or max_length < 2:
-            raise app.UsageError("--task=perplexity needs --max_length (tokens per document) >= 2")
-        extra = dict(bucket=bucket or max(max_length // 16, 1))
+    extra = _task_extras(task, max_length, lengths, depths, samples, seed, bucket)
     model_name = model_name or Path(model).resolve().name
     use_chat = task in tasks.BENCHMARKS and tasks.uses_chat(model_name, chat)
     use_chat = use_chat or (task == "passkey" and chat == "on")
@@ -78,3 +67,19 @@ def resolve_settings(
         dtype=dtype,
         extra=extra,
     )
+
+
+def _task_extras(task, max_length, lengths, depths, samples, seed, bucket) -> dict:
+    """The settings only one task has: passkey's grid and seed, perplexity's position bucket."""
+    if task == "passkey":
+        return dict(
+            lengths=[int(x) for x in lengths],
+            depths=[float(x) for x in depths],
+            samples=samples,
+            seed=seed,
+        )
+    if task == "perplexity":
+        if max_length is None or max_length < 2:
+            raise app.UsageError("--task=perplexity needs --max_length (tokens per document) >= 2")
+        return dict(bucket=bucket or max(max_length // 16, 1))
+    return {}

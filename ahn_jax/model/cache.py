@@ -3,7 +3,7 @@
 Token p lives in slot p if p < S, else in slot S + (p - S) mod W, its key stored after RoPE at its
 absolute position. Token t evicts token t - W, which sits in exactly the slot token t will take:
 the ring never moves data, and the cache never grows past S + W entries whatever the context.
-Each slot also keeps the token's AHN write gates (ahn_spec §4's gate cache), so the memory ingests
+Each slot also keeps the token's AHN write gates (docs/method.md §Inference), so the memory ingests
 an evicted token without its hidden state; each layer keeps its AHN state [B, N, H, H] in fp32.
 
 Every batch row shares the positions (no padding), as in the reference. `extend_plan` works out,

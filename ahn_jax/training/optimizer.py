@@ -1,7 +1,7 @@
 """The optimizer of the AHN weights: AdamW, linear warmup + cosine decay, global-norm clipping.
 
 Weight decay skips what the reference marks `_no_weight_decay` (A_log, D, dt_bias) and what the HF
-trainer exempts by name (biases, norm weights), ahn_spec §3.
+trainer exempts by name (biases, norm weights), docs/method.md §Training.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-step window and sink sampling for self-distillation (ahn_spec §3).
+"""Per-step window and sink sampling for self-distillation (docs/method.md §Training).
 
   random  W_tot uniform over the powers of two in `window_choices` with L/8 < W_tot < L, then S
           uniform over `sink_choices` with S <= W_tot / 2, and W = W_tot - S (the reference's

@@ -22,7 +22,14 @@ IMPLS = ("reference", "blocked", "splash")
 # query/key block of the blocked path; sequences up to one block take the dense path
 BLOCK = 512
 
-__all__ = ["BLOCK", "IMPLS", "causal_attention", "masked_attention", "sink_window_attention", "visible"]
+__all__ = [
+    "BLOCK",
+    "IMPLS",
+    "causal_attention",
+    "masked_attention",
+    "sink_window_attention",
+    "visible",
+]
 
 
 def _static_int(x, name):

@@ -1,4 +1,4 @@
-"""Costs from shapes: parameter counts (ahn_spec §1.3), cache memory and FLOPs (§4, Table 9)."""
+"""Costs from shapes: parameter counts (docs/method.md §Costs), cache memory and FLOPs (Table 9)."""
 
 import json
 import subprocess
@@ -12,7 +12,7 @@ from ahn_jax.costs import table
 from ahn_jax.costs.table import parameter_counts
 
 CONFIGS = Path(__file__).parents[2] / "configs"
-AHN_PARAMS = {  # ahn_spec §1.3
+AHN_PARAMS = {  # docs/method.md §Costs
     "qwen3b": {"mamba2": 11_872_512, "dn": 11_801_088, "gdn": 12_982_464},
     "qwen7b": {"mamba2": 18_568_256, "dn": 18_468_352, "gdn": 21_280_560},
     "qwen14b": {"mamba2": 51_371_520, "dn": 51_124_224, "gdn": 60_960_384},

@@ -1,4 +1,4 @@
-"""The AHN model against the invariants of ahn_spec §7 (tiny configs, all three AHN types)."""
+"""The AHN model against docs/method.md §Invariants (tiny configs, all three AHN types)."""
 
 import jax
 import jax.numpy as jnp

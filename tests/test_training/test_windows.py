@@ -1,4 +1,4 @@
-"""Window and sink sampling per step (ahn_spec §3)."""
+"""Window and sink sampling per step (docs/method.md §Training)."""
 
 import pytest
 
