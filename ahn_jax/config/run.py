@@ -31,16 +31,16 @@ DATA_FORMATS = ("chat", "text", "shakespeare")
 # `data.tokenizer`: the tokenizer.json of data.tokenizer_dir or train.base_checkpoint, or bytes
 TOKENIZERS = ("checkpoint", "bytes")
 
-# The reference's random-window candidates (docs/method.md §Training; ahn_jax/training/windows.py samples
-# from them).
+# The reference's random-window candidates (docs/method.md §Training; ahn_jax/training/windows.py
+# samples from them).
 WINDOW_CHOICES = tuple(2**i for i in range(5, 14))  # W + S: 32 .. 8192
 SINK_CHOICES = (0, 32, 64, 128, 512, 2048, 4096)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The `train` section: the paper's recipe (docs/method.md §Training); a config file overrides what
-    differs."""
+    """The `train` section: the paper's recipe (docs/method.md §Training); a config file overrides
+    what differs."""
 
     # "distill": AHN weights learn from the frozen base (the paper); "pretrain": every base weight
     # learns next-token prediction under full attention (the miniature base of the demo)

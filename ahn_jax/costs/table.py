@@ -5,12 +5,13 @@
       [--length 128000] [--window 32640 --sinks 128] [--bytes_per_element 4] [--plot costs.png] \
       [--json]
 
-Parameter counts (docs/method.md §Costs) come from `jax.eval_shape` of the model, so a 14B config costs
-milliseconds. Cache memory and FLOPs follow the paper's Table 1 formulas (docs/method.md §Costs; FLOPs in
-ahn_jax/formulas.py) with W = window + sinks, the whole lossless memory: at 128,000 tokens they
-reproduce the paper's Table 9. The AHN's gate cache (the per-token write gates kept for tokens in
-the window), which the paper leaves out, is reported separately; `decode_cache_bytes` is what
-`ahn_jax.model.cache.DecodeCache` actually holds (tests compare it with a real cache).
+Parameter counts (docs/method.md §Costs) come from `jax.eval_shape` of the model, so a 14B config
+costs milliseconds. Cache memory and FLOPs follow the paper's Table 1 formulas (docs/method.md
+§Costs; FLOPs in ahn_jax/costs/formulas.py) with W = window + sinks, the whole lossless memory: at
+128,000 tokens they reproduce the paper's Table 9. The AHN's gate cache (the per-token write gates
+kept for tokens in the window), which the paper leaves out, is reported separately;
+`decode_cache_bytes` is what `ahn_jax.model.cache.DecodeCache` actually holds (tests compare it with
+a real cache).
 """
 
 from __future__ import annotations

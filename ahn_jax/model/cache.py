@@ -92,7 +92,7 @@ def extend_plan(cache: DecodeCache, num_new: int) -> ExtendPlan:
       to it: the new token if one landed there, else what it held.
     The plan is integer work on positions alone, shared by all layers and batch rows (no padding),
     so each layer only gathers and runs a masked attention."""
-    S, W, C = cache.sinks, cache.window, cache.capacity
+    S, W, capacity = cache.sinks, cache.window, cache.capacity
     t0 = cache.length
     positions = t0 + jnp.arange(num_new, dtype=jnp.int32)
     key_pos = jnp.concatenate([cache.slot_pos, positions])
@@ -101,16 +101,16 @@ def extend_plan(cache: DecodeCache, num_new: int) -> ExtendPlan:
     evicted = positions - W
     evicting = evicted >= S
     in_cache = slot_of(jnp.maximum(evicted, 0), S, W)
-    evict_index = jnp.where(evicted < t0, in_cache, C + evicted - t0)
-    evict_index = jnp.clip(evict_index, 0, C + num_new - 1)
-    latest = _latest_in_slot(jnp.arange(C, dtype=jnp.int32), t0 + num_new, S, W)
+    evict_index = jnp.where(evicted < t0, in_cache, capacity + evicted - t0)
+    evict_index = jnp.clip(evict_index, 0, capacity + num_new - 1)
+    latest = _latest_in_slot(jnp.arange(capacity, dtype=jnp.int32), t0 + num_new, S, W)
     fresh = latest >= t0
     return ExtendPlan(
         positions=positions,
         mask=mask,
         evicting=evicting,
         evict_index=evict_index,
-        keep_index=jnp.where(fresh, C + latest - t0, jnp.arange(C)),
+        keep_index=jnp.where(fresh, capacity + latest - t0, jnp.arange(capacity)),
         slot_pos=jnp.where(fresh, latest, cache.slot_pos),
     )
 

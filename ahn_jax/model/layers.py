@@ -1,8 +1,8 @@
 """Qwen2/Qwen2.5 building blocks: RMSNorm, RoPE, attention projections, SwiGLU MLP.
 
 Weights are stored in the layout their einsums read (`q_kernel` is [D, N, H]), each `nnx.Param`
-carrying `logical_axes` metadata that `sharding.py` maps to mesh axes. Dimension letters:
-B batch, T query length, S key length, D hidden, N query heads, K kv heads, H head dim, F MLP width.
+carrying `logical_axes` metadata that `sharding.py` maps to mesh axes. Shape letters:
+docs/method.md §Shapes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Artificial Hippocampus Networks: the per-layer memory of evicted tokens (docs/method.md §Method, §Variants).
+"""Artificial Hippocampus Networks: the per-layer memory of evicted tokens (docs/method.md
+§Method, §Variants).
 
 An AHN has no projections of its own for q/k/v: it reads the layer's RoPE'd query at the current
 position and the RoPE'd key/value of the token leaving the window (repeated to every query head).
@@ -171,7 +172,8 @@ def gate_names(ahn_type: str) -> tuple[str, ...]:
 
 
 def recurrence_impl(num_items: int) -> str:
-    """The reference's switch (docs/method.md §Variants): token by token for short inputs, chunked beyond."""
+    """The reference's switch (docs/method.md §Variants): token by token for short inputs,
+    chunked beyond."""
     return "recurrent" if num_items <= 64 else "chunked"
 
 

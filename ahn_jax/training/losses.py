@@ -1,4 +1,5 @@
-"""Losses: self-distillation KL beyond the window, next-token CE, per-layer distill (docs/method.md §Training).
+"""Losses: self-distillation KL beyond the window, next-token CE, per-layer distill
+(docs/method.md §Training).
 
 The KL and CE never form the [T, V] logits (V = 151,936 for Qwen2.5): rows go `seq_tile` at a
 time and, within a row tile, the vocabulary `vocab_tile` columns at a time with running log-sum-exp

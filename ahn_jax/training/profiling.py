@@ -14,8 +14,8 @@ from ahn_jax.costs.table import parameter_counts
 
 class Utilization:
     """Model FLOP/s of a step (teacher forward + student forward and backward, attention and AHN
-    counted by ahn_jax/costs/formulas.py on the padded length) and, where the device's peak is known,
-    MFU = that / (peak x devices)."""
+    counted by ahn_jax/costs/formulas.py on the padded length) and, where the device's peak is
+    known, MFU = that / (peak x devices)."""
 
     def __init__(self, config: ModelConfig, devices: int, peak_override: float = 0.0):
         self.config = config
