@@ -3,7 +3,8 @@
 - packages are layered and a lower one never imports a higher one (kernels/ at the bottom imports
   nothing of ahn_jax, nor flax: tests/test_kernels/test_independence.py);
 - no import cycles between modules;
-- modules stay under ~350 lines and functions under ~60, so that each file holds one concern.
+- modules stay under ~350 lines and functions under ~60, so that each file holds one concern;
+- library code takes arguments: only the entry points (`python -m ahn_jax.X`) read absl's FLAGS.
 """
 
 from __future__ import annotations
@@ -132,8 +133,42 @@ def test_modules_and_functions_stay_small(module):
     assert not long, f"{module}: split {long}"
 
 
+# and ahn_jax.cli, their shared `--config` plumbing
+ENTRY_POINTS = {_ for layer in LAYERS[-2:] for _ in layer} - {"ahn_jax"} | {"ahn_jax.cli"}
+
+
+def _reads_flags(tree: ast.AST) -> list[int]:
+    """Lines that touch absl's FLAGS outside an `if __name__ == "__main__":` block."""
+
+    def is_main_block(node):
+        return isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)
+
+    found = []
+
+    def visit(node):
+        if is_main_block(node):
+            return
+        if isinstance(node, ast.Name | ast.Attribute) and ast.unparse(node).endswith("FLAGS"):
+            found.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("ahn_jax.")))
+def test_only_entry_points_read_flags(module):
+    if module in ENTRY_POINTS or module.endswith(".__main__"):
+        return
+    lines = _reads_flags(ast.parse(MODULES[module].read_text()))
+    assert not lines, f"{module} reads absl FLAGS at lines {lines}: take arguments instead"
+
+
 def test_the_checks_see_a_violation():
     """The rules above can fail: a model module importing training would be refused."""
     assert _rank(_unit("ahn_jax.model.decoder")) < _rank(_unit("ahn_jax.training.loop"))
     assert _unit("ahn_jax.costs.table") == "ahn_jax.costs"
     assert "ahn_jax.model.transformer" in GRAPH["ahn_jax.training.run"]
+    assert _reads_flags(ast.parse("from absl import flags\ndef f():\n    return flags.FLAGS.x"))
+    assert not _reads_flags(ast.parse("if __name__ == '__main__':\n    print(FLAGS.x)"))
