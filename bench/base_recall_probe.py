@@ -1,9 +1,10 @@
 """Does a pretrained demo base copy its keys? Held-out recall losses, and the loss at each offset
 inside the recalled span next to the same offset of the keys.
 
-  python bench/base_recall_probe.py DIR [DIR ...] [--windows 48]
+  python bench/base_recall_probe.py DIR [DIR ...] [--windows=48] [--seed=1234]
 
-DIR is a model directory (`ahn_jax/assets/demo_base`, `runs/demo_base/model`). Per held-out play:
+DIR is a model directory (`ahn_jax/assets/demo_base`, `runs/demo_base/model`), given as positional
+arguments (the command line left after the flags: absl's `argv[1:]`). Per held-out play:
 the mean loss on the recalled letters, the keys' letters (chance) and plain text beyond S + W under
 full attention and under sinks + window on the same weights. Then, pooled over the plays, the loss
 by offset 0..span-1: a model that copies drops to ~0 from the offsets where it has found the key;
@@ -18,9 +19,8 @@ import _paths  # noqa: F401  (repo root on sys.path, CPU workaround)
 
 _paths.cpu_deadlock_workaround()
 
-import argparse  # noqa: E402
-
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 from ahn_jax.checkpoints.pretrained import from_pretrained  # noqa: E402
 from ahn_jax.demo import scoring  # noqa: E402
@@ -28,24 +28,29 @@ from ahn_jax.training import data  # noqa: E402
 from ahn_jax.training.recall_pairs import KEY_LETTER, RECALL_LETTER, RecallSpec  # noqa: E402
 from configs import demo_gdn, tiny_base  # noqa: E402
 
+FLAGS = flags.FLAGS
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("models", nargs="+")
-    parser.add_argument("--windows", type=int, default=48, help="windows per held-out play")
-    parser.add_argument("--seed", type=int, default=1234, help="the demo's evaluation seed")
-    args = parser.parse_args()
+
+def define_flags() -> None:
+    flags.DEFINE_integer("windows", 48, "windows per held-out play")
+    flags.DEFINE_integer("seed", 1234, "the demo's evaluation seed")
+
+
+def main(argv) -> None:
+    models = argv[1:]
+    if not models:
+        raise app.UsageError("give one or more model directories: DIR [DIR ...]")
     config = tiny_base.get_config()
     spec, length = RecallSpec(**config.data.recall), config.train.seq_len
     window, sinks = demo_gdn.WINDOW, demo_gdn.SINKS
     texts = data.shakespeare_texts()
-    for directory in args.models:
+    for directory in models:
         model = from_pretrained(directory)
         by_offset = {RECALL_LETTER: [], KEY_LETTER: []}
         print(f"{directory} (S = {sinks} + W = {window}): recall / keys / text")
         for i, play in enumerate(config.data.held_out):
-            ids, kinds = scoring.play_windows(texts[play], length, spec, args.windows,
-                                                  args.seed + i)  # fmt: skip
+            ids, kinds = scoring.play_windows(texts[play], length, spec, FLAGS.windows,
+                                                  FLAGS.seed + i)  # fmt: skip
             cells = []
             for mode in ("full", "swa"):
                 losses = scoring.next_byte_losses(model, ids, mode, window, sinks)
@@ -61,4 +66,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

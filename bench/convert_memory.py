@@ -6,12 +6,11 @@ runs each step in a fresh process: `convert` HF -> Orbax, `convert --to_hf` back
 its peak-RSS counter (Linux: `5 > /proc/self/clear_refs`), so the step's own peak is measured
 apart from the fixed cost of Python + JAX + Orbax, which is reported too.
 
-  python bench/convert_memory.py [--layers 6] [--dtype float32]
+  python bench/convert_memory.py [--layers=6] [--dtype=float32|bfloat16]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -19,7 +18,10 @@ import tempfile
 from pathlib import Path
 
 import _paths  # noqa: F401  - must precede any import of `kernels`; see bench/_paths.py
+from absl import app, flags  # noqa: E402
 from common import machine, write_result  # noqa: E402
+
+FLAGS = flags.FLAGS
 
 PRELUDE = """
 import ahn_jax, ahn_jax.convert, jax, jax.numpy as jnp, orbax.checkpoint
@@ -49,11 +51,13 @@ def measure(step: str) -> tuple[float, float, float]:
     return import_peak, base, peak
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = parser.parse_args()
+def define_flags() -> None:
+    flags.DEFINE_integer("layers", 6, "decoder layers of the Qwen2 checkpoint written")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "the checkpoint's dtype")
+
+
+def main(argv) -> None:
+    del argv
 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -62,14 +66,14 @@ def main() -> None:
         vocab_size=16384,
         hidden_size=1024,
         intermediate_size=2816,
-        num_hidden_layers=args.layers,
+        num_hidden_layers=FLAGS.layers,
         num_attention_heads=16,
         num_key_value_heads=4,
         tie_word_embeddings=False,
     )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model = Qwen2ForCausalLM(config).to(getattr(torch, args.dtype))
+        model = Qwen2ForCausalLM(config).to(getattr(torch, FLAGS.dtype))
         model.save_pretrained(tmp / "hf", max_shard_size="150MB")
         n_params = sum(p.numel() for p in model.parameters())
         del model
@@ -88,7 +92,7 @@ def main() -> None:
             rows[name] = {"import_peak": import_peak, "base": base, "peak": peak}
             print(f"{name:32s} step peak {peak - base:7.0f} MiB above {base:.0f}", flush=True)
     print(
-        f"\ncheckpoint: {n_params:,} parameters, {size_mib:.0f} MiB of safetensors ({args.dtype})"
+        f"\ncheckpoint: {n_params:,} parameters, {size_mib:.0f} MiB of safetensors ({FLAGS.dtype})"
     )
     print(
         "| step | RSS before | peak during | peak - before | / checkpoint |\n|---|---|---|---|---|"
@@ -104,7 +108,7 @@ def main() -> None:
             "benchmark": "convert_memory",
             "machine": machine(),
             "params": n_params,
-            "dtype": args.dtype,
+            "dtype": FLAGS.dtype,
             "checkpoint_mib": size_mib,
             "rss_mib": rows,
         },
@@ -112,4 +116,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -1,6 +1,6 @@
 """Decode cost against context length: full attention vs sinks + window vs AHN (tiny model, CPU).
 
-  python bench/decode.py [--lengths 1024,2048,...] [--steps 32] [--repeats 3]
+  python bench/decode.py [--lengths=1024,2048,...] [--steps=32] [--repeats=3]
 
 For each context length L the prompt (random bytes) is prefilled through the real chunked
 prefill, then `--steps` decode steps are timed (best of `--repeats`, after a warm-up step that
@@ -11,7 +11,6 @@ caches hold S + W = 1024 tokens. Writes bench/results/decode.json and decode.png
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
@@ -22,6 +21,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from common import RESULTS, machine, write_result
 from flax import nnx
 
@@ -29,6 +29,15 @@ from ahn_jax.config import MODES, load_config_file, validate_config
 from ahn_jax.model import transformer as model_lib
 
 SINKS, WINDOW = 32, 992
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("lengths", "1024,2048,4096,8192,16384,32768,65536",
+                      "context lengths L, comma-separated")  # fmt: skip
+    flags.DEFINE_integer("steps", 32, "decode steps timed per measurement")
+    flags.DEFINE_integer("repeats", 3, "timed runs of --steps steps (the best is kept)")
 
 
 def time_decode(model, ids, mode, steps, repeats):
@@ -52,20 +61,17 @@ def time_decode(model, ids, mode, steps, repeats):
     return best, cache.nbytes()
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768,65536")
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+def main(argv):
+    del argv
+    lengths = [int(x) for x in FLAGS.lengths]
     config = validate_config(load_config_file("configs/tiny_gdn.py"))
     model = model_lib.init_model(config, seed=0, ahn_output_init="normal")
     rows = []
-    for L in (int(x) for x in args.lengths.split(",")):
+    for L in lengths:
         ids = jnp.asarray(np.random.default_rng(L).integers(0, 256, (1, L)), jnp.int32)
         row = {"length": L}
         for mode in MODES:
-            seconds, nbytes = time_decode(model, ids, mode, args.steps, args.repeats)
+            seconds, nbytes = time_decode(model, ids, mode, FLAGS.steps, FLAGS.repeats)
             row[mode] = {"ms_per_token": 1e3 * seconds, "cache_bytes": nbytes}
         rows.append(row)
         print(
@@ -76,7 +82,8 @@ def main():
             ),
             flush=True,
         )
-    result = {"machine": machine(), "sinks": SINKS, "window": WINDOW, "rows": rows, **vars(args)}
+    settings = {"lengths": ",".join(FLAGS.lengths), "steps": FLAGS.steps, "repeats": FLAGS.repeats}
+    result = {"machine": machine(), "sinks": SINKS, "window": WINDOW, "rows": rows, **settings}
     write_result("decode", result)
     plot(rows)
     print_table(rows)
@@ -121,4 +128,5 @@ def print_table(rows):
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

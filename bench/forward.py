@@ -3,12 +3,11 @@
 Same config, same weights (ours are loaded from the checkpoint transformers saved), same batch;
 the two are timed interleaved in one run and reported as a ratio. Logits are checked to agree.
 
-  python bench/forward.py [--lengths 512 1024 2048 4096] [--repeats 5]
+  python bench/forward.py [--lengths=512,1024,2048,4096] [--batch=1] [--repeats=5]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -21,6 +20,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from absl import app, flags  # noqa: E402
 from common import machine, write_result  # noqa: E402
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
@@ -39,6 +39,15 @@ CONFIG = dict(
     attn_implementation="sdpa",
 )
 
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("lengths", ["512", "1024", "2048", "4096"],
+                      "sequence lengths T, comma-separated")  # fmt: skip
+    flags.DEFINE_integer("batch", 1, "sequences per forward")
+    flags.DEFINE_integer("repeats", 5, "timed forwards of each side (the median is kept)")
+
 
 def _median_seconds(fn, repeats: int) -> float:
     times = []
@@ -49,12 +58,9 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+def main(argv) -> None:
+    del argv
+    lengths = [int(x) for x in FLAGS.lengths]
 
     threads = os.cpu_count()
     torch.set_num_threads(threads)
@@ -65,8 +71,8 @@ def main() -> None:
         model = ahn_jax.from_pretrained(tmp)
 
     rows = []
-    for length in args.lengths:
-        ids = np.random.default_rng(0).integers(0, CONFIG["vocab_size"], (args.batch, length))
+    for length in lengths:
+        ids = np.random.default_rng(0).integers(0, CONFIG["vocab_size"], (FLAGS.batch, length))
         ids_torch = torch.tensor(ids)
 
         def run_ours(ids=ids):
@@ -79,13 +85,13 @@ def main() -> None:
         ours, theirs = np.asarray(run_ours()), run_torch().numpy()  # warm-up and compile
         max_err = float(np.abs(ours - theirs).max())
         t_ours, t_torch = [], []
-        for _ in range(args.repeats):  # interleave so load changes hit both sides alike
+        for _ in range(FLAGS.repeats):  # interleave so load changes hit both sides alike
             t_ours.append(_median_seconds(run_ours, 1))
             t_torch.append(_median_seconds(run_torch, 1))
-        tokens = args.batch * length
+        tokens = FLAGS.batch * length
         row = {
             "length": length,
-            "batch": args.batch,
+            "batch": FLAGS.batch,
             "ahn_jax_tokens_per_s": tokens / statistics.median(t_ours),
             "torch_tokens_per_s": tokens / statistics.median(t_torch),
             "max_abs_logit_diff": max_err,
@@ -117,4 +123,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

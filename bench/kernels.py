@@ -3,8 +3,8 @@ dense sink+window attention, forward and forward+backward, with achieved GFLOP/s
 machine's measured large-matmul rate. The blocked attention is `causal_attention` with the model's
 block (ahn_jax's attention op): the path the model runs.
 
-  python bench/kernels.py [--lengths 1024 2048 ...] [--ops gdn dn ssd window] [--repeats 2]
-      [--precision highest|default]
+  python bench/kernels.py [--lengths=1024,2048,...] [--ops=gdn,dn,ssd,window] [--repeats=2]
+      [--max_recurrent_backward=8192] [--precision=highest|default] [--ssd_chunk=256]
   JAX_PLATFORMS=cuda python bench/kernels.py ...   # on a GPU
 
 `--precision` is the kernels' matmul precision knob and is used for the reference matmul rate
@@ -21,7 +21,6 @@ Forward+backward is credited 3x the forward FLOPs (the usual convention).
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import _paths  # must precede any import of `kernels`; see bench/_paths.py
@@ -31,6 +30,7 @@ _paths.cpu_deadlock_workaround()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 from common import best_seconds, machine, write_result  # noqa: E402
 
 from kernels.delta_rule import delta_rule, gated_delta_rule  # noqa: E402
@@ -41,6 +41,21 @@ HEADS, DIM = 16, 128
 WINDOW, SINKS, KV_HEADS = 512, 128, 2
 ATTENTION_BLOCK = 512  # the model's block (ahn_jax's attention op passes it to causal_attention)
 DENSE_LIMIT_BYTES = 6 * 2**30  # the dense reference's [H, T, T] fp32 scores must fit
+OPS = ["gdn", "dn", "ssd", "window"]
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("lengths", ["1024", "2048", "4096", "8192", "16384", "32768"],
+                      "sequence lengths T, comma-separated")  # fmt: skip
+    flags.DEFINE_list("ops", OPS, f"ops to time, comma-separated, from {OPS}")
+    flags.DEFINE_integer("repeats", 2, "timed calls per measurement (the best is kept)")
+    flags.DEFINE_integer("max_recurrent_backward", 8192,
+                         "longest T at which the recurrent forward+backward is timed")  # fmt: skip
+    flags.DEFINE_enum("precision", "highest", ["highest", "default"],
+                      "matmul precision of the kernels and the reference matmul")  # fmt: skip
+    flags.DEFINE_integer("ssd_chunk", 256, "SSD chunk (signature: 256)")
 
 
 def matmul_gflops(repeats: int, precision: str) -> float:
@@ -199,47 +214,44 @@ def table(rows: list[dict], peak: float) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--lengths", type=int, nargs="+",
-                        default=[1024, 2048, 4096, 8192, 16384, 32768])  # fmt: skip
-    parser.add_argument("--ops", nargs="+", default=["gdn", "dn", "ssd", "window"])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--max_recurrent_backward", type=int, default=8192)
-    parser.add_argument("--precision", choices=["highest", "default"], default="highest")
-    parser.add_argument("--ssd_chunk", type=int, default=256, help="SSD chunk (signature: 256)")
-    args = parser.parse_args()
-    peak = matmul_gflops(args.repeats, args.precision)
+def main(argv) -> None:
+    del argv
+    lengths = [int(x) for x in FLAGS.lengths]
+    unknown = [op for op in FLAGS.ops if op not in OPS]
+    if unknown:
+        raise app.UsageError(f"--ops: unknown {unknown}; choose from {OPS}")
+    peak = matmul_gflops(FLAGS.repeats, FLAGS.precision)
     device = jax.devices()[0]
     print(
-        f"measured fp32 matmul (4096^2, precision {args.precision}): {peak:.1f} GFLOP/s on "
+        f"measured fp32 matmul (4096^2, precision {FLAGS.precision}): {peak:.1f} GFLOP/s on "
         f"{device.device_kind} ({jax.__version__}) with XLA_FLAGS="
         f"{os.environ.get('XLA_FLAGS', '').strip()}",
         flush=True,
     )
     rows = []
-    for kind in args.ops:
+    for kind in FLAGS.ops:
         rows += bench_op(
             kind,
-            args.lengths,
-            args.repeats,
-            args.max_recurrent_backward,
-            args.precision,
-            args.ssd_chunk,
+            lengths,
+            FLAGS.repeats,
+            FLAGS.max_recurrent_backward,
+            FLAGS.precision,
+            FLAGS.ssd_chunk,
         )
     result = {
         "benchmark": "kernels",
         "machine": machine(),
         "device": device.device_kind,
         "jax": jax.__version__,
-        "precision": args.precision,
+        "precision": FLAGS.precision,
         "matmul_gflops": peak,
         "rows": rows,
     }
-    name = "kernels" if device.platform == "cpu" else f"kernels_{device.platform}_{args.precision}"
+    name = "kernels" if device.platform == "cpu" else f"kernels_{device.platform}_{FLAGS.precision}"
     print(f"wrote {write_result(name, result)}")
     print(f"\nmatmul peak {peak:.1f} GFLOP/s" + table(rows, peak))
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -1,6 +1,7 @@
 """Peak temporary memory of the distillation loss's gradient: tiled vs dense logits.
 
-  python bench/loss_memory.py
+  python bench/loss_memory.py [--lengths=2048,8192,24576] [--tiles=512x8192,1024x16384]
+      [--dtype=bfloat16|float32]
 
 Compiles (does not run) the gradient with respect to the student's hidden states of
 KL(teacher || student) for Qwen2.5's vocabulary (V = 151,936) and hidden size 2048 (3B), batch 1,
@@ -12,7 +13,6 @@ an fp32 copy of the head out of the loop, which a TPU does not need.
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import _paths  # noqa: F401  - first: keeps bench/kernels.py from shadowing the kernels package
@@ -21,11 +21,21 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 from common import machine, write_result
 
 from ahn_jax.training import losses
 
 V, D = 151_936, 2048
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("lengths", "2048,8192,24576", "sequence lengths T, comma-separated")
+    flags.DEFINE_list("tiles", "512x8192,1024x16384",
+                      "tilings of the tiled loss, SEQxVOCAB, comma-separated")  # fmt: skip
+    flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "the loss's dtype")
 
 
 def dense_kl(student, teacher, head, valid):
@@ -43,17 +53,14 @@ def temp_bytes(loss, T, dtype):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--lengths", default="2048,8192,24576")
-    parser.add_argument("--tiles", default="512x8192,1024x16384")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    args = parser.parse_args()
+def main(argv):
+    del argv
+    lengths, tiles = [int(x) for x in FLAGS.lengths], FLAGS.tiles
     rows = []
-    for T in (int(x) for x in args.lengths.split(",")):
-        dtype = jnp.dtype(args.dtype)
+    for T in lengths:
+        dtype = jnp.dtype(FLAGS.dtype)
         row = {"T": T, "dense": temp_bytes(dense_kl, T, dtype) if T <= 8192 else None}
-        for tile in args.tiles.split(","):
+        for tile in tiles:
             seq_tile, vocab_tile = (int(x) for x in tile.split("x"))
 
             def tiled(s, t, h, v, seq_tile=seq_tile, vocab_tile=vocab_tile):
@@ -64,8 +71,7 @@ def main():
             row[tile] = temp_bytes(tiled, T, dtype)
         rows.append(row)
         print(row, flush=True)
-    write_result(f"loss_memory_{args.dtype}", {"machine": machine(), "V": V, "D": D, "rows": rows})
-    tiles = args.tiles.split(",")
+    write_result(f"loss_memory_{FLAGS.dtype}", {"machine": machine(), "V": V, "D": D, "rows": rows})
     print(
         "\n| T | [T, V] fp32 logits | dense KL grad temp | "
         + " | ".join(f"tiled {t} temp" for t in tiles)
@@ -79,4 +85,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

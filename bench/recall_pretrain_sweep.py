@@ -1,6 +1,7 @@
 """How many tokens does the tiny byte-level base need to learn the recall signal? A sweep.
 
-  python bench/recall_pretrain_sweep.py [--tokens 20e6] [--eval_every 2e6] [--configs A,B]
+  python bench/recall_pretrain_sweep.py [--tokens=20e6] [--eval_every=2e6] [--configs=A,B]
+      [--out=bench/results/recall_pretrain_sweep.json] [--synthetic]
 
 Pretrains the tiny Qwen2-architecture model (configs/tiny_gdn.py's dimensions, no AHN) with full
 attention on the Shakespeare plays with key/recall pairs mixed in
@@ -17,7 +18,6 @@ import _paths  # noqa: F401  (repo root on sys.path, CPU workaround)
 
 _paths.cpu_deadlock_workaround()
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
@@ -27,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ahn_jax.config import ModelConfig  # noqa: E402
@@ -61,6 +62,18 @@ CONFIGS = {
     "V": (256, 16, RecallSpec(24, 2, 40, 150, letters=CAPITALS, distinct=True), 1e-3, SMALL),
 }
 WINDOW, SINKS = 32, 4
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_float("tokens", 20e6, "training tokens (bytes) per curriculum")
+    flags.DEFINE_float("eval_every", 2e6, "tokens between held-out evaluations")
+    flags.DEFINE_list("configs", list(CONFIGS),
+                      f"curricula to run, comma-separated, from {list(CONFIGS)}")  # fmt: skip
+    flags.DEFINE_string("out", "bench/results/recall_pretrain_sweep.json",
+                        "JSON of the histories, rewritten after each curriculum")  # fmt: skip
+    flags.DEFINE_bool("synthetic", False, "random letters, not the plays")
 
 
 def texts() -> dict[str, str]:
@@ -135,22 +148,20 @@ def run(name, tokens, eval_every, all_texts, synthetic=False):
     return history
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tokens", type=float, default=20e6)
-    parser.add_argument("--eval_every", type=float, default=2e6)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--out", default="bench/results/recall_pretrain_sweep.json")
-    parser.add_argument("--synthetic", action="store_true", help="random letters, not the plays")
-    args = parser.parse_args()
+def main(argv):
+    del argv
+    unknown = [name for name in FLAGS.configs if name not in CONFIGS]
+    if unknown:
+        raise app.UsageError(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
     print(f"device: {jax.devices()[0].device_kind}; ln 26 = {math.log(26):.3f}", flush=True)
     all_texts = texts()
     results = {}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    for name in args.configs.split(","):
-        results[name] = run(name, args.tokens, args.eval_every, all_texts, args.synthetic)
-        Path(args.out).write_text(json.dumps(results, indent=1))  # after each: partial is kept
+    Path(FLAGS.out).parent.mkdir(parents=True, exist_ok=True)
+    for name in FLAGS.configs:
+        results[name] = run(name, FLAGS.tokens, FLAGS.eval_every, all_texts, FLAGS.synthetic)
+        Path(FLAGS.out).write_text(json.dumps(results, indent=1))  # after each: partial is kept
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

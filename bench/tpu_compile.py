@@ -2,14 +2,13 @@
 say: scoped VMEM per kernel, HBM argument/output/temp bytes, and XLA's cost analysis. Nothing runs
 on a TPU, so numerics and speed are not measured here.
 
-  python bench/tpu_compile.py [--topologies v5e:2x2 v6e:2x2]
+  python bench/tpu_compile.py [--topologies=v5e:2x2,v6e:2x2]
 
 Sizes are Qwen2.5-3B's: 16 query heads (2 kv heads), head dim 128, AHN state 128 x 128 per head.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import _paths  # noqa: F401  - must precede any import of `kernels`; see bench/_paths.py
@@ -18,6 +17,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
 from common import machine, write_result  # noqa: E402
 
 from kernels.common import inter_chunk_pallas, tpu_aot  # noqa: E402
@@ -26,6 +26,13 @@ from kernels.window_attention import sink_window_attention  # noqa: E402
 f32 = jnp.float32
 HEADS, KV_HEADS, D, C = 16, 2, 128, 64
 HP = jax.lax.Precision.HIGHEST
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("topologies", list(tpu_aot.TOPOLOGIES),
+                      "TPU targets to compile for, comma-separated")  # fmt: skip
 
 
 def scan_shapes(T):
@@ -77,12 +84,10 @@ def report(topology, name, fn, shapes, vmem: bool) -> dict:
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--topologies", nargs="+", default=list(tpu_aot.TOPOLOGIES))
-    args = parser.parse_args()
+def main(argv) -> None:
+    del argv
     rows = []
-    for topology in args.topologies:
+    for topology in FLAGS.topologies:
         for T in (512, 8192):
             shapes = scan_shapes(T)
             rows.append(report(topology, f"delta scan fwd T={T}", scan_forward, shapes, True))
@@ -119,4 +124,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)

@@ -1,6 +1,6 @@
 """The distillation step against plain training of the same model, side by side in one run.
 
-  python bench/train_step.py [--models tiny 50m] [--lengths 2048 8192] [--repeats 2]
+  python bench/train_step.py [--models=tiny,50m] [--lengths=2048,8192] [--repeats=2]
   JAX_PLATFORMS=cuda python bench/train_step.py ...   # on a GPU
 
 distill: `ahn_jax.training.step.make_train_step` as training runs it: teacher forward (full
@@ -16,8 +16,6 @@ each step.
 
 from __future__ import annotations
 
-import argparse
-
 import _paths  # first: keeps bench/kernels.py from shadowing the kernels package
 
 _paths.cpu_deadlock_workaround()
@@ -25,10 +23,11 @@ _paths.cpu_deadlock_workaround()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
 from common import best_seconds, machine, write_result  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from ahn_jax.config import make_config, validate_config  # noqa: E402
+from ahn_jax.config import TrainConfig, make_config, validate_config  # noqa: E402
 from ahn_jax.model.memory import AhnParam  # noqa: E402
 from ahn_jax.model.transformer import init_model  # noqa: E402
 from ahn_jax.training import losses  # noqa: E402
@@ -45,6 +44,15 @@ MODELS = {
                 num_heads=8, num_kv_heads=2, head_dim=64, tie_word_embeddings=True),
 }  # fmt: skip
 
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("models", ["tiny", "50m"],
+                      f"models to time, comma-separated, from {sorted(MODELS)}")  # fmt: skip
+    flags.DEFINE_list("lengths", ["2048", "8192"], "sequence lengths T, comma-separated")
+    flags.DEFINE_integer("repeats", 2, "timed steps per measurement (the best is kept)")
+
 
 def build(name: str, length: int, dtype: str):
     model_settings = {**MODELS[name], "param_dtype": dtype, "dtype": dtype, "remat_policy": "full",
@@ -53,15 +61,16 @@ def build(name: str, length: int, dtype: str):
                          train=dict(seq_len=length, seq_tile=512, vocab_tile=8192, steps=10),
                          data=dict(cutoff_len=length))  # fmt: skip
     model = init_model(validate_config(config), seed=0, ahn_output_init="normal")
+    train = TrainConfig.from_dict(config.train.to_dict())
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(0, model.config.vocab_size, (1, length)), jnp.int32)
-    return config, model, {"input_ids": ids, "labels": ids}
+    return train, model, {"input_ids": ids, "labels": ids}
 
 
-def distill_step(config, model, batch):
+def distill_step(train, model, batch):
     graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
-    tx, schedule = optimizer_for(config.train)
-    step = make_train_step(graphdef, tx, schedule, config.train)
+    tx, schedule = optimizer_for(train)
+    step = make_train_step(graphdef, tx, schedule, train)
     opt_state = tx.init(trainable)
     args = (frozen, batch, jnp.int32(WINDOW), jnp.int32(SINKS), jnp.int32(3))
 
@@ -74,9 +83,8 @@ def distill_step(config, model, batch):
     return run, lowered
 
 
-def plain_step(config, model, batch):
+def plain_step(t, model, batch):
     graphdef, params = nnx.split(model)
-    t = config.train
 
     def loss(params, ids):
         m = nnx.merge(graphdef, params)
@@ -98,25 +106,25 @@ def memory_bytes(lowered) -> int:
     return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--models", nargs="+", default=["tiny", "50m"], choices=sorted(MODELS))
-    parser.add_argument("--lengths", nargs="+", type=int, default=[2048, 8192])
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+def main(argv) -> None:
+    del argv
+    unknown = [name for name in FLAGS.models if name not in MODELS]
+    if unknown:
+        raise app.UsageError(f"--models: unknown {unknown}; choose from {sorted(MODELS)}")
+    lengths = [int(x) for x in FLAGS.lengths]
     device = jax.devices()[0]
     dtype = "float32" if device.platform == "cpu" else "bfloat16"
     print(f"{device.device_kind}, jax {jax.__version__}, {dtype}", flush=True)
     rows = []
-    for name in args.models:
-        for length in args.lengths:
-            config, model, batch = build(name, length, dtype)
+    for name in FLAGS.models:
+        for length in lengths:
+            train, model, batch = build(name, length, dtype)
             row = {"model": name, "T": length,
                    "params": sum(x.size for x in jax.tree.leaves(nnx.state(model)))}  # fmt: skip
             for kind, make in (("plain", plain_step), ("distill", distill_step)):
-                run, lowered = make(config, model, batch)
+                run, lowered = make(train, model, batch)
                 row[f"{kind}_bytes"] = memory_bytes(lowered)
-                seconds = best_seconds(run, repeats=args.repeats)
+                seconds = best_seconds(run, repeats=FLAGS.repeats)
                 row[f"{kind}_tokens_per_s"] = length / seconds
                 print(f"  {name} T={length} {kind}: {seconds:.3f} s, "
                       f"{length / seconds:,.0f} tok/s, {row[f'{kind}_bytes'] / 2**20:,.0f} MiB",
@@ -139,4 +147,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    app.run(main)
