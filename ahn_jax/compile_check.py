@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags
 
-from ahn_jax import cli
+from ahn_jax import cli, xla_cpu
 from ahn_jax.config import ConfigError
 from ahn_jax.training import compile_check
 
@@ -46,5 +46,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    xla_cpu.configure_platform(compiles_for_tpu=True)  # before JAX makes a backend
     define_flags()
     app.run(main)

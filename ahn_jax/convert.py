@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from absl import flags
 
+from ahn_jax import xla_cpu
 from ahn_jax.checkpoints import convert as convert_lib
 
 PROGRAM = "python -m ahn_jax.convert"
@@ -79,4 +80,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    xla_cpu.configure_platform()  # before JAX makes a backend
     sys.exit(main())

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from absl import app, flags
 
+from ahn_jax import xla_cpu
 from ahn_jax.checkpoints.pretrained import from_pretrained
 from ahn_jax.config import MODES
 from ahn_jax.inference import generate as generate_lib
@@ -74,5 +75,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
     app.run(main)

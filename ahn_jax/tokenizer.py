@@ -11,6 +11,8 @@ from pathlib import Path
 
 import tokenizers
 
+# Qwen2.5's own default system prompt. LLaMA-Factory's qwen template (the reference's SFT) inserts
+# it too when a conversation has none (since April 2025; before: "You are a helpful assistant.")
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 CHAT_ROLES = ("system", "user", "assistant")
@@ -24,8 +26,11 @@ def chat_segments(
 ) -> list[tuple[str, bool]]:
     """Qwen2.5's chat template as (text, is it learned) segments: a system turn (given or default),
     then each turn, then optionally the opening of the assistant's reply. Joined they are
-    `render_chat`'s text; the learned segments are each assistant reply with its closing
-    <|im_end|> (the tokens SFT trains on, as LLaMA-Factory's does)."""
+    `render_chat`'s text. They are the pieces that LLaMA-Factory's qwen template tokenizes one by
+    one (docs/method.md §Training): the system turn; a whole user turn; an assistant turn split
+    into its header and its reply, and only the reply with its closing `<|im_end|>\n` is learned.
+    Tokenized piece by piece, a reply that starts with whitespace is not merged with the header's
+    `\n`, as in the reference."""
     for i, message in enumerate(messages):
         role = message.get("role")
         if role not in CHAT_ROLES:
@@ -39,11 +44,11 @@ def chat_segments(
         system = default_system
     segments = [(f"{IM_START}system\n{system}{IM_END}\n", False)]
     for message in turns:
-        segments += [
-            (f"{IM_START}{message['role']}\n", False),
-            (f"{message['content']}{IM_END}", message["role"] == "assistant"),
-            ("\n", False),
-        ]
+        role, content = message["role"], message["content"]
+        if role == "assistant":
+            segments += [(f"{IM_START}{role}\n", False), (f"{content}{IM_END}\n", True)]
+        else:
+            segments.append((f"{IM_START}{role}\n{content}{IM_END}\n", False))
     if add_generation_prompt:
         segments.append((f"{IM_START}assistant\n", False))
     return segments

@@ -1,25 +1,50 @@
-"""The XLA:CPU flags every CPU run of this project uses, in one place.
+"""The XLA:CPU flags every CPU run of this project uses, and the platform choice of the CLIs.
 
-They work around an XLA:CPU deadlock (jax 0.10.2) seen on 2 cores in the backward pass of the
+The flags work around an XLA:CPU deadlock (jax 0.10.2) seen on 2 cores in the backward pass of the
 chunked delta rule at B*H*chunks >= 128; see docs/kernels.md. Other platforms do not need them,
 and an XLA that does not know a flag aborts, so they are only ever added for CPU runs.
 
 XLA reads `XLA_FLAGS` when JAX creates its first backend, not at `import jax` (checked: a flag
 added after `import ahn_jax` still takes effect), so `add_xla_flags` works at any point before the
-first computation or `jax.devices()`. This module imports nothing itself: run as a script
-(`python ahn_jax/xla_cpu.py`, as the Makefile does) it prints `$XLA_FLAGS` with the workaround
-added, without importing JAX.
+first computation or `jax.devices()`. `JAX_PLATFORMS`, by contrast, is read at `import jax`: after
+that only `jax.config.update("jax_platforms", ...)` changes it (before the first backend too).
+
+Every `python -m ahn_jax.X` calls `configure_platform()` first: on a host without a TPU or GPU it
+runs on the CPU (JAX_PLATFORMS=cpu: jax[tpu]'s libtpu, installed but without a chip, would print
+initialisation errors before JAX falls back to the CPU) with the workaround flags. A user's own
+JAX_PLATFORMS or XLA_FLAGS values win.
+
+This module imports nothing itself: run as a script (`python ahn_jax/xla_cpu.py`, as the Makefile
+does) it prints `$XLA_FLAGS` with the workaround added, without importing JAX.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 DEADLOCK_WORKAROUND = (
     "--xla_cpu_enable_concurrency_optimized_scheduler=false",
     "--xla_cpu_multi_thread_eigen=false",
     "--xla_cpu_experimental_ynn_fusion_type=",
 )
+
+# How JAX itself finds accelerators without initialising them (jax/_src/hardware_utils.py): TPU
+# chips by their PCI ids (Google's vendor id also covers the gVNIC network card of every GCE VM,
+# so the device ids matter), NVIDIA and AMD GPUs by their device files.
+_GOOGLE_PCI_VENDOR = "0x1ae0"
+_TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
+_GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+_PCI_DEVICES = "/sys/bus/pci/devices"
+# libtpu, loaded on a host without a chip only to compile for a TPU topology
+# (ahn_jax.compile_check), prints initialisation errors unless told what host it is on. These
+# describe the host, not the topology compiled for (checked: the same memory report for v5p-8
+# with and without them).
+LIBTPU_WITHOUT_TPU = {
+    "TPU_SKIP_MDS_QUERY": "1",  # no GCE metadata server to ask
+    "TPU_ACCELERATOR_TYPE": "v5litepod-4",
+    "TPU_WORKER_HOSTNAMES": "localhost",
+}
 
 
 def with_flags(xla_flags: str, flags) -> str:
@@ -35,6 +60,73 @@ def add_xla_flags(*flags: str) -> None:
     """Add `flags` to the environment's XLA_FLAGS (see `with_flags`); call before JAX makes its
     first backend."""
     os.environ["XLA_FLAGS"] = with_flags(os.environ.get("XLA_FLAGS", ""), flags)
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _has_tpu() -> bool:
+    # /dev/accel*: TPU v2-v4 VMs; numbered /dev/vfio groups: v5e/v5p/v6e (a plain host with the
+    # vfio module has /dev/vfio/vfio only)
+    dev = os.listdir("/dev") if os.path.isdir("/dev") else []
+    if any(name.startswith("accel") for name in dev):
+        return True
+    if os.path.isdir("/dev/vfio") and any(name.isdigit() for name in os.listdir("/dev/vfio")):
+        return True
+    pci = os.listdir(_PCI_DEVICES) if os.path.isdir(_PCI_DEVICES) else []
+    return any(
+        _read(f"{_PCI_DEVICES}/{device}/vendor") == _GOOGLE_PCI_VENDOR
+        and _read(f"{_PCI_DEVICES}/{device}/device") in _TPU_PCI_DEVICES
+        for device in pci
+    )
+
+
+def _has_gpu() -> bool:
+    return any(os.path.exists(path) for path in _GPU_DEVICE_FILES)
+
+
+def _cpu_only(platforms: str) -> bool:
+    names = [name.strip() for name in platforms.split(",") if name.strip()]
+    return bool(names) and all(name == "cpu" for name in names)
+
+
+def platform_environment(
+    environ, *, tpu: bool, gpu: bool, compiles_for_tpu: bool = False
+) -> dict[str, str]:
+    """The environment variables to set, given the environment and the host's accelerators:
+    JAX_PLATFORMS=cpu where it is unset and there is neither a TPU nor a GPU (with one, JAX picks
+    it itself); the workaround flags whenever the run will be CPU-only; and, for a tool that
+    `compiles_for_tpu` on a host without one, LIBTPU_WITHOUT_TPU. Set values are kept."""
+    changes = {}
+    platforms = environ.get("JAX_PLATFORMS", "")
+    if not platforms and not (tpu or gpu):
+        platforms = changes["JAX_PLATFORMS"] = "cpu"
+    if _cpu_only(platforms):
+        flags = with_flags(environ.get("XLA_FLAGS", ""), DEADLOCK_WORKAROUND)
+        if flags != environ.get("XLA_FLAGS", ""):
+            changes["XLA_FLAGS"] = flags
+    if compiles_for_tpu and not tpu:
+        changes |= {k: v for k, v in LIBTPU_WITHOUT_TPU.items() if k not in environ}
+    return changes
+
+
+def configure_platform(*, compiles_for_tpu: bool = False) -> dict[str, str]:
+    """Set `platform_environment`'s values for this host in os.environ (for this process and the
+    ones it starts) and, where `import jax` has already read JAX_PLATFORMS, in JAX's config;
+    returns them. Call before JAX makes its first backend (each entry point's `__main__` block)."""
+    changes = platform_environment(
+        os.environ, tpu=_has_tpu(), gpu=_has_gpu(), compiles_for_tpu=compiles_for_tpu
+    )
+    os.environ.update(changes)
+    jax = sys.modules.get("jax")
+    if "JAX_PLATFORMS" in changes and jax is not None:
+        jax.config.update("jax_platforms", changes["JAX_PLATFORMS"])
+    return changes
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 distill: `ahn_jax.training.step.make_train_step` as training runs it: teacher forward (full
   attention, no gradient) + student forward (sinks + window + AHN-GDN) + backward to the AHN
-  weights + AdamW, KL loss tiled over sequence and vocabulary; fixed W = 512, S = 32.
+  weights + AdamW, KL loss tiled over sequence and vocabulary; W = 512, S = 32 for every row.
 plain: a full-attention forward + backward of the same model with gradients for every weight
   (next-token cross-entropy through the same tiled loss), no optimizer: what ordinary training of
   the base costs per token.
@@ -72,7 +72,10 @@ def distill_step(train, model, batch):
     tx, schedule = optimizer_for(train)
     step = make_train_step(graphdef, tx, schedule, train)
     opt_state = tx.init(trainable)
-    args = (frozen, batch, jnp.int32(WINDOW), jnp.int32(SINKS), jnp.int32(3))
+    rows = batch["input_ids"].shape[0]
+    bounds = {"window": jnp.full((rows,), WINDOW, jnp.int32),
+              "sinks": jnp.full((rows,), SINKS, jnp.int32)}  # fmt: skip
+    args = (frozen, {**batch, **bounds}, jnp.int32(3))
 
     def run():
         # the step donates its state: hand it fresh copies so that every call is the same work

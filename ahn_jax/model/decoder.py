@@ -7,6 +7,7 @@ apart; docs/method.md §Method says where the memory plugs in.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -15,9 +16,14 @@ from ahn_jax.model import layers, memory
 from kernels import window_attention
 
 
-def _masked_where(keep, x):
-    """x where `keep` ([T] over the sequence axis 1), else 0."""
-    return jnp.where(keep.reshape((1, -1) + (1,) * (x.ndim - 2)), x, 0)
+def _masked_where(keep_BT, x):
+    """x [B, T, ...] where `keep_BT`, else 0."""
+    return jnp.where(keep_BT.reshape(keep_BT.shape + (1,) * (x.ndim - 2)), x, 0)
+
+
+def _gather_rows(x, index_BT):
+    """Row b of x [B, U, ...] at its own positions index_BT[b]: [B, T, ...]."""
+    return jax.vmap(lambda row, index: jnp.take(row, index, axis=0))(x, index_BT)
 
 
 class DecoderLayer(nnx.Module):
@@ -56,14 +62,18 @@ class DecoderLayer(nnx.Module):
     def memory(self, h_BTD, q_BTNH, k_BTKH, v_BTKH, window, sinks):
         """The AHN output [B, T, N, H] of the parallel forward. The memory runs over all T
         positions, item t holding the token t - W that leaves the window as t arrives; items
-        with nothing to evict (t < S + W) get identity gates, so shapes never depend on W, S."""
-        t = jnp.arange(q_BTNH.shape[1])
+        with nothing to evict (t < S + W) get identity gates, so shapes never depend on W, S.
+        `window` and `sinks` are scalars or int32 [B] (each row evicts by its own pair)."""
+        B, T = q_BTNH.shape[:2]
+        t = jnp.arange(T)[None, :]
+        window_B1 = window_attention.per_row(window, B)[:, None]
+        sinks_B1 = window_attention.per_row(sinks, B, "sinks")[:, None]
         y, _ = self._read_memory(
             h_BTD,
             q_BTNH,
             (k_BTKH, v_BTKH, self.ahn.write_gates(h_BTD)),
-            evict_index=jnp.maximum(t - window, 0),
-            evicting=t - window >= sinks,
+            evict_index=jnp.maximum(t - window_B1, 0),
+            evicting=t - window_B1 >= sinks_B1,
             state=None,
             impl="chunked",
         )
@@ -72,17 +82,18 @@ class DecoderLayer(nnx.Module):
     def _read_memory(self, h_BTD, q_BTNH, sources, evict_index, evicting, state, impl):
         """Write the evicted items (k, v and gates gathered from `sources` at `evict_index`,
         identity gates where not `evicting`) and read with the current queries: the one memory
-        path of the parallel forward and of prefill/decode. Returns (y, final state)."""
+        path of the parallel forward and of prefill/decode. `evict_index` and `evicting` are [T]
+        (shared by the rows: the cache) or [B, T] (per-row windows). Returns (y, final state)."""
+        B, T, N = q_BTNH.shape[:3]
+        evict_BT = jnp.broadcast_to(evict_index, (B, T))
+        evicting_BT = jnp.broadcast_to(evicting, (B, T))
         k, v, gates = sources
-        gates = {
-            n: _masked_where(evicting, jnp.take(g, evict_index, axis=1)) for n, g in gates.items()
-        }
+        gates = {n: _masked_where(evicting_BT, _gather_rows(g, evict_BT)) for n, g in gates.items()}
         k_ev, v_ev = (
-            memory.repeat_kv(jnp.take(x, evict_index, axis=1), q_BTNH.shape[2]).astype(q_BTNH.dtype)
-            for x in (k, v)
+            memory.repeat_kv(_gather_rows(x, evict_BT), N).astype(q_BTNH.dtype) for x in (k, v)
         )
         o, state = self.ahn.recurrence(q_BTNH, k_ev, v_ev, gates, state, impl)
-        return _masked_where(evicting, self.ahn.output(o, h_BTD)), state
+        return _masked_where(evicting_BT, self.ahn.output(o, h_BTD)), state
 
     def with_cache(self, x_BTD, cos_BTH, sin_BTH, arrays: dict, plan, mode: str):
         """P new tokens against this layer's cache arrays (ahn_jax/model/cache.py); returns the new

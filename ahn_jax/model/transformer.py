@@ -18,6 +18,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ahn_jax.config import MODES, ModelConfig
@@ -25,6 +26,7 @@ from ahn_jax.model import layers, memory
 from ahn_jax.model.cache import DecodeCache, empty_cache, extend_plan
 from ahn_jax.model.decoder import DecoderLayer
 from ahn_jax.model.sharding import constrain
+from kernels.window_attention import per_row
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
@@ -74,11 +76,12 @@ class AhnModel(nnx.Module):
     ) -> jax.Array:
         """Logits [B, T, V] in fp32. Modes: "full" (causal attention, the teacher), "swa" (S sinks
         + a window of W keys) and "ahn" (swa plus the memory of evicted tokens). `window` and
-        `sinks` are runtime values: new ones do not recompile."""
+        `sinks` are runtime values, each a scalar or one per row (int32 [B]: row b is computed as
+        if alone with its own pair); new ones do not recompile."""
         input_ids = jnp.asarray(input_ids)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
-        window, sinks = self._check_mode(mode, window, sinks)
+        window, sinks = self._check_mode(mode, window, sinks, input_ids.shape[0])
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         elif jnp.shape(positions) != input_ids.shape:
@@ -98,16 +101,18 @@ class AhnModel(nnx.Module):
                 "ahn_path=..., or set memory.type in the config"
             )
 
-    def _check_mode(self, mode, window, sinks):
+    def _check_mode(self, mode, window, sinks, batch):
+        """Window and sinks as int32 [B] (scalars broadcast), so that scalar and per-row calls
+        share one compiled forward."""
         self._check_supported(mode)
         if mode == "full":
-            return jnp.int32(0), jnp.int32(0)
+            return jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32)
         if window is None:
             raise ValueError(f"mode {mode!r} needs window=W (the sliding window, sinks excluded)")
         for name, value, low in (("window", window, 1), ("sinks", sinks, 0)):
-            if not isinstance(value, jax.core.Tracer) and int(value) < low:
-                raise ValueError(f"{name} must be >= {low}, got {int(value)}")
-        return jnp.asarray(window, jnp.int32), jnp.asarray(sinks, jnp.int32)
+            if not isinstance(value, jax.core.Tracer) and np.size(value) and np.min(value) < low:
+                raise ValueError(f"{name} must be >= {low}, got {np.min(value)}")
+        return per_row(window, batch), per_row(sinks, batch, "sinks")
 
     def _embed(self, input_ids_BT, positions_BT):
         config = self.config
@@ -115,12 +120,12 @@ class AhnModel(nnx.Module):
         cos, sin = layers.rope_tables(positions_BT, config.head_dim, config.rope_theta)
         return constrain(x, ("batch", "length", "embed")), cos, sin
 
-    def _layer_windows(self, window, length):
-        """Per-layer windows: layers kept as full attention see the whole sequence."""
+    def _layer_windows(self, window_B, length):
+        """Per-layer windows [L, B]: layers kept as full attention see the whole sequence."""
         full = jnp.zeros((self.config.num_layers,), bool)
         if self.config.full_attention_layers:
             full = full.at[jnp.asarray(self.config.full_attention_layers)].set(True)
-        return jnp.where(full, jnp.maximum(length, 1), window)
+        return jnp.where(full[:, None], jnp.maximum(length, 1), window_B[None, :])
 
     def logits(self, input_ids_BT, positions_BT, *, mode="full", window=None, sinks=0):
         """The traced computation behind `__call__` (call it inside jit/grad of your own)."""
@@ -131,9 +136,12 @@ class AhnModel(nnx.Module):
         self, input_ids_BT, positions_BT, *, mode="full", window=None, sinks=0, collect=False
     ):
         """Final-normed hidden states [B, T, D] (the input of `lm_head_DV`), and with `collect`
-        every layer's attention output before o_proj, stacked [L, B, T, N, H] (else None)."""
+        every layer's attention output before o_proj, stacked [L, B, T, N, H] (else None).
+        `window` and `sinks`: scalars or int32 [B], one per row."""
         x, cos, sin = self._embed(input_ids_BT, positions_BT)
-        windows = self._layer_windows(window if window is not None else 0, x.shape[1])
+        B, T = input_ids_BT.shape
+        windows = self._layer_windows(per_row(0 if window is None else window, B), T)
+        sinks = per_row(sinks, B, "sinks")
 
         def layer_step(x_BTD, inputs):
             layer, layer_window = inputs

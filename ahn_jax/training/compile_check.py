@@ -91,9 +91,13 @@ def check(config, topology: str, mesh_spec: str = "", seq_len=None, batch_size=N
         rows = NamedSharding(mesh, partition_spec(("batch", None), batch_shape, mesh))
         batch = {k: jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=rows)
                  for k in ("input_ids", "labels")}  # fmt: skip
+        # each row's window and sinks, split over the mesh like the rows
+        per_row = NamedSharding(mesh, partition_spec(("batch",), (batch_size,), mesh))
+        for k in ("window", "sinks"):
+            batch[k] = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=per_row)
         scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
         step = make_train_step(graphdef, tx, schedule, t)
-        lowered = step.lower(trainable, opt_state, frozen, batch, scalar, scalar, scalar)
+        lowered = step.lower(trainable, opt_state, frozen, batch, scalar)
         report = {
             "topology": topology,
             "description": description,

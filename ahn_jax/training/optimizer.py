@@ -1,4 +1,5 @@
-"""The optimizer of the AHN weights: AdamW, linear warmup + cosine decay, global-norm clipping.
+"""The optimizer of the trained weights (the AHN weights; the base's when pretraining): AdamW,
+linear warmup + cosine decay, global-norm clipping.
 
 Weight decay skips what the reference marks `_no_weight_decay` (A_log, D, dt_bias) and what the HF
 trainer exempts by name (biases, norm weights), docs/method.md §Training.
@@ -11,7 +12,8 @@ import optax
 
 from ahn_jax.config import TrainConfig
 
-NO_DECAY = ("A_log", "D", "dt_bias", "dt_proj_bias", "g_proj_bias", "o_norm", "norm")
+# The reference's `_no_weight_decay` parameters (the AHN memories' decay and skip terms).
+NO_DECAY = ("A_log", "D", "dt_bias")
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float = 0.1):
@@ -25,13 +27,36 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float
     )
 
 
+def parameter_names(path) -> list[str]:
+    """The names along a pytree path: dict keys and attributes, less an nnx Variable's `.value`
+    (flax 0.12 flattens an nnx.State's leaf to `(..., DictKey(name), GetAttrKey('value'))`: the
+    parameter's own name is the key before it)."""
+    names = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            names.append(str(key.key))
+        elif isinstance(key, jax.tree_util.GetAttrKey):
+            names.append(key.name)
+    if names and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        names.pop()
+    return names
+
+
+def decays(path) -> bool:
+    """Whether the parameter at `path` decays: not one of NO_DECAY, not a bias (`*bias`: q/k/v
+    biases, Mamba2's dt_proj_bias and g_proj_bias), not a norm's weight (a name along the path
+    containing "norm": `o_norm`, `norm`, `final_norm/scale`)."""
+    names = parameter_names(path)
+    if not names:
+        return True
+    name = names[-1]
+    exempt = name in NO_DECAY or name.endswith("bias") or any("norm" in n for n in names)
+    return not exempt
+
+
 def decay_mask(params):
-    """True for weights that decay: every leaf whose name is not in NO_DECAY."""
-
-    def decays(path, _):
-        return getattr(path[-1], "key", None) not in NO_DECAY
-
-    return jax.tree_util.tree_map_with_path(decays, params)
+    """True for the weights that decay (see `decays`), on plain dicts and nnx States alike."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
 
 
 def optimizer_for(train_config: TrainConfig, *, b1: float = 0.9, b2: float = 0.999):

@@ -24,6 +24,8 @@ class Utilization:
         self.peak = formulas.peak_flops(jax.devices()[0].device_kind, peak_override)
 
     def of_step(self, rows: int, length: int, lossless: int, seconds: float) -> dict:
+        """FLOP/s (and MFU) of a step of `rows` sequences padded to `length` with `lossless`
+        = W + S tokens kept exactly (one value for all rows: the loop passes their mean)."""
         work = rows * formulas.distillation_step_flops(
             self.config, length, lossless, base_params=self.base_params
         )

@@ -4,6 +4,7 @@ optimizer, the data iterator, the checkpoint manager (restoring the latest check
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,10 @@ from ahn_jax.training.checkpointing import restore_latest
 from ahn_jax.training.distributed import initialize_distributed, make_train_mesh, on_mesh
 from ahn_jax.training.optimizer import optimizer_for
 
+# What `Run.place_batch` puts on the mesh: the rows, and each row's window and sinks (docs/method.md
+# §Training: every sequence draws its own pair).
+ROW_ARRAYS = ("input_ids", "labels", "window", "sinks")
+
 
 def load_base(t: TrainConfig, model_config: ModelConfig, mesh=None):
     """The frozen base (a checkpoint, or the config's random init) with fresh AHN weights,
@@ -53,8 +58,10 @@ def load_base(t: TrainConfig, model_config: ModelConfig, mesh=None):
 
 
 def length_buckets(t: TrainConfig) -> tuple[int, ...]:
-    """Batch lengths. Processes pad their rows alone, so several processes use the largest only:
-    the rows of one global batch must agree on its length."""
+    """Batch lengths: each batch is padded to the smallest that holds its longest row, so the
+    step's work follows the real lengths (one compile per bucket; windows are drawn from each
+    row's own length, not from the bucket). Processes pad their rows alone, so several processes
+    use the largest only: the rows of one global batch must agree on its length."""
     buckets = t.length_buckets or (t.seq_len,)
     return buckets if jax.process_count() == 1 else (max(buckets),)
 
@@ -84,24 +91,41 @@ class Run:
     manager: ocp.CheckpointManager
     output_dir: Path
     skips: data.SkipCounter
+    samples: int | None = None  # records in the data's source, where known (the start lines)
     start_step: int = 0
     step_fn: Callable | None = None  # the jitted train step, once made
     mesh: jax.sharding.Mesh | None = None
 
     def place_batch(self, batch: dict) -> dict:
-        """The batch as arrays, split over the mesh's data-parallel axes."""
-        local = {k: batch[k] for k in ("input_ids", "labels")}
+        """The step's arrays: the rows ("input_ids", "labels" [B, T]) with each row's "window"
+        and "sinks" ([B]), all split over the mesh's data-parallel axes alike, so a row's pair
+        sits on the devices that hold the row."""
+        local = {k: batch[k] for k in ROW_ARRAYS}
         if self.mesh is None:
             return {k: jnp.asarray(v) for k, v in local.items()}
-        rows, length = local["input_ids"].shape
-        global_shape = (rows * jax.process_count(), length)
-        spec = partition_spec(("batch", None), global_shape, self.mesh)
-        sharding = NamedSharding(self.mesh, spec)
-        # each process holds its own rows of the global batch
-        return {
-            k: jax.make_array_from_process_local_data(sharding, v, global_shape)
-            for k, v in local.items()
-        }
+        rows = local["input_ids"].shape[0] * jax.process_count()
+        placed = {}
+        for name, value in local.items():
+            global_shape = (rows, *value.shape[1:])
+            axes = ("batch",) + (None,) * (value.ndim - 1)
+            sharding = NamedSharding(self.mesh, partition_spec(axes, global_shape, self.mesh))
+            # each process holds its own rows of the global batch
+            placed[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+        return placed
+
+
+def source_size(dataset) -> int | None:
+    """The records the data pipeline reads from (its root dataset's length, before filtering),
+    or None where the pipeline does not know it (e.g. several sources mixed by grain)."""
+    while getattr(dataset, "parents", None):
+        if len(dataset.parents) > 1:
+            return None
+        dataset = dataset.parents[0]
+    try:
+        size = len(dataset)
+    except TypeError:
+        return None
+    return size if size < sys.maxsize else None
 
 
 def setup(config: ConfigDict) -> Run:
@@ -139,6 +163,7 @@ def setup(config: ConfigDict) -> Run:
         skips=skips,
     )
     iterator = iter(dataset)
+    samples = source_size(dataset)
     manager = ocp.CheckpointManager(
         output_dir / "checkpoints",
         options=ocp.CheckpointManagerOptions(
@@ -146,6 +171,6 @@ def setup(config: ConfigDict) -> Run:
         ),
     )
     run = Run(config, model_config, t, d, graphdef, trainable, frozen, opt_state, tx, schedule,
-              iterator, manager, output_dir, skips, mesh=mesh)  # fmt: skip
+              iterator, manager, output_dir, skips, samples, mesh=mesh)  # fmt: skip
     restore_latest(run)
     return run

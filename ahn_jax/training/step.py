@@ -1,9 +1,11 @@
 """The jitted training step, apart from the run around it (data, checkpoints, logging).
 
-Teacher: the frozen model in mode "full" (no gradient). Student: the same weights in mode "ahn" with
-the step's window and sinks. Loss on positions >= S + W whose label is not ignored: KL(teacher ||
-student) ("kl"), next-token cross-entropy of the student ("ce"), or per-layer attention-output
-distillation ("distill"). Gradients flow only to the `AhnParam` weights (the `trainable` state).
+Teacher: the frozen model in mode "full" (no gradient). Student: the same weights in mode "ahn",
+each row with its own window and sinks. Loss on positions >= S_b + W_b whose label is not ignored:
+KL(teacher || student) ("kl"), next-token cross-entropy of the student ("ce"), per-layer
+attention-output distillation ("distill"), or a "+"-joined sum of them; each sequence's mean, then
+the mean over the sequences that have a valid position (training/losses.py). Gradients flow only to
+the `AhnParam` weights (the `trainable` state).
 """
 
 from __future__ import annotations
@@ -18,80 +20,86 @@ from flax import nnx
 from ahn_jax.config import TrainConfig
 from ahn_jax.training import losses
 
+# the loss mask and the CE targets live with the losses; named here too, where the step uses them
+valid_positions = losses.valid_positions
+next_token_targets = losses.next_token_targets
 
-def valid_positions(labels_BT, window, sinks):
-    """Where the loss counts: the memory is active (t >= S + W) and the label is not ignored."""
-    t = jnp.arange(labels_BT.shape[1])[None, :]
-    return (t >= window + sinks) & (labels_BT != losses.IGNORE)
-
-
-def next_token_targets(labels_BT):
-    """Position t predicts label t + 1; the last position predicts nothing."""
-    return jnp.pad(labels_BT[:, 1:], ((0, 0), (0, 1)), constant_values=losses.IGNORE)
+ROWS = ("input_ids", "labels")  # [B, T] int32
+WINDOWS = ("window", "sinks")  # [B] int32: each row's W (sinks excluded) and S
 
 
-def loss_on_batch(model, batch, window, sinks, loss_name, seq_tile, vocab_tile, student_mode="ahn"):
-    """(mean loss, counted positions). Pretraining is "ce" with the student in mode "full" and
-    window = sinks = 0 (every labelled position counts)."""
-    ids, labels = batch["input_ids"], batch["labels"]
-    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
-    distill = loss_name == "distill"
-    student, student_attn = model.hidden_states(
-        ids, positions, mode=student_mode, window=window, sinks=sinks, collect=distill
-    )
-    valid = valid_positions(labels, window, sinks)
-    if loss_name == "ce":  # next-token CE: position t predicts label t + 1
-        targets = next_token_targets(labels)
-        valid = valid & (targets != losses.IGNORE)
-        return losses.cross_entropy(
-            student, model.lm_head_DV(), targets, valid, seq_tile=seq_tile, vocab_tile=vocab_tile
+def _check_batch(batch, pretrain: bool) -> None:
+    missing = [k for k in ROWS + (() if pretrain else WINDOWS) if k not in batch]
+    if missing:
+        raise KeyError(
+            f"the step's batch needs {missing} (input_ids, labels [B, T]; window, sinks [B] "
+            f"int32), got keys {sorted(batch)}"
         )
-    teacher, teacher_attn = model.hidden_states(ids, positions, mode="full", collect=distill)
-    if distill:
-        return losses.layer_distill(student_attn, teacher_attn, valid)
-    return losses.distillation_kl(
-        student, teacher, model.lm_head_DV(), valid, seq_tile=seq_tile, vocab_tile=vocab_tile
-    )
+
+
+def _micro_loss(graphdef, train_config: TrainConfig):
+    """(trainable, frozen, micro-batch) -> (sum of the rows' losses, (non-empty rows, valid
+    positions)); rows without a valid position have loss 0, so the sum runs over the others."""
+    pretrain = train_config.objective == "pretrain"
+    loss_name = "ce" if pretrain else train_config.loss
+    losses.loss_terms(loss_name)  # a bad name fails here, not inside the trace
+    tiles = {"seq_tile": train_config.seq_tile, "vocab_tile": train_config.vocab_tile}
+
+    def micro_loss(trainable, frozen, batch):
+        model = nnx.merge(graphdef, trainable, frozen)
+        if pretrain:  # every labelled position counts
+            bounds = {"window": 0, "sinks": 0, "mode": "full"}
+        else:
+            bounds = {"window": batch["window"], "sinks": batch["sinks"], "mode": "ahn"}
+        per_row, counts = losses.sequence_terms(
+            model, batch["input_ids"], batch["labels"], loss=loss_name, **bounds, **tiles
+        )
+        return jnp.sum(per_row), (jnp.sum(counts > 0), jnp.sum(counts))
+
+    return micro_loss
 
 
 def make_train_step(graphdef, tx, schedule, train_config: TrainConfig):
-    """A jitted step: (trainable, opt_state, frozen, batch, window, sinks) -> (trainable,
-    opt_state, metrics). Micro-batches are scanned with gradients summed in fp32. With
-    `objective="pretrain"` the trainable state is the base and the loss next-token CE under full
-    attention (window and sinks are ignored)."""
-    loss_name = train_config.loss
+    """A jitted step: (trainable, opt_state, frozen, batch, step_index) -> (trainable, opt_state,
+    metrics).
+
+    `batch` holds "input_ids" and "labels" [B, T] int32 and "window" and "sinks" [B] int32 (each
+    row's own pair, traced: new values do not recompile), placed alike, so the micro-batch split
+    and data-parallel sharding cut them together. The loss is the mean over the global batch's
+    sequences with a valid position of each one's mean loss: micro-batches (scanned, gradients
+    summed in fp32) add up the per-sequence losses and count the non-empty sequences, and the sum
+    is divided once at the end. Metrics: loss, sequences (non-empty rows), valid_tokens,
+    grad_norm, learning_rate. With `objective="pretrain"` the trainable state is the base and the
+    loss next-token CE under full attention on every labelled position, also per sequence (window
+    and sinks are not needed)."""
     pretrain = train_config.objective == "pretrain"
     micro = train_config.micro_batches
-    tiles = (train_config.seq_tile, train_config.vocab_tile)
-
-    def micro_loss(trainable, frozen, batch, window, sinks):
-        model = nnx.merge(graphdef, trainable, frozen)
-        if pretrain:  # window and sinks are not used: every labelled position counts
-            loss, count = loss_on_batch(model, batch, 0, 0, "ce", *tiles, student_mode="full")
-        else:
-            loss, count = loss_on_batch(model, batch, window, sinks, loss_name, *tiles)
-        return loss * count, count
+    grad_fn = jax.value_and_grad(_micro_loss(graphdef, train_config), has_aux=True)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(trainable, opt_state, frozen, batch, window, sinks, step_index):
-        split = jax.tree.map(lambda x: x.reshape(micro, -1, *x.shape[1:]), batch)
-        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    def step(trainable, opt_state, frozen, batch, step_index):
+        _check_batch(batch, pretrain)
+        keys = ROWS + (() if pretrain else WINDOWS)
+        split = {k: batch[k].reshape(micro, -1, *batch[k].shape[1:]) for k in keys}
 
         def accumulate(carry, micro_batch):
-            total, count, grads = carry
-            (weighted, n), g = grad_fn(trainable, frozen, micro_batch, window, sinks)
-            return (total + weighted, count + n, jax.tree.map(jnp.add, grads, g)), None
+            total, sequences, tokens, grads = carry
+            (summed, (rows, count)), g = grad_fn(trainable, frozen, micro_batch)
+            grads = jax.tree.map(jnp.add, grads, g)
+            return (total + summed, sequences + rows, tokens + count, grads), None
 
         zeros = jax.tree.map(jnp.zeros_like, trainable)
-        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), zeros)
-        (total, count, grads), _ = jax.lax.scan(accumulate, init, split)
-        scale = 1.0 / jnp.maximum(count, 1)
+        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
+                zeros)  # fmt: skip
+        (total, sequences, tokens, grads), _ = jax.lax.scan(accumulate, init, split)
+        scale = 1.0 / jnp.maximum(sequences, 1)
         grads = jax.tree.map(lambda g: g * scale, grads)
         updates, opt_state = tx.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
         metrics = {
             "loss": total * scale,
-            "valid_tokens": count,
+            "sequences": sequences,
+            "valid_tokens": tokens,
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": schedule(step_index),
         }

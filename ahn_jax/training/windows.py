@@ -1,12 +1,16 @@
-"""Per-step window and sink sampling for self-distillation (docs/method.md §Training).
+"""Per-row window and sink sampling for self-distillation (docs/method.md §Training).
 
-  random  W_tot uniform over the powers of two in `window_choices` with L/8 < W_tot < L, then S
+For each row b of a batch, with L_b its own unpadded length (never the batch's padded length):
+  random  W_tot uniform over the candidates in `window_choices` with L_b/8 < W_tot < L_b, then S
           uniform over `sink_choices` with S <= W_tot / 2, and W = W_tot - S (the reference's
           `sliding_window_type=random`, `ahn_position=random`);
   fixed   W = `window`, S = `sinks`;
-  linear  W_tot = max(L / 4, 512), S = `sinks`, W = W_tot - S.
-L is the batch's sequence length. Draws depend only on (seed, step), so a resumed run samples the
-same values, and W and S reach the train step as traced scalars: no recompilation.
+  linear  W_tot = max(L_b / 4, 512), S = `sinks`, W = W_tot - S.
+The reference runs one sequence per device, so every sequence of a global batch draws its own
+pair; one pair per padded batch would pin W_tot to the largest candidates and never train small
+windows. A row's draw depends only on (seed, step, global row index): a resumed run, another mesh
+or another process count draws the same values for the same rows. The pairs reach the train step
+as traced [B] int32 arrays, so new draws do not recompile it.
 """
 
 from __future__ import annotations
@@ -17,33 +21,66 @@ from ahn_jax.config import SINK_CHOICES, WINDOW_CHOICES, ConfigError
 from ahn_jax.config.run import WINDOW_SAMPLINGS
 
 
-def sample_window(
+def sample_windows(
+    lengths,
+    *,
     seed: int,
     step: int,
-    length: int,
-    *,
     kind: str = "random",
     window: int = 256,
     sinks: int = 0,
     window_choices=WINDOW_CHOICES,
     sink_choices=SINK_CHOICES,
-) -> tuple[int, int]:
-    """(W, S) for one step."""
+    row_offset: int = 0,
+    row_stride: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(W [B], S [B]) int32 for rows of unpadded `lengths` [B]; W excludes the sinks.
+
+    Row b is global row `row_offset + b * row_stride` of the step's batch (a process passes where
+    its rows sit in the global batch, so its draws equal a single process's). A "random" row with
+    no admissible W_tot (L_b too short for every candidate) is not an error: it gets W = L_b,
+    S = 0, which leaves it no position in the memory's reach (`rows_without_window` counts it)."""
+    lengths = np.asarray(lengths, np.int64).reshape(-1)
     if kind == "fixed":
-        return window, sinks
+        return _filled(lengths, window), _filled(lengths, sinks)
     if kind == "linear":
-        total = max(length // 4, 512)
-        return total - sinks, sinks
+        totals = np.maximum(lengths // 4, 512)
+        return (totals - sinks).astype(np.int32), _filled(lengths, sinks)
     if kind != "random":
         raise ConfigError(f"train.window_sampling must be one of {WINDOW_SAMPLINGS}, got {kind!r}")
-    rng = np.random.default_rng([seed, step])
+    pairs = [
+        _random_pair(
+            int(length), seed, step, row_offset + b * row_stride, window_choices, sink_choices
+        )  # fmt: skip
+        for b, length in enumerate(lengths)
+    ]
+    window_B = np.asarray([w for w, _ in pairs], np.int32).reshape(-1)
+    sinks_B = np.asarray([s for _, s in pairs], np.int32).reshape(-1)
+    return window_B, sinks_B
+
+
+def memory_rows(lengths, window_B, sinks_B) -> np.ndarray:
+    """[B] bool: the rows with a position t >= W + S inside their unpadded length, where the
+    memory is active and the loss counts. The others (rows too short for any candidate, or for a
+    fixed / linear window) have nothing to learn from."""
+    return np.asarray(window_B) + np.asarray(sinks_B) < np.asarray(lengths)
+
+
+def rows_without_window(lengths, window_B, sinks_B) -> int:
+    """How many rows have no position in the memory's reach (not `memory_rows`)."""
+    return int(np.sum(~memory_rows(lengths, window_B, sinks_B)))
+
+
+def _random_pair(length, seed, step, row, window_choices, sink_choices) -> tuple[int, int]:
     totals = [c for c in window_choices if length / 8 < c < length]
-    if not totals:
-        raise ConfigError(
-            f"no window in train.window_choices={tuple(window_choices)} lies strictly between "
-            f"L/8 and L for sequence length L={length}"
-        )
-    total = int(rng.choice(totals))
+    if not totals:  # no candidate fits this row: a window over all of it (no memory position)
+        return max(length, 1), 0
+    rng = np.random.default_rng([seed, step, row])
+    total = int(totals[rng.integers(len(totals))])
     sink_options = [s for s in sink_choices if s <= total / 2]
-    chosen_sinks = int(rng.choice(sink_options)) if sink_options else 0
-    return total - chosen_sinks, chosen_sinks
+    chosen = int(sink_options[rng.integers(len(sink_options))]) if sink_options else 0
+    return total - chosen, chosen
+
+
+def _filled(lengths: np.ndarray, value: int) -> np.ndarray:
+    return np.full(lengths.shape, value, np.int32)

@@ -7,6 +7,8 @@ impls of `sink_window_attention`:
                for all of them). The same path serves `causal_attention`, which the model runs.
   "splash"     Pallas TPU splash attention with a fused sink-or-local mask (`pallas`; interpret
                mode off TPU); W and S must be Python ints (the mask is preprocessed per (T, W, S)).
+"reference" and "blocked" also take W and S per row (int32 [B]: row b sees its own sinks and
+window, as if called alone); splash takes one pair for the batch.
 Layout q [B, T, N, H], k [B, T, K, H], v [B, T, K, E]: k/v may have fewer heads than q
 (grouped-query attention, K dividing N).
 """
@@ -14,9 +16,10 @@ Layout q [B, T, N, H], k [B, T, K, H], v [B, T, K, E]: k/v may have fewer heads 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from kernels.window_attention import blocked, naive
-from kernels.window_attention.naive import masked_attention, visible
+from kernels.window_attention.naive import masked_attention, per_row, visible
 
 IMPLS = ("reference", "blocked", "splash")
 # query/key block of the blocked path; sequences up to one block take the dense path
@@ -27,12 +30,18 @@ __all__ = [
     "IMPLS",
     "causal_attention",
     "masked_attention",
+    "per_row",
     "sink_window_attention",
     "visible",
 ]
 
 
 def _static_int(x, name):
+    if jnp.ndim(x) != 0:
+        raise ValueError(
+            f"{name} has shape {jnp.shape(x)}: impl='splash' takes one {name} for the whole "
+            f"batch (a Python int); per-row values need impl='blocked' or 'reference'"
+        )
     try:
         return int(x)
     except (TypeError, jax.errors.ConcretizationTypeError) as e:
@@ -44,8 +53,9 @@ def _static_int(x, name):
 def sink_window_attention(q, k, v, *, window, sinks, scale=None, impl="reference", block_size=128):
     """Causal attention restricted to S sinks plus a window of W keys (the query's own included).
 
-    q [B, T, N, H], k [B, T, K, H], v [B, T, K, E] -> [B, T, N, E]. `block_size` is the query and
-    key block of impl="blocked".
+    q [B, T, N, H], k [B, T, K, H], v [B, T, K, E] -> [B, T, N, E]. `window` and `sinks` are
+    scalars or int32 [B] (one per row; not with impl="splash"). `block_size` is the query and key
+    block of impl="blocked".
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -67,7 +77,8 @@ def sink_window_attention(q, k, v, *, window, sinks, scale=None, impl="reference
 
 
 def causal_attention(q, k, v, *, scale=None, block: int = BLOCK, window=None, sinks=0):
-    """Causal attention, optionally restricted to `sinks` + `window` (both may be traced).
+    """Causal attention, optionally restricted to `sinks` + `window` (both may be traced, and
+    either a scalar or int32 [B], one per row).
 
     Sequences up to `block` take the dense reference; longer ones the blocked path (kernels/
     window_attention/blocked.py): the [T, T] score matrix is never formed and key blocks with no

@@ -5,7 +5,9 @@ skips (`lax.cond`) every block that holds no visible key (above the diagonal, or
 sink prefix and the query block's window band) and folds the rest in with an online softmax, so the
 [T, T] score matrix is never formed: T^2 / 2 work causal, T (W + S) windowed, one compile for every
 W and S; differentiable, with memory growing with T in the backward pass (both scans
-rematerialised).
+rematerialised). W and S may differ per row ([B]): the batch runs one program, so a key block is
+skipped only when no row sees it, which the largest W and the largest S decide (the rows that do
+not see it are masked inside it).
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ import jax.numpy as jnp
 
 from kernels.common.masking import MASKED
 from kernels.common.varying import vary_like
-from kernels.window_attention.naive import visible
+from kernels.window_attention.naive import per_row, row_mask
 
 
 def blocked(q_BTNH, k_BTKH, v_BTKE, window, sinks, scale: float, block: int):
-    """q [B, T, N, H], k [B, T, K, H], v [B, T, K, E] -> [B, T, N, E] in q's dtype."""
+    """q [B, T, N, H], k [B, T, K, H], v [B, T, K, E] -> [B, T, N, E] in q's dtype; `window` and
+    `sinks` are scalars or int32 [B]."""
     B, T, N, H = q_BTNH.shape
+    window_B, sinks_B = per_row(window, B), per_row(sinks, B, "sinks")
+    # the widest row decides which key blocks run: one reduction over the batch per call
+    bounds = (window_B, sinks_B, jnp.max(window_B), jnp.max(sinks_B))
     K, E = k_BTKH.shape[2], v_BTKE.shape[-1]
     n_blocks = -(-T // block)
     pad = n_blocks * block - T  # padded keys sit after every real query: the causal mask hides them
@@ -34,9 +40,8 @@ def blocked(q_BTNH, k_BTKH, v_BTKE, window, sinks, scale: float, block: int):
 
     def query_block(_, inputs):
         i, q_BKGCH = inputs
-        return None, _query_block(
-            i, q_BKGCH, k_blocks, v_blocks, block, scale, window, sinks
-        ).astype(q_BKGCH.dtype)
+        out = _query_block(i, q_BKGCH, k_blocks, v_blocks, block, scale, bounds)
+        return None, out.astype(q_BKGCH.dtype)
 
     # rematerialised per query block: the backward pass holds one query block's key-block carries
     # at a time, so training memory grows with T, not T^2 (a 3B model at 24k tokens)
@@ -46,8 +51,9 @@ def blocked(q_BTNH, k_BTKH, v_BTKE, window, sinks, scale: float, block: int):
     return out[:, :T]
 
 
-def _query_block(i, q_BKGCH, k_blocks, v_blocks, block, scale, window, sinks):
+def _query_block(i, q_BKGCH, k_blocks, v_blocks, block, scale, bounds):
     """Query block i against every key block, by online softmax: [B, K, G, block, E] fp32."""
+    window_B, sinks_B, window_max, sinks_max = bounds
     n_blocks = k_blocks.shape[0]
     within = jnp.arange(block)
     q_pos = i * block + within
@@ -55,10 +61,11 @@ def _query_block(i, q_BKGCH, k_blocks, v_blocks, block, scale, window, sinks):
     def key_block(carry, key_inputs):
         j, k_BKCH, v_BKCE = key_inputs
         # the block's last key reaches the window of the block's first query, or is a sink
-        needed = (j <= i) & (((j + 1) * block - 1 > i * block - window) | (j * block < sinks))
+        reaches = ((j + 1) * block - 1 > i * block - window_max) | (j * block < sinks_max)
+        needed = (j <= i) & reaches
 
         def update(carry):
-            seen = visible(q_pos[:, None], (j * block + within)[None, :], window, sinks)
+            seen = row_mask(window_B, sinks_B, q_pos, j * block + within)[:, None, None]
             return _online_softmax_step(carry, q_BKGCH, k_BKCH, v_BKCE, seen, scale)
 
         # rematerialised: the gradient keeps the small running carry per key block, not its

@@ -128,3 +128,38 @@ def test_a_run_checks_the_sections_against_each_other_and_the_file_system(tmp_pa
     del missing["data"]
     with pytest.raises(ConfigError, match="no 'data' section"):
         run_configs(missing)
+
+
+def test_a_run_needs_a_base_and_data_unless_it_says_otherwise(tmp_path):
+    """The Qwen configs carry the model's shape only: a run names what it lacks before anything
+    is built. A random base is for benchmarks (allow_random_base) and pretraining; the Shakespeare
+    plays need no paths."""
+    qwen = load_config_file(CONFIGS / "qwen3b_gdn.py")
+    with pytest.raises(ConfigError, match=r"needs train\.base_checkpoint .* and data\.paths") as e:
+        run_configs(qwen)
+    assert "--config.train.base_checkpoint=/path/" in str(e.value)
+    assert "--config.data.paths=/path/" in str(e.value) and "allow_random_base" in str(e.value)
+    qwen.train.base_checkpoint = str(tmp_path)
+    with pytest.raises(ConfigError, match=r"needs data\.paths") as e:
+        run_configs(qwen)
+    assert "base_checkpoint" not in str(e.value) and "allow_random_base" not in str(e.value)
+    (tmp_path / "chat.jsonl").write_text("")
+    qwen.data.paths = (str(tmp_path / "chat.jsonl"),)
+    run_configs(qwen)
+
+    def tiny(**data):
+        return make_config(MODEL, ahn_type="gdn", train=dict(seq_len=256),
+                           data={"cutoff_len": 256, "format": "shakespeare", **data})  # fmt: skip
+
+    with pytest.raises(ConfigError, match=r"needs train\.base_checkpoint \(") as e:
+        run_configs(tiny(tokenizer="bytes"))
+    assert "data.paths" not in str(e.value)
+    random_base = tiny(tokenizer="bytes")
+    random_base.train.allow_random_base = True
+    run_configs(random_base)
+    random_base.data.tokenizer = "checkpoint"  # whose tokenizer.json?
+    with pytest.raises(ConfigError, match=r"data\.tokenizer = 'checkpoint' needs"):
+        run_configs(random_base)
+    pretrain = load_config_file(CONFIGS / "tiny_base.py")  # from the random init, by definition
+    assert not pretrain.train.base_checkpoint and not pretrain.train.allow_random_base
+    run_configs(pretrain)

@@ -24,9 +24,8 @@ def test_chat_labels_cover_only_the_assistant(qwen25_tokenizer_dir):
     ids, labels = data.encode_chat(tokenizer, CHAT)
     np.testing.assert_array_equal(ids, tokenizer.encode(render_chat(CHAT)))
     learned = tokenizer.decode(ids[labels != data.IGNORE])
-    assert (
-        learned
-        == "A brain region for memory.<|im_end|>A compressed memory for transformers.<|im_end|>"
+    assert learned == (  # each reply with its closing <|im_end|> and the "\n" after it
+        "A brain region for memory.<|im_end|>\nA compressed memory for transformers.<|im_end|>\n"
     )
     np.testing.assert_array_equal(labels[labels != data.IGNORE], ids[labels != data.IGNORE])
 

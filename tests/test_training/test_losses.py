@@ -18,11 +18,19 @@ def _inputs(seed=0):
     return student, teacher, head, valid
 
 
+def per_sequence_mean(values_BT, valid):
+    """The reference's reduction, densely: each row's mean over its valid positions, then the
+    mean over the rows that have one."""
+    counts = jnp.sum(valid, 1)
+    means = jnp.sum(jnp.where(valid, values_BT, 0.0), 1) / jnp.maximum(counts, 1)
+    return jnp.sum(jnp.where(counts > 0, means, 0.0)) / jnp.sum(counts > 0)
+
+
 def dense_kl(student, teacher, head, valid):
     log_p_t = jax.nn.log_softmax(teacher @ head, -1)
     log_p_s = jax.nn.log_softmax(student @ head, -1)
     kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), -1)
-    return jnp.sum(jnp.where(valid, kl, 0.0)) / jnp.sum(valid)
+    return per_sequence_mean(kl, valid)
 
 
 @pytest.mark.parametrize("seq_tile, vocab_tile", [(8, 64), (16, 300), (512, 8192)])
@@ -73,15 +81,17 @@ def test_tiled_cross_entropy_equals_dense():
     ours = losses.cross_entropy(student, head, targets, valid, seq_tile=8, vocab_tile=64)[0]
     log_p = jax.nn.log_softmax(student @ head, -1)
     nll = -jnp.take_along_axis(log_p, targets[..., None], -1)[..., 0]
-    np.testing.assert_allclose(float(ours), float(jnp.sum(nll * valid) / valid.sum()), rtol=1e-5)
+    np.testing.assert_allclose(float(ours), float(per_sequence_mean(nll, valid)), rtol=1e-5)
 
 
-def test_layer_distill_compares_directions_only():
+def test_layer_distill_compares_directions_averaged_over_the_hidden_values():
     rng = np.random.default_rng(4)
     attn = jnp.asarray(rng.normal(size=(3, B, T, 2, 4)), jnp.float32)
     valid = jnp.ones((B, T), bool)
     assert float(losses.layer_distill(attn, 5.0 * attn, valid)[0]) < 1e-10
-    assert float(losses.layer_distill(attn, -attn, valid)[0]) == pytest.approx(4.0, rel=1e-5)
+    # unit vectors u and -u differ by |2u|^2 = 4 in all, 4 / (N * H) = 0.5 per hidden value, as
+    # the reference's mse_loss(...).mean(-1) averages
+    assert float(losses.layer_distill(attn, -attn, valid)[0]) == pytest.approx(0.5, rel=1e-5)
 
 
 def test_tiled_kl_memory_is_bounded_by_the_tile():
@@ -101,3 +111,130 @@ def test_tiled_kl_memory_is_bounded_by_the_tile():
     temp = compiled.memory_analysis().temp_size_in_bytes
     logits_bytes = T_long * V_long * 4
     assert temp < logits_bytes / 16, (temp, logits_bytes)
+
+
+def test_row_sums_are_per_sequence_across_tiles_and_empty_rows_give_zero():
+    """Tiles of 8 positions straddle the rows (T = 37); a row with no valid position sums to 0,
+    its mean is 0 and the batch mean leaves it out."""
+    rng = np.random.default_rng(5)
+    student, teacher = (jnp.asarray(rng.normal(size=(3, T, D)), jnp.float32) for _ in range(2))
+    head = jnp.asarray(rng.normal(size=(D, V)), jnp.float32)
+    valid = jnp.asarray(rng.random((3, T)) < 0.6).at[1].set(False)
+    targets = jnp.asarray(rng.integers(0, V, (3, T)))
+    log_p_t = jax.nn.log_softmax(teacher @ head, -1)
+    log_p_s = jax.nn.log_softmax(student @ head, -1)
+    dense = {
+        "kl": jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), -1),
+        "ce": -jnp.take_along_axis(log_p_s, targets[..., None], -1)[..., 0],
+    }
+    sums = {
+        "kl": losses.kl_sums(student, teacher, head, valid, seq_tile=8, vocab_tile=64),
+        "ce": losses.ce_sums(student, head, targets, valid, seq_tile=8, vocab_tile=64),
+    }
+    counts = jnp.sum(valid, 1)
+    for name, got in sums.items():
+        want = jnp.sum(jnp.where(valid, dense[name], 0.0), 1)
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
+        assert float(got[1]) == 0.0
+        means = losses.sequence_means(got, counts)
+        assert float(means[1]) == 0.0
+        np.testing.assert_allclose(
+            losses.mean_over_sequences(means, counts), (means[0] + means[2]) / 2, rtol=1e-6
+        )
+    assert float(losses.mean_over_sequences(jnp.zeros(3), jnp.zeros(3, int))) == 0.0
+
+
+# sequence_losses on a tiny model against float64 numpy from the model's logits
+
+LENGTHS, WINDOWS, SINKS = (40, 23, 40, 23), (5, 3, 12, 30), (3, 0, 4, 2)
+
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    from shared import random_ids, tiny_config
+
+    from ahn_jax.model.transformer import init_model
+
+    model = init_model(tiny_config(ahn_type="gdn"), seed=0, ahn_output_init="normal")
+    ids = random_ids(64, (4, 40), seed=6)
+    labels = ids.copy()
+    for b, length in enumerate(LENGTHS):  # right padding carries no label
+        ids[b, length:], labels[b, length:] = 0, losses.IGNORE
+    labels[0, :12] = losses.IGNORE  # a prompt
+    labels[2, :30] = labels[2, 34:] = losses.IGNORE  # a short reply: 3 CE positions after S + W
+    window, sinks = jnp.asarray(WINDOWS, jnp.int32), jnp.asarray(SINKS, jnp.int32)
+    return model, jnp.asarray(ids), jnp.asarray(labels), window, sinks
+
+
+def _log_softmax64(logits):
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _row_means64(values_BT, valid_BT):
+    counts = valid_BT.sum(1)
+    return np.where(counts > 0, (values_BT * valid_BT).sum(1) / np.maximum(counts, 1), 0.0)
+
+
+def test_sequence_losses_equal_float64_per_sequence_kl_and_ce(tiny_batch):
+    model, ids, labels, window, sinks = tiny_batch
+    log_s = _log_softmax64(model(ids, mode="ahn", window=window, sinks=sinks))
+    log_t = _log_softmax64(model(ids))
+    labels64 = np.asarray(labels)
+    t = np.arange(ids.shape[1])[None, :]
+    valid = (t >= (np.asarray(window) + np.asarray(sinks))[:, None]) & (labels64 != losses.IGNORE)
+    targets = np.pad(labels64[:, 1:], ((0, 0), (0, 1)), constant_values=losses.IGNORE)
+    nll = -np.take_along_axis(log_s, np.maximum(targets, 0)[..., None], -1)[..., 0]
+    want = {
+        "kl": _row_means64((np.exp(log_t) * (log_t - log_s)).sum(-1), valid),
+        "ce": _row_means64(nll, valid & (targets != losses.IGNORE)),
+    }
+    assert (valid & (targets != losses.IGNORE)).sum(1)[2] == 3 and not valid[3].any()
+    got = {}
+    for loss in ("kl", "ce", "kl+ce"):
+        got[loss] = losses.sequence_losses(
+            model, ids, labels, window=window, sinks=sinks, loss=loss, seq_tile=16, vocab_tile=24
+        )
+        assert got[loss].dtype == jnp.float32 and np.all(np.isfinite(got[loss]))
+        assert float(got[loss][3]) == 0.0  # no valid position
+    for loss in ("kl", "ce"):
+        assert np.all(want[loss][:3] > 0)
+        np.testing.assert_allclose(got[loss], want[loss], rtol=2e-4, atol=1e-7, err_msg=loss)
+    np.testing.assert_allclose(got["kl+ce"], got["kl"] + got["ce"], rtol=1e-6)
+
+
+def test_sequence_distill_averages_layers_and_hidden_values(tiny_batch):
+    model, ids, labels, window, sinks = tiny_batch
+    positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+    _, student = model.hidden_states(ids, positions, mode="ahn", window=window, sinks=sinks,
+                                     collect=True)  # fmt: skip
+    _, teacher = model.hidden_states(ids, positions, collect=True)
+
+    def unit(x):  # [L, B, T, N * H]
+        x = np.asarray(x, np.float64).reshape(*x.shape[:3], -1)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    error = ((unit(student) - unit(teacher)) ** 2).mean(-1).mean(0)  # [B, T]
+    valid = np.asarray(losses.valid_positions(labels, window, sinks))
+    got = losses.sequence_losses(model, ids, labels, window=window, sinks=sinks, loss="distill")
+    np.testing.assert_allclose(got, _row_means64(error, valid), rtol=1e-4, atol=1e-9)
+    assert float(got[3]) == 0.0 and np.all(np.asarray(got[:3]) > 0)
+
+
+@pytest.mark.parametrize("loss", ["kl", "ce+kl", "kl+ce+distill", "distill+ce"])
+def test_loss_combinations_are_accepted(loss):
+    from ahn_jax.config import TrainConfig
+
+    assert TrainConfig(loss=loss).loss == loss
+    assert losses.loss_terms(loss) == tuple(loss.split("+"))
+
+
+@pytest.mark.parametrize("loss", ["mse", "kl+mse", "kl+kl", "kl+", ""])
+def test_other_loss_names_are_refused_naming_the_field(loss):
+    from ahn_jax.config import ConfigError, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"train\.loss must be one of .*kl\+ce"):
+        TrainConfig(loss=loss)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        losses.loss_terms(loss)
