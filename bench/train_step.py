@@ -1,17 +1,22 @@
 """The distillation step against plain training of the same model, side by side in one run.
 
   python bench/train_step.py [--models=tiny,50m] [--lengths=2048,8192] [--repeats=2]
+  python bench/train_step.py --batch=4 --rounds=5 ...   # + per-row windows against one window
   JAX_PLATFORMS=cuda python bench/train_step.py ...   # on a GPU
 
 distill: `ahn_jax.training.step.make_train_step` as training runs it: teacher forward (full
   attention, no gradient) + student forward (sinks + window + AHN-GDN) + backward to the AHN
   weights + AdamW, KL loss tiled over sequence and vocabulary; W = 512, S = 32 for every row.
+distill_per_row (with --batch > 1): the same step with a different (W, S) per row, from PER_ROW
+  (W + S at most the one window's, so the blocked attention visits the same key blocks): the cost
+  of per-row windows themselves. It alternates with `distill` for --rounds rounds; the ratio
+  reported is the median of the per-round ratios (this machine is shared and noisy).
 plain: a full-attention forward + backward of the same model with gradients for every weight
   (next-token cross-entropy through the same tiled loss), no optimizer: what ordinary training of
   the base costs per token.
-Batch 1, fp32 weights and activations on CPU (bf16 on GPU). Reported: tokens/s (best of
-`--repeats` after a warm-up) and XLA's compile-time memory analysis (arguments + temporaries) of
-each step.
+Batch --batch (default 1), fp32 weights and activations on CPU (bf16 on GPU). Reported: tokens/s
+(best of `--repeats` after a warm-up) and XLA's compile-time memory analysis (arguments +
+temporaries) of each step.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from ahn_jax.training.optimizer import optimizer_for  # noqa: E402
 from ahn_jax.training.step import make_train_step  # noqa: E402
 
 WINDOW, SINKS = 512, 32
+# (W, S) of the rows of distill_per_row, cycled: W + S from 64 to WINDOW + SINKS, sinks 0 or 32
+PER_ROW = ((WINDOW, SINKS), (224, 32), (128, 0), (32, 32))
 MODELS = {
     # configs/tiny_gdn.py's model
     "tiny": dict(vocab_size=256, hidden_size=128, intermediate_size=384, num_layers=4,
@@ -52,9 +59,11 @@ def define_flags() -> None:
                       f"models to time, comma-separated, from {sorted(MODELS)}")  # fmt: skip
     flags.DEFINE_list("lengths", ["2048", "8192"], "sequence lengths T, comma-separated")
     flags.DEFINE_integer("repeats", 2, "timed steps per measurement (the best is kept)")
+    flags.DEFINE_integer("batch", 1, "rows per step; > 1 adds distill_per_row")
+    flags.DEFINE_integer("rounds", 3, "alternating rounds of distill and distill_per_row")
 
 
-def build(name: str, length: int, dtype: str):
+def build(name: str, length: int, dtype: str, rows: int):
     model_settings = {**MODELS[name], "param_dtype": dtype, "dtype": dtype, "remat_policy": "full",
                       "max_position_embeddings": max(length, 32768)}  # fmt: skip
     config = make_config(model_settings, ahn_type="gdn",
@@ -63,18 +72,19 @@ def build(name: str, length: int, dtype: str):
     model = init_model(validate_config(config), seed=0, ahn_output_init="normal")
     train = TrainConfig.from_dict(config.train.to_dict())
     rng = np.random.default_rng(0)
-    ids = jnp.asarray(rng.integers(0, model.config.vocab_size, (1, length)), jnp.int32)
+    ids = jnp.asarray(rng.integers(0, model.config.vocab_size, (rows, length)), jnp.int32)
     return train, model, {"input_ids": ids, "labels": ids}
 
 
-def distill_step(train, model, batch):
+def distill_step(train, model, batch, per_row: bool = False):
     graphdef, trainable, frozen = nnx.split(model, AhnParam, ...)
     tx, schedule = optimizer_for(train)
     step = make_train_step(graphdef, tx, schedule, train)
     opt_state = tx.init(trainable)
     rows = batch["input_ids"].shape[0]
-    bounds = {"window": jnp.full((rows,), WINDOW, jnp.int32),
-              "sinks": jnp.full((rows,), SINKS, jnp.int32)}  # fmt: skip
+    pairs = [PER_ROW[i % len(PER_ROW)] if per_row else (WINDOW, SINKS) for i in range(rows)]
+    bounds = {"window": jnp.asarray([w for w, _ in pairs], jnp.int32),
+              "sinks": jnp.asarray([s for _, s in pairs], jnp.int32)}  # fmt: skip
     args = (frozen, {**batch, **bounds}, jnp.int32(3))
 
     def run():
@@ -109,6 +119,17 @@ def memory_bytes(lowered) -> int:
     return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes
 
 
+def per_row_ratio(train, model, batch) -> float:
+    """Median over alternating rounds of (step time with per-row windows) / (with one window)."""
+    one, _ = distill_step(train, model, batch)
+    per_row, _ = distill_step(train, model, batch, per_row=True)
+    ratios = []
+    for _ in range(FLAGS.rounds):
+        base = best_seconds(one, repeats=FLAGS.repeats)
+        ratios.append(best_seconds(per_row, repeats=FLAGS.repeats) / base)
+    return float(np.median(ratios))
+
+
 def main(argv) -> None:
     del argv
     unknown = [name for name in FLAGS.models if name not in MODELS]
@@ -121,32 +142,41 @@ def main(argv) -> None:
     rows = []
     for name in FLAGS.models:
         for length in lengths:
-            train, model, batch = build(name, length, dtype)
-            row = {"model": name, "T": length,
+            train, model, batch = build(name, length, dtype, FLAGS.batch)
+            row = {"model": name, "T": length, "batch": FLAGS.batch,
                    "params": sum(x.size for x in jax.tree.leaves(nnx.state(model)))}  # fmt: skip
             for kind, make in (("plain", plain_step), ("distill", distill_step)):
                 run, lowered = make(train, model, batch)
                 row[f"{kind}_bytes"] = memory_bytes(lowered)
                 seconds = best_seconds(run, repeats=FLAGS.repeats)
-                row[f"{kind}_tokens_per_s"] = length / seconds
+                row[f"{kind}_tokens_per_s"] = FLAGS.batch * length / seconds
                 print(f"  {name} T={length} {kind}: {seconds:.3f} s, "
-                      f"{length / seconds:,.0f} tok/s, {row[f'{kind}_bytes'] / 2**20:,.0f} MiB",
-                      flush=True)  # fmt: skip
+                      f"{FLAGS.batch * length / seconds:,.0f} tok/s, "
+                      f"{row[f'{kind}_bytes'] / 2**20:,.0f} MiB", flush=True)  # fmt: skip
             row["distill_over_plain_time"] = row["plain_tokens_per_s"] / row["distill_tokens_per_s"]
+            if FLAGS.batch > 1:
+                row["per_row_over_one_window_time"] = per_row_ratio(train, model, batch)
+                print(
+                    f"  {name} T={length} per-row / one window: "
+                    f"{row['per_row_over_one_window_time']:.3f}",
+                    flush=True,
+                )
             rows.append(row)
     result = {"benchmark": "train_step", "machine": machine(), "device": device.device_kind,
               "jax": jax.__version__, "dtype": dtype, "window": WINDOW, "sinks": SINKS,
-              "rows": rows}  # fmt: skip
+              "per_row": PER_ROW, "rows": rows}  # fmt: skip
     suffix = "" if device.platform == "cpu" else f"_{device.platform}"
     print(f"wrote {write_result('train_step' + suffix, result)}\n")
-    print("| model | params | T | plain tok/s | distill tok/s | distill time / plain | "
-          "plain MiB | distill MiB |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | params | T | B | plain tok/s | distill tok/s | distill time / plain | "
+          "per-row / one window | plain MiB | distill MiB |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['T']} | "
+        per_row = r.get("per_row_over_one_window_time")
+        print(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['T']} | {r['batch']} | "
               f"{r['plain_tokens_per_s']:,.0f} | {r['distill_tokens_per_s']:,.0f} | "
-              f"{r['distill_over_plain_time']:.2f}x | {r['plain_bytes'] / 2**20:,.0f} | "
-              f"{r['distill_bytes'] / 2**20:,.0f} |")  # fmt: skip
+              f"{r['distill_over_plain_time']:.2f}x | "
+              f"{'-' if per_row is None else f'{per_row:.3f}'} | "
+              f"{r['plain_bytes'] / 2**20:,.0f} | {r['distill_bytes'] / 2**20:,.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
