@@ -140,6 +140,7 @@ def kl_sums(student_BTD, teacher_BTD, head_DV, valid_BT, *, seq_tile=512, vocab_
 
     Inputs are final-normed hidden states; logits are hidden @ head_DV. No gradient reaches the
     teacher."""
+    valid_BT = jnp.broadcast_to(valid_BT, student_BTD.shape[:2])
     D = student_BTD.shape[-1]
     teacher = jax.lax.stop_gradient(teacher_BTD)
 
@@ -156,6 +157,7 @@ def kl_sums(student_BTD, teacher_BTD, head_DV, valid_BT, *, seq_tile=512, vocab_
 
 def ce_sums(student_BTD, head_DV, targets_BT, valid_BT, *, seq_tile=512, vocab_tile=8192):
     """Per-sequence sums [B] of the CE of `targets` (already aligned with the positions)."""
+    valid_BT = jnp.broadcast_to(valid_BT, student_BTD.shape[:2])
     D = student_BTD.shape[-1]
     rows = student_BTD.reshape(-1, D)
     target_logits = jnp.einsum(
@@ -194,7 +196,9 @@ def _batch_loss(sums_B, valid_BT):
 
 
 def distillation_kl(student_BTD, teacher_BTD, head_DV, valid_BT, *, seq_tile=512, vocab_tile=8192):
-    """The batch's KL (mean over sequences of their mean over valid positions); (loss, count)."""
+    """The batch's KL (mean over sequences of their mean over valid positions); (loss, count).
+    `valid_BT` may be anything that broadcasts to [B, T] (e.g. [1, T])."""
+    valid_BT = jnp.broadcast_to(valid_BT, student_BTD.shape[:2])
     sums = kl_sums(
         student_BTD, teacher_BTD, head_DV, valid_BT, seq_tile=seq_tile, vocab_tile=vocab_tile
     )
@@ -203,6 +207,7 @@ def distillation_kl(student_BTD, teacher_BTD, head_DV, valid_BT, *, seq_tile=512
 
 def cross_entropy(student_BTD, head_DV, targets_BT, valid_BT, *, seq_tile=512, vocab_tile=8192):
     """The batch's CE of `targets` (mean over sequences of their means); (loss, count)."""
+    valid_BT = jnp.broadcast_to(valid_BT, student_BTD.shape[:2])
     sums = ce_sums(
         student_BTD, head_DV, targets_BT, valid_BT, seq_tile=seq_tile, vocab_tile=vocab_tile
     )

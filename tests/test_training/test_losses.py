@@ -84,6 +84,20 @@ def test_tiled_cross_entropy_equals_dense():
     np.testing.assert_allclose(float(ours), float(per_sequence_mean(nll, valid)), rtol=1e-5)
 
 
+def test_a_mask_shared_by_the_rows_broadcasts_to_every_row():
+    student, teacher, head, _ = _inputs()
+    shared = jnp.arange(T)[None, :] >= 5  # [1, T]
+    every = jnp.broadcast_to(shared, (B, T))
+    targets = jnp.asarray(np.random.default_rng(3).integers(0, V, (B, T)))
+    for loss in (
+        lambda valid: losses.cross_entropy(student, head, targets, valid, seq_tile=8),
+        lambda valid: losses.distillation_kl(student, teacher, head, valid, seq_tile=8),
+    ):
+        (got, got_count), (want, want_count) = loss(shared), loss(every)
+        assert int(got_count) == int(want_count) == B * (T - 5)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+
+
 def test_layer_distill_compares_directions_averaged_over_the_hidden_values():
     rng = np.random.default_rng(4)
     attn = jnp.asarray(rng.normal(size=(3, B, T, 2, 4)), jnp.float32)
