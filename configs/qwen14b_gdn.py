@@ -13,4 +13,5 @@ from ahn_jax.config import QWEN25_DEFAULTS, make_config
 def get_config():
     model = dict(QWEN25_DEFAULTS, vocab_size=152064, hidden_size=5120, intermediate_size=13824)
     model.update(num_layers=48, num_heads=40, num_kv_heads=8, tie_word_embeddings=False)
-    return make_config(model, ahn_type="gdn")
+    # the reference's `--max_samples 100000` (the other data and train defaults are its recipe)
+    return make_config(model, ahn_type="gdn", data={"max_samples": 100_000})

@@ -13,4 +13,5 @@ from ahn_jax.config import QWEN25_DEFAULTS, make_config
 def get_config():
     model = dict(QWEN25_DEFAULTS, vocab_size=151936, hidden_size=2048, intermediate_size=11008)
     model.update(num_layers=36, num_heads=16, num_kv_heads=2, tie_word_embeddings=True)
-    return make_config(model, ahn_type="dn")
+    # the reference's `--max_samples 100000` (the other data and train defaults are its recipe)
+    return make_config(model, ahn_type="dn", data={"max_samples": 100_000})
