@@ -13,7 +13,7 @@ import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ahn_jax.config.model import ConfigError
 
@@ -38,10 +38,29 @@ WINDOW_CHOICES = tuple(2**i for i in range(5, 14))  # W + S: 32 .. 8192
 SINK_CHOICES = (0, 32, 64, 128, 512, 2048, 4096)
 
 
+class _Section:
+    """What the typed sections share: made from a config file's section (`config.train.to_dict()`),
+    unknown keys refused naming them; `replace` and `to_dict` as ModelConfig has them."""
+
+    SECTION: ClassVar[str]
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]):
+        return cls(**_known(cls, cls.SECTION, settings))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     """The `train` section: the paper's recipe (docs/method.md §Training); a config file overrides
     what differs."""
+
+    SECTION = "train"
 
     # "distill": AHN weights learn from the frozen base (the paper); "pretrain": every base weight
     # learns next-token prediction under full attention (the miniature base of the demo)
@@ -113,22 +132,12 @@ class TrainConfig:
                 f"{profile!r}"
             )
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, settings: Mapping[str, Any]) -> TrainConfig:
-        """From a config file's `train` section (`config.train.to_dict()`); unknown keys are
-        errors."""
-        return cls(**_known(cls, "train", settings))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     """The `data` section: what the training batches are made of (ahn_jax/training/data.py)."""
+
+    SECTION = "data"
 
     format: str = "chat"  # one of DATA_FORMATS
     paths: tuple[str, ...] = ()  # JSONL (or, for "text", .txt) files; unused by "shakespeare"
@@ -152,18 +161,6 @@ class DataConfig:
         if self.max_samples < 0:
             raise ConfigError(f"data.max_samples must be >= 0 (0 = all), got {self.max_samples}")
         _check_mix(self.mix, self.paths)
-
-    def replace(self, **changes: Any) -> DataConfig:
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, settings: Mapping[str, Any]) -> DataConfig:
-        """From a config file's `data` section (`config.data.to_dict()`); unknown keys are
-        errors."""
-        return cls(**_known(cls, "data", settings))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _check_mix(mix: tuple[float, ...], paths: tuple[str, ...]) -> None:
