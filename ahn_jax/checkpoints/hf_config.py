@@ -101,7 +101,9 @@ def read_hf_config(directory: str | Path) -> dict[str, Any]:
 
 
 def to_hf_config(config: ModelConfig) -> dict[str, Any]:
-    """A transformers-5 `config.json` dict describing the same model (for exports)."""
+    """A `config.json` dict describing the same model (for exports) to transformers 4 and 5
+    alike: transformers 4 reads `rope_theta` and `torch_dtype` (without `rope_theta` it silently
+    builds the model with theta 10,000), transformers 5 `rope_parameters` and `dtype`."""
     return {
         "architectures": ["Qwen2ForCausalLM"],
         "model_type": "qwen2",
@@ -114,9 +116,11 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
         "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
         "tie_word_embeddings": config.tie_word_embeddings,
         "max_position_embeddings": config.max_position_embeddings,
         "use_sliding_window": False,
+        "torch_dtype": config.param_dtype,
         "dtype": config.param_dtype,
     }

@@ -89,6 +89,21 @@ def test_to_hf_config_round_trips():
     ) == config.replace(param_dtype="bfloat16", dtype="bfloat16")
 
 
+def test_exported_config_json_reads_the_same_in_transformers_4_and_5_keys(tmp_path):
+    """transformers 4 reads `rope_theta`/`torch_dtype`, 5 `rope_parameters`/`dtype`: an export of
+    a Qwen2.5 (theta 1e6) must carry both, or transformers 4 builds theta 10,000 without a word."""
+    from transformers import AutoConfig
+
+    config = from_hf_config(HF_QWEN25_3B, param_dtype="bfloat16")
+    exported = to_hf_config(config)
+    assert exported["rope_theta"] == exported["rope_parameters"]["rope_theta"] == 1_000_000.0
+    assert exported["torch_dtype"] == exported["dtype"] == "bfloat16"
+    (tmp_path / "config.json").write_text(json.dumps(exported))
+    loaded = AutoConfig.from_pretrained(tmp_path)  # transformers 5, the test extra's
+    assert loaded.rope_parameters["rope_theta"] == 1_000_000.0
+    assert from_hf_config(read_hf_config(tmp_path), param_dtype="bfloat16") == config
+
+
 # Parameter counts of the released Qwen2.5-{3B,7B,14B}-Instruct safetensors (model cards: 3.09B,
 # 7.61B, 14.7B).
 @pytest.mark.parametrize(
