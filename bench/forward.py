@@ -58,6 +58,36 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _measure(model, hf_model, length: int) -> dict:
+    """One length: tokens/s of both (their repeats interleaved) and the largest logit gap."""
+    ids = np.random.default_rng(0).integers(0, CONFIG["vocab_size"], (FLAGS.batch, length))
+    ids_torch = torch.tensor(ids)
+
+    def run_ours(ids=ids):
+        return jax.block_until_ready(model(ids))
+
+    def run_torch(ids_torch=ids_torch):
+        with torch.inference_mode():
+            return hf_model(ids_torch).logits
+
+    ours, theirs = np.asarray(run_ours()), run_torch().numpy()  # warm-up and compile
+    max_err = float(np.abs(ours - theirs).max())
+    t_ours, t_torch = [], []
+    for _ in range(FLAGS.repeats):  # interleave so load changes hit both sides alike
+        t_ours.append(_median_seconds(run_ours, 1))
+        t_torch.append(_median_seconds(run_torch, 1))
+    tokens = FLAGS.batch * length
+    row = {
+        "length": length,
+        "batch": FLAGS.batch,
+        "ahn_jax_tokens_per_s": tokens / statistics.median(t_ours),
+        "torch_tokens_per_s": tokens / statistics.median(t_torch),
+        "max_abs_logit_diff": max_err,
+    }
+    row["speedup"] = row["ahn_jax_tokens_per_s"] / row["torch_tokens_per_s"]
+    return row
+
+
 def main(argv) -> None:
     del argv
     lengths = [int(x) for x in FLAGS.lengths]
@@ -72,36 +102,12 @@ def main(argv) -> None:
 
     rows = []
     for length in lengths:
-        ids = np.random.default_rng(0).integers(0, CONFIG["vocab_size"], (FLAGS.batch, length))
-        ids_torch = torch.tensor(ids)
-
-        def run_ours(ids=ids):
-            return jax.block_until_ready(model(ids))
-
-        def run_torch(ids_torch=ids_torch):
-            with torch.inference_mode():
-                return hf_model(ids_torch).logits
-
-        ours, theirs = np.asarray(run_ours()), run_torch().numpy()  # warm-up and compile
-        max_err = float(np.abs(ours - theirs).max())
-        t_ours, t_torch = [], []
-        for _ in range(FLAGS.repeats):  # interleave so load changes hit both sides alike
-            t_ours.append(_median_seconds(run_ours, 1))
-            t_torch.append(_median_seconds(run_torch, 1))
-        tokens = FLAGS.batch * length
-        row = {
-            "length": length,
-            "batch": FLAGS.batch,
-            "ahn_jax_tokens_per_s": tokens / statistics.median(t_ours),
-            "torch_tokens_per_s": tokens / statistics.median(t_torch),
-            "max_abs_logit_diff": max_err,
-        }
-        row["speedup"] = row["ahn_jax_tokens_per_s"] / row["torch_tokens_per_s"]
+        row = _measure(model, hf_model, length)
         rows.append(row)
         print(
             f"T={length:5d}  ahn_jax {row['ahn_jax_tokens_per_s']:9.0f} tok/s  "
             f"torch {row['torch_tokens_per_s']:9.0f} tok/s  ratio {row['speedup']:.2f}  "
-            f"max|dlogit| {max_err:.1e}",
+            f"max|dlogit| {row['max_abs_logit_diff']:.1e}",
             flush=True,
         )
     n_params = sum(p.numel() for p in hf_model.parameters())
