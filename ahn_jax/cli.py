@@ -19,3 +19,11 @@ def define_config_flag(default: str | None = None) -> None:
 def config():
     """The parsed `--config` (None when not given and no default)."""
     return flags.FLAGS["config"].value
+
+
+def default_dtype() -> str:
+    """The parameter dtype of `--dtype` when not given: bfloat16 where JAX runs on a TPU or GPU
+    (as the paper evaluated), float32 on a CPU (whose bfloat16 matmuls are slow and rounder)."""
+    import jax  # not at import: the entry point configures the platform first
+
+    return "bfloat16" if jax.default_backend() in ("tpu", "gpu") else "float32"

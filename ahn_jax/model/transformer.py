@@ -167,9 +167,29 @@ class AhnModel(nnx.Module):
             "...D,DV->...V", normed_x, self.lm_head_DV(), preferred_element_type=jnp.float32
         )
 
+    def save_ahn(self, directory, *, window: int = 32640, sinks: int = 128):
+        """Write the AHN weights as the released AHN-only checkpoints are laid out
+        (`model.safetensors` + `config.json`, read by `from_pretrained(base, ahn_path=...)` and the
+        reference's merge script); `window` and `sinks` are the inference W and S the config
+        records. Returns the directory."""
+        # the one upward import of the model package (tests/test_architecture.py): the release
+        # layout is a checkpoint format, which lives with the other formats
+        from ahn_jax.checkpoints import ahn_weights
+
+        return ahn_weights.save_model_ahn(self, directory, window=window, sinks=sinks)
+
     # ---- inference with a constant-size cache ------------------------------------------------
 
-    def init_cache(self, batch_size: int, *, window: int, sinks: int = 0, mode: str | None = None):
+    def init_cache(
+        self,
+        batch_size: int,
+        *,
+        window: int,
+        sinks: int = 0,
+        mode: str | None = None,
+        decode: str = "exact",
+        max_length: int | None = None,
+    ):
         """An empty cache of S + W slots per layer. `mode` defaults to "ahn" when the model has
         AHN weights, else "swa"; mode "full" is plain attention over up to `window` tokens."""
         config = self.config
