@@ -1,9 +1,11 @@
-"""`python -m ahn_jax.convert`: HF safetensors <-> converted weights, AHN-only exports
-(ahn_jax/checkpoints/convert.py).
+"""`python -m ahn_jax.convert`: HF safetensors <-> converted weights, AHN-only exports, and the
+merged layout (base + AHN in one directory) both ways (ahn_jax/checkpoints/convert.py, layouts.py).
 
   python -m ahn_jax.convert --hf_dir DIR --out CKPT [--dtype bfloat16|float32]
   python -m ahn_jax.convert --to_hf --ckpt CKPT --out DIR [--max_shard_gb 5]
-  python -m ahn_jax.convert --ahn_only --ckpt CKPT --out DIR
+  python -m ahn_jax.convert --ahn_only --ckpt CKPT --out DIR [--window 32640 --sinks 128]
+  python -m ahn_jax.convert --merge --hf_dir BASE --ahn_dir AHN --out MERGED [--max_shard_gb 5]
+  python -m ahn_jax.convert --split --hf_dir MERGED --out BASE --ahn_out AHN [--max_shard_gb 5]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import NoReturn
 from absl import flags
 
 from ahn_jax import xla_cpu
+from ahn_jax.checkpoints import ahn_weights
 from ahn_jax.checkpoints import convert as convert_lib
 
 PROGRAM = "python -m ahn_jax.convert"
@@ -21,8 +24,8 @@ PROGRAM = "python -m ahn_jax.convert"
 
 def define_flags(fv: flags.FlagValues) -> None:
     """The CLI's flags, on `fv` (a private FlagValues: `main` may be called as a function)."""
-    flags.DEFINE_string("hf_dir", None, "HF checkpoint directory to read (HF -> Orbax)",
-                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("hf_dir", None, "HF checkpoint directory to read (HF -> Orbax, --merge's "
+                        "base, --split's merged source)", flag_values=fv)  # fmt: skip
     flags.DEFINE_string("out", None, "output directory (must be new or empty); required",
                         flag_values=fv)  # fmt: skip
     flags.DEFINE_enum("dtype", None, list(convert_lib.DTYPE_CHOICES),
@@ -32,13 +35,29 @@ def define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)  # fmt: skip
     flags.DEFINE_bool("ahn_only", False, "export only the AHN weights, reference layout",
                       flag_values=fv)  # fmt: skip
-    flags.DEFINE_float("max_shard_gb", 5.0, "HF shard size limit (with --to_hf)", flag_values=fv)
+    flags.DEFINE_integer("window", ahn_weights.DEFAULT_WINDOW,
+                         "--ahn_only: the inference W (without the sinks) config.json records",
+                         flag_values=fv)  # fmt: skip
+    flags.DEFINE_integer("sinks", ahn_weights.DEFAULT_SINKS,
+                         "--ahn_only: the inference S config.json records",
+                         flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("merge", False, "write --hf_dir (base) + --ahn_dir (AHN-only) as one merged "
+                      "directory, tensors copied byte for byte", flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("ahn_dir", None, "AHN-only directory to merge (with --merge)",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_bool("split", False, "part a merged --hf_dir into the base (--out) and the "
+                      "AHN-only weights (--ahn_out), byte for byte", flag_values=fv)  # fmt: skip
+    flags.DEFINE_string("ahn_out", None, "where --split writes the AHN-only weights",
+                        flag_values=fv)  # fmt: skip
+    flags.DEFINE_float("max_shard_gb", 5.0, "HF shard size limit (--to_hf, --merge, --split)",
+                       flag_values=fv)  # fmt: skip
     flags.DEFINE_bool("help", False, "show this help and exit", short_name="h", flag_values=fv)
 
 
 def _usage_error(message: str) -> NoReturn:
     print(f"usage: {PROGRAM} --out DIR (--hf_dir DIR | --to_hf --ckpt CKPT | --ahn_only --ckpt "
-          f"CKPT) [--help]\n{PROGRAM}: error: {message}", file=sys.stderr)  # fmt: skip
+          f"CKPT | --merge --hf_dir BASE --ahn_dir AHN | --split --hf_dir MERGED --ahn_out AHN) "
+          f"[--help]\n{PROGRAM}: error: {message}", file=sys.stderr)  # fmt: skip
     sys.exit(2)
 
 
@@ -68,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             dtype=flag_values.dtype,
             to_hf=flag_values.to_hf,
             ahn_only=flag_values.ahn_only,
+            merge=flag_values.merge,
+            split=flag_values.split,
+            ahn_dir=flag_values.ahn_dir,
+            ahn_out=flag_values.ahn_out,
+            window=flag_values.window,
+            sinks=flag_values.sinks,
             max_shard_gb=flag_values.max_shard_gb,
         )
     except convert_lib.ArgumentError as e:

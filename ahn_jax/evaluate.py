@@ -1,9 +1,12 @@
-"""Long-context evaluation: LV-Eval, InfiniteBench, LongBench, pass-key retrieval, perplexity.
+"""Long-context evaluation: LV-Eval, InfiniteBench, LongBench, pass-key retrieval, RULER's NIAH
+variants, perplexity.
 
   python -m ahn_jax.evaluate --model DIR [--ahn DIR] --task lveval|infinitebench|longbench \\
       --data FILE_OR_DIR [--mode full|swa|ahn] [--window W --sinks S] [--max_length N] --out DIR
   python -m ahn_jax.evaluate --model DIR --task passkey --lengths 4096,8192 --depths 0,0.5,1 \\
       --out DIR
+  python -m ahn_jax.evaluate --model DIR --ahn DIR --task niah_multikey|niah_multivalue|\\
+      niah_multiquery --lengths 8192,32768 --depths 0,0.5,1 --window 4096 --out DIR
   python -m ahn_jax.evaluate --model DIR --task perplexity --data pg19.jsonl --max_length 32768 \\
       --bucket 2048 --out DIR
 
@@ -30,11 +33,24 @@ from absl import app, flags
 
 from ahn_jax import xla_cpu
 from ahn_jax.checkpoints.pretrained import from_pretrained
+from ahn_jax.cli import default_dtype
 from ahn_jax.config import MODES
-from ahn_jax.evaluation import report, tasks
+from ahn_jax.evaluation import report, ruler, tasks
 from ahn_jax.evaluation.perplexity import run_perplexity
-from ahn_jax.evaluation.results import TASKS, check_settings, data_files, read_results
-from ahn_jax.evaluation.runner import benchmark_prompts, passkey_prompts, run_generation
+from ahn_jax.evaluation.results import (
+    DECODES,
+    GRID_TASKS,
+    TASKS,
+    check_settings,
+    data_files,
+    read_results,
+)
+from ahn_jax.evaluation.runner import (
+    benchmark_prompts,
+    passkey_prompts,
+    ruler_prompts,
+    run_generation,
+)
 from ahn_jax.evaluation.settings import resolve_settings
 from ahn_jax.inference import generate as generate_lib
 
@@ -42,14 +58,15 @@ FLAGS = flags.FLAGS
 # the flags `resolve_settings` takes, as keyword arguments of their names
 SETTING_FLAGS = ("model", "ahn", "mode", "window", "sinks", "max_length", "max_new_tokens",
                  "chat", "model_name", "dtype", "lengths", "depths", "samples", "seed",
-                 "bucket")  # fmt: skip
+                 "bucket", "decode", "niah_keys", "niah_values", "niah_queries", "niah_key_type",
+                 "niah_value_type", "niah_haystack")  # fmt: skip
 
 
 def define_flags() -> None:
     flags.DEFINE_string("model", None, "base model: HF directory or ahn_jax checkpoint")
     flags.DEFINE_string("ahn", None, "AHN-only weights directory (reference layout)")
     flags.DEFINE_enum("task", None, TASKS, "what to evaluate")
-    flags.DEFINE_list("data", [], "JSONL file(s) or directories of them (all tasks but passkey)")
+    flags.DEFINE_list("data", [], "JSONL file(s) or directories of them (not passkey, niah_*)")
     flags.DEFINE_string("dataset", None, "dataset name for every file (default: record or file)")
     flags.DEFINE_enum("mode", None, MODES, "default: ahn with AHN weights, else full")
     flags.DEFINE_integer("window", None, "sliding window W (default: the benchmark's reference)")
@@ -59,14 +76,23 @@ def define_flags() -> None:
     flags.DEFINE_enum("chat", "auto", ["auto", "on", "off"], 'auto: iff "qwen2" in model_name')
     flags.DEFINE_string("model_name", None, "name the chat rule looks at (default: --model's)")
     flags.DEFINE_integer("batch_size", 8, "prompts decoded together (equal lengths only)")
-    flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "passkey prompt lengths in tokens")
-    flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "passkey needle depths")
-    flags.DEFINE_integer("samples", 5, "passkey prompts per (length, depth)")
-    flags.DEFINE_integer("seed", 0, "passkey seed")
+    flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "passkey/niah prompt lengths (tokens)")
+    flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "passkey/niah needle depths")
+    flags.DEFINE_integer("samples", 5, "passkey/niah prompts per (length, depth)")
+    flags.DEFINE_integer("seed", 0, "passkey/niah seed")
+    flags.DEFINE_integer("niah_keys", None, "keys with needles (RULER: multikey 4, multiquery 4)")
+    flags.DEFINE_integer("niah_values", None, "values per key (RULER: multivalue 4, else 1)")
+    flags.DEFINE_integer("niah_queries", None, "keys asked for (RULER: multiquery 4, else 1)")
+    flags.DEFINE_enum("niah_key_type", None, ruler.NEEDLE_TYPES, "NIAH keys (default words)")
+    flags.DEFINE_enum("niah_value_type", None, ruler.NEEDLE_TYPES, "NIAH values (default numbers)")
+    flags.DEFINE_enum(
+        "niah_haystack", None, ruler.HAYSTACKS, "noise sentences (default) or needles"
+    )
     flags.DEFINE_integer("bucket", None, "perplexity position bucket (default: max_length / 16)")
     flags.DEFINE_integer("chunk", 1024, "tokens per prefill call (bounds activation memory)")
     flags.DEFINE_integer("limit", None, "evaluate at most this many samples (a smoke test)")
-    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter dtype")
+    flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "default: bf16 on TPU/GPU, else f32")
+    flags.DEFINE_enum("decode", "exact", DECODES, "decode-step masking (ahn_jax/model/cache.py)")
     flags.DEFINE_string("out", None, "output directory (resumes what is already there)")
 
 
@@ -75,19 +101,22 @@ def main(argv) -> None:
     for name in ("model", "task", "out"):
         if getattr(FLAGS, name) is None:
             raise app.UsageError(f"--{name} is required")
-    model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=jnp.dtype(FLAGS.dtype))
+    dtype = FLAGS.dtype or default_dtype()
+    model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=jnp.dtype(dtype))
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
-    settings = resolve_settings(
-        model.config, FLAGS.task, **{name: FLAGS[name].value for name in SETTING_FLAGS}
-    )
+    values = {name: FLAGS[name].value for name in SETTING_FLAGS}
+    settings = resolve_settings(model.config, FLAGS.task, **{**values, "dtype": dtype})
     if settings.chat and not hasattr(tokenizer, "apply_chat_template"):
         raise app.UsageError(f"--chat: {FLAGS.model} has no chat tokenizer (use --chat=off)")
     out = Path(FLAGS.out)
-    files = data_files(FLAGS.data) if FLAGS.task != "passkey" else []
+    files = data_files(FLAGS.data) if FLAGS.task not in GRID_TASKS else []
+    # built before run.json is written, so that a grid refused here can be rerun changed
+    prompts = _prompts(tokenizer, settings, files) if FLAGS.task != "perplexity" else []
+    prompts = prompts[: FLAGS.limit] if FLAGS.limit is not None else prompts
     check_settings(out, settings)
     print(f"{settings.task}: mode {settings.mode}, window {settings.window}, sinks "
-          f"{settings.sinks}, chat template {'on' if settings.chat else 'off'}",
-          file=sys.stderr)  # fmt: skip
+          f"{settings.sinks}, chat template {'on' if settings.chat else 'off'}, "
+          f"{settings.dtype}, decode {settings.decode}", file=sys.stderr)  # fmt: skip
     if FLAGS.task == "perplexity":
         run_perplexity(
             model,
@@ -100,17 +129,23 @@ def main(argv) -> None:
             limit=FLAGS.limit,
         )
     else:
-        if FLAGS.task == "passkey":
-            prompts = passkey_prompts(tokenizer, settings)
-        else:
-            benchmark = tasks.BENCHMARKS[FLAGS.task]
-            prompts = benchmark_prompts(benchmark, files, tokenizer, settings, FLAGS.dataset)
-        prompts = prompts[: FLAGS.limit] if FLAGS.limit is not None else prompts
         run_generation(model, tokenizer, prompts, settings, out, FLAGS.batch_size)
     summary = report.write_report(
         out, dataclasses.asdict(settings), read_results(out), model.config
     )
     print(report.markdown_table(summary))
+
+
+def _prompts(tokenizer, settings, files):
+    try:
+        if settings.task == "passkey":
+            return passkey_prompts(tokenizer, settings)
+        if settings.task in ruler.VARIANTS:
+            return ruler_prompts(tokenizer, settings)
+    except ValueError as error:  # a grid the prompts cannot be built for; it names the flag
+        raise app.UsageError(str(error)) from None
+    benchmark = tasks.BENCHMARKS[settings.task]
+    return benchmark_prompts(benchmark, files, tokenizer, settings, FLAGS.dataset)
 
 
 if __name__ == "__main__":

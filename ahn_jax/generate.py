@@ -1,10 +1,16 @@
 """`python -m ahn_jax.generate`: Generation with the constant-size cache (ahn_jax/inference/).
 
   python -m ahn_jax.generate --model DIR [--ahn DIR] (--prompt TEXT | --prompt_file F | --jsonl F)
-      [--max_new_tokens 128] [--mode ahn|swa|full] [--window 32640] [--sinks 128]
-      [--temperature 0] [--top_p 1] [--chat] [--batch_size 8] [--out F.jsonl]
+      [--max_new_tokens N] [--mode ahn|swa|full] [--window 32640] [--sinks 128]
+      [--decode exact|reference] [--[no]do_sample] [--temperature T] [--top_k K] [--top_p P]
+      [--repetition_penalty R] [--seed 0] [--chat] [--batch_size 8] [--out F.jsonl]
+      [--dtype float32|bfloat16]
 
-The flags are read here; the work is done by ahn_jax/inference/generate.py's functions.
+The token choice and the length are the model directory's generation_config.json, as
+transformers' `generate` reads it, with the flags given over it (built-in defaults < file < flags;
+greedy, no penalty and 128 new tokens where neither says otherwise). The stop ids are the file's
+eos_token_id, else the tokenizer's <|im_end|> and <|endoftext|>. The flags are read here; the work
+is done by ahn_jax/inference/generate.py's functions.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from pathlib import Path
 import jax.numpy as jnp
 from absl import app, flags
 
-from ahn_jax import xla_cpu
+from ahn_jax import cli, xla_cpu
 from ahn_jax.checkpoints.pretrained import from_pretrained
 from ahn_jax.config import MODES
 from ahn_jax.inference import generate as generate_lib
+from ahn_jax.inference import generation_config
+from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS
 
@@ -31,16 +39,53 @@ def define_flags() -> None:
     flags.DEFINE_string("prompt_file", None, "file whose whole text is the prompt")
     flags.DEFINE_string("jsonl", None, 'JSONL of {"prompt": ...} or {"messages": [...]}')
     flags.DEFINE_string("out", None, "JSONL output for --jsonl (default: stdout)")
-    flags.DEFINE_integer("max_new_tokens", 128, "tokens to generate per prompt")
+    flags.DEFINE_integer(
+        "max_new_tokens", None, "tokens to generate per prompt (default: the file's, else 128)"
+    )
     flags.DEFINE_enum("mode", None, MODES, "default: ahn if AHN weights, else full")
     flags.DEFINE_integer("window", 32640, "sliding window W (sinks excluded)")
     flags.DEFINE_integer("sinks", 128, "attention sinks S")
-    flags.DEFINE_float("temperature", 0.0, "0 = greedy")
-    flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass (with temperature > 0)")
+    flags.DEFINE_enum("decode", "exact", DECODES, "exact, or the reference's decode bookkeeping")
+    # None = not given: generation_config.json's value, else transformers' default
+    flags.DEFINE_bool("do_sample", None, "sample (else greedy); default: the file's, else false")
+    flags.DEFINE_float("temperature", None, "softmax temperature when sampling (default 1)")
+    flags.DEFINE_integer("top_k", None, "keep the k best tokens when sampling (default 50; 0 off)")
+    flags.DEFINE_float("top_p", None, "nucleus mass when sampling (default 1: off)")
+    flags.DEFINE_float(
+        "repetition_penalty", None, "penalty of seen tokens, also greedy (default 1)"
+    )
     flags.DEFINE_integer("seed", 0, "sampling seed")
     flags.DEFINE_bool("chat", False, "wrap prompts in the Qwen2.5 chat template")
     flags.DEFINE_integer("batch_size", 8, "prompts per batch (--jsonl)")
-    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter dtype")
+    flags.DEFINE_enum(
+        "dtype",
+        None,
+        ["float32", "bfloat16"],
+        "parameter dtype (default: bf16 on TPU/GPU, fp32 CPU)",
+    )
+
+
+OVERRIDE_FLAGS = (
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "max_new_tokens",
+)
+
+
+def generation_settings(model_dir: str) -> generation_config.GenerationSettings:
+    """The model's generation_config.json with the flags given over it; bad values are usage
+    errors naming the file's key or the flag."""
+    try:
+        settings = generation_config.read_generation_config(model_dir).merged(
+            {name: FLAGS[name].value for name in OVERRIDE_FLAGS}
+        )
+        settings.sampling()  # checks the combination (a temperature of 0 when sampling, ...)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    return settings
 
 
 def main(argv) -> None:
@@ -48,18 +93,19 @@ def main(argv) -> None:
     sources = [x for x in (FLAGS.prompt, FLAGS.prompt_file, FLAGS.jsonl) if x is not None]
     if FLAGS.model is None or len(sources) != 1:
         raise app.UsageError("give --model and exactly one of --prompt, --prompt_file, --jsonl")
-    model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=jnp.dtype(FLAGS.dtype))
+    generation = generation_settings(FLAGS.model)
+    dtype = jnp.dtype(FLAGS.dtype or cli.default_dtype())
+    model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=dtype)
     mode = FLAGS.mode or ("ahn" if model.config.ahn_type else "full")
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
     settings = dict(
-        max_new_tokens=FLAGS.max_new_tokens,
+        generation=generation,
         mode=mode,
         window=FLAGS.window,
         sinks=FLAGS.sinks,
-        temperature=FLAGS.temperature,
-        top_p=FLAGS.top_p,
         seed=FLAGS.seed,
-        stop_ids=generate_lib.stop_ids(tokenizer),
+        decode=FLAGS.decode,
+        stop_ids=generation.stop_ids(generate_lib.stop_ids(tokenizer)),
     )
     if FLAGS.jsonl is None:
         text = FLAGS.prompt if FLAGS.prompt is not None else Path(FLAGS.prompt_file).read_text()

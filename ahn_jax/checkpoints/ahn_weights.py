@@ -3,17 +3,20 @@
 This is how the released checkpoints (ByteDance-Seed/AHN-{GDN,DN,Mamba2}-for-Qwen-2.5-Instruct-*)
 are stored: tensors `model.layers.{i}.ahn.fn.<name>` in torch layout, and the base model's
 config.json with the reference's AHN fields (`_ahn_implementation`, `fa_layer_ids`, ...). They run
-on top of the base model they were trained for (docs/method.md §Variants).
+on top of the base model they were trained for (docs/method.md §Variants). The same tensors and
+fields inside a base checkpoint make the merged layout (ahn_jax/checkpoints/layouts.py).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import nnx, traverse_util
 
 from ahn_jax.checkpoints import safetensors_io
 from ahn_jax.checkpoints.converted import ParamPath
@@ -22,6 +25,43 @@ from ahn_jax.checkpoints.hf_naming import TensorMap, check_fits, layer_maps
 from ahn_jax.config import AHN_TYPES, ConfigError, ModelConfig
 
 IMPLEMENTATIONS = {"gdn": "GatedDeltaNet", "dn": "DeltaNet", "mamba2": "Mamba2"}
+# The inference W and S an export records when none is given: the evaluation defaults of
+# docs/method.md §Inference (LV-Eval, InfiniteBench; W + S = 32,768).
+DEFAULT_WINDOW, DEFAULT_SINKS = 32640, 128
+# What an AHN-only or merged config.json holds beyond the base's: the fields of the reference's
+# Qwen2Config subclass (src/ahn/transformer/qwen2_ahn/qwen2_ahn.py), its `save_ahn_only` flag and
+# the W (`sliding_window`) and S (`num_attn_sinks`) its inference reads.
+AHN_CONFIG_KEYS = (
+    "_layer_implementation",
+    "_ahn_implementation",
+    "sliding_window",
+    "num_attn_sinks",
+    "sliding_window_type",
+    "ahn_position",
+    "fa_layer_ids",
+    "loss_type",
+    "save_ahn_only",
+    "use_ahn_router",
+    "use_q_proj",
+    "use_normalized_l2",
+    "use_layerwise_decay",
+)
+_AHN_TENSOR = re.compile(r"model\.layers\.\d+\.ahn\.")
+
+
+def is_ahn_tensor(name: str) -> bool:
+    """Whether an HF tensor name is an AHN weight (`model.layers.{i}.ahn.*`)."""
+    return _AHN_TENSOR.match(name) is not None
+
+
+def base_hf_config(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The base model's config.json: an AHN-only or merged one without its AHN fields, a base one
+    as it is. `sliding_window` goes with the AHN fields, as beside them it is AHN's W (Qwen2's own
+    sliding window is off: `use_sliding_window` false, which from_hf_config requires)."""
+    if hf.get("_ahn_implementation") is None:
+        return dict(hf)  # a base config, whose `sliding_window` is Qwen2's own (unused)
+    return {key: value for key, value in hf.items() if key not in AHN_CONFIG_KEYS}
+
 
 # (reference name under `ahn.fn.`, our name under `layers.ahn`, kind): kinds as hf_naming's
 _TENSORS = {
@@ -63,22 +103,50 @@ def ahn_tensor_maps(
     )
 
 
-def ahn_hf_config(config: ModelConfig) -> dict[str, Any]:
-    """The base model's config.json plus the reference's AHN fields."""
-    hf = to_hf_config(config)
+def ahn_hf_config(
+    config: ModelConfig, *, window: int, sinks: int, loss: str = "kl"
+) -> dict[str, Any]:
+    """The base model's config.json plus the reference's AHN fields, as its Qwen2Config subclass
+    names them: W = `window` and S = `sinks` for inference, `loss` the training loss."""
+    if not (isinstance(window, int) and window > 0 and isinstance(sinks, int) and sinks >= 0):
+        raise ConfigError(f"window must be an int > 0 and sinks an int >= 0, got {window}, {sinks}")
+    hf = to_hf_config(config)  # keeps use_sliding_window false: transformers ignores W below
     hf.update(
         _layer_implementation="Qwen2MemDecoderLayer",
         _ahn_implementation=IMPLEMENTATIONS[config.ahn_type],
+        # the reference's inference (eval mode) reads exactly these two, num_attn_sinks default 0
+        # (qwen2_ahn.py's pre_model_forward and Qwen2MemDecoderLayer); W without the sinks
+        sliding_window=window,
+        num_attn_sinks=sinks,
+        # training-mode settings, inert at inference: "fixed" trains on `sliding_window` as
+        # given; ahn_position "prefix" means no sinks, "random" draws S (as our training does),
+        # so "prefix" exactly when S = 0 keeps the two fields from contradicting W and S
+        sliding_window_type="fixed",
+        ahn_position="prefix" if sinks == 0 else "random",
         fa_layer_ids=",".join(str(i) for i in config.full_attention_layers),
-        loss_type=["kl"],
+        loss_type=loss.split("+"),
+        save_ahn_only=True,  # merge_weights.py sets it false in the merged config
         use_ahn_router=False,
         use_q_proj=False,
+        use_normalized_l2=True,  # the reference's defaults (training-only: the distill loss)
+        use_layerwise_decay=True,
     )
     return hf
 
 
+def _optional_int(hf: Mapping[str, Any], key: str, path: Path, minimum: int) -> int | None:
+    value = hf.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ConfigError(f"{path}: {key!r} = {value!r} is not an int")
+    if value is not None and value < minimum:
+        raise ConfigError(f"{path}: {key!r} = {value} must be >= {minimum}")
+    return value
+
+
 def read_ahn_settings(directory: str | Path) -> dict[str, Any]:
-    """`ahn_type` and `full_attention_layers` from an AHN directory's config.json."""
+    """`ahn_type`, `full_attention_layers`, the recorded inference `window` and `sinks` (None where
+    the config has none: the released checkpoints carry no `num_attn_sinks`) and the whole
+    config.json as `hf`, from an AHN-only or merged directory."""
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in AHN directory {directory}")
@@ -98,18 +166,31 @@ def read_ahn_settings(directory: str | Path) -> dict[str, Any]:
         layers = tuple(int(i) for i in ids.split(",")) if ids else ()
     except ValueError as e:
         raise ConfigError(f"{path}: 'fa_layer_ids' = {ids!r} is not a comma list of ints") from e
-    return {"ahn_type": by_name[implementation], "full_attention_layers": layers, "hf": hf}
+    return {
+        "ahn_type": by_name[implementation],
+        "full_attention_layers": layers,
+        "window": _optional_int(hf, "sliding_window", path, 1),
+        "sinks": _optional_int(hf, "num_attn_sinks", path, 0),
+        "hf": hf,
+    }
 
 
 def load_ahn_weights(
-    directory: str | Path, config: ModelConfig, param_shapes: Mapping[ParamPath, tuple[int, ...]]
+    directory: str | Path,
+    config: ModelConfig,
+    param_shapes: Mapping[ParamPath, tuple[int, ...]],
+    *,
+    merged: bool = False,
 ) -> dict[ParamPath, np.ndarray]:
-    """Our stacked AHN parameters (fp32) from an AHN-only directory; every tensor is checked
-    against `config` first, and one error names each missing, unexpected or mis-shaped one."""
+    """Our stacked AHN parameters (fp32) from an AHN-only directory, or from a merged one
+    (`merged`: its base tensors are left alone); every AHN tensor is checked against `config`
+    first, and one error names each missing, unexpected or mis-shaped one."""
     if config.ahn_type not in AHN_TYPES:
         raise ConfigError(f"config has no AHN type (ahn_type={config.ahn_type!r})")
     maps = ahn_tensor_maps(config, param_shapes)
     infos = safetensors_io.tensor_index(directory)
+    if merged:
+        infos = {name: info for name, info in infos.items() if is_ahn_tensor(name)}
     check_fits(
         maps, {n: info.shape for n, info in infos.items()}, tied=False, source=str(directory)
     )
@@ -122,12 +203,20 @@ def load_ahn_weights(
 
 
 def save_ahn_weights(
-    directory: str | Path, config: ModelConfig, params: Mapping[ParamPath, np.ndarray]
+    directory: str | Path,
+    config: ModelConfig,
+    params: Mapping[ParamPath, np.ndarray],
+    *,
+    window: int,
+    sinks: int,
+    loss: str = "kl",
 ) -> Path:
-    """Write our AHN parameters (paths under `layers.ahn`) in the reference's layout."""
+    """Write our AHN parameters (paths under `layers.ahn`) in the reference's layout, the
+    config.json recording `window` and `sinks` (the inference W and S) and the training `loss`."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"output directory {directory} exists and is not empty")
+    hf_config = ahn_hf_config(config, window=window, sinks=sinks, loss=loss)  # checks W, S first
     shapes = {path: tuple(np.shape(a)) for path, a in params.items()}
     plans = []
     for m in ahn_tensor_maps(config, shapes):
@@ -138,5 +227,21 @@ def save_ahn_weights(
             )
         )
     safetensors_io.write_checkpoint(directory, plans, max_shard_bytes=2**62)  # one file
-    (directory / "config.json").write_text(json.dumps(ahn_hf_config(config), indent=2))
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
     return directory
+
+
+def save_model_ahn(
+    model, directory: str | Path, *, window: int, sinks: int, loss: str = "kl"
+) -> Path:
+    """`AhnModel.save_ahn`: a model's AHN weights in the reference's layout. The model is taken
+    by what it has (`config`, its nnx state), as this module must not import ahn_jax.model
+    (which imports it: tests/test_architecture.py)."""
+    config = model.config
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    params = {path: np.asarray(v) for path, v in flat.items() if path[:2] == ("layers", "ahn")}
+    if config.ahn_type is None or not params:
+        raise ConfigError(
+            f"the model has no AHN weights to save to {directory} (ahn_type={config.ahn_type!r})"
+        )
+    return save_ahn_weights(directory, config, params, window=window, sinks=sinks, loss=loss)

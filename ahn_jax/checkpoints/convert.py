@@ -3,17 +3,23 @@ ahn_jax/convert.py):
 
   python -m ahn_jax.convert --hf_dir DIR --out CKPT [--dtype bfloat16|float32]
   python -m ahn_jax.convert --to_hf --ckpt CKPT --out DIR [--max_shard_gb 5]
-  python -m ahn_jax.convert --ahn_only --ckpt CKPT --out DIR
+  python -m ahn_jax.convert --ahn_only --ckpt CKPT --out DIR [--window 32640 --sinks 128]
+  python -m ahn_jax.convert --merge --hf_dir BASE --ahn_dir AHN --out MERGED [--max_shard_gb 5]
+  python -m ahn_jax.convert --split --hf_dir MERGED --out BASE --ahn_out AHN [--max_shard_gb 5]
 
 --ahn_only exports the AHN weights of a checkpoint that holds them in the reference's layout
-(`model.layers.{i}.ahn.fn.*` + config.json), which `from_pretrained(base, ahn_path=DIR)` and the
-reference's `merge_weights.py` read.
+(`model.layers.{i}.ahn.fn.*` + config.json recording the inference W and S), which
+`from_pretrained(base, ahn_path=DIR)` and the reference's `merge_weights.py` read. --merge and
+--split move between that, the base and the merged layout (ahn_jax/checkpoints/layouts.py),
+copying each tensor's bytes. An --hf_dir in the merged layout converts with its AHN weights;
+--to_hf writes the base layout (config.json without the AHN fields).
 
-Both directions stream tensor by tensor: peak memory is about one copy of the weights.
+Every direction streams tensor by tensor: peak memory is about one copy of the weights.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -21,9 +27,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, safetensors_io
+from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, layouts, safetensors_io
 from ahn_jax.checkpoints.hf_config import from_hf_config, read_hf_config
-from ahn_jax.checkpoints.pretrained import iter_hf_params, param_shapes
+from ahn_jax.checkpoints.pretrained import is_merged, iter_hf_params, param_shapes
 from ahn_jax.config import DTYPES, ConfigError
 
 DTYPE_CHOICES = tuple(DTYPES)
@@ -43,19 +49,27 @@ def _source_dtype(hf_dir: Path) -> str:
 
 
 def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> Path:
-    """Convert an HF directory to an Orbax checkpoint; `dtype=None` keeps the checkpoint's own."""
+    """Convert an HF directory to an Orbax checkpoint; `dtype=None` keeps the checkpoint's own.
+    A merged directory's AHN weights come along (fp32, as the model holds them)."""
     hf_dir, out = Path(hf_dir), Path(out)
     hf_config = read_hf_config(hf_dir)
     dtype = dtype or _source_dtype(hf_dir)
     if dtype not in DTYPE_CHOICES:
         raise ConfigError(f"--dtype must be one of {DTYPE_CHOICES}, got {dtype!r}")
     config = from_hf_config(hf_config, param_dtype=dtype, dtype=dtype)
+    merged = is_merged(hf_dir)
+    pieces = iter_hf_params(hf_dir, config, skip_ahn=merged)
+    ahn = None
+    if merged:
+        found = ahn_weights.read_ahn_settings(hf_dir)
+        ahn_type, layers = found["ahn_type"], found["full_attention_layers"]
+        ahn = {"ahn_type": ahn_type, "full_attention_layers": list(layers)}  # the marker's JSON
+        ahn_config = config.replace(ahn_type=ahn_type, full_attention_layers=layers)
+        shapes = {p: s for p, s in param_shapes(ahn_config).items() if p[:2] == ("layers", "ahn")}
+        params = ahn_weights.load_ahn_weights(hf_dir, ahn_config, shapes, merged=True)
+        pieces = itertools.chain(pieces, params.items())
     converted.save_params(
-        out,
-        iter_hf_params(hf_dir, config),
-        hf_config=hf_config,
-        param_dtype=dtype,
-        side_files_from=hf_dir,
+        out, pieces, hf_config=hf_config, param_dtype=dtype, side_files_from=hf_dir, ahn=ahn
     )
     return out
 
@@ -97,6 +111,9 @@ def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 *
     np_dtype = np.dtype(config.jnp_param_dtype)
     plans = [safetensors_io.TensorPlan(m.hf_name, m.hf_shape, np_dtype, producer(m)) for m in maps]
     safetensors_io.write_checkpoint(out, plans, max_shard_bytes=max_shard_bytes)
+    # the base layout (a merged source's AHN fields would announce tensors that are not here),
+    # read alike by transformers 4 and 5
+    hf_config = layouts.with_both_key_sets(ahn_weights.base_hf_config(hf_config))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2))
     for name in converted.SIDE_FILES:
         if (ckpt / name).is_file():
@@ -104,8 +121,15 @@ def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 *
     return out
 
 
-def orbax_to_ahn(ckpt: str | Path, out: str | Path) -> Path:
-    """AHN weights of an Orbax checkpoint -> AHN-only safetensors in the reference's naming."""
+def orbax_to_ahn(
+    ckpt: str | Path,
+    out: str | Path,
+    *,
+    window: int = ahn_weights.DEFAULT_WINDOW,
+    sinks: int = ahn_weights.DEFAULT_SINKS,
+) -> Path:
+    """AHN weights of an Orbax checkpoint -> AHN-only safetensors in the reference's naming, the
+    config.json recording `window` and `sinks` for inference."""
     ckpt = Path(ckpt)
     marker = converted.read_marker(ckpt)
     if "ahn" not in marker:
@@ -125,7 +149,7 @@ def orbax_to_ahn(ckpt: str | Path, out: str | Path) -> Path:
         for path, shape in param_shapes(config).items()
         if path[:2] == ("layers", "ahn")
     }
-    return ahn_weights.save_ahn_weights(out, config, params)
+    return ahn_weights.save_ahn_weights(out, config, params, window=window, sinks=sinks)
 
 
 class ArgumentError(ValueError):
@@ -140,22 +164,40 @@ def run(
     dtype: str | None = None,
     to_hf: bool = False,
     ahn_only: bool = False,
+    merge: bool = False,
+    split: bool = False,
+    ahn_dir: str | Path | None = None,
+    ahn_out: str | Path | None = None,
+    window: int = ahn_weights.DEFAULT_WINDOW,
+    sinks: int = ahn_weights.DEFAULT_SINKS,
     max_shard_gb: float = 5.0,
 ) -> Path:
     """The conversion `python -m ahn_jax.convert` runs: `ahn_only` exports the AHN weights of
-    `ckpt`, `to_hf` exports `ckpt` to HF safetensors, else `hf_dir` is converted (to `dtype`)."""
-    if ahn_only:
+    `ckpt`, `to_hf` exports `ckpt` to HF safetensors, `merge` joins `hf_dir` and `ahn_dir`,
+    `split` parts the merged `hf_dir` into `out` and `ahn_out`, else `hf_dir` is converted."""
+    modes = {"ahn_only": ahn_only, "to_hf": to_hf, "merge": merge, "split": split}
+    chosen = [f"--{name}" for name, on in modes.items() if on]
+    if len(chosen) > 1:
+        raise ArgumentError(f"{' and '.join(chosen)} exclude each other: choose one")
+    if dtype and (to_hf or merge or split or ahn_only):
+        raise ArgumentError("--dtype applies to HF -> Orbax; the other modes keep stored dtypes")
+    if not ahn_only and (window, sinks) != (ahn_weights.DEFAULT_WINDOW, ahn_weights.DEFAULT_SINKS):
+        raise ArgumentError("--window and --sinks apply to --ahn_only (the W and S it records)")
+    shard_bytes = int(max_shard_gb * 2**30)
+    if ahn_only or to_hf:
         if not ckpt:
-            raise ArgumentError(
-                "--ahn_only needs --ckpt CKPT (an ahn_jax checkpoint with AHN weights)"
-            )
-        return orbax_to_ahn(ckpt, out)
-    if to_hf:
-        if not ckpt:
-            raise ArgumentError("--to_hf needs --ckpt CKPT (the Orbax checkpoint to export)")
-        if dtype:
-            raise ArgumentError("--dtype applies to HF -> Orbax; an export keeps the stored dtype")
-        return orbax_to_hf(ckpt, out, max_shard_bytes=int(max_shard_gb * 2**30))
+            raise ArgumentError(f"{chosen[0]} needs --ckpt CKPT (an ahn_jax checkpoint)")
+        if ahn_only:
+            return orbax_to_ahn(ckpt, out, window=window, sinks=sinks)
+        return orbax_to_hf(ckpt, out, max_shard_bytes=shard_bytes)
     if not hf_dir:
         raise ArgumentError("--hf_dir DIR is required (or --to_hf --ckpt CKPT to export)")
+    if merge:
+        if not ahn_dir:
+            raise ArgumentError("--merge needs --ahn_dir DIR (the AHN-only weights)")
+        return layouts.merge(hf_dir, ahn_dir, out, max_shard_bytes=shard_bytes)
+    if split:
+        if not ahn_out:
+            raise ArgumentError("--split needs --ahn_out DIR (where the AHN-only weights go)")
+        return layouts.split(hf_dir, out, ahn_out, max_shard_bytes=shard_bytes)[0]
     return hf_to_orbax(hf_dir, out, dtype=dtype)

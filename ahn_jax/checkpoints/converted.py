@@ -34,6 +34,9 @@ SIDE_FILES = (
     "generation_config.json",
     "vocab.json",
     "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",  # where transformers >= 4.50 saves a tokenizer's chat template
+    "chat_template.json",
 )
 
 ParamPath = tuple[str, ...]

@@ -9,29 +9,92 @@ from pathlib import Path
 from typing import Any
 
 from ahn_jax.config import ConfigError, ModelConfig
+from ahn_jax.config.model import YarnScaling
 
 SUPPORTED_MODEL_TYPES = ("qwen2",)
 
 
-def _rope_settings(hf: Mapping[str, Any]) -> float:
-    """RoPE theta from transformers 4 keys (`rope_theta`, `rope_scaling`) or 5 keys."""
-    theta = hf.get("rope_theta")
-    for key in ("rope_parameters", "rope_scaling"):
-        params = hf.get(key)
-        if params is None:
-            continue
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"config.json key {key!r} must be an object, got {params!r}")
-        rope_type = params.get("rope_type", params.get("type", "default"))
-        if rope_type != "default":
-            raise ConfigError(
-                f"config.json key '{key}.rope_type' = {rope_type!r} is not supported "
-                "(only 'default' RoPE is implemented; YaRN and other scalings are not)"
-            )
-        theta = params.get("rope_theta", theta)
-    if theta is None:
-        theta = 10_000.0  # transformers' Qwen2Config default
-    return float(theta)
+# The `rope_parameters` keys transformers' YaRN reads (modeling_rope_utils._compute_yarn_parameters)
+_YARN_KEYS = ("attention_factor", "mscale", "mscale_all_dim")
+
+
+def _yarn_settings(hf: Mapping[str, Any], params: Mapping[str, Any], key: str) -> YarnScaling:
+    """YaRN as transformers 5 resolves it: `original_max_position_embeddings` from a top-level key
+    if there is one, else the RoPE dict's, else `max_position_embeddings`; a null `factor` is
+    max_position_embeddings / original; 0 or null betas are 32 and 1; a null `truncate` is false."""
+    if "factor" not in params:
+        raise ConfigError(f"config.json key '{key}.factor' is required for YaRN")
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ConfigError(
+            f"config.json key '{key}.partial_rotary_factor' = "
+            f"{params['partial_rotary_factor']!r} is not supported (only 1.0)"
+        )
+    max_positions = hf.get("max_position_embeddings", 32768)
+    original = hf.get("original_max_position_embeddings")
+    original = original or params.get("original_max_position_embeddings") or max_positions
+    factor = params["factor"]
+    factor = max_positions / original if factor is None else factor
+    try:
+        return YarnScaling(
+            factor=factor,
+            original_max_position_embeddings=original,
+            beta_fast=params.get("beta_fast") or 32.0,
+            beta_slow=params.get("beta_slow") or 1.0,
+            truncate=bool(params.get("truncate", True)),
+            **{name: params.get(name) for name in _YARN_KEYS},
+        )
+    except ConfigError as e:
+        raise ConfigError(f"config.json key '{key}': {e}") from e
+
+
+def _rope_settings(hf: Mapping[str, Any]) -> tuple[float, YarnScaling | None]:
+    """RoPE theta and YaRN from transformers 4 keys (`rope_theta`, `rope_scaling`) or 5 keys
+    (`rope_parameters`). Both versions take a non-empty `rope_scaling` over `rope_parameters`, and
+    a theta inside the chosen dict over the top-level `rope_theta`."""
+    key = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    params = hf.get(key) or {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"config.json key {key!r} must be an object, got {params!r}")
+    nested = sorted(k for k, v in params.items() if isinstance(v, Mapping))
+    if nested:
+        raise ConfigError(
+            f"config.json key '{key}.{nested[0]}': RoPE settings per layer type are not supported"
+        )
+    theta = params.get("rope_theta", hf.get("rope_theta"))
+    theta = 10_000.0 if theta is None else float(theta)  # transformers' Qwen2Config default
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    if rope_type != "yarn":
+        raise ConfigError(
+            f"config.json key '{key}.rope_type' = {rope_type!r} is not supported "
+            "(only 'default' RoPE and 'yarn' scaling are implemented)"
+        )
+    return theta, _yarn_settings(hf, params, key)
+
+
+def _rope_export(config: ModelConfig) -> dict[str, Any]:
+    """RoPE keys of an export. YaRN goes in both dicts: transformers 4 reads only `rope_scaling`
+    (without `rope_theta` inside: it warns on keys it does not know), 5 prefers `rope_scaling` when
+    present and takes theta from the top-level `rope_theta`, so both build the same model."""
+    theta = config.rope_theta
+    keys = {"rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta}}
+    s = config.rope_scaling
+    if s is None:
+        return keys
+    yarn = {
+        "rope_type": "yarn",
+        "factor": s.factor,
+        "original_max_position_embeddings": s.original_max_position_embeddings,
+        "beta_fast": s.beta_fast,
+        "beta_slow": s.beta_slow,
+        **{name: getattr(s, name) for name in _YARN_KEYS if getattr(s, name) is not None},
+    }
+    if not s.truncate:  # transformers 5 only; the default (true) is left out for transformers 4
+        yarn["truncate"] = False
+    keys["rope_scaling"] = yarn
+    keys["rope_parameters"] = {**yarn, "rope_theta": theta}
+    return keys
 
 
 def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
@@ -73,6 +136,7 @@ def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
             f"config.json 'hidden_size' ({hf['hidden_size']}) is not divisible by "
             f"'num_attention_heads' ({num_heads})"
         )
+    rope_theta, rope_scaling = _rope_settings(hf)
     settings = dict(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
@@ -82,7 +146,8 @@ def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
         num_kv_heads=hf.get("num_key_value_heads") or num_heads,
         head_dim=head_dim,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        rope_theta=_rope_settings(hf),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         max_position_embeddings=hf.get("max_position_embeddings", 32768),
     )
@@ -116,8 +181,7 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         "head_dim": config.head_dim,
         "hidden_act": "silu",
         "rms_norm_eps": config.rms_norm_eps,
-        "rope_theta": config.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        **_rope_export(config),
         "tie_word_embeddings": config.tie_word_embeddings,
         "max_position_embeddings": config.max_position_embeddings,
         "use_sliding_window": False,

@@ -1,4 +1,5 @@
-"""`from_pretrained`: an HF checkpoint directory or a converted Orbax checkpoint -> AhnModel."""
+"""`from_pretrained`: an HF checkpoint directory (base or merged with AHN weights) or a converted
+Orbax checkpoint -> AhnModel."""
 
 from __future__ import annotations
 
@@ -27,17 +28,20 @@ def param_shapes(config: ModelConfig) -> dict[ParamPath, tuple[int, ...]]:
 
 
 def iter_hf_params(
-    directory: str | Path, config: ModelConfig
+    directory: str | Path, config: ModelConfig, *, skip_ahn: bool = False
 ) -> Iterator[tuple[ParamPath, np.ndarray]]:
-    """Our parameters (numpy, `config.param_dtype`) from HF safetensors, one at a time.
+    """Our base parameters (numpy, `config.param_dtype`) from HF safetensors, one at a time.
 
-    The checkpoint is checked against the config before anything is read. Each parameter is
-    assembled from its tensors (one per layer for stacked weights) and handed over before the
-    next is read, so a consumer that stores or writes each piece never needs two copies.
+    The checkpoint is checked against the config before anything is read; `skip_ahn` leaves out
+    the AHN tensors of a merged checkpoint (`ahn_weights.load_ahn_weights` reads those). Each
+    parameter is assembled from its tensors (one per layer for stacked weights) and handed over
+    before the next is read, so a consumer that stores or writes each piece never needs two copies.
     """
     shapes = param_shapes(config)
     maps = hf_naming.tensor_maps(config, shapes)
     infos = safetensors_io.tensor_index(directory)
+    if skip_ahn:
+        infos = {n: info for n, info in infos.items() if not ahn_weights.is_ahn_tensor(n)}
     hf_naming.check_fits(
         maps,
         {name: info.shape for name, info in infos.items()},
@@ -65,11 +69,36 @@ def _dtype_name(dtype) -> str:
     return jnp.dtype(dtype).name
 
 
+def is_merged(directory: str | Path) -> bool:
+    """Whether an HF directory holds AHN weights beside the base's (the merged layout of the
+    reference's merge_weights.py): its config.json names an `_ahn_implementation`."""
+    directory = Path(directory)
+    if converted.is_params_checkpoint(directory):
+        return False
+    return read_hf_config(directory).get("_ahn_implementation") is not None
+
+
+def _stored_ahn(path: Path) -> dict:
+    """The AHN settings of the weights a checkpoint holds itself ({} when none)."""
+    if converted.is_params_checkpoint(path):
+        return dict(converted.read_marker(path).get("ahn", {}))
+    if is_merged(path):
+        found = ahn_weights.read_ahn_settings(path)
+        return {k: found[k] for k in ("ahn_type", "full_attention_layers")}
+    return {}
+
+
+def _merged_ahn_source(path: Path, config: ModelConfig) -> Path | None:
+    """`path` when it is a merged HF directory whose AHN weights are of the type asked for."""
+    if not is_merged(path) or config.ahn_type is None:
+        return None
+    return path if _stored_ahn(path)["ahn_type"] == config.ahn_type else None
+
+
 def _ahn_settings(path: Path, ahn_type, ahn_path) -> dict:
     """The AHN type and full-attention layers asked for, reconciled with what files say."""
     settings = {"ahn_type": None, "full_attention_layers": ()}
-    if converted.is_params_checkpoint(path):
-        settings.update(converted.read_marker(path).get("ahn", {}))
+    settings.update(_stored_ahn(path))
     if ahn_path is not None:
         found = ahn_weights.read_ahn_settings(ahn_path)
         settings = {k: found[k] for k in ("ahn_type", "full_attention_layers")}
@@ -124,7 +153,9 @@ def from_pretrained(
     AHN weights: `ahn_path` loads AHN-only safetensors in the reference's layout (the released
     checkpoints); `ahn_type` ("gdn", "dn", "mamba2") adds fresh ones drawn from `seed`, their
     output projection zero (the student starts as the sinks+window model) or, with
-    `ahn_output_init="normal"`, N(0, 0.02). An Orbax checkpoint that holds AHN weights brings them.
+    `ahn_output_init="normal"`, N(0, 0.02). An Orbax checkpoint or a merged HF directory (base and
+    AHN tensors together, as the reference's merge_weights.py writes) that holds AHN weights
+    brings them, unless `ahn_path` is given or `ahn_type` names another type.
     `dtype` is the base parameter dtype (AHN weights stay fp32), `compute_dtype` that of
     activations (defaults to `dtype`). With `mesh`, parameters are placed sharded by the
     logical-axis `rules` as they load.
@@ -146,11 +177,13 @@ def from_pretrained(
     else:
         # One device_put of the whole tree: on CPU it can alias the numpy buffers, a lower peak
         # than a put per parameter (docs/benchmarks.md, "Checkpoint conversion memory").
-        params = dict(iter_hf_params(path, base_config))
+        params = dict(iter_hf_params(path, base_config, skip_ahn=is_merged(path)))
     missing_ahn = [p for p in flat_abstract if _is_ahn(p) and p not in params]
-    if missing_ahn and ahn_path is not None:
+    source = ahn_path if ahn_path is not None else _merged_ahn_source(path, config)
+    if missing_ahn and source is not None:
         shapes = {p: flat_abstract[p].shape for p in missing_ahn}
-        params.update(ahn_weights.load_ahn_weights(ahn_path, config, shapes))
+        merged = ahn_path is None  # then `source` is `path`: its AHN tensors beside the base's
+        params.update(ahn_weights.load_ahn_weights(source, config, shapes, merged=merged))
     elif missing_ahn:
         fresh = init_ahn_weights(config, seed, ahn_output_init)
         params.update({p: fresh[p] for p in missing_ahn})

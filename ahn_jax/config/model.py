@@ -24,6 +24,64 @@ class ConfigError(ValueError):
     """A setting is missing, malformed or asks for a feature we do not implement."""
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class YarnScaling:
+    """YaRN RoPE scaling, the keys of transformers' `rope_parameters` for rope_type "yarn" (Qwen2.5
+    enables it for 128k with factor 4 over 32,768 positions). Kept as read, not resolved: `None`
+    means what transformers derives (attention_factor from factor, mscale and mscale_all_dim), so
+    an export writes back the config it came from. The math is ahn_jax/model/layers.py's."""
+
+    factor: float
+    original_max_position_embeddings: int
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    truncate: bool = True
+
+    def __post_init__(self):
+        name = "model.rope_scaling"
+        if not _number(self.factor) or self.factor < 1:
+            raise ConfigError(f"{name}.factor must be a number >= 1, got {self.factor!r}")
+        original = self.original_max_position_embeddings
+        if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
+            raise ConfigError(
+                f"{name}.original_max_position_embeddings must be a positive integer, got "
+                f"{original!r}"
+            )
+        for key in ("beta_fast", "beta_slow"):
+            if not _number(getattr(self, key)) or getattr(self, key) <= 0:
+                raise ConfigError(f"{name}.{key} must be a number > 0, got {getattr(self, key)!r}")
+        if self.beta_fast < self.beta_slow:
+            raise ConfigError(
+                f"{name}.beta_fast ({self.beta_fast}) must be >= beta_slow ({self.beta_slow})"
+            )
+        for key in ("attention_factor", "mscale", "mscale_all_dim"):
+            value = getattr(self, key)
+            if value is not None and (not _number(value) or value < 0):
+                raise ConfigError(f"{name}.{key} must be None or a number >= 0, got {value!r}")
+        if not isinstance(self.truncate, bool):
+            raise ConfigError(f"{name}.truncate must be true or false, got {self.truncate!r}")
+
+    @classmethod
+    def from_dict(cls, settings: Mapping[str, Any]) -> YarnScaling:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - fields)
+        if unknown:
+            raise ConfigError(
+                f"unknown model.rope_scaling setting(s) {unknown}; allowed: {sorted(fields)}"
+            )
+        try:
+            return cls(**dict(settings))
+        except TypeError as e:  # a required field is missing
+            raise ConfigError(f"model.rope_scaling: {e}") from e
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Dimensions and numerics of a Qwen2/Qwen2.5 decoder.
@@ -48,6 +106,7 @@ class ModelConfig:
     remat_policy: str = "none"
     ahn_type: str | None = None  # None: a plain Qwen2 model without AHN weights
     full_attention_layers: tuple[int, ...] = ()  # layers kept as full attention in every mode
+    rope_scaling: YarnScaling | None = None  # None: plain RoPE
 
     def __post_init__(self):
         for name in (
@@ -85,6 +144,12 @@ class ModelConfig:
             )
         if self.ahn_type is not None and self.ahn_type not in AHN_TYPES:
             raise ConfigError(f"ahn.type must be one of {AHN_TYPES}, got {self.ahn_type!r}")
+        if isinstance(self.rope_scaling, Mapping):  # from a config file or `to_dict`
+            object.__setattr__(self, "rope_scaling", YarnScaling.from_dict(self.rope_scaling))
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, YarnScaling):
+            raise ConfigError(
+                f"model.rope_scaling must be None or YaRN settings, got {self.rope_scaling!r}"
+            )
         object.__setattr__(self, "full_attention_layers", tuple(self.full_attention_layers))
         bad = [i for i in self.full_attention_layers if not 0 <= i < self.num_layers]
         if bad:

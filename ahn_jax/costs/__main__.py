@@ -18,12 +18,26 @@ def define_flags() -> None:
     """The CLI's flags, defined only when this module is the entry point."""
     cli.define_config_flag()
     flags.DEFINE_enum("ahn_type", None, AHN_TYPES, "AHN type (default: the config's)")
+    flags.DEFINE_list(
+        "full_attention_layers",
+        None,
+        "comma list of layer ids kept as full attention (default: the config's; empty: none)",
+    )
     flags.DEFINE_integer("length", 128_000, "context length L in tokens")
     flags.DEFINE_integer("window", 32_640, "sliding window W (tokens, sinks excluded)")
     flags.DEFINE_integer("sinks", 128, "attention sinks S")
     flags.DEFINE_integer("bytes_per_element", 4, "bytes per cached value (the paper: 4)")
     flags.DEFINE_string("plot", None, "write a PNG of cache and FLOPs against length here")
     flags.DEFINE_bool("json", False, "print one JSON object")
+
+
+def _layer_ids(values: list[str]) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError as e:
+        raise app.UsageError(
+            f"--full_attention_layers must be a comma list of layer ids, got {values}"
+        ) from e
 
 
 def main(argv) -> None:
@@ -33,6 +47,8 @@ def main(argv) -> None:
     config = validate_config(cli.config())
     if FLAGS.ahn_type is not None:
         config = config.replace(ahn_type=FLAGS.ahn_type)
+    if FLAGS.full_attention_layers is not None:
+        config = config.replace(full_attention_layers=_layer_ids(FLAGS.full_attention_layers))
     args = (FLAGS.length, FLAGS.window, FLAGS.sinks, FLAGS.bytes_per_element)
     result = table.report(config, *args)
     if FLAGS.plot:

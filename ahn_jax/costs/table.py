@@ -3,7 +3,7 @@
 
   python -m ahn_jax.costs --config=configs/qwen3b_gdn.py [--ahn_type gdn|dn|mamba2] \
       [--length 128000] [--window 32640 --sinks 128] [--bytes_per_element 4] [--plot costs.png] \
-      [--json]
+      [--full_attention_layers 0,17] [--json]
 
 Parameter counts (docs/method.md §Costs) come from `jax.eval_shape` of the model, so a 14B config
 costs milliseconds. Cache memory and FLOPs follow the paper's Table 1 formulas (docs/method.md
@@ -11,7 +11,8 @@ costs milliseconds. Cache memory and FLOPs follow the paper's Table 1 formulas (
 128,000 tokens they reproduce the paper's Table 9. The AHN's gate cache (the per-token write gates
 kept for tokens in the window), which the paper leaves out, is reported separately;
 `decode_cache_bytes` is what `ahn_jax.model.cache.DecodeCache` actually holds (tests compare it with
-a real cache).
+a real cache). Layers kept as full attention (`--full_attention_layers`, the reference's
+fa_layer_ids) cost as full attention at L, in FLOPs and cache; the others as window + AHN.
 """
 
 from __future__ import annotations
@@ -63,17 +64,35 @@ def gate_cache_bytes(config: ModelConfig, window: int, sinks: int) -> int:
 
 
 def decode_cache_bytes(
-    config: ModelConfig, window: int, sinks: int, mode: str, batch_size: int = 1
+    config: ModelConfig,
+    window: int,
+    sinks: int,
+    mode: str,
+    batch_size: int = 1,
+    max_length: int | None = None,
 ) -> int:
-    """Bytes of `model.init_cache(batch_size, window=, sinks=, mode=)`: KV in the compute dtype,
-    gates and state in fp32 (mode "ahn" only), and the slot bookkeeping."""
-    L, C = config.num_layers, window + sinks
-    kv = 2 * L * batch_size * C * config.num_kv_heads * config.head_dim
-    total = kv * np.dtype(config.jnp_dtype).itemsize
+    """Bytes of `model.init_cache(batch_size, window=, sinks=, mode=, max_length=)`: KV in the
+    compute dtype, gates and state in fp32 (mode "ahn" only), and the slot bookkeeping (int32
+    positions per slot and a length, per row). Layers kept as full attention hold K and V for
+    `max_length` positions, with their own slot positions, and no gates or state (no memory runs
+    there); in mode "full" every layer is alike (S + W slots), so none gets such a group."""
+    full_layers, memory_layers = formulas.layer_split(config)
+    if mode == "full":
+        full_layers, memory_layers = 0, config.num_layers
+    if full_layers and (not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(
+            f"layers {sorted(set(config.full_attention_layers))} keep full attention, whose "
+            f"cache holds the whole context: max_length must be >= 1, got {max_length!r}"
+        )
+    B, C = batch_size, window + sinks
+    M = max_length if full_layers else 0
+    slots = memory_layers * C + full_layers * M  # K and V slots summed over layers
+    total = 2 * B * slots * config.num_kv_heads * config.head_dim
+    total *= np.dtype(config.jnp_dtype).itemsize
     if mode == "ahn":
         n_gates = len(gate_names(config.ahn_type))
-        total += 4 * L * batch_size * config.num_heads * (n_gates * C + config.head_dim**2)
-    return total + 4 * (C + 1)  # slot positions + length (int32)
+        total += 4 * memory_layers * B * config.num_heads * (n_gates * C + config.head_dim**2)
+    return total + 4 * B * (C + 1 + M)  # slot positions, length, the full layers' positions
 
 
 def report(
@@ -98,6 +117,7 @@ def report(
         **counts,
         "ahn_fraction": counts["ahn_params"] / counts["base_params"],
         "ahn_params_per_layer": counts["ahn_params"] // config.num_layers,
+        "full_attention_layers": sorted(set(config.full_attention_layers)),
         "length": length,
         "window": window,
         "sinks": sinks,
@@ -145,6 +165,13 @@ def _giga(x: float) -> str:
     return f"{x / 1e9:.2f} GB"
 
 
+def _layers_line(full_layers: list[int]) -> list[str]:
+    """A line for layers kept as full attention (none: no line, the paper's setting)."""
+    if not full_layers:
+        return []
+    return [f"full attention: layers {full_layers} (their cache and FLOPs grow with L)"]
+
+
 def format_report(result: dict) -> str:
     """A `report` as the lines `python -m ahn_jax.costs` prints."""
     cache, mixing, model = result["cache_bytes"], result["mixing_flops"], result["model_flops"]
@@ -154,6 +181,7 @@ def format_report(result: dict) -> str:
         f"base params:    {result['base_params']:,}",
         f"AHN params:     {result['ahn_params']:,} ({100 * result['ahn_fraction']:.2f}% of the "
         f"base; {result['ahn_params_per_layer']:,} per layer)",
+        *_layers_line(result["full_attention_layers"]),
         f"at L = {result['length']:,}, W = {result['window']:,}, S = {result['sinks']}:",
         f"cache:          full {_giga(cache['full'])}, swa {_giga(cache['swa'])}, ahn "
         f"{_giga(cache['ahn'])} ({100 * ratios['cache_ahn_over_full']:.1f}% of full)"

@@ -1,4 +1,5 @@
-"""The scoring functions of LV-Eval, LongBench and InfiniteBench, as the AHN evaluation runs them.
+"""The scoring functions of LV-Eval, LongBench and InfiniteBench, as the AHN evaluation runs them,
+and RULER's string match.
 
 Written from the metric definitions that LV-Eval and LongBench publish (docs/evaluation_sources.md
 records every rule and where it comes from). ROUGE-L is pltrdy's `rouge` package itself and the
@@ -141,3 +142,10 @@ def first_integer(text: str) -> str | None:
 def passkey_exact_match(prediction: str, passkey: str) -> float:
     """1 if the first number the model writes is the pass key, else 0."""
     return float(first_integer(prediction) == passkey)
+
+
+def string_match_all(prediction: str, references: Sequence[str]) -> float:
+    """RULER's niah score: the fraction of the reference values found anywhere in the prediction
+    (case-insensitive substring match; NVIDIA/RULER scripts/eval/synthetic/constants.py)."""
+    text = prediction.lower()
+    return sum(ref.lower() in text for ref in references) / len(references)

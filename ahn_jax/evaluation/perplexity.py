@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ahn_jax.evaluation.results import Settings, append_results, read_results
 from ahn_jax.jsonl import read_jsonl
+from ahn_jax.model import cached
 
 
 def read_documents(files: Sequence[Path]) -> list[tuple[str, str]]:
@@ -39,7 +40,11 @@ def _skip(why) -> None:
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _chunk_nll(graphdef, state, inputs_BP, targets_BP, cache):
-    logits, cache = nnx.merge(graphdef, state).cached_logits(inputs_BP, cache, all_logits=True)
+    model = nnx.merge(graphdef, state)
+    new_B = jnp.full(inputs_BP.shape[:1], inputs_BP.shape[1], jnp.int32)
+    logits, cache = cached.cached_logits(
+        model, inputs_BP, cache, new_B, all_logits=True, decoding=False
+    )
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(log_probs, targets_BP[..., None], axis=-1)[..., 0], cache
 

@@ -1,7 +1,8 @@
 """Summaries and plots of an evaluation's scored records (predictions.jsonl of ahn_jax.evaluate).
 
 Scores are reported as the benchmarks report them: per dataset round(100 * mean, 2), and the
-plain mean over datasets (the paper's "Avg"). Pass keys: accuracy per length and depth.
+plain mean over datasets (the paper's "Avg"). Pass keys and RULER's NIAH variants: score per
+length and depth (a NIAH sample scores the share of its values recalled).
 Perplexity: token-weighted loss per position bucket, with the standard error over documents.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ahn_jax.costs import table
+from ahn_jax.evaluation.results import GRID_TASKS
 
 
 def summarize(task: str, records: list[dict]) -> dict:
@@ -31,13 +33,18 @@ def summarize(task: str, records: list[dict]) -> dict:
     if datasets:
         summary["average"] = round(float(np.mean([d["score"] for d in datasets.values()])), 2)
     summary["truncated"] = sum(bool(r.get("truncated")) for r in records)
-    if task == "passkey":
-        summary["accuracy"] = _passkey_grid(records)
+    if task in GRID_TASKS:
+        summary["accuracy"] = _length_depth_grid(records)
     return summary
 
 
-def _passkey_grid(records) -> dict:
-    """{length: {depth: accuracy %}} plus each length's mean over depths."""
+def grid_label(task: str) -> str:
+    """What the length x depth grid of a pass-key or NIAH run holds."""
+    return "pass-key accuracy" if task == "passkey" else f"{task} score (values recalled)"
+
+
+def _length_depth_grid(records) -> dict:
+    """{length: {depth: mean score %}} plus each length's mean over depths."""
     cells = defaultdict(list)
     for r in records:
         cells[(r["context_length"], r["depth"])].append(r["score"])
@@ -98,7 +105,8 @@ def markdown_table(summary: dict) -> str:
         depths = _depths(summary["accuracy"])
         lines += [
             "",
-            "pass-key accuracy (%) by prompt length (rows) and needle depth (columns):",
+            f"{grid_label(summary['task'])} (%) by prompt length (rows) and needle depth "
+            "(columns):",
             "",
         ]
         lines.append("| length | " + " | ".join(depths) + " | all |")
@@ -156,7 +164,7 @@ def _plots(out: Path, settings: dict, summary: dict, records: list[dict], config
         fig.tight_layout()
         fig.savefig(out / "loss_by_position.png", dpi=120)
         plt.close(fig)
-    elif settings["task"] == "passkey":
+    elif settings["task"] in GRID_TASKS:
         grid = summary["accuracy"]
         depths = _depths(grid)
         matrix = np.asarray([[grid[length].get(d, np.nan) for length in grid] for d in depths])
@@ -164,10 +172,11 @@ def _plots(out: Path, settings: dict, summary: dict, records: list[dict], config
         image = ax.imshow(matrix, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(len(grid)), list(grid))
         ax.set_yticks(range(len(depths)), depths)
-        ax.set(xlabel="prompt length (tokens)", ylabel="needle depth", title=f"pass key, {label}")
-        fig.colorbar(image, label="accuracy %")
+        task = settings["task"]
+        ax.set(xlabel="prompt length (tokens)", ylabel="needle depth", title=f"{task}, {label}")
+        fig.colorbar(image, label="accuracy %" if task == "passkey" else "values recalled %")
         fig.tight_layout()
-        fig.savefig(out / "passkey.png", dpi=120)
+        fig.savefig(out / f"{task}.png", dpi=120)
         plt.close(fig)
     else:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -216,8 +225,8 @@ def _memory_plot(out, settings, records, config, label, plt) -> None:
 
 
 def compare_plot(run_dirs: list[Path], path: Path) -> None:
-    """One figure of several runs of a task: loss by position (perplexity) or accuracy by length
-    (pass key), one line per run, labelled by its mode, window and sinks."""
+    """One figure of several runs of a task: loss by position (perplexity) or score by length
+    (pass key, NIAH), one line per run, labelled by its mode, window and sinks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,13 +240,14 @@ def compare_plot(run_dirs: list[Path], path: Path) -> None:
         label = run_label(summary["settings"])
         if summary["task"] == "perplexity":
             _loss_by_position(ax, summary, label)
-        elif summary["task"] == "passkey":
+        elif summary["task"] in GRID_TASKS:
             lengths = list(summary["accuracy"])
             ax.plot([int(n) for n in lengths], [summary["accuracy"][n]["all"] for n in lengths],
                     marker="o", label=label)  # fmt: skip
-            ax.set(xlabel="prompt length (tokens)", ylabel="pass-key accuracy %", ylim=(-5, 105))
+            ax.set(xlabel="prompt length (tokens)", ylabel=f"{grid_label(summary['task'])} %",
+                   ylim=(-5, 105))  # fmt: skip
         else:
-            raise ValueError(f"{run}: compare plots cover perplexity and passkey runs")
+            raise ValueError(f"{run}: compare plots cover perplexity, passkey and NIAH runs")
     if len(tasks) != 1:
         raise ValueError(f"the runs mix tasks {sorted(tasks)}")
     ax.legend()

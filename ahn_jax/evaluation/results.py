@@ -12,8 +12,12 @@ from pathlib import Path
 from absl import app, logging
 
 from ahn_jax import jsonl
+from ahn_jax.evaluation.ruler import VARIANTS
 
-TASKS = ("lveval", "infinitebench", "longbench", "passkey", "perplexity")
+TASKS = ("lveval", "infinitebench", "longbench", "passkey", *VARIANTS, "perplexity")
+# the generated tasks scored on a grid of prompt length x needle depth
+GRID_TASKS = ("passkey", *VARIANTS)
+DECODES = ("exact", "reference")  # ahn_jax/model/cache.py: how decode steps mask the cache
 PREDICTIONS, RUN_SETTINGS = "predictions.jsonl", "run.json"
 
 
@@ -31,7 +35,8 @@ class Settings:
     max_new_tokens: int | None
     chat: bool
     dtype: str
-    extra: dict  # task-specific: passkey lengths/depths/samples/seed, perplexity bucket
+    extra: dict  # task-specific: grid lengths/depths/samples/seed, niah needles, perplexity bucket
+    decode: str = "exact"  # one of DECODES
 
 
 def check_settings(out: Path, settings: Settings) -> None:
@@ -39,7 +44,10 @@ def check_settings(out: Path, settings: Settings) -> None:
     path = out / RUN_SETTINGS
     current = json.loads(json.dumps(dataclasses.asdict(settings)))
     if path.exists():
-        before = json.loads(path.read_text())
+        # a field added since that run was written held its default then
+        defaults = {f.name: f.default for f in dataclasses.fields(Settings)
+                    if f.default is not dataclasses.MISSING}  # fmt: skip
+        before = {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())}
         changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
         if changed:
             details = ", ".join(f"{k}: {before.get(k)!r} -> {current.get(k)!r}" for k in changed)

@@ -1,5 +1,6 @@
-"""Generation tasks (LV-Eval, InfiniteBench, LongBench, pass-key retrieval): prompts as the
-reference evaluation builds them, batched greedy decoding, scoring, results appended to disk."""
+"""Generation tasks (LV-Eval, InfiniteBench, LongBench, pass-key retrieval, RULER's NIAH variants):
+prompts as the reference evaluation (or RULER) builds them, batched greedy decoding, scoring,
+results appended to disk."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ahn_jax.evaluation import passkey, tasks
-from ahn_jax.evaluation.metrics import passkey_exact_match
+from ahn_jax.evaluation import passkey, ruler, tasks
+from ahn_jax.evaluation.metrics import passkey_exact_match, string_match_all
 from ahn_jax.evaluation.results import (
     Settings,
     append_results,
@@ -69,9 +70,29 @@ def passkey_prompts(tokenizer, settings: Settings) -> list[Prompt]:
     ]
 
 
+def ruler_prompts(tokenizer, settings: Settings) -> list[Prompt]:
+    """The NIAH variant's grid of prompts; the needle settings are in `settings.extra`."""
+    extra = settings.extra
+    config = ruler.NiahConfig(
+        **{f.name: extra[f.name] for f in dataclasses.fields(ruler.NiahConfig)}
+    )
+    samples = ruler.niah_samples(
+        tokenizer, config, extra["lengths"], extra["depths"], extra["samples"], extra["seed"],
+        task=settings.task, chat=settings.chat,
+    )  # fmt: skip
+    max_new = settings.max_new_tokens or ruler.MAX_NEW_TOKENS
+    return [
+        Prompt(s.id, s.ids, max_new, dict(dataset=settings.task, answers=list(s.answers),
+               queries=list(s.queries), context_length=s.length, depth=s.depth))
+        for s in samples
+    ]  # fmt: skip
+
+
 def score_prediction(task: str, record: dict, prediction: str) -> float:
     if task == "passkey":
         return passkey_exact_match(prediction, record["answers"][0])
+    if task in ruler.VARIANTS:
+        return string_match_all(prediction, record["answers"])
     benchmark = tasks.BENCHMARKS[task]
     return tasks.score(
         benchmark, record["dataset"], prediction, record["answers"], record.get("keywords")
@@ -102,6 +123,7 @@ def run_generation(
                 sinks=settings.sinks,
                 stop_ids=stops,
                 on_cache=caches.append,
+                decode=settings.decode,
             )
             results = []
             for prompt, new in zip(batch, outputs, strict=True):

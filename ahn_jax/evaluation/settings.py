@@ -1,16 +1,18 @@
 """An evaluation's settings from what the command line gives, with each benchmark's reference
-defaults (window, sinks, prompt budget, chat template) filled in."""
+defaults (window, sinks, prompt budget, chat template) and each RULER variant's needle counts
+filled in."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 from absl import app
 
 from ahn_jax.config import ModelConfig
-from ahn_jax.evaluation import tasks
-from ahn_jax.evaluation.results import Settings
+from ahn_jax.evaluation import ruler, tasks
+from ahn_jax.evaluation.results import DECODES, GRID_TASKS, Settings
 
 
 def resolve_settings(
@@ -32,6 +34,13 @@ def resolve_settings(
     samples: int = 5,
     seed: int = 0,
     bucket: int | None = None,
+    decode: str = "exact",
+    niah_keys: int | None = None,
+    niah_values: int | None = None,
+    niah_queries: int | None = None,
+    niah_key_type: str | None = None,
+    niah_value_type: str | None = None,
+    niah_haystack: str | None = None,
 ) -> Settings:
     """The settings of evaluating `model` (with `ahn`, whose config is `config`) on `task`; None
     (0 for window) means the benchmark's reference value. Each argument is the `ahn_jax.evaluate`
@@ -42,18 +51,13 @@ def resolve_settings(
             f"--mode=ahn needs AHN weights: {model} has none; pass --ahn DIR "
             "(or evaluate --mode=swa / full)"
         )
-    benchmark = tasks.BENCHMARKS.get(task)
-    window = window or (benchmark.window if benchmark else None)
-    sinks = sinks if sinks is not None else (benchmark.sinks if benchmark else 0)
-    if window is None:
-        if mode != "full":
-            raise app.UsageError(f"--task={task} --mode={mode} needs --window")
-        window = 0
-    max_length = max_length or (benchmark.max_length if benchmark else None)
-    extra = _task_extras(task, max_length, lengths, depths, samples, seed, bucket)
-    model_name = model_name or Path(model).resolve().name
-    use_chat = task in tasks.BENCHMARKS and tasks.uses_chat(model_name, chat)
-    use_chat = use_chat or (task == "passkey" and chat == "on")
+    window, sinks, max_length = _attention(task, mode, window, sinks, max_length)
+    if decode not in DECODES:
+        raise app.UsageError(f"--decode must be one of {DECODES}, got {decode!r}")
+    grid = dict(lengths=lengths, depths=depths, samples=samples, seed=seed)
+    niah = dict(keys=niah_keys, values=niah_values, queries=niah_queries, key_type=niah_key_type,
+                value_type=niah_value_type, haystack=niah_haystack)  # fmt: skip
+    extra = _task_extras(task, max_length, grid, niah, bucket)
     return Settings(
         task=task,
         model=str(Path(model).resolve()),
@@ -63,23 +67,63 @@ def resolve_settings(
         sinks=sinks,
         max_length=max_length,
         max_new_tokens=max_new_tokens,
-        chat=use_chat,
+        chat=_uses_chat(task, model_name or Path(model).resolve().name, chat),
         dtype=dtype,
         extra=extra,
+        decode=decode,
     )
 
 
-def _task_extras(task, max_length, lengths, depths, samples, seed, bucket) -> dict:
-    """The settings only one task has: passkey's grid and seed, perplexity's position bucket."""
-    if task == "passkey":
-        return dict(
-            lengths=[int(x) for x in lengths],
-            depths=[float(x) for x in depths],
-            samples=samples,
-            seed=seed,
-        )
+def _attention(task, mode, window, sinks, max_length) -> tuple[int, int, int | None]:
+    """Window, sinks and prompt budget: the benchmark's reference values where not given."""
+    benchmark = tasks.BENCHMARKS.get(task)
+    window = window or (benchmark.window if benchmark else None)
+    sinks = sinks if sinks is not None else (benchmark.sinks if benchmark else 0)
+    if window is None:
+        if mode != "full":
+            raise app.UsageError(f"--task={task} --mode={mode} needs --window")
+        window = 0
+    return window, sinks, max_length or (benchmark.max_length if benchmark else None)
+
+
+def _uses_chat(task: str, model_name: str, chat: str) -> bool:
+    # RULER runs a chat model with its chat template; which models get it follows the benchmarks'
+    if task in tasks.BENCHMARKS or task in ruler.VARIANTS:
+        return tasks.uses_chat(model_name, chat)
+    return task == "passkey" and chat == "on"
+
+
+def _task_extras(task, max_length, grid: dict, niah: dict, bucket) -> dict:
+    """The settings only some tasks have: the pass-key and NIAH grid and seed, the NIAH needles
+    (RULER's counts and kinds), perplexity's position bucket."""
+    if task in GRID_TASKS:
+        extra = _grid(**grid)
+        if task in ruler.VARIANTS:
+            try:
+                extra.update(dataclasses.asdict(ruler.make_config(task, **niah)))
+            except ValueError as error:  # its message names the flag
+                raise app.UsageError(str(error)) from None
+        return extra
     if task == "perplexity":
         if max_length is None or max_length < 2:
             raise app.UsageError("--task=perplexity needs --max_length (tokens per document) >= 2")
         return dict(bucket=bucket or max(max_length // 16, 1))
     return {}
+
+
+def _grid(lengths, depths, samples: int, seed: int) -> dict:
+    try:
+        lengths = [int(x) for x in lengths]
+    except ValueError:
+        raise app.UsageError(f"--lengths must be token counts, got {lengths}") from None
+    try:
+        depths = [float(x) for x in depths]
+    except ValueError:
+        raise app.UsageError(f"--depths must be fractions in [0, 1], got {depths}") from None
+    if not lengths or min(lengths) < 1:
+        raise app.UsageError(f"--lengths must be positive token counts, got {lengths}")
+    if not depths or not all(0.0 <= d <= 1.0 for d in depths):
+        raise app.UsageError(f"--depths must lie in [0, 1], got {depths}")
+    if samples < 1:
+        raise app.UsageError(f"--samples must be at least 1, got {samples}")
+    return dict(lengths=lengths, depths=depths, samples=samples, seed=seed)

@@ -2,13 +2,15 @@
 (the command line is ahn_jax/generate.py):
 
   python -m ahn_jax.generate --model DIR [--ahn DIR] (--prompt TEXT | --prompt_file F | --jsonl F)
-      [--max_new_tokens 128] [--mode ahn|swa|full] [--window 32640] [--sinks 128]
-      [--temperature 0] [--top_p 1] [--chat] [--batch_size 8] [--out F.jsonl]
+      [--max_new_tokens N] [--mode ahn|swa|full] [--window 32640] [--sinks 128]
+      [--decode exact|reference] [--do_sample] [--temperature T] [--top_k K] [--top_p P]
+      [--repetition_penalty R] [--chat] [--batch_size 8] [--out F.jsonl] [--dtype D]
 
 A single prompt streams to stdout as it is generated. JSONL input (one object per line with
 "prompt", or "messages" for a chat) is batched: rows of a batch share positions (the cache has no
-padding, as in the reference), so prompts are grouped by token length. Greedy by default;
-`--temperature` > 0 samples, restricted to the top-p nucleus.
+padding, as in the reference), so prompts are grouped by token length. The token choice is
+transformers' (ahn_jax/inference/sampling.py), set by the checkpoint's generation_config.json and
+the flags over it (ahn_jax/inference/generation_config.py); greedy where neither says otherwise.
 """
 
 from __future__ import annotations
@@ -26,28 +28,32 @@ import numpy as np
 from absl import app
 from flax import nnx
 
+from ahn_jax.inference import sampling as sampling_lib
+from ahn_jax.inference.generation_config import DEFAULTS, GenerationSettings
+from ahn_jax.inference.sampling import Sampling, sample_token
 from ahn_jax.jsonl import read_jsonl
 from ahn_jax.model import transformer as model_lib
 from ahn_jax.model.cache import DecodeCache
 from ahn_jax.tokenizer import END_OF_TEXT, IM_END, ByteTokenizer, HFTokenizer
 
 
-def sample_token(logits_BV, key, temperature, top_p):
-    """Greedy where temperature is 0, else a draw from the top-p nucleus of softmax(l / T)."""
-    logits_BV = logits_BV.astype(jnp.float32)
-    scaled = logits_BV / jnp.maximum(temperature, 1e-6)
-    probs = jax.nn.softmax(scaled, axis=-1)
-    sorted_probs = jnp.sort(probs, axis=-1)[:, ::-1]
-    before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs  # mass of the tokens ranked above
-    kept = jnp.where(before < top_p, sorted_probs, jnp.inf).min(axis=-1, keepdims=True)
-    sampled = jax.random.categorical(key, jnp.where(probs >= kept, scaled, -jnp.inf), axis=-1)
-    return jnp.where(temperature > 0, sampled, jnp.argmax(logits_BV, axis=-1)).astype(jnp.int32)
+@functools.partial(jax.jit, static_argnames=("sampling",))
+def _first(logits_BV, prompt_BT, key, sampling: Sampling):
+    """The token after the prompt, and the seen-tokens mask (None without a penalty)."""
+    seen = (
+        sampling_lib.presence_mask(prompt_BT, logits_BV.shape[-1])
+        if sampling.uses_penalty
+        else None
+    )
+    return sample_token(logits_BV, key, sampling, seen), seen
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _step(graphdef, state, tokens_B, cache, key, temperature, top_p):
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"))
+def _step(graphdef, state, tokens_B, cache, seen_BV, key, sampling: Sampling):
     logits, cache = model_lib.decode_step(graphdef, state, tokens_B, cache)
-    return sample_token(logits, key, temperature, top_p), cache
+    if seen_BV is not None:  # the fed token is now part of the row
+        seen_BV = sampling_lib.mark_seen(seen_BV, tokens_B)
+    return sample_token(logits, key, sampling, seen_BV), cache, seen_BV
 
 
 def generate(
@@ -58,28 +64,33 @@ def generate(
     mode: str,
     window: int,
     sinks: int = 0,
-    temperature: float = 0.0,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 50,
     top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
     seed: int = 0,
     stop_ids: Sequence[int] = (),
+    decode: str = "exact",
     on_tokens: Callable[[np.ndarray], None] | None = None,
     on_cache: Callable[[DecodeCache], None] | None = None,
 ) -> list[list[int]]:
-    """New tokens for a batch of equally long prompts (stops at a stop id, not included).
+    """New tokens for a batch of equally long prompts (stops at a stop id, not included). The
+    token choice is transformers' `generate` with the same keywords (greedy by default).
 
     `on_tokens` sees each step's tokens (-1 for finished rows), `on_cache` the final cache."""
     lengths = {len(p) for p in prompts}
     if len(lengths) != 1 or 0 in lengths:
         raise ValueError(f"a batch needs non-empty prompts of one length, got lengths {lengths}")
+    sampling = Sampling(do_sample, temperature, top_k, top_p, repetition_penalty)
     ids = jnp.asarray(np.asarray(prompts, np.int32))
     if mode == "full":  # plain attention: a window that holds the whole sequence
         window, sinks = ids.shape[1] + max_new_tokens, 0
-    cache = model.init_cache(len(prompts), window=window, sinks=sinks, mode=mode)
+    cache = model.init_cache(len(prompts), window=window, sinks=sinks, mode=mode, decode=decode)
     logits, cache = model.prefill(ids, cache)
     key = jax.random.key(seed)
-    temperature, top_p = jnp.float32(temperature), jnp.float32(top_p)
     key, sub = jax.random.split(key)
-    tokens = sample_token(logits, sub, temperature, top_p)
+    tokens, seen = _first(logits, ids, sub, sampling)
     graphdef, state = nnx.split(model)
     out = np.zeros((len(prompts), 0), np.int32)
     done = np.zeros(len(prompts), bool)
@@ -94,7 +105,7 @@ def generate(
         if done.all() or i == max_new_tokens - 1:
             break
         key, sub = jax.random.split(key)
-        tokens, cache = _step(graphdef, state, tokens, cache, sub, temperature, top_p)
+        tokens, cache, seen = _step(graphdef, state, tokens, cache, seen, sub, sampling)
     if on_cache is not None:
         on_cache(cache)
     return [[int(t) for t in row if t >= 0] for row in out]
@@ -141,9 +152,28 @@ def _encode(tokenizer, record: dict, chat: bool) -> list[int]:
     return tokenizer.encode(record["prompt"])
 
 
-def stream_completion(model, tokenizer, text: str, *, chat: bool, **settings) -> None:
-    """Generate for one prompt (`settings`: `generate`'s), writing the new text to stdout as it
-    comes."""
+def _generate_with(model, prompts, generation: GenerationSettings, **settings):
+    """`generate` with the length and token choice of `generation` (`settings`: the rest)."""
+    try:
+        max_new_tokens = generation.new_tokens(len(prompts[0]))
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    return generate(
+        model, prompts, max_new_tokens=max_new_tokens, **generation.sampling_kwargs(), **settings
+    )
+
+
+def stream_completion(
+    model,
+    tokenizer,
+    text: str,
+    *,
+    chat: bool,
+    generation: GenerationSettings = DEFAULTS,
+    **settings,
+) -> None:
+    """Generate for one prompt (`settings`: `generate`'s but the length and the token choice,
+    which come from `generation`), writing the new text to stdout as it comes."""
     ids = _encode(tokenizer, {"prompt": text}, chat)
     streamed: list[int] = []
 
@@ -154,12 +184,19 @@ def stream_completion(model, tokenizer, text: str, *, chat: bool, **settings) ->
             sys.stdout.write(tokenizer.decode(streamed)[len(before) :])
             sys.stdout.flush()
 
-    generate(model, [ids], on_tokens=stream, **settings)
+    _generate_with(model, [ids], generation, on_tokens=stream, **settings)
     sys.stdout.write("\n")
 
 
 def complete_jsonl(
-    model, tokenizer, path: str, *, chat: bool, batch_size: int, **settings
+    model,
+    tokenizer,
+    path: str,
+    *,
+    chat: bool,
+    batch_size: int,
+    generation: GenerationSettings = DEFAULTS,
+    **settings,
 ) -> list[str]:
     """Each record of a prompts JSONL with its "completion" added, as JSON lines in the input's
     order. Prompts of one token length are decoded together, `batch_size` at a time."""
@@ -172,7 +209,7 @@ def complete_jsonl(
     for indices in by_length.values():
         for start in range(0, len(indices), batch_size):
             batch = indices[start : start + batch_size]
-            outputs = generate(model, [encoded[i] for i in batch], **settings)
+            outputs = _generate_with(model, [encoded[i] for i in batch], generation, **settings)
             completions.update(
                 {i: tokenizer.decode(o) for i, o in zip(batch, outputs, strict=True)}
             )

@@ -6,9 +6,15 @@ the ring never moves data, and the cache never grows past S + W entries whatever
 Each slot also keeps the token's AHN write gates (docs/method.md §Inference), so the memory ingests
 an evicted token without its hidden state; each layer keeps its AHN state [B, N, H, H] in fp32.
 
-Every batch row shares the positions (no padding), as in the reference. `extend_plan` works out,
-for a block of P new tokens, what each query sees, which token each one evicts and which token
-each slot holds afterwards; decoding is the block P = 1, so prefill and decode share one path.
+Each batch row has its own length and slot positions (ragged batches: prompts of different
+lengths prefill together, right-padded, and decode on from their own positions). `extend_plan`
+works out, for a block of P new tokens per row, what each query sees, which token each one evicts
+and which token each slot holds afterwards; decoding is the block P = 1, so prefill and decode
+share one path.
+
+Layers kept as full attention (`ModelConfig.full_attention_layers`) keep a second group of slots
+of `max_length` positions (the same ring with W = max_length and no sinks, so it never wraps
+within the context it was sized for): their K/V grow with the context, as in the reference.
 """
 
 from __future__ import annotations
@@ -22,12 +28,20 @@ from flax import struct
 from ahn_jax.config import MODES
 from kernels.window_attention import visible
 
+DECODES = ("exact", "reference")
+# The reference's decode drops this cache index at every step, whatever S (its attention is called
+# without `num_attn_sinks`, whose default is 128): docs/evaluation.md "Reference-compatible decode".
+REFERENCE_DROPPED_INDEX = 128
+
 
 @struct.dataclass
 class DecodeCache:
     """Stacked over layers: k, v [L, B, S+W, K, H]; gates {name: [L, B, S+W, N]} fp32; state
-    [L, B, N, H, H] fp32; slot_pos [S+W] (absolute position held by each slot, -1 if empty);
-    length: tokens seen so far. `window`, `sinks` and `mode` are static (they fix the shapes)."""
+    [L, B, N, H, H] fp32; slot_pos [B, S+W] (absolute position held by each slot, -1 if empty);
+    length [B]: tokens seen so far by each row. The full-attention layers' group: full_k, full_v
+    [L_full, B, M, K, H] and full_slot_pos [B, M] (M = max_length; all empty arrays without such
+    layers), `full_layers` their indices. L counts the other layers. `window`, `sinks`, `mode`,
+    `decode` and `full_layers` are static (they fix shapes or the program)."""
 
     k: jax.Array
     v: jax.Array
@@ -35,13 +49,22 @@ class DecodeCache:
     state: jax.Array
     slot_pos: jax.Array
     length: jax.Array
+    full_k: jax.Array
+    full_v: jax.Array
+    full_slot_pos: jax.Array
     window: int = struct.field(pytree_node=False)
     sinks: int = struct.field(pytree_node=False)
     mode: str = struct.field(pytree_node=False)
+    decode: str = struct.field(pytree_node=False, default="exact")
+    full_layers: tuple[int, ...] = struct.field(pytree_node=False, default=())
 
     @property
     def capacity(self) -> int:
         return self.sinks + self.window
+
+    @property
+    def full_capacity(self) -> int:
+        return self.full_k.shape[2]
 
     def layer_arrays(self) -> dict:
         return {"k": self.k, "v": self.v, "gates": self.gates, "state": self.state}
@@ -52,14 +75,16 @@ class DecodeCache:
 
 @dataclasses.dataclass(frozen=True)
 class ExtendPlan:
-    """Bookkeeping for P new tokens at positions t0 .. t0+P-1 (all index into cache ++ new)."""
+    """Bookkeeping for P new tokens per row, row b at positions length[b] .. length[b] + P - 1, of
+    which the first `new[b]` are real (the rest right-padding). Indices point into
+    `cache slots ++ new tokens` (C + P entries, C the group's slots)."""
 
-    positions: jax.Array  # [P] absolute positions of the new tokens
-    mask: jax.Array  # [P, S+W+P] which cached or new key each new query sees
-    evicting: jax.Array  # [P] whether token t evicts t - W into the memory (t >= S + W)
-    evict_index: jax.Array  # [P] where the evicted token's k/v/gates are
-    keep_index: jax.Array  # [S+W] what each slot holds afterwards
-    slot_pos: jax.Array  # [S+W] the new slot positions
+    positions: jax.Array  # [B, P] absolute positions of the new tokens
+    mask: jax.Array  # [B, P, C+P] which cached or new key each new query sees
+    evicting: jax.Array  # [B, P] whether token t evicts t - W into the memory (t >= S + W, real)
+    evict_index: jax.Array  # [B, P] where the evicted token's k/v/gates are
+    keep_index: jax.Array  # [B, C] what each slot holds afterwards
+    slot_pos: jax.Array  # [B, C] the new slot positions
 
 
 def slot_of(position, sinks: int, window: int):
@@ -73,45 +98,66 @@ def _latest_in_slot(slot, end, sinks: int, window: int):
     return jnp.where(slot < end, slot + laps * window, -1)
 
 
-def extend_plan(cache: DecodeCache, num_new: int) -> ExtendPlan:
-    """Where everything is when P = `num_new` tokens (positions t0 .. t0+P-1, t0 = tokens seen)
-    join the cache; prefill and decode (P = 1) both go through it (docs/method.md §Inference).
+def reference_dropped_position(t, window: int, sinks: int):
+    """The position the reference's decode step at t leaves out of attention.
 
-    Indices point into `cache slots ++ new tokens` (S + W + P entries), the arrays the decoder
-    layer concatenates for keys, values and gates. The layer attends and gathers from that
-    concatenation and only then writes the slots back, so every query of the block still sees the
-    old keys that later tokens of the same block overwrite.
+    Its cache is a list ordered by position: the sinks [0, S) and then [max(S, t - W), t] (the
+    token being evicted still in it, the new token appended); it drops list index 128. So the
+    dropped token is 128 itself when S > 128, else the (128 - S)-th after the sinks, which is the
+    evicted token t - W exactly when S = 128 and the cache is full. Beyond t nothing is dropped."""
+    if sinks > REFERENCE_DROPPED_INDEX:
+        return jnp.full_like(t, REFERENCE_DROPPED_INDEX)
+    return jnp.maximum(sinks, t - window) + REFERENCE_DROPPED_INDEX - sinks
+
+
+def extend_plan(
+    slot_pos, length, *, window: int, sinks: int, num_new: int, new=None, reference=False
+) -> ExtendPlan:
+    """Where everything is when P = `num_new` tokens per row join a group of slots (`slot_pos`
+    [B, C], `length` [B]); `new` [B] (default P) says how many of them are real, the rest being
+    right-padding that neither enters the cache nor the memory. Prefill and decode (P = 1) both go
+    through it (docs/method.md §Inference).
+
+    The layer attends and gathers from `cache slots ++ new tokens` and only then writes the slots
+    back, so every query of the block still sees the old keys that later tokens overwrite.
     - mask: a key is visible if its slot is filled (or it is new) and the sink/window rule
       (docs/method.md §Method) holds between absolute positions; `slot_pos` gives each slot's
-      position, so the ring's order never matters.
+      position, so the ring's order never matters. Padding only sees keys up to itself (causal),
+      so no real query sees padding and every query sees at least itself.
+    - `reference` (a decode step of `decode="reference"`): the reference's mask instead — the
+      evicted token t - W visible too, `reference_dropped_position` hidden.
     - evicting / evict_index: token t writes t - W into the memory iff t - W >= S. If t - W came
       before this call it is still in its slot (the next token to take that slot is t itself),
-      else it is new in this block (P > W), at S + W + (t - W - t0). Tokens that evict nothing
-      get a clipped index whose item the layer masks out.
-    - keep_index / slot_pos: afterwards each slot holds the newest position < t0 + P that maps
-      to it: the new token if one landed there, else what it held.
-    The plan is integer work on positions alone, shared by all layers and batch rows (no padding),
-    so each layer only gathers and runs a masked attention."""
-    S, W, capacity = cache.sinks, cache.window, cache.capacity
-    t0 = cache.length
-    positions = t0 + jnp.arange(num_new, dtype=jnp.int32)
-    key_pos = jnp.concatenate([cache.slot_pos, positions])
-    key_valid = jnp.concatenate([cache.slot_pos >= 0, jnp.ones((num_new,), bool)])
-    mask = key_valid[None, :] & visible(positions[:, None], key_pos[None, :], W, S)
+      else it is new in this block (P > W), at C + (t - W - t0).
+    - keep_index / slot_pos: afterwards each slot holds the newest real position that maps to it:
+      the new token if one landed there, else what it held."""
+    S, W = sinks, window
+    B, capacity = slot_pos.shape
+    new = jnp.full((B,), num_new, jnp.int32) if new is None else jnp.asarray(new, jnp.int32)
+    t0 = length[:, None]  # [B, 1]
+    positions = t0 + jnp.arange(num_new, dtype=jnp.int32)[None, :]
+    real = jnp.arange(num_new)[None, :] < new[:, None]
+    key_pos = jnp.concatenate([slot_pos, positions], axis=1)[:, None, :]
+    key_filled = jnp.concatenate([slot_pos >= 0, jnp.ones((B, num_new), bool)], 1)[:, None, :]
+    q_pos = positions[:, :, None]
+    if reference:
+        seen = (key_pos <= q_pos) & ((key_pos < S) | (key_pos >= q_pos - W))
+        seen &= key_pos != reference_dropped_position(q_pos, W, S)
+    else:
+        seen = visible(q_pos, key_pos, W, S)
     evicted = positions - W
-    evicting = evicted >= S
     in_cache = slot_of(jnp.maximum(evicted, 0), S, W)
     evict_index = jnp.where(evicted < t0, in_cache, capacity + evicted - t0)
-    evict_index = jnp.clip(evict_index, 0, capacity + num_new - 1)
-    latest = _latest_in_slot(jnp.arange(capacity, dtype=jnp.int32), t0 + num_new, S, W)
+    end = t0 + new[:, None]
+    latest = _latest_in_slot(jnp.arange(capacity, dtype=jnp.int32)[None, :], end, S, W)
     fresh = latest >= t0
     return ExtendPlan(
         positions=positions,
-        mask=mask,
-        evicting=evicting,
-        evict_index=evict_index,
-        keep_index=jnp.where(fresh, capacity + latest - t0, jnp.arange(capacity)),
-        slot_pos=jnp.where(fresh, latest, cache.slot_pos),
+        mask=key_filled & seen,
+        evicting=(evicted >= S) & real,
+        evict_index=jnp.clip(evict_index, 0, capacity + num_new - 1),
+        keep_index=jnp.where(fresh, capacity + latest - t0, jnp.arange(capacity)[None, :]),
+        slot_pos=jnp.where(fresh, latest, slot_pos),
     )
 
 
@@ -127,7 +173,11 @@ def empty_cache(
     gate_names: tuple[str, ...],
     dtype,
     mode: str,
+    decode: str = "exact",
+    full_layers: tuple[int, ...] = (),
+    max_length: int | None = None,
 ) -> DecodeCache:
+    """An empty cache; `full_layers` (of the `num_layers`) get `max_length` slots of their own."""
     for name, value, low in (("batch_size", batch_size, 1), ("window", window, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -135,18 +185,32 @@ def empty_cache(
         raise ValueError(f"sinks must be an integer >= 0, got {sinks!r}")
     if mode not in MODES:
         raise ValueError(f"cache mode must be one of {MODES}, got {mode!r}")
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+    if full_layers and (not isinstance(max_length, int) or max_length < 1):
+        raise ValueError(
+            f"layers {list(full_layers)} keep full attention, whose cache holds the whole context: "
+            f"init_cache needs max_length (prompt + new tokens), got {max_length!r}"
+        )
     gate_names = gate_names if mode == "ahn" else ()
-    L, B, C = num_layers, batch_size, sinks + window
+    L, B, C = num_layers - len(full_layers), batch_size, sinks + window
     kv_shape = (L, B, C, num_kv_heads, head_dim)
+    M = max_length if full_layers else 0
+    full_shape = (len(full_layers), B, M, num_kv_heads, head_dim)
     return DecodeCache(
         k=jnp.zeros(kv_shape, dtype),
         v=jnp.zeros(kv_shape, dtype),
         # the memory's gate cache and state exist only in mode "ahn"
         gates={name: jnp.zeros((L, B, C, num_heads), jnp.float32) for name in gate_names},
         state=jnp.zeros((L, B, num_heads if gate_names else 0, head_dim, head_dim), jnp.float32),
-        slot_pos=jnp.full((C,), -1, jnp.int32),
-        length=jnp.zeros((), jnp.int32),
+        slot_pos=jnp.full((B, C), -1, jnp.int32),
+        length=jnp.zeros((B,), jnp.int32),
+        full_k=jnp.zeros(full_shape, dtype),
+        full_v=jnp.zeros(full_shape, dtype),
+        full_slot_pos=jnp.full((B, M), -1, jnp.int32),
         window=window,
         sinks=sinks,
         mode=mode,
+        decode=decode,
+        full_layers=tuple(full_layers),
     )

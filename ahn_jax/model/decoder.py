@@ -96,8 +96,8 @@ class DecoderLayer(nnx.Module):
         return _masked_where(evicting_BT, self.ahn.output(o, h_BTD)), state
 
     def with_cache(self, x_BTD, cos_BTH, sin_BTH, arrays: dict, plan, mode: str):
-        """P new tokens against this layer's cache arrays (ahn_jax/model/cache.py); returns the new
-        hidden states and arrays."""
+        """P new tokens per row against this layer's cache arrays (ahn_jax/model/cache.py); returns
+        the new hidden states and arrays. The memory runs in mode "ahn" only."""
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
         k_all = jnp.concatenate([arrays["k"], k.astype(arrays["k"].dtype)], axis=1)
         v_all = jnp.concatenate([arrays["v"], v.astype(arrays["v"].dtype)], axis=1)
@@ -105,8 +105,8 @@ class DecoderLayer(nnx.Module):
             q, k_all.astype(q.dtype), v_all.astype(q.dtype), plan.mask
         )
         kept = {
-            "k": jnp.take(k_all, plan.keep_index, axis=1),
-            "v": jnp.take(v_all, plan.keep_index, axis=1),
+            "k": _gather_rows(k_all, plan.keep_index),
+            "v": _gather_rows(v_all, plan.keep_index),
             "gates": arrays["gates"],
             "state": arrays["state"],
         }
@@ -115,7 +115,7 @@ class DecoderLayer(nnx.Module):
             gates_all = {
                 n: jnp.concatenate([arrays["gates"][n], new_gates[n]], 1) for n in new_gates
             }
-            kept["gates"] = {n: jnp.take(g, plan.keep_index, axis=1) for n, g in gates_all.items()}
+            kept["gates"] = {n: _gather_rows(g, plan.keep_index) for n, g in gates_all.items()}
             y, kept["state"] = self._read_memory(
                 h,
                 q,

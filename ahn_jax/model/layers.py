@@ -7,11 +7,15 @@ docs/method.md §Shapes.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ahn_jax.config import ModelConfig
+from ahn_jax.config.model import YarnScaling
 
 INIT_STDDEV = 0.02  # transformers' `initializer_range` for Qwen2
 
@@ -41,13 +45,67 @@ class RMSNorm(nnx.Module):
         return self.scale[...].astype(x.dtype) * normed
 
 
-def rope_tables(positions_BT: jax.Array, head_dim: int, theta: float):
-    """cos/sin tables [B, T, H] in fp32 for absolute positions (half-split layout of HF)."""
-    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
-    inv_freq = 1.0 / (theta**exponents)
+def rope_tables(
+    positions_BT: jax.Array, head_dim: int, theta: float, scaling: YarnScaling | None = None
+):
+    """cos/sin tables [B, T, H] in fp32 for absolute positions (half-split layout of HF); with YaRN
+    `scaling`, its frequencies and both tables times its attention factor, as transformers."""
+    if scaling is None:
+        exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+        inv_freq = 1.0 / (theta**exponents)
+        attention_factor = 1.0
+    else:
+        inv_freq, attention_factor = yarn_frequencies(head_dim, theta, scaling)
     angles = positions_BT.astype(jnp.float32)[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
-    return jnp.cos(angles), jnp.sin(angles)
+    if attention_factor == 1.0:
+        return jnp.cos(angles), jnp.sin(angles)
+    return jnp.cos(angles) * attention_factor, jnp.sin(angles) * attention_factor
+
+
+def model_rope_tables(positions_BT: jax.Array, config: ModelConfig):
+    """`rope_tables` with a model's RoPE settings (theta, and YaRN when it has it)."""
+    return rope_tables(positions_BT, config.head_dim, config.rope_theta, config.rope_scaling)
+
+
+def _yarn_attention_factor(s: YarnScaling) -> float:
+    if s.attention_factor is not None:
+        return float(s.attention_factor)
+
+    def mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    # truthiness as transformers tests it: a 0 or missing mscale falls back to factor alone
+    if s.mscale and s.mscale_all_dim:
+        return float(mscale(s.factor, s.mscale) / mscale(s.factor, s.mscale_all_dim))
+    return mscale(s.factor)
+
+
+def yarn_frequencies(head_dim: int, theta: float, s: YarnScaling) -> tuple[np.ndarray, float]:
+    """(inv_freq [H/2] fp32, attention factor) of transformers' `_compute_yarn_parameters`, step
+    for step in fp32 like its torch code, so tables and logits match it (not just the paper): the
+    dims rotating fewer than beta_slow times over `original_max_position_embeddings` positions are
+    interpolated (frequency / factor), those rotating more than beta_fast times kept, a linear ramp
+    between. Plain numpy: the settings are static, so this is a constant of the trace."""
+    dim, original = head_dim, s.original_max_position_embeddings
+
+    def correction_dim(rotations):
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction_dim(s.beta_fast), correction_dim(s.beta_slow)
+    if s.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    f32 = np.float32
+    pos_freqs = f32(theta) ** (np.arange(0, dim, 2).astype(f32) / f32(dim))
+    extrapolation = f32(1.0) / pos_freqs
+    interpolation = f32(1.0) / (f32(s.factor) * pos_freqs)
+    ramp = np.clip((np.arange(dim // 2, dtype=f32) - f32(low)) / f32(high - low), 0, 1)
+    keep = (f32(1) - ramp).astype(f32)  # 1: extrapolate (keep the frequency), 0: interpolate
+    inv_freq = interpolation * (f32(1) - keep) + extrapolation * keep
+    return inv_freq.astype(f32), _yarn_attention_factor(s)
 
 
 def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:

@@ -22,8 +22,8 @@ import numpy as np
 from flax import nnx
 
 from ahn_jax.config import MODES, ModelConfig
-from ahn_jax.model import layers, memory
-from ahn_jax.model.cache import DecodeCache, empty_cache, extend_plan
+from ahn_jax.model import cached, layers, memory
+from ahn_jax.model.cache import DecodeCache, empty_cache
 from ahn_jax.model.decoder import DecoderLayer
 from ahn_jax.model.sharding import constrain
 from kernels.window_attention import per_row
@@ -117,7 +117,7 @@ class AhnModel(nnx.Module):
     def _embed(self, input_ids_BT, positions_BT):
         config = self.config
         x = jnp.take(self.embed_tokens[...], input_ids_BT, axis=0).astype(config.jnp_dtype)
-        cos, sin = layers.rope_tables(positions_BT, config.head_dim, config.rope_theta)
+        cos, sin = layers.model_rope_tables(positions_BT, config)
         return constrain(x, ("batch", "length", "embed")), cos, sin
 
     def _layer_windows(self, window_B, length):
@@ -191,15 +191,12 @@ class AhnModel(nnx.Module):
         max_length: int | None = None,
     ):
         """An empty cache of S + W slots per layer. `mode` defaults to "ahn" when the model has
-        AHN weights, else "swa"; mode "full" is plain attention over up to `window` tokens."""
+        AHN weights, else "swa"; mode "full" is plain attention over up to `window` tokens.
+        `decode="reference"` reproduces the reference's decode bookkeeping (docs/evaluation.md);
+        layers kept as full attention hold `max_length` (prompt + new tokens) positions."""
         config = self.config
         mode = mode or ("ahn" if config.ahn_type else "swa")
         self._check_supported(mode)  # window and sinks are checked by empty_cache
-        if config.full_attention_layers and mode != "full":
-            raise NotImplementedError(
-                "memory.full_attention_layers is not supported by the constant-size cache (those "
-                "layers' caches grow with the context); use the parallel forward"
-            )
         return empty_cache(
             num_layers=config.num_layers,
             batch_size=batch_size,
@@ -211,6 +208,10 @@ class AhnModel(nnx.Module):
             gate_names=memory.gate_names(config.ahn_type) if config.ahn_type else (),
             dtype=config.jnp_dtype,
             mode=mode,
+            decode=decode,
+            # mode "full" attends everything everywhere: no layer needs a group of its own
+            full_layers=config.full_attention_layers if mode != "full" else (),
+            max_length=max_length,
         )
 
     def prefill(
@@ -218,50 +219,59 @@ class AhnModel(nnx.Module):
         input_ids: jax.Array,
         cache: DecodeCache,
         *,
+        lengths=None,
         chunk_size: int = 1024,
         all_logits: bool = False,
     ):
-        """Feed a prompt [B, P] (any P >= 1) into the cache, `chunk_size` tokens at a time.
+        """Feed prompts [B, P] (any P >= 1) into the cache, `chunk_size` tokens at a time.
 
-        Returns (logits, cache): the last position's logits [B, V], or [B, P, V] with
-        `all_logits`. Calls may follow each other (and decode steps): the state carries over."""
+        `lengths` [B] (default: all P) makes a ragged batch: row b's prompt is its first
+        lengths[b] ids (right-padded), and it continues from its own length. Returns (logits,
+        cache): each row's logits at its last prompt token [B, V], or every position's [B, P, V]
+        with `all_logits` (padding included). Calls may follow each other (and decode steps)."""
         input_ids = jnp.asarray(input_ids)
         if input_ids.ndim != 2 or input_ids.shape[1] < 1:
             raise ValueError(f"input_ids must be [batch, length >= 1], got {input_ids.shape}")
-        if input_ids.shape[0] != cache.k.shape[1]:
+        B, P = input_ids.shape
+        if B != cache.k.shape[1]:
+            raise ValueError(f"input_ids has batch {B}, the cache {cache.k.shape[1]}")
+        lengths = _check_lengths(lengths, B, P)
+        if cache.full_layers and int(jnp.max(cache.length)) + int(lengths.max()) > (
+            cache.full_capacity
+        ):
             raise ValueError(
-                f"input_ids has batch {input_ids.shape[0]}, the cache {cache.k.shape[1]}"
+                f"the prompt overruns the full-attention layers' cache of {cache.full_capacity} "
+                "positions: init_cache(max_length=...) must hold prompt + new tokens"
             )
         graphdef, state = nnx.split(self)
-        pieces = []
-        for start in range(0, input_ids.shape[1], chunk_size):
-            logits, cache = extend_cache(
-                graphdef, state, input_ids[:, start : start + chunk_size], cache, all_logits
-            )
-            pieces.append(logits)
-        return (jnp.concatenate(pieces, axis=1) if all_logits else pieces[-1]), cache
+        pieces, last = [], None
+        for start in range(0, P if all_logits else int(lengths.max()), chunk_size):
+            new = jnp.asarray(np.clip(lengths - start, 0, chunk_size), jnp.int32)
+            chunk = input_ids[:, start : start + chunk_size]
+            logits, cache = extend_cache(graphdef, state, chunk, cache, new, all_logits)
+            if all_logits:
+                pieces.append(logits)
+            else:  # a row's logits come from the chunk that holds its last prompt token
+                last = logits if last is None else jnp.where((new > 0)[:, None], logits, last)
+        return (jnp.concatenate(pieces, axis=1) if all_logits else last), cache
 
     def decode_step(self, token_ids: jax.Array, cache: DecodeCache):
-        """One token per row: token_ids [B] -> (logits [B, V], cache)."""
+        """One token per row, each at its own next position: token_ids [B] -> (logits [B, V],
+        cache)."""
         graphdef, state = nnx.split(self)
         return decode_step(graphdef, state, token_ids, cache)
 
-    def cached_logits(self, input_ids_BP, cache: DecodeCache, all_logits: bool):
-        """The traced computation behind prefill/decode: P new tokens against the cache."""
-        plan = extend_plan(cache, input_ids_BP.shape[1])
-        positions = jnp.broadcast_to(plan.positions, input_ids_BP.shape)
-        x, cos, sin = self._embed(input_ids_BP, positions)
 
-        def layer_step(x_BTD, inputs):
-            layer, arrays = inputs
-            return layer.with_cache(x_BTD, cos, sin, arrays, plan, cache.mode)
-
-        x, arrays = jax.lax.scan(layer_step, x, (self.layers, cache.layer_arrays()))
-        logits = self._vocab_logits(self.final_norm(x if all_logits else x[:, -1]))
-        new_cache = cache.replace(
-            **arrays, slot_pos=plan.slot_pos, length=cache.length + input_ids_BP.shape[1]
+def _check_lengths(lengths, batch: int, width: int) -> np.ndarray:
+    if lengths is None:
+        return np.full((batch,), width, np.int64)
+    lengths = np.asarray(lengths)
+    if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > width:
+        raise ValueError(
+            f"lengths must give each of the {batch} rows a prompt length in [1, {width}], "
+            f"got {lengths.tolist()}"
         )
-        return logits, new_cache
+    return lengths
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mode"))
@@ -271,15 +281,19 @@ def forward(graphdef, state, input_ids_BT, positions_BT, window, sinks, *, mode=
     return model.logits(input_ids_BT, positions_BT, mode=mode, window=window, sinks=sinks)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "all_logits"))
-def extend_cache(graphdef, state, input_ids_BP, cache, all_logits=False):
-    """Pure prefill of P tokens: (logits, new cache)."""
-    return nnx.merge(graphdef, state).cached_logits(input_ids_BP, cache, all_logits)
+@functools.partial(jax.jit, static_argnames=("graphdef", "all_logits", "decoding"))
+def extend_cache(graphdef, state, input_ids_BP, cache, new_B, all_logits=False, decoding=False):
+    """Pure prefill of P tokens per row, the first new_B[b] of row b real: (logits, new cache)."""
+    model = nnx.merge(graphdef, state)
+    return cached.cached_logits(
+        model, input_ids_BP, cache, new_B, all_logits=all_logits, decoding=decoding
+    )
 
 
 def decode_step(graphdef, state, token_ids_B, cache):
     """Pure decode step, usable inside jit and lax.scan: (logits [B, V], new cache)."""
-    return extend_cache(graphdef, state, token_ids_B[:, None], cache)
+    new_B = jnp.ones(token_ids_B.shape, jnp.int32)
+    return extend_cache(graphdef, state, token_ids_B[:, None], cache, new_B, decoding=True)
 
 
 def init_model(config: ModelConfig, seed: int = 0, ahn_output_init: str = "zeros") -> AhnModel:

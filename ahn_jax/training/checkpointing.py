@@ -65,7 +65,17 @@ def export_ahn(run: Run) -> Path:
     if jax.process_index() == 0 and not export_dir.exists():
         flat = traverse_util.flatten_dict(nnx.to_pure_dict(gathered))
         params = {path: np.asarray(value) for path, value in flat.items()}
-        ahn_weights.save_ahn_weights(export_dir, run.model_config, params)
+        t = run.train
+        # the inference W and S config.json records: the one pair a "fixed" run trained on; else
+        # the evaluation defaults (docs/method.md §Inference), TrainConfig having no such field
+        window, sinks = (
+            (t.window, t.sinks)
+            if t.window_sampling == "fixed"
+            else (ahn_weights.DEFAULT_WINDOW, ahn_weights.DEFAULT_SINKS)
+        )
+        ahn_weights.save_ahn_weights(
+            export_dir, run.model_config, params, window=window, sinks=sinks, loss=t.loss
+        )
     return export_dir
 
 

@@ -37,9 +37,11 @@ def test_reference_layout_round_trip_is_bit_exact(hf_dir, tmp_path, ahn_type):
     # the base weights are the checkpoint's: mode "full" ignores the memory
     np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(from_pretrained(hf_dir)(ids)))
 
-    exported = ahn_weights.save_ahn_weights(tmp_path / "ahn", model.config, ahn_params_of(model))
+    exported = model.save_ahn(tmp_path / "ahn", window=W, sinks=S)
     config_json = json.loads((exported / "config.json").read_text())
     assert config_json["_ahn_implementation"] == ahn_weights.IMPLEMENTATIONS[ahn_type]
+    found = ahn_weights.read_ahn_settings(exported)
+    assert (found["ahn_type"], found["window"], found["sinks"]) == (ahn_type, W, S)
     tensors = safetensors_io.tensor_index(exported)
     assert all(name.startswith("model.layers.") and ".ahn.fn." in name for name in tensors)
     assert tensors["model.layers.1.ahn.fn.g_proj.weight"].shape == (4, 64)  # torch [out, in]
@@ -56,7 +58,9 @@ def test_reference_layout_round_trip_is_bit_exact(hf_dir, tmp_path, ahn_type):
     # the CLI: an Orbax checkpoint holding AHN weights -> the same AHN-only files
     save_model(model, tmp_path / "ckpt")
     argv = ["--ahn_only", "--ckpt", str(tmp_path / "ckpt"), "--out", str(tmp_path / "cli")]
-    assert convert_cli.main(argv) == 0
+    assert convert_cli.main([*argv, "--window", str(W), "--sinks", str(S)]) == 0
+    # one writer: the CLI's config.json is the model's, key for key
+    assert json.loads((tmp_path / "cli" / "config.json").read_text()) == config_json
     cli = safetensors_io.tensor_index(tmp_path / "cli")
     assert set(cli) == set(tensors)
     for name, info in cli.items():
@@ -81,7 +85,7 @@ def test_fresh_weights_start_with_a_zero_output_projection(hf_dir):
 
 def _export(hf_dir, tmp_path, ahn_type="gdn", name="ahn"):
     model = from_pretrained(hf_dir, ahn_type=ahn_type, ahn_output_init="normal")
-    return ahn_weights.save_ahn_weights(tmp_path / name, model.config, ahn_params_of(model))
+    return model.save_ahn(tmp_path / name, window=W, sinks=S)
 
 
 def _rewrite(directory, drop=(), reshape=None):

@@ -1,11 +1,10 @@
-"""Generation: the sampler, greedy decoding against the parallel forward, and the CLI."""
+"""Generation: greedy decoding against the parallel forward, and the CLI."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from shared import save_tiny_qwen2, tiny_config, write_qwen25_tokenizer
@@ -14,19 +13,6 @@ from ahn_jax.inference import generate as generate_lib
 from ahn_jax.model.transformer import init_model
 
 ROOT = Path(__file__).parents[2]
-
-
-def test_sampler_greedy_and_nucleus():
-    logits = jnp.log(jnp.asarray([[0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]))
-    keys = jax.random.split(jax.random.key(0), 300)
-    draw = jax.jit(jax.vmap(generate_lib.sample_token, in_axes=(None, 0, None, None)))
-    assert draw(logits, keys, 0.0, 1.0).tolist() == [[0, 2]] * 300  # temperature 0: greedy
-    assert np.all(np.asarray(draw(logits, keys, 1.0, 0.5)) == [0, 2])  # nucleus of one token
-    nucleus = np.asarray(draw(logits, keys, 1.0, 0.85))  # row 0: {0, 1}; row 1: {2, 1}
-    assert set(nucleus[:, 0]) == {0, 1} and set(nucleus[:, 1]) == {1, 2}
-    full = np.asarray(draw(logits, keys, 1.0, 1.0))[:, 0]
-    assert set(full) == {0, 1, 2}
-    assert abs(np.mean(full == 0) - 0.6) < 0.1
 
 
 def test_greedy_generation_follows_the_parallel_forward():
@@ -42,17 +28,33 @@ def test_greedy_generation_follows_the_parallel_forward():
     assert float(jnp.max(jnp.max(logits[:, 5:-1], axis=-1) - chosen)) <= 1e-5
 
 
+def test_decode_reaches_the_cache(monkeypatch):
+    model = init_model(tiny_config(), seed=0)
+    calls = []
+    init_cache = model.init_cache
+    monkeypatch.setattr(model, "init_cache", lambda *a, **k: calls.append(k) or init_cache(*a, **k))
+    generate_lib.generate(model, [[1, 2, 3]], max_new_tokens=2, mode="swa", window=4)
+    generate_lib.generate(
+        model, [[1, 2, 3]], max_new_tokens=2, mode="swa", window=4, decode="reference"
+    )
+    assert [c["decode"] for c in calls] == ["exact", "reference"]
+
+
 def test_cli_streams_a_prompt_and_batches_jsonl(tmp_path):
     model_dir = tmp_path / "model"
     save_tiny_qwen2(model_dir, vocab_size=151936, hidden_size=32, intermediate_size=48)
     write_qwen25_tokenizer(model_dir)
+    # greedy (the file's sampling settings unused) with its penalty; no eos: the tokenizer's
+    (model_dir / "generation_config.json").write_text(
+        json.dumps(dict(do_sample=False, repetition_penalty=1.3, temperature=0.7, top_k=20))
+    )
     base = [sys.executable, "-m", "ahn_jax.generate", f"--model={model_dir}", "--window=8",
             "--sinks=2", "--max_new_tokens=5"]  # fmt: skip
 
     def run(*args):
         return subprocess.run([*base, *args], capture_output=True, text=True, cwd=ROOT)
 
-    single = run("--prompt=To be, or not to be", "--mode=swa")
+    single = run("--prompt=To be, or not to be", "--mode=swa", "--decode=exact")
     assert single.returncode == 0, single.stderr
     assert single.stdout.strip()
     prompts = tmp_path / "prompts.jsonl"
@@ -73,3 +75,5 @@ def test_cli_streams_a_prompt_and_batches_jsonl(tmp_path):
     prompts.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
     bad = run(f"--jsonl={prompts}")
     assert bad.returncode != 0 and "prompts.jsonl:2" in bad.stderr
+    bad = run("--prompt=x", "--do_sample", "--temperature=0")  # the flags over the file
+    assert bad.returncode != 0 and "temperature must be > 0 when sampling" in bad.stderr

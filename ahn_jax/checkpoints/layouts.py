@@ -1,0 +1,175 @@
+"""The three HF layouts of a model with AHN weights, and the moves between them.
+
+- base: a plain Qwen2 directory (safetensors, single or sharded, config.json, tokenizer files);
+  what `convert --to_hf` writes and transformers loads as it is.
+- AHN-only: `model.layers.{i}.ahn.fn.*` in one `model.safetensors` and the base's config.json
+  with the reference's AHN fields (`save_ahn_only` true); the released checkpoints' layout,
+  written by `AhnModel.save_ahn` and `convert --ahn_only` (ahn_jax/checkpoints/ahn_weights.py).
+- merged: both sets of tensors in one directory and config.json with the AHN fields
+  (`save_ahn_only` false), as the reference's merge_weights.py writes it.
+
+`merge` and `split` move between them without building a model: each tensor's bytes are copied
+as stored (no dtype round trip; the reference's merge casts everything to bf16, this does not),
+one tensor at a time, so split(merge(base, ahn)) gives back base and ahn tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, safetensors_io
+from ahn_jax.checkpoints.hf_config import from_hf_config, read_hf_config
+from ahn_jax.checkpoints.pretrained import param_shapes
+from ahn_jax.config import ConfigError
+
+DEFAULT_SHARD_BYTES = 5 * 2**30
+
+
+def _require_empty(*directories: Path) -> None:
+    for directory in directories:
+        if directory.exists() and any(directory.iterdir()):
+            raise FileExistsError(f"output directory {directory} exists and is not empty")
+
+
+def _check_tensors(
+    infos: Mapping[str, safetensors_io.TensorInfo], hf_config: Mapping[str, Any], source: Path
+) -> None:
+    """The tensors fit the model `hf_config` describes (with its AHN fields, when it has them):
+    one error names every missing, unexpected and mis-shaped tensor."""
+    config = from_hf_config(hf_config)
+    if hf_config.get("_ahn_implementation") is not None:
+        found = ahn_weights.read_ahn_settings(source)
+        config = config.replace(
+            ahn_type=found["ahn_type"], full_attention_layers=found["full_attention_layers"]
+        )
+    shapes = param_shapes(config)
+    maps = hf_naming.tensor_maps(config, shapes)
+    if config.ahn_type is not None:
+        maps += ahn_weights.ahn_tensor_maps(config, shapes)
+    found_shapes = {name: info.shape for name, info in infos.items()}
+    hf_naming.check_fits(maps, found_shapes, tied=config.tie_word_embeddings, source=str(source))
+
+
+def _copy_plans(infos: Iterable[safetensors_io.TensorInfo]) -> list[safetensors_io.TensorPlan]:
+    """Plans that write each tensor's stored bytes, read in file order when their turn comes."""
+    ordered = sorted(infos, key=lambda info: (str(info.file), info.begin))
+    return [
+        safetensors_io.TensorPlan(
+            info.name, info.shape, info.dtype, functools.partial(safetensors_io.read_tensor, info)
+        )
+        for info in ordered
+    ]
+
+
+def with_both_key_sets(hf: Mapping[str, Any]) -> dict[str, Any]:
+    """A config.json that transformers 4 and 5 read alike. 5 reads `rope_parameters` and `dtype`
+    and converts the 4.x keys itself; 4 reads `rope_theta` (without it, it builds theta 10,000
+    silently), `rope_scaling` and `torch_dtype`, which a config saved by transformers 5 lacks:
+    they are added from the 5.x ones. Nothing present is changed."""
+    hf = dict(hf)
+    params = hf.get("rope_parameters")
+    if isinstance(params, Mapping):
+        if "rope_theta" not in hf and params.get("rope_theta") is not None:
+            hf["rope_theta"] = params["rope_theta"]
+        scaled = params.get("rope_type", params.get("type", "default")) != "default"
+        if scaled and hf.get("rope_scaling") is None:
+            hf["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+    if hf.get("dtype") is not None and "torch_dtype" not in hf:
+        hf["torch_dtype"] = hf["dtype"]
+    return hf
+
+
+def _write(directory: Path, plans, hf_config: Mapping[str, Any], max_shard_bytes: int) -> None:
+    safetensors_io.write_checkpoint(directory, plans, max_shard_bytes=max_shard_bytes)
+    config = with_both_key_sets(hf_config)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _copy_side_files(source: Path, directory: Path) -> None:
+    """Tokenizer and generation config, as merge_weights.py saves them beside the weights."""
+    for name in converted.SIDE_FILES:
+        if (source / name).is_file():
+            shutil.copy2(source / name, directory / name)
+
+
+def split(
+    merged_dir: str | Path,
+    base_out: str | Path,
+    ahn_out: str | Path,
+    *,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> tuple[Path, Path]:
+    """A merged directory -> a base directory (every non-AHN tensor, config.json without the AHN
+    fields, the side files) and an AHN-only one (one file, config.json with `save_ahn_only`)."""
+    merged_dir, base_out, ahn_out = Path(merged_dir), Path(base_out), Path(ahn_out)
+    hf = read_hf_config(merged_dir)
+    if hf.get("_ahn_implementation") is None:
+        raise ConfigError(
+            f"{merged_dir / 'config.json'} has no '_ahn_implementation': not a merged checkpoint "
+            "(base + AHN weights)"
+        )
+    _require_empty(base_out, ahn_out)
+    infos = safetensors_io.tensor_index(merged_dir)
+    _check_tensors(infos, hf, merged_dir)
+    ahn = [info for name, info in infos.items() if ahn_weights.is_ahn_tensor(name)]
+    base = [info for name, info in infos.items() if not ahn_weights.is_ahn_tensor(name)]
+    _write(base_out, _copy_plans(base), ahn_weights.base_hf_config(hf), max_shard_bytes)
+    _copy_side_files(merged_dir, base_out)
+    _write(ahn_out, _copy_plans(ahn), {**hf, "save_ahn_only": True}, 2**62)  # one file
+    return base_out, ahn_out
+
+
+def merged_hf_config(base_hf: Mapping[str, Any], ahn_hf: Mapping[str, Any]) -> dict[str, Any]:
+    """The base's config.json with the AHN fields of the AHN-only one, `save_ahn_only` false.
+
+    A field the AHN config lacks is dropped rather than left as the base's: the base's own
+    `sliding_window` (Qwen2.5 ships 32768 or 131072) would otherwise read as AHN's W.
+    """
+    merged = {k: v for k, v in base_hf.items() if k not in ahn_weights.AHN_CONFIG_KEYS}
+    merged.update({k: ahn_hf[k] for k in ahn_weights.AHN_CONFIG_KEYS if k in ahn_hf})
+    merged["save_ahn_only"] = False
+    return merged
+
+
+def merge(
+    base_dir: str | Path,
+    ahn_dir: str | Path,
+    out: str | Path,
+    *,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> Path:
+    """A base directory and an AHN-only one -> the merged layout: the base's tensors, then the
+    AHN's, each copied as stored; config.json from `merged_hf_config`; the base's side files."""
+    base_dir, ahn_dir, out = Path(base_dir), Path(ahn_dir), Path(out)
+    base_hf = read_hf_config(base_dir)
+    if base_hf.get("_ahn_implementation") is not None:
+        raise ConfigError(
+            f"{base_dir / 'config.json'} has '_ahn_implementation': {base_dir} already holds AHN "
+            "weights (split it first: --split)"
+        )
+    settings = ahn_weights.read_ahn_settings(ahn_dir)
+    _require_empty(out)
+    base = safetensors_io.tensor_index(base_dir)
+    ahn = safetensors_io.tensor_index(ahn_dir)
+    _check_tensors(base, base_hf, base_dir)
+    config = merged_hf_config(base_hf, settings["hf"])
+    _check_ahn_fits(ahn, config, settings, ahn_dir)
+    plans = _copy_plans(base.values()) + _copy_plans(ahn.values())
+    _write(out, plans, config, max_shard_bytes)
+    _copy_side_files(base_dir, out)
+    return out
+
+
+def _check_ahn_fits(infos, merged_config: Mapping[str, Any], settings, ahn_dir: Path) -> None:
+    """The AHN tensors against the base's dimensions (the AHN config's could differ from them)."""
+    config = from_hf_config(merged_config).replace(
+        ahn_type=settings["ahn_type"], full_attention_layers=settings["full_attention_layers"]
+    )
+    maps = ahn_weights.ahn_tensor_maps(config, param_shapes(config))
+    found_shapes = {name: info.shape for name, info in infos.items()}
+    hf_naming.check_fits(maps, found_shapes, tied=False, source=str(ahn_dir))

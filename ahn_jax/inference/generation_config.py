@@ -1,0 +1,179 @@
+"""A checkpoint's `generation_config.json` (transformers' format), read and merged with
+command-line overrides: built-in defaults < the file < flags, as transformers' `generate` ranks
+its global defaults < the model's generation config < the caller's arguments.
+
+Qwen2.5-Instruct ships {"do_sample": true, "eos_token_id": [151645, 151643],
+"repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8, "top_k": 20, ...}. Keys that do not
+change which token is chosen (bos/pad ids, output_* switches, ...) are ignored; keys of processors
+this package does not implement are an error when set to anything but transformers' default, so
+that a checkpoint is never decoded otherwise than transformers would without saying so.
+
+Lengths follow transformers: `max_new_tokens` wins; else `max_length` counts the prompt (new
+tokens = max_length - prompt length, an error when nothing is left); else DEFAULT_MAX_NEW_TOKENS
+(transformers' own default is max_length 20).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from ahn_jax.inference.sampling import Sampling
+
+FILE_NAME = "generation_config.json"
+DEFAULT_MAX_NEW_TOKENS = 128
+# file key -> field; the other keys of the file are read by none of our code
+FIELDS = {
+    "do_sample": "do_sample",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "repetition_penalty": "repetition_penalty",
+    "max_new_tokens": "max_new_tokens",
+    "max_length": "max_length",
+    "eos_token_id": "eos_token_ids",
+}
+# keys of processors not implemented here, with the value at which they do nothing
+UNSUPPORTED = {
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "no_repeat_ngram_size": 0,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "top_h": None,
+    "bad_words_ids": None,
+    "sequence_bias": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "guidance_scale": None,
+    "exponential_decay_length_penalty": None,
+    "penalty_alpha": None,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationSettings:
+    """The generation settings; the defaults are transformers' global ones (but for the length).
+    None means "not set": `eos_token_ids` None leaves the stop ids to the caller."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    eos_token_ids: tuple[int, ...] | None = None
+
+    def merged(self, overrides: Mapping, describe: str = "--{key}") -> GenerationSettings:
+        """These settings with `overrides` ({field: value}) replacing them where not None (a flag
+        not given). `describe` names a bad value's source in the error."""
+        changes = {}
+        for key, value in overrides.items():
+            if key not in FIELD_NAMES:
+                raise ValueError(f"{describe.format(key=key)}: not a generation setting")
+            if value is not None:
+                changes[key] = _checked(key, value, describe.format(key=key))
+        return dataclasses.replace(self, **changes)
+
+    def new_tokens(self, prompt_length: int) -> int:
+        """How many tokens to generate after a prompt of `prompt_length` tokens."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        if self.max_length is None:
+            return DEFAULT_MAX_NEW_TOKENS
+        if prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_length = {self.max_length} (generation_config.json) counts the prompt, and "
+                f"a prompt has {prompt_length} tokens: nothing is left to generate; give "
+                "--max_new_tokens"
+            )
+        return self.max_length - prompt_length
+
+    def sampling(self) -> Sampling:
+        """The token choice (checks the settings it uses: temperature > 0 when sampling, ...)."""
+        return Sampling(
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+        )
+
+    def sampling_kwargs(self) -> dict:
+        """`generate()`'s keywords for the token choice."""
+        return dataclasses.asdict(self.sampling())
+
+    def stop_ids(self, fallback) -> list[int]:
+        """The eos ids of the settings, else `fallback` (the tokenizer's end tokens)."""
+        return list(self.eos_token_ids) if self.eos_token_ids is not None else list(fallback)
+
+
+FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(GenerationSettings))
+DEFAULTS = GenerationSettings()
+
+
+def read_generation_config(model_dir: str | Path) -> GenerationSettings:
+    """The defaults updated by `model_dir`'s generation_config.json (the defaults when there is
+    none). Errors name the file and the key."""
+    path = Path(model_dir) / FILE_NAME
+    if not path.is_file():
+        return DEFAULTS
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: holds {type(raw).__name__}, not a JSON object")
+    for key, neutral in UNSUPPORTED.items():
+        if raw.get(key, neutral) != neutral:
+            raise ValueError(
+                f"{path}: key {key!r} = {raw[key]!r} is not supported by ahn_jax's generation "
+                f"(only {neutral!r}); remove it to decode without it"
+            )
+    changes = {
+        field: _checked(field, raw[key], f"{path}: key {key!r}")
+        for key, field in FIELDS.items()
+        if raw.get(key) is not None  # null: not set, as transformers reads it
+    }
+    return dataclasses.replace(DEFAULTS, **changes)
+
+
+def _checked(field: str, value, where: str):
+    """`value` of `field`, type- and range-checked; errors begin with `where`."""
+    if field == "do_sample":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if field == "eos_token_ids":
+        ids = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+        if not isinstance(ids, (list, tuple)) or not all(_is_int(i) and i >= 0 for i in ids):
+            raise ValueError(f"{where}: must be a token id or a list of them, got {value!r}")
+        return tuple(ids)
+    if field in ("top_k", "max_new_tokens", "max_length"):
+        least = 0 if field == "top_k" else 1
+        if not _is_int(value) or value < least:
+            raise ValueError(f"{where}: must be an integer >= {least}, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: must be a number, got {value!r}")
+    value = float(value)
+    if field == "top_p" and not 0 <= value <= 1:
+        raise ValueError(f"{where}: must be in [0, 1], got {value}")
+    if field == "temperature" and value < 0:
+        raise ValueError(f"{where}: must be >= 0, got {value}")
+    if field == "repetition_penalty" and not value > 0:
+        raise ValueError(f"{where}: must be > 0, got {value}")
+    return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

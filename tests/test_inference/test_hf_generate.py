@@ -1,0 +1,116 @@
+"""Generation equal to transformers' `generate` on a tiny Qwen2: greedy with a repetition penalty,
+transformers' own sliding window as mode "swa", and generation_config.json under the flags."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from shared import save_tiny_qwen2
+from transformers import Qwen2ForCausalLM
+
+from ahn_jax.checkpoints.pretrained import from_pretrained
+from ahn_jax.inference import generate as generate_lib
+from ahn_jax.inference.generation_config import read_generation_config
+
+NEW = 20
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """(directory, transformers model, our fp32 model) of one tiny Qwen2."""
+    directory = tmp_path_factory.mktemp("qwen2")
+    hf = save_tiny_qwen2(directory, seed=5)  # a seed whose greedy text varies
+    return directory, hf, from_pretrained(directory)
+
+
+def prompts(length: int, rows: int = 2, seed: int = 0) -> list[list[int]]:
+    return np.random.default_rng(seed).integers(0, 97, (rows, length)).tolist()
+
+
+def hf_generate(model, ids, **settings) -> list[list[int]]:
+    """New tokens of transformers' `generate`, cut at (and without) the first eos as ours are."""
+    tensor = torch.tensor(ids)
+    with torch.no_grad():
+        out = model.generate(
+            tensor, attention_mask=torch.ones_like(tensor), pad_token_id=0, **settings
+        )
+    eos = settings.get("eos_token_id", model.generation_config.eos_token_id)
+    eos = set([eos] if isinstance(eos, int) else eos or [])
+    rows = out[:, tensor.shape[1] :].tolist()
+    return [row[: next((i for i, t in enumerate(row) if t in eos), len(row))] for row in rows]
+
+
+@pytest.mark.parametrize("penalty", [1.3, 0.8])
+def test_greedy_with_repetition_penalty_equals_transformers(checkpoint, penalty):
+    _, hf, model = checkpoint
+    ids = prompts(7)
+    theirs = hf_generate(hf, ids, do_sample=False, repetition_penalty=penalty, max_new_tokens=NEW)
+    ours = generate_lib.generate(
+        model, ids, max_new_tokens=NEW, mode="full", window=0, repetition_penalty=penalty
+    )
+    assert ours == theirs
+    plain = generate_lib.generate(model, ids, max_new_tokens=NEW, mode="full", window=0)
+    assert plain != ours  # the penalty changed the choice
+
+
+def test_swa_without_sinks_equals_transformers_sliding_window(checkpoint):
+    """transformers' Qwen2 sliding window (key k visible from query q iff q - k < W,
+    masking_utils.sliding_window_overlay) is our visibility rule with S = 0."""
+    _, hf, model = checkpoint
+    window = 5
+    config = copy.deepcopy(hf.config)
+    config.use_sliding_window, config.sliding_window, config.max_window_layers = True, window, 0
+    config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+    config._attn_implementation = "eager"
+    windowed = Qwen2ForCausalLM(config).eval()
+    windowed.load_state_dict(hf.state_dict())
+    ids = prompts(12, seed=1)  # longer than the window from the start
+    theirs = hf_generate(windowed, ids, do_sample=False, repetition_penalty=1.3, max_new_tokens=NEW)
+    ours = generate_lib.generate(
+        model, ids, max_new_tokens=NEW, mode="swa", window=window, sinks=0, repetition_penalty=1.3
+    )
+    assert ours == theirs
+    full = hf_generate(hf, ids, do_sample=False, repetition_penalty=1.3, max_new_tokens=NEW)
+    assert full != theirs  # the window mattered
+
+
+def ours_with_file(model, directory, ids, **flags) -> list[list[int]]:
+    """What the CLI does: the file with the flags over it (ahn_jax/generate.py)."""
+    settings = read_generation_config(directory).merged(flags)
+    return generate_lib.generate(
+        model,
+        ids,
+        max_new_tokens=settings.new_tokens(len(ids[0])),
+        mode="full",
+        window=0,
+        stop_ids=settings.stop_ids([]),
+        **settings.sampling_kwargs(),
+    )
+
+
+def test_generation_config_file_under_flags_equals_transformers(checkpoint, tmp_path):
+    directory, _, model = checkpoint
+    ids = prompts(6, seed=2)
+    penalized = generate_lib.generate(
+        model, ids, max_new_tokens=15, mode="full", window=0, repetition_penalty=1.3
+    )
+    # the file's eos: a token of row 0 that row 1 never makes, so that it stops row 0 only
+    eos = next(t for t in penalized[0][3:] if t not in penalized[1])
+    file = dict(do_sample=False, repetition_penalty=1.3, temperature=0.7, top_k=20, top_p=0.8)
+    (tmp_path / "config.json").write_text((directory / "config.json").read_text())
+    (tmp_path / "model.safetensors").symlink_to(directory / "model.safetensors")
+    (tmp_path / "generation_config.json").write_text(
+        json.dumps({**file, "max_length": 6 + 15, "eos_token_id": [eos]})
+    )
+    hf = Qwen2ForCausalLM.from_pretrained(tmp_path).eval()  # it reads generation_config.json
+    assert hf.generation_config.repetition_penalty == 1.3
+    results = {}
+    for flags in ({}, {"repetition_penalty": 1.0}, {"max_new_tokens": 4}):
+        results[len(results)] = ours = ours_with_file(model, tmp_path, ids, **flags)
+        assert ours == hf_generate(hf, ids, **flags), flags
+    # no flags: the file's penalty, greedy (its sampling settings unused), its length and eos
+    assert results[0] == [penalized[0][: penalized[0].index(eos)], penalized[1]]
+    assert results[1] != results[0]  # the flag's penalty won
+    assert max(len(row) for row in results[2]) == 4  # max_new_tokens wins over max_length

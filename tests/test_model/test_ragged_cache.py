@@ -1,0 +1,68 @@
+"""Ragged batches through the cache: prompts of different lengths prefill together, right-padded,
+and decode on from their own positions; every row equals that row run alone (its parallel
+forward, which equals prefill + decode: test_ahn_invariants.py)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from shared import random_ids, tiny_config
+
+from ahn_jax.config import AHN_TYPES
+from ahn_jax.model.transformer import init_model
+
+S, W = 3, 5  # the memory starts at t = 8
+LENGTHS = (3, 13, 9)  # before, well after and just after the memory starts
+STEPS = 4
+
+
+def _check_ragged(model, mode, window, sinks, *, chunk_size, max_length=None):
+    total = max(LENGTHS) + STEPS
+    ids = np.asarray(random_ids(64, (len(LENGTHS), total), seed=3))
+    padded = ids[:, : max(LENGTHS)].copy()
+    for row, length in enumerate(LENGTHS):
+        padded[row, length:] = 63  # padding of any value must not matter
+    kwargs = dict(window=window, sinks=sinks) if mode != "full" else {}
+    alone = [
+        model(ids[b : b + 1, : n + STEPS], mode=mode, **kwargs)[0] for b, n in enumerate(LENGTHS)
+    ]
+    cache = model.init_cache(
+        len(LENGTHS), window=window, sinks=sinks, mode=mode, max_length=max_length
+    )
+    logits, cache = model.prefill(padded, cache, lengths=LENGTHS, chunk_size=chunk_size)
+    assert cache.length.tolist() == list(LENGTHS)
+    for step in range(STEPS + 1):
+        for b, n in enumerate(LENGTHS):
+            diff = float(jnp.max(jnp.abs(logits[b] - alone[b][n - 1 + step])))
+            assert diff <= 1e-5, (mode, b, step, diff)
+        if step < STEPS:
+            next_ids = jnp.asarray([ids[b, n + step] for b, n in enumerate(LENGTHS)])
+            logits, cache = model.decode_step(next_ids, cache)
+
+
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_ragged_ahn_rows_equal_rows_alone(ahn_type):
+    model = init_model(tiny_config(ahn_type=ahn_type), ahn_output_init="normal")
+    _check_ragged(model, "ahn", W, S, chunk_size=5)  # chunks end inside and after the rows
+
+
+@pytest.mark.parametrize("mode", ["swa", "full"])
+def test_ragged_swa_and_full_rows_equal_rows_alone(mode):
+    model = init_model(tiny_config(), seed=1)
+    window = W if mode == "swa" else max(LENGTHS) + STEPS
+    _check_ragged(model, mode, window, S if mode == "swa" else 0, chunk_size=64)
+
+
+def test_ragged_with_full_attention_layers():
+    model = init_model(
+        tiny_config(ahn_type="gdn", full_attention_layers=(1,)), ahn_output_init="normal"
+    )
+    _check_ragged(model, "ahn", W, S, chunk_size=5, max_length=max(LENGTHS) + STEPS)
+
+
+def test_lengths_are_checked():
+    model = init_model(tiny_config())
+    cache = model.init_cache(2, window=W, sinks=S, mode="swa")
+    ids = jnp.zeros((2, 4), jnp.int32)
+    for bad in ([0, 4], [5, 4], [4]):
+        with pytest.raises(ValueError, match="lengths must give each"):
+            model.prefill(ids, cache, lengths=bad)
