@@ -38,7 +38,6 @@ from ahn_jax.config import MODES
 from ahn_jax.evaluation import report, ruler, tasks
 from ahn_jax.evaluation.perplexity import run_perplexity
 from ahn_jax.evaluation.results import (
-    DECODES,
     GRID_TASKS,
     TASKS,
     check_settings,
@@ -53,6 +52,7 @@ from ahn_jax.evaluation.runner import (
 )
 from ahn_jax.evaluation.settings import resolve_settings
 from ahn_jax.inference import generate as generate_lib
+from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS
 # the flags `resolve_settings` takes, as keyword arguments of their names

@@ -194,18 +194,25 @@ def _plots(out: Path, settings: dict, summary: dict, records: list[dict], config
     _memory_plot(out, settings, records, config, label, plt)
 
 
+def _cache_tokens(record: dict) -> int:
+    """The tokens a record's cache was sized for: a perplexity document's, or a generation
+    batch's longest prompt + budget (before ragged batches: the record's own)."""
+    if "cache_tokens" in record or "tokens" in record:
+        return record.get("cache_tokens") or record["tokens"]
+    return record["prompt_tokens"] + record["max_new_tokens"]
+
+
 def _memory_plot(out, settings, records, config, label, plt) -> None:
     """Cache bytes per sequence measured after each batch, and what the cost model predicts."""
-    # a sequence's cache is sized for its prompt plus its generation budget
-    tokens = np.asarray(
-        [r.get("tokens") or r["prompt_tokens"] + r["max_new_tokens"] for r in records]
-    )
-    capacity = np.where(  # slots per layer; the slot table and length are shared by a batch
-        settings["mode"] == "full", tokens, settings["window"] + settings["sinks"]
-    )
+    # a sequence's cache is sized for its batch's longest prompt plus generation budget; runs
+    # before ragged batches recorded the whole batch's bytes, with a slot table it shared
+    tokens = np.asarray([_cache_tokens(r) for r in records])
+    capacity = np.where(settings["mode"] == "full", tokens, settings["window"] + settings["sinks"])
     shared = 4 * (capacity + 1)
     batch = np.asarray([r["batch_size"] for r in records])
-    measured = (np.asarray([r["cache_bytes"] for r in records]) - shared) / batch + shared
+    whole_batch = (np.asarray([r["cache_bytes"] for r in records]) - shared) / batch + shared
+    per_row = np.asarray(["cache_tokens" in r for r in records])
+    measured = np.where(per_row, [r["cache_bytes"] for r in records], whole_batch)
     lengths = np.linspace(1, tokens.max() * 1.1, 50).astype(int)
     mode, window, sinks = settings["mode"], settings["window"], settings["sinks"]
     if mode == "full":  # the cache holds every token (generation sizes it prompt + budget)

@@ -17,7 +17,6 @@ from ahn_jax.evaluation.ruler import VARIANTS
 TASKS = ("lveval", "infinitebench", "longbench", "passkey", *VARIANTS, "perplexity")
 # the generated tasks scored on a grid of prompt length x needle depth
 GRID_TASKS = ("passkey", *VARIANTS)
-DECODES = ("exact", "reference")  # ahn_jax/model/cache.py: how decode steps mask the cache
 PREDICTIONS, RUN_SETTINGS = "predictions.jsonl", "run.json"
 
 
@@ -74,6 +73,18 @@ def read_results(out: Path) -> list[dict]:
         path.write_text("".join(f"{x}\n" for x in lines[:-1]), encoding="utf-8")
 
     return [record for _, record in jsonl.read_jsonl(path, on_invalid=torn)]
+
+
+def sort_results(out: Path, ids: Sequence[str]) -> None:
+    """Rewrite predictions.jsonl with its records in the order of `ids` (the input order; batches
+    finish in length order), atomically: a crash leaves the old or the new file whole."""
+    order = {sample_id: i for i, sample_id in enumerate(ids)}
+    records = sorted(read_results(out), key=lambda r: order.get(r["id"], len(order)))
+    temporary = out / (PREDICTIONS + ".tmp")
+    temporary.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
+    os.replace(temporary, out / PREDICTIONS)
 
 
 def append_results(out: Path, records: Iterable[dict]) -> None:

@@ -16,6 +16,7 @@ from ahn_jax.evaluation.results import (
     Settings,
     append_results,
     read_results,
+    sort_results,
 )
 from ahn_jax.inference import generate as generate_lib
 
@@ -102,45 +103,46 @@ def score_prediction(task: str, record: dict, prediction: str) -> float:
 def run_generation(
     model, tokenizer, prompts: list[Prompt], settings: Settings, out: Path, batch_size: int
 ):
-    """Decode the prompts not yet scored in `out`, in batches of equal length, appending results."""
+    """Decode the prompts not yet scored in `out`, appending results as each batch finishes;
+    batches are ragged (`generate`), of prompts sorted by length so that little is padding. At
+    the end predictions.jsonl holds the records in the prompts' order."""
     done = {r["id"] for r in read_results(out)}
-    todo = [p for p in prompts if p.id not in done]
-    groups: dict[tuple[int, int], list[Prompt]] = {}
-    for prompt in todo:
-        groups.setdefault((len(prompt.ids), prompt.max_new), []).append(prompt)
+    todo = sorted((p for p in prompts if p.id not in done), key=lambda p: len(p.ids))
     stops = generate_lib.stop_ids(tokenizer)
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=settings.task)
-    for (_, max_new), group in sorted(groups.items()):
-        for start in range(0, len(group), batch_size):
-            batch = group[start : start + batch_size]
-            caches: list = []
-            outputs = generate_lib.generate(
-                model,
-                [p.ids for p in batch],
-                max_new_tokens=max_new,
-                mode=settings.mode,
-                window=settings.window,
-                sinks=settings.sinks,
-                stop_ids=stops,
-                on_cache=caches.append,
-                decode=settings.decode,
-            )
-            results = []
-            for prompt, new in zip(batch, outputs, strict=True):
-                prediction = tokenizer.decode(new, skip_special_tokens=True)
-                results.append(
-                    dict(
-                        id=prompt.id,
-                        **prompt.record,
-                        pred=prediction,
-                        score=score_prediction(settings.task, prompt.record, prediction),
-                        prompt_tokens=len(prompt.ids),
-                        generated_tokens=len(new),
-                        max_new_tokens=max_new,
-                        cache_bytes=caches[0].nbytes(),
-                        batch_size=len(batch),
-                    )
-                )
-            append_results(out, results)
-            bar.update(len(batch))
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        caches: list = []
+        outputs = generate_lib.generate(
+            model,
+            [p.ids for p in batch],
+            max_new_tokens=[p.max_new for p in batch],
+            mode=settings.mode,
+            window=settings.window,
+            sinks=settings.sinks,
+            stop_ids=stops,
+            on_cache=caches.append,
+            decode=settings.decode,
+        )
+        # every cache array is per row; the batch's longest prompt + budget sizes a full cache
+        cache = dict(cache_bytes=caches[0].nbytes() // len(batch), batch_size=len(batch),
+                     cache_tokens=max(len(p.ids) + p.max_new for p in batch))  # fmt: skip
+        append_results(out, [_scored(p, new, settings, tokenizer, cache)
+                             for p, new in zip(batch, outputs, strict=True)])  # fmt: skip
+        bar.update(len(batch))
     bar.close()
+    sort_results(out, [p.id for p in prompts])
+
+
+def _scored(prompt: Prompt, new, settings: Settings, tokenizer, cache: dict) -> dict:
+    prediction = tokenizer.decode(new, skip_special_tokens=True)
+    return dict(
+        id=prompt.id,
+        **prompt.record,
+        pred=prediction,
+        score=score_prediction(settings.task, prompt.record, prediction),
+        prompt_tokens=len(prompt.ids),
+        generated_tokens=len(new),
+        max_new_tokens=prompt.max_new,
+        **cache,
+    )

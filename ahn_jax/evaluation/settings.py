@@ -12,7 +12,8 @@ from absl import app
 
 from ahn_jax.config import ModelConfig
 from ahn_jax.evaluation import ruler, tasks
-from ahn_jax.evaluation.results import DECODES, GRID_TASKS, Settings
+from ahn_jax.evaluation.results import GRID_TASKS, Settings
+from ahn_jax.model.cache import DECODES
 
 
 def resolve_settings(

@@ -7,10 +7,11 @@
       [--repetition_penalty R] [--chat] [--batch_size 8] [--out F.jsonl] [--dtype D]
 
 A single prompt streams to stdout as it is generated. JSONL input (one object per line with
-"prompt", or "messages" for a chat) is batched: rows of a batch share positions (the cache has no
-padding, as in the reference), so prompts are grouped by token length. The token choice is
-transformers' (ahn_jax/inference/sampling.py), set by the checkpoint's generation_config.json and
-the flags over it (ahn_jax/inference/generation_config.py); greedy where neither says otherwise.
+"prompt", or "messages" for a chat) is batched: prompts sorted by token length, `--batch_size` at
+a time, each row of a batch at its own positions (ragged batches, `AhnModel.prefill(lengths=)`).
+The token choice is transformers' (ahn_jax/inference/sampling.py), set by the checkpoint's
+generation_config.json and the flags over it (ahn_jax/inference/generation_config.py); greedy
+where neither says otherwise.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ from ahn_jax.tokenizer import END_OF_TEXT, IM_END, ByteTokenizer, HFTokenizer
 
 
 @functools.partial(jax.jit, static_argnames=("sampling",))
-def _first(logits_BV, prompt_BT, key, sampling: Sampling):
+def _first(logits_BV, prompt_BT, lengths_B, key, sampling: Sampling):
     """The token after the prompt, and the seen-tokens mask (None without a penalty)."""
     seen = (
-        sampling_lib.presence_mask(prompt_BT, logits_BV.shape[-1])
+        sampling_lib.presence_mask(prompt_BT, logits_BV.shape[-1], lengths_B)
         if sampling.uses_penalty
         else None
     )
@@ -60,7 +61,7 @@ def generate(
     model: model_lib.AhnModel,
     prompts: Sequence[Sequence[int]],
     *,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     mode: str,
     window: int,
     sinks: int = 0,
@@ -75,40 +76,56 @@ def generate(
     on_tokens: Callable[[np.ndarray], None] | None = None,
     on_cache: Callable[[DecodeCache], None] | None = None,
 ) -> list[list[int]]:
-    """New tokens for a batch of equally long prompts (stops at a stop id, not included). The
-    token choice is transformers' `generate` with the same keywords (greedy by default).
+    """New tokens for a batch of prompts of any lengths (stops at a stop id, not included), at
+    most `max_new_tokens` (one budget, or one per prompt). The token choice is transformers'
+    `generate` with the same keywords (greedy by default). Prompts are right-padded into one
+    ragged batch: each row prefills and decodes from its own length, as if alone.
 
     `on_tokens` sees each step's tokens (-1 for finished rows), `on_cache` the final cache."""
-    lengths = {len(p) for p in prompts}
-    if len(lengths) != 1 or 0 in lengths:
-        raise ValueError(f"a batch needs non-empty prompts of one length, got lengths {lengths}")
+    ids, lengths, budgets = _ragged_batch(prompts, max_new_tokens)
     sampling = Sampling(do_sample, temperature, top_k, top_p, repetition_penalty)
-    ids = jnp.asarray(np.asarray(prompts, np.int32))
+    total = int((lengths + budgets).max())  # the longest row's context
     if mode == "full":  # plain attention: a window that holds the whole sequence
-        window, sinks = ids.shape[1] + max_new_tokens, 0
-    cache = model.init_cache(len(prompts), window=window, sinks=sinks, mode=mode, decode=decode)
-    logits, cache = model.prefill(ids, cache)
-    key = jax.random.key(seed)
-    key, sub = jax.random.split(key)
-    tokens, seen = _first(logits, ids, sub, sampling)
+        window, sinks = total, 0
+    cache = model.init_cache(
+        len(prompts), window=window, sinks=sinks, mode=mode, decode=decode, max_length=total
+    )
+    logits, cache = model.prefill(ids, cache, lengths=lengths)
+    key, sub = jax.random.split(jax.random.key(seed))
+    tokens, seen = _first(logits, jnp.asarray(ids), jnp.asarray(lengths), sub, sampling)
     graphdef, state = nnx.split(model)
     out = np.zeros((len(prompts), 0), np.int32)
     done = np.zeros(len(prompts), bool)
-    for i in range(max_new_tokens):
+    for i in range(int(budgets.max())):
+        done |= i >= budgets  # the row's budget is spent
         new = np.asarray(tokens)
-        done_before = done.copy()
         done |= np.isin(new, list(stop_ids))
         new = np.where(done, -1, new)
         out = np.concatenate([out, new[:, None]], axis=1)
         if on_tokens is not None:
-            on_tokens(np.where(done_before, -1, new))
-        if done.all() or i == max_new_tokens - 1:
+            on_tokens(new)
+        if done.all() or i == budgets.max() - 1:
             break
         key, sub = jax.random.split(key)
         tokens, cache, seen = _step(graphdef, state, tokens, cache, seen, sub, sampling)
     if on_cache is not None:
         on_cache(cache)
     return [[int(t) for t in row if t >= 0] for row in out]
+
+
+def _ragged_batch(prompts, max_new_tokens):
+    """Right-padded ids [B, T], the prompt lengths [B] and the token budgets [B]."""
+    lengths = np.asarray([len(p) for p in prompts], np.int32)
+    budgets = np.broadcast_to(np.asarray(max_new_tokens, np.int64), lengths.shape)
+    if not len(prompts) or lengths.min() < 1 or budgets.min() < 1:
+        raise ValueError(
+            f"generate needs non-empty prompts and budgets >= 1, got prompt lengths "
+            f"{lengths.tolist()} and max_new_tokens {budgets.tolist()}"
+        )
+    ids = np.zeros((len(prompts), lengths.max()), np.int32)
+    for row, prompt in enumerate(prompts):
+        ids[row, : len(prompt)] = prompt
+    return ids, lengths, budgets
 
 
 def load_tokenizer(model_dir: str, vocab_size: int):
@@ -155,7 +172,7 @@ def _encode(tokenizer, record: dict, chat: bool) -> list[int]:
 def _generate_with(model, prompts, generation: GenerationSettings, **settings):
     """`generate` with the length and token choice of `generation` (`settings`: the rest)."""
     try:
-        max_new_tokens = generation.new_tokens(len(prompts[0]))
+        max_new_tokens = [generation.new_tokens(len(p)) for p in prompts]
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     return generate(
@@ -199,21 +216,17 @@ def complete_jsonl(
     **settings,
 ) -> list[str]:
     """Each record of a prompts JSONL with its "completion" added, as JSON lines in the input's
-    order. Prompts of one token length are decoded together, `batch_size` at a time."""
+    order. Prompts are sorted by token length and decoded `batch_size` at a time as ragged
+    batches (similar lengths together waste the least padding)."""
     records = _read_jsonl(path)
     encoded = [_encode(tokenizer, r, chat) for r in records]
-    by_length: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_length.setdefault(len(ids), []).append(i)
+    by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     completions: dict[int, str] = {}
-    for indices in by_length.values():
-        for start in range(0, len(indices), batch_size):
-            batch = indices[start : start + batch_size]
-            outputs = _generate_with(model, [encoded[i] for i in batch], generation, **settings)
-            completions.update(
-                {i: tokenizer.decode(o) for i, o in zip(batch, outputs, strict=True)}
-            )
-            print(f"generated {len(completions)}/{len(records)}", file=sys.stderr)
+    for start in range(0, len(by_length), batch_size):
+        batch = by_length[start : start + batch_size]
+        outputs = _generate_with(model, [encoded[i] for i in batch], generation, **settings)
+        completions.update({i: tokenizer.decode(o) for i, o in zip(batch, outputs, strict=True)})
+        print(f"generated {len(completions)}/{len(records)}", file=sys.stderr)
     return [
         json.dumps({**records[i], "completion": completions[i]}, ensure_ascii=False)
         for i in range(len(records))

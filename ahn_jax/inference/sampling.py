@@ -56,9 +56,13 @@ class Sampling:
 GREEDY = Sampling()
 
 
-def presence_mask(ids_BT: jax.Array, vocab_size: int) -> jax.Array:
+def presence_mask(ids_BT: jax.Array, vocab_size: int, lengths_B=None) -> jax.Array:
     """[B, V] bool: True where the token occurs in the row (the prompt, for a start). Padding
-    must not count: transformers skips a row's left padding (its `prompt_ignore_length`)."""
+    must not count (transformers skips a row's left padding): with `lengths_B` row b's ids end
+    at lengths_B[b] (right-padding, lengths >= 1)."""
+    if lengths_B is not None:  # padding repeats the row's first id, which counts anyway
+        real = jnp.arange(ids_BT.shape[1])[None, :] < lengths_B[:, None]
+        ids_BT = jnp.where(real, ids_BT, ids_BT[:, :1])
     rows = jnp.arange(ids_BT.shape[0])[:, None]
     return jnp.zeros((ids_BT.shape[0], vocab_size), bool).at[rows, ids_BT].set(True)
 

@@ -78,11 +78,12 @@ def test_perplexity_through_the_cache_equals_the_parallel_forward(byte_model, mo
 
 def test_batched_generation_resumes_after_a_crash(byte_model, tmp_path, monkeypatch):
     tokenizer, settings = ByteTokenizer(), _settings("passkey", max_new_tokens=4)
-    samples = passkey.passkey_samples(tokenizer, [240], [0.0, 0.5, 1.0], 2, seed=0)
+    # two prompt lengths and two budgets, interleaved: the batches of 4 are ragged
+    samples = passkey.passkey_samples(tokenizer, [300, 240], [0.0, 0.5, 1.0], 1, seed=0)
     prompts = [
-        runner.Prompt(s.id, s.ids, 4, dict(dataset="passkey", answers=[s.passkey],
+        runner.Prompt(s.id, s.ids, 3 + i % 2, dict(dataset="passkey", answers=[s.passkey],
                         context_length=s.length, depth=s.depth))
-        for s in samples
+        for i, s in enumerate(samples)
     ]  # fmt: skip
     results_lib.check_settings(tmp_path / "one_by_one", settings)
     runner.run_generation(byte_model, tokenizer, prompts, settings, tmp_path / "one_by_one", 1)
@@ -108,8 +109,11 @@ def test_batched_generation_resumes_after_a_crash(byte_model, tmp_path, monkeypa
     calls.clear(), crash_at.clear()
     runner.run_generation(byte_model, tokenizer, prompts, settings, out, 4)
     assert calls == [2]  # only the samples not yet scored
-    results = {r["id"]: r for r in results_lib.read_results(out)}
+    in_order = results_lib.read_results(out)
+    assert [r["id"] for r in in_order] == [p.id for p in prompts]  # the input's order
+    results = {r["id"]: r for r in in_order}
     assert results.keys() == reference.keys()
+    assert {r["prompt_tokens"] for r in in_order} == {300, 240}
     for key, record in results.items():  # batching does not change what is generated
         assert (
             record["pred"] == reference[key]["pred"] and record["score"] == reference[key]["score"]

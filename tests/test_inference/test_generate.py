@@ -28,6 +28,18 @@ def test_greedy_generation_follows_the_parallel_forward():
     assert float(jnp.max(jnp.max(logits[:, 5:-1], axis=-1) - chosen)) <= 1e-5
 
 
+def test_ragged_batch_generates_what_each_prompt_does_alone():
+    model = init_model(tiny_config(ahn_type="gdn"), seed=1, ahn_output_init="normal")
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(0, 64, n).tolist() for n in (3, 11, 7)]  # around S + W = 6
+    budgets = [9, 5, 7]
+    settings = dict(mode="ahn", window=4, sinks=2, repetition_penalty=1.3, stop_ids=[0])
+    together = generate_lib.generate(model, prompts, max_new_tokens=budgets, **settings)
+    for prompt, budget, new in zip(prompts, budgets, together, strict=True):
+        assert new == generate_lib.generate(model, [prompt], max_new_tokens=budget, **settings)[0]
+    assert all(len(new) <= budget for new, budget in zip(together, budgets, strict=True))
+
+
 def test_decode_reaches_the_cache(monkeypatch):
     model = init_model(tiny_config(), seed=0)
     calls = []

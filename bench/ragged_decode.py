@@ -1,0 +1,217 @@
+"""A ragged batch of prompts generated together against the same prompts one by one (CPU or GPU).
+
+  python bench/ragged_decode.py [--models=tiny,50m] [--lengths=1024,2048,...,8192] [--steps=32]
+      [--repeats=3]
+
+The prompts (random tokens, one per `--lengths` entry) go through the real chunked prefill
+(`model.prefill`, chunks of 1024), right-padded into one [B, max length] batch with `lengths=`
+("batched"), or each alone as [1, length] ("one_by_one"); then `--steps` greedy decode steps per
+row follow (one jitted step: `model_lib.decode_step` + argmax, fed its own token, as
+`ahn_jax.inference.generate` does), all rows at once or each row's in turn. Mode "ahn" with
+S = 32 sinks and W = 992, as bench/decode.py. Models: "tiny" is configs/tiny_gdn.py (as
+bench/decode.py), "50m" bench/train_step.py's ~50 M model, AHN-GDN with a non-zero output
+projection.
+
+Compilation is kept out of the timings: before timing, each way prefills short prompts that cover
+its chunk shapes (the last two chunks of each distinct prompt length, so a one-by-one prompt whose
+length is not a multiple of the chunk compiles its last chunk's shape there) and runs a decode step.
+Then the two ways alternate for `--repeats` rounds (the order flips each round) and each time is
+the best of its rounds; the spread (slowest / fastest round) is reported, as this machine is shared.
+Reported per way: prefill seconds, decode seconds and tokens/s (B x steps / decode time), end-to-end
+generated tokens/s (B x steps / (prefill + decode)), and the cache's bytes per row (the batched
+cache's bytes / B against a one-row cache's). Writes bench/results/ragged_decode[_<platform>].json.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import _paths  # first: keeps bench/kernels.py from shadowing the kernels package
+
+# the XLA:CPU flags every CPU run of the project uses (`python -m ahn_jax.generate` included)
+_paths.cpu_deadlock_workaround()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+from common import machine, write_result  # noqa: E402
+from flax import nnx  # noqa: E402
+from train_step import MODELS  # noqa: E402
+
+from ahn_jax.config import load_config_file, make_config, validate_config  # noqa: E402
+from ahn_jax.model import transformer as model_lib  # noqa: E402
+
+SINKS, WINDOW = 32, 992
+CHUNK = 1024
+WAYS = ("batched", "one_by_one")
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    flags.DEFINE_list("models", ["tiny", "50m"], "models, comma-separated: tiny, 50m")
+    flags.DEFINE_list("lengths", [str(1024 * i) for i in range(1, 9)],
+                      "prompt lengths, one per row, comma-separated")  # fmt: skip
+    flags.DEFINE_integer("steps", 32, "decode steps (new tokens) per row")
+    flags.DEFINE_integer("repeats", 3, "alternating rounds of the two ways (the best is kept)")
+
+
+def build(name: str, dtype: str):
+    if name == "tiny":
+        config = load_config_file("configs/tiny_gdn.py")
+    else:
+        settings = {**MODELS[name], "param_dtype": dtype, "dtype": dtype,
+                    "max_position_embeddings": 32768}  # fmt: skip
+        config = make_config(settings, ahn_type="gdn")
+    return model_lib.init_model(validate_config(config), seed=0, ahn_output_init="normal")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def greedy_step(graphdef, state, tokens_B, cache):
+    logits, cache = model_lib.decode_step(graphdef, state, tokens_B, cache)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+
+
+@jax.jit
+def first_token(logits_BV):
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+
+
+def generate(model, ids, lengths, steps):
+    """Prefill ids [B, P] (row b's first lengths[b] real; None: all P), then `steps` greedy decode
+    steps. Returns (prefill seconds, decode seconds, new tokens [B, steps], cache bytes)."""
+    graphdef, state = nnx.split(model)
+    cache = model.init_cache(ids.shape[0], window=WINDOW, sinks=SINKS, mode="ahn")
+    jax.block_until_ready(cache)
+    start = time.perf_counter()
+    logits, cache = model.prefill(ids, cache, lengths=lengths, chunk_size=CHUNK)
+    tokens = jax.block_until_ready(first_token(logits))
+    prefilled = time.perf_counter()
+    out = []
+    for _ in range(steps):
+        tokens, cache = greedy_step(graphdef, state, tokens, cache)
+        out.append(tokens)
+    jax.block_until_ready((tokens, cache))
+    end = time.perf_counter()
+    return prefilled - start, end - prefilled, np.stack(out, axis=1), cache.nbytes()
+
+
+def batched(model, ids, lengths, steps):
+    prefill, decode, tokens, nbytes = generate(model, ids, lengths, steps)
+    return {"prefill_s": prefill, "decode_s": decode, "tokens": tokens, "cache_bytes": nbytes}
+
+
+def one_by_one(model, ids, lengths, steps):
+    total = {"prefill_s": 0.0, "decode_s": 0.0}
+    tokens = []
+    for row, length in enumerate(lengths):
+        prefill, decode, new, nbytes = generate(model, ids[row : row + 1, :length], None, steps)
+        total["prefill_s"] += prefill
+        total["decode_s"] += decode
+        tokens.append(new[0])
+    return {**total, "tokens": np.stack(tokens), "cache_bytes": nbytes}
+
+
+def warm_up(model, ids, lengths) -> None:
+    """Compile what each way runs: prefill of the last two chunks' shapes of every distinct prompt
+    length (batched: the padded width, 8 rows; one by one: each length, 1 row) and a decode step."""
+    rows, width = ids.shape
+    for batch, widths in ((rows, {width}), (1, set(lengths))):
+        for length in sorted({min(w, CHUNK + (w - 1) % CHUNK + 1) for w in widths}):
+            generate(model, ids[:batch, :length], None, 1)
+
+
+def measure(name: str, lengths: list[int], steps: int, repeats: int, dtype: str) -> dict:
+    model = build(name, dtype)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, model.config.vocab_size, (len(lengths), max(lengths)))
+    ids = np.where(np.arange(max(lengths))[None] < np.asarray(lengths)[:, None], ids, 0)
+    ids = jnp.asarray(ids, jnp.int32)
+    lengths_np = np.asarray(lengths, np.int32)
+    start = time.perf_counter()
+    warm_up(model, ids, lengths)
+    print(f"{name}: warm-up (compiles) {time.perf_counter() - start:.1f} s", flush=True)
+    runs = {way: [] for way in WAYS}
+    for round_ in range(repeats):
+        for way in WAYS if round_ % 2 == 0 else WAYS[::-1]:
+            fn = batched if way == "batched" else one_by_one
+            runs[way].append(fn(model, ids, lengths_np, steps))
+            r = runs[way][-1]
+            print(f"  {name} round {round_} {way}: prefill {r['prefill_s']:.3f} s, "
+                  f"decode {r['decode_s']:.3f} s", flush=True)  # fmt: skip
+    rows = len(lengths)
+    one_row = {"batched": rows, "one_by_one": 1}
+    result = {"model": name, "params": sum(x.size for x in jax.tree.leaves(nnx.state(model)))}
+    for way in WAYS:
+        prefill = [r["prefill_s"] for r in runs[way]]
+        decode = [r["decode_s"] for r in runs[way]]
+        total = [p + d for p, d in zip(prefill, decode, strict=True)]
+        result[way] = {
+            "prefill_s": min(prefill),
+            "decode_s": min(decode),
+            "decode_tokens_per_s": rows * steps / min(decode),
+            "end_to_end_tokens_per_s": rows * steps / min(total),
+            "cache_bytes_per_row": runs[way][0]["cache_bytes"] / one_row[way],
+            "spread": {"prefill": max(prefill) / min(prefill), "decode": max(decode) / min(decode),
+                       "end_to_end": max(total) / min(total)},  # fmt: skip
+            "rounds": {"prefill_s": prefill, "decode_s": decode},
+        }
+    b, o = result["batched"], result["one_by_one"]
+    result["ratio"] = {
+        "prefill_time": b["prefill_s"] / o["prefill_s"],
+        "decode_tokens_per_s": b["decode_tokens_per_s"] / o["decode_tokens_per_s"],
+        "end_to_end_tokens_per_s": b["end_to_end_tokens_per_s"] / o["end_to_end_tokens_per_s"],
+        "decode_per_round": [
+            od / bd
+            for bd, od in zip(b["rounds"]["decode_s"], o["rounds"]["decode_s"], strict=True)
+        ],
+    }
+    # the same greedy tokens both ways (fp32 rounding differs between batch shapes, so a near-tie
+    # may flip; the share says whether the two ways generate the same text)
+    same = runs["batched"][0]["tokens"] == runs["one_by_one"][0]["tokens"]
+    result["same_tokens_share"] = float(same.mean())
+    return result
+
+
+def main(argv) -> None:
+    del argv
+    unknown = [name for name in FLAGS.models if name not in MODELS]
+    if unknown:
+        raise app.UsageError(f"--models: unknown {unknown}; choose from {sorted(MODELS)}")
+    lengths = [int(x) for x in FLAGS.lengths]
+    device = jax.devices()[0]
+    dtype = "float32" if device.platform == "cpu" else "bfloat16"
+    print(f"{device.device_kind}, jax {jax.__version__}, {dtype}", flush=True)
+    results = [measure(name, lengths, FLAGS.steps, FLAGS.repeats, dtype) for name in FLAGS.models]
+    out = {"benchmark": "ragged_decode", "machine": machine(), "device": device.device_kind,
+           "jax": jax.__version__, "dtype": dtype, "window": WINDOW, "sinks": SINKS,
+           "chunk": CHUNK, "lengths": lengths, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
+           "models": results}  # fmt: skip
+    suffix = "" if device.platform == "cpu" else f"_{device.platform}"
+    print(f"wrote {write_result('ragged_decode' + suffix, out)}\n")
+    print_table(results, len(lengths), FLAGS.steps)
+
+
+def print_table(results, rows: int, steps: int) -> None:
+    print(f"B = {rows} rows, {steps} new tokens per row; spread = slowest / fastest round\n")
+    print("| model | params | way | prefill s | decode s | decode tok/s | end-to-end tok/s "
+          "| spread prefill / decode | cache KiB per row |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        for way in WAYS:
+            w = r[way]
+            print(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {way} | {w['prefill_s']:.2f} | "
+                  f"{w['decode_s']:.3f} | {w['decode_tokens_per_s']:,.0f} | "
+                  f"{w['end_to_end_tokens_per_s']:,.1f} | {w['spread']['prefill']:.2f} / "
+                  f"{w['spread']['decode']:.2f} | {w['cache_bytes_per_row'] / 2**10:,.1f} |")  # fmt: skip
+        x = r["ratio"]
+        print(f"| {r['model']} | | batched / one by one | {x['prefill_time']:.2f}x time | | "
+              f"**{x['decode_tokens_per_s']:.2f}x** | **{x['end_to_end_tokens_per_s']:.2f}x** | "
+              f"same tokens {r['same_tokens_share']:.0%} | |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
