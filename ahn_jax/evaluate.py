@@ -52,14 +52,15 @@ from ahn_jax.evaluation.runner import (
 )
 from ahn_jax.evaluation.settings import resolve_settings
 from ahn_jax.inference import generate as generate_lib
+from ahn_jax.inference.generation_config import read_generation_config
 from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS
 # the flags `resolve_settings` takes, as keyword arguments of their names
 SETTING_FLAGS = ("model", "ahn", "mode", "window", "sinks", "max_length", "max_new_tokens",
                  "chat", "model_name", "dtype", "lengths", "depths", "samples", "seed",
-                 "bucket", "decode", "niah_keys", "niah_values", "niah_queries", "niah_key_type",
-                 "niah_value_type", "niah_haystack")  # fmt: skip
+                 "bucket", "decode", "repetition_penalty", "niah_keys", "niah_values",
+                 "niah_queries", "niah_key_type", "niah_value_type", "niah_haystack")  # fmt: skip
 
 
 def define_flags() -> None:
@@ -75,7 +76,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("max_new_tokens", None, "override each dataset's generation budget")
     flags.DEFINE_enum("chat", "auto", ["auto", "on", "off"], 'auto: iff "qwen2" in model_name')
     flags.DEFINE_string("model_name", None, "name the chat rule looks at (default: --model's)")
-    flags.DEFINE_integer("batch_size", 8, "prompts decoded together (equal lengths only)")
+    flags.DEFINE_integer("batch_size", 8, "prompts decoded together (ragged, sorted by length)")
     flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "passkey/niah prompt lengths (tokens)")
     flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "passkey/niah needle depths")
     flags.DEFINE_integer("samples", 5, "passkey/niah prompts per (length, depth)")
@@ -93,6 +94,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("limit", None, "evaluate at most this many samples (a smoke test)")
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "default: bf16 on TPU/GPU, else f32")
     flags.DEFINE_enum("decode", "exact", DECODES, "decode-step masking (ahn_jax/model/cache.py)")
+    flags.DEFINE_float("repetition_penalty", None,
+                       "default: generation_config.json's (as HF generate), else 1")  # fmt: skip
     flags.DEFINE_string("out", None, "output directory (resumes what is already there)")
 
 
@@ -129,7 +132,9 @@ def main(argv) -> None:
             limit=FLAGS.limit,
         )
     else:
-        run_generation(model, tokenizer, prompts, settings, out, FLAGS.batch_size)
+        # the eos ids of generation_config.json, as HF `generate` stops (else the tokenizer's)
+        stops = read_generation_config(FLAGS.model).stop_ids(generate_lib.stop_ids(tokenizer))
+        run_generation(model, tokenizer, prompts, settings, out, FLAGS.batch_size, stops)
     summary = report.write_report(
         out, dataclasses.asdict(settings), read_results(out), model.config
     )

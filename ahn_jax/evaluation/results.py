@@ -35,7 +35,9 @@ class Settings:
     chat: bool
     dtype: str
     extra: dict  # task-specific: grid lengths/depths/samples/seed, niah needles, perplexity bucket
-    decode: str = "exact"  # one of DECODES
+    decode: str = "exact"  # one of ahn_jax.model.cache.DECODES
+    # the checkpoint's generation_config.json applies it to greedy decoding too, as HF `generate`
+    repetition_penalty: float = 1.0
 
 
 def check_settings(out: Path, settings: Settings) -> None:

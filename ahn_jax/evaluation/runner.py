@@ -101,14 +101,21 @@ def score_prediction(task: str, record: dict, prediction: str) -> float:
 
 
 def run_generation(
-    model, tokenizer, prompts: list[Prompt], settings: Settings, out: Path, batch_size: int
+    model,
+    tokenizer,
+    prompts: list[Prompt],
+    settings: Settings,
+    out: Path,
+    batch_size: int,
+    stop_ids=None,
 ):
     """Decode the prompts not yet scored in `out`, appending results as each batch finishes;
     batches are ragged (`generate`), of prompts sorted by length so that little is padding. At
-    the end predictions.jsonl holds the records in the prompts' order."""
+    the end predictions.jsonl holds the records in the prompts' order. Decoding is greedy with
+    `settings.repetition_penalty`, stopping at `stop_ids` (default: the tokenizer's end tokens)."""
     done = {r["id"] for r in read_results(out)}
     todo = sorted((p for p in prompts if p.id not in done), key=lambda p: len(p.ids))
-    stops = generate_lib.stop_ids(tokenizer)
+    stops = generate_lib.stop_ids(tokenizer) if stop_ids is None else stop_ids
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=settings.task)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
@@ -123,6 +130,7 @@ def run_generation(
             stop_ids=stops,
             on_cache=caches.append,
             decode=settings.decode,
+            repetition_penalty=settings.repetition_penalty,
         )
         # every cache array is per row; the batch's longest prompt + budget sizes a full cache
         cache = dict(cache_bytes=caches[0].nbytes() // len(batch), batch_size=len(batch),

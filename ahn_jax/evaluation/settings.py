@@ -13,6 +13,7 @@ from absl import app
 from ahn_jax.config import ModelConfig
 from ahn_jax.evaluation import ruler, tasks
 from ahn_jax.evaluation.results import GRID_TASKS, Settings
+from ahn_jax.inference.generation_config import read_generation_config
 from ahn_jax.model.cache import DECODES
 
 
@@ -36,6 +37,7 @@ def resolve_settings(
     seed: int = 0,
     bucket: int | None = None,
     decode: str = "exact",
+    repetition_penalty: float | None = None,
     niah_keys: int | None = None,
     niah_values: int | None = None,
     niah_queries: int | None = None,
@@ -72,7 +74,21 @@ def resolve_settings(
         dtype=dtype,
         extra=extra,
         decode=decode,
+        repetition_penalty=_repetition_penalty(model, repetition_penalty),
     )
+
+
+def _repetition_penalty(model: str, given: float | None) -> float:
+    """--repetition_penalty, else the model's generation_config.json's, else 1 (none): the
+    reference decodes greedily through HF `generate`, which applies the file's penalty."""
+    if given is None:
+        try:
+            return read_generation_config(model).repetition_penalty
+        except ValueError as error:
+            raise app.UsageError(str(error)) from None
+    if not given > 0:
+        raise app.UsageError(f"--repetition_penalty must be > 0, got {given}")
+    return float(given)
 
 
 def _attention(task, mode, window, sinks, max_length) -> tuple[int, int, int | None]:

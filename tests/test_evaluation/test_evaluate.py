@@ -126,6 +126,9 @@ def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
     )  # "qwen2" in the name: the reference applies the chat template
     save_tiny_qwen2(model_dir, vocab_size=151936, hidden_size=32, intermediate_size=48)
     write_qwen25_tokenizer(model_dir)
+    # as Qwen2.5-Instruct's: HF generate applies the penalty to the reference's greedy decoding
+    generation = {"do_sample": True, "repetition_penalty": 1.05, "eos_token_id": [151645, 151643]}
+    (model_dir / "generation_config.json").write_text(json.dumps(generation))
     out = tmp_path / "out"
     command = [sys.executable, "-m", "ahn_jax.evaluate", f"--model={model_dir}", "--task=longbench",
                f"--data={FIXTURES / 'longbench'}", "--mode=swa", "--window=16", "--sinks=2",
@@ -144,6 +147,7 @@ def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
     assert summary["datasets"]["hotpotqa"]["samples"] == 2
     for name in ("summary.md", "score_by_length.png", "memory_by_length.png", "run.json"):
         assert (out / name).stat().st_size > 0
+    assert json.loads((out / "run.json").read_text())["repetition_penalty"] == 1.05
     before = (out / "predictions.jsonl").read_text()
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr
