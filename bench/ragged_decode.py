@@ -1,7 +1,7 @@
 """A ragged batch of prompts generated together against the same prompts one by one (CPU or GPU).
 
   python bench/ragged_decode.py [--models=tiny,50m] [--lengths=1024,2048,...,8192] [--steps=32]
-      [--repeats=3]
+      [--repeats=2] [--decode_repeats=3]
 
 The prompts (random tokens, one per `--lengths` entry) go through the real chunked prefill
 (`model.prefill`, chunks of 1024), right-padded into one [B, max length] batch with `lengths=`
@@ -12,11 +12,14 @@ S = 32 sinks and W = 992, as bench/decode.py. Models: "tiny" is configs/tiny_gdn
 bench/decode.py), "50m" bench/train_step.py's ~50 M model, AHN-GDN with a non-zero output
 projection.
 
-Compilation is kept out of the timings: before timing, each way prefills short prompts that cover
-its chunk shapes (the last two chunks of each distinct prompt length, so a one-by-one prompt whose
-length is not a multiple of the chunk compiles its last chunk's shape there) and runs a decode step.
-Then the two ways alternate for `--repeats` rounds (the order flips each round) and each time is
-the best of its rounds; the spread (slowest / fastest round) is reported, as this machine is shared.
+Compilation is kept out of the timings: before timing, each way prefills one-chunk prompts of each
+chunk shape it will meet (a one-by-one prompt whose length is not a multiple of the chunk has a
+last chunk of its own shape, compiled there too), runs prefill's eager slicing and joining of
+chunks on the same shapes, and a decode step (`JAX_LOG_COMPILES=1` shows no compile while timing).
+Then the two ways alternate for `--repeats` rounds (the order flips each round); in each round a
+way prefills once and decodes `--decode_repeats` times from its prefilled caches (prefill dominates
+the time: a round of the 50m model takes minutes on 2 cores). Each time is the best of its runs and
+the spread (slowest / fastest run) is reported, as the machine is shared.
 Reported per way: prefill seconds, decode seconds and tokens/s (B x steps / decode time), end-to-end
 generated tokens/s (B x steps / (prefill + decode)), and the cache's bytes per row (the batched
 cache's bytes / B against a one-row cache's). Writes bench/results/ragged_decode[_<platform>].json.
@@ -55,7 +58,10 @@ def define_flags() -> None:
     flags.DEFINE_list("lengths", [str(1024 * i) for i in range(1, 9)],
                       "prompt lengths, one per row, comma-separated")  # fmt: skip
     flags.DEFINE_integer("steps", 32, "decode steps (new tokens) per row")
-    flags.DEFINE_integer("repeats", 3, "alternating rounds of the two ways (the best is kept)")
+    flags.DEFINE_integer("repeats", 2, "alternating rounds of the two ways (the best is kept)")
+    flags.DEFINE_integer(
+        "decode_repeats", 3, "decode runs from each round's prefilled caches (the best is kept)"
+    )
 
 
 def build(name: str, dtype: str):
@@ -79,97 +85,104 @@ def first_token(logits_BV):
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
 
 
-def generate(model, ids, lengths, steps):
-    """Prefill ids [B, P] (row b's first lengths[b] real; None: all P), then `steps` greedy decode
-    steps. Returns (prefill seconds, decode seconds, new tokens [B, steps], cache bytes)."""
+def generate(model, ids, lengths, steps, decodes):
+    """Prefill ids [B, P] (row b's first lengths[b] real; None: all P), then `decodes` times
+    `steps` greedy decode steps, each time from the prefilled cache. Returns (prefill seconds,
+    [decode seconds], the last run's new tokens [B, steps], cache bytes)."""
     graphdef, state = nnx.split(model)
     cache = model.init_cache(ids.shape[0], window=WINDOW, sinks=SINKS, mode="ahn")
     jax.block_until_ready(cache)
     start = time.perf_counter()
-    logits, cache = model.prefill(ids, cache, lengths=lengths, chunk_size=CHUNK)
-    tokens = jax.block_until_ready(first_token(logits))
-    prefilled = time.perf_counter()
-    out = []
-    for _ in range(steps):
-        tokens, cache = greedy_step(graphdef, state, tokens, cache)
-        out.append(tokens)
-    jax.block_until_ready((tokens, cache))
-    end = time.perf_counter()
-    return prefilled - start, end - prefilled, np.stack(out, axis=1), cache.nbytes()
+    logits, prefilled = model.prefill(ids, cache, lengths=lengths, chunk_size=CHUNK)
+    first = jax.block_until_ready(first_token(logits))
+    prefill = time.perf_counter() - start
+    decode = []
+    for _ in range(decodes):
+        tokens, cache, out = first, prefilled, []
+        start = time.perf_counter()
+        for _ in range(steps):
+            tokens, cache = greedy_step(graphdef, state, tokens, cache)
+            out.append(tokens)
+        jax.block_until_ready((tokens, cache))
+        decode.append(time.perf_counter() - start)
+    return prefill, decode, np.stack(out, axis=1), cache.nbytes()
 
 
-def batched(model, ids, lengths, steps):
-    prefill, decode, tokens, nbytes = generate(model, ids, lengths, steps)
+def batched(model, ids, lengths, steps, decodes):
+    prefill, decode, tokens, nbytes = generate(model, ids, lengths, steps, decodes)
     return {"prefill_s": prefill, "decode_s": decode, "tokens": tokens, "cache_bytes": nbytes}
 
 
-def one_by_one(model, ids, lengths, steps):
-    total = {"prefill_s": 0.0, "decode_s": 0.0}
-    tokens = []
+def one_by_one(model, ids, lengths, steps, decodes):
+    """Each row alone; its j-th decode run adds to the j-th decode total."""
+    prefill, decode, tokens = 0.0, np.zeros(decodes), []
     for row, length in enumerate(lengths):
-        prefill, decode, new, nbytes = generate(model, ids[row : row + 1, :length], None, steps)
-        total["prefill_s"] += prefill
-        total["decode_s"] += decode
+        p, d, new, nbytes = generate(model, ids[row : row + 1, :length], None, steps, decodes)
+        prefill += p
+        decode += np.asarray(d)
         tokens.append(new[0])
-    return {**total, "tokens": np.stack(tokens), "cache_bytes": nbytes}
+    return {"prefill_s": prefill, "decode_s": decode.tolist(), "tokens": np.stack(tokens),
+            "cache_bytes": nbytes}  # fmt: skip
 
 
 def warm_up(model, ids, lengths) -> None:
-    """Compile what each way runs: prefill of the last two chunks' shapes of every distinct prompt
-    length (batched: the padded width, 8 rows; one by one: each length, 1 row) and a decode step."""
+    """Compile what each way runs before timing: a prefill of each distinct chunk shape (batched:
+    the padded width's chunks, all rows; one by one: every length's chunks, 1 row), the step that
+    joins chunks (a 2-token prompt in chunks of 1), prefill's slicing of each prompt array into
+    chunks, and a decode step."""
     rows, width = ids.shape
+    for prompt in [ids] + [ids[row : row + 1, :length] for row, length in enumerate(lengths)]:
+        for start in range(0, prompt.shape[1], CHUNK):
+            jax.block_until_ready(prompt[:, start : start + CHUNK])
     for batch, widths in ((rows, {width}), (1, set(lengths))):
-        for length in sorted({min(w, CHUNK + (w - 1) % CHUNK + 1) for w in widths}):
-            generate(model, ids[:batch, :length], None, 1)
+        chunks = {min(w, CHUNK) for w in widths} | {(w - 1) % CHUNK + 1 for w in widths}
+        for chunk in sorted(chunks):
+            generate(model, ids[:batch, :chunk], None, 1, 1)
+        cache = model.init_cache(batch, window=WINDOW, sinks=SINKS, mode="ahn")
+        jax.block_until_ready(model.prefill(ids[:batch, :2], cache, chunk_size=1))
 
 
-def measure(name: str, lengths: list[int], steps: int, repeats: int, dtype: str) -> dict:
+def measure(name: str, lengths: list[int], dtype: str) -> dict:
+    steps, rounds, decodes = FLAGS.steps, FLAGS.repeats, FLAGS.decode_repeats
     model = build(name, dtype)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.config.vocab_size, (len(lengths), max(lengths)))
     ids = np.where(np.arange(max(lengths))[None] < np.asarray(lengths)[:, None], ids, 0)
     ids = jnp.asarray(ids, jnp.int32)
-    lengths_np = np.asarray(lengths, np.int32)
     start = time.perf_counter()
     warm_up(model, ids, lengths)
     print(f"{name}: warm-up (compiles) {time.perf_counter() - start:.1f} s", flush=True)
     runs = {way: [] for way in WAYS}
-    for round_ in range(repeats):
+    for round_ in range(rounds):
         for way in WAYS if round_ % 2 == 0 else WAYS[::-1]:
             fn = batched if way == "batched" else one_by_one
-            runs[way].append(fn(model, ids, lengths_np, steps))
+            runs[way].append(fn(model, ids, np.asarray(lengths, np.int32), steps, decodes))
             r = runs[way][-1]
-            print(f"  {name} round {round_} {way}: prefill {r['prefill_s']:.3f} s, "
-                  f"decode {r['decode_s']:.3f} s", flush=True)  # fmt: skip
+            print(f"  {name} round {round_} {way}: prefill {r['prefill_s']:.2f} s, decode "
+                  f"{', '.join(f'{d:.3f}' for d in r['decode_s'])} s", flush=True)  # fmt: skip
     rows = len(lengths)
-    one_row = {"batched": rows, "one_by_one": 1}
     result = {"model": name, "params": sum(x.size for x in jax.tree.leaves(nnx.state(model)))}
     for way in WAYS:
         prefill = [r["prefill_s"] for r in runs[way]]
-        decode = [r["decode_s"] for r in runs[way]]
-        total = [p + d for p, d in zip(prefill, decode, strict=True)]
+        decode = [d for r in runs[way] for d in r["decode_s"]]
+        total = [r["prefill_s"] + min(r["decode_s"]) for r in runs[way]]
         result[way] = {
             "prefill_s": min(prefill),
             "decode_s": min(decode),
             "decode_tokens_per_s": rows * steps / min(decode),
             "end_to_end_tokens_per_s": rows * steps / min(total),
-            "cache_bytes_per_row": runs[way][0]["cache_bytes"] / one_row[way],
-            "spread": {"prefill": max(prefill) / min(prefill), "decode": max(decode) / min(decode),
-                       "end_to_end": max(total) / min(total)},  # fmt: skip
-            "rounds": {"prefill_s": prefill, "decode_s": decode},
+            "cache_bytes_per_row": runs[way][0]["cache_bytes"] / (rows if way == "batched" else 1),
+            "spread": {"prefill": max(prefill) / min(prefill), "decode": max(decode) / min(decode)},
+            "prefill_s_rounds": prefill,
+            "decode_s_runs": decode,
         }
     b, o = result["batched"], result["one_by_one"]
     result["ratio"] = {
         "prefill_time": b["prefill_s"] / o["prefill_s"],
         "decode_tokens_per_s": b["decode_tokens_per_s"] / o["decode_tokens_per_s"],
         "end_to_end_tokens_per_s": b["end_to_end_tokens_per_s"] / o["end_to_end_tokens_per_s"],
-        "decode_per_round": [
-            od / bd
-            for bd, od in zip(b["rounds"]["decode_s"], o["rounds"]["decode_s"], strict=True)
-        ],
     }
-    # the same greedy tokens both ways (fp32 rounding differs between batch shapes, so a near-tie
-    # may flip; the share says whether the two ways generate the same text)
+    # fp32 rounding differs between batch shapes, so a near-tie of a random model may flip a token
     same = runs["batched"][0]["tokens"] == runs["one_by_one"][0]["tokens"]
     result["same_tokens_share"] = float(same.mean())
     return result
@@ -184,10 +197,11 @@ def main(argv) -> None:
     device = jax.devices()[0]
     dtype = "float32" if device.platform == "cpu" else "bfloat16"
     print(f"{device.device_kind}, jax {jax.__version__}, {dtype}", flush=True)
-    results = [measure(name, lengths, FLAGS.steps, FLAGS.repeats, dtype) for name in FLAGS.models]
+    results = [measure(name, lengths, dtype) for name in FLAGS.models]
     out = {"benchmark": "ragged_decode", "machine": machine(), "device": device.device_kind,
            "jax": jax.__version__, "dtype": dtype, "window": WINDOW, "sinks": SINKS,
            "chunk": CHUNK, "lengths": lengths, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
+           "decode_repeats": FLAGS.decode_repeats,
            "models": results}  # fmt: skip
     suffix = "" if device.platform == "cpu" else f"_{device.platform}"
     print(f"wrote {write_result('ragged_decode' + suffix, out)}\n")
@@ -195,19 +209,24 @@ def main(argv) -> None:
 
 
 def print_table(results, rows: int, steps: int) -> None:
-    print(f"B = {rows} rows, {steps} new tokens per row; spread = slowest / fastest round\n")
+    print(f"B = {rows} rows, {steps} new tokens per row; spread = slowest / fastest run\n")
     print("| model | params | way | prefill s | decode s | decode tok/s | end-to-end tok/s "
           "| spread prefill / decode | cache KiB per row |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for way in WAYS:
             w = r[way]
-            print(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {way} | {w['prefill_s']:.2f} | "
-                  f"{w['decode_s']:.3f} | {w['decode_tokens_per_s']:,.0f} | "
-                  f"{w['end_to_end_tokens_per_s']:,.1f} | {w['spread']['prefill']:.2f} / "
-                  f"{w['spread']['decode']:.2f} | {w['cache_bytes_per_row'] / 2**10:,.1f} |")  # fmt: skip
+            cells = (
+                f"{w['prefill_s']:.2f}",
+                f"{w['decode_s']:.3f}",
+                f"{w['decode_tokens_per_s']:,.0f}",
+                f"{w['end_to_end_tokens_per_s']:,.1f}",
+                f"{w['spread']['prefill']:.2f} / {w['spread']['decode']:.2f}",
+                f"{w['cache_bytes_per_row'] / 2**10:,.1f}",
+            )
+            print(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {way} | {' | '.join(cells)} |")
         x = r["ratio"]
-        print(f"| {r['model']} | | batched / one by one | {x['prefill_time']:.2f}x time | | "
+        print(f"| {r['model']} | | batched / one by one | {x['prefill_time']:.2f}x (time) | | "
               f"**{x['decode_tokens_per_s']:.2f}x** | **{x['end_to_end_tokens_per_s']:.2f}x** | "
               f"same tokens {r['same_tokens_share']:.0%} | |")  # fmt: skip
 

@@ -33,6 +33,18 @@ class PasskeySample:
     ids: list[int]
 
 
+def grid_cells(lengths: Sequence[int], depths: Sequence[float], samples_per_cell: int, seed: int):
+    """(length, depth, index, generator) for every cell of the grid; each cell draws from its own
+    generator, seeded by the cell, so a sample does not change when other cells are added."""
+    for length in lengths:
+        for depth in depths:
+            if not 0.0 <= depth <= 1.0:
+                raise ValueError(f"--depths must lie in [0, 1], got {depth}")
+            for index in range(samples_per_cell):
+                cell = [seed, int(length), round(depth * 10_000), index]
+                yield int(length), depth, index, np.random.default_rng(cell)
+
+
 def passkey_samples(
     tokenizer,
     lengths: Sequence[int],
@@ -46,26 +58,21 @@ def passkey_samples(
     question = tokenizer.encode(QUESTION)
     filler_unit = tokenizer.encode(FILLER)
     samples = []
-    for length in lengths:
-        for depth in depths:
-            if not 0.0 <= depth <= 1.0:
-                raise ValueError(f"depths must lie in [0, 1], got {depth}")
-            for index in range(samples_per_cell):
-                cell = [seed, int(length), round(depth * 10_000), index]
-                key = str(np.random.default_rng(cell).integers(10_000, 100_000))
-                needle = tokenizer.encode(NEEDLE.format(key=key))
-                n_filler = length - len(instruction) - len(needle) - len(question)
-                if n_filler < 0:
-                    raise ValueError(
-                        f"length {length} is too short: instruction, needle and question take "
-                        f"{length - n_filler} tokens"
-                    )
-                repeats = -(-n_filler // len(filler_unit))
-                filler = (filler_unit * repeats)[:n_filler]
-                # the needle goes between two filler sentences (a unit boundary) at or before depth
-                at = int(depth * n_filler) // len(filler_unit) * len(filler_unit)
-                ids = instruction + filler[:at] + needle + filler[at:] + question
-                samples.append(
-                    PasskeySample(f"passkey:{length}:{depth:g}:{index}", length, depth, key, ids)
-                )
+    for length, depth, index, rng in grid_cells(lengths, depths, samples_per_cell, seed):
+        key = str(rng.integers(10_000, 100_000))
+        needle = tokenizer.encode(NEEDLE.format(key=key))
+        n_filler = length - len(instruction) - len(needle) - len(question)
+        if n_filler < 0:
+            raise ValueError(
+                f"length {length} is too short: instruction, needle and question take "
+                f"{length - n_filler} tokens"
+            )
+        repeats = -(-n_filler // len(filler_unit))
+        filler = (filler_unit * repeats)[:n_filler]
+        # the needle goes between two filler sentences (a unit boundary) at or before depth
+        at = int(depth * n_filler) // len(filler_unit) * len(filler_unit)
+        ids = instruction + filler[:at] + needle + filler[at:] + question
+        samples.append(
+            PasskeySample(f"passkey:{length}:{depth:g}:{index}", length, depth, key, ids)
+        )
     return samples

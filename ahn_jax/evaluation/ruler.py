@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ahn_jax.evaluation import passkey
 from ahn_jax.tokenizer import render_chat
 
 # RULER's scripts/synthetic.yaml: (num_needle_k, num_needle_v, num_needle_q) of each variant
@@ -159,17 +160,10 @@ def niah_samples(
     to hold the needles."""
     noise = tokenizer.encode("\n" + NOISE)
     samples = []
-    for length in lengths:
-        for depth in depths:
-            if not 0.0 <= depth <= 1.0:
-                raise ValueError(f"--depths must lie in [0, 1], got {depth}")
-            for index in range(samples_per_cell):
-                rng = np.random.default_rng([seed, int(length), round(depth * 10_000), index])
-                queries, answers, ids = _prompt(
-                    tokenizer, config, rng, int(length), depth, noise, chat
-                )
-                name = f"{task}:{length}:{depth:g}:{index}"
-                samples.append(NiahSample(name, int(length), depth, queries, answers, ids))
+    for length, depth, index, rng in passkey.grid_cells(lengths, depths, samples_per_cell, seed):
+        queries, answers, ids = _prompt(tokenizer, config, rng, length, depth, noise, chat)
+        name = f"{task}:{length}:{depth:g}:{index}"
+        samples.append(NiahSample(name, length, depth, queries, answers, ids))
     return samples
 
 

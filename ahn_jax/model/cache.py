@@ -83,19 +83,12 @@ class ExtendPlan:
     mask: jax.Array  # [B, P, C+P] which cached or new key each new query sees
     evicting: jax.Array  # [B, P] whether token t evicts t - W into the memory (t >= S + W, real)
     evict_index: jax.Array  # [B, P] where the evicted token's k/v/gates are
-    keep_index: jax.Array  # [B, C] what each slot holds afterwards
+    write_slot: jax.Array  # [B, P] the slot each new token is written to; C (dropped) if none
     slot_pos: jax.Array  # [B, C] the new slot positions
 
 
 def slot_of(position, sinks: int, window: int):
     return jnp.where(position < sinks, position, sinks + (position - sinks) % window)
-
-
-def _latest_in_slot(slot, end, sinks: int, window: int):
-    """The last position < end that lives in `slot`, or -1."""
-    # the first position to use a slot is the slot's own index; ring slots recur every W
-    laps = jnp.where(slot < sinks, 0, (end - 1 - slot) // window)
-    return jnp.where(slot < end, slot + laps * window, -1)
 
 
 def reference_dropped_position(t, window: int, sinks: int):
@@ -129,8 +122,10 @@ def extend_plan(
     - evicting / evict_index: token t writes t - W into the memory iff t - W >= S. If t - W came
       before this call it is still in its slot (the next token to take that slot is t itself),
       else it is new in this block (P > W), at C + (t - W - t0).
-    - keep_index / slot_pos: afterwards each slot holds the newest real position that maps to it:
-      the new token if one landed there, else what it held."""
+    - write_slot / slot_pos: afterwards each slot holds the newest real position that maps to it:
+      a new token is written to its slot unless a later real token of the block takes the same
+      slot (P > W) or it is padding (then C: a scatter drops it), so each call writes O(P) slots,
+      not the whole cache."""
     S, W = sinks, window
     B, capacity = slot_pos.shape
     new = jnp.full((B,), num_new, jnp.int32) if new is None else jnp.asarray(new, jnp.int32)
@@ -149,15 +144,16 @@ def extend_plan(
     in_cache = slot_of(jnp.maximum(evicted, 0), S, W)
     evict_index = jnp.where(evicted < t0, in_cache, capacity + evicted - t0)
     end = t0 + new[:, None]
-    latest = _latest_in_slot(jnp.arange(capacity, dtype=jnp.int32)[None, :], end, S, W)
-    fresh = latest >= t0
+    kept = real & ((positions < S) | (positions >= end - W))  # no later real token takes its slot
+    write_slot = jnp.where(kept, slot_of(positions, S, W), capacity)
+    rows = jnp.arange(B)[:, None]
     return ExtendPlan(
         positions=positions,
         mask=key_filled & seen,
         evicting=(evicted >= S) & real,
         evict_index=jnp.clip(evict_index, 0, capacity + num_new - 1),
-        keep_index=jnp.where(fresh, capacity + latest - t0, jnp.arange(capacity)[None, :]),
-        slot_pos=jnp.where(fresh, latest, slot_pos),
+        write_slot=write_slot,
+        slot_pos=slot_pos.at[rows, write_slot].set(positions, mode="drop"),
     )
 
 

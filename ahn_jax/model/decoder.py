@@ -26,6 +26,13 @@ def _gather_rows(x, index_BT):
     return jax.vmap(lambda row, index: jnp.take(row, index, axis=0))(x, index_BT)
 
 
+def _scatter_rows(x, new, slot_BP):
+    """x [B, C, ...] with row b's new [B, P, ...] items written at slots slot_BP[b]; a slot of C
+    (out of range) drops the item."""
+    rows = jnp.arange(x.shape[0])[:, None]
+    return x.at[rows, slot_BP].set(new, mode="drop")
+
+
 class DecoderLayer(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs, ahn_output_init: str = "zeros"):
         self.input_norm = layers.RMSNorm(config.hidden_size, config)
@@ -105,8 +112,8 @@ class DecoderLayer(nnx.Module):
             q, k_all.astype(q.dtype), v_all.astype(q.dtype), plan.mask
         )
         kept = {
-            "k": _gather_rows(k_all, plan.keep_index),
-            "v": _gather_rows(v_all, plan.keep_index),
+            "k": _scatter_rows(arrays["k"], k.astype(arrays["k"].dtype), plan.write_slot),
+            "v": _scatter_rows(arrays["v"], v.astype(arrays["v"].dtype), plan.write_slot),
             "gates": arrays["gates"],
             "state": arrays["state"],
         }
@@ -115,7 +122,10 @@ class DecoderLayer(nnx.Module):
             gates_all = {
                 n: jnp.concatenate([arrays["gates"][n], new_gates[n]], 1) for n in new_gates
             }
-            kept["gates"] = {n: _gather_rows(g, plan.keep_index) for n, g in gates_all.items()}
+            kept["gates"] = {
+                n: _scatter_rows(arrays["gates"][n], new_gates[n], plan.write_slot)
+                for n in new_gates
+            }
             y, kept["state"] = self._read_memory(
                 h,
                 q,
