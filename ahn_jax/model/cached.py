@@ -1,9 +1,12 @@
 """The traced computation behind prefill and decode: P new tokens per row against the cache.
 
-Layers of one kind share a `lax.scan`. With layers kept as full attention the scan runs over all
-layers and `lax.cond` picks, per layer, the windowed group's slots (S + W, memory in mode "ahn")
-or the full group's (the whole context, no memory); each group's arrays ride in the carry,
-indexed by the layer's place in its group. Shapes: docs/method.md §Shapes.
+One `lax.scan` runs the layers, each reading its slice of the cache; only what the call adds is
+written back — the new tokens' k, v and gates scattered into their slots and the memory's state —
+so that a decode step writes O(P) slots per layer, not the whole cache (with the cache donated, as
+`ahn_jax.inference.generate` does, XLA updates it in place). With layers kept as full attention
+the cache rides in the scan's carry and `lax.cond` picks per layer the windowed group's slots
+(S + W, memory in mode "ahn") or the full group's (the whole context, no memory), each layer
+indexed by its place in its group. Shapes: docs/method.md §Shapes.
 """
 
 from __future__ import annotations
@@ -29,67 +32,96 @@ def cached_logits(model, input_ids_BP, cache: DecodeCache, new_B, *, all_logits,
         new=new_B,
         reference=decoding and cache.decode == "reference",
     )
+    full_plan = extend_plan(
+        cache.full_slot_pos, cache.length, window=max(cache.full_capacity, 1), sinks=0,
+        num_new=P, new=new_B,
+    )  # fmt: skip
     x, cos, sin = model._embed(input_ids_BP, plan.positions)
-    replaced = {"slot_pos": plan.slot_pos, "length": cache.length + new_B}
-    if cache.full_layers:
-        full_plan = extend_plan(
-            cache.full_slot_pos,
-            cache.length,
-            window=cache.full_capacity,
-            sinks=0,
-            num_new=P,
-            new=new_B,
-        )
-        x, arrays, full = _mixed_layers(model, x, (cos, sin), cache, plan, full_plan)
-        replaced.update(full_k=full[0], full_v=full[1], full_slot_pos=full_plan.slot_pos)
-    else:
-
-        def layer_step(x_BTD, inputs):
-            layer, arrays = inputs
-            return layer.with_cache(x_BTD, cos, sin, arrays, plan, cache.mode)
-
-        x, arrays = jax.lax.scan(layer_step, x, (model.layers, cache.layer_arrays()))
+    x, arrays, full = _layers(model, x, (cos, sin), cache, plan, full_plan)
     if not all_logits:  # each row's last real token
         last = jnp.clip(new_B - 1, 0, P - 1)
         x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
     logits = model._vocab_logits(model.final_norm(x))
-    return logits, cache.replace(**arrays, **replaced)
+    return logits, cache.replace(
+        **arrays,
+        full_k=full["k"],
+        full_v=full["v"],
+        slot_pos=plan.slot_pos,
+        full_slot_pos=full_plan.slot_pos if cache.full_layers else cache.full_slot_pos,
+        length=cache.length + new_B,
+    )
 
 
 def _index(tree, i):
     return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree)
 
 
-def _update(tree, new, i):
-    return jax.tree.map(lambda a, n: jax.lax.dynamic_update_index_in_dim(a, n, i, 0), tree, new)
+def _write(arrays: dict, writes: dict, layer, slot_BP) -> dict:
+    """`arrays` (stacked over a group's layers) with one layer's writes: the new tokens' items at
+    their slots (a slot of C drops the item), the state whole."""
+    rows = jnp.arange(slot_BP.shape[0])[:, None]
+
+    def scatter(stacked, new):
+        return stacked.at[layer, rows, slot_BP].set(new.astype(stacked.dtype), mode="drop")
+
+    out = {name: scatter(arrays[name], writes[name]) for name in ("k", "v")}
+    if "gates" in arrays:
+        out["gates"] = {n: scatter(g, writes["gates"][n]) for n, g in arrays["gates"].items()}
+        out["state"] = jax.lax.dynamic_update_index_in_dim(
+            arrays["state"], writes["state"], layer, 0
+        )
+    return out
 
 
-def _mixed_layers(model, x, rope, cache: DecodeCache, plan, full_plan):
+def _write_all(arrays: dict, writes: dict, slot_BP) -> dict:
+    """`_write` for every layer at once: writes stacked over the layers [L, B, P, ...]."""
+    rows = jnp.arange(slot_BP.shape[0])[:, None]
+
+    def scatter(stacked, new):
+        return stacked.at[:, rows, slot_BP].set(new.astype(stacked.dtype), mode="drop")
+
+    out = {name: scatter(arrays[name], writes[name]) for name in ("k", "v")}
+    out["gates"] = {n: scatter(g, writes["gates"][n]) for n, g in arrays["gates"].items()}
+    out["state"] = writes["state"]
+    return out
+
+
+def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
     """Every layer in order, each against its own group's cache (module docstring)."""
     cos, sin = rope
+    full = {"k": cache.full_k, "v": cache.full_v}
+    if not cache.full_layers:
+        # the layers read their slices as scanned inputs and hand out only their writes, which
+        # join the cache in one scatter after the scan: nothing big is carried or copied per layer
+        def read_layer(x, inputs):
+            layer, arrays = inputs
+            return layer.with_cache(x, cos, sin, arrays, plan, cache.mode)
+
+        x, writes = jax.lax.scan(read_layer, x, (model.layers, cache.layer_arrays()))
+        return x, _write_all(cache.layer_arrays(), writes, plan.write_slot), full
     L = model.config.num_layers
     is_full = np.isin(np.arange(L), cache.full_layers)
     group_index = np.where(is_full, np.cumsum(is_full) - 1, np.cumsum(~is_full) - 1)
 
     def window_layer(layer, g, carry):
         x, arrays, full = carry
-        x, kept = layer.with_cache(x, cos, sin, _index(arrays, g), plan, cache.mode)
-        return x, _update(arrays, kept, g), full
+        x, writes = layer.with_cache(x, cos, sin, _index(arrays, g), plan, cache.mode)
+        return x, _write(arrays, writes, g, plan.write_slot), full
 
     def full_layer(layer, g, carry):
-        x, arrays, (full_k, full_v) = carry
-        own = {"k": full_k[g], "v": full_v[g], "gates": {}, "state": jnp.zeros(())}
-        x, kept = layer.with_cache(x, cos, sin, own, full_plan, "full")  # no memory there
-        return x, arrays, _update((full_k, full_v), (kept["k"], kept["v"]), g)
+        x, arrays, full = carry
+        own = {**_index(full, g), "gates": {}, "state": jnp.zeros(())}
+        x, writes = layer.with_cache(x, cos, sin, own, full_plan, "full")  # no memory there
+        return x, arrays, _write(full, writes, g, full_plan.write_slot)
 
     def layer_step(carry, inputs):
         layer, full_here, g = inputs
-        if not (~is_full).any():  # no windowed layer: nothing to index on that side
+        if is_full.all():  # no windowed layer: nothing to index on that side
             return full_layer(layer, g, carry), None
         branches = (lambda c: window_layer(layer, g, c), lambda c: full_layer(layer, g, c))
         return jax.lax.cond(full_here, branches[1], branches[0], carry), None
 
-    carry = (x, cache.layer_arrays(), (cache.full_k, cache.full_v))
+    carry = (x, cache.layer_arrays(), full)
     xs = (model.layers, jnp.asarray(is_full), jnp.asarray(group_index, jnp.int32))
     (x, arrays, full), _ = jax.lax.scan(layer_step, carry, xs)
     return x, arrays, full

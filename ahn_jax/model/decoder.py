@@ -26,11 +26,12 @@ def _gather_rows(x, index_BT):
     return jax.vmap(lambda row, index: jnp.take(row, index, axis=0))(x, index_BT)
 
 
-def _scatter_rows(x, new, slot_BP):
-    """x [B, C, ...] with row b's new [B, P, ...] items written at slots slot_BP[b]; a slot of C
-    (out of range) drops the item."""
-    rows = jnp.arange(x.shape[0])[:, None]
-    return x.at[rows, slot_BP].set(new, mode="drop")
+def _gather_split(cached, new, index_BT):
+    """Row b of `cached [B, C, ...] ++ new [B, P, ...]` at index_BT[b], without joining them."""
+    C = cached.shape[1]
+    from_cache = _gather_rows(cached, jnp.clip(index_BT, 0, C - 1))
+    from_new = _gather_rows(new, jnp.clip(index_BT - C, 0, new.shape[1] - 1))
+    return _masked_where(index_BT < C, from_cache) + _masked_where(index_BT >= C, from_new)
 
 
 class DecoderLayer(nnx.Module):
@@ -75,65 +76,56 @@ class DecoderLayer(nnx.Module):
         t = jnp.arange(T)[None, :]
         window_B1 = window_attention.per_row(window, B)[:, None]
         sinks_B1 = window_attention.per_row(sinks, B, "sinks")[:, None]
+        evict_BT = jnp.broadcast_to(jnp.maximum(t - window_B1, 0), (B, T))
+        sources = (k_BTKH, v_BTKH, self.ahn.write_gates(h_BTD))
+        evicted = jax.tree.map(lambda x: _gather_rows(x, evict_BT), sources)
         y, _ = self._read_memory(
-            h_BTD,
-            q_BTNH,
-            (k_BTKH, v_BTKH, self.ahn.write_gates(h_BTD)),
-            evict_index=jnp.maximum(t - window_B1, 0),
-            evicting=t - window_B1 >= sinks_B1,
-            state=None,
-            impl="chunked",
+            h_BTD, q_BTNH, evicted, t - window_B1 >= sinks_B1, state=None, impl="chunked"
         )
         return y
 
-    def _read_memory(self, h_BTD, q_BTNH, sources, evict_index, evicting, state, impl):
-        """Write the evicted items (k, v and gates gathered from `sources` at `evict_index`,
-        identity gates where not `evicting`) and read with the current queries: the one memory
-        path of the parallel forward and of prefill/decode. `evict_index` and `evicting` are [T]
-        (shared by the rows: the cache) or [B, T] (per-row windows). Returns (y, final state)."""
+    def _read_memory(self, h_BTD, q_BTNH, evicted, evicting, state, impl):
+        """Write the evicted items (k [B, T, K, H], v and gates, `evicted`; identity gates where
+        not `evicting` [B, T]) and read with the current queries: the one memory path of the
+        parallel forward and of prefill/decode. Returns (y, final state)."""
         B, T, N = q_BTNH.shape[:3]
-        evict_BT = jnp.broadcast_to(evict_index, (B, T))
         evicting_BT = jnp.broadcast_to(evicting, (B, T))
-        k, v, gates = sources
-        gates = {n: _masked_where(evicting_BT, _gather_rows(g, evict_BT)) for n, g in gates.items()}
-        k_ev, v_ev = (
-            memory.repeat_kv(_gather_rows(x, evict_BT), N).astype(q_BTNH.dtype) for x in (k, v)
-        )
+        k, v, gates = evicted
+        gates = {n: _masked_where(evicting_BT, g) for n, g in gates.items()}
+        k_ev, v_ev = (memory.repeat_kv(x, N).astype(q_BTNH.dtype) for x in (k, v))
         o, state = self.ahn.recurrence(q_BTNH, k_ev, v_ev, gates, state, impl)
         return _masked_where(evicting_BT, self.ahn.output(o, h_BTD)), state
 
     def with_cache(self, x_BTD, cos_BTH, sin_BTH, arrays: dict, plan, mode: str):
-        """P new tokens per row against this layer's cache arrays (ahn_jax/model/cache.py); returns
-        the new hidden states and arrays. The memory runs in mode "ahn" only."""
+        """P new tokens per row against this layer's cache arrays (ahn_jax/model/cache.py).
+        Returns the new hidden states and what the cache takes from this call: the new tokens'
+        k, v (and gates in mode "ahn", the memory's only mode) [B, P, ...] for their slots
+        (`plan.write_slot`), and the memory's new state. Attention reads the cached keys where
+        they lie (scores joined, keys not), so a decode step copies no slot."""
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
-        k_all = jnp.concatenate([arrays["k"], k.astype(arrays["k"].dtype)], axis=1)
-        v_all = jnp.concatenate([arrays["v"], v.astype(arrays["v"].dtype)], axis=1)
+        k, v = k.astype(arrays["k"].dtype), v.astype(arrays["v"].dtype)
         attn = window_attention.masked_attention(
-            q, k_all.astype(q.dtype), v_all.astype(q.dtype), plan.mask
+            q,
+            (arrays["k"].astype(q.dtype), k.astype(q.dtype)),
+            (arrays["v"].astype(q.dtype), v.astype(q.dtype)),
+            plan.mask,
         )
-        kept = {
-            "k": _scatter_rows(arrays["k"], k.astype(arrays["k"].dtype), plan.write_slot),
-            "v": _scatter_rows(arrays["v"], v.astype(arrays["v"].dtype), plan.write_slot),
-            "gates": arrays["gates"],
-            "state": arrays["state"],
-        }
+        writes = {"k": k, "v": v, "gates": {}, "state": arrays["state"]}
         if mode == "ahn":
-            new_gates = self.ahn.write_gates(h)
-            gates_all = {
-                n: jnp.concatenate([arrays["gates"][n], new_gates[n]], 1) for n in new_gates
-            }
-            kept["gates"] = {
-                n: _scatter_rows(arrays["gates"][n], new_gates[n], plan.write_slot)
-                for n in new_gates
-            }
-            y, kept["state"] = self._read_memory(
+            writes["gates"] = self.ahn.write_gates(h)
+            cached = (arrays["k"], arrays["v"], arrays["gates"])
+            evicted = jax.tree.map(
+                lambda old, new: _gather_split(old, new, plan.evict_index),
+                cached,
+                (k, v, writes["gates"]),
+            )
+            y, writes["state"] = self._read_memory(
                 h,
                 q,
-                (k_all, v_all, gates_all),
-                evict_index=plan.evict_index,
-                evicting=plan.evicting,
+                evicted,
+                plan.evicting,
                 state=arrays["state"],
                 impl=memory.recurrence_impl(q.shape[1]),
             )
             attn = attn + y
-        return self._finish(x_BTD, attn), kept
+        return self._finish(x_BTD, attn), writes
