@@ -49,7 +49,8 @@ def _first(logits_BV, prompt_BT, lengths_B, key, sampling: Sampling):
     return sample_token(logits_BV, key, sampling, seen), seen
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"))
+# the cache is donated: XLA writes each step's new slots into it in place (ahn_jax/model/cached.py)
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames=("cache",))
 def _step(graphdef, state, tokens_B, cache, seen_BV, key, sampling: Sampling):
     logits, cache = model_lib.decode_step(graphdef, state, tokens_B, cache)
     if seen_BV is not None:  # the fed token is now part of the row

@@ -72,6 +72,32 @@ class DecodeCache:
     def nbytes(self) -> int:
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self))
 
+    def rows(self, index) -> DecodeCache:
+        """The cache of the batch rows `index` (int array) alone."""
+        return self.replace(
+            **{name: jax.tree.map(lambda a, axis=axis: jnp.take(a, index, axis=axis),
+                                  getattr(self, name))
+               for name, axis in _BATCH_AXIS.items()}
+        )  # fmt: skip
+
+    def with_rows(self, index, part: DecodeCache) -> DecodeCache:
+        """This cache with rows `index` replaced by `part`'s (a `rows(index)` cache, advanced)."""
+
+        def put(whole, new, axis):
+            where = (slice(None),) * axis + (index,)
+            return whole.at[where].set(new)
+
+        return self.replace(
+            **{name: jax.tree.map(lambda w, n, axis=axis: put(w, n, axis), getattr(self, name),
+                                  getattr(part, name))
+               for name, axis in _BATCH_AXIS.items()}
+        )  # fmt: skip
+
+
+# where each array of a DecodeCache keeps its batch rows
+_BATCH_AXIS = {"k": 1, "v": 1, "gates": 1, "state": 1, "slot_pos": 0, "length": 0,
+               "full_k": 1, "full_v": 1, "full_slot_pos": 0}  # fmt: skip
+
 
 @dataclasses.dataclass(frozen=True)
 class ExtendPlan:

@@ -244,16 +244,27 @@ class AhnModel(nnx.Module):
                 "positions: init_cache(max_length=...) must hold prompt + new tokens"
             )
         graphdef, state = nnx.split(self)
-        pieces, last = [], None
-        for start in range(0, P if all_logits else int(lengths.max()), chunk_size):
-            new = jnp.asarray(np.clip(lengths - start, 0, chunk_size), jnp.int32)
-            chunk = input_ids[:, start : start + chunk_size]
-            logits, cache = extend_cache(graphdef, state, chunk, cache, new, all_logits)
-            if all_logits:
+        if all_logits:
+            pieces = []
+            for start in range(0, P, chunk_size):
+                new = jnp.asarray(np.clip(lengths - start, 0, chunk_size), jnp.int32)
+                chunk = input_ids[:, start : start + chunk_size]
+                logits, cache = extend_cache(graphdef, state, chunk, cache, new, True)
                 pieces.append(logits)
-            else:  # a row's logits come from the chunk that holds its last prompt token
-                last = logits if last is None else jnp.where((new > 0)[:, None], logits, last)
-        return (jnp.concatenate(pieces, axis=1) if all_logits else last), cache
+            return jnp.concatenate(pieces, axis=1), cache
+        last, host_ids = None, np.asarray(input_ids)  # chunks cut on the host: no eager gathers
+        for start in range(0, int(lengths.max()), chunk_size):
+            # only the rows with prompt left run the chunk (the rest would be padding): a ragged
+            # batch costs the tokens it holds, not B times the longest
+            active = np.flatnonzero(lengths > start)
+            new = jnp.asarray(np.clip(lengths[active] - start, 0, chunk_size), jnp.int32)
+            chunk = jnp.asarray(host_ids[active, start : start + chunk_size])
+            part = cache if len(active) == B else cache.rows(active)
+            logits, part = extend_cache(graphdef, state, chunk, part, new)
+            cache = part if len(active) == B else cache.with_rows(active, part)
+            # a row's logits come from the chunk that holds its last prompt token
+            last = logits if last is None else last.at[active].set(logits)
+        return last, cache
 
     def decode_step(self, token_ids: jax.Array, cache: DecodeCache):
         """One token per row, each at its own next position: token_ids [B] -> (logits [B, V],
