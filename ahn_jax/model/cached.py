@@ -32,10 +32,12 @@ def cached_logits(model, input_ids_BP, cache: DecodeCache, new_B, *, all_logits,
         new=new_B,
         reference=decoding and cache.decode == "reference",
     )
-    full_plan = extend_plan(
-        cache.full_slot_pos, cache.length, window=max(cache.full_capacity, 1), sinks=0,
-        num_new=P, new=new_B,
-    )  # fmt: skip
+    full_plan = None  # no plan (and no scatter into the empty arrays) without full layers
+    if cache.full_layers:
+        full_plan = extend_plan(
+            cache.full_slot_pos, cache.length, window=cache.full_capacity, sinks=0, num_new=P,
+            new=new_B,
+        )  # fmt: skip
     x, cos, sin = model._embed(input_ids_BP, plan.positions)
     x, arrays, full = _layers(model, x, (cos, sin), cache, plan, full_plan)
     if not all_logits:  # each row's last real token

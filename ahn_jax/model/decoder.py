@@ -100,14 +100,15 @@ class DecoderLayer(nnx.Module):
         """P new tokens per row against this layer's cache arrays (ahn_jax/model/cache.py).
         Returns the new hidden states and what the cache takes from this call: the new tokens'
         k, v (and gates in mode "ahn", the memory's only mode) [B, P, ...] for their slots
-        (`plan.write_slot`), and the memory's new state. Attention reads the cached keys where
-        they lie (scores joined, keys not), so a decode step copies no slot."""
+        (`plan.write_slot`), and the memory's new state."""
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
         k, v = k.astype(arrays["k"].dtype), v.astype(arrays["v"].dtype)
+        # cache ++ new keys in one array: scoring the two blocks apart (no copy of the cache)
+        # made XLA:CPU abort with std::bad_alloc under the deadlock workaround flags (jax 0.10.2)
         attn = window_attention.masked_attention(
             q,
-            (arrays["k"].astype(q.dtype), k.astype(q.dtype)),
-            (arrays["v"].astype(q.dtype), v.astype(q.dtype)),
+            jnp.concatenate([arrays["k"], k], axis=1).astype(q.dtype),
+            jnp.concatenate([arrays["v"], v], axis=1).astype(q.dtype),
             plan.mask,
         )
         writes = {"k": k, "v": v, "gates": {}, "state": arrays["state"]}

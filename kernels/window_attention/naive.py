@@ -37,36 +37,22 @@ def row_mask(window_B, sinks_B, q_pos, k_pos):
 
 
 def grouped_softmax_attention(q_BTKGH, k_BUKH, v_BUKE, mask, scale):
-    """Attention over explicit key sets; mask broadcasts to [B, K, G, T, U]. `k_BUKH` and `v_BUKE`
-    may be tuples of blocks along U (a cache and the new tokens): scores are joined, keys never
-    are, so a cache is read where it lies instead of being copied next to the new keys."""
-    k_blocks = k_BUKH if isinstance(k_BUKH, tuple) else (k_BUKH,)
-    v_blocks = v_BUKE if isinstance(v_BUKE, tuple) else (v_BUKE,)
-    s = jnp.concatenate(
-        [jnp.einsum("BTKGH,BUKH->BKGTU", q_BTKGH, k, preferred_element_type=jnp.float32)
-         for k in k_blocks], axis=-1
-    )  # fmt: skip
+    """Attention over explicit key sets; mask broadcasts to [B, K, G, T, U]."""
+    s = jnp.einsum("BTKGH,BUKH->BKGTU", q_BTKGH, k_BUKH, preferred_element_type=jnp.float32)
     s = jnp.where(mask, s * scale, MASKED)
     p = jax.nn.softmax(s, axis=-1)
-    out, start = 0, 0
-    for v in v_blocks:
-        p_block = p[..., start : start + v.shape[1]].astype(v.dtype)
-        out = out + jnp.einsum("BKGTU,BUKE->BTKGE", p_block, v)
-        start += v.shape[1]
-    return out
+    return jnp.einsum("BKGTU,BUKE->BTKGE", p.astype(v_BUKE.dtype), v_BUKE)
 
 
 def masked_attention(q, k, v, mask, *, scale=None):
     """Attention over explicit keys (e.g. a decode cache plus new tokens): mask [T, U] or
-    [B, T, U] says which key each query sees; every query must see at least one key. k and v may
-    be tuples of blocks along U (`grouped_softmax_attention`)."""
+    [B, T, U] says which key each query sees; every query must see at least one key."""
     B, T, N, H = q.shape
-    K = (k[0] if isinstance(k, tuple) else k).shape[2]
-    E = (v[0] if isinstance(v, tuple) else v).shape[-1]
+    K = k.shape[2]
     scale = H**-0.5 if scale is None else scale
     mask = mask[:, None, None] if mask.ndim == 3 else mask
     o = grouped_softmax_attention(q.reshape(B, T, K, N // K, H), k, v, mask, scale)
-    return o.reshape(B, T, N, E)
+    return o.reshape(B, T, N, v.shape[-1])
 
 
 def reference(q, k, v, window, sinks, scale):
