@@ -51,3 +51,14 @@ def best_seconds(fn, *args, repeats: int) -> float:
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def device_and_dtype():
+    """The first device and the dtype models run in there (fp32 on a CPU, bf16 on an
+    accelerator), announced on stdout."""
+    import jax
+
+    device = jax.devices()[0]
+    dtype = "float32" if device.platform == "cpu" else "bfloat16"
+    print(f"{device.device_kind}, jax {jax.__version__}, {dtype}", flush=True)
+    return device, dtype

@@ -39,7 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import machine, write_result  # noqa: E402
+from common import device_and_dtype, machine, write_result  # noqa: E402
 from flax import nnx  # noqa: E402
 from train_step import MODELS  # noqa: E402
 
@@ -202,9 +202,7 @@ def main(argv) -> None:
     if unknown:
         raise app.UsageError(f"--models: unknown {unknown}; choose from {sorted(MODELS)}")
     lengths = [int(x) for x in FLAGS.lengths]
-    device = jax.devices()[0]
-    dtype = "float32" if device.platform == "cpu" else "bfloat16"
-    print(f"{device.device_kind}, jax {jax.__version__}, {dtype}", flush=True)
+    device, dtype = device_and_dtype()
     results = [measure(name, lengths, dtype) for name in FLAGS.models]
     out = {"benchmark": "ragged_decode", "machine": machine(), "device": device.device_kind,
            "jax": jax.__version__, "dtype": dtype, "window": WINDOW, "sinks": SINKS,

@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import best_seconds, machine, write_result  # noqa: E402
+from common import best_seconds, device_and_dtype, machine, write_result  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ahn_jax.config import TrainConfig, make_config, validate_config  # noqa: E402
@@ -136,9 +136,7 @@ def main(argv) -> None:
     if unknown:
         raise app.UsageError(f"--models: unknown {unknown}; choose from {sorted(MODELS)}")
     lengths = [int(x) for x in FLAGS.lengths]
-    device = jax.devices()[0]
-    dtype = "float32" if device.platform == "cpu" else "bfloat16"
-    print(f"{device.device_kind}, jax {jax.__version__}, {dtype}", flush=True)
+    device, dtype = device_and_dtype()
     rows = []
     for name in FLAGS.models:
         for length in lengths:

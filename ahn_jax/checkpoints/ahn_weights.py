@@ -54,6 +54,11 @@ def is_ahn_tensor(name: str) -> bool:
     return _AHN_TENSOR.match(name) is not None
 
 
+def is_ahn_param(path: ParamPath) -> bool:
+    """Whether one of our parameter paths is an AHN weight (stacked under `layers.ahn`)."""
+    return path[:2] == ("layers", "ahn")
+
+
 def base_hf_config(hf: Mapping[str, Any]) -> dict[str, Any]:
     """The base model's config.json: an AHN-only or merged one without its AHN fields, a base one
     as it is. `sliding_window` goes with the AHN fields, as beside them it is AHN's W (Qwen2's own
@@ -239,7 +244,7 @@ def save_model_ahn(
     (which imports it: tests/test_architecture.py)."""
     config = model.config
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    params = {path: np.asarray(v) for path, v in flat.items() if path[:2] == ("layers", "ahn")}
+    params = {path: np.asarray(v) for path, v in flat.items() if is_ahn_param(path)}
     if config.ahn_type is None or not params:
         raise ConfigError(
             f"the model has no AHN weights to save to {directory} (ahn_type={config.ahn_type!r})"

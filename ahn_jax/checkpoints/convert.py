@@ -65,7 +65,7 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
         ahn_type, layers = found["ahn_type"], found["full_attention_layers"]
         ahn = {"ahn_type": ahn_type, "full_attention_layers": list(layers)}  # the marker's JSON
         ahn_config = config.replace(ahn_type=ahn_type, full_attention_layers=layers)
-        shapes = {p: s for p, s in param_shapes(ahn_config).items() if p[:2] == ("layers", "ahn")}
+        shapes = {p: s for p, s in param_shapes(ahn_config).items() if ahn_weights.is_ahn_param(p)}
         params = ahn_weights.load_ahn_weights(hf_dir, ahn_config, shapes, merged=True)
         pieces = itertools.chain(pieces, params.items())
     converted.save_params(
@@ -147,7 +147,7 @@ def orbax_to_ahn(
             )
         )
         for path, shape in param_shapes(config).items()
-        if path[:2] == ("layers", "ahn")
+        if ahn_weights.is_ahn_param(path)
     }
     return ahn_weights.save_ahn_weights(out, config, params, window=window, sinks=sinks)
 

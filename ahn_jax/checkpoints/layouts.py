@@ -36,23 +36,28 @@ def _require_empty(*directories: Path) -> None:
             raise FileExistsError(f"output directory {directory} exists and is not empty")
 
 
-def _check_tensors(
-    infos: Mapping[str, safetensors_io.TensorInfo], hf_config: Mapping[str, Any], source: Path
-) -> None:
-    """The tensors fit the model `hf_config` describes (with its AHN fields, when it has them):
-    one error names every missing, unexpected and mis-shaped tensor."""
+def _model_config(hf_config: Mapping[str, Any], ahn_settings=None):
+    """The ModelConfig a config.json describes, with the AHN `ahn_settings` name (as
+    `ahn_weights.read_ahn_settings` returns them)."""
     config = from_hf_config(hf_config)
-    if hf_config.get("_ahn_implementation") is not None:
-        found = ahn_weights.read_ahn_settings(source)
-        config = config.replace(
-            ahn_type=found["ahn_type"], full_attention_layers=found["full_attention_layers"]
-        )
+    if ahn_settings is None:
+        return config
+    return config.replace(
+        ahn_type=ahn_settings["ahn_type"],
+        full_attention_layers=ahn_settings["full_attention_layers"],
+    )
+
+
+def _check_tensors(infos, config, source: Path, *, base: bool = True) -> None:
+    """The tensors fit `config` — its base (with `base`) and its AHN weights, when it has them:
+    one error names every missing, unexpected and mis-shaped tensor."""
     shapes = param_shapes(config)
-    maps = hf_naming.tensor_maps(config, shapes)
+    maps = hf_naming.tensor_maps(config, shapes) if base else []
     if config.ahn_type is not None:
         maps += ahn_weights.ahn_tensor_maps(config, shapes)
     found_shapes = {name: info.shape for name, info in infos.items()}
-    hf_naming.check_fits(maps, found_shapes, tied=config.tie_word_embeddings, source=str(source))
+    tied = base and config.tie_word_embeddings
+    hf_naming.check_fits(maps, found_shapes, tied=tied, source=str(source))
 
 
 def _copy_plans(infos: Iterable[safetensors_io.TensorInfo]) -> list[safetensors_io.TensorPlan]:
@@ -115,7 +120,7 @@ def split(
         )
     _require_empty(base_out, ahn_out)
     infos = safetensors_io.tensor_index(merged_dir)
-    _check_tensors(infos, hf, merged_dir)
+    _check_tensors(infos, _model_config(hf, ahn_weights.read_ahn_settings(merged_dir)), merged_dir)
     ahn = [info for name, info in infos.items() if ahn_weights.is_ahn_tensor(name)]
     base = [info for name, info in infos.items() if not ahn_weights.is_ahn_tensor(name)]
     _write(base_out, _copy_plans(base), ahn_weights.base_hf_config(hf), max_shard_bytes)
@@ -156,20 +161,11 @@ def merge(
     _require_empty(out)
     base = safetensors_io.tensor_index(base_dir)
     ahn = safetensors_io.tensor_index(ahn_dir)
-    _check_tensors(base, base_hf, base_dir)
+    _check_tensors(base, _model_config(base_hf), base_dir)
     config = merged_hf_config(base_hf, settings["hf"])
-    _check_ahn_fits(ahn, config, settings, ahn_dir)
+    # the AHN tensors against the base's dimensions (the AHN config's could differ from them)
+    _check_tensors(ahn, _model_config(config, settings), ahn_dir, base=False)
     plans = _copy_plans(base.values()) + _copy_plans(ahn.values())
     _write(out, plans, config, max_shard_bytes)
     _copy_side_files(base_dir, out)
     return out
-
-
-def _check_ahn_fits(infos, merged_config: Mapping[str, Any], settings, ahn_dir: Path) -> None:
-    """The AHN tensors against the base's dimensions (the AHN config's could differ from them)."""
-    config = from_hf_config(merged_config).replace(
-        ahn_type=settings["ahn_type"], full_attention_layers=settings["full_attention_layers"]
-    )
-    maps = ahn_weights.ahn_tensor_maps(config, param_shapes(config))
-    found_shapes = {name: info.shape for name, info in infos.items()}
-    hf_naming.check_fits(maps, found_shapes, tied=False, source=str(ahn_dir))

@@ -127,8 +127,9 @@ def _restore_converted(path, config, flat_abstract, flat_shardings, ahn_path) ->
     they load; its AHN weights only when they are of the requested type and no `ahn_path` wins."""
     stored_ahn = converted.read_marker(path).get("ahn", {}).get("ahn_type")
     params = {}
+    skip_ahn = ahn_path is not None or stored_ahn != config.ahn_type
     for param_path, leaf in flat_abstract.items():
-        if _is_ahn(param_path) and (ahn_path is not None or stored_ahn != config.ahn_type):
+        if skip_ahn and ahn_weights.is_ahn_param(param_path):
             continue
         target = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=flat_shardings[param_path])
         params[param_path] = converted.restore_param(path, param_path, target)
@@ -178,7 +179,7 @@ def from_pretrained(
         # One device_put of the whole tree: on CPU it can alias the numpy buffers, a lower peak
         # than a put per parameter (docs/benchmarks.md, "Checkpoint conversion memory").
         params = dict(iter_hf_params(path, base_config, skip_ahn=is_merged(path)))
-    missing_ahn = [p for p in flat_abstract if _is_ahn(p) and p not in params]
+    missing_ahn = [p for p in flat_abstract if ahn_weights.is_ahn_param(p) and p not in params]
     source = ahn_path if ahn_path is not None else _merged_ahn_source(path, config)
     if missing_ahn and source is not None:
         shapes = {p: flat_abstract[p].shape for p in missing_ahn}
@@ -190,10 +191,6 @@ def from_pretrained(
     params = jax.device_put(params, {p: flat_shardings[p] for p in params})
     nnx.replace_by_pure_dict(abstract_state, traverse_util.unflatten_dict(params))
     return nnx.merge(graphdef, abstract_state)
-
-
-def _is_ahn(param_path: ParamPath) -> bool:
-    return param_path[:2] == ("layers", "ahn")
 
 
 def init_ahn_weights(config: ModelConfig, seed: int, output_init: str) -> dict:

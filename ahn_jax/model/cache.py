@@ -161,11 +161,10 @@ def extend_plan(
     key_pos = jnp.concatenate([slot_pos, positions], axis=1)[:, None, :]
     key_filled = jnp.concatenate([slot_pos >= 0, jnp.ones((B, num_new), bool)], 1)[:, None, :]
     q_pos = positions[:, :, None]
+    # the reference's decode also sees t - W (a window of W + 1), less its dropped entry
+    seen = visible(q_pos, key_pos, W + 1 if reference else W, S)
     if reference:
-        seen = (key_pos <= q_pos) & ((key_pos < S) | (key_pos >= q_pos - W))
         seen &= key_pos != reference_dropped_position(q_pos, W, S)
-    else:
-        seen = visible(q_pos, key_pos, W, S)
     evicted = positions - W
     in_cache = slot_of(jnp.maximum(evicted, 0), S, W)
     evict_index = jnp.where(evicted < t0, in_cache, capacity + evicted - t0)

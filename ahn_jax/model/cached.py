@@ -58,9 +58,10 @@ def _index(tree, i):
     return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), tree)
 
 
-def _write(arrays: dict, writes: dict, layer, slot_BP) -> dict:
-    """`arrays` (stacked over a group's layers) with one layer's writes: the new tokens' items at
-    their slots (a slot of C drops the item), the state whole."""
+def _write(arrays: dict, writes: dict, slot_BP, layer=slice(None)) -> dict:
+    """`arrays` (stacked over a group's layers) with the writes of `layer` (an index), or of every
+    layer (writes stacked [L, B, P, ...]): the new tokens' items at their slots (a slot of C drops
+    the item) and, where the group has a memory, its state."""
     rows = jnp.arange(slot_BP.shape[0])[:, None]
 
     def scatter(stacked, new):
@@ -69,22 +70,7 @@ def _write(arrays: dict, writes: dict, layer, slot_BP) -> dict:
     out = {name: scatter(arrays[name], writes[name]) for name in ("k", "v")}
     if "gates" in arrays:
         out["gates"] = {n: scatter(g, writes["gates"][n]) for n, g in arrays["gates"].items()}
-        out["state"] = jax.lax.dynamic_update_index_in_dim(
-            arrays["state"], writes["state"], layer, 0
-        )
-    return out
-
-
-def _write_all(arrays: dict, writes: dict, slot_BP) -> dict:
-    """`_write` for every layer at once: writes stacked over the layers [L, B, P, ...]."""
-    rows = jnp.arange(slot_BP.shape[0])[:, None]
-
-    def scatter(stacked, new):
-        return stacked.at[:, rows, slot_BP].set(new.astype(stacked.dtype), mode="drop")
-
-    out = {name: scatter(arrays[name], writes[name]) for name in ("k", "v")}
-    out["gates"] = {n: scatter(g, writes["gates"][n]) for n, g in arrays["gates"].items()}
-    out["state"] = writes["state"]
+        out["state"] = arrays["state"].at[layer].set(writes["state"])
     return out
 
 
@@ -100,7 +86,7 @@ def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
             return layer.with_cache(x, cos, sin, arrays, plan, cache.mode)
 
         x, writes = jax.lax.scan(read_layer, x, (model.layers, cache.layer_arrays()))
-        return x, _write_all(cache.layer_arrays(), writes, plan.write_slot), full
+        return x, _write(cache.layer_arrays(), writes, plan.write_slot), full
     L = model.config.num_layers
     is_full = np.isin(np.arange(L), cache.full_layers)
     group_index = np.where(is_full, np.cumsum(is_full) - 1, np.cumsum(~is_full) - 1)
@@ -108,13 +94,13 @@ def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
     def window_layer(layer, g, carry):
         x, arrays, full = carry
         x, writes = layer.with_cache(x, cos, sin, _index(arrays, g), plan, cache.mode)
-        return x, _write(arrays, writes, g, plan.write_slot), full
+        return x, _write(arrays, writes, plan.write_slot, g), full
 
     def full_layer(layer, g, carry):
         x, arrays, full = carry
         own = {**_index(full, g), "gates": {}, "state": jnp.zeros(())}
         x, writes = layer.with_cache(x, cos, sin, own, full_plan, "full")  # no memory there
-        return x, arrays, _write(full, writes, g, full_plan.write_slot)
+        return x, arrays, _write(full, writes, full_plan.write_slot, g)
 
     def layer_step(carry, inputs):
         layer, full_here, g = inputs

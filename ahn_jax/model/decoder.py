@@ -26,14 +26,6 @@ def _gather_rows(x, index_BT):
     return jax.vmap(lambda row, index: jnp.take(row, index, axis=0))(x, index_BT)
 
 
-def _gather_split(cached, new, index_BT):
-    """Row b of `cached [B, C, ...] ++ new [B, P, ...]` at index_BT[b], without joining them."""
-    C = cached.shape[1]
-    from_cache = _gather_rows(cached, jnp.clip(index_BT, 0, C - 1))
-    from_new = _gather_rows(new, jnp.clip(index_BT - C, 0, new.shape[1] - 1))
-    return _masked_where(index_BT < C, from_cache) + _masked_where(index_BT >= C, from_new)
-
-
 class DecoderLayer(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs, ahn_output_init: str = "zeros"):
         self.input_norm = layers.RMSNorm(config.hidden_size, config)
@@ -103,22 +95,23 @@ class DecoderLayer(nnx.Module):
         (`plan.write_slot`), and the memory's new state."""
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
         k, v = k.astype(arrays["k"].dtype), v.astype(arrays["v"].dtype)
-        # cache ++ new keys in one array: scoring the two blocks apart (no copy of the cache)
-        # made XLA:CPU abort with std::bad_alloc under the deadlock workaround flags (jax 0.10.2)
+        # cache ++ new keys in one array, which the evicted items are also gathered from (scoring
+        # the two blocks apart, without the copy, made XLA:CPU abort with std::bad_alloc under the
+        # deadlock workaround flags, jax 0.10.2)
+        k_all = jnp.concatenate([arrays["k"], k], axis=1)
+        v_all = jnp.concatenate([arrays["v"], v], axis=1)
         attn = window_attention.masked_attention(
-            q,
-            jnp.concatenate([arrays["k"], k], axis=1).astype(q.dtype),
-            jnp.concatenate([arrays["v"], v], axis=1).astype(q.dtype),
-            plan.mask,
+            q, k_all.astype(q.dtype), v_all.astype(q.dtype), plan.mask
         )
         writes = {"k": k, "v": v, "gates": {}, "state": arrays["state"]}
         if mode == "ahn":
             writes["gates"] = self.ahn.write_gates(h)
-            cached = (arrays["k"], arrays["v"], arrays["gates"])
+            gates_all = {
+                n: jnp.concatenate([arrays["gates"][n], g], axis=1)
+                for n, g in writes["gates"].items()
+            }
             evicted = jax.tree.map(
-                lambda old, new: _gather_split(old, new, plan.evict_index),
-                cached,
-                (k, v, writes["gates"]),
+                lambda x: _gather_rows(x, plan.evict_index), (k_all, v_all, gates_all)
             )
             y, writes["state"] = self._read_memory(
                 h,
