@@ -62,3 +62,12 @@ def device_and_dtype():
     dtype = "float32" if device.platform == "cpu" else "bfloat16"
     print(f"{device.device_kind}, jax {jax.__version__}, {dtype}", flush=True)
     return device, dtype
+
+
+def check_known(flag: str, given, known) -> None:
+    """A usage error naming `--flag` when a comma-list flag holds names outside `known`."""
+    from absl import app
+
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        raise app.UsageError(f"--{flag}: unknown {unknown}; choose from {sorted(known)}")

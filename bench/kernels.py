@@ -31,7 +31,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import best_seconds, machine, write_result  # noqa: E402
+from common import best_seconds, check_known, machine, write_result  # noqa: E402
 
 from kernels.delta_rule import delta_rule, gated_delta_rule  # noqa: E402
 from kernels.ssd import ssd  # noqa: E402
@@ -217,9 +217,7 @@ def table(rows: list[dict], peak: float) -> str:
 def main(argv) -> None:
     del argv
     lengths = [int(x) for x in FLAGS.lengths]
-    unknown = [op for op in FLAGS.ops if op not in OPS]
-    if unknown:
-        raise app.UsageError(f"--ops: unknown {unknown}; choose from {OPS}")
+    check_known("ops", FLAGS.ops, OPS)
     peak = matmul_gflops(FLAGS.repeats, FLAGS.precision)
     device = jax.devices()[0]
     print(

@@ -39,7 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import device_and_dtype, machine, write_result  # noqa: E402
+from common import check_known, device_and_dtype, machine, write_result  # noqa: E402
 from flax import nnx  # noqa: E402
 from train_step import MODELS  # noqa: E402
 
@@ -198,9 +198,7 @@ def measure(name: str, lengths: list[int], dtype: str) -> dict:
 
 def main(argv) -> None:
     del argv
-    unknown = [name for name in FLAGS.models if name not in MODELS]
-    if unknown:
-        raise app.UsageError(f"--models: unknown {unknown}; choose from {sorted(MODELS)}")
+    check_known("models", FLAGS.models, MODELS)
     lengths = [int(x) for x in FLAGS.lengths]
     device, dtype = device_and_dtype()
     results = [measure(name, lengths, dtype) for name in FLAGS.models]

@@ -28,6 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import app, flags  # noqa: E402
+from common import check_known  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ahn_jax.config import ModelConfig  # noqa: E402
@@ -150,9 +151,7 @@ def run(name, tokens, eval_every, all_texts, synthetic=False):
 
 def main(argv):
     del argv
-    unknown = [name for name in FLAGS.configs if name not in CONFIGS]
-    if unknown:
-        raise app.UsageError(f"--configs: unknown {unknown}; choose from {list(CONFIGS)}")
+    check_known("configs", FLAGS.configs, CONFIGS)
     print(f"device: {jax.devices()[0].device_kind}; ln 26 = {math.log(26):.3f}", flush=True)
     all_texts = texts()
     results = {}

@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import best_seconds, device_and_dtype, machine, write_result  # noqa: E402
+from common import best_seconds, check_known, device_and_dtype, machine, write_result  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ahn_jax.config import TrainConfig, make_config, validate_config  # noqa: E402
@@ -132,9 +132,7 @@ def per_row_ratio(train, model, batch) -> float:
 
 def main(argv) -> None:
     del argv
-    unknown = [name for name in FLAGS.models if name not in MODELS]
-    if unknown:
-        raise app.UsageError(f"--models: unknown {unknown}; choose from {sorted(MODELS)}")
+    check_known("models", FLAGS.models, MODELS)
     lengths = [int(x) for x in FLAGS.lengths]
     device, dtype = device_and_dtype()
     rows = []
