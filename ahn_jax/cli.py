@@ -16,6 +16,13 @@ def define_config_flag(default: str | None = None) -> None:
     config_flags.DEFINE_config_file("config", default, "config file", lock_config=False)
 
 
+def define_kernels_flag(choices) -> None:
+    """`--kernels`: the model's kernels (`ModelConfig.kernels`, ahn_jax/model/kernel_choice.py),
+    one of `choices` (config.KERNELS, passed in: this module imports nothing of ours)."""
+    help_text = "prefill's kernels: auto (Pallas on TPU, XLA elsewhere), xla or pallas"
+    flags.DEFINE_enum("kernels", "auto", list(choices), help_text)
+
+
 def config():
     """The parsed `--config` (None when not given and no default)."""
     return flags.FLAGS["config"].value

@@ -1,8 +1,10 @@
-"""`python -m ahn_jax.compile_check`: Compile the train step for a TPU topology from a CPU host
-(ahn_jax/training/compile_check.py).
+"""`python -m ahn_jax.compile_check`: Compile the train step or the decode step for a TPU
+topology from a CPU host (ahn_jax/training/compile_check.py).
 
   python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5p-8 \\
-      [--mesh=fsdp=4] [--seq_len=24576] [--batch_size=4] [--json]
+      [--kernels=pallas|xla] [--mesh=fsdp=4] [--seq_len=24576] [--batch_size=4] [--json]
+  python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5e-8 \\
+      --step=decode --batch_size=16 [--window=32640] [--sinks=128]
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from absl import app, flags
 
 from ahn_jax import cli, xla_cpu
-from ahn_jax.config import ConfigError
+from ahn_jax.config import KERNELS, ConfigError
 from ahn_jax.training import compile_check
 
 FLAGS = flags.FLAGS
@@ -27,6 +29,13 @@ def define_flags() -> None:
                         "else fsdp over every chip)")  # fmt: skip
     flags.DEFINE_integer("seq_len", None, "tokens per sequence (default: train.seq_len)")
     flags.DEFINE_integer("batch_size", None, "global batch (default: train.batch_size)")
+    flags.DEFINE_enum("step", "train", ["train", "decode"], "which step to compile")
+    flags.DEFINE_enum("kernels", None, list(KERNELS),
+                      "the forward's kernels (default: the config's model.kernels; 'auto' = "
+                      "Pallas on TPU)")  # fmt: skip
+    flags.DEFINE_integer("window", 32640, "decode: the cache's window W")
+    flags.DEFINE_integer("sinks", 128, "decode: the cache's sinks S")
+    flags.DEFINE_integer("max_length", None, "decode: positions of layers kept as full attention")
     flags.DEFINE_bool("json", False, "print one JSON object")
 
 
@@ -35,9 +44,16 @@ def main(argv) -> None:
     if cli.config() is None:
         raise app.UsageError("--config=configs/<name>.py is required")
     try:
-        report = compile_check.check(
-            cli.config(), FLAGS.topology, FLAGS.mesh, FLAGS.seq_len, FLAGS.batch_size
-        )
+        if FLAGS.step == "decode":
+            report = compile_check.check_decode(
+                cli.config(), FLAGS.topology, FLAGS.mesh, FLAGS.batch_size or 1,
+                FLAGS.window, FLAGS.sinks, FLAGS.max_length,
+            )  # fmt: skip
+        else:
+            report = compile_check.check(
+                cli.config(), FLAGS.topology, FLAGS.mesh, FLAGS.seq_len, FLAGS.batch_size,
+                FLAGS.kernels,
+            )  # fmt: skip
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -33,8 +33,8 @@ from absl import app, flags
 
 from ahn_jax import xla_cpu
 from ahn_jax.checkpoints.pretrained import from_pretrained
-from ahn_jax.cli import default_dtype
-from ahn_jax.config import MODES
+from ahn_jax.cli import default_dtype, define_kernels_flag
+from ahn_jax.config import KERNELS, MODES
 from ahn_jax.evaluation import report, ruler, tasks
 from ahn_jax.evaluation.perplexity import run_perplexity
 from ahn_jax.evaluation.results import (
@@ -66,6 +66,7 @@ SETTING_FLAGS = ("model", "ahn", "mode", "window", "sinks", "max_length", "max_n
 def define_flags() -> None:
     flags.DEFINE_string("model", None, "base model: HF directory or ahn_jax checkpoint")
     flags.DEFINE_string("ahn", None, "AHN-only weights directory (reference layout)")
+    define_kernels_flag(KERNELS)
     flags.DEFINE_enum("task", None, TASKS, "what to evaluate")
     flags.DEFINE_list("data", [], "JSONL file(s) or directories of them (not passkey, niah_*)")
     flags.DEFINE_string("dataset", None, "dataset name for every file (default: record or file)")
@@ -105,7 +106,9 @@ def main(argv) -> None:
         if getattr(FLAGS, name) is None:
             raise app.UsageError(f"--{name} is required")
     dtype = FLAGS.dtype or default_dtype()
-    model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=jnp.dtype(dtype))
+    model = from_pretrained(
+        FLAGS.model, ahn_path=FLAGS.ahn, dtype=jnp.dtype(dtype), kernels=FLAGS.kernels
+    )
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
     values = {name: FLAGS[name].value for name in SETTING_FLAGS}
     settings = resolve_settings(model.config, FLAGS.task, **{**values, "dtype": dtype})

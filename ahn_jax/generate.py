@@ -22,7 +22,7 @@ from absl import app, flags
 
 from ahn_jax import cli, xla_cpu
 from ahn_jax.checkpoints.pretrained import from_pretrained
-from ahn_jax.config import MODES
+from ahn_jax.config import KERNELS, MODES
 from ahn_jax.inference import generate as generate_lib
 from ahn_jax.inference import generation_config
 from ahn_jax.model.cache import DECODES
@@ -35,6 +35,7 @@ def define_flags() -> None:
     nothing."""
     flags.DEFINE_string("model", None, "base model: HF directory or ahn_jax checkpoint")
     flags.DEFINE_string("ahn", None, "AHN-only weights directory (reference layout)")
+    cli.define_kernels_flag(KERNELS)
     flags.DEFINE_string("prompt", None, "prompt text")
     flags.DEFINE_string("prompt_file", None, "file whose whole text is the prompt")
     flags.DEFINE_string("jsonl", None, 'JSONL of {"prompt": ...} or {"messages": [...]}')
@@ -95,7 +96,7 @@ def main(argv) -> None:
         raise app.UsageError("give --model and exactly one of --prompt, --prompt_file, --jsonl")
     generation = generation_settings(FLAGS.model)
     dtype = jnp.dtype(FLAGS.dtype or cli.default_dtype())
-    model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=dtype)
+    model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=dtype, kernels=FLAGS.kernels)
     mode = FLAGS.mode or ("ahn" if model.config.ahn_type else "full")
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
     settings = dict(

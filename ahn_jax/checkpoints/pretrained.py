@@ -146,6 +146,7 @@ def from_pretrained(
     dtype=jnp.float32,
     compute_dtype=None,
     remat_policy: str = "none",
+    kernels: str = "auto",
     mesh: jax.sharding.Mesh | None = None,
     rules=DEFAULT_RULES,
 ) -> AhnModel:
@@ -158,8 +159,9 @@ def from_pretrained(
     AHN tensors together, as the reference's merge_weights.py writes) that holds AHN weights
     brings them, unless `ahn_path` is given or `ahn_type` names another type.
     `dtype` is the base parameter dtype (AHN weights stay fp32), `compute_dtype` that of
-    activations (defaults to `dtype`). With `mesh`, parameters are placed sharded by the
-    logical-axis `rules` as they load.
+    activations (defaults to `dtype`). `kernels` picks the forward's kernels ("auto": Pallas on
+    TPU, XLA elsewhere; "xla"; "pallas", interpreted off TPU; docs/kernels.md). With `mesh`,
+    parameters are placed sharded by the logical-axis `rules` as they load.
     """
     path = Path(path)
     base_config = from_hf_config(
@@ -167,6 +169,7 @@ def from_pretrained(
         param_dtype=_dtype_name(dtype),
         dtype=_dtype_name(compute_dtype if compute_dtype is not None else dtype),
         remat_policy=remat_policy,
+        kernels=kernels,
     )
     ahn_settings = _ahn_settings(path, ahn_type, ahn_path)
     config = base_config.replace(**ahn_settings)

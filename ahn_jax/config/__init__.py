@@ -4,6 +4,7 @@ from ahn_jax.config.files import load_config_file, make_config, validate_config
 from ahn_jax.config.model import (
     AHN_TYPES,
     DTYPES,
+    KERNELS,
     MODES,
     QWEN25_DEFAULTS,
     REMAT_POLICIES,
@@ -26,6 +27,7 @@ __all__ = [
     "DATA_DEFAULTS",
     "DATA_FORMATS",
     "DTYPES",
+    "KERNELS",
     "MODES",
     "QWEN25_DEFAULTS",
     "REMAT_POLICIES",

@@ -18,6 +18,9 @@ AHN_TYPES = ("gdn", "dn", "mamba2")
 # "full": causal attention (the teacher, plain Qwen2); "swa": S sinks + a window of W keys; "ahn":
 # swa plus the memory of every evicted token (docs/method.md §Method)
 MODES = ("full", "swa", "ahn")
+# which kernels the parallel forward and prefill run (ahn_jax/model/kernel_choice.py): "auto" =
+# Pallas on TPU, XLA elsewhere; "pallas" off TPU runs the kernels in interpret mode
+KERNELS = ("auto", "xla", "pallas")
 
 
 class ConfigError(ValueError):
@@ -104,6 +107,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat_policy: str = "none"
+    kernels: str = "auto"
     ahn_type: str | None = None  # None: a plain Qwen2 model without AHN weights
     full_attention_layers: tuple[int, ...] = ()  # layers kept as full attention in every mode
     rope_scaling: YarnScaling | None = None  # None: plain RoPE
@@ -142,6 +146,8 @@ class ModelConfig:
             raise ConfigError(
                 f"model.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"
             )
+        if self.kernels not in KERNELS:
+            raise ConfigError(f"model.kernels must be one of {KERNELS}, got {self.kernels!r}")
         if self.ahn_type is not None and self.ahn_type not in AHN_TYPES:
             raise ConfigError(f"ahn.type must be one of {AHN_TYPES}, got {self.ahn_type!r}")
         if isinstance(self.rope_scaling, Mapping):  # from a config file or `to_dict`

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ahn_jax.config import ModelConfig
-from ahn_jax.model import layers, memory
+from ahn_jax.model import kernel_choice, layers, memory
 from kernels import window_attention
 
 
@@ -32,6 +32,7 @@ class DecoderLayer(nnx.Module):
         self.attn = layers.AttentionProjections(config, rngs)
         self.post_attn_norm = layers.RMSNorm(config.hidden_size, config)
         self.mlp = layers.SwiGLU(config, rngs)
+        self.kernels = config.kernels  # resolved when traced: kernel_choice.resolve
         if config.ahn_type is not None:
             self.ahn = memory.make_memory(config, rngs, ahn_output_init)
 
@@ -51,13 +52,34 @@ class DecoderLayer(nnx.Module):
         (AHN output included), which the per-layer `distill` loss compares."""
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
         if mode == "full":
-            attn = window_attention.causal_attention(q, k, v)
+            attn = self._attention(q, k, v, None, 0)
         else:
-            attn = window_attention.causal_attention(q, k, v, window=window, sinks=sinks)
+            attn = self._attention(q, k, v, window, sinks)
         if mode == "ahn":
             attn = attn + self.memory(h, q, k, v, window, sinks)
         out = self._finish(x_BTD, attn)
         return (out, attn) if with_attention else out
+
+    def _attention(self, q_BTNH, k_BTKH, v_BTKH, window, sinks):
+        """Causal attention (`window` None) or sinks + window, each a scalar or int32 [B]."""
+        impl = kernel_choice.resolve(self.kernels).attention
+        if impl != "pallas":
+            return window_attention.causal_attention(
+                q_BTNH, k_BTKH, v_BTKH, window=window, sinks=sinks, impl=impl
+            )
+        B = q_BTNH.shape[0]
+        per_row = None if window is None else window_attention.per_row(window, B)
+        sinks_B = window_attention.per_row(sinks, B, "sinks")
+
+        def run(q, k, v, window_B, sinks_B):
+            return window_attention.causal_attention(
+                q, k, v, window=window_B, sinks=sinks_B, impl="pallas"
+            )
+
+        return kernel_choice.per_shard(
+            run, (q_BTNH, k_BTKH, v_BTKH, per_row, sinks_B), ("BTNH", "BTNH", "BTNH", "B", "B"),
+            "BTNH", head_counts=(q_BTNH.shape[2], k_BTKH.shape[2]),
+        )  # fmt: skip
 
     def memory(self, h_BTD, q_BTNH, k_BTKH, v_BTKH, window, sinks):
         """The AHN output [B, T, N, H] of the parallel forward. The memory runs over all T
@@ -72,7 +94,12 @@ class DecoderLayer(nnx.Module):
         sources = (k_BTKH, v_BTKH, self.ahn.write_gates(h_BTD))
         evicted = jax.tree.map(lambda x: _gather_rows(x, evict_BT), sources)
         y, _ = self._read_memory(
-            h_BTD, q_BTNH, evicted, t - window_B1 >= sinks_B1, state=None, impl="chunked"
+            h_BTD,
+            q_BTNH,
+            evicted,
+            t - window_B1 >= sinks_B1,
+            state=None,
+            impl=kernel_choice.resolve(self.kernels).recurrence,
         )
         return y
 
@@ -119,7 +146,9 @@ class DecoderLayer(nnx.Module):
                 evicted,
                 plan.evicting,
                 state=arrays["state"],
-                impl=memory.recurrence_impl(q.shape[1]),
+                impl=memory.recurrence_impl(
+                    q.shape[1], kernel_choice.resolve(self.kernels).recurrence
+                ),
             )
             attn = attn + y
         return self._finish(x_BTD, attn), writes

@@ -19,6 +19,7 @@ the base model's dtype. Parameter names follow the reference (`model.layers.{i}.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ahn_jax.config import ModelConfig
+from ahn_jax.model.kernel_choice import per_shard
 from kernels import delta_rule, ssd
 
 INIT_STDDEV = 0.02  # HF `_init_weights` for the gate projections (docs/method.md §Variants)
@@ -102,17 +104,8 @@ class DeltaMemory(nnx.Module):
 
     def recurrence(self, q, k, v, gates, state, impl):
         g = gates["log_alpha"] if self.gated else jnp.zeros_like(gates["beta"])
-        return delta_rule.gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            gates["beta"],
-            initial_state=state,
-            output_final_state=True,
-            use_qk_l2norm=True,
-            impl=impl,
-        )
+        run = functools.partial(_delta_rule, impl=impl)
+        return _kernel_call(run, impl, (q, k, v, g, gates["beta"], state), "BTNH BTNH BTNH BTN BTN")
 
     def output(self, o_BTNH, xn_BTD):
         gamma = _linear(xn_BTD, self.g_proj)[..., None]  # one scalar per head
@@ -143,22 +136,37 @@ class Mamba2Memory(nnx.Module):
             x = x.astype(jnp.float32)
             return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
-        return ssd.ssd(
-            v,
-            gates["dt"],
-            -jnp.exp(self.A_log[...]),
-            normalize(k),
-            normalize(q),
-            initial_state=state,
-            output_final_state=True,
-            impl=impl,
-        )
+        A = -jnp.exp(self.A_log[...])
+        run = functools.partial(_ssd, impl=impl)
+        return _kernel_call(run, impl, (v, gates["dt"], A, normalize(k), normalize(q), state),
+                            "BTNH BTN N BTNH BTNH")  # fmt: skip
 
     def output(self, o_BTNH, xn_BTD):
         z = _linear(xn_BTD, self.g_proj) + self.g_proj_bias[...]
         gated = o_BTNH.astype(jnp.float32) * jax.nn.silu(z)[..., None]
         y = _rms_normalize(gated, (-2, -1)) * self.norm[...]  # one group over all N * H
         return _group_linear(y, self.o_proj, xn_BTD.dtype)
+
+
+def _delta_rule(q, k, v, g, beta, state, *, impl):
+    return delta_rule.gated_delta_rule(
+        q, k, v, g, beta, initial_state=state, output_final_state=True, use_qk_l2norm=True,
+        impl=impl,
+    )  # fmt: skip
+
+
+def _ssd(x, dt, A, B, C, state, *, impl):
+    return ssd.ssd(x, dt, A, B, C, initial_state=state, output_final_state=True, impl=impl)
+
+
+def _kernel_call(run, impl, args, layouts):
+    """`run(*args)`, the last argument the initial state [B, N, H, E] or None. A Pallas kernel
+    runs per shard under a mesh (ahn_jax/model/kernel_choice.py); XLA's forms are partitioned
+    by XLA itself."""
+    if impl != "pallas":
+        return run(*args)
+    heads = args[0].shape[2]
+    return per_shard(run, args, (*layouts.split(), "BNHE"), ("BTNH", "BNHE"), head_counts=(heads,))
 
 
 def make_memory(config: ModelConfig, rngs: nnx.Rngs, output_init: str = "zeros"):
@@ -171,10 +179,10 @@ def gate_names(ahn_type: str) -> tuple[str, ...]:
     return {"gdn": ("beta", "log_alpha"), "dn": ("beta",), "mamba2": ("dt",)}[ahn_type]
 
 
-def recurrence_impl(num_items: int) -> str:
-    """The reference's switch (docs/method.md §Variants): token by token for short inputs,
-    chunked beyond."""
-    return "recurrent" if num_items <= 64 else "chunked"
+def recurrence_impl(num_items: int, chunked: str = "chunked") -> str:
+    """The reference's switch (docs/method.md §Variants): token by token for short inputs, the
+    `chunked` form (the kernel choice's, ahn_jax/model/kernel_choice.py) beyond."""
+    return "recurrent" if num_items <= 64 else chunked
 
 
 def repeat_kv(x_BTKH, num_heads):

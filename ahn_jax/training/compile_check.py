@@ -1,17 +1,27 @@
-"""Will the train step fit? Compile it ahead of time for a TPU topology, from a CPU host.
+"""Will the train step (or the decode step) fit? Compile it ahead of time for a TPU topology,
+from a CPU host.
 
   python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5p-8 \
-      [--mesh=fsdp=4] [--seq_len=24576] [--batch_size=4] [--json]
+      [--kernels=pallas|xla] [--mesh=fsdp=4] [--seq_len=24576] [--batch_size=4] [--json]
+  python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5e-8 --step=decode \
+      --batch_size=16 [--window=32640 --sinks=128]
 
 Needs `jax[tpu]`'s libtpu (the `tpu` or `test` extra) and JAX_PLATFORMS=cpu; nothing runs on a TPU.
 The whole jitted step of `ahn_jax.train` (teacher and student forwards, KL loss, backward, AdamW) is
 lowered with abstract, sharded inputs (frozen weights in the config's dtype, AHN weights and
 optimizer state in fp32) and compiled by XLA:TPU for the topology's chips; the report is XLA's own
 per-device memory analysis against the chip's HBM. An HBM overflow is a compile error, reported as
-"does not fit". What this cannot tell: speed and numerics (nothing executes), and host-side memory.
+"does not fit". Pallas kernels are lowered through Mosaic for real (`kernels`: "pallas", "xla" or
+"auto" = Pallas for a TPU; ahn_jax/model/kernel_choice.py), so their tiling and VMEM use are checked
+too. The decode step compiles one token per row against a full cache of S + W slots, the cache
+split over the mesh by rows. What this cannot tell: speed and numerics (nothing executes), and
+host-side memory.
 """
 
 from __future__ import annotations
+
+import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +30,16 @@ from flax import nnx
 from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ahn_jax.config import ConfigError, TrainConfig, validate_config
+from ahn_jax.config import KERNELS, ConfigError, TrainConfig, validate_config
+from ahn_jax.model import kernel_choice
+from ahn_jax.model.cache import DecodeCache
 from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.sharding import MeshError, make_mesh, partition_spec, state_shardings
-from ahn_jax.model.transformer import abstract_model
+from ahn_jax.model.transformer import abstract_model, decode_step
 from ahn_jax.training.distributed import parse_mesh
 from ahn_jax.training.optimizer import optimizer_for
 from ahn_jax.training.step import make_train_step
+from kernels.common import pallas_mode
 
 # Cloud TPU names -> the topology descriptions libtpu accepts (it takes e.g. "v5p:2x2x1", not
 # "v5p-8"; launch/README.md).
@@ -65,25 +78,71 @@ def _abstract(tree, shardings):
     )
 
 
-def check(config, topology: str, mesh_spec: str = "", seq_len=None, batch_size=None) -> dict:
-    """Compile the train step of a config ConfigDict for `topology`; XLA's per-device memory
-    figures and the verdict. `mesh_spec`, `seq_len` and `batch_size` default to the config's."""
-    model_config = validate_config(config)
-    t = TrainConfig.from_dict(config.train.to_dict())
-    seq_len = seq_len or t.seq_len
-    batch_size = batch_size or t.batch_size
+def _mesh(topology: str, mesh_spec: str, default_spec: str | None):
     description, devices = topology_devices(topology)
-    mesh_spec = mesh_spec or t.mesh or f"fsdp={len(devices)}"
+    mesh_spec = mesh_spec or default_spec or f"fsdp={len(devices)}"
     try:
-        mesh = make_mesh(parse_mesh(mesh_spec), devices)
+        return description, devices, make_mesh(parse_mesh(mesh_spec), devices)
     except MeshError as e:
         raise ConfigError(f"mesh {mesh_spec!r} on {topology}: {e}") from e
 
-    graphdef, trainable, frozen = nnx.split(abstract_model(model_config), AhnParam, ...)
+
+def _base_report(step, topology, description, devices, mesh, model_config, kernels) -> dict:
+    generation = description.split(":")[0]
+    return {
+        "step": step,
+        "topology": topology,
+        "description": description,
+        "chips": len(devices),
+        "device_kind": devices[0].device_kind,
+        "mesh": dict(mesh.shape),
+        "param_dtype": model_config.param_dtype,
+        **kernel_choice.describe(kernels, "tpu"),
+        "hbm_bytes_per_chip": HBM_BYTES.get(generation),
+    }
+
+
+def _compile(lowered, report: dict) -> dict:
+    """Compile `lowered` and complete `report` with XLA's figures and the verdict."""
+    start = time.perf_counter()
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # noqa: BLE001 - XLA:TPU reports HBM overflow as a compile error
+        if "memory" not in str(e).lower():
+            raise
+        report.update(fits=False, error=str(e).splitlines()[0][:500])
+        return report
+    report["compile_seconds"] = round(time.perf_counter() - start, 1)
+    report.update(_memory_and_flops(compiled))
+    hbm = report["hbm_bytes_per_chip"]
+    report["fits"] = hbm is None or report["peak_bytes_per_chip"] <= hbm
+    return report
+
+
+def check(
+    config, topology: str, mesh_spec: str = "", seq_len=None, batch_size=None, kernels=None
+) -> dict:
+    """Compile the train step of a config ConfigDict for `topology`; XLA's per-device memory
+    figures and the verdict. `mesh_spec`, `seq_len`, `batch_size` and `kernels` default to the
+    config's."""
+    model_config = validate_config(config)
+    if kernels is not None:
+        model_config = _with_kernels(model_config, kernels)
+    t = TrainConfig.from_dict(config.train.to_dict())
+    seq_len = seq_len or t.seq_len
+    batch_size = batch_size or t.batch_size
+    description, devices, mesh = _mesh(topology, mesh_spec, t.mesh)
+
+    # distillation trains the AHN weights; "pretrain" (the full-attention baseline: the same base,
+    # no AHN, every weight trained by next-token CE) trains every weight
+    trained = AhnParam
+    if t.objective == "pretrain":
+        trained, model_config = nnx.Param, model_config.replace(ahn_type=None)
+    graphdef, trainable, frozen = nnx.split(abstract_model(model_config), trained, ...)
     trainable = _abstract(trainable, state_shardings(trainable, mesh))
     frozen = _abstract(frozen, state_shardings(frozen, mesh))
     tx, schedule = optimizer_for(t)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), pallas_mode.compiled_for_tpu():
         # the optimizer state's placement is what tx.init gives the sharded AHN weights
         init = jax.jit(tx.init).lower(trainable).compile()
         opt_state = _abstract(jax.eval_shape(tx.init, trainable), init.output_shardings)
@@ -98,30 +157,88 @@ def check(config, topology: str, mesh_spec: str = "", seq_len=None, batch_size=N
         scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
         step = make_train_step(graphdef, tx, schedule, t)
         lowered = step.lower(trainable, opt_state, frozen, batch, scalar)
-        report = {
-            "topology": topology,
-            "description": description,
-            "chips": len(devices),
-            "device_kind": devices[0].device_kind,
-            "mesh": dict(mesh.shape),
-            "seq_len": seq_len,
-            "batch_size": batch_size,
-            "micro_batches": t.micro_batches,
-            "param_dtype": model_config.param_dtype,
-        }
-        generation = description.split(":")[0]
-        hbm = HBM_BYTES.get(generation)
-        report["hbm_bytes_per_chip"] = hbm
-        try:
-            compiled = lowered.compile()
-        except Exception as e:  # noqa: BLE001 - XLA:TPU reports HBM overflow as a compile error
-            if "memory" not in str(e).lower():
-                raise
-            report.update(fits=False, error=str(e).splitlines()[0][:500])
-            return report
-    report.update(_memory_and_flops(compiled))
-    report["fits"] = hbm is None or report["peak_bytes_per_chip"] <= hbm
-    return report
+        report = _base_report(
+            "train", topology, description, devices, mesh, model_config, model_config.kernels
+        )
+        report.update(seq_len=seq_len, batch_size=batch_size, micro_batches=t.micro_batches,
+                      objective=t.objective)  # fmt: skip
+        return _compile(lowered, report)
+
+
+def _with_kernels(model_config, kernels: str):
+    if kernels not in KERNELS:
+        raise ConfigError(f"--kernels must be one of {KERNELS}, got {kernels!r}")
+    return model_config.replace(kernels=kernels)
+
+
+# Each cache array's logical axes (ahn_jax/model/cache.py): rows split over the mesh like a batch
+_CACHE_AXES = {
+    "k": ("layers", "batch", "length", "kv_heads", "head_dim"),
+    "gates": ("layers", "batch", "length", "heads"),
+    "state": ("layers", "batch", "heads", "head_dim", None),
+    "slot_pos": ("batch", "length"),
+    "length": ("batch",),
+}
+_CACHE_AXES |= {"v": _CACHE_AXES["k"], "full_k": _CACHE_AXES["k"], "full_v": _CACHE_AXES["k"],
+                "full_slot_pos": _CACHE_AXES["slot_pos"]}  # fmt: skip
+
+
+def _abstract_cache(model, mesh, batch_size, window, sinks, max_length) -> DecodeCache:
+    cache = jax.eval_shape(
+        lambda: model.init_cache(batch_size, window=window, sinks=sinks, max_length=max_length)
+    )
+
+    def place(name, x):
+        spec = partition_spec(_CACHE_AXES[name], x.shape, mesh)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
+
+    fields = {
+        name: (
+            {g: place(name, x) for g, x in value.items()}
+            if isinstance(value, dict)
+            else place(name, value)
+        )
+        for name, value in vars(cache).items()
+        if name in _CACHE_AXES
+    }
+    return cache.replace(**fields)
+
+
+def check_decode(
+    config,
+    topology: str,
+    mesh_spec: str = "",
+    batch_size: int = 1,
+    window: int = 32640,
+    sinks: int = 128,
+    max_length: int | None = None,
+) -> dict:
+    """Compile one decode step (one token per row against a cache of S + W slots; layers kept as
+    full attention hold `max_length` positions) for `topology`: XLA's per-device memory figures,
+    FLOPs and bytes accessed, and the verdict. The cache and the AHN states are the donated
+    arguments, updated in place."""
+    model_config = validate_config(config)
+    t = TrainConfig.from_dict(config.train.to_dict()) if "train" in config else None
+    description, devices, mesh = _mesh(topology, mesh_spec, t.mesh if t else None)
+    model = abstract_model(model_config)
+    graphdef, state = nnx.split(model)
+    state = _abstract(state, state_shardings(state, mesh))
+    with jax.set_mesh(mesh), pallas_mode.compiled_for_tpu():
+        cache = _abstract_cache(model, mesh, batch_size, window, sinks, max_length)
+        rows = NamedSharding(mesh, partition_spec(("batch",), (batch_size,), mesh))
+        tokens = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=rows)
+        step = jax.jit(functools.partial(decode_step, graphdef), donate_argnums=(2,))
+        lowered = step.lower(state, tokens, cache)
+        report = _base_report(
+            "decode", topology, description, devices, mesh, model_config, model_config.kernels
+        )
+        report.update(batch_size=batch_size, window=window, sinks=sinks, max_length=max_length,
+                      cache_bytes=_cache_bytes(cache))  # fmt: skip
+        return _compile(lowered, report)
+
+
+def _cache_bytes(cache) -> int:
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
 
 
 def _memory_and_flops(compiled) -> dict:
@@ -140,7 +257,11 @@ def _memory_and_flops(compiled) -> dict:
     )  # fmt: skip
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return {**figures, "flops_per_chip": float(cost.get("flops", np.nan))}
+    return {
+        **figures,
+        "flops_per_chip": float(cost.get("flops", np.nan)),
+        "bytes_accessed_per_chip": float(cost.get("bytes accessed", np.nan)),
+    }
 
 
 def _gib(x) -> str:
@@ -151,10 +272,18 @@ def _gib(x) -> str:
 
 def format_report(report: dict) -> str:
     """The report as the lines `python -m ahn_jax.compile_check` prints."""
-    lines = [f"train step on {report['topology']} ({report['description']}, "
-             f"{report['chips']} x {report['device_kind']}), mesh {report['mesh']}, "
-             f"batch {report['batch_size']} x {report['seq_len']} tokens "
-             f"({report['micro_batches']} micro-batches)"]  # fmt: skip
+    where = (f"on {report['topology']} ({report['description']}, {report['chips']} x "
+             f"{report['device_kind']}), mesh {report['mesh']}")  # fmt: skip
+    kernels = (f"kernels {report['kernels']} (recurrence {report['recurrence']}, attention "
+               f"{report['attention']})")  # fmt: skip
+    if report["step"] == "train":
+        lines = [f"train step ({report['objective']}) {where}, batch {report['batch_size']} x "
+                 f"{report['seq_len']} tokens ({report['micro_batches']} micro-batches), "
+                 f"{kernels}"]  # fmt: skip
+    else:
+        lines = [f"decode step {where}, batch {report['batch_size']}, cache of S + W = "
+                 f"{report['sinks']} + {report['window']} slots "
+                 f"({_gib(report['cache_bytes'])} in all)"]  # fmt: skip
     if "error" in report:
         return "\n".join([*lines, f"does NOT fit: {report['error']}"])
     for name in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes",
@@ -162,5 +291,7 @@ def format_report(report: dict) -> str:
         lines.append(f"  {name:22s} {_gib(report[name])}")
     lines.append(f"  HBM per chip           {_gib(report['hbm_bytes_per_chip'])}")
     lines.append(f"  XLA FLOPs per chip     {report['flops_per_chip']:.3e}")
+    lines.append(f"  XLA bytes per chip     {report['bytes_accessed_per_chip']:.3e}")
+    lines.append(f"  compile                {report['compile_seconds']} s")
     lines.append("fits" if report["fits"] else "does NOT fit")
     return "\n".join(lines)

@@ -51,6 +51,7 @@ def load_base(t: TrainConfig, model_config: ModelConfig, mesh=None):
             dtype=model_config.jnp_param_dtype,
             compute_dtype=model_config.jnp_dtype,
             remat_policy=model_config.remat_policy,
+            kernels=model_config.kernels,
             mesh=mesh,
         )
     model = init_model(model_config, seed=t.seed)

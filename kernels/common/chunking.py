@@ -13,8 +13,9 @@ so everything but a short scan over chunks is batched matrix products over all c
 The "chunked" impls (XLA) compute the per-chunk terms inside the scan step instead
 (`grouped_chunk_scan`): on CPU the products batched over all chunks stream their [B, N, Q, C, C]
 intermediates through memory, while one chunk of a few heads stays in cache (docs/kernels.md; the
-measurements are in docs/benchmarks.md). The Pallas impls keep the batched terms (`chunk_terms`)
-and scan only the state (kernels/common/inter_chunk_pallas.py).
+measurements are in docs/benchmarks.md). The "batched" and Pallas impls, shaped for accelerators,
+keep the terms batched over all chunks (`chunk_terms`) and scan only the state
+(kernels/common/inter_chunk_xla.py, kernels/common/inter_chunk_pallas.py).
 """
 
 from __future__ import annotations

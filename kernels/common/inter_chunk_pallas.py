@@ -1,10 +1,12 @@
 """The inter-chunk state scan of the chunked recurrences as Pallas TPU kernels, with a custom VJP.
 
 Both the delta rule and SSD (w = 0) run it on the state-free per-chunk terms of
-kernels/common/chunking.py (`chunk_terms`), computed for all chunks at once. Grid (B * N, Q): the
-chunk axis is "arbitrary" (sequential) and the fp32 state [H, E] stays in a VMEM scratch buffer
-across it. The forward also writes the state entering every chunk; the backward kernel walks the
-chunks in reverse from those saved states, carrying dS (the gradient of the state) in VMEM scratch:
+kernels/common/chunking.py (`chunk_terms`), computed for all chunks at once (`batched.chunk_terms`
+of each family; kernels/common/inter_chunk_xla.py is the same scan in XLA, impl="batched").
+Grid (B * N, Q): the chunk axis is "arbitrary" (sequential) and the fp32 state [H, E] stays in a
+VMEM scratch buffer across it. The forward also writes the state entering every chunk; the
+backward kernel walks the chunks in reverse from those saved states, carrying dS (the gradient of
+the state) in VMEM scratch:
 
   U   = u_base - w S                     dU  = P^T dO + kd dS
   O   = qg S + P U                       dqg = dO S^T,  dP = dO U^T,  dkd = U dS^T

@@ -3,10 +3,12 @@
 Per head, with a fp32 state S [H, E]:
   S <- exp(g_t) S;  u = beta_t (v_t - k_t S);  S <- S + k_t^T u;  o_t = scale q_t S.
 
-impl="recurrent" scans token by token (`naive`, the oracle); impl="chunked" is the WY/UT form with
-each chunk's work inside one scan over chunks (`chunked`); impl="pallas" computes the state-free
-terms for all chunks at once and runs the inter-chunk scan as a Pallas TPU kernel (`pallas`).
-The math: docs/kernels.md.
+impl="recurrent" scans token by token (`naive`, the oracle); impl="chunked" (the default, shaped
+for XLA:CPU) is the WY/UT form with each chunk's work inside one scan over chunks (`chunked`);
+impl="batched" (shaped for GPU/TPU) computes the state-free terms of all chunks at once and scans
+only the state over chunks in XLA (`batched`, kernels/common/inter_chunk_xla.py); impl="pallas"
+computes the same terms and runs that scan as a Pallas TPU kernel (`pallas`). The math:
+docs/kernels.md.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from kernels.common import chunking
-from kernels.delta_rule import chunked, naive
+from kernels.delta_rule import batched, chunked, naive
 
-IMPLS = ("recurrent", "chunked", "pallas")
+IMPLS = ("recurrent", "chunked", "batched", "pallas")
 
 __all__ = ["IMPLS", "delta_rule", "gated_delta_rule", "gated_delta_rule_step"]
 
@@ -59,7 +61,7 @@ def gated_delta_rule(
 
     q, k [B, T, N, H], v [B, T, N, E]; g [B, T, N] is a log-decay (<= 0), beta [B, T, N] the write
     strength, states [B, N, H, E] fp32. `precision` applies to the chunked forms' matmuls (HIGHEST
-    keeps fp32 exact on TPU).
+    keeps fp32 exact on TPU). impl: one of `IMPLS` (module docstring).
     """
     _check(q, k, v, g, beta, initial_state, impl, chunk_size)
     B, _, N, H = q.shape
@@ -74,6 +76,8 @@ def gated_delta_rule(
         o, final = chunked.chunked(
             q, k, v, g, beta, state, scale, chunk_size, precision, use_qk_l2norm
         )
+    elif impl == "batched":
+        o, final = batched.batched(q, k, v, g, beta, state, scale, chunk_size, precision)
     else:
         from kernels.delta_rule import pallas  # Pallas is imported only when asked for
 

@@ -6,9 +6,12 @@ x [B, T, N, E], dt [B, T, N] (after softplus), A [N] (negative), the inputs name
 
 It is the chunked recurrence of kernels/common/chunking.py with keys B, values dt x, queries C,
 log-decay dt A and no delta correction (w = 0), so it shares the Pallas inter-chunk scan with the
-delta rule. impl="recurrent" is the oracle (`naive`); impl="chunked" does each chunk's work inside
-the scan step, a few heads at a time (`chunked`); impl="pallas" batches the state-free terms and
-scans with the Pallas kernel (`pallas`).
+delta rule. impl="recurrent" is the oracle (`naive`); impl="chunked" (the default, shaped for
+XLA:CPU) does each chunk's work inside the scan step, a few heads at a time (`chunked`);
+impl="batched" (shaped for GPU/TPU) computes the state-free terms of all chunks at once and scans
+only the state over chunks in XLA, an elementwise step here (`batched`,
+kernels/common/inter_chunk_xla.py); impl="pallas" computes the same terms and scans with the
+Pallas kernel (`pallas`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from __future__ import annotations
 import jax
 
 from kernels.common import chunking
-from kernels.ssd import chunked, naive
+from kernels.ssd import batched, chunked, naive
 from kernels.ssd.naive import ssd_step
 
-IMPLS = ("recurrent", "chunked", "pallas")
+IMPLS = ("recurrent", "chunked", "batched", "pallas")
 
 __all__ = ["IMPLS", "ssd", "ssd_step"]
 
@@ -38,7 +41,8 @@ def ssd(
     precision=jax.lax.Precision.HIGHEST,
 ):
     """SSD over a sequence. Returns (y [B, T, N, E] in x's dtype, final state [B, N, H, E] or
-    None)."""
+    None). impl: one of `IMPLS` (module docstring); `precision` applies to the chunked forms'
+    matmuls."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     b, T, N, E = x.shape
@@ -55,6 +59,8 @@ def ssd(
         y, final = naive.recurrent(x, dt, A, B, C, state)
     elif impl == "chunked":
         y, final = chunked.chunked(x, dt, A, B, C, state, chunk_size, precision)
+    elif impl == "batched":
+        y, final = batched.batched(x, dt, A, B, C, state, chunk_size, precision)
     else:
         from kernels.ssd import pallas  # Pallas is imported only when asked for
 

@@ -5,10 +5,14 @@ impls of `sink_window_attention`:
   "blocked"    XLA, blocks of queries against the key blocks that hold a visible key, online softmax
                (`blocked`): compute proportional to T (W + S); W and S may be traced (one compile
                for all of them). The same path serves `causal_attention`, which the model runs.
+  "pallas"     Pallas TPU kernels, forward and backward (`pallas_window`; interpret mode off TPU):
+               W and S are scalar-prefetch operands, so traced and per-row values share one
+               compile; key blocks with no visible key are skipped per row. `causal_attention`
+               runs it with impl="pallas".
   "splash"     Pallas TPU splash attention with a fused sink-or-local mask (`pallas`; interpret
                mode off TPU); W and S must be Python ints (the mask is preprocessed per (T, W, S)).
-"reference" and "blocked" also take W and S per row (int32 [B]: row b sees its own sinks and
-window, as if called alone); splash takes one pair for the batch.
+"reference", "blocked" and "pallas" also take W and S per row (int32 [B]: row b sees its own sinks
+and window, as if called alone); splash takes one pair for the batch.
 Layout q [B, T, N, H], k [B, T, K, H], v [B, T, K, E]: k/v may have fewer heads than q
 (grouped-query attention, K dividing N).
 """
@@ -21,12 +25,14 @@ import jax.numpy as jnp
 from kernels.window_attention import blocked, naive
 from kernels.window_attention.naive import masked_attention, per_row, visible
 
-IMPLS = ("reference", "blocked", "splash")
+IMPLS = ("reference", "blocked", "pallas", "splash")
+CAUSAL_IMPLS = ("blocked", "pallas")  # `impl` of causal_attention
 # query/key block of the blocked path; sequences up to one block take the dense path
 BLOCK = 512
 
 __all__ = [
     "BLOCK",
+    "CAUSAL_IMPLS",
     "IMPLS",
     "causal_attention",
     "masked_attention",
@@ -55,7 +61,7 @@ def sink_window_attention(q, k, v, *, window, sinks, scale=None, impl="reference
 
     q [B, T, N, H], k [B, T, K, H], v [B, T, K, E] -> [B, T, N, E]. `window` and `sinks` are
     scalars or int32 [B] (one per row; not with impl="splash"). `block_size` is the query and key
-    block of impl="blocked".
+    block of impl="blocked" and impl="pallas" (on TPU a multiple of 128).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -67,6 +73,12 @@ def sink_window_attention(q, k, v, *, window, sinks, scale=None, impl="reference
     scale = H**-0.5 if scale is None else scale
     if impl == "reference":
         return naive.reference(q, k, v, window, sinks, scale)
+    if impl == "pallas":
+        from kernels.window_attention import pallas_window
+
+        return pallas_window.attention(
+            q, k, v, window, sinks, scale, block_q=block_size, block_k=block_size
+        )
     if impl == "splash":
         from kernels.window_attention import pallas  # Pallas is imported only when asked for
 
@@ -76,17 +88,28 @@ def sink_window_attention(q, k, v, *, window, sinks, scale=None, impl="reference
     return blocked.blocked(q, k, v, window, sinks, scale, block_size)
 
 
-def causal_attention(q, k, v, *, scale=None, block: int = BLOCK, window=None, sinks=0):
+def causal_attention(
+    q, k, v, *, scale=None, block: int = BLOCK, window=None, sinks=0, impl: str = "blocked"
+):
     """Causal attention, optionally restricted to `sinks` + `window` (both may be traced, and
-    either a scalar or int32 [B], one per row).
+    either a scalar or int32 [B], one per row; window=None is plain causal).
 
-    Sequences up to `block` take the dense reference; longer ones the blocked path (kernels/
-    window_attention/blocked.py): the [T, T] score matrix is never formed and key blocks with no
-    visible key are skipped, so compute follows what is visible (T^2 / 2 causal, T (W + S)
+    impl="blocked": sequences up to `block` take the dense reference; longer ones the blocked path
+    (kernels/window_attention/blocked.py): the [T, T] score matrix is never formed and key blocks
+    with no visible key are skipped, so compute follows what is visible (T^2 / 2 causal, T (W + S)
     windowed) while one compile serves every W and S; differentiable.
+    impl="pallas": the Pallas kernels of kernels/window_attention/pallas_window.py at every length
+    (`block` is their query and key block; on TPU a multiple of 128), forward and backward, W and S
+    read at run time (one compile for every W and S), key blocks skipped per row.
     """
+    if impl not in CAUSAL_IMPLS:
+        raise ValueError(f"impl must be one of {CAUSAL_IMPLS}, got {impl!r}")
     T, H = q.shape[1], q.shape[-1]
     scale = H**-0.5 if scale is None else scale
+    if impl == "pallas":
+        from kernels.window_attention import pallas_window
+
+        return pallas_window.attention(q, k, v, window, sinks, scale, block_q=block, block_k=block)
     window = T if window is None else window
     if T <= block:
         return naive.reference(q, k, v, window, sinks, scale)

@@ -1,4 +1,5 @@
-"""Gated delta rule and delta rule: chunked (and Pallas) equal the naive recurrence, with grads."""
+"""Gated delta rule and delta rule: chunked, batched (and Pallas) equal the naive recurrence, with
+grads; the batched form scans only the state."""
 
 import functools
 
@@ -11,6 +12,7 @@ from checks import assert_close
 from kernels.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_step
 
 ARGNAMES = ("q", "k", "v", "g", "beta", "initial_state")
+FAST_IMPLS = ("chunked", "batched")  # the XLA chunked forms
 
 
 def make_inputs(T, *, B=2, N=2, H=16, E=8, gate="mixed", beta="mixed", seed=0, dtype=jnp.float32):
@@ -64,23 +66,25 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("T, chunk, gate, beta, with_state", CASES)
-def test_chunked_equals_recurrent(T, chunk, gate, beta, with_state):
+def test_chunked_equals_recurrent(T, chunk, gate, beta, with_state, impl):
     inputs = make_inputs(T, gate=gate, beta=beta)
     o_ref, s_ref = run("recurrent", inputs, with_state)
-    o, s = run("chunked", inputs, with_state, chunk)
+    o, s = run(impl, inputs, with_state, chunk)
     assert_close(o, o_ref, name="o")
     assert_close(s, s_ref, name="final state")
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("T, chunk, gate, beta", [(50, 16, "mixed", "mixed"),
                                                   (40, 16, "strong", "one"),
                                                   (24, 16, "near_zero", "zero"),
                                                   (70, 32, "strong", "mixed")])  # fmt: skip
-def test_chunked_gradients_equal_recurrent(T, chunk, gate, beta):
+def test_chunked_gradients_equal_recurrent(T, chunk, gate, beta, impl):
     inputs = make_inputs(T, gate=gate, beta=beta)
     reference = grads("recurrent", inputs)
-    for name, got, want in zip(ARGNAMES, grads("chunked", inputs, chunk), reference, strict=True):
+    for name, got, want in zip(ARGNAMES, grads(impl, inputs, chunk), reference, strict=True):
         assert_close(got, want, name=f"d{name}")
 
 
@@ -91,12 +95,16 @@ def test_without_l2norm_and_custom_scale():
     out = gated_delta_rule(q, k, v, g, b, scale=0.5, chunk_size=8, initial_state=state)
     assert_close(out[0], ref[0])
     assert ref[1] is None and out[1] is None
+    out = gated_delta_rule(q, k, v, g, b, scale=0.5, chunk_size=8, initial_state=state,
+                           impl="batched")  # fmt: skip
+    assert_close(out[0], ref[0], name="batched")
+    assert out[1] is None
 
 
 def test_bf16_inputs_within_fla_thresholds():
     inputs = make_inputs(50, dtype=jnp.bfloat16)
     o_ref, s_ref = run("recurrent", tuple(x.astype(jnp.float32) for x in inputs))
-    for impl in ("chunked", "pallas"):
+    for impl in ("chunked", "batched", "pallas"):
         o, s = run(impl, inputs)
         assert o.dtype == jnp.bfloat16
         assert_close(o, o_ref, tol=0.005, name=f"{impl} o")
@@ -118,16 +126,20 @@ def test_delta_rule_is_gated_with_zero_decay():
     q, k, v, _, b, state = make_inputs(45)
     zero_g = jnp.zeros(b.shape)
     ref = gated_delta_rule(q, k, v, zero_g, b, initial_state=state, impl="recurrent",
-                           use_qk_l2norm=True)  # fmt: skip
-    out = delta_rule(q, k, v, b, initial_state=state, chunk_size=16, use_qk_l2norm=True)
-    assert_close(out[0], ref[0])
+                           use_qk_l2norm=True, output_final_state=True)  # fmt: skip
+    for impl in FAST_IMPLS:
+        out = delta_rule(q, k, v, b, initial_state=state, chunk_size=16, use_qk_l2norm=True,
+                         impl=impl, output_final_state=True)  # fmt: skip
+        assert_close(out[0], ref[0], name=f"{impl} o")
+        assert_close(out[1], ref[1], name=f"{impl} state")
 
 
 def test_beta_zero_leaves_state_decayed_only():
     q, k, v, g, _, state = make_inputs(20)
-    _, final = run("chunked", (q, k, v, g, jnp.zeros(g.shape), state))
     decayed = state * jnp.exp(jnp.sum(g, axis=1))[..., None, None]
-    np.testing.assert_allclose(np.asarray(final), np.asarray(decayed), rtol=1e-5, atol=1e-6)
+    for impl in FAST_IMPLS:
+        _, final = run(impl, (q, k, v, g, jnp.zeros(g.shape), state))
+        np.testing.assert_allclose(np.asarray(final), np.asarray(decayed), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_shapes_and_impl():
@@ -153,3 +165,53 @@ def test_pallas_equals_recurrent_forward_and_backward(T, chunk, gate, beta):
     reference = grads("recurrent", inputs, chunk)
     for name, got, want in zip(ARGNAMES, grads("pallas", inputs, chunk), reference, strict=True):
         assert_close(got, want, name=f"d{name}")
+
+
+def sub_jaxprs(eqn):
+    """The jaxprs nested in an equation's parameters (jit, custom_vjp, checkpoint, scan bodies)."""
+    for param in eqn.params.values():
+        for sub in param if isinstance(param, (tuple, list)) else (param,):
+            sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+            if hasattr(sub, "eqns"):
+                yield sub
+
+
+def scan_equations(jaxpr):
+    """Every `scan` equation in a jaxpr, nested ones included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            yield eqn
+        for sub in sub_jaxprs(eqn):
+            yield from scan_equations(sub)
+
+
+def value_shapes(jaxpr):
+    """The shapes of every value in a jaxpr, nested jaxprs included."""
+    for eqn in jaxpr.eqns:
+        yield from (v.aval.shape for v in (*eqn.invars, *eqn.outvars) if hasattr(v.aval, "shape"))
+        for sub in sub_jaxprs(eqn):
+            yield from value_shapes(sub)
+
+
+def assert_thin_scans(fn, args, *, n_scans, Q, C):
+    """`fn`'s jaxpr has `n_scans` scans, each over the Q chunks, and no [C, C] value in their
+    bodies: the intra-chunk work is batched outside the scans."""
+    scans = list(scan_equations(jax.make_jaxpr(fn)(*args).jaxpr))
+    assert [eqn.params["length"] for eqn in scans] == [Q] * n_scans
+    for eqn in scans:
+        shapes = set(value_shapes(eqn.params["jaxpr"].jaxpr))
+        assert not [shape for shape in shapes if list(shape).count(C) >= 2], shapes
+
+
+def test_batched_scans_only_the_state():
+    """One scan over the chunks forward, one more backward (the custom VJP), none holding [C, C]
+    intra-chunk work (C = 32 differs from every other dim here)."""
+    T, C = 100, 32
+    inputs = make_inputs(T)
+
+    def loss(*args):
+        o, final = run("batched", args, chunk_size=C)
+        return jnp.sum(o) + jnp.sum(final)
+
+    assert_thin_scans(loss, inputs, n_scans=1, Q=4, C=C)
+    assert_thin_scans(jax.grad(loss, argnums=tuple(range(6))), inputs, n_scans=2, Q=4, C=C)

@@ -30,7 +30,7 @@ def sharded(fn, in_specs, out_specs, check_vma=True):
     )
 
 
-@pytest.mark.parametrize("impl", ["chunked", "pallas"])
+@pytest.mark.parametrize("impl", ["chunked", "batched", "pallas"])
 def test_gated_delta_rule_sharded_over_batch_and_heads(impl):
     inputs = delta_inputs(40, N=4)
 

@@ -1,4 +1,5 @@
-"""Mamba2 SSD: chunked equals the naive scan, with gradients; the step equals the scan."""
+"""Mamba2 SSD: chunked, batched (and Pallas) equal the naive scan, with gradients; the batched form
+scans only the state; the step equals the scan."""
 
 import functools
 
@@ -7,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from checks import assert_close
+from test_delta_rule import assert_thin_scans
 
 from kernels.ssd import ssd, ssd_step
 
 ARGNAMES = ("x", "dt", "A", "B", "C", "initial_state")
+FAST_IMPLS = ("chunked", "batched")  # the XLA chunked forms
 
 
 def make_inputs(T, *, b=2, N=3, H=16, E=8, dt_scale=1.0, seed=0):
@@ -31,6 +34,7 @@ def run(impl, inputs, chunk_size=32, with_state=True):
                output_final_state=True, chunk_size=chunk_size, impl=impl)  # fmt: skip
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize(
     "T, chunk, dt_scale, with_state",
     [
@@ -42,10 +46,10 @@ def run(impl, inputs, chunk_size=32, with_state=True):
         (300, 256, 1e-4, False),
     ],  # several decay blocks per chunk
 )
-def test_chunked_equals_recurrent(T, chunk, dt_scale, with_state):
+def test_chunked_equals_recurrent(T, chunk, dt_scale, with_state, impl):
     inputs = make_inputs(T, dt_scale=dt_scale)
     y_ref, s_ref = run("recurrent", inputs, with_state=with_state)
-    y, s = run("chunked", inputs, chunk, with_state)
+    y, s = run(impl, inputs, chunk, with_state)
     assert_close(y, y_ref, name="y")
     assert_close(s, s_ref, name="state")
 
@@ -67,10 +71,11 @@ def grads(impl, inputs, chunk_size=16):
     return jax.grad(loss, argnums=tuple(range(6)))(*inputs)
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 @pytest.mark.parametrize("T, chunk, dt_scale", [(45, 16, 1.0), (150, 64, 30.0), (150, 64, 1.0)])
-def test_chunked_gradients_equal_recurrent(T, chunk, dt_scale):
+def test_chunked_gradients_equal_recurrent(T, chunk, dt_scale, impl):
     inputs = make_inputs(T, dt_scale=dt_scale)
-    for name, got, want in zip(ARGNAMES, grads("chunked", inputs, chunk),
+    for name, got, want in zip(ARGNAMES, grads(impl, inputs, chunk),
                                grads("recurrent", inputs), strict=True):  # fmt: skip
         assert_close(got, want, name=f"d{name}")
 
@@ -108,8 +113,21 @@ def test_bf16_inputs_within_fla_thresholds():
     inputs = make_inputs(50)
     bf16 = tuple(x.astype(jnp.bfloat16) for x in inputs[:5]) + (inputs[5],)
     y_ref, s_ref = run("recurrent", tuple(x.astype(jnp.float32) for x in bf16))
-    for impl in ("chunked", "pallas"):
+    for impl in ("chunked", "batched", "pallas"):
         y, s = run(impl, bf16, 16)
         assert y.dtype == jnp.bfloat16
         assert_close(y, y_ref, tol=0.005, name=f"{impl} y")
         assert_close(s, s_ref, tol=0.005, name=f"{impl} state")
+
+
+def test_batched_scans_only_the_state():
+    """One scan over the chunks forward and one backward (its transpose), none holding [C, C]
+    intra-chunk work (C = 32 differs from every other dim here)."""
+    inputs = make_inputs(100)
+
+    def loss(*args):
+        y, final = run("batched", args, 32)
+        return jnp.sum(y) + jnp.sum(final)
+
+    assert_thin_scans(loss, inputs, n_scans=1, Q=4, C=32)
+    assert_thin_scans(jax.grad(loss, argnums=tuple(range(6))), inputs, n_scans=2, Q=4, C=32)

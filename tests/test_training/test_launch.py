@@ -54,6 +54,33 @@ def test_train_step_compiles_for_a_tpu_topology_and_reports_its_memory():
     assert report["temp_bytes"] > 0 and report["flops_per_chip"] > 0
 
 
+def test_train_step_compiles_with_the_pallas_kernels_through_mosaic():
+    model = {**MODEL, "num_heads": 4, "num_kv_heads": 2}  # GQA through the attention kernel
+    config = make_config(model, ahn_type="gdn", train=dict(seq_len=256, batch_size=4),
+                         data=dict(cutoff_len=256))  # fmt: skip
+    report = compile_check.check(config, "v5e-4", seq_len=256, batch_size=4, kernels="pallas")
+    assert (report["kernels"], report["recurrence"], report["attention"]) == (
+        "pallas", "pallas", "pallas"
+    )  # fmt: skip
+    assert report["fits"] and report["flops_per_chip"] > 0 and report["compile_seconds"] > 0
+    xla = compile_check.check(config, "v5e-4", seq_len=256, batch_size=4, kernels="xla")
+    # on a TPU "xla" means the accelerator-shaped chunked form
+    assert (xla["recurrence"], xla["attention"]) == ("batched", "blocked") and xla["fits"]
+    with pytest.raises(ConfigError, match="--kernels must be one of"):
+        compile_check.check(config, "v5e-4", kernels="cuda")
+
+
+def test_decode_step_compiles_for_a_tpu_topology_with_the_cache_split_by_rows():
+    config = make_config(MODEL, ahn_type="gdn")
+    report = compile_check.check_decode(config, "v5e-4", batch_size=8, window=256, sinks=32)
+    assert report["step"] == "decode" and report["fits"]
+    # k and v of S + W slots, the gates and the state: split over the 4 chips by rows, and the
+    # donated cache comes back in place (aliased)
+    assert report["argument_bytes"] < report["cache_bytes"] / 2
+    assert report["alias_bytes"] > 0 and report["bytes_accessed_per_chip"] > 0
+    assert "decode step on v5e-4" in compile_check.format_report(report)
+
+
 def test_unknown_topology_is_named():
     config = make_config(MODEL, ahn_type="gdn")
     with pytest.raises(ConfigError, match="'v9z-8' is not a TPU topology"):
