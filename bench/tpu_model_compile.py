@@ -44,6 +44,7 @@ def define_flags() -> None:
     flags.DEFINE_bool("baseline", False, "add the full-attention baseline")
     flags.DEFINE_list("decode_batches", ["1", "16", "64"], "decode step batches (3B, v5e-8)")
     flags.DEFINE_integer("timeout", 1800, "seconds per compile")
+    flags.DEFINE_bool("table", False, "only print the table of the recorded rows")
 
 
 CHIPS = {"v5p-8": 4, "v6e-8": 8, "v5e-8": 8, "v5e-4": 4, "v6e-4": 4}
@@ -81,16 +82,23 @@ def gib(x) -> str:
 
 
 def summary(row: dict) -> str:
-    what = row.get("kernels", "baseline" if row.get("objective") == "pretrain" else "")
+    what = row.get("kernels", "")
+    if row.get("objective") == "pretrain":
+        what = "full-attention baseline (all weights trained)"
     if row.get("step") == "decode":
         what = f"decode B={row['batch_size']}"
     if "peak_bytes_per_chip" not in row:
-        verdict = "does not fit" if row.get("fits") is False else "error"
-        return (f"| {row['config']} | {row['topology']} | {what} | {verdict}: "
-                f"{row.get('error', '')[:120]} | | | | |")  # fmt: skip
+        error = row.get("error", "")
+        overflow = row.get("fits") is False or "RESOURCE_EXHAUSTED" in error
+        if overflow and "HLO temporaries" in error:  # XLA:TPU's figure is the useful part
+            error = error[error.index("HLO temporaries") :]
+        verdict = "**does not fit**" if overflow else "error"
+        where = f"| {row['config']} | {row['topology']} | {what} |"
+        return f"{where} {verdict}: {error[:110]} | | | | |"
+    fits = "" if row["fits"] else " **does not fit**"
     return (
         f"| {row['config']} | {row['topology']} | {what} | {gib(row['peak_bytes_per_chip'])} "
-        f"(of {gib(row['hbm_bytes_per_chip'])}) | {gib(row['temp_bytes'])} | "
+        f"(of {gib(row['hbm_bytes_per_chip'])}){fits} | {gib(row['temp_bytes'])} | "
         f"{row['flops_per_chip']:.3g} | {row['bytes_accessed_per_chip']:.3g} | "
         f"{row['compile_seconds']} |"
     )
@@ -114,12 +122,20 @@ def train_rows(config: str):
                 break
 
 
+HEADER = ("| config | slice | kernels | peak GiB per chip | temporaries GiB | FLOPs per chip | "
+          "bytes per chip | compile s |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+
+
 def main(argv) -> None:
     del argv
+    if FLAGS.table:  # the table of the rows recorded so far
+        print(HEADER)
+        for line in OUT.read_text().splitlines():
+            print(summary(json.loads(line)))
+        return
     check_known("configs", FLAGS.configs, CONFIGS)
     print(f"machine: {machine()}")
-    print("| config | slice | kernels | peak GiB per chip | temporaries GiB | FLOPs per chip | "
-          "bytes per chip | compile s |\n|---|---|---|---|---|---|---|---|")  # fmt: skip
+    print(HEADER)
     for config in FLAGS.configs:
         for row in train_rows(config):
             record(row)

@@ -102,16 +102,20 @@ def _base_report(step, topology, description, devices, mesh, model_config, kerne
     }
 
 
-def _compile(lowered, report: dict) -> dict:
-    """Compile `lowered` and complete `report` with XLA's figures and the verdict."""
+def _compile(lowered, report: dict, keep: bool = False):
+    """Compile `lowered` and complete `report` with XLA's figures and the verdict; an HBM
+    overflow is the verdict "does not fit". With `keep`, the compiled program itself, unless it
+    does not fit (then the report)."""
     start = time.perf_counter()
     try:
         compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001 - XLA:TPU reports HBM overflow as a compile error
         if "memory" not in str(e).lower():
             raise
-        report.update(fits=False, error=str(e).splitlines()[0][:500])
+        report.update(fits=False, error=str(e).splitlines()[-1][:500])
         return report
+    if keep:
+        return compiled
     report["compile_seconds"] = round(time.perf_counter() - start, 1)
     report.update(_memory_and_flops(compiled))
     hbm = report["hbm_bytes_per_chip"]
@@ -143,8 +147,16 @@ def check(
     frozen = _abstract(frozen, state_shardings(frozen, mesh))
     tx, schedule = optimizer_for(t)
     with jax.set_mesh(mesh), pallas_mode.compiled_for_tpu():
-        # the optimizer state's placement is what tx.init gives the sharded AHN weights
-        init = jax.jit(tx.init).lower(trainable).compile()
+        report = _base_report(
+            "train", topology, description, devices, mesh, model_config, model_config.kernels
+        )
+        report.update(seq_len=seq_len, batch_size=batch_size, micro_batches=t.micro_batches,
+                      objective=t.objective)  # fmt: skip
+        # the optimizer state's placement is what tx.init gives the sharded AHN weights (all the
+        # weights', when pretraining: that alone may not fit)
+        init = _compile(jax.jit(tx.init).lower(trainable), dict(report), keep=True)
+        if isinstance(init, dict):
+            return init
         opt_state = _abstract(jax.eval_shape(tx.init, trainable), init.output_shardings)
         batch_shape = (batch_size, seq_len)
         rows = NamedSharding(mesh, partition_spec(("batch", None), batch_shape, mesh))
@@ -157,11 +169,6 @@ def check(
         scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
         step = make_train_step(graphdef, tx, schedule, t)
         lowered = step.lower(trainable, opt_state, frozen, batch, scalar)
-        report = _base_report(
-            "train", topology, description, devices, mesh, model_config, model_config.kernels
-        )
-        report.update(seq_len=seq_len, batch_size=batch_size, micro_batches=t.micro_batches,
-                      objective=t.objective)  # fmt: skip
         return _compile(lowered, report)
 
 
