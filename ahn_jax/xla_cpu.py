@@ -1,33 +1,23 @@
-"""The XLA:CPU flags every CPU run of this project uses, and the platform choice of the CLIs.
-
-The flags work around an XLA:CPU deadlock (jax 0.10.2) seen on 2 cores in the backward pass of the
-chunked delta rule at B*H*chunks >= 128; see docs/kernels.md. Other platforms do not need them,
-and an XLA that does not know a flag aborts, so they are only ever added for CPU runs.
+"""The platform choice of the CLIs, and XLA flags added before JAX makes its first backend.
 
 XLA reads `XLA_FLAGS` when JAX creates its first backend, not at `import jax` (checked: a flag
 added after `import ahn_jax` still takes effect), so `add_xla_flags` works at any point before the
-first computation or `jax.devices()`. `JAX_PLATFORMS`, by contrast, is read at `import jax`: after
-that only `jax.config.update("jax_platforms", ...)` changes it (before the first backend too).
+first computation or `jax.devices()` (the tests add 8 fake CPU devices this way).
+`JAX_PLATFORMS`, by contrast, is read at `import jax`: after that only
+`jax.config.update("jax_platforms", ...)` changes it (before the first backend too).
 
 Every `python -m ahn_jax.X` calls `configure_platform()` first: on a host without a TPU or GPU it
 runs on the CPU (JAX_PLATFORMS=cpu: jax[tpu]'s libtpu, installed but without a chip, would print
-initialisation errors before JAX falls back to the CPU) with the workaround flags. A user's own
-JAX_PLATFORMS or XLA_FLAGS values win.
+initialisation errors before JAX falls back to the CPU). A user's own JAX_PLATFORMS wins.
 
-This module imports nothing itself: run as a script (`python ahn_jax/xla_cpu.py`, as the Makefile
-does) it prints `$XLA_FLAGS` with the workaround added, without importing JAX.
+No XLA:CPU flags are needed any more: the deadlock that three flags once worked around came from
+XLA:CPU's LAPACK triangular solve, which no kernel calls now (docs/kernels.md, "Known issue").
 """
 
 from __future__ import annotations
 
 import os
 import sys
-
-DEADLOCK_WORKAROUND = (
-    "--xla_cpu_enable_concurrency_optimized_scheduler=false",
-    "--xla_cpu_multi_thread_eigen=false",
-    "--xla_cpu_experimental_ynn_fusion_type=",
-)
 
 # How JAX itself finds accelerators without initialising them (jax/_src/hardware_utils.py): TPU
 # chips by their PCI ids (Google's vendor id also covers the gVNIC network card of every GCE VM,
@@ -90,26 +80,16 @@ def _has_gpu() -> bool:
     return any(os.path.exists(path) for path in _GPU_DEVICE_FILES)
 
 
-def _cpu_only(platforms: str) -> bool:
-    names = [name.strip() for name in platforms.split(",") if name.strip()]
-    return bool(names) and all(name == "cpu" for name in names)
-
-
 def platform_environment(
     environ, *, tpu: bool, gpu: bool, compiles_for_tpu: bool = False
 ) -> dict[str, str]:
     """The environment variables to set, given the environment and the host's accelerators:
     JAX_PLATFORMS=cpu where it is unset and there is neither a TPU nor a GPU (with one, JAX picks
-    it itself); the workaround flags whenever the run will be CPU-only; and, for a tool that
-    `compiles_for_tpu` on a host without one, LIBTPU_WITHOUT_TPU. Set values are kept."""
+    it itself); and, for a tool that `compiles_for_tpu` on a host without one, LIBTPU_WITHOUT_TPU.
+    Set values are kept."""
     changes = {}
-    platforms = environ.get("JAX_PLATFORMS", "")
-    if not platforms and not (tpu or gpu):
-        platforms = changes["JAX_PLATFORMS"] = "cpu"
-    if _cpu_only(platforms):
-        flags = with_flags(environ.get("XLA_FLAGS", ""), DEADLOCK_WORKAROUND)
-        if flags != environ.get("XLA_FLAGS", ""):
-            changes["XLA_FLAGS"] = flags
+    if not environ.get("JAX_PLATFORMS", "") and not (tpu or gpu):
+        changes["JAX_PLATFORMS"] = "cpu"
     if compiles_for_tpu and not tpu:
         changes |= {k: v for k, v in LIBTPU_WITHOUT_TPU.items() if k not in environ}
     return changes
@@ -127,7 +107,3 @@ def configure_platform(*, compiles_for_tpu: bool = False) -> dict[str, str]:
     if "JAX_PLATFORMS" in changes and jax is not None:
         jax.config.update("jax_platforms", changes["JAX_PLATFORMS"])
     return changes
-
-
-if __name__ == "__main__":
-    print(with_flags(os.environ.get("XLA_FLAGS", ""), DEADLOCK_WORKAROUND))

@@ -13,11 +13,7 @@ import kernels  # noqa: E402,F401  - binds the package name before bench/ return
 sys.path.append(str(HERE))
 
 
-def cpu_deadlock_workaround() -> None:
-    """Call before importing jax in scripts that run the chunked delta rule's backward: XLA:CPU
-    (jax 0.10.2) can deadlock there (ahn_jax/xla_cpu.py). Other platforms do not know the flags."""
+def cpu_unless_told() -> None:
+    """Call before importing jax: run on the CPU unless JAX_PLATFORMS says otherwise (jax[tpu]'s
+    libtpu, installed here without a chip, would print initialisation errors first)."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if os.environ["JAX_PLATFORMS"] == "cpu":
-        from ahn_jax import xla_cpu  # imports jax, which reads JAX_PLATFORMS at import: set above
-
-        xla_cpu.add_xla_flags(*xla_cpu.DEADLOCK_WORKAROUND)

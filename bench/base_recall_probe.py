@@ -15,9 +15,9 @@ exports.
 
 from __future__ import annotations
 
-import _paths  # noqa: F401  (repo root on sys.path, CPU workaround)
+import _paths  # noqa: F401  (repo root on sys.path)
 
-_paths.cpu_deadlock_workaround()
+_paths.cpu_unless_told()
 
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402

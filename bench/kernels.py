@@ -25,7 +25,7 @@ import os
 
 import _paths  # must precede any import of `kernels`; see bench/_paths.py
 
-_paths.cpu_deadlock_workaround()
+_paths.cpu_unless_told()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

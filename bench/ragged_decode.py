@@ -33,7 +33,7 @@ import time
 import _paths  # first: keeps bench/kernels.py from shadowing the kernels package
 
 # the XLA:CPU flags every CPU run of the project uses (`python -m ahn_jax.generate` included)
-_paths.cpu_deadlock_workaround()
+_paths.cpu_unless_told()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

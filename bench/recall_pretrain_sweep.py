@@ -14,9 +14,9 @@ pretraining for 2 CPU cores; runs much faster on a GPU.
 
 from __future__ import annotations
 
-import _paths  # noqa: F401  (repo root on sys.path, CPU workaround)
+import _paths  # noqa: F401  (repo root on sys.path)
 
-_paths.cpu_deadlock_workaround()
+_paths.cpu_unless_told()
 
 import json  # noqa: E402
 import math  # noqa: E402

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import _paths  # first: keeps bench/kernels.py from shadowing the kernels package
 
-_paths.cpu_deadlock_workaround()
+_paths.cpu_unless_told()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -1,4 +1,4 @@
-"""Test setup: CPU only (with the XLA:CPU deadlock workaround), 8 fake devices for mesh tests."""
+"""Test setup: CPU only, 8 fake devices for mesh tests."""
 
 import atexit
 import os
@@ -27,7 +27,7 @@ import pytest  # noqa: E402
 
 from ahn_jax import xla_cpu  # noqa: E402
 
-xla_cpu.add_xla_flags("--xla_force_host_platform_device_count=8", *xla_cpu.DEADLOCK_WORKAROUND)
+xla_cpu.add_xla_flags("--xla_force_host_platform_device_count=8")
 
 
 @pytest.fixture(scope="session")

@@ -124,7 +124,7 @@ class DecoderLayer(nnx.Module):
         k, v = k.astype(arrays["k"].dtype), v.astype(arrays["v"].dtype)
         # cache ++ new keys in one array, which the evicted items are also gathered from (scoring
         # the two blocks apart, without the copy, made XLA:CPU abort with std::bad_alloc under the
-        # deadlock workaround flags, jax 0.10.2)
+        # XLA:CPU flags the project used until the LAPACK solve was gone, jax 0.10.2)
         k_all = jnp.concatenate([arrays["k"], k], axis=1)
         v_all = jnp.concatenate([arrays["v"], v], axis=1)
         attn = window_attention.masked_attention(

@@ -11,7 +11,6 @@ Per chunk of C tokens, with G the in-chunk cumulative log-decay and S the state 
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from kernels.common import chunking, inter_chunk_xla
@@ -22,17 +21,18 @@ def chunk_terms(q, k, v, g, beta, scale, chunk_size, precision):
     [.., C, E], w, qg, kd [.., C, H], P [.., C, C], decay [B, N, Q] (the arguments of
     `inter_chunk_scan` before the initial state). q, k already normalised if asked.
 
-    The solve is XLA's `triangular_solve` (cuBLAS' batched trsm on GPU, blocked products on TPU),
-    not `chunking.unit_lower_inverse`, whose products were chosen for XLA:CPU's slow solve."""
+    The solve is `chunking.unit_lower_inverse` (matrix products only), not XLA's
+    `triangular_solve`: on the CPU that is a LAPACK call which splits the batch over XLA's intra-op
+    pool and can deadlock it (docs/kernels.md, "Known issue"), and products suit the MXU and
+    tensor cores as well."""
     C = chunk_size
     q, k, v, g, beta = (chunking.to_chunks(chunking.pad_time(x, C), C) for x in (q, k, v, g, beta))
     G = jnp.cumsum(g, axis=-1)
     kk = jnp.einsum("...th,...ih->...ti", k, k, precision=precision)
     A = beta[..., :, None] * kk * chunking.decay_matrix(g, strict=True)
-    eye = jnp.eye(C, dtype=jnp.float32)
     rhs = jnp.concatenate([beta[..., None] * v, (beta * jnp.exp(G))[..., None] * k], axis=-1)
-    solved = jax.lax.linalg.triangular_solve(
-        eye + A, rhs, left_side=True, lower=True, unit_diagonal=True
+    solved = jnp.einsum(
+        "...ti,...ie->...te", chunking.unit_lower_inverse(A, precision), rhs, precision=precision
     )
     u_base, w = solved[..., : v.shape[-1]], solved[..., v.shape[-1] :]
     qg, P, kd, decay = chunking.chunk_terms(q, k, g, scale, precision)

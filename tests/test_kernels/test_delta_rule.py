@@ -2,6 +2,7 @@
 grads; the batched form scans only the state."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -215,3 +216,18 @@ def test_batched_scans_only_the_state():
 
     assert_thin_scans(loss, inputs, n_scans=1, Q=4, C=C)
     assert_thin_scans(jax.grad(loss, argnums=tuple(range(6))), inputs, n_scans=2, Q=4, C=C)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "batched", "pallas"])
+def test_no_lapack_call_in_the_compiled_gradient(impl):
+    """XLA:CPU's LAPACK kernels (its batched triangular solve) split a batch over the intra-op
+    pool and can deadlock it (docs/kernels.md, "Known issue"): no impl may compile to one."""
+    inputs = make_inputs(40)
+
+    def loss(*args):
+        o, final = run(impl, args)
+        return jnp.sum(o) + jnp.sum(final)
+
+    hlo = jax.jit(jax.grad(loss, argnums=tuple(range(6)))).lower(*inputs).compile().as_text()
+    targets = set(re.findall(r'custom_call_target="([^"]+)"', hlo))
+    assert not [t for t in targets if "lapack" in t.lower()], targets
