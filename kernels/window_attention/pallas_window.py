@@ -60,11 +60,11 @@ from kernels.window_attention.pallas_window_common import (
     LANES,
     SUBLANES,
     dot,
-    key_block,
     mask,
     needed,
     out,
     params,
+    query_grid_maps,
 )
 
 # -- kernels --
@@ -112,17 +112,7 @@ def _forward(q, k, v, window_B, sinks_B, scale, bq, bk):
     (O [B, N, T, E] in q's dtype, logsumexp fp32 [B, N, 1, T])."""
     B, N, T, H = q.shape
     K, E = k.shape[1], v.shape[-1]
-    G = N // K
-
-    def q_map(b, n, i, j, w_ref, s_ref):
-        return b, n, i, 0
-
-    def kv_map(b, n, i, j, w_ref, s_ref):
-        return b, n // G, key_block(i, j, w_ref[b], s_ref[b], bq, bk), 0
-
-    def lse_map(b, n, i, j, w_ref, s_ref):
-        return b, n, 0, i
-
+    q_map, kv_map, lse_map = query_grid_maps(N // K, bq, bk)
     kernel = functools.partial(_forward_kernel, scale=scale, bq=bq, bk=bk)
     return pl.pallas_call(
         kernel,

@@ -17,12 +17,12 @@ from jax.experimental.pallas import tpu as pltpu
 from kernels.common import pallas_mode
 from kernels.window_attention.pallas_window_common import (
     dot,
-    key_block,
     mask,
     needed,
     out,
     params,
     query_block,
+    query_grid_maps,
 )
 
 
@@ -90,17 +90,7 @@ def _dq(window_B, sinks_B, q, k, v, do, lse, di, *, scale, bq, bk):
     """Grid over query blocks, key blocks "arbitrary"."""
     B, N, T, H = q.shape
     K, E = k.shape[1], v.shape[-1]
-    G = N // K
-
-    def q_map(b, n, i, j, w_ref, s_ref):
-        return b, n, i, 0
-
-    def kv_map(b, n, i, j, w_ref, s_ref):
-        return b, n // G, key_block(i, j, w_ref[b], s_ref[b], bq, bk), 0
-
-    def row_map(b, n, i, j, w_ref, s_ref):
-        return b, n, 0, i
-
+    q_map, kv_map, row_map = query_grid_maps(N // K, bq, bk)
     return pl.pallas_call(
         functools.partial(_dq_kernel, scale=scale, bq=bq, bk=bk),
         grid_spec=pltpu.PrefetchScalarGridSpec(

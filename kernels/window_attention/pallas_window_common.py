@@ -71,3 +71,19 @@ def params(parallel: int, arbitrary: int):
         dimension_semantics=("parallel",) * parallel + ("arbitrary",) * arbitrary,
         vmem_limit_bytes=pallas_mode.current_vmem_limit(),
     )
+
+
+def query_grid_maps(G: int, bq: int, bk: int):
+    """Index maps of a grid (b, n, query block i, key block j), the forward's and dq's: the
+    query-side blocks, the kv blocks (head n // G, clamped by `key_block`), the per-query rows."""
+
+    def q_map(b, n, i, j, w_ref, s_ref):
+        return b, n, i, 0
+
+    def kv_map(b, n, i, j, w_ref, s_ref):
+        return b, n // G, key_block(i, j, w_ref[b], s_ref[b], bq, bk), 0
+
+    def row_map(b, n, i, j, w_ref, s_ref):
+        return b, n, 0, i
+
+    return q_map, kv_map, row_map
