@@ -102,9 +102,15 @@ def test_unit_lower_inverse_and_its_gradient_equal_a_float64_solve(C):
 
     def solve(A):
         eye = jnp.eye(C, dtype=A.dtype)
-        return jax.lax.linalg.triangular_solve(
-            eye + A, jnp.broadcast_to(eye, A.shape), left_side=True, lower=True, unit_diagonal=True
-        )
+
+        def one(a):
+            return jax.lax.linalg.triangular_solve(
+                eye + a, eye, left_side=True, lower=True, unit_diagonal=True
+            )
+
+        # one matrix per LAPACK call: jaxlib 0.10's batched LAPACK kernels split the batch over
+        # XLA:CPU's thread pool and can deadlock it (docs/kernels.md, "Known issue")
+        return jax.lax.map(one, A.reshape(-1, C, C)).reshape(A.shape)
 
     def loss(inverse, A):  # A's strict lower triangle is the input, as in the kernels
         return jnp.sum(inverse(jnp.tril(A, -1)) * weights)
