@@ -18,12 +18,25 @@ from kernels import window_attention
 
 def _masked_where(keep_BT, x):
     """x [B, T, ...] where `keep_BT`, else 0."""
-    return jnp.where(keep_BT.reshape(keep_BT.shape + (1,) * (x.ndim - 2)), x, 0)
+    return jnp.where(_expand(keep_BT, x.ndim), x, 0)
 
 
 def _gather_rows(x, index_BT):
     """Row b of x [B, U, ...] at its own positions index_BT[b]: [B, T, ...]."""
     return jax.vmap(lambda row, index: jnp.take(row, index, axis=0))(x, index_BT)
+
+
+def _gather_evicted(cached, new, index_BP):
+    """The items at `index_BP` of `cached ++ new` (cache slots [B, C, ...], then the call's new
+    tokens [B, P, ...]) without joining the two."""
+    C = cached.shape[1]
+    from_cache = _gather_rows(cached, jnp.minimum(index_BP, C - 1))
+    from_new = _gather_rows(new, jnp.clip(index_BP - C, 0, new.shape[1] - 1))
+    return jnp.where(_expand(index_BP < C, from_cache.ndim), from_cache, from_new)
+
+
+def _expand(keep_BT, ndim: int):
+    return keep_BT.reshape(keep_BT.shape + (1,) * (ndim - 2))
 
 
 class DecoderLayer(nnx.Module):
@@ -122,23 +135,18 @@ class DecoderLayer(nnx.Module):
         (`plan.write_slot`), and the memory's new state."""
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
         k, v = k.astype(arrays["k"].dtype), v.astype(arrays["v"].dtype)
-        # cache ++ new keys in one array, which the evicted items are also gathered from (scoring
-        # the two blocks apart, without the copy, made XLA:CPU abort with std::bad_alloc under the
-        # XLA:CPU flags the project used until the LAPACK solve was gone, jax 0.10.2)
-        k_all = jnp.concatenate([arrays["k"], k], axis=1)
-        v_all = jnp.concatenate([arrays["v"], v], axis=1)
+        # the cache and the new keys are scored as two blocks, the cache in place (no joint copy)
         attn = window_attention.masked_attention(
-            q, k_all.astype(q.dtype), v_all.astype(q.dtype), plan.mask
-        )
+            q, (arrays["k"].astype(q.dtype), k.astype(q.dtype)),
+            (arrays["v"].astype(q.dtype), v.astype(q.dtype)), plan.mask,
+        )  # fmt: skip
         writes = {"k": k, "v": v, "gates": {}, "state": arrays["state"]}
         if mode == "ahn":
             writes["gates"] = self.ahn.write_gates(h)
-            gates_all = {
-                n: jnp.concatenate([arrays["gates"][n], g], axis=1)
-                for n, g in writes["gates"].items()
-            }
             evicted = jax.tree.map(
-                lambda x: _gather_rows(x, plan.evict_index), (k_all, v_all, gates_all)
+                lambda cached, new: _gather_evicted(cached, new, plan.evict_index),
+                (arrays["k"], arrays["v"], arrays["gates"]),
+                (k, v, writes["gates"]),
             )
             y, writes["state"] = self._read_memory(
                 h,

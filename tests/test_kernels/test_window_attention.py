@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from checks import assert_close
 
-from kernels.window_attention import causal_attention, sink_window_attention, visible
+from kernels.window_attention import (
+    causal_attention,
+    masked_attention,
+    sink_window_attention,
+    visible,
+)
 
 
 def make_qkv(T, N=4, K=2, H=8, seed=0, dtype=jnp.float32):
@@ -34,6 +39,26 @@ def test_mask_semantics_at_the_boundaries():
     assert not mask[2, 3]  # causal
     # the first evicted token leaves exactly when t = S + W
     assert mask[S + W - 1, S] and not mask[S + W, S]
+
+
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_masked_attention_over_key_blocks_equals_the_dense_reference(dtype, tol):
+    # the decode cache's layout: keys split into blocks (cache, new tokens), one mask over both
+    q, k, v = make_qkv(29, dtype=dtype)
+    W, S = 6, 4
+    mask = visible(np.arange(29)[:, None], np.arange(29)[None, :], W, S)
+    want = attend("reference", q, k, v, W, S)
+    for cuts in ((), (20,), (3, 17)):
+        edges = (0, *cuts, 29)
+        blocks = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        got = masked_attention(
+            q,
+            [k[:, b] for b in blocks],
+            [v[:, b] for b in blocks],
+            jnp.broadcast_to(mask, (2, 29, 29)),
+        )
+        assert got.dtype == dtype
+        np.testing.assert_allclose(np.float32(got), np.float32(want), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("W, S", [(5, 3), (16, 0), (40, 20), (1, 1), (33, 17), (7, 20)])
