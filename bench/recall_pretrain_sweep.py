@@ -61,6 +61,9 @@ CONFIGS = {
     "T": (256, 16, RecallSpec(span=16, pairs=1, min_gap=64, max_gap=192), 1e-3, SMALL),
     "U": (256, 16, RecallSpec(16, 1, 64, 192, letters=CAPITALS, distinct=True), 1e-3, SMALL),
     "V": (256, 16, RecallSpec(24, 2, 40, 150, letters=CAPITALS, distinct=True), 1e-3, SMALL),
+    # denser pairs (3 per window, 40-150 apart: 60 recall-block bytes of 256) and two peak rates
+    "W": (256, 16, RecallSpec(16, 3, 40, 150, letters=CAPITALS, distinct=True), 2e-3, SMALL),
+    "X": (256, 16, RecallSpec(16, 3, 40, 150, letters=CAPITALS, distinct=True), 1e-3, SMALL),
 }
 WINDOW, SINKS = 32, 4
 

@@ -94,8 +94,8 @@ def causal_attention(
     """Causal attention, optionally restricted to `sinks` + `window` (both may be traced, and
     either a scalar or int32 [B], one per row; window=None is plain causal).
 
-    impl="blocked": sequences up to `block` take the dense reference; longer ones the blocked path
-    (kernels/window_attention/blocked.py): the [T, T] score matrix is never formed and key blocks
+    impl="blocked": the blocked path (kernels/window_attention/blocked.py; a sequence up to `block`
+    long is one block): beyond one block the [T, T] score matrix is never formed and key blocks
     with no visible key are skipped, so compute follows what is visible (T^2 / 2 causal, T (W + S)
     windowed) while one compile serves every W and S; differentiable.
     impl="pallas": the Pallas kernels of kernels/window_attention/pallas_window.py at every length
@@ -111,6 +111,6 @@ def causal_attention(
 
         return pallas_window.attention(q, k, v, window, sinks, scale, block_q=block, block_k=block)
     window = T if window is None else window
-    if T <= block:
-        return naive.reference(q, k, v, window, sinks, scale)
-    return blocked.blocked(q, k, v, window, sinks, scale, block)
+    # a sequence up to one block is that one block: the same online-softmax step costs half the
+    # dense reference on XLA:CPU (whose [T, T] mask select ran slowly; bench/forward_parts.py)
+    return blocked.blocked(q, k, v, window, sinks, scale, min(block, T))
