@@ -24,24 +24,30 @@ def define_flags() -> None:
     flags.DEFINE_string("out", "runs/demo", "where the AHN runs, the table and the plot go")
     flags.DEFINE_integer("windows_per_play", 48, "evaluation windows per held-out play")
     flags.DEFINE_integer("seed", 1234, "evaluation windows' seed")
+    flags.DEFINE_bool("ablations", False, "also the paper's ablations in miniature "
+                      "(ahn_jax/demo/ablations.py); all three types by default")  # fmt: skip
 
 
 def main(argv) -> None:
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    unknown = sorted(set(FLAGS.types) - set(AHN_TYPES))
+    types = FLAGS.types
+    if FLAGS.ablations and not FLAGS["types"].present:  # its figure compares the three types
+        types = list(AHN_TYPES)
+    unknown = sorted(set(types) - set(AHN_TYPES))
     if unknown:
         raise app.UsageError(f"--types: unknown {unknown}; use {', '.join(AHN_TYPES)}")
     pipeline.run(
         cli.config(),
-        types=FLAGS.types,
+        types=types,
         quick=FLAGS.quick,
         base=FLAGS.base,
         out=Path(FLAGS.out),
         windows_per_play=FLAGS.windows_per_play,
         seed=FLAGS.seed,
         command=" ".join(sys.argv),
+        ablations=FLAGS.ablations,
     )
 
 

@@ -1,6 +1,7 @@
 """`make demo`: the paper's claim in miniature, on real text, on a laptop CPU.
 
   python -m ahn_jax.demo [--types gdn,dn,mamba2] [--quick] [--base DIR] [--out runs/demo]
+      [--ablations]
 
 1. The base: a tiny byte-level Qwen2-architecture model pretrained with full attention on the
    Shakespeare plays (four held out) with key/recall pairs mixed in (configs/tiny_base.py). It is
@@ -14,6 +15,10 @@
    sinks + window, and sinks + window + each AHN: loss on the recalled letters, on the keys' letters
    (the baseline) and on plain text beyond S + W, with standard errors over plays; cache bytes and
    FLOPs per token at 1k and 8k tokens. Table, JSON and a loss-by-position plot go to --out.
+
+4. With --ablations (all three types unless --types says otherwise): the paper's ablations in
+   miniature, ahn_jax/demo/ablations.py (the memory alone, window generalisation, KL against CE,
+   and recall loss against W in one figure).
 
 --quick (the CI smoke test, a few minutes): fewer steps and windows, and a barely trained base when
 none is found; its numbers show the machinery, not the effect.
@@ -65,15 +70,21 @@ def find_or_pretrain_base(base: str | None, quick: bool, out: Path) -> tuple[Pat
     return Path(t.output_dir) / "model", f"pretrained here ({t.steps} steps)"
 
 
-def distil(config, ahn_type: str, base: Path, out: Path, quick: bool) -> Path:
+def distil(config, ahn_type: str, base: Path, out: Path, quick: bool, name: str | None = None,
+           **train_changes) -> Path:  # fmt: skip
+    """AHN-`ahn_type` distilled on `base` into <out>/<name> (default: the type), with `train`
+    fields changed as given (the ablations' variants); returns its AHN export."""
     config = config.copy_and_resolve_references()
     config.ahn.type = ahn_type
-    config.train.update(base_checkpoint=str(base), output_dir=str(out / ahn_type))
+    config.train.update(base_checkpoint=str(base), output_dir=str(out / (name or ahn_type)),
+                        **train_changes)  # fmt: skip
     if quick:
         config.train.update(steps=min(config.train.steps, 20), checkpoint_every=20, log_every=5)
     t = config.train
+    how = f"S={t.sinks} + W={t.window}" if t.window_sampling == "fixed" else (
+        f"W + S drawn from {tuple(t.window_choices)}")  # fmt: skip
     print(f"2. self-distilling AHN-{ahn_type.upper()} for {t.steps} steps ({t.batch_size} x "
-          f"{t.seq_len} bytes, S={t.sinks} + W={t.window}) into {t.output_dir}")  # fmt: skip
+          f"{t.seq_len} bytes, {how}, loss {t.loss}) into {t.output_dir}")  # fmt: skip
     start = time.perf_counter()
     run = loop.train(config)
     print(f"   done in {time.perf_counter() - start:.0f} s")
@@ -103,10 +114,11 @@ def run(
     windows_per_play: int,
     seed: int,
     command: str,
+    ablations: bool = False,
 ) -> dict:
     """The demo (the module docstring's three steps) with the distillation config ConfigDict
     `config`: the table, JSON and plot go to `out`; returns the results. `command` is recorded
-    with them."""
+    with them. `ablations` then runs ahn_jax/demo/ablations.py's groups on the same base."""
     out.mkdir(parents=True, exist_ok=True)
     print("1. the base")
     base_dir, provenance = find_or_pretrain_base(base, quick, out)
@@ -131,6 +143,14 @@ def run(
     print(
         f"   written: {out / 'results.md'}, {out / 'results.json'}, {out / 'loss_by_position.png'}"
     )
+    if ablations:
+        from ahn_jax.demo import ablations as ablation_groups
+
+        print("4. ablations")
+        results["ablations"] = ablation_groups.run(
+            config, base_dir=base_dir, demo_ahns=ahn_dirs, distil=distil, out=out,
+            windows_per_play=per_play_windows, seed=seed, quick=quick,
+        )  # fmt: skip
     return results
 
 
