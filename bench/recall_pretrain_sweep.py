@@ -64,6 +64,8 @@ CONFIGS = {
     # denser pairs (3 per window, 40-150 apart: 60 recall-block bytes of 256) and two peak rates
     "W": (256, 16, RecallSpec(16, 3, 40, 150, letters=CAPITALS, distinct=True), 2e-3, SMALL),
     "X": (256, 16, RecallSpec(16, 3, 40, 150, letters=CAPITALS, distinct=True), 1e-3, SMALL),
+    # 3 pairs 40-120 apart (a copy warm-up with --synthetic)
+    "Y": (256, 16, RecallSpec(16, 3, 40, 120, letters=CAPITALS, distinct=True), 2e-3, SMALL),
 }
 WINDOW, SINKS = 32, 4
 

@@ -149,6 +149,11 @@ class DataConfig(_Section):
     # key/recall pairs mixed into text windows (ahn_jax/training/recall_pairs.py's RecallSpec), e.g.
     # {"span": 16, "pairs": 1, "min_gap": 64, "max_gap": 192}; empty = none
     recall: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # a copy warm-up before the text: for about the first `steps` optimizer steps each window's
+    # text is random lowercase letters and spaces, with `pairs` key/recall pairs `min_gap`-`max_gap`
+    # apart (other fields from `recall`), e.g. {"steps": 400, "pairs": 3, "min_gap": 40,
+    # "max_gap": 120}: copying is then most of the signal (docs/results.md); empty = none
+    copy_warmup: dict[str, Any] = dataclasses.field(default_factory=dict)
     # JSONL files drawn with these probabilities, one per path, as the reference's interleave_probs
     # (ahn_jax/training/mixing.py); () = the files concatenated
     mix: tuple[float, ...] = ()
@@ -161,6 +166,25 @@ class DataConfig(_Section):
         if self.max_samples < 0:
             raise ConfigError(f"data.max_samples must be >= 0 (0 = all), got {self.max_samples}")
         _check_mix(self.mix, self.paths)
+        _check_copy_warmup(self.copy_warmup, self.recall)
+
+
+COPY_WARMUP_KEYS = ("steps", "pairs", "min_gap", "max_gap")
+
+
+def _check_copy_warmup(warmup: dict, recall: dict) -> None:
+    if not warmup:
+        return
+    if not recall:
+        raise ConfigError("data.copy_warmup needs data.recall (the pairs it copies)")
+    unknown = sorted(set(warmup) - set(COPY_WARMUP_KEYS))
+    if unknown or "steps" not in warmup:
+        raise ConfigError(
+            f"data.copy_warmup takes {COPY_WARMUP_KEYS} ('steps' required), got {sorted(warmup)}"
+        )
+    if not isinstance(warmup["steps"], int) or warmup["steps"] < 1:
+        steps = warmup["steps"]
+        raise ConfigError(f"data.copy_warmup.steps must be an integer >= 1, got {steps!r}")
 
 
 def _check_mix(mix: tuple[float, ...], paths: tuple[str, ...]) -> None:

@@ -38,6 +38,7 @@ from absl import logging
 
 from ahn_jax import jsonl
 from ahn_jax.config import DATA_FORMATS, DataConfig
+from ahn_jax.training import recall_pairs
 from ahn_jax.training.chat_data import BadRecordError, chat_messages, chat_turns, truncate_turns
 from ahn_jax.training.chat_data import encode_chat as encode_chat  # the module's API, as before
 from ahn_jax.training.losses import IGNORE
@@ -255,7 +256,17 @@ def make_dataset(
     if recall:  # new pairs for every window of every epoch, a function of the seed and index
         spec = RecallSpec(**recall)
         spec.check(cutoff)
-        dataset = dataset.random_map(functools.partial(_with_recall, spec, cutoff), seed=seed + 1)
+        warmup = data_config.copy_warmup
+        if warmup:  # the first windows of this process's stream: about `steps` batches
+            changes = {k: v for k, v in warmup.items() if k != "steps"}
+            warm_spec = dataclasses.replace(spec, **changes)
+            warm_spec.check(cutoff)
+            count = warmup["steps"] * batch_size
+            dataset = dataset.map_with_index(functools.partial(_mark_warmup, count))
+            recall_fn = functools.partial(_with_recall_or_warmup, spec, warm_spec, cutoff)
+        else:
+            recall_fn = functools.partial(_with_recall, spec, cutoff)
+        dataset = dataset.random_map(recall_fn, seed=seed + 1)
     # Read in this thread: grain's default per-element thread pool polls its futures on every
     # element, several times slower per batch than reading here (docs/benchmarks.md, the tiny
     # base's pretraining); a batch-level prefetch thread aborted the interpreter at exit.
@@ -271,6 +282,22 @@ def _with_recall(spec: RecallSpec, length: int, example: Example | None, rng) ->
     if example is None or len(example.input_ids) < length:
         return None
     ids, _ = insert_recall(example.input_ids, length, spec, rng)
+    return Example(ids, ids)
+
+
+def _mark_warmup(count: int, index: int, example):
+    return example, index < count
+
+
+def _with_recall_or_warmup(spec, warm_spec, length: int, marked, rng) -> Example | None:
+    """`_with_recall`, or in the copy warm-up (`marked` = (example, True)) random filler text with
+    the warm-up's pairs (data.copy_warmup)."""
+    example, warming_up = marked
+    if not warming_up:
+        return _with_recall(spec, length, example, rng)
+    if example is None or len(example.input_ids) < length:  # dropped as outside the warm-up
+        return None
+    ids, _ = insert_recall(recall_pairs.filler(length, rng), length, warm_spec, rng)
     return Example(ids, ids)
 
 

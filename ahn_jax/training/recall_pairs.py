@@ -51,6 +51,15 @@ class RecallSpec:
             )
 
 
+# the copy warm-up's text (data.copy_warmup): lowercase letters and spaces, nothing to learn but
+# the pairs, whose capitals it never shows
+FILLER = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     ", np.uint8).astype(np.int32)
+
+
+def filler(length: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.choice(FILLER, length)
+
+
 def insert_recall(text_ids: np.ndarray, length: int, spec: RecallSpec, rng: np.random.Generator):
     """(ids [length], kinds [length]): the pairs placed in a window whose other bytes are
     `text_ids`, in order (length minus the blocks' bytes of it are used)."""

@@ -152,3 +152,46 @@ def test_recall_pairs_go_into_every_full_window_and_change_with_the_epoch(tmp_pa
             key = text.index(b"<k=")
             assert text[key + 3 : key + 11] == text[text.index(b"<r=") + 3 :][:8]
     assert not np.array_equal(np.sort(epochs[0], axis=0), np.sort(epochs[1], axis=0))
+
+
+def test_copy_warmup_windows_are_filler_with_their_own_pairs_then_text(tmp_path):
+    path = tmp_path / "a.txt"
+    # exactly 6 windows of 256 (no short last piece: the warm-up counts windows before the
+    # filter drops short ones, so with one its first step would end early)
+    path.write_text(("Now is the winter of our discontent made glorious summer. " * 27)[:1536])
+    recall = {"span": 8, "pairs": 1, "min_gap": 40, "max_gap": 100, "letters": "ABCDEFGHIJ",
+              "distinct": True}  # fmt: skip
+    warmup = {"steps": 2, "pairs": 3, "min_gap": 40, "max_gap": 60}
+    config = _config([path], fmt="text").replace(cutoff_len=256, recall=recall, copy_warmup=warmup)
+    iterator = iter(data.make_dataset(config, ByteTokenizer(), batch_size=3, seed=0,
+                                      buckets=(256,)))  # fmt: skip
+    batches = [next(iterator)["input_ids"] for _ in range(4)]
+    for step, batch in enumerate(batches):
+        for row in batch:
+            text = bytes(row.astype(np.uint8))
+            keys = [i for i in range(len(text)) if text.startswith(b"<k=", i)]
+            recalls = [i for i in range(len(text)) if text.startswith(b"<r=", i)]
+            for key, rec in zip(keys, recalls, strict=True):  # each recall copies its key
+                assert text[key + 3 : key + 11] == text[rec + 3 : rec + 11]
+            if step < warmup["steps"]:  # filler: lowercase and spaces only, three pairs
+                assert len(keys) == 3 and b"winter" not in text
+                outside = bytes(b for b in text if b not in b"<>=kr" and not 65 <= b <= 90)
+                assert set(outside) <= set(b"abcdefghijklmnopqrstuvwxyz ")
+            else:
+                assert len(keys) == 1 and b"winter" in text
+
+
+@pytest.mark.parametrize(
+    "warmup, recall, match",
+    [
+        ({"steps": 5}, {}, "needs data.recall"),
+        ({"pairs": 3}, {"span": 8}, "'steps' required"),
+        ({"steps": 5, "gaps": 3}, {"span": 8}, "'steps' required"),
+        ({"steps": 0}, {"span": 8}, "steps must be an integer >= 1"),
+    ],
+)
+def test_copy_warmup_settings_are_checked(warmup, recall, match):
+    from ahn_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        DataConfig(format="shakespeare", recall=recall, copy_warmup=warmup)
