@@ -32,7 +32,7 @@ import time
 
 import _paths  # first: keeps bench/kernels.py from shadowing the kernels package
 
-# the XLA:CPU flags every CPU run of the project uses (`python -m ahn_jax.generate` included)
+# the CPU unless JAX_PLATFORMS names another platform (as `python -m ahn_jax.generate` runs)
 _paths.cpu_unless_told()
 
 import jax  # noqa: E402

@@ -6,8 +6,8 @@
 1. The base: a tiny byte-level Qwen2-architecture model pretrained with full attention on the
    Shakespeare plays (four held out) with key/recall pairs mixed in (configs/tiny_base.py). It is
    looked for in --base, then ahn_jax/assets/demo_base, then runs/demo_base/model; failing those it
-   is pretrained here through `ahn_jax.train` with configs/tiny_base.py alone (resumable; ~50 min
-   on 2 CPU cores): the committed base also had a second stage (docs/results.md).
+   is pretrained here through `ahn_jax.train` with configs/tiny_base.py, the command the committed
+   base was made with (resumable; ~55 min on 2 CPU cores).
 2. Self-distillation of each AHN type on that base through `ahn_jax.train` and --config
    (configs/demo_gdn.py: 4 sinks + a 32-byte window, so every recall needs the memory). A finished
    run in <out>/<type> is picked up, not repeated.
@@ -59,13 +59,14 @@ def find_or_pretrain_base(base: str | None, quick: bool, out: Path) -> tuple[Pat
     from configs import tiny_base
 
     config = tiny_base.get_config()
-    if quick:  # enough to run the pipeline; the recall is not learned in so few steps
+    if quick:  # enough to run the pipeline (both phases); the recall is not learned so soon
         config.train.update(steps=20, batch_size=8, log_every=10, checkpoint_every=20,
                             output_dir=str(out / "quick_base"))  # fmt: skip
+        config.data.copy_warmup = dict(config.data.copy_warmup, steps=10)
     t = config.train
     print(f"   no pretrained base found: pretraining one ({t.steps} steps of {t.batch_size} x "
           f"{t.seq_len} bytes) into {t.output_dir}" + ("" if quick else
-          "; on 2 CPU cores about 50 minutes (it resumes if interrupted)"))  # fmt: skip
+          "; on 2 CPU cores about 55 minutes (it resumes if interrupted)"))  # fmt: skip
     loop.train(config)
     return Path(t.output_dir) / "model", f"pretrained here ({t.steps} steps)"
 
