@@ -216,6 +216,10 @@ def summarize(per_play, models, window, sinks) -> dict:
             "holds": bool(between and closed.mean - closed.stderr > 0.3),
             "below_keys_baseline": float(below_chance),
             "full_below_keys_baseline": float(rows["full"]["key"]["mean"] - full),
+            **{
+                f"share_of_full_margin_{b}": vars(scoring.margin_share(per_play, name, b))
+                for b in scoring.BASELINES
+            },  # fmt: skip
         }
     return {"rows": rows, "claims": claims}
 
@@ -241,10 +245,14 @@ def markdown(results: dict) -> str:
         if "gap_closed" in claim:
             closed = scoring.Estimate(**claim["gap_closed"])
             verdict = "holds" if claim["holds"] else "does NOT hold"
+            own, strict = (scoring.Estimate(**claim[f"share_of_full_margin_{b}"])
+                           for b in scoring.BASELINES)  # fmt: skip
             lines.append(f"{name} closes {closed} of the sinks+window - full recall gap; the "
                          f"claim (between, > 30% beyond its error bar) {verdict}. Its recall is "
                          f"{claim['below_keys_baseline']:+.3f} nats below the keys' baseline "
-                         f"(full: {claim['full_below_keys_baseline']:+.3f}).")  # fmt: skip
+                         f"(full: {claim['full_below_keys_baseline']:+.3f}): {own} of full "
+                         f"attention's margin below chance ({strict} measured from full "
+                         "attention's keys' loss).")  # fmt: skip
         else:
             lines.append(f"{name}: no claim can be checked: {claim['why']}")
     if results["quick"]:

@@ -87,3 +87,20 @@ def gap_closed(per_play: dict[str, dict[str, dict[str, float]]], mode: str, kind
             raise ValueError(f"{play}: no {kind} gap to close (swa {swa:.3f} <= full {full:.3f})")
         fractions.append((swa - this) / (swa - full))
     return Estimate.over(fractions)
+
+
+# the chance level a model's recalled letters are measured from: its own loss on the keys'
+# letters, or full attention's (the data's; stricter when the AHN is worse on the keys)
+BASELINES = ("own", "full")
+
+
+def margin_share(per_play, mode: str, baseline: str = "own") -> Estimate:
+    """The share of full attention's margin below chance on the recalled letters that `mode`
+    reaches, per play: (chance - recall of mode) / (full's keys - full's recall), chance being
+    `mode`'s own keys' loss or full attention's (BASELINES)."""
+    shares = []
+    for by_mode in per_play.values():
+        full = by_mode["full"]
+        chance = by_mode["full" if baseline == "full" else mode]["key"]
+        shares.append((chance - by_mode[mode]["recall"]) / (full["key"] - full["recall"]))
+    return Estimate.over(shares)

@@ -74,3 +74,15 @@ def test_the_claim_needs_the_gap_closed_beyond_its_error_and_reports_recall_belo
     assert abs(gdn["below_keys_baseline"] - (3.0 - 2.5 - 0.005)) < 1e-9
     assert not dn["holds"] and dn["between_full_and_swa"] and dn["below_keys_baseline"] < 0
     assert abs(gdn["full_below_keys_baseline"] - (3.0 - 1.005)) < 1e-9
+    # per play about (3 - 2.5) / (3 - 1) = 0.25 of full's margin; equal keys: the baselines agree
+    own, full = (gdn[f"share_of_full_margin_{b}"] for b in ("own", "full"))
+    assert abs(own["mean"] - 0.25) < 0.005 and 0 < own["stderr"] < 0.005 and own == full
+
+
+def test_the_margin_share_from_full_attentions_keys_is_the_stricter_one():
+    from ahn_jax.demo.scoring import margin_share
+
+    per_play = {p: {"full": {"recall": 0.0, "key": 3.0}, "ahn": {"recall": 1.5, "key": 3.3}}
+                for p in "ab"}  # fmt: skip
+    assert abs(margin_share(per_play, "ahn", "own").mean - 0.6) < 1e-9  # (3.3 - 1.5) / 3
+    assert abs(margin_share(per_play, "ahn", "full").mean - 0.5) < 1e-9  # (3.0 - 1.5) / 3
