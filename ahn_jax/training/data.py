@@ -252,21 +252,8 @@ def make_dataset(
     # single process would (up to rows dropped by the filter below)
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
     dataset = dataset[process_index::process_count].map(encode)
-    recall = data_config.recall
-    if recall:  # new pairs for every window of every epoch, a function of the seed and index
-        spec = RecallSpec(**recall)
-        spec.check(cutoff)
-        warmup = data_config.copy_warmup
-        if warmup:  # the first windows of this process's stream: about `steps` batches
-            changes = {k: v for k, v in warmup.items() if k != "steps"}
-            warm_spec = dataclasses.replace(spec, **changes)
-            warm_spec.check(cutoff)
-            count = warmup["steps"] * batch_size
-            dataset = dataset.map_with_index(functools.partial(_mark_warmup, count))
-            recall_fn = functools.partial(_with_recall_or_warmup, spec, warm_spec, cutoff)
-        else:
-            recall_fn = functools.partial(_with_recall, spec, cutoff)
-        dataset = dataset.random_map(recall_fn, seed=seed + 1)
+    if data_config.recall:
+        dataset = _add_recall_pairs(dataset, data_config, cutoff, batch_size, seed)
     # Read in this thread: grain's default per-element thread pool polls its futures on every
     # element, several times slower per batch than reading here (docs/benchmarks.md, the tiny
     # base's pretraining); a batch-level prefetch thread aborted the interpreter at exit.
@@ -275,6 +262,22 @@ def make_dataset(
         .filter(lambda e: e is not None)
         .batch(batch_size, drop_remainder=True, batch_fn=lambda b: pad_batch(b, buckets))
     )
+
+
+def _add_recall_pairs(dataset, data_config: DataConfig, cutoff: int, batch_size: int, seed: int):
+    """Key/recall pairs in every window: new ones every epoch, a function of the seed and index;
+    with `data.copy_warmup`, the first windows of this process's stream (about `steps` batches)
+    are the warm-up's filler with its own pairs."""
+    spec = RecallSpec(**data_config.recall)
+    spec.check(cutoff)
+    warmup = data_config.copy_warmup
+    if not warmup:
+        return dataset.random_map(functools.partial(_with_recall, spec, cutoff), seed=seed + 1)
+    warm_spec = dataclasses.replace(spec, **{k: v for k, v in warmup.items() if k != "steps"})
+    warm_spec.check(cutoff)
+    dataset = dataset.map_with_index(functools.partial(_mark_warmup, warmup["steps"] * batch_size))
+    recall_fn = functools.partial(_with_recall_or_warmup, spec, warm_spec, cutoff)
+    return dataset.random_map(recall_fn, seed=seed + 1)
 
 
 def _with_recall(spec: RecallSpec, length: int, example: Example | None, rng) -> Example | None:
