@@ -321,7 +321,10 @@ def test_pretraining_trains_every_base_weight_and_exports_a_loadable_model(tmp_p
     config.model.update(MODEL)
     config.train.update(steps=3, batch_size=4, seq_len=128, checkpoint_every=3, log_every=1,
                         output_dir=str(tmp_path / "base"))  # fmt: skip
-    config.data.update(cutoff_len=128, recall={"span": 8, "pairs": 1, "min_gap": 32, "max_gap": 80})
+    # both phases: 2 steps of the copy warm-up (its gaps fit 128-byte windows), then text
+    warmup = {"steps": 2, "pairs": 2, "min_gap": 16, "max_gap": 48}
+    recall = {"span": 8, "pairs": 1, "min_gap": 32, "max_gap": 80}
+    config.data.update(cutoff_len=128, recall=recall, copy_warmup=warmup)
     before = init_model(validate_config(config), seed=config.train.seed)
     run = train_lib.train(config)
     losses = [r["ce"] for r in _records(tmp_path / "base").values()]
