@@ -14,7 +14,6 @@ ours (> 1: we are faster). Writes bench/results/forward_parts.json.
 from __future__ import annotations
 
 import os
-import time
 
 import _paths
 
@@ -24,7 +23,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from absl import app, flags  # noqa: E402
-from common import machine, write_result  # noqa: E402
+from common import best_seconds, machine, write_result  # noqa: E402
 
 from kernels.window_attention import causal_attention  # noqa: E402
 
@@ -39,23 +38,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("repeats", 5, "timed calls of each side (the best is kept)")
 
 
-def _best(fn) -> float:
-    fn()  # compile / warm up
-    times = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def _matmul_row(m: int, k: int, n: int) -> dict:
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
-    product = jax.jit(lambda x, w: x @ w)
-    ours = _best(lambda: product(a, b).block_until_ready())
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    theirs = _best(lambda: ta @ tb)
+    ours = best_seconds(jax.jit(lambda x, w: x @ w), a, b, repeats=FLAGS.repeats)
+    theirs = best_seconds(torch.matmul, torch.from_numpy(a), torch.from_numpy(b),
+                          repeats=FLAGS.repeats)  # fmt: skip
     flop = 2 * m * k * n
     return {"shape": [m, k, n], "ahn_jax_gflops": flop / ours / 1e9,
             "torch_gflops": flop / theirs / 1e9, "ratio": theirs / ours}  # fmt: skip
@@ -66,12 +54,12 @@ def _attention_row(length: int) -> dict:
     q = rng.standard_normal((1, length, 8, 64), np.float32)
     k, v = rng.standard_normal((2, 1, length, 2, 64), np.float32)
     attend = jax.jit(lambda q, k, v: causal_attention(q, k, v))
-    ours = _best(lambda: attend(q, k, v).block_until_ready())
+    ours = best_seconds(attend, q, k, v, repeats=FLAGS.repeats)
     tq = torch.from_numpy(q).transpose(1, 2)
     tk, tv = (torch.from_numpy(x).transpose(1, 2).repeat_interleave(4, 1) for x in (k, v))
     with torch.inference_mode():
         sdpa = torch.nn.functional.scaled_dot_product_attention
-        theirs = _best(lambda: sdpa(tq, tk, tv, is_causal=True))
+        theirs = best_seconds(lambda: sdpa(tq, tk, tv, is_causal=True), repeats=FLAGS.repeats)
         want = sdpa(tq, tk, tv, is_causal=True).transpose(1, 2).numpy()
     error = float(np.abs(np.asarray(attend(q, k, v)) - want).max())
     return {"length": length, "ahn_jax_ms": ours * 1e3, "torch_ms": theirs * 1e3,

@@ -34,6 +34,7 @@ from flax import nnx  # noqa: E402
 from ahn_jax.config import ModelConfig  # noqa: E402
 from ahn_jax.model.transformer import init_model  # noqa: E402
 from ahn_jax.training.recall_pairs import (  # noqa: E402
+    FILLER,
     KEY_LETTER,
     ORDINARY,
     RECALL_LETTER,
@@ -107,8 +108,7 @@ def run(name, tokens, eval_every, all_texts, synthetic=False):
         "".join(t for k, t in all_texts.items() if k not in HELD_OUT).encode(), np.uint8
     ).astype(np.int32)
     if synthetic:  # a copy-only warm-up: random letters and spaces between the pairs
-        alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz     ", np.uint8).astype(np.int32)
-        train_stream = np.random.default_rng(7).choice(alphabet, len(train_stream))
+        train_stream = np.random.default_rng(7).choice(FILLER, len(train_stream))
     eval_stream = np.frombuffer("".join(all_texts[k] for k in HELD_OUT).encode(), np.uint8).astype(
         np.int32
     )

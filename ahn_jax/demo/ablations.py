@@ -29,7 +29,6 @@ from tqdm import tqdm
 from ahn_jax.checkpoints.pretrained import from_pretrained
 from ahn_jax.config import DataConfig, TrainConfig
 from ahn_jax.demo import scoring
-from ahn_jax.training import data
 from ahn_jax.training.recall_pairs import RecallSpec
 
 TINY_WINDOW = 4  # the "memory alone" variant's lossless window (plus the demo's sinks)
@@ -95,11 +94,11 @@ def _evaluations(ahns: dict[str, Path], window: int, sinks: int) -> dict[str, li
     trained = [(f"ahn-{k}", k) for k in ("gdn", "dn", "mamba2") if k in ahns]
     trained.append(("ahn-gdn, random W", "gdn-random-window"))
     for w in EVAL_WINDOWS:
-        rows = [("full", "base", "full", w, sinks), ("swa", "base", "swa", w, sinks)]
+        # full attention does not depend on W: one row, at the first
+        rows = [("full", "base", "full", w, sinks)] if w == EVAL_WINDOWS[0] else []
+        rows += [("swa", "base", "swa", w, sinks)]
         rows += [(name, key, "ahn", w, sinks) for name, key in trained]
         groups["window_generalisation"] += [(f"{name} @ W = {w}", *rest) for name, *rest in rows]
-    for rows in groups.values():  # the full model's rows once per W: it does not depend on W
-        rows[:] = [r for r in rows if r[2] != "full" or r[3] == EVAL_WINDOWS[0]]
     return groups
 
 
@@ -108,9 +107,7 @@ def score_groups(base_dir, ahns, t: TrainConfig, d: DataConfig, per_play: int, s
     spec = RecallSpec(**d.recall)
     models = {"base": from_pretrained(base_dir)}
     models.update({k: from_pretrained(base_dir, ahn_path=path) for k, path in ahns.items()})
-    texts = data.shakespeare_texts()
-    windows = {p: scoring.play_windows(texts[p], t.seq_len, spec, per_play, seed + i)
-               for i, p in enumerate(d.held_out)}  # fmt: skip
+    windows = scoring.held_out_windows(d.held_out, t.seq_len, spec, per_play, seed)
     groups = _evaluations(ahns, t.window, t.sinks)
     total = sum(len(rows) for rows in groups.values()) * len(windows)
     bar = tqdm(total=total, desc="scoring ablations", dynamic_ncols=True)

@@ -40,7 +40,7 @@ from ahn_jax.checkpoints.pretrained import from_pretrained
 from ahn_jax.config import DataConfig, TrainConfig
 from ahn_jax.costs import formulas, table
 from ahn_jax.demo import scoring
-from ahn_jax.training import data, loop
+from ahn_jax.training import loop
 from ahn_jax.training.recall_pairs import RecallSpec
 
 ASSET_BASE = Path(__file__).parents[1] / "assets" / "demo_base"
@@ -161,7 +161,6 @@ def score_plays(base: Path, ahn_dirs: dict[str, Path], t: TrainConfig, d: DataCo
     every held-out play: (models, per-play mean losses by kind, loss sums by position)."""
     spec, plays = RecallSpec(**d.recall), d.held_out
     window, sinks, length = t.window, t.sinks, t.seq_len
-    texts = data.shakespeare_texts()
     print(
         f"3. scoring {len(plays)} held-out plays x {per_play_windows} windows of {length} bytes "
         f"(S={sinks} + W={window}; recalls {spec.min_gap}-{spec.max_gap} bytes after their key)"
@@ -173,8 +172,8 @@ def score_plays(base: Path, ahn_dirs: dict[str, Path], t: TrainConfig, d: DataCo
     per_play: dict[str, dict[str, dict[str, float]]] = {}
     position_sums = {name: np.zeros(length - 1) for name in models}
     bar = tqdm(total=len(plays) * len(models), desc="scoring", dynamic_ncols=True)
-    for i, play in enumerate(plays):
-        ids, kinds = scoring.play_windows(texts[play], length, spec, per_play_windows, seed + i)
+    windows = scoring.held_out_windows(plays, length, spec, per_play_windows, seed)
+    for play, (ids, kinds) in windows.items():
         per_play[play] = {}
         for name, (model, mode) in models.items():
             losses = scoring.next_byte_losses(model, ids, mode, window, sinks)

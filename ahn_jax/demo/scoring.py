@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ahn_jax.training import data
 from ahn_jax.training.recall_pairs import (
     KEY_LETTER,
     ORDINARY,
@@ -37,6 +38,13 @@ def play_windows(text: str, length: int, spec: RecallSpec, count: int, seed: int
     starts = np.linspace(0, len(stream) - length, count).astype(int)
     pairs = [insert_recall(stream[s : s + length], length, spec, rng) for s in starts]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def held_out_windows(plays, length: int, spec: RecallSpec, count: int, seed: int) -> dict:
+    """Play -> `play_windows` of each held-out play, play i's pairs from seed + i: the windows the
+    demo's table and its ablations are scored on."""
+    texts = data.shakespeare_texts()
+    return {p: play_windows(texts[p], length, spec, count, seed + i) for i, p in enumerate(plays)}
 
 
 def next_byte_losses(model, ids: np.ndarray, mode: str, window: int, sinks: int, batch: int = 16):

@@ -293,15 +293,13 @@ def _mark_warmup(count: int, index: int, example):
 
 
 def _with_recall_or_warmup(spec, warm_spec, length: int, marked, rng) -> Example | None:
-    """`_with_recall`, or in the copy warm-up (`marked` = (example, True)) random filler text with
-    the warm-up's pairs (data.copy_warmup)."""
+    """`_with_recall`; in the copy warm-up (`marked` = (example, True)) with random filler for
+    text and the warm-up's pairs (data.copy_warmup). The same windows are dropped either way."""
     example, warming_up = marked
-    if not warming_up:
-        return _with_recall(spec, length, example, rng)
-    if example is None or len(example.input_ids) < length:  # dropped as outside the warm-up
-        return None
-    ids, _ = insert_recall(recall_pairs.filler(length, rng), length, warm_spec, rng)
-    return Example(ids, ids)
+    if warming_up and example is not None and len(example.input_ids) >= length:
+        text = recall_pairs.filler(length, rng)
+        example = Example(text, text)
+    return _with_recall(warm_spec if warming_up else spec, length, example, rng)
 
 
 def _document(item) -> Example:
