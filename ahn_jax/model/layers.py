@@ -154,8 +154,15 @@ class SwiGLU(nnx.Module):
 
     def __call__(self, x_BTD: jax.Array) -> jax.Array:
         dtype = x_BTD.dtype
-        gate = jnp.einsum("BTD,DF->BTF", x_BTD, self.gate_kernel[...].astype(dtype))
-        up = jnp.einsum("BTD,DF->BTF", x_BTD, self.up_kernel[...].astype(dtype))
-        return jnp.einsum(
-            "BTF,FD->BTD", jax.nn.silu(gate) * up, self.down_kernel[...].astype(dtype)
-        )
+        gate = _token_matmul(x_BTD, self.gate_kernel[...].astype(dtype))
+        up = _token_matmul(x_BTD, self.up_kernel[...].astype(dtype))
+        return _token_matmul(jax.nn.silu(gate) * up, self.down_kernel[...].astype(dtype))
+
+
+def _token_matmul(x_BTI: jax.Array, kernel_IO: jax.Array) -> jax.Array:
+    """x [B, T, I] @ kernel [I, O] -> [B, T, O], as one [B * T, I] matrix: the weight gradient then
+    contracts one token axis instead of two, which XLA:CPU ran as a slow transposing copy fused
+    with the activation's backward (the tiny base's MLP forward + backward 2.4x faster;
+    docs/benchmarks.md, "Training step on the CPU")."""
+    B, T, I = x_BTI.shape
+    return (x_BTI.reshape(B * T, I) @ kernel_IO).reshape(B, T, kernel_IO.shape[1])

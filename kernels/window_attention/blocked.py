@@ -4,13 +4,21 @@ Queries and keys go in blocks of `block` tokens. For each query block, a scan ov
 skips (`lax.cond`) every block that holds no visible key (above the diagonal, or outside both the
 sink prefix and the query block's window band) and folds the rest in with an online softmax, so the
 [T, T] score matrix is never formed: T^2 / 2 work causal, T (W + S) windowed, one compile for every
-W and S; differentiable, with memory growing with T in the backward pass (both scans
-rematerialised). W and S may differ per row ([B]): the batch runs one program, so a key block is
-skipped only when no row sees it, which the largest W and the largest S decide (the rows that do
-not see it are masked inside it).
+W and S. W and S may differ per row ([B]): the batch runs one program, so a key block is skipped
+only when no row sees it, which the largest W and the largest S decide (the rows that do not see
+it are masked inside it).
+
+The gradient is written out (a custom VJP, FlashAttention-2's backward): the forward keeps only
+its output and each query's log-sum-exp, and the backward recomputes each visible block's
+probabilities once, skipping the same blocks and touching only the visited blocks' slices of dk
+and dv, so a windowed backward stays O(T (W + S)). Differentiating the forward's scans instead
+cost over ten times the forward on XLA:CPU (bench/backward_parts.py). Being a custom VJP, it has
+no forward-mode derivative (`jax.jvp`); nothing here uses one.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,76 +27,112 @@ from kernels.common.masking import MASKED
 from kernels.common.varying import vary_like
 from kernels.window_attention.naive import per_row, row_mask
 
+# The backward's block: its [block, block] probabilities, scores and their gradients per row and
+# head stay in a CPU core's cache at 128 (T = 256, 16 rows x 2 heads: backward 16 ms at 128
+# against 29 ms at 256, the forward's best block; bench/attention_backward.py)
+BACKWARD_BLOCK = 128
+
 
 def blocked(q_BTNH, k_BTKH, v_BTKE, window, sinks, scale: float, block: int):
     """q [B, T, N, H], k [B, T, K, H], v [B, T, K, E] -> [B, T, N, E] in q's dtype; `window` and
     `sinks` are scalars or int32 [B]."""
-    B, T, N, H = q_BTNH.shape
+    B = q_BTNH.shape[0]
     window_B, sinks_B = per_row(window, B), per_row(sinks, B, "sinks")
+    return _attention(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _attention(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block):
+    out, _ = _forward(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block)
+    return out
+
+
+class _Blocks:
+    """The [B, T, heads, d] <-> [n, B, K, (G,) block, d] layout changes of one call."""
+
+    def __init__(self, q_BTNH, k_BTKH, block: int):
+        self.B, self.T, self.N, _ = q_BTNH.shape
+        self.K = k_BTKH.shape[2]
+        self.block = block
+        self.n = -(-self.T // block)
+        # padded keys sit after every real query: the causal mask hides them
+
+    def keys(self, x_BTKD):  # -> [n, B, K, block, d]
+        pad = self.n * self.block - self.T
+        x = jnp.pad(x_BTKD, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        return x.reshape(self.B, self.n, self.block, *x.shape[2:]).transpose(1, 0, 3, 2, 4)
+
+    def queries(self, x_BTND):  # -> [n, B, K, G, block, d]
+        x = self.keys(x_BTND)
+        return x.reshape(self.n, self.B, self.K, self.N // self.K, self.block, x.shape[-1])
+
+    def from_queries(self, x):  # [n, B, K, G, block, d] -> [B, T, N, d]
+        x = x.transpose(1, 0, 4, 2, 3, 5).reshape(self.B, self.n * self.block, self.N, -1)
+        return x[:, : self.T]
+
+    def from_keys(self, x):  # [n, B, K, block, d] -> [B, T, K, d]
+        x = x.transpose(1, 0, 3, 2, 4).reshape(self.B, self.n * self.block, self.K, -1)
+        return x[:, : self.T]
+
+
+def _needed(i, j, block, window_max, sinks_max):
+    """Whether key block j holds a key some row's query in block i sees: at or below the diagonal,
+    and its last key reaches the window of the block's first query, or it holds a sink."""
+    reaches = ((j + 1) * block - 1 > i * block - window_max) | (j * block < sinks_max)
+    return (j <= i) & reaches
+
+
+def _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B):
+    """Scaled scores of query block i against key block j (MASKED where not visible), and the
+    visibility mask."""
+    within = jnp.arange(block)
+    seen = row_mask(window_B, sinks_B, i * block + within, j * block + within)[:, None, None]
+    s = jnp.einsum("BKGTH,BKUH->BKGTU", q_BKGCH, k_BKCH, preferred_element_type=jnp.float32)
+    return jnp.where(seen, s * scale, MASKED), seen
+
+
+def _forward(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block):
+    """(output [B, T, N, E] in q's dtype, log-sum-exp of each query [B, T, N] fp32)."""
+    layout = _Blocks(q_BTNH, k_BTKH, block)
+    k_blocks, v_blocks = layout.keys(k_BTKH), layout.keys(v_BTKE)
     # the widest row decides which key blocks run: one reduction over the batch per call
-    bounds = (window_B, sinks_B, jnp.max(window_B), jnp.max(sinks_B))
-    K, E = k_BTKH.shape[2], v_BTKE.shape[-1]
-    n_blocks = -(-T // block)
-    pad = n_blocks * block - T  # padded keys sit after every real query: the causal mask hides them
-
-    def to_blocks(x):  # [B, T, heads, d] -> [n, B, heads, block, d]
-        x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
-        return x.reshape(B, n_blocks, block, x.shape[2], x.shape[3]).transpose(1, 0, 3, 2, 4)
-
-    q_blocks = to_blocks(q_BTNH).reshape(n_blocks, B, K, N // K, block, H)
-    k_blocks, v_blocks = to_blocks(k_BTKH), to_blocks(v_BTKE)
+    window_max, sinks_max = jnp.max(window_B), jnp.max(sinks_B)
 
     def query_block(_, inputs):
         i, q_BKGCH = inputs
-        out = _query_block(i, q_BKGCH, k_blocks, v_blocks, block, scale, bounds)
-        return None, out.astype(q_BKGCH.dtype)
 
-    # rematerialised per query block: the backward pass holds one query block's key-block carries
-    # at a time, so training memory grows with T, not T^2 (a 3B model at 24k tokens)
-    _, out = jax.lax.scan(jax.checkpoint(query_block), None, (jnp.arange(n_blocks), q_blocks))
-    # [n, B, K, G, block, E] -> [B, T, N, E]
-    out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, n_blocks * block, N, E)
-    return out[:, :T]
+        def key_block(carry, key_inputs):
+            j, k_BKCH, v_BKCE = key_inputs
 
+            def update(carry):
+                s, _ = _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B)
+                return _online_softmax_step(carry, s, v_BKCE)
 
-def _query_block(i, q_BKGCH, k_blocks, v_blocks, block, scale, bounds):
-    """Query block i against every key block, by online softmax: [B, K, G, block, E] fp32."""
-    window_B, sinks_B, window_max, sinks_max = bounds
-    n_blocks = k_blocks.shape[0]
-    within = jnp.arange(block)
-    q_pos = i * block + within
+            needed = _needed(i, j, block, window_max, sinks_max)
+            return jax.lax.cond(needed, update, lambda c: c, carry), None
 
-    def key_block(carry, key_inputs):
-        j, k_BKCH, v_BKCE = key_inputs
-        # the block's last key reaches the window of the block's first query, or is a sink
-        reaches = ((j + 1) * block - 1 > i * block - window_max) | (j * block < sinks_max)
-        needed = (j <= i) & reaches
+        shape = q_BKGCH.shape[:-1]
+        init = (
+            jnp.full(shape, MASKED, jnp.float32),
+            jnp.zeros(shape, jnp.float32),
+            jnp.zeros((*shape, v_blocks.shape[-1]), jnp.float32),
+        )
+        # under shard_map the skipped-block branch must return the carry's type
+        init = tuple(vary_like(x, (q_BKGCH, k_blocks, v_blocks)) for x in init)
+        (row_max, denom, acc), _ = jax.lax.scan(
+            key_block, init, (jnp.arange(layout.n), k_blocks, v_blocks)
+        )
+        out = (acc / denom[..., None]).astype(q_BKGCH.dtype)
+        return None, (out, row_max + jnp.log(denom))
 
-        def update(carry):
-            seen = row_mask(window_B, sinks_B, q_pos, j * block + within)[:, None, None]
-            return _online_softmax_step(carry, q_BKGCH, k_BKCH, v_BKCE, seen, scale)
-
-        # rematerialised: the gradient keeps the small running carry per key block, not its
-        # [block, block] scores and probabilities
-        return jax.lax.cond(needed, jax.checkpoint(update), lambda c: c, carry), None
-
-    shape = q_BKGCH.shape[:-1]
-    init = (
-        jnp.full(shape, MASKED, jnp.float32),
-        jnp.zeros(shape, jnp.float32),
-        jnp.zeros((*shape, v_blocks.shape[-1]), jnp.float32),
-    )
-    # under shard_map the skipped-block branch must return the carry's type: varying like q, k, v
-    init = tuple(vary_like(x, (q_BKGCH, k_blocks, v_blocks)) for x in init)
-    (_, denom, acc), _ = jax.lax.scan(key_block, init, (jnp.arange(n_blocks), k_blocks, v_blocks))
-    return acc / denom[..., None]
+    inputs = (jnp.arange(layout.n), layout.queries(q_BTNH))
+    _, (out, lse) = jax.lax.scan(query_block, None, inputs)
+    return layout.from_queries(out), layout.from_queries(lse[..., None])[..., 0]
 
 
-def _online_softmax_step(carry, q_BKGCH, k_BKCH, v_BKCE, seen, scale):
-    """Fold one key block into the running (row max, denominator, weighted sum of values)."""
+def _online_softmax_step(carry, s, v_BKCE):
+    """Fold one key block's scores into the running (row max, denominator, weighted values)."""
     row_max, denom, acc = carry
-    s = jnp.einsum("BKGTH,BKUH->BKGTU", q_BKGCH, k_BKCH, preferred_element_type=jnp.float32)
-    s = jnp.where(seen, s * scale, MASKED)
     new_max = jnp.maximum(row_max, s.max(-1))
     p = jnp.exp(s - new_max[..., None])
     correction = jnp.exp(row_max - new_max)
@@ -96,3 +140,72 @@ def _online_softmax_step(carry, q_BKGCH, k_BKCH, v_BKCE, seen, scale):
         "BKGTU,BKUE->BKGTE", p.astype(v_BKCE.dtype), v_BKCE, preferred_element_type=jnp.float32
     )
     return new_max, denom * correction + p.sum(-1), acc * correction[..., None] + pv
+
+
+def _attention_fwd(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block):
+    out, lse = _forward(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block)
+    return out, (q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, out, lse)
+
+
+def _attention_bwd(scale, block, residuals, d_out_BTNE):
+    """Per query block, the visible key blocks once more: p from the saved log-sum-exp, then
+    dv = p^T do, ds = p (do v^T - rowsum(do o)), dq = ds k, dk = ds^T q (scaled)."""
+    q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, out_BTNE, lse_BTN = residuals
+    block = min(block, BACKWARD_BLOCK)
+    layout = _Blocks(q_BTNH, k_BTKH, block)
+    q_blocks, k_blocks, v_blocks = (
+        layout.queries(q_BTNH), layout.keys(k_BTKH), layout.keys(v_BTKE)
+    )  # fmt: skip
+    do_blocks = layout.queries(d_out_BTNE)
+    # rowsum(do * o): the softmax's own term of every query's gradient, in fp32
+    delta = jnp.einsum("BTNE,BTNE->BTN", d_out_BTNE, out_BTNE, preferred_element_type=jnp.float32)[
+        ..., None
+    ]
+    delta = layout.queries(delta)[..., 0]
+    lse = layout.queries(lse_BTN[..., None])[..., 0]
+    window_max, sinks_max = jnp.max(window_B), jnp.max(sinks_B)
+    varying = (q_BTNH, k_BTKH, v_BTKE, d_out_BTNE)
+
+    def query_block(dkv, inputs):
+        i, q_BKGCH, do_BKGCE, lse_BKGC, delta_BKGC = inputs
+
+        def key_block(carry, key_inputs):
+            j, k_BKCH, v_BKCE = key_inputs
+
+            def grads(carry):
+                dq, dk, dv = carry
+                s, seen = _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B)
+                # where: a row that sees no key at all (W = S = 0) gets no gradient
+                p = jnp.where(seen, jnp.exp(s - lse_BKGC[..., None]), 0.0)
+                dp = jnp.einsum(
+                    "BKGTE,BKUE->BKGTU", do_BKGCE, v_BKCE, preferred_element_type=jnp.float32
+                )
+                ds = p * (dp - delta_BKGC[..., None]) * scale
+                dq = dq + jnp.einsum("BKGTU,BKUH->BKGTH", ds, k_BKCH.astype(jnp.float32))
+                # only this key block's slice of dk and dv is touched (in place): skipped blocks
+                # cost nothing, so a windowed backward stays O(T (W + S))
+                dk = dk.at[j].add(jnp.einsum("BKGTU,BKGTH->BKUH", ds, q_BKGCH.astype(jnp.float32)))
+                dv = dv.at[j].add(jnp.einsum("BKGTU,BKGTE->BKUE", p, do_BKGCE.astype(jnp.float32)))
+                return dq, dk, dv
+
+            needed = _needed(i, j, block, window_max, sinks_max)
+            return jax.lax.cond(needed, grads, lambda c: c, carry), None
+
+        dq0 = vary_like(jnp.zeros(q_BKGCH.shape, jnp.float32), varying)
+        key_inputs = (jnp.arange(layout.n), k_blocks, v_blocks)
+        (dq, *dkv), _ = jax.lax.scan(key_block, (dq0, *dkv), key_inputs)
+        return tuple(dkv), dq
+
+    dkv0 = tuple(vary_like(jnp.zeros(x.shape, jnp.float32), varying) for x in (k_blocks, v_blocks))
+    inputs = (jnp.arange(layout.n), q_blocks, do_blocks, lse, delta)
+    (dk, dv), dq = jax.lax.scan(query_block, dkv0, inputs)
+    return (
+        layout.from_queries(dq).astype(q_BTNH.dtype),
+        layout.from_keys(dk).astype(k_BTKH.dtype),
+        layout.from_keys(dv).astype(v_BTKE.dtype),
+        None,
+        None,
+    )
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)

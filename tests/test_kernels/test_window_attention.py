@@ -224,6 +224,54 @@ def test_causal_attention_sink_window_equals_reference_with_traced_bounds(window
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5, rtol=1e-5)
 
 
+# the model's own blocks: a forward block of min(512, T) and the written-out backward's 128, with T
+# a multiple of neither, W and S on the backward's block edges, scalar and per row
+
+
+@pytest.mark.parametrize("T", [300, 700])
+@pytest.mark.parametrize(
+    "window, sinks",
+    [(None, 0), (128, 0), (129, 127), ((128, 5, 700, 1), (0, 127, 3, 256))],
+)
+def test_default_blocks_equal_reference_forward_and_backward(T, window, sinks):
+    q, k, v = _rows(T, 4, seed=2)
+    if window is not None:
+        window, sinks = jnp.asarray(window, jnp.int32), jnp.asarray(sinks, jnp.int32)
+
+    def loss(fn):
+        return lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
+
+    def ours(q, k, v):
+        return causal_attention(q, k, v, window=window, sinks=sinks)
+
+    def reference(q, k, v):
+        return sink_window_attention(q, k, v, window=T if window is None else window, sinks=sinks)
+
+    assert_close(ours(q, k, v), reference(q, k, v))
+    want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
+    got = jax.jit(jax.grad(loss(ours), argnums=(0, 1, 2)))(q, k, v)
+    for name, a, b in zip("qkv", got, want, strict=True):
+        assert_close(a, b, name=f"d{name}")
+
+
+def test_bf16_gradients_within_fla_thresholds():
+    """bf16 q, k, v: the backward computes in fp32 and returns bf16 gradients near the fp32 ones."""
+    q, k, v = make_qkv(200, dtype=jnp.bfloat16)
+
+    def grads(q, k, v):
+        def loss(q, k, v):
+            out = causal_attention(q, k, v, window=70, sinks=4)
+            return jnp.sum(jnp.sin(out.astype(jnp.float32)))
+
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    want = grads(*(x.astype(jnp.float32) for x in (q, k, v)))
+    got = grads(q, k, v)
+    for name, a, b in zip("qkv", got, want, strict=True):
+        assert a.dtype == jnp.bfloat16
+        assert_close(a, b, tol=0.01, name=f"d{name}")
+
+
 # per-row windows and sinks: W and S as int32 [B], each row as if called alone
 
 # T = 77 in blocks of 16: windows and sink counts at block edges (16, 32, 15, 17), S = 0, W >= T,
