@@ -28,8 +28,9 @@ from kernels.common.varying import vary_like
 from kernels.window_attention.naive import per_row, row_mask
 
 # The backward's block: its [block, block] probabilities, scores and their gradients per row and
-# head stay in a CPU core's cache at 128 (T = 256, 16 rows x 2 heads: backward 16 ms at 128
-# against 29 ms at 256, the forward's best block; bench/attention_backward.py)
+# head stay in a CPU core's cache at 128 (T = 256, 16 rows x 2 heads: forward + backward 14 ms
+# with 128 against 29 ms with the forward's 256, measured on this project's 2-core CPU;
+# docs/benchmarks.md, "The training step's backward on the CPU")
 BACKWARD_BLOCK = 128
 
 
