@@ -56,9 +56,9 @@ class _Blocks:
         self.K = k_BTKH.shape[2]
         self.block = block
         self.n = -(-self.T // block)
-        # padded keys sit after every real query: the causal mask hides them
 
     def keys(self, x_BTKD):  # -> [n, B, K, block, d]
+        # padded keys sit after every real query: the causal mask hides them
         pad = self.n * self.block - self.T
         x = jnp.pad(x_BTKD, ((0, 0), (0, pad), (0, 0), (0, 0)))
         return x.reshape(self.B, self.n, self.block, *x.shape[2:]).transpose(1, 0, 3, 2, 4)
@@ -71,6 +71,12 @@ class _Blocks:
         x = x.transpose(1, 0, 4, 2, 3, 5).reshape(self.B, self.n * self.block, self.N, -1)
         return x[:, : self.T]
 
+    def query_rows(self, x_BTN):  # one value per query and head -> [n, B, K, G, block]
+        return self.queries(x_BTN[..., None])[..., 0]
+
+    def from_query_rows(self, x):  # [n, B, K, G, block] -> [B, T, N]
+        return self.from_queries(x[..., None])[..., 0]
+
     def from_keys(self, x):  # [n, B, K, block, d] -> [B, T, K, d]
         x = x.transpose(1, 0, 3, 2, 4).reshape(self.B, self.n * self.block, self.K, -1)
         return x[:, : self.T]
@@ -81,6 +87,20 @@ def _needed(i, j, block, window_max, sinks_max):
     and its last key reaches the window of the block's first query, or it holds a sink."""
     reaches = ((j + 1) * block - 1 > i * block - window_max) | (j * block < sinks_max)
     return (j <= i) & reaches
+
+
+def _fold_needed_key_blocks(step, carry, i, layout: _Blocks, blocks, widest):
+    """`carry` after `step(carry, j, *blocks[j])` for each key block j that query block i needs
+    (`_needed`, from the widest row's W and S); the other blocks are skipped."""
+    window_max, sinks_max = widest
+
+    def key_block(carry, inputs):
+        j, *block_j = inputs
+        needed = _needed(i, j, layout.block, window_max, sinks_max)
+        return jax.lax.cond(needed, lambda c: step(c, j, *block_j), lambda c: c, carry), None
+
+    carry, _ = jax.lax.scan(key_block, carry, (jnp.arange(layout.n), *blocks))
+    return carry
 
 
 def _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B):
@@ -97,20 +117,14 @@ def _forward(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block):
     layout = _Blocks(q_BTNH, k_BTKH, block)
     k_blocks, v_blocks = layout.keys(k_BTKH), layout.keys(v_BTKE)
     # the widest row decides which key blocks run: one reduction over the batch per call
-    window_max, sinks_max = jnp.max(window_B), jnp.max(sinks_B)
+    widest = (jnp.max(window_B), jnp.max(sinks_B))
 
     def query_block(_, inputs):
         i, q_BKGCH = inputs
 
-        def key_block(carry, key_inputs):
-            j, k_BKCH, v_BKCE = key_inputs
-
-            def update(carry):
-                s, _ = _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B)
-                return _online_softmax_step(carry, s, v_BKCE)
-
-            needed = _needed(i, j, block, window_max, sinks_max)
-            return jax.lax.cond(needed, update, lambda c: c, carry), None
+        def update(carry, j, k_BKCH, v_BKCE):
+            s, _ = _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B)
+            return _online_softmax_step(carry, s, v_BKCE)
 
         shape = q_BKGCH.shape[:-1]
         init = (
@@ -120,15 +134,15 @@ def _forward(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block):
         )
         # under shard_map the skipped-block branch must return the carry's type
         init = tuple(vary_like(x, (q_BKGCH, k_blocks, v_blocks)) for x in init)
-        (row_max, denom, acc), _ = jax.lax.scan(
-            key_block, init, (jnp.arange(layout.n), k_blocks, v_blocks)
+        row_max, denom, acc = _fold_needed_key_blocks(
+            update, init, i, layout, (k_blocks, v_blocks), widest
         )
         out = (acc / denom[..., None]).astype(q_BKGCH.dtype)
         return None, (out, row_max + jnp.log(denom))
 
     inputs = (jnp.arange(layout.n), layout.queries(q_BTNH))
     _, (out, lse) = jax.lax.scan(query_block, None, inputs)
-    return layout.from_queries(out), layout.from_queries(lse[..., None])[..., 0]
+    return layout.from_queries(out), layout.from_query_rows(lse)
 
 
 def _online_softmax_step(carry, s, v_BKCE):
@@ -159,46 +173,40 @@ def _attention_bwd(scale, block, residuals, d_out_BTNE):
     )  # fmt: skip
     do_blocks = layout.queries(d_out_BTNE)
     # rowsum(do * o): the softmax's own term of every query's gradient, in fp32
-    delta = jnp.einsum("BTNE,BTNE->BTN", d_out_BTNE, out_BTNE, preferred_element_type=jnp.float32)[
-        ..., None
-    ]
-    delta = layout.queries(delta)[..., 0]
-    lse = layout.queries(lse_BTN[..., None])[..., 0]
-    window_max, sinks_max = jnp.max(window_B), jnp.max(sinks_B)
+    delta = jnp.einsum("BTNE,BTNE->BTN", d_out_BTNE, out_BTNE, preferred_element_type=jnp.float32)
+    widest = (jnp.max(window_B), jnp.max(sinks_B))
     varying = (q_BTNH, k_BTKH, v_BTKE, d_out_BTNE)
 
     def query_block(dkv, inputs):
         i, q_BKGCH, do_BKGCE, lse_BKGC, delta_BKGC = inputs
 
-        def key_block(carry, key_inputs):
-            j, k_BKCH, v_BKCE = key_inputs
-
-            def grads(carry):
-                dq, dk, dv = carry
-                s, seen = _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B)
-                # where: a row that sees no key at all (W = S = 0) gets no gradient
-                p = jnp.where(seen, jnp.exp(s - lse_BKGC[..., None]), 0.0)
-                dp = jnp.einsum(
-                    "BKGTE,BKUE->BKGTU", do_BKGCE, v_BKCE, preferred_element_type=jnp.float32
-                )
-                ds = p * (dp - delta_BKGC[..., None]) * scale
-                dq = dq + jnp.einsum("BKGTU,BKUH->BKGTH", ds, k_BKCH.astype(jnp.float32))
-                # only this key block's slice of dk and dv is touched (in place): skipped blocks
-                # cost nothing, so a windowed backward stays O(T (W + S))
-                dk = dk.at[j].add(jnp.einsum("BKGTU,BKGTH->BKUH", ds, q_BKGCH.astype(jnp.float32)))
-                dv = dv.at[j].add(jnp.einsum("BKGTU,BKGTE->BKUE", p, do_BKGCE.astype(jnp.float32)))
-                return dq, dk, dv
-
-            needed = _needed(i, j, block, window_max, sinks_max)
-            return jax.lax.cond(needed, grads, lambda c: c, carry), None
+        def grads(carry, j, k_BKCH, v_BKCE):
+            dq, dk, dv = carry
+            s, seen = _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B)
+            # where: a row that sees no key at all (W = S = 0) gets no gradient
+            p = jnp.where(seen, jnp.exp(s - lse_BKGC[..., None]), 0.0)
+            dp = jnp.einsum(
+                "BKGTE,BKUE->BKGTU", do_BKGCE, v_BKCE, preferred_element_type=jnp.float32
+            )
+            ds = p * (dp - delta_BKGC[..., None]) * scale
+            dq = dq + jnp.einsum("BKGTU,BKUH->BKGTH", ds, k_BKCH.astype(jnp.float32))
+            # only this key block's slice of dk and dv is touched (in place): skipped blocks
+            # cost nothing, so a windowed backward stays O(T (W + S))
+            dk = dk.at[j].add(jnp.einsum("BKGTU,BKGTH->BKUH", ds, q_BKGCH.astype(jnp.float32)))
+            dv = dv.at[j].add(jnp.einsum("BKGTU,BKGTE->BKUE", p, do_BKGCE.astype(jnp.float32)))
+            return dq, dk, dv
 
         dq0 = vary_like(jnp.zeros(q_BKGCH.shape, jnp.float32), varying)
-        key_inputs = (jnp.arange(layout.n), k_blocks, v_blocks)
-        (dq, *dkv), _ = jax.lax.scan(key_block, (dq0, *dkv), key_inputs)
+        dq, *dkv = _fold_needed_key_blocks(
+            grads, (dq0, *dkv), i, layout, (k_blocks, v_blocks), widest
+        )
         return tuple(dkv), dq
 
     dkv0 = tuple(vary_like(jnp.zeros(x.shape, jnp.float32), varying) for x in (k_blocks, v_blocks))
-    inputs = (jnp.arange(layout.n), q_blocks, do_blocks, lse, delta)
+    inputs = (
+        jnp.arange(layout.n), q_blocks, do_blocks, layout.query_rows(lse_BTN),
+        layout.query_rows(delta),
+    )  # fmt: skip
     (dk, dv), dq = jax.lax.scan(query_block, dkv0, inputs)
     return (
         layout.from_queries(dq).astype(q_BTNH.dtype),
