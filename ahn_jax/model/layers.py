@@ -156,7 +156,15 @@ class SwiGLU(nnx.Module):
         dtype = x_BTD.dtype
         gate = _token_matmul(x_BTD, self.gate_kernel[...].astype(dtype))
         up = _token_matmul(x_BTD, self.up_kernel[...].astype(dtype))
-        return _token_matmul(jax.nn.silu(gate) * up, self.down_kernel[...].astype(dtype))
+        return _token_matmul(_gated(gate, up), self.down_kernel[...].astype(dtype))
+
+
+@jax.checkpoint
+def _gated(gate_BTF, up_BTF):
+    """silu(gate) * up, recomputed in the backward from its two inputs: differentiated as is it
+    kept five [B, T, F] residuals per layer (sigmoid, silu, ...) where two suffice (the tiny
+    base's train step faster; docs/benchmarks.md, "The training step's backward on the CPU")."""
+    return jax.nn.silu(gate_BTF) * up_BTF
 
 
 def _token_matmul(x_BTI: jax.Array, kernel_IO: jax.Array) -> jax.Array:
