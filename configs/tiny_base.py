@@ -4,11 +4,11 @@ full attention: first a copy warm-up (2000 steps of random lowercase filler with
 pairs per 256-byte window), then the Shakespeare plays (four held out) with one pair per window
 (ahn_jax/training/recall_pairs.py, `data.copy_warmup`).
 
-  python -m ahn_jax.train --config=configs/tiny_base.py     # 52 min on 2 CPU cores
+  python -m ahn_jax.train --config=configs/tiny_base.py     # 54 min on 2 CPU cores
 
-30,000 steps of 16 x 256 bytes (123 M bytes) at ~0.10 s a step on 2 cores. The committed base
+34,000 steps of 16 x 256 bytes (139 M bytes) at ~0.095 s a step on 2 cores. The committed base
 (ahn_jax/assets/demo_base) is this command's export. The warm-up is what makes it copy: held-out
-recalled letters at 0.003 nats at the end, against 2.96 for the keys' letters, where text with
+recalled letters at 0.002 nats at the end, against 2.97 for the keys' letters, where text with
 one pair per window had not formed the circuit in 82 M bytes (docs/results.md). The keys are 16
 distinct capital letters: lowercase keys share their alphabet with two thirds of the text, so a
 copying head that looks for "the byte after the current letter" finds a dozen matches in the text
@@ -37,7 +37,7 @@ COPY_WARMUP = {"steps": 2000, "pairs": 3, "min_gap": 40, "max_gap": 120}
 def get_config():
     train = dict(
         objective="pretrain",
-        steps=30000,
+        steps=34000,
         batch_size=16,
         seq_len=256,
         learning_rate=2e-3,
