@@ -162,8 +162,8 @@ class SwiGLU(nnx.Module):
 @jax.checkpoint
 def _gated(gate_BTF, up_BTF):
     """silu(gate) * up, recomputed in the backward from its two inputs: differentiated as is it
-    kept five [B, T, F] residuals per layer (sigmoid, silu, ...) where two suffice (the tiny
-    base's train step faster; docs/benchmarks.md, "The training step's backward on the CPU")."""
+    kept five [B, T, F] residuals per layer (sigmoid, silu, ...) where two suffice
+    (docs/benchmarks.md, "The training step's backward on the CPU")."""
     return jax.nn.silu(gate_BTF) * up_BTF
 
 

@@ -114,12 +114,12 @@ def _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B):
 
 def _forward(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block):
     """(output [B, T, N, E] in q's dtype, log-sum-exp of each query [B, T, N] fp32)."""
-    # Tie the masks' inputs to the queries: inside the model's differentiated layer scan, JAX
-    # otherwise hoists every layer-invariant value out of the loop, and with a constant W and S
-    # (full attention) that is the whole [B, K, G, block, block] mask and its MASKED fill,
-    # materialized before the loop instead of fused into the scores (the tiny base's train step
-    # faster without it; docs/benchmarks.md, "The training step's backward on the CPU")
-    window_B, sinks_B, q_BTNH = jax.lax.optimization_barrier((window_B, sinks_B, q_BTNH))
+    # Make the masks' inputs depend on the queries: inside the model's differentiated layer scan,
+    # JAX otherwise hoists every layer-invariant value out of the loop, and with a constant W and
+    # S (full attention) that is the whole [B, K, G, block, block] mask and its MASKED fill,
+    # materialized before the loop instead of fused into the scores (docs/benchmarks.md, "The
+    # training step's backward on the CPU"). q itself passes by, free to fuse.
+    window_B, sinks_B, _ = jax.lax.optimization_barrier((window_B, sinks_B, q_BTNH))
     layout = _Blocks(q_BTNH, k_BTKH, block)
     k_blocks, v_blocks = layout.keys(k_BTKH), layout.keys(v_BTKE)
     # the widest row decides which key blocks run: one reduction over the batch per call
