@@ -3,7 +3,8 @@
 Per head, with a fp32 state S [H, E]:
   S <- exp(g_t) S;  u = beta_t (v_t - k_t S);  S <- S + k_t^T u;  o_t = scale q_t S.
 
-impl="recurrent" scans token by token (`naive`, the oracle); impl="chunked" (the default, shaped
+impl="recurrent" scans token by token (`naive`, the oracle; a single token, as in decoding, takes
+the two-pass `step`); impl="chunked" (the default, shaped
 for XLA:CPU) is the WY/UT form with each chunk's work inside one scan over chunks (`chunked`);
 impl="batched" (shaped for GPU/TPU) computes the state-free terms of all chunks at once and scans
 only the state over chunks in XLA (`batched`, kernels/common/inter_chunk_xla.py); impl="pallas"
@@ -17,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.common import chunking
-from kernels.delta_rule import batched, chunked, naive
+from kernels.delta_rule import batched, chunked, naive, step
 
 IMPLS = ("recurrent", "chunked", "batched", "pallas")
 
@@ -70,7 +71,10 @@ def gated_delta_rule(
     if use_qk_l2norm and impl != "chunked":  # the chunked step normalises in cache
         q, k = naive.l2_normalize(q), naive.l2_normalize(k)
     state = chunking.initial_state(initial_state, (B, N, H, E), (q, k, v, g, beta))
-    if impl == "recurrent":
+    if impl == "recurrent" and q.shape[1] == 1:
+        o, final = step.step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], state, scale)
+        o = o[:, None]
+    elif impl == "recurrent":
         o, final = naive.recurrent(q, k, v, g, beta, state, scale)
     elif impl == "chunked":
         o, final = chunked.chunked(
@@ -98,5 +102,5 @@ def gated_delta_rule_step(q, k, v, g, beta, state, *, scale=None, use_qk_l2norm=
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if use_qk_l2norm:
         q, k = naive.l2_normalize(q), naive.l2_normalize(k)
-    o, new_state = naive.step(q, k, v, g, beta, state.astype(jnp.float32), scale)
+    o, new_state = step.step(q, k, v, g, beta, state.astype(jnp.float32), scale)
     return o.astype(v.dtype), new_state

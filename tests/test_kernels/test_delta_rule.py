@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from checks import assert_close
 
-from kernels.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_step
+from kernels.delta_rule import delta_rule, gated_delta_rule, gated_delta_rule_step, naive
 
 ARGNAMES = ("q", "k", "v", "g", "beta", "initial_state")
 FAST_IMPLS = ("chunked", "batched")  # the XLA chunked forms
@@ -121,6 +121,18 @@ def test_step_equals_one_recurrent_step_and_chains():
                                        use_qk_l2norm=True)  # fmt: skip
         assert_close(o_t, o_ref[:, t], name=f"o[{t}]")
     assert_close(s, s_ref, name="state")
+
+
+@pytest.mark.parametrize(
+    "gate, beta", [("mixed", "mixed"), ("strong", "one"), ("near_zero", "zero")]
+)
+def test_two_pass_step_equals_the_oracle_step(gate, beta):
+    """A single token (decoding) takes the regrouped two-pass step: equal to the math's step."""
+    q, k, v, g, b, state = make_inputs(1, gate=gate, beta=beta, seed=3)
+    o, final = run("recurrent", (q, k, v, g, b, state), l2=False)
+    o_ref, s_ref = naive.step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], b[:, 0], state, 16**-0.5)
+    assert_close(o[:, 0], o_ref, name="o")
+    assert_close(final, s_ref, name="state")
 
 
 def test_delta_rule_is_gated_with_zero_decay():
