@@ -52,17 +52,3 @@ def pytest_collection_modifyitems(items):
         return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
     items.sort(key=rank)  # stable: the order inside a module is kept
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _release_compiled_programs():
-    """Drop every compiled program after each module. XLA:CPU maps each executable's code into
-    memory pages of its own, a few hundred mappings per program, and the kernel caps a process at
-    vm.max_map_count (65,530 here): a process running too many modules would run out and crash
-    inside the compiler (seen with a decode step whose layers ran unrolled: ~2,450 mappings per
-    window size of a tiny model against ~1,480). The persistent compilation cache above serves
-    any program a later module needs again."""
-    yield
-    import jax
-
-    jax.clear_caches()
