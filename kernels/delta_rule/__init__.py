@@ -4,12 +4,11 @@ Per head, with a fp32 state S [H, E]:
   S <- exp(g_t) S;  u = beta_t (v_t - k_t S);  S <- S + k_t^T u;  o_t = scale q_t S.
 
 impl="recurrent" scans token by token (`naive`, the oracle; a single token, as in decoding, takes
-the two-pass `step`); impl="chunked" (the default, shaped
-for XLA:CPU) is the WY/UT form with each chunk's work inside one scan over chunks (`chunked`);
-impl="batched" (shaped for GPU/TPU) computes the state-free terms of all chunks at once and scans
-only the state over chunks in XLA (`batched`, kernels/common/inter_chunk_xla.py); impl="pallas"
-computes the same terms and runs that scan as a Pallas TPU kernel (`pallas`). The math:
-docs/kernels.md.
+the two-pass `step`); impl="chunked" (the default, shaped for XLA:CPU) is the WY/UT form with each
+chunk's work inside one scan over chunks (`chunked`); impl="batched" (shaped for GPU/TPU) computes
+the state-free terms of all chunks at once and scans only the state over chunks in XLA (`batched`,
+kernels/common/inter_chunk_xla.py); impl="pallas" computes the same terms and runs that scan as a
+Pallas TPU kernel (`pallas`). The math: docs/kernels.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Per head, row-vector convention, fp32 state S [H, E]:
   S <- exp(g_t) S;  u_t = beta_t (v_t - k_t S);  S <- S + k_t^T u_t;  o_t = scale q_t S.
-This is the oracle every other implementation is tested against, and the decode step.
+This is the oracle every other implementation is tested against, the decode step's too
+(`step.py` regroups one token of it into two passes over the state).
 """
 
 from __future__ import annotations
