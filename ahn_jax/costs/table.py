@@ -55,12 +55,13 @@ def cache_bytes(
 
 
 def gate_cache_bytes(config: ModelConfig, window: int, sinks: int) -> int:
-    """The AHN write gates kept (fp32) for every cached slot, which the paper does not count."""
+    """The AHN write gates kept (fp32) for every cached slot (S + W + 1, ahn_jax/model/cache.py),
+    which the paper does not count."""
     if config.ahn_type is None:
         return 0
     _, memory_layers = formulas.layer_split(config)
     n_gates = len(gate_names(config.ahn_type))
-    return memory_layers * (window + sinks) * config.num_heads * n_gates * 4
+    return memory_layers * (window + sinks + 1) * config.num_heads * n_gates * 4
 
 
 def decode_cache_bytes(
@@ -75,7 +76,9 @@ def decode_cache_bytes(
     compute dtype, gates and state in fp32 (mode "ahn" only), and the slot bookkeeping (int32
     positions per slot and a length, per row). Layers kept as full attention hold K and V for
     `max_length` positions, with their own slot positions, and no gates or state (no memory runs
-    there); in mode "full" every layer is alike (S + W slots), so none gets such a group."""
+    there); in mode "full" every layer is alike, so none gets such a group. A windowed layer
+    holds S + W + 1 slots: the window, the sinks and the slot a decode step writes before it
+    evicts (ahn_jax/model/cache.py)."""
     full_layers, memory_layers = formulas.layer_split(config)
     if mode == "full":
         full_layers, memory_layers = 0, config.num_layers
@@ -84,7 +87,7 @@ def decode_cache_bytes(
             f"layers {sorted(set(config.full_attention_layers))} keep full attention, whose "
             f"cache holds the whole context: max_length must be >= 1, got {max_length!r}"
         )
-    B, C = batch_size, window + sinks
+    B, C = batch_size, window + sinks + 1
     M = max_length if full_layers else 0
     slots = memory_layers * C + full_layers * M  # K and V slots summed over layers
     total = 2 * B * slots * config.num_kv_heads * config.head_dim

@@ -1,10 +1,19 @@
-"""The constant-size decode cache: S sink slots plus a ring of W window slots per layer.
+"""The constant-size decode cache: S sink slots plus a ring of W + 1 window slots per layer.
 
-Token p lives in slot p if p < S, else in slot S + (p - S) mod W, its key stored after RoPE at its
-absolute position. Token t evicts token t - W, which sits in exactly the slot token t will take:
-the ring never moves data, and the cache never grows past S + W entries whatever the context.
-Each slot also keeps the token's AHN write gates (docs/method.md §Inference), so the memory ingests
-an evicted token without its hidden state; each layer keeps its AHN state [B, N, H, H] in fp32.
+Token p lives in slot p if p < S, else in slot S + (p - S) mod (W + 1), its key stored after RoPE
+at its absolute position. Token t evicts token t - W into the memory and takes the slot of
+t - W - 1, evicted one step earlier: the ring never moves data, and the cache never grows past
+S + W + 1 entries whatever the context. The one slot more than the window holds is what lets a
+decode step write its token first and only then read (the evicted token is still in its slot, and
+no read of a slot precedes a write to it), so XLA updates the donated cache in place instead of
+copying it (docs/benchmarks.md, ragged decode). Each slot also keeps the token's AHN write gates
+(docs/method.md §Inference), so the memory ingests an evicted token without its hidden state;
+each layer keeps its AHN state [B, N, H, H] in fp32.
+
+Every layer has arrays of its own (tuples over layers, not one stacked array): the decode step
+runs its layers unrolled, each reading and writing its own buffers, where a layer scan over a
+stacked cache copies each layer's slice out for the products. Keys are stored slots-last
+[B, K, H, C], the layout in which the q·k product reads them without a transpose.
 
 Each batch row has its own length and slot positions (ragged batches: prompts of different
 lengths prefill together, right-padded, and decode on from their own positions). `extend_plan`
@@ -36,21 +45,22 @@ REFERENCE_DROPPED_INDEX = 128
 
 @struct.dataclass
 class DecodeCache:
-    """Stacked over layers: k, v [L, B, S+W, K, H]; gates {name: [L, B, S+W, N]} fp32; state
-    [L, B, N, H, H] fp32; slot_pos [B, S+W] (absolute position held by each slot, -1 if empty);
-    length [B]: tokens seen so far by each row. The full-attention layers' group: full_k, full_v
-    [L_full, B, M, K, H] and full_slot_pos [B, M] (M = max_length; all empty arrays without such
-    layers), `full_layers` their indices. L counts the other layers. `window`, `sinks`, `mode`,
-    `decode` and `full_layers` are static (they fix shapes or the program)."""
+    """One entry per windowed layer (C = S + W + 1 slots): k [B, K, H, C] (slots last), v
+    [B, C, K, H]; gates {name: per layer [B, C, N]} fp32; state per layer [B, N, H, H] fp32
+    (N = 0 outside mode "ahn"); slot_pos [B, C] (absolute position held by each slot, -1 if
+    empty); length [B]: tokens seen so far by each row. The full-attention layers' group: full_k
+    [B, K, H, M] and full_v [B, M, K, H] per such layer and full_slot_pos [B, M] (M = max_length),
+    `full_layers` their indices. `window`, `sinks`, `mode`, `decode` and `full_layers` are static
+    (they fix shapes or the program). Every array keeps its batch rows on axis 0."""
 
-    k: jax.Array
-    v: jax.Array
-    gates: dict[str, jax.Array]
-    state: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+    gates: dict[str, tuple[jax.Array, ...]]
+    state: tuple[jax.Array, ...]
     slot_pos: jax.Array
     length: jax.Array
-    full_k: jax.Array
-    full_v: jax.Array
+    full_k: tuple[jax.Array, ...]
+    full_v: tuple[jax.Array, ...]
     full_slot_pos: jax.Array
     window: int = struct.field(pytree_node=False)
     sinks: int = struct.field(pytree_node=False)
@@ -60,61 +70,100 @@ class DecodeCache:
 
     @property
     def capacity(self) -> int:
-        return self.sinks + self.window
+        """Slots of each windowed layer: S + W + 1."""
+        return self.slot_pos.shape[1]
 
     @property
     def full_capacity(self) -> int:
-        return self.full_k.shape[2]
+        return self.full_slot_pos.shape[1]
 
-    def layer_arrays(self) -> dict:
-        return {"k": self.k, "v": self.v, "gates": self.gates, "state": self.state}
+    @property
+    def batch_size(self) -> int:
+        return self.length.shape[0]
+
+    def window_layer(self, i: int) -> dict:
+        """The arrays of windowed layer i (its index among the windowed layers)."""
+        return {"k": self.k[i], "v": self.v[i], "state": self.state[i],
+                "gates": {name: g[i] for name, g in self.gates.items()}}  # fmt: skip
+
+    def full_layer(self, i: int) -> dict:
+        """The arrays of full-attention layer i (its index among `full_layers`): no memory."""
+        return {"k": self.full_k[i], "v": self.full_v[i], "state": None, "gates": {}}
 
     def nbytes(self) -> int:
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self))
 
     def rows(self, index) -> DecodeCache:
         """The cache of the batch rows `index` (int array) alone."""
-        return self.replace(
-            **{name: jax.tree.map(lambda a, axis=axis: jnp.take(a, index, axis=axis),
-                                  getattr(self, name))
-               for name, axis in _BATCH_AXIS.items()}
-        )  # fmt: skip
+        return jax.tree.map(lambda a: jnp.take(a, index, axis=0), self)
 
     def with_rows(self, index, part: DecodeCache) -> DecodeCache:
         """This cache with rows `index` replaced by `part`'s (a `rows(index)` cache, advanced)."""
-
-        def put(whole, new, axis):
-            where = (slice(None),) * axis + (index,)
-            return whole.at[where].set(new)
-
-        return self.replace(
-            **{name: jax.tree.map(lambda w, n, axis=axis: put(w, n, axis), getattr(self, name),
-                                  getattr(part, name))
-               for name, axis in _BATCH_AXIS.items()}
-        )  # fmt: skip
+        return jax.tree.map(lambda whole, new: whole.at[index].set(new), self, part)
 
 
-# where each array of a DecodeCache keeps its batch rows
-_BATCH_AXIS = {"k": 1, "v": 1, "gates": 1, "state": 1, "slot_pos": 0, "length": 0,
-               "full_k": 1, "full_v": 1, "full_slot_pos": 0}  # fmt: skip
+def write_slots(arrays: dict, new: dict, slot_BP) -> dict:
+    """One layer's arrays (`DecodeCache.window_layer`) with the new tokens' k, v [B, P, K, H] and
+    gates [B, P, N] (`new`) written to their slots `slot_BP` (a slot of C drops the item).
+
+    With one row, XLA rewrites a scatter into a bounds-checked dynamic-update-slice which XLA:CPU
+    then fuses with its reader's reshape and runs on two copies of the buffer; the same update
+    given twice keeps it a scatter, done in place (docs/benchmarks.md, ragged decode)."""
+    B = slot_BP.shape[0]
+    rows = jnp.broadcast_to(jnp.arange(B)[:, None], slot_BP.shape)
+    if B == 1:
+        rows, slot_BP = (jnp.concatenate([x, x], axis=1) for x in (rows, slot_BP))
+        new = jax.tree.map(lambda x: jnp.concatenate([x, x], axis=1), new)
+
+    def scatter(cached, items, slots_last=False):
+        items = items.astype(cached.dtype)
+        if slots_last:  # k [B, K, H, C]: items [B, P, K, H] go to [rows, :, :, slots]
+            return cached.at[rows, :, :, slot_BP].set(items, mode="drop")
+        return cached.at[rows, slot_BP].set(items, mode="drop")
+
+    return {
+        **arrays,
+        "k": scatter(arrays["k"], new["k"], slots_last=True),
+        "v": scatter(arrays["v"], new["v"]),
+        "gates": {n: scatter(g, new["gates"][n]) for n, g in arrays["gates"].items()},
+    }
+
+
+def gather_slots(arrays: dict, index_BP) -> dict:
+    """The k, v [B, P, K, H] and gates [B, P, N] held in slots `index_BP` [B, P] of one layer."""
+
+    def rows(x, axis):
+        return jax.vmap(lambda row, index: jnp.take(row, index, axis=axis))(x, index_BP)
+
+    return {
+        "k": jnp.moveaxis(rows(arrays["k"], 2), -1, 1),  # [B, K, H, P] -> [B, P, K, H]
+        "v": rows(arrays["v"], 0),
+        "gates": {n: rows(g, 0) for n, g in arrays["gates"].items()},
+    }
 
 
 @dataclasses.dataclass(frozen=True)
 class ExtendPlan:
     """Bookkeeping for P new tokens per row, row b at positions length[b] .. length[b] + P - 1, of
-    which the first `new[b]` are real (the rest right-padding). Indices point into
-    `cache slots ++ new tokens` (C + P entries, C the group's slots)."""
+    which the first `new[b]` are real (the rest right-padding). With P > 1 the layer reads
+    `cache slots ++ new tokens` (C + P entries, C the group's slots) and writes afterwards; with
+    P = 1 (`write_first`) it writes the token to its slot first and reads the C slots alone."""
 
     positions: jax.Array  # [B, P] absolute positions of the new tokens
-    mask: jax.Array  # [B, P, C+P] which cached or new key each new query sees
+    mask: jax.Array  # [B, P, C+P], or [B, 1, C] if write_first: which key each new query sees
     evicting: jax.Array  # [B, P] whether token t evicts t - W into the memory (t >= S + W, real)
     evict_index: jax.Array  # [B, P] where the evicted token's k/v/gates are
     write_slot: jax.Array  # [B, P] the slot each new token is written to; C (dropped) if none
     slot_pos: jax.Array  # [B, C] the new slot positions
 
+    @property
+    def write_first(self) -> bool:
+        return self.positions.shape[1] == 1
 
-def slot_of(position, sinks: int, window: int):
-    return jnp.where(position < sinks, position, sinks + (position - sinks) % window)
+
+def slot_of(position, sinks: int, ring: int):
+    """The slot of `position` with `sinks` sink slots and a ring of `ring` slots after them."""
+    return jnp.where(position < sinks, position, sinks + (position - sinks) % ring)
 
 
 def reference_dropped_position(t, window: int, sinks: int):
@@ -133,52 +182,59 @@ def extend_plan(
     slot_pos, length, *, window: int, sinks: int, num_new: int, new=None, reference=False
 ) -> ExtendPlan:
     """Where everything is when P = `num_new` tokens per row join a group of slots (`slot_pos`
-    [B, C], `length` [B]); `new` [B] (default P) says how many of them are real, the rest being
-    right-padding that neither enters the cache nor the memory. Prefill and decode (P = 1) both go
-    through it (docs/method.md §Inference).
+    [B, C], `length` [B]; the slots after the S sinks form the ring, W + 1 of them in a windowed
+    layer); `new` [B] (default P) says how many of them are real, the rest being right-padding
+    that neither enters the cache nor the memory. Prefill and decode (P = 1) both go through it
+    (docs/method.md §Inference).
 
-    The layer attends and gathers from `cache slots ++ new tokens` and only then writes the slots
-    back, so every query of the block still sees the old keys that later tokens overwrite.
     - mask: a key is visible if its slot is filled (or it is new) and the sink/window rule
       (docs/method.md §Method) holds between absolute positions; `slot_pos` gives each slot's
       position, so the ring's order never matters. Padding only sees keys up to itself (causal),
-      so no real query sees padding and every query sees at least itself.
+      so no real query sees padding. With P > 1 the keys are `cache slots ++ new tokens` (every
+      query of the block still sees the old keys that later tokens of it overwrite); with P = 1
+      they are the slots after the token's write, its own among them.
     - `reference` (a decode step of `decode="reference"`): the reference's mask instead — the
       evicted token t - W visible too, `reference_dropped_position` hidden.
     - evicting / evict_index: token t writes t - W into the memory iff t - W >= S. If t - W came
-      before this call it is still in its slot (the next token to take that slot is t itself),
-      else it is new in this block (P > W), at C + (t - W - t0).
+      before this call it is still in its slot (the ring holds W + 1: the next token to take
+      that slot is t + 1), else it is new in this block (P > W), at C + (t - W - t0).
     - write_slot / slot_pos: afterwards each slot holds the newest real position that maps to it:
       a new token is written to its slot unless a later real token of the block takes the same
-      slot (P > W) or it is padding (then C: a scatter drops it), so each call writes O(P) slots,
-      not the whole cache."""
+      slot (P > ring) or it is padding (then C: a scatter drops it), so each call writes O(P)
+      slots, not the whole cache."""
     S, W = sinks, window
     B, capacity = slot_pos.shape
+    ring = capacity - S
     new = jnp.full((B,), num_new, jnp.int32) if new is None else jnp.asarray(new, jnp.int32)
     t0 = length[:, None]  # [B, 1]
     positions = t0 + jnp.arange(num_new, dtype=jnp.int32)[None, :]
     real = jnp.arange(num_new)[None, :] < new[:, None]
-    key_pos = jnp.concatenate([slot_pos, positions], axis=1)[:, None, :]
-    key_filled = jnp.concatenate([slot_pos >= 0, jnp.ones((B, num_new), bool)], 1)[:, None, :]
-    q_pos = positions[:, :, None]
+    end = t0 + new[:, None]
+    # written unless a later real token of the block takes the same slot
+    kept = real & ((positions < S) | (positions >= end - ring))
+    write_slot = jnp.where(kept, slot_of(positions, S, ring), capacity)
+    rows = jnp.arange(B)[:, None]
+    after = slot_pos.at[rows, write_slot].set(positions, mode="drop")
+    if num_new == 1:  # written first: the slots alone hold every key the token sees
+        key_pos, key_filled = after, after >= 0
+    else:
+        key_pos = jnp.concatenate([slot_pos, positions], axis=1)
+        key_filled = jnp.concatenate([slot_pos >= 0, jnp.ones((B, num_new), bool)], 1)
+    key_pos, key_filled, q_pos = key_pos[:, None, :], key_filled[:, None, :], positions[:, :, None]
     # the reference's decode also sees t - W (a window of W + 1), less its dropped entry
     seen = visible(q_pos, key_pos, W + 1 if reference else W, S)
     if reference:
         seen &= key_pos != reference_dropped_position(q_pos, W, S)
     evicted = positions - W
-    in_cache = slot_of(jnp.maximum(evicted, 0), S, W)
+    in_cache = slot_of(jnp.maximum(evicted, 0), S, ring)
     evict_index = jnp.where(evicted < t0, in_cache, capacity + evicted - t0)
-    end = t0 + new[:, None]
-    kept = real & ((positions < S) | (positions >= end - W))  # no later real token takes its slot
-    write_slot = jnp.where(kept, slot_of(positions, S, W), capacity)
-    rows = jnp.arange(B)[:, None]
     return ExtendPlan(
         positions=positions,
         mask=key_filled & seen,
         evicting=(evicted >= S) & real,
         evict_index=jnp.clip(evict_index, 0, capacity + num_new - 1),
         write_slot=write_slot,
-        slot_pos=slot_pos.at[rows, write_slot].set(positions, mode="drop"),
+        slot_pos=after,
     )
 
 
@@ -198,7 +254,8 @@ def empty_cache(
     full_layers: tuple[int, ...] = (),
     max_length: int | None = None,
 ) -> DecodeCache:
-    """An empty cache; `full_layers` (of the `num_layers`) get `max_length` slots of their own."""
+    """An empty cache of S + W + 1 slots per windowed layer; `full_layers` (of the `num_layers`)
+    get `max_length` slots of their own."""
     for name, value, low in (("batch_size", batch_size, 1), ("window", window, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -214,20 +271,23 @@ def empty_cache(
             f"init_cache needs max_length (prompt + new tokens), got {max_length!r}"
         )
     gate_names = gate_names if mode == "ahn" else ()
-    L, B, C = num_layers - len(full_layers), batch_size, sinks + window
-    kv_shape = (L, B, C, num_kv_heads, head_dim)
+    L, B, C = num_layers - len(full_layers), batch_size, sinks + window + 1
     M = max_length if full_layers else 0
-    full_shape = (len(full_layers), B, M, num_kv_heads, head_dim)
+    K, H, N = num_kv_heads, head_dim, num_heads
+
+    def per_layer(count, shape, dtype):
+        return tuple(jnp.zeros(shape, dtype) for _ in range(count))
+
     return DecodeCache(
-        k=jnp.zeros(kv_shape, dtype),
-        v=jnp.zeros(kv_shape, dtype),
+        k=per_layer(L, (B, K, H, C), dtype),
+        v=per_layer(L, (B, C, K, H), dtype),
         # the memory's gate cache and state exist only in mode "ahn"
-        gates={name: jnp.zeros((L, B, C, num_heads), jnp.float32) for name in gate_names},
-        state=jnp.zeros((L, B, num_heads if gate_names else 0, head_dim, head_dim), jnp.float32),
+        gates={name: per_layer(L, (B, C, N), jnp.float32) for name in gate_names},
+        state=per_layer(L, (B, N if gate_names else 0, H, H), jnp.float32),
         slot_pos=jnp.full((B, C), -1, jnp.int32),
         length=jnp.zeros((B,), jnp.int32),
-        full_k=jnp.zeros(full_shape, dtype),
-        full_v=jnp.zeros(full_shape, dtype),
+        full_k=per_layer(len(full_layers), (B, K, H, M), dtype),
+        full_v=per_layer(len(full_layers), (B, M, K, H), dtype),
         full_slot_pos=jnp.full((B, M), -1, jnp.int32),
         window=window,
         sinks=sinks,

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ahn_jax.config import ModelConfig
+from ahn_jax.model import cache as cache_lib
 from ahn_jax.model import kernel_choice, layers, memory
 from kernels import window_attention
 
@@ -26,13 +27,18 @@ def _gather_rows(x, index_BT):
     return jax.vmap(lambda row, index: jnp.take(row, index, axis=0))(x, index_BT)
 
 
-def _gather_evicted(cached, new, index_BP):
-    """The items at `index_BP` of `cached ++ new` (cache slots [B, C, ...], then the call's new
-    tokens [B, P, ...]) without joining the two."""
-    C = cached.shape[1]
-    from_cache = _gather_rows(cached, jnp.minimum(index_BP, C - 1))
-    from_new = _gather_rows(new, jnp.clip(index_BP - C, 0, new.shape[1] - 1))
-    return jnp.where(_expand(index_BP < C, from_cache.ndim), from_cache, from_new)
+def _gather_evicted(arrays: dict, new: dict, index_BP) -> dict:
+    """The k, v and gates at `index_BP` of `cache slots ++ new tokens` (one layer's arrays, then
+    the call's new items [B, P, ...]) without joining the two."""
+    C = arrays["v"].shape[1]
+    from_cache = cache_lib.gather_slots(arrays, jnp.minimum(index_BP, C - 1))
+    in_cache = index_BP < C
+    new_index = jnp.clip(index_BP - C, 0, index_BP.shape[1] - 1)
+
+    def pick(cached, fresh):
+        return jnp.where(_expand(in_cache, cached.ndim), cached, _gather_rows(fresh, new_index))
+
+    return jax.tree.map(pick, from_cache, new)
 
 
 def _expand(keep_BT, ndim: int):
@@ -129,29 +135,36 @@ class DecoderLayer(nnx.Module):
         return _masked_where(evicting_BT, self.ahn.output(o, h_BTD)), state
 
     def with_cache(self, x_BTD, cos_BTH, sin_BTH, arrays: dict, plan, mode: str):
-        """P new tokens per row against this layer's cache arrays (ahn_jax/model/cache.py).
-        Returns the new hidden states and what the cache takes from this call: the new tokens'
-        k, v (and gates in mode "ahn", the memory's only mode) [B, P, ...] for their slots
-        (`plan.write_slot`), and the memory's new state."""
+        """P new tokens per row against this layer's cache arrays (`DecodeCache.window_layer` or
+        `full_layer`; ahn_jax/model/cache.py). Returns the new hidden states and the layer's
+        arrays with the new tokens' k, v (and gates in mode "ahn", the memory's only mode)
+        written to their slots (`plan.write_slot`) and the memory's new state.
+
+        One token per row (`plan.write_first`, a decode step) is written before the layer reads:
+        the reads then follow the write, so XLA updates the donated buffers in place. A block of
+        P > 1 reads the old slots and its own new keys and is written afterwards."""
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
+        # the new keys are read as the cache stores them, now and in every later step
         k, v = k.astype(arrays["k"].dtype), v.astype(arrays["v"].dtype)
-        # the cache and the new keys are scored as two blocks, the cache in place (no joint copy)
+        new = {"k": k, "v": v, "gates": self.ahn.write_gates(h) if mode == "ahn" else {}}
+        if mode != "ahn":
+            arrays = {**arrays, "gates": {}}
+        if plan.write_first:
+            arrays = cache_lib.write_slots(arrays, new, plan.write_slot)
+            k_blocks, v_blocks, layouts = (arrays["k"],), (arrays["v"],), ("BKHU",)
+        else:
+            k_blocks, v_blocks = (arrays["k"], k), (arrays["v"], v)
+            layouts = ("BKHU", "BUKH")
         attn = window_attention.masked_attention(
-            q, (arrays["k"].astype(q.dtype), k.astype(q.dtype)),
-            (arrays["v"].astype(q.dtype), v.astype(q.dtype)), plan.mask,
+            q, tuple(b.astype(q.dtype) for b in k_blocks),
+            tuple(b.astype(q.dtype) for b in v_blocks), plan.mask, key_layouts=layouts,
         )  # fmt: skip
-        writes = {"k": k, "v": v, "gates": {}, "state": arrays["state"]}
         if mode == "ahn":
-            writes["gates"] = self.ahn.write_gates(h)
-            evicted = jax.tree.map(
-                lambda cached, new: _gather_evicted(cached, new, plan.evict_index),
-                (arrays["k"], arrays["v"], arrays["gates"]),
-                (k, v, writes["gates"]),
-            )
-            y, writes["state"] = self._read_memory(
+            evicted = _gather_evicted(arrays, new, plan.evict_index)
+            y, state = self._read_memory(
                 h,
                 q,
-                evicted,
+                (evicted["k"], evicted["v"], evicted["gates"]),
                 plan.evicting,
                 state=arrays["state"],
                 impl=memory.recurrence_impl(
@@ -159,4 +172,7 @@ class DecoderLayer(nnx.Module):
                 ),
             )
             attn = attn + y
-        return self._finish(x_BTD, attn), writes
+            arrays = {**arrays, "state": state}
+        if not plan.write_first:
+            arrays = cache_lib.write_slots(arrays, new, plan.write_slot)
+        return self._finish(x_BTD, attn), arrays

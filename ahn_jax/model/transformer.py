@@ -233,8 +233,8 @@ class AhnModel(nnx.Module):
         if input_ids.ndim != 2 or input_ids.shape[1] < 1:
             raise ValueError(f"input_ids must be [batch, length >= 1], got {input_ids.shape}")
         B, P = input_ids.shape
-        if B != cache.k.shape[1]:
-            raise ValueError(f"input_ids has batch {B}, the cache {cache.k.shape[1]}")
+        if B != cache.batch_size:
+            raise ValueError(f"input_ids has batch {B}, the cache {cache.batch_size}")
         lengths = _check_lengths(lengths, B, P)
         if cache.full_layers and int(jnp.max(cache.length)) + int(lengths.max()) > (
             cache.full_capacity

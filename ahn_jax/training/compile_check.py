@@ -13,7 +13,7 @@ optimizer state in fp32) and compiled by XLA:TPU for the topology's chips; the r
 per-device memory analysis against the chip's HBM. An HBM overflow is a compile error, reported as
 "does not fit". Pallas kernels are lowered through Mosaic for real (`kernels`: "pallas", "xla" or
 "auto" = Pallas for a TPU; ahn_jax/model/kernel_choice.py), so their tiling and VMEM use are checked
-too. The decode step compiles one token per row against a full cache of S + W slots, the cache
+too. The decode step compiles one token per row against a full cache of S + W + 1 slots, the cache
 split over the mesh by rows. What this cannot tell: speed and numerics (nothing executes), and
 host-side memory.
 """
@@ -178,15 +178,17 @@ def _with_kernels(model_config, kernels: str):
     return model_config.replace(kernels=kernels)
 
 
-# Each cache array's logical axes (ahn_jax/model/cache.py): rows split over the mesh like a batch
+# Each cache array's logical axes (ahn_jax/model/cache.py; one array per layer): rows split over
+# the mesh like a batch
 _CACHE_AXES = {
-    "k": ("layers", "batch", "length", "kv_heads", "head_dim"),
-    "gates": ("layers", "batch", "length", "heads"),
-    "state": ("layers", "batch", "heads", "head_dim", None),
+    "k": ("batch", "kv_heads", "head_dim", "length"),
+    "v": ("batch", "length", "kv_heads", "head_dim"),
+    "gates": ("batch", "length", "heads"),
+    "state": ("batch", "heads", "head_dim", None),
     "slot_pos": ("batch", "length"),
     "length": ("batch",),
 }
-_CACHE_AXES |= {"v": _CACHE_AXES["k"], "full_k": _CACHE_AXES["k"], "full_v": _CACHE_AXES["k"],
+_CACHE_AXES |= {"full_k": _CACHE_AXES["k"], "full_v": _CACHE_AXES["v"],
                 "full_slot_pos": _CACHE_AXES["slot_pos"]}  # fmt: skip
 
 
@@ -200,11 +202,7 @@ def _abstract_cache(model, mesh, batch_size, window, sinks, max_length) -> Decod
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
 
     fields = {
-        name: (
-            {g: place(name, x) for g, x in value.items()}
-            if isinstance(value, dict)
-            else place(name, value)
-        )
+        name: jax.tree.map(lambda x, name=name: place(name, x), value)
         for name, value in vars(cache).items()
         if name in _CACHE_AXES
     }
@@ -220,7 +218,7 @@ def check_decode(
     sinks: int = 128,
     max_length: int | None = None,
 ) -> dict:
-    """Compile one decode step (one token per row against a cache of S + W slots; layers kept as
+    """Compile one decode step (one token per row against a cache of S + W + 1 slots; layers kept as
     full attention hold `max_length` positions) for `topology`: XLA's per-device memory figures,
     FLOPs and bytes accessed, and the verdict. The cache and the AHN states are the donated
     arguments, updated in place."""
@@ -288,8 +286,8 @@ def format_report(report: dict) -> str:
                  f"{report['seq_len']} tokens ({report['micro_batches']} micro-batches), "
                  f"{kernels}"]  # fmt: skip
     else:
-        lines = [f"decode step {where}, batch {report['batch_size']}, cache of S + W = "
-                 f"{report['sinks']} + {report['window']} slots "
+        lines = [f"decode step {where}, batch {report['batch_size']}, cache of S + W + 1 = "
+                 f"{report['sinks']} + {report['window']} + 1 slots "
                  f"({_gib(report['cache_bytes'])} in all)"]  # fmt: skip
     if "error" in report:
         return "\n".join([*lines, f"does NOT fit: {report['error']}"])

@@ -47,29 +47,41 @@ def grouped_softmax_attention(q_BTKGH, k_BUKH, v_BUKE, mask, scale):
     return jnp.einsum("BKGTU,BUKE->BTKGE", p.astype(v_BUKE.dtype), v_BUKE)
 
 
-def masked_attention(q, k, v, mask, *, scale=None):
+def masked_attention(q, k, v, mask, *, scale=None, key_layouts=None):
     """Attention over explicit keys (e.g. a decode cache plus new tokens): mask [T, U] or
     [B, T, U] says which key each query sees; every query must see at least one key.
 
     k and v may also be sequences of blocks (k [B, U_i, K, H] each, U = sum U_i), read as if
     concatenated along U: the decode cache and the new tokens are scored in place, one softmax over
     both, without copying the cache into a joint array (at batch 8 that copy, and the layout change
-    XLA:CPU made for the product with v, cost about a third of a decode step)."""
+    XLA:CPU made for the product with v, cost about a third of a decode step). `key_layouts`
+    names each key block's layout, "BUKH" (default) or "BKHU" (slots last, as the decode cache
+    keeps its keys: the q·k product then reads them without a transpose)."""
     k_blocks = (k,) if isinstance(k, jax.Array) else tuple(k)
     v_blocks = (v,) if isinstance(v, jax.Array) else tuple(v)
+    layouts = key_layouts or ("BUKH",) * len(k_blocks)
+    if len(layouts) != len(k_blocks) or not set(layouts) <= {"BUKH", "BKHU"}:
+        raise ValueError(f"key_layouts must give 'BUKH' or 'BKHU' per key block, got {layouts}")
     B, T, N, H = q.shape
-    K = k_blocks[0].shape[2]
+    K = v_blocks[0].shape[2]
     scale = H**-0.5 if scale is None else scale
     mask = mask[:, None, None] if mask.ndim == 3 else mask  # [B, 1, 1, T, U] or [T, U]
     q = q.reshape(B, T, K, N // K, H)
-    starts = np.cumsum([0] + [block.shape[1] for block in k_blocks])
+    starts = np.cumsum([0] + [block.shape[1] for block in v_blocks])
+
+    def score(block, layout):
+        if layout == "BUKH":
+            return jnp.einsum("BTKGH,BUKH->BKGTU", q, block, preferred_element_type=jnp.float32)
+        # q [B, K, G*T, H] @ k [B, K, H, U]: a plain batched matmul on the keys' own layout
+        q_rows = q.transpose(0, 2, 3, 1, 4).reshape(B, K, -1, H)
+        s = jnp.matmul(q_rows, block, preferred_element_type=jnp.float32)
+        return s.reshape(B, K, N // K, T, -1)
+
     scores = [
-        jnp.where(
-            mask[..., start:end],
-            jnp.einsum("BTKGH,BUKH->BKGTU", q, block, preferred_element_type=jnp.float32) * scale,
-            MASKED,
+        jnp.where(mask[..., start:end], score(block, layout) * scale, MASKED)
+        for block, layout, start, end in zip(
+            k_blocks, layouts, starts[:-1], starts[1:], strict=True
         )
-        for block, start, end in zip(k_blocks, starts[:-1], starts[1:], strict=True)
     ]
     top = functools.reduce(jnp.maximum, [s.max(-1, keepdims=True) for s in scores])
     weights = [jnp.exp(s - top) for s in scores]

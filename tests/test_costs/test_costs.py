@@ -68,8 +68,9 @@ def test_table_9_cache_and_mixing_flops_at_128k():
     # the paper prints 8.83 -> 4.38; the formula gives 8.826 -> 4.386 (its last digit truncated)
     assert fourteen["full"] / 1e15 == pytest.approx(8.83, abs=0.005)
     assert fourteen["ahn"] / 1e15 == pytest.approx(4.38, abs=0.01)
-    # the gate cache the paper leaves out: (beta, log alpha) in fp32 per head and kept token
-    assert three_b["gate_cache_bytes"] == 36 * 32768 * 16 * 2 * 4
+    # the gate cache the paper leaves out: (beta, log alpha) in fp32 per head and cached slot
+    # (S + W + 1: the slot a decode step writes before it evicts)
+    assert three_b["gate_cache_bytes"] == 36 * 32769 * 16 * 2 * 4
 
 
 def test_cache_held_by_decode_equals_the_model_at_every_length():
@@ -92,10 +93,14 @@ def test_cache_held_by_decode_equals_the_model_at_every_length():
             _, cache = model.prefill(ids, cache)
             held.append(cache.nbytes())
         assert held == [predicted] * 8, mode
-    # the paper's formula is the KV + state part of it (fp32 here: 4 bytes per value)
+    # the paper's formula is the KV + state part of it (fp32 here: 4 bytes per value), less the
+    # one slot more than S + W that each layer keeps
     paper = table.cache_bytes(config, 40, window, sinks, bytes_per_element=4)["ahn"]
+    one_slot = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4
     gates = table.gate_cache_bytes(config, window, sinks)
-    assert table.decode_cache_bytes(config, window, sinks, "ahn") == paper + gates + 4 * (16 + 1)
+    assert table.decode_cache_bytes(config, window, sinks, "ahn") == (
+        paper + one_slot + gates + 4 * (17 + 1)
+    )
 
 
 def test_costs_cli_writes_the_plot(tmp_path):

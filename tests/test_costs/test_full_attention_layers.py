@@ -57,13 +57,14 @@ def test_no_full_layers_is_the_paper_setting(qwen3b):
 
 def test_decode_cache_bytes_with_full_layers():
     """Full layers hold K and V of `max_length` positions and their own int32 positions, and no
-    gates or state; the others S + W slots. Checked against a real cache as well."""
+    gates or state; the others S + W + 1 slots. Checked against a real cache as well."""
     from shared import tiny_config
 
     from ahn_jax.model.transformer import init_model
 
     config = tiny_config(num_layers=3, ahn_type="gdn", full_attention_layers=(1,))
-    B, C, M, K, H, N = 2, 16, 50, config.num_kv_heads, config.head_dim, config.num_heads
+    # C: S + W + 1 slots per windowed layer (ahn_jax/model/cache.py)
+    B, C, M, K, H, N = 2, 17, 50, config.num_kv_heads, config.head_dim, config.num_heads
     kv = 2 * B * K * H * 4  # K and V of one slot, fp32
     expected = {
         "full": 3 * C * kv + 4 * B * (C + 1),

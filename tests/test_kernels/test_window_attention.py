@@ -51,14 +51,23 @@ def test_masked_attention_over_key_blocks_equals_the_dense_reference(dtype, tol)
     for cuts in ((), (20,), (3, 17)):
         edges = (0, *cuts, 29)
         blocks = [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-        got = masked_attention(
-            q,
-            [k[:, b] for b in blocks],
-            [v[:, b] for b in blocks],
-            jnp.broadcast_to(mask, (2, 29, 29)),
-        )
-        assert got.dtype == dtype
-        np.testing.assert_allclose(np.float32(got), np.float32(want), atol=tol, rtol=tol)
+        # the first block also as the cache stores its keys: slots last, [B, K, H, U]
+        for first_slots_last in (False, True):
+            k_blocks = [k[:, b] for b in blocks]
+            layouts = ["BUKH"] * len(blocks)
+            if first_slots_last:
+                k_blocks[0], layouts[0] = k_blocks[0].transpose(0, 2, 3, 1), "BKHU"
+            got = masked_attention(
+                q,
+                k_blocks,
+                [v[:, b] for b in blocks],
+                jnp.broadcast_to(mask, (2, 29, 29)),
+                key_layouts=tuple(layouts),
+            )
+            assert got.dtype == dtype
+            np.testing.assert_allclose(np.float32(got), np.float32(want), atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="key_layouts"):
+        masked_attention(q, k, v, mask, key_layouts=("BHUK",))
 
 
 @pytest.mark.parametrize("W, S", [(5, 3), (16, 0), (40, 20), (1, 1), (33, 17), (7, 20)])

@@ -177,8 +177,11 @@ def test_cache_size_is_constant(ahn_type):
     _, late = model.prefill(ids, model.init_cache(2, window=W, sinks=S), chunk_size=5)
     assert early.nbytes() == late.nbytes()
     assert jax.tree.map(jnp.shape, early) == jax.tree.map(jnp.shape, late)
-    assert late.k.shape[2] == S + W
-    assert late.state.shape == (config.num_layers, 2, config.num_heads, 8, 8)
+    K, H = config.num_kv_heads, config.head_dim
+    # per layer: S + W slots and the one the step writes before evicting (ahn_jax/model/cache.py)
+    assert [k.shape for k in late.k] == [(2, K, H, S + W + 1)] * config.num_layers
+    assert [v.shape for v in late.v] == [(2, S + W + 1, K, H)] * config.num_layers
+    assert [s.shape for s in late.state] == [(2, config.num_heads, 8, 8)] * config.num_layers
     assert late.length.tolist() == [4 * (S + W)] * 2
 
 

@@ -1,6 +1,7 @@
 """Layers kept as full attention in the decode cache: their K/V hold the whole context, the other
-layers stay at S + W, and decoding equals the parallel forward."""
+layers stay at S + W + 1 slots, and decoding equals the parallel forward."""
 
+import jax
 import jax.numpy as jnp
 import pytest
 from shared import random_ids, tiny_config
@@ -18,8 +19,8 @@ def test_decode_with_full_attention_layers_equals_parallel_forward(full_layers):
     ids = jnp.asarray(random_ids(64, (2, T), seed=5))
     parallel = model(ids, mode="ahn", window=W, sinks=S)
     cache = model.init_cache(2, window=W, sinks=S, max_length=T)
-    assert cache.full_k.shape[:3] == (len(full_layers), 2, T)
-    assert cache.k.shape[0] == 3 - len(full_layers)
+    assert [k.shape[0::3] for k in cache.full_k] == [(2, T)] * len(full_layers)
+    assert len(cache.k) == 3 - len(full_layers)
     logits, cache = model.prefill(ids[:, :11], cache, all_logits=True)
     assert float(jnp.max(jnp.abs(logits - parallel[:, :11]))) <= 1e-5
     for t in range(11, T):
@@ -30,7 +31,8 @@ def test_decode_with_full_attention_layers_equals_parallel_forward(full_layers):
 def test_only_full_layers_grow_with_the_context():
     model = init_model(tiny_config(ahn_type="gdn", full_attention_layers=(1,)))
     sizes = {n: model.init_cache(1, window=W, sinks=S, max_length=n) for n in (64, 128)}
-    assert sizes[128].k.shape == sizes[64].k.shape  # windowed layers: S + W slots
+    shapes = {n: jax.tree.map(jnp.shape, (c.k, c.v, c.gates, c.state)) for n, c in sizes.items()}
+    assert shapes[128] == shapes[64]  # windowed layers: S + W + 1 slots
     grown = sizes[128].nbytes() - sizes[64].nbytes()
     kv_per_position = 2 * tiny_config().num_kv_heads * tiny_config().head_dim * 4
     assert grown == 64 * (kv_per_position + 4)  # one layer's K and V, and its slot position

@@ -31,7 +31,7 @@ def reenacted_attention(prompt_len, steps, sinks, window):
 
 def planned_attention(prompt_len, steps, sinks, window, reference):
     """The positions each decode step of our cache attends, read off its plans."""
-    slot_pos = jnp.full((1, sinks + window), -1, jnp.int32)
+    slot_pos = jnp.full((1, sinks + window + 1), -1, jnp.int32)  # as init_cache makes it
     length = jnp.zeros((1,), jnp.int32)
     plan = extend_plan(slot_pos, length, window=window, sinks=sinks, num_new=prompt_len)
     slot_pos, length = plan.slot_pos, length + prompt_len
@@ -40,7 +40,7 @@ def planned_attention(prompt_len, steps, sinks, window, reference):
         plan = extend_plan(
             slot_pos, length, window=window, sinks=sinks, num_new=1, reference=reference
         )
-        keys = np.concatenate([np.asarray(slot_pos[0]), np.asarray(plan.positions[0])])
+        keys = np.asarray(plan.slot_pos[0])  # a decode step writes first, then reads the slots
         attended.append(set(keys[np.asarray(plan.mask[0, 0])].tolist()))
         slot_pos, length = plan.slot_pos, length + 1
     return attended
