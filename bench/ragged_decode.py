@@ -152,7 +152,7 @@ def warm_up(model, ids, lengths) -> None:
 
 def measure(name: str, lengths: list[int], dtype: str) -> dict:
     steps, rounds, decodes = FLAGS.steps, FLAGS.repeats, FLAGS.decode_repeats
-    model = build(name, dtype)
+    model = model_lib.for_decoding(build(name, dtype))  # as ahn_jax.inference.generate holds it
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.config.vocab_size, (len(lengths), max(lengths)))
     ids = np.where(np.arange(max(lengths))[None] < np.asarray(lengths)[:, None], ids, 0)

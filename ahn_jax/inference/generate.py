@@ -84,6 +84,7 @@ def generate(
 
     `on_tokens` sees each step's tokens (-1 for finished rows), `on_cache` the final cache."""
     ids, lengths, budgets = _ragged_batch(prompts, max_new_tokens)
+    model = model_lib.for_decoding(model)  # per-layer weights on the CPU (its docstring)
     sampling = Sampling(do_sample, temperature, top_k, top_p, repetition_penalty)
     total = int((lengths + budgets).max())  # the longest row's context
     if mode == "full":  # plain attention: a window that holds the whole sequence

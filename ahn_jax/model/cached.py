@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from ahn_jax.model.cache import DecodeCache, extend_plan
 
@@ -58,7 +59,10 @@ def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
     cos, sin = rope
     windowed, full = [], []
     for index in range(model.config.num_layers):
-        layer = jax.tree.map(lambda a, i=index: a[i], model.layers)  # static slices
+        if isinstance(model.layers, nnx.List):  # transformer.unstack_layers: no slicing
+            layer = model.layers[index]
+        else:
+            layer = jax.tree.map(lambda a, i=index: a[i], model.layers)  # static slices
         if index in cache.full_layers:
             arrays = cache.full_layer(len(full))
             x, arrays = layer.with_cache(x, cos, sin, arrays, full_plan, "full")  # no memory

@@ -307,6 +307,32 @@ def decode_step(graphdef, state, token_ids_B, cache):
     return extend_cache(graphdef, state, token_ids_B[:, None], cache, new_B, decoding=True)
 
 
+def for_decoding(model: AhnModel) -> AhnModel:
+    """The model as the decode loop should hold it: on the CPU, `unstack_layers(model)`; on other
+    backends the model itself (the per-layer copy would double the weights in accelerator
+    memory)."""
+    return unstack_layers(model) if jax.default_backend() == "cpu" else model
+
+
+def unstack_layers(model: AhnModel) -> AhnModel:
+    """The model with its stacked layers cut into a list of per-layer modules, for the cached
+    path (prefill and decode steps; not the parallel forward, which scans the stacked layers).
+
+    The cached path runs its layers unrolled (ahn_jax/model/cached.py); given the stacked
+    weights it slices each layer's out inside every step, and XLA:CPU copies each slice (on the
+    ~50M model 1.4-1.8 ms per 3 MB matrix, a third of a decode step: docs/benchmarks.md). Cut
+    here once, each layer's weights reach the jitted step as arrays of their own. Everything
+    but the layer weights is shared with `model`; the layer weights are copied."""
+    graphdef, state = nnx.split(model)
+    layer_graphdef, layer_state = nnx.split(model.layers)
+    layerwise = nnx.merge(graphdef, state)  # new Variables around the same arrays
+    layerwise.layers = nnx.List(
+        nnx.merge(layer_graphdef, jax.tree.map(lambda a, i=i: a[i], layer_state))
+        for i in range(model.config.num_layers)
+    )
+    return layerwise
+
+
 def init_model(config: ModelConfig, seed: int = 0, ahn_output_init: str = "zeros") -> AhnModel:
     return AhnModel(config, nnx.Rngs(params=seed), ahn_output_init)
 
