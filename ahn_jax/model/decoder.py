@@ -160,7 +160,12 @@ class DecoderLayer(nnx.Module):
             tuple(b.astype(q.dtype) for b in v_blocks), plan.mask, key_layouts=layouts,
         )  # fmt: skip
         if mode == "ahn":
-            evicted = _gather_evicted(arrays, new, plan.evict_index)
+            # written first, the evicted token is always still in its slot (the ring holds W + 1)
+            evicted = (
+                cache_lib.gather_slots(arrays, plan.evict_index)
+                if plan.write_first
+                else _gather_evicted(arrays, new, plan.evict_index)
+            )
             y, state = self._read_memory(
                 h,
                 q,

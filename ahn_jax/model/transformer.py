@@ -310,8 +310,9 @@ def decode_step(graphdef, state, token_ids_B, cache):
 def for_decoding(model: AhnModel) -> AhnModel:
     """The model as the decode loop should hold it: on the CPU, `unstack_layers(model)`; on other
     backends the model itself (the per-layer copy would double the weights in accelerator
-    memory)."""
-    return unstack_layers(model) if jax.default_backend() == "cpu" else model
+    memory). A model already unstacked is returned as it is."""
+    unstacked = isinstance(model.layers, nnx.List)
+    return unstack_layers(model) if jax.default_backend() == "cpu" and not unstacked else model
 
 
 def unstack_layers(model: AhnModel) -> AhnModel:

@@ -135,6 +135,23 @@ def test_parallel_forward_equals_prefill_and_decode(ahn_type):
         assert max_diff(logits, parallel) <= 1e-5, chunk
 
 
+def test_unstacked_layers_prefill_and_decode_as_the_stacked_model():
+    """`unstack_layers` (what generate decodes with on the CPU) gives the same logits; the model
+    it came from keeps its stacked layers (its parallel forward still runs)."""
+    model = make("gdn")
+    unstacked = model_lib.unstack_layers(model)
+    assert isinstance(unstacked.layers, nnx.List) and len(unstacked.layers) == 3
+    assert model_lib.for_decoding(unstacked) is unstacked  # no second copy
+    ids = token_ids(12)
+    runs = []
+    for m in (model, unstacked):
+        logits, cache = m.prefill(ids[:, :9], m.init_cache(2, window=W, sinks=S), all_logits=True)
+        runs.append((logits, m.decode_step(ids[:, 9], cache)[0]))  # 9 > S + W: memory in use
+    for stacked, layerwise in zip(*runs, strict=True):
+        assert max_diff(stacked, layerwise) <= 1e-6
+    assert max_diff(model(ids, mode="ahn", window=W, sinks=S)[:, :9], runs[0][0]) <= 1e-5
+
+
 def test_swa_cache_equals_swa_forward_and_full_cache_equals_full():
     model = make("gdn")
     ids = token_ids(20)
