@@ -10,8 +10,9 @@ Every `python -m ahn_jax.X` calls `configure_platform()` first: on a host withou
 runs on the CPU (JAX_PLATFORMS=cpu: jax[tpu]'s libtpu, installed but without a chip, would print
 initialisation errors before JAX falls back to the CPU). A user's own JAX_PLATFORMS wins.
 
-No XLA:CPU flags are needed any more: the deadlock that three flags once worked around came from
-XLA:CPU's LAPACK triangular solve, which no kernel calls now (docs/kernels.md, "Known issue").
+One XLA:CPU flag is added at `import ahn_jax` (`avoid_known_crashes`): YNN_REDUCE_WORKAROUND. The
+deadlock that three flags once worked around came from XLA:CPU's LAPACK triangular solve, which no
+kernel calls now (docs/kernels.md, "Known issue").
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ LIBTPU_WITHOUT_TPU = {
     "TPU_ACCELERATOR_TYPE": "v5litepod-4",
     "TPU_WORKER_HOSTNAMES": "localhost",
 }
+
+
+# jaxlib 0.10.2 (and 0.11.0) crashes while *running* an f32 multiply + reduce of rank 7 with a
+# size-1 dimension when XLA:CPU hands the reduction to YNNPACK (SIGSEGV in slinky::can_fuse, or a
+# hang, depending on the CPU: jax-ml/jax#40412 and #39257; fixed in XNNPACK after those releases).
+# The delta rule's backward forms such a reduction when a sequence fits in one chunk: on a 2-core
+# AMD EPYC the kernel tests died with it. Without YNN reductions XLA emits its own loops.
+YNN_REDUCE_WORKAROUND = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+
+
+def avoid_known_crashes() -> None:
+    """Add YNN_REDUCE_WORKAROUND to XLA_FLAGS (a value the user set for that flag is kept). Called
+    at `import ahn_jax`; without effect where JAX has already made its CPU backend."""
+    add_xla_flags(YNN_REDUCE_WORKAROUND)
 
 
 def with_flags(xla_flags: str, flags) -> str:

@@ -80,7 +80,22 @@ def test_a_cli_on_a_cpu_host_prints_no_tpu_errors_and_runs_on_the_cpu(tmp_path):
     assert "error: train.mesh = 'data=3'" in done.stderr and "but 1" in done.stderr, done.stderr
     assert "TPU" not in done.stderr and "libtpu" not in done.stderr, done.stderr
     platforms, flags = done.stdout.strip().splitlines()[-1].split(" | ")
-    assert platforms == "cpu" and flags == "None"  # no XLA flags of ours
+    # the one flag of ours: the workaround for jaxlib 0.10.2's YNN reduction crash
+    assert platforms == "cpu" and flags == xla_cpu.YNN_REDUCE_WORKAROUND
+
+
+def test_import_ahn_jax_avoids_the_ynn_reduction_crash():
+    """jaxlib 0.10.2 crashes running this reduction on some CPUs (xla_cpu.YNN_REDUCE_WORKAROUND):
+    on this project's 2-core AMD EPYC host the same program without `import ahn_jax` dies with
+    SIGSEGV inside YNNPACK (checked by hand, 2026-12-06). After the import it runs."""
+    code = (
+        "import ahn_jax, jax, jax.numpy as jnp; x = jnp.ones((2, 2, 1, 2, 32, 2, 32)); "
+        "print(float(jax.jit(lambda a, b: (a * b).sum(4))(x, x + 1).sum()))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.split()[-1]) == 512 * 32 * 2  # 512 sums of 32 products of 2
 
 
 def test_training_without_base_or_data_stops_at_once_naming_both():
