@@ -52,16 +52,3 @@ def pytest_collection_modifyitems(items):
         return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
     items.sort(key=rank)  # stable: the order inside a module is kept
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _release_compiled_programs():
-    """Drop every compiled program after each module. XLA:CPU maps each executable's code into
-    memory pages of its own, a few hundred mappings per program (more since the decode step runs
-    its layers unrolled), and the kernel caps a process at vm.max_map_count (65,530 here): one
-    process running the whole suite ran out and crashed inside the compiler. The persistent
-    compilation cache above serves any program a later module needs again."""
-    yield
-    import jax
-
-    jax.clear_caches()
