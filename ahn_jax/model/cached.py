@@ -8,6 +8,8 @@ not the whole cache (with the cache donated, as `ahn_jax.inference.generate` doe
 in place). A `lax.scan` over the stacked layers would be one compiled body, but XLA:CPU copies
 each layer's slice of a stacked cache out for the attention products: at batch 8 of the tiny
 model those copies were the largest part of a decode step (docs/benchmarks.md, ragged decode).
+The same holds for weights: a model from `transformer.unstack_layers` (what `generate` decodes
+with on the CPU) hands each layer its own arrays; a stacked one is sliced here, per layer.
 Shapes: docs/method.md §Shapes.
 """
 
