@@ -129,16 +129,18 @@ def write_slots(arrays: dict, new: dict, slot_BP) -> dict:
     }
 
 
+def gather_rows(x, index_BP, axis: int = 0):
+    """Row b of x [B, ...] at its own indices index_BP[b] along `axis` (of the row)."""
+    return jax.vmap(lambda row, index: jnp.take(row, index, axis=axis))(x, index_BP)
+
+
 def gather_slots(arrays: dict, index_BP) -> dict:
     """The k, v [B, P, K, H] and gates [B, P, N] held in slots `index_BP` [B, P] of one layer."""
-
-    def rows(x, axis):
-        return jax.vmap(lambda row, index: jnp.take(row, index, axis=axis))(x, index_BP)
-
     return {
-        "k": jnp.moveaxis(rows(arrays["k"], 2), -1, 1),  # [B, K, H, P] -> [B, P, K, H]
-        "v": rows(arrays["v"], 0),
-        "gates": {n: rows(g, 0) for n, g in arrays["gates"].items()},
+        # k [B, K, H, C] -> [B, K, H, P] -> [B, P, K, H]
+        "k": jnp.moveaxis(gather_rows(arrays["k"], index_BP, axis=2), -1, 1),
+        "v": gather_rows(arrays["v"], index_BP),
+        "gates": {n: gather_rows(g, index_BP) for n, g in arrays["gates"].items()},
     }
 
 

@@ -22,11 +22,6 @@ def _masked_where(keep_BT, x):
     return jnp.where(_expand(keep_BT, x.ndim), x, 0)
 
 
-def _gather_rows(x, index_BT):
-    """Row b of x [B, U, ...] at its own positions index_BT[b]: [B, T, ...]."""
-    return jax.vmap(lambda row, index: jnp.take(row, index, axis=0))(x, index_BT)
-
-
 def _gather_evicted(arrays: dict, new: dict, index_BP) -> dict:
     """The k, v and gates at `index_BP` of `cache slots ++ new tokens` (one layer's arrays, then
     the call's new items [B, P, ...]) without joining the two."""
@@ -36,7 +31,8 @@ def _gather_evicted(arrays: dict, new: dict, index_BP) -> dict:
     new_index = jnp.clip(index_BP - C, 0, index_BP.shape[1] - 1)
 
     def pick(cached, fresh):
-        return jnp.where(_expand(in_cache, cached.ndim), cached, _gather_rows(fresh, new_index))
+        from_new = cache_lib.gather_rows(fresh, new_index)
+        return jnp.where(_expand(in_cache, cached.ndim), cached, from_new)
 
     return jax.tree.map(pick, from_cache, new)
 
@@ -111,7 +107,7 @@ class DecoderLayer(nnx.Module):
         sinks_B1 = window_attention.per_row(sinks, B, "sinks")[:, None]
         evict_BT = jnp.broadcast_to(jnp.maximum(t - window_B1, 0), (B, T))
         sources = (k_BTKH, v_BTKH, self.ahn.write_gates(h_BTD))
-        evicted = jax.tree.map(lambda x: _gather_rows(x, evict_BT), sources)
+        evicted = jax.tree.map(lambda x: cache_lib.gather_rows(x, evict_BT), sources)
         y, _ = self._read_memory(
             h_BTD,
             q_BTNH,
@@ -146,9 +142,8 @@ class DecoderLayer(nnx.Module):
         h, q, k, v = self._project(x_BTD, cos_BTH, sin_BTH)
         # the new keys are read as the cache stores them, now and in every later step
         k, v = k.astype(arrays["k"].dtype), v.astype(arrays["v"].dtype)
+        # outside mode "ahn" the arrays hold no gates either (DecodeCache: gates exist in "ahn")
         new = {"k": k, "v": v, "gates": self.ahn.write_gates(h) if mode == "ahn" else {}}
-        if mode != "ahn":
-            arrays = {**arrays, "gates": {}}
         if plan.write_first:
             arrays = cache_lib.write_slots(arrays, new, plan.write_slot)
             k_blocks, v_blocks, layouts = (arrays["k"],), (arrays["v"],), ("BKHU",)
