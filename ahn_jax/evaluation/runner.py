@@ -19,6 +19,7 @@ from ahn_jax.evaluation.results import (
     sort_results,
 )
 from ahn_jax.inference import generate as generate_lib
+from ahn_jax.model import transformer as model_lib
 
 
 @dataclasses.dataclass
@@ -117,6 +118,8 @@ def run_generation(
     todo = sorted((p for p in prompts if p.id not in done), key=lambda p: len(p.ids))
     stops = generate_lib.stop_ids(tokenizer) if stop_ids is None else stop_ids
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=settings.task)
+    # the per-layer copy `generate` decodes with, made once for every batch (on the CPU)
+    model = model_lib.for_decoding(model)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         caches: list = []

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from shared import save_tiny_qwen2, write_qwen25_tokenizer
 
+from ahn_jax.config import load_config_file, validate_config
 from ahn_jax.evaluation import metrics, ruler, runner
+from ahn_jax.model.transformer import for_decoding, init_model
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 ROOT = Path(__file__).parents[2]
@@ -228,6 +230,8 @@ def test_runner_scores_niah_records_and_passes_the_decode_setting(tmp_path, monk
 
     def fake_generate(model, batch, on_cache, **kwargs):  # recalls all values, then half of them
         seen.append(kwargs["decode"])
+        # the runner hands over the per-layer copy it made once: generate keeps it as it is
+        assert for_decoding(model) is model
         on_cache(FakeCache())
         recalled = [prompts[0].record["answers"], prompts[1].record["answers"][:2]]
         return [tokenizer.encode(" " + ", ".join(r)) for r in recalled]
@@ -235,6 +239,7 @@ def test_runner_scores_niah_records_and_passes_the_decode_setting(tmp_path, monk
     monkeypatch.setattr(runner.generate_lib, "generate", fake_generate)
     monkeypatch.setattr(runner.generate_lib, "stop_ids", lambda tokenizer: [])
     results_lib.check_settings(tmp_path, settings)
-    runner.run_generation(None, tokenizer, prompts, settings, tmp_path, batch_size=2)
+    model = init_model(validate_config(load_config_file(ROOT / "configs" / "tiny_gdn.py")))
+    runner.run_generation(model, tokenizer, prompts, settings, tmp_path, batch_size=2)
     scores = {r["depth"]: r["score"] for r in results_lib.read_results(tmp_path)}
     assert scores == {0.0: 1.0, 1.0: 0.5} and seen == ["reference"]
