@@ -98,18 +98,23 @@ def generate(
     graphdef, state = nnx.split(model)
     out = np.zeros((len(prompts), 0), np.int32)
     done = np.zeros(len(prompts), bool)
-    for i in range(int(budgets.max())):
+    steps = int(budgets.max())
+    for i in range(steps):
+        current = tokens
+        # the next step is dispatched before this one's tokens come to the host: the device
+        # computes while Python checks stops and streams (after the last stop, one step is wasted)
+        if i + 1 < steps:
+            key, sub = jax.random.split(key)
+            tokens, cache, seen = _step(graphdef, state, tokens, cache, seen, sub, sampling)
         done |= i >= budgets  # the row's budget is spent
-        new = np.asarray(tokens)
+        new = np.asarray(current)
         done |= np.isin(new, list(stop_ids))
         new = np.where(done, -1, new)
         out = np.concatenate([out, new[:, None]], axis=1)
         if on_tokens is not None:
             on_tokens(new)
-        if done.all() or i == budgets.max() - 1:
+        if done.all():
             break
-        key, sub = jax.random.split(key)
-        tokens, cache, seen = _step(graphdef, state, tokens, cache, seen, sub, sampling)
     if on_cache is not None:
         on_cache(cache)
     return [[int(t) for t in row if t >= 0] for row in out]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from shared import save_tiny_qwen2, tiny_config, write_qwen25_tokenizer
@@ -38,6 +39,34 @@ def test_ragged_batch_generates_what_each_prompt_does_alone():
     for prompt, budget, new in zip(prompts, budgets, together, strict=True):
         assert new == generate_lib.generate(model, [prompt], max_new_tokens=budget, **settings)[0]
     assert all(len(new) <= budget for new, budget in zip(together, budgets, strict=True))
+
+
+def test_stops_stream_in_order_and_the_final_cache_stays_usable():
+    """generate dispatches each step before the previous step's tokens reach the host: stopping
+    early still yields the tokens up to the stop, streams each step once, and hands `on_cache` a
+    live cache (not the one donated to the step computed past the stop)."""
+    model = init_model(tiny_config(ahn_type="gdn"), seed=1, ahn_output_init="normal")
+    prompts = np.random.default_rng(3).integers(0, 64, (2, 9)).tolist()
+    settings = dict(mode="ahn", window=4, sinks=2)
+    free = generate_lib.generate(model, prompts, max_new_tokens=10, **settings)
+    stop = free[0][3]  # row 0 stops at its 4th token, row 1 where this id first appears, if at all
+    streamed, caches = [], []
+    stopped = generate_lib.generate(
+        model, prompts, max_new_tokens=10, stop_ids=[stop], on_tokens=streamed.append,
+        on_cache=caches.append, **settings,
+    )  # fmt: skip
+    for row, new in enumerate(free):
+        expected = new[: new.index(stop)] if stop in new else new
+        assert stopped[row] == expected
+    # one streamed step per loop round, until the last row stops (its stop streamed as -1)
+    ends = [new.index(stop) + 1 if stop in new else len(new) for new in free]
+    assert len(streamed) == max(ends)
+    for row, new in enumerate(stopped):
+        column = np.stack(streamed)[:, row].tolist()
+        assert column == new + [-1] * (len(streamed) - len(new))
+    cache = caches[0]
+    assert not any(x.is_deleted() for x in jax.tree.leaves(cache))
+    assert cache.nbytes() > 0
 
 
 def test_decode_reaches_the_cache(monkeypatch):
