@@ -61,8 +61,8 @@ def test_stops_stream_in_order_and_the_final_cache_stays_usable():
     # one streamed step per loop round, until the last row stops (its stop streamed as -1)
     ends = [new.index(stop) + 1 if stop in new else len(new) for new in free]
     assert len(streamed) == max(ends)
-    for row, new in enumerate(stopped):
-        column = np.stack(streamed)[:, row].tolist()
+    columns = np.stack(streamed).T.tolist()  # [B, steps]
+    for column, new in zip(columns, stopped, strict=True):
         assert column == new + [-1] * (len(streamed) - len(new))
     cache = caches[0]
     assert not any(x.is_deleted() for x in jax.tree.leaves(cache))
