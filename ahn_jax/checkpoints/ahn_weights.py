@@ -60,12 +60,15 @@ def is_ahn_param(path: ParamPath) -> bool:
 
 
 def base_hf_config(hf: Mapping[str, Any]) -> dict[str, Any]:
-    """The base model's config.json: an AHN-only or merged one without its AHN fields, a base one
-    as it is. `sliding_window` goes with the AHN fields, as beside them it is AHN's W (Qwen2's own
-    sliding window is off: `use_sliding_window` false, which from_hf_config requires)."""
-    if hf.get("_ahn_implementation") is None:
-        return dict(hf)  # a base config, whose `sliding_window` is Qwen2's own (unused)
-    return {key: value for key, value in hf.items() if key not in AHN_CONFIG_KEYS}
+    """The base model's config.json (of an AHN-only, merged or base one): without the AHN fields,
+    and with `sliding_window` null. The base runs full attention, but transformers 4 (4.51, the
+    reference's, included) masks Qwen2's eager and sdpa attention to `sliding_window` whenever
+    the key is set, whatever `use_sliding_window` says, and takes a missing key as 4096; null is
+    the one value every reader takes as no window (tests/test_checkpoints/test_transformers4.py).
+    Beside the AHN fields `sliding_window` is AHN's W; in a base config Qwen2.5 ships 32768 or
+    131072, a window that only transformers 4 applies."""
+    base = {key: value for key, value in hf.items() if key not in AHN_CONFIG_KEYS}
+    return {**base, "sliding_window": None}
 
 
 # (reference name under `ahn.fn.`, our name under `layers.ahn`, kind): kinds as hf_naming's
@@ -115,7 +118,7 @@ def ahn_hf_config(
     names them: W = `window` and S = `sinks` for inference, `loss` the training loss."""
     if not (isinstance(window, int) and window > 0 and isinstance(sinks, int) and sinks >= 0):
         raise ConfigError(f"window must be an int > 0 and sinks an int >= 0, got {window}, {sinks}")
-    hf = to_hf_config(config)  # keeps use_sliding_window false: transformers ignores W below
+    hf = to_hf_config(config)  # use_sliding_window false: transformers 5 ignores W below
     hf.update(
         _layer_implementation="Qwen2MemDecoderLayer",
         _ahn_implementation=IMPLEMENTATIONS[config.ahn_type],

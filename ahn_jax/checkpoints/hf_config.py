@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from absl import logging
+
 from ahn_jax.config import ConfigError, ModelConfig
 from ahn_jax.config.model import YarnScaling
 
@@ -34,6 +36,8 @@ def _yarn_settings(hf: Mapping[str, Any], params: Mapping[str, Any], key: str) -
     original = original or params.get("original_max_position_embeddings") or max_positions
     factor = params["factor"]
     factor = max_positions / original if factor is None else factor
+    if "original_max_position_embeddings" in params and factor != max_positions / original:
+        _warn_transformers4_yarn(key, factor, max_positions / original)
     try:
         return YarnScaling(
             factor=factor,
@@ -45,6 +49,22 @@ def _yarn_settings(hf: Mapping[str, Any], params: Mapping[str, Any], key: str) -
         )
     except ConfigError as e:
         raise ConfigError(f"config.json key '{key}': {e}") from e
+
+
+def _warn_transformers4_yarn(key: str, factor: float, ratio: float) -> None:
+    """Qwen2.5's 128k setting (factor 4, original = max_position_embeddings = 32,768) is read two
+    ways: transformers >= 4.56 and 5 (and vLLM) scale by `factor`, as we do; earlier transformers,
+    4.51 (the AHN reference's) included, replace it by max_position_embeddings / original
+    (huggingface/transformers#38224), for Qwen2.5 1: no scaling at all. Said once per load, so
+    that a comparison with such a run is not a surprise (tests/test_checkpoints/
+    test_transformers4.py)."""
+    logging.warning(
+        "config.json key '%s': YaRN scales by factor %g here (as transformers >= 4.56 and vLLM); "
+        "transformers < 4.56, 4.51 included (the AHN reference's), scales by "
+        "max_position_embeddings / original_max_position_embeddings = %g instead. To compare "
+        "with such a run, set the factor to %g.",
+        key, factor, ratio, ratio,
+    )  # fmt: skip
 
 
 def _rope_settings(hf: Mapping[str, Any]) -> tuple[float, YarnScaling | None]:
@@ -184,7 +204,10 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
         **_rope_export(config),
         "tie_word_embeddings": config.tie_word_embeddings,
         "max_position_embeddings": config.max_position_embeddings,
+        # null, not absent: transformers 4 takes a missing key as 4096 and applies it to Qwen2's
+        # eager/sdpa mask whatever use_sliding_window says (ahn_weights.base_hf_config)
         "use_sliding_window": False,
+        "sliding_window": None,
         "torch_dtype": config.param_dtype,
         "dtype": config.param_dtype,
     }

@@ -118,7 +118,9 @@ def test_merged_and_ahn_only_imports_are_the_same_model(dirs, tmp_path):
     back = tmp_path / "back"
     assert convert_cli.main(["--to_hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(back)]) == 0
     assert _tensors(back) == _tensors(root / "base")
-    assert not set(_config(back)) & set(ahn_weights.AHN_CONFIG_KEYS)
+    # the AHN fields gone; `sliding_window` null, the base's full attention to transformers 4 too
+    assert not set(_config(back)) & (set(ahn_weights.AHN_CONFIG_KEYS) - {"sliding_window"})
+    assert _config(back)["sliding_window"] is None
 
 
 def test_an_explicit_choice_overrides_the_merged_ahn(dirs):
@@ -142,11 +144,14 @@ def test_split_and_merge_are_byte_exact_inverses(dirs, tmp_path):
     assert _tensors(tmp_path / "base") == base
     assert _tensors(tmp_path / "ahn") == ahn
     assert _tensors(root / "merged") == {**base, **ahn}
-    # configs: the base's back (its own sliding_window, null here, went with the AHN fields), the
-    # AHN-only one with the base's keys and save_ahn_only; side files beside the base
+    # configs: the base's back (its own sliding_window went with the AHN fields: written null,
+    # what transformers 4 reads as no window), the AHN-only one with the base's keys and
+    # save_ahn_only; side files beside the base
     original = {k: v for k, v in _config(root / "base").items() if k != "sliding_window"}
     split_base = _config(tmp_path / "base")
-    assert split_base == {**original, "rope_theta": THETA, "torch_dtype": "bfloat16"}
+    assert split_base == {
+        **original, "rope_theta": THETA, "torch_dtype": "bfloat16", "sliding_window": None
+    }  # fmt: skip
     assert _config(tmp_path / "ahn")["save_ahn_only"] is True
     for name in ("tokenizer_config.json", "generation_config.json"):
         assert (tmp_path / "base" / name).read_bytes() == (root / "base" / name).read_bytes()

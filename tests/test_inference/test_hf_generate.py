@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from shared import save_tiny_qwen2
+from shared import generate_as_the_cli, save_tiny_qwen2
 from transformers import Qwen2ForCausalLM
 
 from ahn_jax.checkpoints.pretrained import from_pretrained
 from ahn_jax.inference import generate as generate_lib
-from ahn_jax.inference.generation_config import read_generation_config
 
 NEW = 20
 
@@ -76,20 +75,6 @@ def test_swa_without_sinks_equals_transformers_sliding_window(checkpoint):
     assert full != theirs  # the window mattered
 
 
-def ours_with_file(model, directory, ids, **flags) -> list[list[int]]:
-    """What the CLI does: the file with the flags over it (ahn_jax/generate.py)."""
-    settings = read_generation_config(directory).merged(flags)
-    return generate_lib.generate(
-        model,
-        ids,
-        max_new_tokens=settings.new_tokens(len(ids[0])),
-        mode="full",
-        window=0,
-        stop_ids=settings.stop_ids([]),
-        **settings.sampling_kwargs(),
-    )
-
-
 def test_generation_config_file_under_flags_equals_transformers(checkpoint, tmp_path):
     directory, _, model = checkpoint
     ids = prompts(6, seed=2)
@@ -108,7 +93,7 @@ def test_generation_config_file_under_flags_equals_transformers(checkpoint, tmp_
     assert hf.generation_config.repetition_penalty == 1.3
     results = {}
     for flags in ({}, {"repetition_penalty": 1.0}, {"max_new_tokens": 4}):
-        results[len(results)] = ours = ours_with_file(model, tmp_path, ids, **flags)
+        results[len(results)] = ours = generate_as_the_cli(model, tmp_path, ids, **flags)
         assert ours == hf_generate(hf, ids, **flags), flags
     # no flags: the file's penalty, greedy (its sampling settings unused), its length and eos
     assert results[0] == [penalized[0][: penalized[0].index(eos)], penalized[1]]

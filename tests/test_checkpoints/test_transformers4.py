@@ -1,0 +1,182 @@
+"""Our checkpoints in transformers 4.51.3 itself, the version the reference (ByteDance-Seed/AHN)
+pins and its merge script and evaluation run under; the rest of the suite runs transformers 5.
+
+transformers 4.51 runs in a subprocess (transformers4_probe.py) from the copy `make test` installs
+in .venv/transformers4. Checked there: our base, merged and AHN-only exports build the model we
+run (RoPE theta included: 4.x reads only the top-level `rope_theta`), checkpoints that 4.51 saves
+load as 4.51 runs them, greedy generation under generation_config.json gives our tokens, and YaRN
+reads as transformers 5 reads it, which for Qwen2.5's own 128k setting is not what 4.51 does."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from shared import generate_as_the_cli, hf_logits, random_ids, save_tiny_qwen2
+
+import ahn_jax
+from ahn_jax import convert as convert_cli
+from ahn_jax.checkpoints.pretrained import save_model
+
+TRANSFORMERS4 = Path(sys.prefix) / "transformers4"  # Makefile: TRANSFORMERS4_PACKAGES
+PROBE = Path(__file__).with_name("transformers4_probe.py")
+VERSION = "4.51.3"
+W, S = 5, 3
+THETA = 1e6  # not the 10,000 transformers 4 assumes when `rope_theta` is missing
+# Qwen2.5's config.json keys (its sliding-window fields, off), on a tiny model
+QWEN25_KEYS = dict(
+    vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=THETA,
+    use_sliding_window=False, sliding_window=4096, max_window_layers=1,
+)  # fmt: skip
+
+
+def transformers4(tmp_path: Path, request: dict) -> dict:
+    """The probe's result for `request` (its docstring), run under transformers 4.51.3."""
+    if not (TRANSFORMERS4 / "transformers").is_dir():
+        pytest.fail(f"transformers {VERSION} is not installed in {TRANSFORMERS4}: run `make test`")
+    request_path, result_path = tmp_path / "request.json", tmp_path / "result.json"
+    request_path.write_text(json.dumps(request))
+    env = {**os.environ, "PYTHONPATH": str(TRANSFORMERS4), "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(
+        [sys.executable, str(PROBE), str(request_path), str(result_path)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(result_path.read_text())
+    assert result.pop("version") == VERSION
+    return result
+
+
+def assert_same_logits(ours, theirs) -> None:
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Our exports of a θ = 1e6 Qwen2 that transformers 5 saved: `convert --to_hf` of its Orbax
+    conversion ("base") and of a `save_model` checkpoint, whose config.json we write from scratch
+    ("rebuilt"); an AHN-only directory of `save_ahn` ("ahn"), its merge with the base ("merged")
+    and the merge split again ("split")."""
+    root = tmp_path_factory.mktemp("exports")
+    save_tiny_qwen2(root / "source", rope_theta=THETA, seed=5)
+
+    def to_hf(ckpt, out):
+        assert convert_cli.main(["--to_hf", "--ckpt", str(ckpt), "--out", str(root / out)]) == 0
+
+    assert convert_cli.main(["--hf_dir", str(root / "source"), "--out", str(root / "orbax")]) == 0
+    to_hf(root / "orbax", "base")
+    model = ahn_jax.from_pretrained(root / "base", ahn_type="gdn", ahn_output_init="normal")
+    save_model(model, root / "orbax_rebuilt")
+    to_hf(root / "orbax_rebuilt", "rebuilt")
+    model.save_ahn(root / "ahn", window=W, sinks=S)
+    argv = ["--merge", "--hf_dir", str(root / "base"), "--ahn_dir", str(root / "ahn")]
+    assert convert_cli.main([*argv, "--out", str(root / "merged")]) == 0
+    argv = ["--split", "--hf_dir", str(root / "merged"), "--ahn_out", str(root / "ahn_again")]
+    assert convert_cli.main([*argv, "--out", str(root / "split")]) == 0
+    return root
+
+
+def test_transformers4_builds_our_model_from_every_export(exports, tmp_path):
+    ids = random_ids(97).tolist()  # 13 tokens: past W
+    keys = ["rope_theta", "sliding_window", "num_attn_sinks", "use_sliding_window"]
+    bases = ("base", "rebuilt", "split")
+    request = {name: {"kind": "load", "dir": str(exports / name), "ids": ids}
+               for name in (*bases, "merged")}  # fmt: skip
+    # what the reference's merge script reads first: AutoConfig of the AHN-only directory
+    request["ahn"] = {"kind": "config", "dir": str(exports / "ahn"), "keys": keys}
+    result = transformers4(tmp_path, request)
+    model = ahn_jax.from_pretrained(exports / "base")
+    full = model(np.asarray(ids), mode="full")
+    for name in bases:  # no window (4.x takes a missing `sliding_window` as 4096)
+        assert (result[name]["rope_theta"], result[name]["sliding_window"]) == (THETA, None)
+        assert_same_logits(full, result[name]["logits"])
+    assert result["ahn"] == {"rope_theta": THETA, "sliding_window": W, "num_attn_sinks": S,
+                             "use_sliding_window": False}  # fmt: skip
+    # A merged directory's `sliding_window` is AHN's W, as the reference writes it; plain Qwen2
+    # in transformers 4 masks to it although use_sliding_window is false: it runs the base as
+    # sliding-window attention (W keys, no sinks). Transformers 5 runs it as the base
+    # (test_layouts.py); under 4.x, load the base or split the merge (docs/method.md).
+    assert result["merged"]["rope_theta"] == THETA
+    assert_same_logits(model(np.asarray(ids), mode="swa", window=W, sinks=0),
+                       result["merged"]["logits"])  # fmt: skip
+    assert np.abs(np.asarray(full) - np.asarray(result["merged"]["logits"])).max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_checkpoints_transformers4_saves_load_as_it_runs_them(tmp_path, dtype):
+    directory = tmp_path / "saved"
+    ids = random_ids(97, shape=(2, 17), seed=3).tolist()
+    config = {**QWEN25_KEYS, "tie_word_embeddings": True}  # as Qwen2.5-3B
+    task = {"kind": "save", "dir": str(directory), "config": config, "seed": 2, "dtype": dtype}
+    theirs = transformers4(tmp_path, {"saved": {**task, "ids": ids}})["saved"]["logits"]
+    saved = json.loads((directory / "config.json").read_text())
+    assert "rope_parameters" not in saved and saved["rope_theta"] == THETA  # 4.x keys only
+    model = ahn_jax.from_pretrained(directory)
+    assert model.config.rope_theta == THETA
+    # a bf16 checkpoint: both sides run its bf16 weights in fp32
+    assert_same_logits(model(np.asarray(ids), mode="full"), theirs)
+
+
+def test_greedy_generation_under_generation_config_equals_transformers4(exports, tmp_path):
+    directory = tmp_path / "with_generation_config"
+    directory.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (directory / name).symlink_to(exports / "base" / name)
+    ids = random_ids(97, shape=(2, 6), seed=2).tolist()
+    model = ahn_jax.from_pretrained(directory)
+    penalized = generate_as_the_cli(model, directory, ids, repetition_penalty=1.3,
+                                    max_new_tokens=15)  # fmt: skip
+    eos = next(t for t in penalized[0][3:] if t not in penalized[1])  # stops row 0 only
+    (directory / "generation_config.json").write_text(json.dumps(dict(
+        do_sample=False, repetition_penalty=1.3, temperature=0.7, top_k=20, top_p=0.8,
+        max_length=6 + 15, eos_token_id=[eos], pad_token_id=0,
+    )))  # fmt: skip
+    result = transformers4(
+        tmp_path, {"gen": {"kind": "load", "dir": str(directory), "ids": ids, "generate": {}}}
+    )
+    ours = generate_as_the_cli(model, directory, ids)
+    assert ours == result["gen"]["tokens"]
+    assert ours == [penalized[0][: penalized[0].index(eos)], penalized[1]]
+
+
+def test_yarn_reads_as_transformers5_which_differs_from_4_51_for_qwen25s_setting(tmp_path, caplog):
+    """transformers before 4.56 (4.51 included) replaces a YaRN `factor` by
+    max_position_embeddings / original_max_position_embeddings whenever the latter is given
+    (huggingface/transformers#38224, fixed by #40320). Qwen2.5's 128k setting keeps
+    max_position_embeddings = original = 32,768, so 4.51 runs it with factor 1: no scaling at all.
+    We follow transformers >= 4.56 and 5 (and vLLM): the factor as written. Where the two readings
+    agree (max_position_embeddings = factor x original), 4.51 and we agree."""
+    yarn = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+    ids = random_ids(97, shape=(2, 40), seed=4)
+    positions = np.stack([np.arange(40) * 3 + 5, np.arange(40) + 90]).astype(np.int32)
+    request = {}
+    for name, max_positions in (("qwen25_style", 32), ("agreeing", 128)):
+        config = {**QWEN25_KEYS, "max_position_embeddings": max_positions, "rope_scaling": yarn}
+        request[name] = {"kind": "save", "dir": str(tmp_path / name), "config": config,
+                         "seed": 1, "dtype": "float32", "ids": ids.tolist(),
+                         "position_ids": positions.tolist()}  # fmt: skip
+    result = transformers4(tmp_path, request)
+
+    def ours(directory):
+        return ahn_jax.from_pretrained(directory)(ids, positions=positions, mode="full")
+
+    assert_same_logits(ours(tmp_path / "agreeing"), result["agreeing"]["logits"])
+    assert "4.51" not in caplog.text
+    qwen25 = tmp_path / "qwen25_style"
+    as_written = ours(qwen25)
+    assert "max_position_embeddings / original_max_position_embeddings = 1 instead" in caplog.text
+    from transformers import Qwen2ForCausalLM  # transformers 5, in this process
+
+    assert_same_logits(as_written, hf_logits(Qwen2ForCausalLM.from_pretrained(qwen25), ids,
+                                             position_ids=positions))  # fmt: skip
+    difference = np.abs(np.asarray(as_written) - np.asarray(result["qwen25_style"]["logits"]))
+    assert difference.max() > 1e-3  # ten times the tolerance of equal logits
+    # 4.51's reading, written out: factor = 32 / 32
+    hf = json.loads((qwen25 / "config.json").read_text())
+    hf["rope_scaling"]["factor"] = 1.0
+    (qwen25 / "config.json").write_text(json.dumps(hf))
+    assert_same_logits(ours(qwen25), result["qwen25_style"]["logits"])

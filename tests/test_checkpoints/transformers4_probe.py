@@ -1,0 +1,81 @@
+"""Runs under transformers 4.51.3, the version the reference (ByteDance-Seed/AHN) pins, in a
+subprocess of test_transformers4.py: PYTHONPATH puts the copy `make test` installs in
+.venv/transformers4 before the venv's transformers 5. Imports nothing of ahn_jax.
+
+  python transformers4_probe.py REQUEST.json RESULT.json
+
+REQUEST maps a name to a task; RESULT maps the same name to what the task returns, plus
+"version" (transformers.__version__). Tasks (`kind`):
+  save      a random tiny Qwen2ForCausalLM from `config` (weights N(0, 0.15), `seed`), saved with
+            save_pretrained to `dir` (`dtype`: "float32" or "bfloat16"); returns its fp32 logits
+  load      AutoModelForCausalLM.from_pretrained(`dir`) in fp32; returns logits, the config's
+            rope_theta and sliding_window and, with `generate` (generate's keyword
+            arguments), the new tokens up to the first eos
+  config    AutoConfig.from_pretrained(`dir`); returns the attributes named in `keys`
+Logits are of `ids` [B, T] (at `position_ids` when given).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+
+def _logits(model, task) -> list:
+    kwargs = {}
+    if task.get("position_ids") is not None:
+        kwargs["position_ids"] = torch.tensor(task["position_ids"])
+    with torch.no_grad():
+        return model(torch.tensor(task["ids"]), **kwargs).logits.float().tolist()
+
+
+def save(task) -> dict:
+    torch.manual_seed(task["seed"])
+    model = Qwen2ForCausalLM(Qwen2Config(**task["config"])).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.15)
+    model.to(getattr(torch, task["dtype"])).save_pretrained(task["dir"])
+    return {"logits": _logits(model.float(), task)}
+
+
+def load(task) -> dict:
+    model = AutoModelForCausalLM.from_pretrained(task["dir"], torch_dtype=torch.float32).eval()
+    out = {"logits": _logits(model, task)}
+    out.update(rope_theta=model.config.rope_theta, sliding_window=model.config.sliding_window)
+    if "generate" in task:
+        ids = torch.tensor(task["ids"])
+        with torch.no_grad():
+            tokens = model.generate(ids, attention_mask=torch.ones_like(ids), **task["generate"])
+        eos = model.generation_config.eos_token_id
+        eos = set([eos] if isinstance(eos, int) else eos or [])
+        rows = tokens[:, ids.shape[1] :].tolist()
+        out["tokens"] = [row[: next((i for i, t in enumerate(row) if t in eos), len(row))]
+                         for row in rows]  # fmt: skip
+    return out
+
+
+def config(task) -> dict:
+    loaded = AutoConfig.from_pretrained(task["dir"])
+    return {key: getattr(loaded, key, None) for key in task["keys"]}
+
+
+TASKS = {"save": save, "load": load, "config": config}
+
+
+def main(request_path: str, result_path: str) -> None:
+    with open(request_path) as f:
+        request = json.load(f)
+    result = {"version": transformers.__version__}
+    for name, task in request.items():
+        result[name] = TASKS[task["kind"]](task)
+    with open(result_path, "w") as f:
+        json.dump(result, f, default=str)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
