@@ -35,7 +35,8 @@ QWEN25_KEYS = dict(
 
 
 def transformers4(tmp_path: Path, request: dict) -> dict:
-    """The probe's result for `request` (its docstring), run under transformers 4.51.3."""
+    """The probe's result for `request` (its docstring), run under transformers 4.51.3: one
+    process for the whole module, as each start imports torch and transformers (seconds)."""
     if not (TRANSFORMERS4 / "transformers").is_dir():
         pytest.fail(f"transformers {VERSION} is not installed in {TRANSFORMERS4}: run `make test`")
     request_path, result_path = tmp_path / "request.json", tmp_path / "result.json"
@@ -60,7 +61,8 @@ def exports(tmp_path_factory):
     """Our exports of a θ = 1e6 Qwen2 that transformers 5 saved: `convert --to_hf` of its Orbax
     conversion ("base") and of a `save_model` checkpoint, whose config.json we write from scratch
     ("rebuilt"); an AHN-only directory of `save_ahn` ("ahn"), its merge with the base ("merged")
-    and the merge split again ("split")."""
+    and the merge split again ("split"); and the base with a generation_config.json
+    ("generation", with the ids and our tokens of its test)."""
     root = tmp_path_factory.mktemp("exports")
     save_tiny_qwen2(root / "source", rope_theta=THETA, seed=5)
 
@@ -80,49 +82,12 @@ def exports(tmp_path_factory):
     return root
 
 
-def test_transformers4_builds_our_model_from_every_export(exports, tmp_path):
-    ids = random_ids(97).tolist()  # 13 tokens: past W
-    keys = ["rope_theta", "sliding_window", "num_attn_sinks", "use_sliding_window"]
-    bases = ("base", "rebuilt", "split")
-    request = {name: {"kind": "load", "dir": str(exports / name), "ids": ids}
-               for name in (*bases, "merged")}  # fmt: skip
-    # what the reference's merge script reads first: AutoConfig of the AHN-only directory
-    request["ahn"] = {"kind": "config", "dir": str(exports / "ahn"), "keys": keys}
-    result = transformers4(tmp_path, request)
-    model = ahn_jax.from_pretrained(exports / "base")
-    full = model(np.asarray(ids), mode="full")
-    for name in bases:  # no window (4.x takes a missing `sliding_window` as 4096)
-        assert (result[name]["rope_theta"], result[name]["sliding_window"]) == (THETA, None)
-        assert_same_logits(full, result[name]["logits"])
-    assert result["ahn"] == {"rope_theta": THETA, "sliding_window": W, "num_attn_sinks": S,
-                             "use_sliding_window": False}  # fmt: skip
-    # A merged directory's `sliding_window` is AHN's W, as the reference writes it; plain Qwen2
-    # in transformers 4 masks to it although use_sliding_window is false: it runs the base as
-    # sliding-window attention (W keys, no sinks). Transformers 5 runs it as the base
-    # (test_layouts.py); under 4.x, load the base or split the merge (docs/method.md).
-    assert result["merged"]["rope_theta"] == THETA
-    assert_same_logits(model(np.asarray(ids), mode="swa", window=W, sinks=0),
-                       result["merged"]["logits"])  # fmt: skip
-    assert np.abs(np.asarray(full) - np.asarray(result["merged"]["logits"])).max() > 1e-2
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_checkpoints_transformers4_saves_load_as_it_runs_them(tmp_path, dtype):
-    directory = tmp_path / "saved"
-    ids = random_ids(97, shape=(2, 17), seed=3).tolist()
-    config = {**QWEN25_KEYS, "tie_word_embeddings": True}  # as Qwen2.5-3B
-    task = {"kind": "save", "dir": str(directory), "config": config, "seed": 2, "dtype": dtype}
-    theirs = transformers4(tmp_path, {"saved": {**task, "ids": ids}})["saved"]["logits"]
-    saved = json.loads((directory / "config.json").read_text())
-    assert "rope_parameters" not in saved and saved["rope_theta"] == THETA  # 4.x keys only
-    model = ahn_jax.from_pretrained(directory)
-    assert model.config.rope_theta == THETA
-    # a bf16 checkpoint: both sides run its bf16 weights in fp32
-    assert_same_logits(model(np.asarray(ids), mode="full"), theirs)
-
-
-def test_greedy_generation_under_generation_config_equals_transformers4(exports, tmp_path):
-    directory = tmp_path / "with_generation_config"
+@pytest.fixture(scope="module")
+def generation(exports):
+    """The base export with a generation_config.json (greedy, repetition penalty 1.3, sampling
+    settings that greedy leaves unused, max_length, an eos id list): (directory, prompts, our
+    model, our tokens with the penalty and without the file's eos)."""
+    directory = exports / "generation"
     directory.mkdir()
     for name in ("config.json", "model.safetensors"):
         (directory / name).symlink_to(exports / "base" / name)
@@ -135,44 +100,101 @@ def test_greedy_generation_under_generation_config_equals_transformers4(exports,
         do_sample=False, repetition_penalty=1.3, temperature=0.7, top_k=20, top_p=0.8,
         max_length=6 + 15, eos_token_id=[eos], pad_token_id=0,
     )))  # fmt: skip
-    result = transformers4(
-        tmp_path, {"gen": {"kind": "load", "dir": str(directory), "ids": ids, "generate": {}}}
+    return directory, ids, model, penalized, eos
+
+
+LOADED = ("base", "rebuilt", "split", "merged")
+IDS = random_ids(97).tolist()  # 13 tokens: past W
+YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+YARN_IDS = random_ids(97, shape=(2, 40), seed=4)
+YARN_POSITIONS = np.stack([np.arange(40) * 3 + 5, np.arange(40) + 90]).astype(np.int32)
+SAVED_IDS = random_ids(97, shape=(2, 17), seed=3).tolist()
+
+
+@pytest.fixture(scope="module")
+def answers(exports, generation, tmp_path_factory):
+    """(directory, what transformers 4.51 answered) for every test of this module, in one run."""
+    root = tmp_path_factory.mktemp("transformers4")
+    request = {name: {"kind": "load", "dir": str(exports / name), "ids": IDS} for name in LOADED}
+    # what the reference's merge script reads first: AutoConfig of the AHN-only directory
+    keys = ["rope_theta", "sliding_window", "num_attn_sinks", "use_sliding_window"]
+    request["ahn"] = {"kind": "config", "dir": str(exports / "ahn"), "keys": keys}
+    directory, ids = generation[:2]
+    request["generation"] = {"kind": "load", "dir": str(directory), "ids": ids, "generate": {}}
+    for dtype in ("float32", "bfloat16"):  # a Qwen2.5-like checkpoint of 4.51's own
+        config = {**QWEN25_KEYS, "tie_word_embeddings": True}  # as Qwen2.5-3B
+        request[f"saved_{dtype}"] = {"kind": "save", "dir": str(root / f"saved_{dtype}"),
+                                     "config": config, "seed": 2, "dtype": dtype,
+                                     "ids": SAVED_IDS}  # fmt: skip
+    for name, max_positions in (("qwen25_style", 32), ("agreeing", 128)):
+        config = {**QWEN25_KEYS, "max_position_embeddings": max_positions, "rope_scaling": YARN}
+        request[name] = {"kind": "save", "dir": str(root / name), "config": config, "seed": 1,
+                         "dtype": "float32", "ids": YARN_IDS.tolist(),
+                         "position_ids": YARN_POSITIONS.tolist()}  # fmt: skip
+    return root, transformers4(root, request)
+
+
+def test_transformers4_builds_our_model_from_every_export(exports, answers):
+    result = answers[1]
+    model = ahn_jax.from_pretrained(exports / "base")
+    full = model(np.asarray(IDS), mode="full")
+    for name in ("base", "rebuilt", "split"):  # no window (4.x takes a missing one as 4096)
+        assert (result[name]["rope_theta"], result[name]["sliding_window"]) == (THETA, None)
+        assert_same_logits(full, result[name]["logits"])
+    assert result["ahn"] == {"rope_theta": THETA, "sliding_window": W, "num_attn_sinks": S,
+                             "use_sliding_window": False}  # fmt: skip
+    # A merged directory's `sliding_window` is AHN's W, as the reference writes it; plain Qwen2
+    # in transformers 4 masks to it although use_sliding_window is false: it runs the base as
+    # sliding-window attention (W keys, no sinks). Transformers 5 runs it as the base
+    # (test_layouts.py); under 4.x, load the base or split the merge (docs/method.md).
+    assert result["merged"]["rope_theta"] == THETA
+    assert_same_logits(model(np.asarray(IDS), mode="swa", window=W, sinks=0),
+                       result["merged"]["logits"])  # fmt: skip
+    assert np.abs(np.asarray(full) - np.asarray(result["merged"]["logits"])).max() > 1e-2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_checkpoints_transformers4_saves_load_as_it_runs_them(answers, dtype):
+    root, result = answers
+    directory = root / f"saved_{dtype}"
+    saved = json.loads((directory / "config.json").read_text())
+    assert "rope_parameters" not in saved and saved["rope_theta"] == THETA  # 4.x keys only
+    model = ahn_jax.from_pretrained(directory)
+    assert model.config.rope_theta == THETA
+    # a bf16 checkpoint: both sides run its bf16 weights in fp32
+    assert_same_logits(
+        model(np.asarray(SAVED_IDS), mode="full"), result[f"saved_{dtype}"]["logits"]
     )
+
+
+def test_greedy_generation_under_generation_config_equals_transformers4(generation, answers):
+    directory, ids, model, penalized, eos = generation
     ours = generate_as_the_cli(model, directory, ids)
-    assert ours == result["gen"]["tokens"]
+    assert ours == answers[1]["generation"]["tokens"]
     assert ours == [penalized[0][: penalized[0].index(eos)], penalized[1]]
 
 
-def test_yarn_reads_as_transformers5_which_differs_from_4_51_for_qwen25s_setting(tmp_path, caplog):
+def test_yarn_reads_as_transformers5_which_differs_from_4_51_for_qwen25s_setting(answers, caplog):
     """transformers before 4.56 (4.51 included) replaces a YaRN `factor` by
     max_position_embeddings / original_max_position_embeddings whenever the latter is given
     (huggingface/transformers#38224, fixed by #40320). Qwen2.5's 128k setting keeps
     max_position_embeddings = original = 32,768, so 4.51 runs it with factor 1: no scaling at all.
     We follow transformers >= 4.56 and 5 (and vLLM): the factor as written. Where the two readings
     agree (max_position_embeddings = factor x original), 4.51 and we agree."""
-    yarn = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
-    ids = random_ids(97, shape=(2, 40), seed=4)
-    positions = np.stack([np.arange(40) * 3 + 5, np.arange(40) + 90]).astype(np.int32)
-    request = {}
-    for name, max_positions in (("qwen25_style", 32), ("agreeing", 128)):
-        config = {**QWEN25_KEYS, "max_position_embeddings": max_positions, "rope_scaling": yarn}
-        request[name] = {"kind": "save", "dir": str(tmp_path / name), "config": config,
-                         "seed": 1, "dtype": "float32", "ids": ids.tolist(),
-                         "position_ids": positions.tolist()}  # fmt: skip
-    result = transformers4(tmp_path, request)
+    root, result = answers
 
     def ours(directory):
-        return ahn_jax.from_pretrained(directory)(ids, positions=positions, mode="full")
+        return ahn_jax.from_pretrained(directory)(YARN_IDS, positions=YARN_POSITIONS, mode="full")
 
-    assert_same_logits(ours(tmp_path / "agreeing"), result["agreeing"]["logits"])
+    assert_same_logits(ours(root / "agreeing"), result["agreeing"]["logits"])
     assert "4.51" not in caplog.text
-    qwen25 = tmp_path / "qwen25_style"
+    qwen25 = root / "qwen25_style"
     as_written = ours(qwen25)
     assert "max_position_embeddings / original_max_position_embeddings = 1 instead" in caplog.text
     from transformers import Qwen2ForCausalLM  # transformers 5, in this process
 
-    assert_same_logits(as_written, hf_logits(Qwen2ForCausalLM.from_pretrained(qwen25), ids,
-                                             position_ids=positions))  # fmt: skip
+    hf_model = Qwen2ForCausalLM.from_pretrained(qwen25)
+    assert_same_logits(as_written, hf_logits(hf_model, YARN_IDS, position_ids=YARN_POSITIONS))
     difference = np.abs(np.asarray(as_written) - np.asarray(result["qwen25_style"]["logits"]))
     assert difference.max() > 1e-3  # ten times the tolerance of equal logits
     # 4.51's reading, written out: factor = 32 / 32
