@@ -16,6 +16,10 @@ from ahn_jax.model import cache as cache_lib
 from ahn_jax.model import kernel_choice, layers, memory
 from kernels import window_attention
 
+# Slots per block of a full-attention cache that prefill skips while it is still empty
+# (window_attention.skipping_attention); caches up to one block are scored whole.
+CACHE_BLOCK = 1024
+
 
 def _masked_where(keep_BT, x):
     """x [B, T, ...] where `keep_BT`, else 0."""
@@ -150,10 +154,17 @@ class DecoderLayer(nnx.Module):
         else:
             k_blocks, v_blocks = (arrays["k"], k), (arrays["v"], v)
             layouts = ("BKHU", "BUKH")
-        attn = window_attention.masked_attention(
-            q, tuple(b.astype(q.dtype) for b in k_blocks),
-            tuple(b.astype(q.dtype) for b in v_blocks), plan.mask, key_layouts=layouts,
-        )  # fmt: skip
+        k_blocks, v_blocks = (tuple(b.astype(q.dtype) for b in x) for x in (k_blocks, v_blocks))
+        if mode == "full" and not plan.write_first and arrays["k"].shape[-1] > CACHE_BLOCK:
+            # a full-attention cache holds the whole context: skip its slots no query sees yet
+            attn = window_attention.skipping_attention(
+                q, k_blocks[0], v_blocks[0], k_blocks[1], v_blocks[1], plan.mask,
+                block=CACHE_BLOCK,
+            )  # fmt: skip
+        else:
+            attn = window_attention.masked_attention(
+                q, k_blocks, v_blocks, plan.mask, key_layouts=layouts
+            )
         if mode == "ahn":
             # written first, the evicted token is always still in its slot (the ring holds W + 1)
             evicted = (

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.window_attention import blocked, naive
+from kernels.window_attention.cache_blocks import skipping_attention
 from kernels.window_attention.naive import masked_attention, per_row, visible
 
 IMPLS = ("reference", "blocked", "pallas", "splash")
@@ -38,6 +39,7 @@ __all__ = [
     "masked_attention",
     "per_row",
     "sink_window_attention",
+    "skipping_attention",
     "visible",
 ]
 

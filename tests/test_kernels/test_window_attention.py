@@ -13,6 +13,7 @@ from kernels.window_attention import (
     causal_attention,
     masked_attention,
     sink_window_attention,
+    skipping_attention,
     visible,
 )
 
@@ -68,6 +69,32 @@ def test_masked_attention_over_key_blocks_equals_the_dense_reference(dtype, tol)
             np.testing.assert_allclose(np.float32(got), np.float32(want), atol=tol, rtol=tol)
     with pytest.raises(ValueError, match="key_layouts"):
         masked_attention(q, k, v, mask, key_layouts=("BHUK",))
+
+
+@pytest.mark.parametrize("block", [4, 5, 40])  # 20 slots: whole blocks, a shorter last one, one
+@pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
+def test_skipping_attention_equals_masked_attention(block, dtype, tol):
+    """A full-attention cache being prefilled: 20 slots of which each row has filled its first
+    few (0, 7, 13), a chunk of 6 new tokens per row; the slots past a row's fill (whole blocks of
+    them, for some rows all) are skipped, the scores of the rest folded in block by block."""
+    B, C, P, N, K, H = 3, 20, 6, 4, 2, 8
+    rng = np.random.default_rng(1)
+    q = jnp.asarray(rng.standard_normal((B, P, N, H)), dtype)
+    shapes = ((B, K, H, C), (B, C, K, H))  # the cache's layouts: keys slots last
+    cache_k, cache_v = (jnp.asarray(rng.standard_normal(s), dtype) for s in shapes)
+    new_k, new_v = (jnp.asarray(rng.standard_normal((B, P, K, H)), dtype) for _ in range(2))
+    filled = np.array([0, 7, 13])
+    mask = np.zeros((B, P, C + P), bool)
+    for b, n in enumerate(filled):
+        mask[b, :, :n] = rng.random((P, n)) < 0.8  # some filled slots hidden too (a window)
+        mask[b, :, C:] = np.tril(np.ones((P, P), bool))
+    want = masked_attention(q, (cache_k, new_k), (cache_v, new_v), mask,
+                            key_layouts=("BKHU", "BUKH"))  # fmt: skip
+    got = jax.jit(functools.partial(skipping_attention, block=block))(
+        q, cache_k, cache_v, new_k, new_v, mask
+    )
+    assert got.dtype == dtype
+    np.testing.assert_allclose(np.float32(got), np.float32(want), atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("W, S", [(5, 3), (16, 0), (40, 20), (1, 1), (33, 17), (7, 20)])

@@ -2,12 +2,14 @@
 and decode on from their own positions; every row equals that row run alone (its parallel
 forward, which equals prefill + decode: test_ahn_invariants.py)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from shared import random_ids, tiny_config
 
 from ahn_jax.config import AHN_TYPES
+from ahn_jax.model import decoder
 from ahn_jax.model.transformer import init_model
 
 S, W = 3, 5  # the memory starts at t = 8
@@ -45,6 +47,17 @@ def test_ragged_ahn_rows_equal_rows_alone(ahn_type):
     _check_ragged(model, "ahn", W, S, chunk_size=8)  # chunks end inside and after the rows
 
 
+@pytest.fixture
+def small_cache_blocks(monkeypatch):
+    """Full-attention caches prefilled in blocks of 4 slots, the still empty ones skipped
+    (`window_attention.skipping_attention`), as caches longer than `decoder.CACHE_BLOCK` are;
+    compiled anew (the block is read while tracing)."""
+    monkeypatch.setattr(decoder, "CACHE_BLOCK", 4)
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
 @pytest.mark.parametrize("mode", ["swa", "full"])
 def test_ragged_swa_and_full_rows_equal_rows_alone(mode):
     model = init_model(tiny_config(), seed=1)
@@ -52,7 +65,16 @@ def test_ragged_swa_and_full_rows_equal_rows_alone(mode):
     _check_ragged(model, mode, window, S if mode == "swa" else 0, chunk_size=64)
 
 
-def test_ragged_with_full_attention_layers():
+def test_ragged_full_rows_through_skipped_cache_blocks(small_cache_blocks):
+    model = init_model(tiny_config(), seed=1)
+    # chunks of 8: the second chunk reads a partly filled cache of 16 slots
+    _check_ragged(model, "full", max(LENGTHS) + STEPS, 0, chunk_size=8)
+
+
+@pytest.mark.parametrize("cache_blocks", ["whole", "small"])
+def test_ragged_with_full_attention_layers(cache_blocks, request):
+    if cache_blocks == "small":
+        request.getfixturevalue("small_cache_blocks")
     model = init_model(
         tiny_config(ahn_type="gdn", full_attention_layers=(1,)), ahn_output_init="normal"
     )
