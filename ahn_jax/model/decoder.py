@@ -16,8 +16,8 @@ from ahn_jax.model import cache as cache_lib
 from ahn_jax.model import kernel_choice, layers, memory
 from kernels import window_attention
 
-# Slots per block of a full-attention cache that prefill skips while it is still empty
-# (window_attention.skipping_attention); caches up to one block are scored whole.
+# Slots per block in which prefill reads a cache (window_attention.skipping_attention), skipping
+# the blocks no query sees, such as those still empty; caches up to one block are scored whole.
 CACHE_BLOCK = 1024
 
 
@@ -155,8 +155,9 @@ class DecoderLayer(nnx.Module):
             k_blocks, v_blocks = (arrays["k"], k), (arrays["v"], v)
             layouts = ("BKHU", "BUKH")
         k_blocks, v_blocks = (tuple(b.astype(q.dtype) for b in x) for x in (k_blocks, v_blocks))
-        if mode == "full" and not plan.write_first and arrays["k"].shape[-1] > CACHE_BLOCK:
-            # a full-attention cache holds the whole context: skip its slots no query sees yet
+        if not plan.write_first and arrays["k"].shape[-1] > CACHE_BLOCK:
+            # in blocks: a cache still filling (a full-attention one, or a ring while the prompt
+            # is shorter than S + W) skips its empty slots, and a full one's scores stay small
             attn = window_attention.skipping_attention(
                 q, k_blocks[0], v_blocks[0], k_blocks[1], v_blocks[1], plan.mask,
                 block=CACHE_BLOCK,

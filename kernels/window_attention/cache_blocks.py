@@ -1,13 +1,14 @@
-"""Attention of a block of new queries over a cache that fills as the context grows (full
-attention's: one slot per position, prefilled a chunk at a time), skipping the slots no query sees.
+"""Attention of a block of new queries over a decode cache in blocks of slots, skipping the blocks
+no query sees: prefill's attention for caches longer than one block.
 
-`naive.masked_attention` scores every slot of the cache. A full-attention cache is sized for the
-whole context, so while a long prompt is prefilled chunk by chunk most of it is still empty:
-chunk i of n sees i of its n blocks, and scoring all of them does about twice the work of the
-filled ones over a prefill. Here the cache goes in blocks of `block` slots, folded in with an
-online softmax, and a block no query sees (all empty, or hidden by the mask) is skipped with
-`lax.cond`; the new tokens' own keys come last. Same inputs and outputs as `masked_attention` with
-the cache ([B, K, H, C], slots last) and the new tokens ([B, P, K, H]) as its two key blocks.
+`naive.masked_attention` scores every slot of the cache at once. A full-attention cache is sized
+for the whole context, and a ring of S + W slots fills until the prompt reaches S + W, so while a
+prompt is prefilled chunk by chunk many slots are still empty: chunk i of n sees i of a full
+cache's n blocks, and scoring all of them does about twice the work of the filled ones. Here the
+cache goes in blocks of `block` slots, folded in with an online softmax; a block no query sees
+(empty, or hidden by the mask) is skipped with `lax.cond`, and each block's scores stay small even
+when none is. The new tokens' own keys come last. Same inputs and outputs as `masked_attention`
+with the cache ([B, K, H, C], slots last) and the new tokens ([B, P, K, H]) as its two key blocks.
 """
 
 from __future__ import annotations

@@ -47,34 +47,37 @@ def test_ragged_ahn_rows_equal_rows_alone(ahn_type):
     _check_ragged(model, "ahn", W, S, chunk_size=8)  # chunks end inside and after the rows
 
 
-@pytest.fixture
-def small_cache_blocks(monkeypatch):
-    """Full-attention caches prefilled in blocks of 4 slots, the still empty ones skipped
-    (`window_attention.skipping_attention`), as caches longer than `decoder.CACHE_BLOCK` are;
-    compiled anew (the block is read while tracing)."""
-    monkeypatch.setattr(decoder, "CACHE_BLOCK", 4)
-    jax.clear_caches()
-    yield
-    jax.clear_caches()
+@pytest.fixture(params=["whole", "small"])
+def cache_blocks(request, monkeypatch):
+    """Prefill reads the cache whole ("whole": `masked_attention`, as every cache up to
+    `decoder.CACHE_BLOCK` slots) or in blocks of 4 slots, those no query sees skipped ("small":
+    `skipping_attention`, as longer caches); compiled anew, as the block is read while tracing."""
+    if request.param == "small":
+        monkeypatch.setattr(decoder, "CACHE_BLOCK", 4)
+        jax.clear_caches()
+        yield request.param
+        jax.clear_caches()
+    else:
+        yield request.param
+
+
+@pytest.mark.parametrize("cache_blocks", ["small"], indirect=True)  # "whole": the test above
+def test_ragged_ahn_rows_through_cache_blocks(cache_blocks):
+    """The ring (S + W + 1 = 9 slots) in blocks of 4: still filling in the first chunk, wrapped
+    around in the second."""
+    model = init_model(tiny_config(ahn_type="gdn"), ahn_output_init="normal")
+    _check_ragged(model, "ahn", W, S, chunk_size=8)
 
 
 @pytest.mark.parametrize("mode", ["swa", "full"])
-def test_ragged_swa_and_full_rows_equal_rows_alone(mode):
+def test_ragged_swa_and_full_rows_equal_rows_alone(mode, cache_blocks):
     model = init_model(tiny_config(), seed=1)
     window = W if mode == "swa" else max(LENGTHS) + STEPS
-    _check_ragged(model, mode, window, S if mode == "swa" else 0, chunk_size=64)
+    # chunks of 8: the second chunk reads a partly filled cache (full: 16 slots)
+    _check_ragged(model, mode, window, S if mode == "swa" else 0, chunk_size=8)
 
 
-def test_ragged_full_rows_through_skipped_cache_blocks(small_cache_blocks):
-    model = init_model(tiny_config(), seed=1)
-    # chunks of 8: the second chunk reads a partly filled cache of 16 slots
-    _check_ragged(model, "full", max(LENGTHS) + STEPS, 0, chunk_size=8)
-
-
-@pytest.mark.parametrize("cache_blocks", ["whole", "small"])
-def test_ragged_with_full_attention_layers(cache_blocks, request):
-    if cache_blocks == "small":
-        request.getfixturevalue("small_cache_blocks")
+def test_ragged_with_full_attention_layers(cache_blocks):
     model = init_model(
         tiny_config(ahn_type="gdn", full_attention_layers=(1,)), ahn_output_init="normal"
     )
