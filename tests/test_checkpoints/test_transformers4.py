@@ -4,8 +4,9 @@ pins and its merge script and evaluation run under; the rest of the suite runs t
 transformers 4.51 runs in a subprocess (transformers4_probe.py) from the copy `make test` installs
 in .venv/transformers4. Checked there: our base, merged and AHN-only exports build the model we
 run (RoPE theta included: 4.x reads only the top-level `rope_theta`), checkpoints that 4.51 saves
-load as 4.51 runs them, greedy generation under generation_config.json gives our tokens, and YaRN
-reads as transformers 5 reads it, which for Qwen2.5's own 128k setting is not what 4.51 does."""
+load as 4.51 runs them, greedy generation under generation_config.json and with Qwen2's own
+sliding window gives our tokens, and YaRN reads as transformers 5 reads it, which for Qwen2.5's
+own 128k setting is not what 4.51 does."""
 
 import json
 import os
@@ -20,6 +21,7 @@ from shared import generate_as_the_cli, hf_logits, random_ids, save_tiny_qwen2
 import ahn_jax
 from ahn_jax import convert as convert_cli
 from ahn_jax.checkpoints.pretrained import save_model
+from ahn_jax.inference import generate as generate_lib
 
 TRANSFORMERS4 = Path(sys.prefix) / "transformers4"  # Makefile: TRANSFORMERS4_PACKAGES
 PROBE = Path(__file__).with_name("transformers4_probe.py")
@@ -109,6 +111,10 @@ YARN = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
 YARN_IDS = random_ids(97, shape=(2, 40), seed=4)
 YARN_POSITIONS = np.stack([np.arange(40) * 3 + 5, np.arange(40) + 90]).astype(np.int32)
 SAVED_IDS = random_ids(97, shape=(2, 17), seed=3).tolist()
+SWA_WINDOW = 5
+SWA_IDS = random_ids(97, shape=(2, 12), seed=1).tolist()  # longer than the window from the start
+SWA_SETTINGS = dict(repetition_penalty=1.3, max_new_tokens=20)
+SWA_GENERATE = dict(do_sample=False, pad_token_id=0, **SWA_SETTINGS)  # transformers' generate
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +127,15 @@ def answers(exports, generation, tmp_path_factory):
     request["ahn"] = {"kind": "config", "dir": str(exports / "ahn"), "keys": keys}
     directory, ids = generation[:2]
     request["generation"] = {"kind": "load", "dir": str(directory), "ids": ids, "generate": {}}
+    # Qwen2's own sliding window, on: 4.51's generate with it against our mode "swa" (S = 0)
+    swa = root / "sliding_window"
+    swa.mkdir()
+    (swa / "model.safetensors").symlink_to(exports / "base" / "model.safetensors")
+    hf = json.loads((exports / "base" / "config.json").read_text())
+    hf.update(use_sliding_window=True, sliding_window=SWA_WINDOW, max_window_layers=0)
+    (swa / "config.json").write_text(json.dumps(hf))
+    request["sliding_window"] = {"kind": "load", "dir": str(swa), "ids": SWA_IDS,
+                                 "generate": SWA_GENERATE}  # fmt: skip
     for dtype in ("float32", "bfloat16"):  # a Qwen2.5-like checkpoint of 4.51's own
         config = {**QWEN25_KEYS, "tie_word_embeddings": True}  # as Qwen2.5-3B
         request[f"saved_{dtype}"] = {"kind": "save", "dir": str(root / f"saved_{dtype}"),
@@ -202,3 +217,16 @@ def test_yarn_reads_as_transformers5_which_differs_from_4_51_for_qwen25s_setting
     hf["rope_scaling"]["factor"] = 1.0
     (qwen25 / "config.json").write_text(json.dumps(hf))
     assert_same_logits(ours(qwen25), result["qwen25_style"]["logits"])
+
+
+def test_sliding_window_generation_equals_transformers4(exports, answers):
+    """transformers 4.51's Qwen2 sliding window (use_sliding_window, every layer: key k visible
+    from query q iff q - k < W, in its sdpa mask as in 5's) generates our mode "swa" with S = 0,
+    greedy with a repetition penalty."""
+    model = ahn_jax.from_pretrained(exports / "base")
+    ours = generate_lib.generate(
+        model, SWA_IDS, mode="swa", window=SWA_WINDOW, sinks=0, **SWA_SETTINGS
+    )
+    assert ours == answers[1]["sliding_window"]["tokens"]
+    full = generate_lib.generate(model, SWA_IDS, mode="full", window=0, **SWA_SETTINGS)
+    assert full != ours  # the window mattered
