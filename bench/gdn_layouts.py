@@ -114,52 +114,32 @@ def fla_times(args, repeats: int):
     return best(False), best(True), out
 
 
-def main(argv) -> None:
-    del argv
-    device, dtype_name = device_and_dtype()
-    dtype = jnp.dtype(dtype_name)
-    N, D = FLAGS.heads, FLAGS.dim
-    rows = []
-    for T in (int(t) for t in FLAGS.lengths):
-        args = inputs(T, N, D, dtype)
-        row = {"T": T}
-        outputs = {}
-        for impl in LAYOUTS:
-            forward, grads = jax_functions(impl)
-            row[f"{impl}_forward_s"] = best_seconds(forward, *args, repeats=FLAGS.repeats)
-            row[f"{impl}_forward_backward_s"] = best_seconds(grads, *args, repeats=FLAGS.repeats)
-            outputs[impl] = np.asarray(forward(*args).astype(jnp.float32))
-        row["speedup_forward"] = row["chunked_forward_s"] / row["batched_forward_s"]
-        row["speedup_forward_backward"] = (
-            row["chunked_forward_backward_s"] / row["batched_forward_backward_s"]
-        )
-        row["max_abs_diff_batched_vs_chunked"] = float(
-            np.abs(outputs["batched"] - outputs["chunked"]).max()
-        )
-        fla = fla_times(args, FLAGS.repeats)
-        if isinstance(fla, str):
-            row["fla"] = fla
-        else:
-            row["fla_forward_s"], row["fla_forward_backward_s"], fla_out = fla
-            row["max_abs_diff_fla_vs_batched"] = float(np.abs(fla_out - outputs["batched"]).max())
-        rows.append(row)
-        print(f"T = {T}: done", flush=True)
-    result = {
-        "benchmark": "gdn_layouts",
-        "machine": machine(),
-        "device": device.device_kind,
-        "jax": jax.__version__,
-        "dtype": dtype_name,
-        "heads": N,
-        "dim": D,
-        "rows": rows,
-    }
-    suffix = "" if device.platform == "cpu" else f"_{device.platform}"
-    print(f"wrote {write_result('gdn_layouts' + suffix, result)}\n")
-    print(
-        f"{device.device_kind}, B = 1, N = {N}, D = {D}, {dtype_name}; milliseconds, best of "
-        f"{FLAGS.repeats}\n"
+def measure(T: int, N: int, D: int, dtype) -> dict:
+    """One length's row: each layout's forward and forward + backward seconds, their ratios, the
+    outputs' largest difference, and fla's (or why fla did not run)."""
+    args = inputs(T, N, D, dtype)
+    row, outputs = {"T": T}, {}
+    for impl in LAYOUTS:
+        forward, grads = jax_functions(impl)
+        row[f"{impl}_forward_s"] = best_seconds(forward, *args, repeats=FLAGS.repeats)
+        row[f"{impl}_forward_backward_s"] = best_seconds(grads, *args, repeats=FLAGS.repeats)
+        outputs[impl] = np.asarray(forward(*args).astype(jnp.float32))
+    for part in ("forward", "forward_backward"):
+        row[f"speedup_{part}"] = row[f"chunked_{part}_s"] / row[f"batched_{part}_s"]
+    row["max_abs_diff_batched_vs_chunked"] = float(
+        np.abs(outputs["batched"] - outputs["chunked"]).max()
     )
+    fla = fla_times(args, FLAGS.repeats)
+    if isinstance(fla, str):
+        row["fla"] = fla
+    else:
+        row["fla_forward_s"], row["fla_forward_backward_s"], fla_out = fla
+        row["max_abs_diff_fla_vs_batched"] = float(np.abs(fla_out - outputs["batched"]).max())
+    return row
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    print(f"{title}; milliseconds, best of {FLAGS.repeats}\n")
     print(
         "| T | chunked fwd | batched fwd | speedup | chunked fwd+bwd | batched fwd+bwd | speedup "
         "| fla fwd | fla fwd+bwd | max diff |\n|---|---|---|---|---|---|---|---|---|---|"
@@ -178,6 +158,29 @@ def main(argv) -> None:
         )
     if rows and "fla" in rows[0]:
         print(f"\nfla: {rows[0]['fla']}")
+
+
+def main(argv) -> None:
+    del argv
+    device, dtype_name = device_and_dtype()
+    N, D = FLAGS.heads, FLAGS.dim
+    rows = []
+    for T in (int(t) for t in FLAGS.lengths):
+        rows.append(measure(T, N, D, jnp.dtype(dtype_name)))
+        print(f"T = {T}: done", flush=True)
+    result = {
+        "benchmark": "gdn_layouts",
+        "machine": machine(),
+        "device": device.device_kind,
+        "jax": jax.__version__,
+        "dtype": dtype_name,
+        "heads": N,
+        "dim": D,
+        "rows": rows,
+    }
+    suffix = "" if device.platform == "cpu" else f"_{device.platform}"
+    print(f"wrote {write_result('gdn_layouts' + suffix, result)}\n")
+    print_table(rows, f"{device.device_kind}, B = 1, N = {N}, D = {D}, {dtype_name}")
 
 
 if __name__ == "__main__":

@@ -125,3 +125,18 @@ def generate_as_the_cli(model, directory, ids, **flags) -> list[list[int]]:
         stop_ids=settings.stop_ids([]),
         **settings.sampling_kwargs(),
     )
+
+
+def hf_generate(model, ids, **settings) -> list[list[int]]:
+    """New tokens of transformers' `generate`, cut at (and without) the first eos as ours are."""
+    import torch
+
+    tensor = torch.tensor(ids)
+    with torch.no_grad():
+        out = model.generate(
+            tensor, attention_mask=torch.ones_like(tensor), pad_token_id=0, **settings
+        )
+    eos = settings.get("eos_token_id", model.generation_config.eos_token_id)
+    eos = set([eos] if isinstance(eos, int) else eos or [])
+    rows = out[:, tensor.shape[1] :].tolist()
+    return [row[: next((i for i, t in enumerate(row) if t in eos), len(row))] for row in rows]

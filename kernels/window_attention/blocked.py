@@ -130,7 +130,7 @@ def _forward(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block):
 
         def update(carry, j, k_BKCH, v_BKCE):
             s, _ = _scores(q_BKGCH, k_BKCH, i, j, block, scale, window_B, sinks_B)
-            return _online_softmax_step(carry, s, v_BKCE)
+            return online_softmax_step(carry, s, v_BKCE)
 
         shape = q_BKGCH.shape[:-1]
         init = (
@@ -151,7 +151,7 @@ def _forward(q_BTNH, k_BTKH, v_BTKE, window_B, sinks_B, scale, block):
     return layout.from_queries(out), layout.from_query_rows(lse)
 
 
-def _online_softmax_step(carry, s, v_BKCE):
+def online_softmax_step(carry, s, v_BKCE):
     """Fold one key block's scores into the running (row max, denominator, weighted values)."""
     row_max, denom, acc = carry
     new_max = jnp.maximum(row_max, s.max(-1))

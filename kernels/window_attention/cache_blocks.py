@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.common.masking import MASKED
+from kernels.window_attention.blocked import online_softmax_step
 
 
 def skipping_attention(q, cache_k, cache_v, new_k, new_v, mask, *, block: int, scale=None):
@@ -33,16 +34,9 @@ def skipping_attention(q, cache_k, cache_v, new_k, new_v, mask, *, block: int, s
 
     def fold(carry, keys_BKHU, values_BKUE, seen):
         """The running (row max, denominator, weighted values) with one key block folded in."""
-        row_max, denom, acc = carry
         s = jnp.matmul(q_rows, keys_BKHU, preferred_element_type=jnp.float32)
-        s = s.reshape(B, K, G, P, -1)
-        s = jnp.where(seen[:, None, None], s * scale, MASKED).reshape(B, K, G * P, -1)
-        new_max = jnp.maximum(row_max, s.max(-1))
-        p = jnp.exp(s - new_max[..., None])
-        correction = jnp.exp(row_max - new_max)
-        pv = jnp.matmul(p.astype(values_BKUE.dtype), values_BKUE,
-                        preferred_element_type=jnp.float32)  # fmt: skip
-        return new_max, denom * correction + p.sum(-1), acc * correction[..., None] + pv
+        s = jnp.where(seen[:, None, None], s.reshape(B, K, G, P, -1) * scale, MASKED)
+        return online_softmax_step(carry, s, values_BKUE)
 
     def cache_block(carry, start, size):
         seen = jax.lax.dynamic_slice_in_dim(mask, start, size, axis=2)
@@ -55,9 +49,9 @@ def skipping_attention(q, cache_k, cache_v, new_k, new_v, mask, *, block: int, s
         return jax.lax.cond(jnp.any(seen), update, lambda c: c, carry)
 
     init = (
-        jnp.full((B, K, G * P), MASKED, jnp.float32),
-        jnp.zeros((B, K, G * P), jnp.float32),
-        jnp.zeros((B, K, G * P, E), jnp.float32),
+        jnp.full((B, K, G, P), MASKED, jnp.float32),
+        jnp.zeros((B, K, G, P), jnp.float32),
+        jnp.zeros((B, K, G, P, E), jnp.float32),
     )
     whole, carry = C // block, init
     if whole:
@@ -70,5 +64,5 @@ def skipping_attention(q, cache_k, cache_v, new_k, new_v, mask, *, block: int, s
     row_max, denom, acc = fold(
         carry, new_k.transpose(0, 2, 3, 1), new_v.transpose(0, 2, 1, 3), mask[..., C:]
     )
-    out = (acc / denom[..., None]).reshape(B, K, G, P, E)
+    out = acc / denom[..., None]
     return out.transpose(0, 3, 1, 2, 4).reshape(B, P, N, E).astype(cache_v.dtype)

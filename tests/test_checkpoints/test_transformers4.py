@@ -43,7 +43,8 @@ def transformers4(tmp_path: Path, request: dict) -> dict:
         pytest.fail(f"transformers {VERSION} is not installed in {TRANSFORMERS4}: run `make test`")
     request_path, result_path = tmp_path / "request.json", tmp_path / "result.json"
     request_path.write_text(json.dumps(request))
-    env = {**os.environ, "PYTHONPATH": str(TRANSFORMERS4), "JAX_PLATFORMS": "cpu"}
+    pythonpath = f"{TRANSFORMERS4}{os.pathsep}{Path(__file__).parents[1]}"  # + tests/shared.py
+    env = {**os.environ, "PYTHONPATH": pythonpath, "JAX_PLATFORMS": "cpu"}
     run = subprocess.run(
         [sys.executable, str(PROBE), str(request_path), str(result_path)],
         env=env, capture_output=True, text=True, timeout=600,
@@ -114,7 +115,6 @@ SAVED_IDS = random_ids(97, shape=(2, 17), seed=3).tolist()
 SWA_WINDOW = 5
 SWA_IDS = random_ids(97, shape=(2, 12), seed=1).tolist()  # longer than the window from the start
 SWA_SETTINGS = dict(repetition_penalty=1.3, max_new_tokens=20)
-SWA_GENERATE = dict(do_sample=False, pad_token_id=0, **SWA_SETTINGS)  # transformers' generate
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def answers(exports, generation, tmp_path_factory):
     hf.update(use_sliding_window=True, sliding_window=SWA_WINDOW, max_window_layers=0)
     (swa / "config.json").write_text(json.dumps(hf))
     request["sliding_window"] = {"kind": "load", "dir": str(swa), "ids": SWA_IDS,
-                                 "generate": SWA_GENERATE}  # fmt: skip
+                                 "generate": {"do_sample": False, **SWA_SETTINGS}}  # fmt: skip
     for dtype in ("float32", "bfloat16"):  # a Qwen2.5-like checkpoint of 4.51's own
         config = {**QWEN25_KEYS, "tie_word_embeddings": True}  # as Qwen2.5-3B
         request[f"saved_{dtype}"] = {"kind": "save", "dir": str(root / f"saved_{dtype}"),

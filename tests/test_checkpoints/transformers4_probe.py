@@ -1,16 +1,17 @@
 """Runs under transformers 4.51.3, the version the reference (ByteDance-Seed/AHN) pins, in a
 subprocess of test_transformers4.py: PYTHONPATH puts the copy `make test` installs in
-.venv/transformers4 before the venv's transformers 5. Imports nothing of ahn_jax.
+.venv/transformers4 before the venv's transformers 5, then tests/ for the helpers of
+tests/shared.py, which import transformers only when called. Imports nothing of ahn_jax.
 
   python transformers4_probe.py REQUEST.json RESULT.json
 
 REQUEST maps a name to a task; RESULT maps the same name to what the task returns, plus
 "version" (transformers.__version__). Tasks (`kind`):
-  save      a random tiny Qwen2ForCausalLM from `config` (weights N(0, 0.15), `seed`), saved with
-            save_pretrained to `dir` (`dtype`: "float32" or "bfloat16"); returns its fp32 logits
+  save      shared.save_tiny_qwen2 with `config` over its defaults (`seed`, `dtype`: "float32" or
+            "bfloat16") into `dir`; returns the model's fp32 logits
   load      AutoModelForCausalLM.from_pretrained(`dir`) in fp32; returns logits, the config's
             rope_theta and sliding_window and, with `generate` (generate's keyword
-            arguments), the new tokens up to the first eos
+            arguments; shared.hf_generate), the new tokens up to the first eos
   config    AutoConfig.from_pretrained(`dir`); returns the attributes named in `keys`
 Logits are of `ids` [B, T] (at `position_ids` when given).
 """
@@ -22,7 +23,8 @@ import sys
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from shared import hf_generate, save_tiny_qwen2
+from transformers import AutoConfig, AutoModelForCausalLM
 
 
 def _logits(model, task) -> list:
@@ -34,12 +36,8 @@ def _logits(model, task) -> list:
 
 
 def save(task) -> dict:
-    torch.manual_seed(task["seed"])
-    model = Qwen2ForCausalLM(Qwen2Config(**task["config"])).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.15)
-    model.to(getattr(torch, task["dtype"])).save_pretrained(task["dir"])
+    model = save_tiny_qwen2(task["dir"], seed=task["seed"], dtype=getattr(torch, task["dtype"]),
+                            **task["config"])  # fmt: skip
     return {"logits": _logits(model.float(), task)}
 
 
@@ -48,14 +46,7 @@ def load(task) -> dict:
     out = {"logits": _logits(model, task)}
     out.update(rope_theta=model.config.rope_theta, sliding_window=model.config.sliding_window)
     if "generate" in task:
-        ids = torch.tensor(task["ids"])
-        with torch.no_grad():
-            tokens = model.generate(ids, attention_mask=torch.ones_like(ids), **task["generate"])
-        eos = model.generation_config.eos_token_id
-        eos = set([eos] if isinstance(eos, int) else eos or [])
-        rows = tokens[:, ids.shape[1] :].tolist()
-        out["tokens"] = [row[: next((i for i, t in enumerate(row) if t in eos), len(row))]
-                         for row in rows]  # fmt: skip
+        out["tokens"] = hf_generate(model, task["ids"], **task["generate"])
     return out
 
 

@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from shared import generate_as_the_cli, save_tiny_qwen2
+from shared import generate_as_the_cli, hf_generate, save_tiny_qwen2
 from transformers import Qwen2ForCausalLM
 
 from ahn_jax.checkpoints.pretrained import from_pretrained
@@ -26,19 +25,6 @@ def checkpoint(tmp_path_factory):
 
 def prompts(length: int, rows: int = 2, seed: int = 0) -> list[list[int]]:
     return np.random.default_rng(seed).integers(0, 97, (rows, length)).tolist()
-
-
-def hf_generate(model, ids, **settings) -> list[list[int]]:
-    """New tokens of transformers' `generate`, cut at (and without) the first eos as ours are."""
-    tensor = torch.tensor(ids)
-    with torch.no_grad():
-        out = model.generate(
-            tensor, attention_mask=torch.ones_like(tensor), pad_token_id=0, **settings
-        )
-    eos = settings.get("eos_token_id", model.generation_config.eos_token_id)
-    eos = set([eos] if isinstance(eos, int) else eos or [])
-    rows = out[:, tensor.shape[1] :].tolist()
-    return [row[: next((i for i, t in enumerate(row) if t in eos), len(row))] for row in rows]
 
 
 @pytest.mark.parametrize("penalty", [1.3, 0.8])
