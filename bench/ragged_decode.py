@@ -74,11 +74,17 @@ def build(name: str, dtype: str):
     return model_lib.init_model(validate_config(config), seed=0, ahn_output_init="normal")
 
 
-# donated, as ahn_jax.inference.generate's step: XLA writes the new slots into the cache in place
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def greedy_step(graphdef, state, tokens_B, cache):
+# as ahn_jax.inference.generate's step: the model state and the cache passed as flat lists of
+# arrays (their tree structures static), the cache donated so XLA writes the new slots in place
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "trees"), donate_argnames=("cache_leaves",)
+)
+def greedy_step(graphdef, trees, state_leaves, tokens_B, cache_leaves):
+    state_tree, cache_tree = trees
+    state = jax.tree.unflatten(state_tree, state_leaves)
+    cache = jax.tree.unflatten(cache_tree, cache_leaves)
     logits, cache = model_lib.decode_step(graphdef, state, tokens_B, cache)
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32), cache
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32), jax.tree.leaves(cache)
 
 
 @jax.jit
@@ -97,16 +103,20 @@ def generate(model, ids, lengths, steps, decodes):
     logits, prefilled = model.prefill(ids, cache, lengths=lengths, chunk_size=CHUNK)
     first = jax.block_until_ready(first_token(logits))
     prefill = time.perf_counter() - start
+    state_leaves, state_tree = jax.tree.flatten(state)
+    prefilled_leaves, cache_tree = jax.tree.flatten(prefilled)
     decode = []
     for _ in range(decodes):
-        tokens, cache, out = first, jax.tree.map(jnp.copy, prefilled), []  # the step donates it
+        tokens, leaves, out = first, [jnp.copy(x) for x in prefilled_leaves], []  # donated
         start = time.perf_counter()
         for _ in range(steps):
-            tokens, cache = greedy_step(graphdef, state, tokens, cache)
+            tokens, leaves = greedy_step(
+                graphdef, (state_tree, cache_tree), state_leaves, tokens, leaves
+            )
             out.append(tokens)
-        jax.block_until_ready((tokens, cache))
+        jax.block_until_ready((tokens, leaves))
         decode.append(time.perf_counter() - start)
-    return prefill, decode, np.stack(out, axis=1), cache.nbytes()
+    return prefill, decode, np.stack(out, axis=1), prefilled.nbytes()
 
 
 def batched(model, ids, lengths, steps, decodes):
