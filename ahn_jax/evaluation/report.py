@@ -1,8 +1,9 @@
 """Summaries and plots of an evaluation's scored records (predictions.jsonl of ahn_jax.evaluate).
 
-Scores are reported as the benchmarks report them: per dataset round(100 * mean, 2), and the
-plain mean over datasets (the paper's "Avg"). Pass keys and RULER's NIAH variants: score per
-length and depth (a NIAH sample scores the share of its values recalled).
+Scores are reported as the benchmarks report them: per dataset (LV-Eval: per dataset and length
+level, `tasks.report_name`) round(100 * mean, 2), and the plain mean over them (the paper's
+"Avg"). Pass keys and RULER's NIAH variants: score per length and depth (a NIAH sample scores the
+share of its values recalled).
 Perplexity: token-weighted loss per position bucket, with the standard error over documents.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from ahn_jax.costs import table
 from ahn_jax.evaluation.results import GRID_TASKS
+from ahn_jax.evaluation.tasks import report_name
 
 
 def summarize(task: str, records: list[dict]) -> dict:
@@ -24,7 +26,7 @@ def summarize(task: str, records: list[dict]) -> dict:
         return _perplexity_summary(records)
     by_dataset = defaultdict(list)
     for record in records:
-        by_dataset[record["dataset"]].append(record["score"])
+        by_dataset[report_name(record)].append(record["score"])
     datasets = {
         name: {"samples": len(scores), "score": round(100 * float(np.mean(scores)), 2)}
         for name, scores in sorted(by_dataset.items())
@@ -182,7 +184,7 @@ def _plots(out: Path, settings: dict, summary: dict, records: list[dict], config
         fig, ax = plt.subplots(figsize=(7, 4))
         by_dataset = defaultdict(list)
         for r in records:
-            by_dataset[r["dataset"]].append((r["prompt_tokens"], 100 * r["score"]))
+            by_dataset[report_name(r)].append((r["prompt_tokens"], 100 * r["score"]))
         for name, points in sorted(by_dataset.items()):
             x, y = zip(*sorted(points), strict=True)
             ax.plot(x, y, marker="o", linestyle="none", alpha=0.6, label=name)

@@ -52,6 +52,8 @@ def benchmark_prompts(benchmark, files, tokenizer, settings: Settings, dataset) 
                 length=sample.length,
                 truncated=truncated,
             )
+            if sample.level:
+                record["level"] = sample.level
             prompts.append(Prompt(sample.id, ids, max_new, record))
     return prompts
 

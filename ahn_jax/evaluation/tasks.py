@@ -219,11 +219,25 @@ class Sample:
     answers: list[str]
     keywords: str | None
     length: int | None  # the record's own length field (words or characters), if any
+    level: str | None = None  # LV-Eval's length level ("128k"), reported apart (`report_name`)
 
 
 def dataset_key(name: str) -> str:
-    """LV-Eval's rule: `factrecall_en_128k` -> `factrecall_en` (the length level is dropped)."""
+    """LV-Eval's rule: `factrecall_en_128k` -> `factrecall_en`, whose prompt and metric apply."""
     return re.split(r"_.{1,3}k", name)[0]
+
+
+def length_level(name: str) -> str | None:
+    """What `dataset_key` drops: `factrecall_en_128k` -> "128k"; None where nothing is."""
+    return name[len(dataset_key(name)) + 1 :] or None
+
+
+def report_name(record: dict) -> str:
+    """The name a scored record is reported under: its dataset with its length level, as the
+    reference's LV-Eval scorer reports each file (`factrecall_en_16k` and `factrecall_en_128k`
+    are two scores, never pooled)."""
+    level = record.get("level")
+    return f"{record['dataset']}_{level}" if level else record["dataset"]
 
 
 def read_samples(
@@ -244,7 +258,8 @@ def read_samples(
 def _sample(benchmark, record, number, path, dataset) -> Sample:
     if not isinstance(record, dict):
         raise TypeError("a record must be a JSON object")
-    name = dataset_key(dataset or record.get("dataset") or path.stem)
+    full_name = dataset or record.get("dataset") or path.stem
+    name = dataset_key(full_name)
     if name not in benchmark.datasets:
         raise ValueError(
             f"dataset {name!r} is not one of {benchmark.name}'s: {sorted(benchmark.datasets)} "
@@ -271,6 +286,7 @@ def _sample(benchmark, record, number, path, dataset) -> Sample:
         answers=answers,
         keywords=keywords if isinstance(keywords, str) else None,
         length=length if isinstance(length, int) else None,
+        level=length_level(full_name),
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ahn_jax.evaluation import metrics, tasks
+from ahn_jax.evaluation import metrics, report, tasks
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -44,7 +44,8 @@ def test_lveval_loader_reads_the_schema_and_reports_bad_lines():
     path = FIXTURES / "lveval" / "factrecall_en_128k.jsonl"
     samples, problems = tasks.read_samples(tasks.LVEVAL, path)
     assert [s.id for s in samples] == ["factrecall_en_128k:1", "factrecall_en_128k:3"]
-    assert {s.dataset for s in samples} == {"factrecall_en"}  # the length level is dropped
+    # the dataset's prompt and metric are found without the length level, which is kept apart
+    assert {(s.dataset, s.level) for s in samples} == {("factrecall_en", "128k")}
     assert samples[0].keywords == "David Beckham" and samples[1].keywords == "Paris"
     assert samples[0].length == 13
     assert samples[0].prompt == (
@@ -98,3 +99,26 @@ def test_chat_template_follows_the_reference_rule(qwen25_tokenizer_dir):
     )
     assert tasks.prompt_ids(tokenizer, "Who?", chat=False) == tokenizer.encode("Who?")
     assert not tasks.LONGBENCH.datasets["triviaqa"].chat  # few-shot: raw prompt
+
+
+def test_lveval_length_levels_are_scored_apart(tmp_path):
+    """The reference's LV-Eval scorer reports each file (`factrecall_en_16k`,
+    `factrecall_en_128k`) as its own column: two levels of one dataset are never pooled."""
+    fixture = (FIXTURES / "lveval" / "factrecall_en_128k.jsonl").read_text()
+    for level in ("16k", "128k"):
+        text = fixture.replace("factrecall_en_128k", f"factrecall_en_{level}")  # the field too
+        (tmp_path / f"factrecall_en_{level}.jsonl").write_text(text)
+    records = []
+    for level, score in (("16k", 1.0), ("128k", 0.0)):
+        samples, _ = tasks.read_samples(tasks.LVEVAL, tmp_path / f"factrecall_en_{level}.jsonl")
+        assert {(s.dataset, s.level) for s in samples} == {("factrecall_en", level)}
+        records += [{"dataset": s.dataset, "level": s.level, "score": score} for s in samples]
+    records.append({"dataset": "hotpotqa", "score": 0.5})  # LongBench: no level
+    summary = report.summarize("longbench", records)
+    assert summary["datasets"] == {
+        "factrecall_en_128k": {"samples": 2, "score": 0.0},
+        "factrecall_en_16k": {"samples": 2, "score": 100.0},
+        "hotpotqa": {"samples": 1, "score": 50.0},
+    }
+    assert summary["average"] == 50.0
+    assert tasks.length_level("hotpotqa") is None and tasks.length_level("cmrc_mixup_64k") == "64k"
