@@ -38,9 +38,10 @@ from ahn_jax.model.cache import DecodeCache
 from ahn_jax.tokenizer import END_OF_TEXT, IM_END, ByteTokenizer, HFTokenizer
 
 
-@functools.partial(jax.jit, static_argnames=("sampling",))
-def _first(logits_BV, prompt_BT, lengths_B, key, sampling: Sampling):
+@functools.partial(jax.jit, static_argnames=("sampling", "compute_dtype"))
+def _first(logits_BV, prompt_BT, lengths_B, key, sampling: Sampling, compute_dtype):
     """The token after the prompt, and the seen-tokens mask (None without a penalty)."""
+    logits_BV = sampling_lib.as_transformers_sees(logits_BV, compute_dtype)
     seen = (
         sampling_lib.presence_mask(prompt_BT, logits_BV.shape[-1], lengths_B)
         if sampling.uses_penalty
@@ -55,13 +56,18 @@ def _first(logits_BV, prompt_BT, lengths_B, key, sampling: Sampling):
 # donated: XLA writes each step's new slots into it in place (ahn_jax/model/cached.py). The
 # random key is split inside the step, saving a dispatch per token.
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "trees", "sampling"), donate_argnames=("cache_leaves",)
+    jax.jit,
+    static_argnames=("graphdef", "trees", "sampling", "compute_dtype"),
+    donate_argnames=("cache_leaves",),
 )
-def _step(graphdef, trees, state_leaves, tokens_B, cache_leaves, seen_BV, key, sampling: Sampling):
+def _step(
+    graphdef, trees, state_leaves, tokens_B, cache_leaves, seen_BV, key, sampling, compute_dtype
+):
     state_tree, cache_tree = trees
     state = jax.tree.unflatten(state_tree, state_leaves)
     cache = jax.tree.unflatten(cache_tree, cache_leaves)
     logits, cache = model_lib.decode_step(graphdef, state, tokens_B, cache)
+    logits = sampling_lib.as_transformers_sees(logits, compute_dtype)
     if seen_BV is not None:  # the fed token is now part of the row
         seen_BV = sampling_lib.mark_seen(seen_BV, tokens_B)
     key, sub = jax.random.split(key)
@@ -107,7 +113,10 @@ def generate(
     )
     logits, cache = model.prefill(ids, cache, lengths=lengths)
     key, sub = jax.random.split(jax.random.key(seed))
-    tokens, seen = _first(logits, jnp.asarray(ids), jnp.asarray(lengths), sub, sampling)
+    compute_dtype = model.config.jnp_dtype
+    tokens, seen = _first(
+        logits, jnp.asarray(ids), jnp.asarray(lengths), sub, sampling, compute_dtype
+    )
     graphdef, state = nnx.split(model)
     state_leaves, state_tree = jax.tree.flatten(state)
     cache_leaves, cache_tree = jax.tree.flatten(cache)
@@ -121,8 +130,9 @@ def generate(
         # computes while Python checks stops and streams (after the last stop, one step is wasted)
         if i + 1 < steps:
             tokens, cache_leaves, seen, key = _step(
-                graphdef, trees, state_leaves, tokens, cache_leaves, seen, key, sampling
-            )
+                graphdef, trees, state_leaves, tokens, cache_leaves, seen, key, sampling,
+                compute_dtype,
+            )  # fmt: skip
         done |= i >= budgets  # the row's budget is spent
         new = np.asarray(current)
         done |= np.isin(new, list(stop_ids))

@@ -56,6 +56,14 @@ class Sampling:
 GREEDY = Sampling()
 
 
+def as_transformers_sees(logits_BV, compute_dtype) -> jax.Array:
+    """The logits as transformers' `generate` processes them: its lm_head returns them in the
+    model's compute dtype and `generate` copies them to fp32 (utils.py `_sample`), so a bf16
+    model's logits are rounded to bf16 first (ours accumulate the head in fp32). Near-equal top
+    logits then tie, and the argmax takes the lower token id, as torch's does. A no-op in fp32."""
+    return logits_BV.astype(compute_dtype).astype(jnp.float32)
+
+
 def presence_mask(ids_BT: jax.Array, vocab_size: int, lengths_B=None) -> jax.Array:
     """[B, V] bool: True where the token occurs in the row (the prompt, for a start). Padding
     must not count (transformers skips a row's left padding): with `lengths_B` row b's ids end

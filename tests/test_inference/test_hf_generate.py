@@ -4,9 +4,10 @@ transformers' own sliding window as mode "swa", and generation_config.json under
 import copy
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-from shared import generate_as_the_cli, hf_generate, save_tiny_qwen2
+from shared import generate_as_the_cli, hf_generate, hf_logits, save_tiny_qwen2
 from transformers import Qwen2ForCausalLM
 
 from ahn_jax.checkpoints.pretrained import from_pretrained
@@ -85,3 +86,36 @@ def test_generation_config_file_under_flags_equals_transformers(checkpoint, tmp_
     assert results[0] == [penalized[0][: penalized[0].index(eos)], penalized[1]]
     assert results[1] != results[0]  # the flag's penalty won
     assert max(len(row) for row in results[2]) == 4  # max_new_tokens wins over max_length
+
+
+def test_bf16_logits_tie_as_transformers_rounds_them(tmp_path):
+    """transformers' bf16 lm_head returns bf16 logits, which `generate` copies to fp32: two top
+    logits closer than a bf16 step tie there and the argmax takes the lower id. Ours accumulate
+    the head in fp32, so generate rounds them to the compute dtype first. A head whose tokens t
+    and t + 1 differ by far less than a bf16 step (t + 1 higher in fp32) must give t."""
+    import torch
+
+    hf = save_tiny_qwen2(tmp_path, seed=3, dtype=torch.bfloat16)
+    D, V = hf.config.hidden_size, hf.config.vocab_size
+    ids = prompts(9, rows=1, seed=3)
+    # the last position's final hidden state h, read through an identity head
+    head = torch.zeros(V, D, dtype=torch.bfloat16)
+    head[:D] = torch.eye(D)
+    hf.lm_head.weight.data = head
+    h = hf_logits(hf, np.asarray(ids))[0, -1, :D]
+    j, k = np.argsort(-np.abs(h))[:2]
+    t = 10
+    head = torch.zeros(V, D)
+    head[t, j] = head[t + 1, j] = 4.0 * float(np.sign(h[j]))  # both on top, equal...
+    head[t + 1, k] = 2.0**-9 * float(np.sign(h[k]))  # but for a nudge << a bf16 step
+    hf.lm_head.weight.data = head.to(torch.bfloat16)
+    theirs_logits = hf_logits(hf, np.asarray(ids))[0, -1]
+    assert theirs_logits[t] == theirs_logits[t + 1] == theirs_logits.max()  # tied in bf16
+    assert hf_generate(hf, ids, do_sample=False, max_new_tokens=1) == [[t]]
+
+    ours = from_pretrained(tmp_path, dtype=jnp.bfloat16)
+    ours.lm_head[...] = jnp.asarray(head.numpy().T, jnp.bfloat16)
+    cache = ours.init_cache(1, window=len(ids[0]), mode="full", max_length=len(ids[0]))
+    logits, _ = ours.prefill(np.asarray(ids, np.int32), cache)
+    assert logits[0, t + 1] > logits[0, t] == np.sort(np.asarray(logits[0]))[-2]  # fp32: apart
+    assert generate_lib.generate(ours, ids, max_new_tokens=1, mode="full", window=0) == [[t]]
