@@ -5,8 +5,9 @@ its global defaults < the model's generation config < the caller's arguments.
 Qwen2.5-Instruct ships {"do_sample": true, "eos_token_id": [151645, 151643],
 "repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8, "top_k": 20, ...}. Keys that do not
 change which token is chosen (bos/pad ids, output_* switches, ...) are ignored; keys of processors
-this package does not implement are an error when set to anything but transformers' default, so
-that a checkpoint is never decoded otherwise than transformers would without saying so.
+and stopping rules this package does not implement are an error where transformers would apply
+them (`UNSUPPORTED`), so that a checkpoint is never decoded otherwise than transformers would
+without saying so.
 
 Lengths follow transformers: `max_new_tokens` wins; else `max_length` counts the prompt (new
 tokens = max_length - prompt length, an error when nothing is left); else DEFAULT_MAX_NEW_TOKENS
@@ -35,27 +36,59 @@ FIELDS = {
     "max_length": "max_length",
     "eos_token_id": "eos_token_ids",
 }
-# keys of processors not implemented here, with the value at which they do nothing
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _below_one(value) -> bool:
+    return value < 1.0
+
+
+def _inside_zero_one(value) -> bool:
+    return 0.0 < value < 1.0
+
+
+def _anything(value) -> bool:
+    return True
+
+
+# Keys of processors and stopping rules not implemented here -> the test by which transformers'
+# `generate` uses them (generation/utils.py `_get_logits_processor`, `_get_stopping_criteria`;
+# null always means unset). A file whose value passes is refused rather than decoded otherwise
+# than transformers would; the sampling-only ones (min_p, typical_p, the cutoffs, top_h) are
+# refused even when greedy.
 UNSUPPORTED = {
-    "num_beams": 1,
-    "num_return_sequences": 1,
-    "min_length": 0,
-    "min_new_tokens": None,
-    "no_repeat_ngram_size": 0,
-    "min_p": None,
-    "typical_p": 1.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-    "top_h": None,
-    "bad_words_ids": None,
-    "sequence_bias": None,
-    "suppress_tokens": None,
-    "begin_suppress_tokens": None,
-    "forced_bos_token_id": None,
-    "forced_eos_token_id": None,
-    "guidance_scale": None,
-    "exponential_decay_length_penalty": None,
-    "penalty_alpha": None,
+    "num_beams": lambda value: value != 1,
+    "num_beam_groups": lambda value: value != 1,
+    "num_return_sequences": lambda value: value != 1,
+    "guidance_scale": lambda value: value != 1,
+    "encoder_repetition_penalty": lambda value: value != 1.0,
+    "min_length": _positive,
+    "min_new_tokens": _positive,
+    "no_repeat_ngram_size": _positive,
+    "encoder_no_repeat_ngram_size": _positive,
+    "min_p": _positive,
+    "typical_p": _below_one,
+    "epsilon_cutoff": _inside_zero_one,
+    "eta_cutoff": _inside_zero_one,
+    "top_h": _anything,
+    "bad_words_ids": _anything,
+    "force_words_ids": _anything,
+    "sequence_bias": _anything,
+    "suppress_tokens": bool,  # an empty list suppresses nothing
+    "begin_suppress_tokens": bool,
+    "forced_bos_token_id": _anything,
+    "forced_eos_token_id": _anything,
+    "forced_decoder_ids": _anything,  # transformers 4
+    "exponential_decay_length_penalty": _anything,
+    "penalty_alpha": _anything,
+    "dola_layers": _anything,
+    "watermarking_config": _anything,
+    "token_healing": bool,
+    "stop_strings": _anything,
+    "max_time": _anything,
 }
 
 
@@ -133,11 +166,11 @@ def read_generation_config(model_dir: str | Path) -> GenerationSettings:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: holds {type(raw).__name__}, not a JSON object")
-    for key, neutral in UNSUPPORTED.items():
-        if raw.get(key, neutral) != neutral:
+    for key, used in UNSUPPORTED.items():
+        if raw.get(key) is not None and _used(used, raw[key]):
             raise ValueError(
                 f"{path}: key {key!r} = {raw[key]!r} is not supported by ahn_jax's generation "
-                f"(only {neutral!r}); remove it to decode without it"
+                "(transformers would apply it); remove it to decode without it"
             )
     changes = {
         field: _checked(field, raw[key], f"{path}: key {key!r}")
@@ -145,6 +178,15 @@ def read_generation_config(model_dir: str | Path) -> GenerationSettings:
         if raw.get(key) is not None  # null: not set, as transformers reads it
     }
     return dataclasses.replace(DEFAULTS, **changes)
+
+
+def _used(used, value) -> bool:
+    """Whether transformers would apply a key's `value`; a value of a type its test cannot take
+    (a string for a number, ...) counts as used, so that it is refused."""
+    try:
+        return bool(used(value))
+    except TypeError:
+        return True
 
 
 def _checked(field: str, value, where: str):

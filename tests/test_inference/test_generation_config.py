@@ -73,6 +73,11 @@ def test_lengths_as_transformers_counts_them():
         ({"repetition_penalty": 0}, "key 'repetition_penalty': must be > 0"),
         ({"max_new_tokens": 0}, "key 'max_new_tokens': must be an integer >= 1"),
         ({"num_beams": 4}, "key 'num_beams' = 4 is not supported"),
+        # transformers applies it to decoder-only models too (the prompt is the "encoder input")
+        ({"encoder_repetition_penalty": 3.0}, "key 'encoder_repetition_penalty' = 3.0 is not"),
+        ({"stop_strings": ["\n\n"]}, "key 'stop_strings'"),
+        ({"epsilon_cutoff": 0.5}, "key 'epsilon_cutoff'"),
+        ({"min_new_tokens": "2"}, "key 'min_new_tokens' = '2'"),  # what transformers can't test
     ],
 )
 def test_bad_files_name_the_file_and_key(tmp_path, content, message):
@@ -83,7 +88,12 @@ def test_bad_files_name_the_file_and_key(tmp_path, content, message):
 
 
 def test_neutral_values_of_unsupported_keys_are_fine(tmp_path):
-    write(tmp_path, {"num_beams": 1, "min_length": 0, "typical_p": 1.0, "output_scores": False})
+    """Values transformers' `generate` reads as "off" (its own tests in _get_logits_processor)."""
+    neutral = {"num_beams": 1, "min_length": 0, "typical_p": 1.0, "output_scores": False,
+               "min_p": 0.0, "min_new_tokens": 0, "suppress_tokens": [], "epsilon_cutoff": 1.0,
+               "eta_cutoff": 0.0, "num_beam_groups": None, "token_healing": False,
+               "encoder_repetition_penalty": 1.0, "guidance_scale": 1}  # fmt: skip
+    write(tmp_path, neutral)
     assert read_generation_config(tmp_path) == DEFAULTS
 
 
