@@ -73,14 +73,17 @@ def test_prompts_are_exact_seeded_and_independent_of_the_grid(task, qwen25_token
 def _split(text, config, queries, chat=False):
     """The haystack lines between RULER's instruction and question, checking both."""
     head, question, prefix = ruler.prompt_texts(config, queries, chat)
-    assert text.startswith(head + "\n") and text.endswith(question + prefix)
-    return text[len(head) + 1 : -len(question + prefix)].split("\n")
+    assert text.startswith(head) and text.endswith(question + prefix)
+    haystack = text[len(head) : -len(question + prefix)]
+    assert haystack.endswith("\n")  # the question starts a line, as in RULER's template
+    return haystack.removesuffix("\n").split("\n")
 
 
 @pytest.mark.parametrize("task", list(ruler.VARIANTS))
 def test_needles_sit_where_rulers_template_puts_them(task):
     config = ruler.make_config(task)
     tokenizer = ByteTokenizer()
+    block_orders = []
     for sample in ruler.niah_samples(tokenizer, config, [1500], [0.0, 0.5, 1.0], 3, seed=1):
         text = tokenizer.decode(sample.ids)
         lines = _split(text, config, sample.queries)
@@ -98,30 +101,36 @@ def test_needles_sit_where_rulers_template_puts_them(task):
         assert sorted(needles[i][1] for i in asked) == sorted(sample.answers)
         assert all(NUMBER.fullmatch(a) for a in sample.answers)
         for key in sample.queries:  # asked in the question and the answer prefix
-            assert text.count(key) == 2 + sum(key == k for k, _ in needles.values())
+            whole_key = rf"(?<![a-z]){re.escape(key)}(?![a-z])"  # not "old-fox" in "cold-fox"
+            assert len(re.findall(whole_key, text)) == 2 + sum(
+                key == k for k, _ in needles.values()
+            )
         # the asked-for needles form one block, one noise sentence apart, whose start is the
         # depth's share of the places between noise sentences (rounded down)
         assert asked == list(range(asked[0], asked[0] + 2 * len(asked), 2))
         noise_before = lines[: asked[0]].count(ruler.NOISE)
         places = lines.count(ruler.NOISE) + 1
         assert noise_before == int(sample.depth * (places - len(asked)))
+        block_orders.append([needles[i][1] for i in asked] == list(sample.answers))
+    if len(sample.answers) > 1:  # the block is shuffled, as RULER shuffles its needles
+        assert not all(block_orders)
 
 
 def test_template_is_rulers_singular_and_plural():
     single = ruler.prompt_texts(ruler.make_config("niah_multikey"), ["a-b"], chat=False)
     assert single == (
         "A special magic number is hidden within the following text. Make sure to memorize it. "
-        "I will quiz you about the number afterwards.",
-        "\nWhat is the special magic number for a-b mentioned in the provided text?",
+        "I will quiz you about the number afterwards.\n",
+        "What is the special magic number for a-b mentioned in the provided text?",
         " The special magic number for a-b mentioned in the provided text is",
     )
     many = ruler.prompt_texts(ruler.make_config("niah_multiquery"), ["a", "b", "c"], chat=True)
     assert many[0].startswith("<|im_start|>system\n") and many[0].endswith(
         "<|im_start|>user\nSome special magic numbers are hidden within the following text. Make "
-        "sure to memorize it. I will quiz you about the numbers afterwards."
+        "sure to memorize it. I will quiz you about the numbers afterwards.\n"
     )
     assert many[1] == (
-        "\nWhat are all the special magic numbers for a, b, and c mentioned in the provided text?"
+        "What are all the special magic numbers for a, b, and c mentioned in the provided text?"
         "<|im_end|>\n<|im_start|>assistant\n"
     )
     assert (
@@ -143,6 +152,20 @@ def test_words_uuids_and_a_haystack_of_needles(qwen25_tokenizer_dir):
         assert lines.count(needle) == 1
         assert sum(sample.queries[0] in line for line in lines) == 1
         assert len({line.split(" for ")[1].split(" ")[0] for line in lines[:-1]}) > 5
+
+
+@pytest.mark.parametrize("haystack", ruler.HAYSTACKS)
+def test_prompts_tokenise_as_their_whole_text(qwen25_tokenizer_dir, haystack):
+    """The pieces carry the "\n" after them, so the prompt's tokens are those of its text (Qwen
+    merges "." and "\n" into one token: pieces tokenised with the "\n" before them gave ~4%
+    fewer tokens on re-encoding, so less text per length than RULER's); the one exception, by at
+    most a token, is where the haystack is cut short."""
+    tokenizer = HFTokenizer.from_dir(qwen25_tokenizer_dir)
+    config = ruler.make_config("niah_multivalue", haystack=haystack)
+    samples = ruler.niah_samples(tokenizer, config, [900, 1000], [0.0, 0.5, 1.0], 2, seed=4)
+    again = [tokenizer.encode(tokenizer.decode(s.ids)) for s in samples]
+    assert all(abs(len(a) - len(s.ids)) <= 1 for a, s in zip(again, samples, strict=True))
+    assert sum(a == s.ids for a, s in zip(again, samples, strict=True)) >= len(samples) // 2
 
 
 def test_too_short_a_length_names_the_flag():
