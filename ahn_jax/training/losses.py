@@ -48,6 +48,18 @@ def valid_positions(labels_BT, window, sinks):
     return (t >= start) & (labels_BT != IGNORE)
 
 
+def distill_positions(labels_BT, window, sinks):
+    """Where the `distill` term counts: as in the reference, every position from S_b + W_b to
+    the end of the sequence, the prompt's included (it compares hidden states, not predictions;
+    the reference takes `[:, S + W:]` of its unpadded row). A row ends at its last labelled token
+    (training rows end with the reply; pretraining labels every token): the padding after it
+    does not count."""
+    t = jnp.arange(labels_BT.shape[1])[None, :]
+    start = jnp.reshape(jnp.asarray(window) + jnp.asarray(sinks), (-1, 1))
+    last = jnp.max(jnp.where(labels_BT != IGNORE, t, -1), axis=1, keepdims=True)
+    return (t >= start) & (t <= last)
+
+
 def next_token_targets(labels_BT):
     """Position t predicts label t + 1; the last position predicts nothing."""
     return jnp.pad(labels_BT[:, 1:], ((0, 0), (0, 1)), constant_values=IGNORE)
@@ -244,7 +256,8 @@ def sequence_terms(model, input_ids_BT, labels_BT, *, window, sinks, loss="kl", 
         sums = ce_sums(student, model.lm_head_DV(), targets, ce_valid, **tiles)
         per_term.append((sums, ce_valid))
     if distill:
-        per_term.append((distill_sums(student_attn, teacher_attn, valid), valid))
+        distill_valid = distill_positions(labels_BT, window, sinks)
+        per_term.append((distill_sums(student_attn, teacher_attn, distill_valid), distill_valid))
     counts = [jnp.sum(v, axis=1, dtype=jnp.int32) for _, v in per_term]
     losses = [sequence_means(sums, n) for (sums, _), n in zip(per_term, counts, strict=True)]
     return functools.reduce(jnp.add, losses), functools.reduce(jnp.maximum, counts)

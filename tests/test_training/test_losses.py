@@ -230,7 +230,12 @@ def test_sequence_distill_averages_layers_and_hidden_values(tiny_batch):
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
     error = ((unit(student) - unit(teacher)) ** 2).mean(-1).mean(0)  # [B, T]
-    valid = np.asarray(losses.valid_positions(labels, window, sinks))
+    # the reference's positions: from S + W to the row's end (its last labelled token), prompt
+    # tokens included: rows 0 and 2 count the prompt positions 8..11 and 16..29 the KL skips
+    t = np.arange(ids.shape[1])[None, :]
+    ends = np.array([[40], [23], [34], [23]])
+    valid = (t >= (np.asarray(window) + np.asarray(sinks))[:, None]) & (t < ends)
+    assert valid[0, 8:12].all() and valid[2, 16:34].all() and not valid[2, 34:].any()
     got = losses.sequence_losses(model, ids, labels, window=window, sinks=sinks, loss="distill")
     np.testing.assert_allclose(got, _row_means64(error, valid), rtol=1e-4, atol=1e-9)
     assert float(got[3]) == 0.0 and np.all(np.asarray(got[:3]) > 0)
