@@ -14,6 +14,7 @@ from ahn_jax.config.model import (
 from ahn_jax.config.run import (
     DATA_DEFAULTS,
     DATA_FORMATS,
+    REFERENCE_MAX_GRAD_NORM,
     SINK_CHOICES,
     TRAIN_DEFAULTS,
     WINDOW_CHOICES,
@@ -30,6 +31,7 @@ __all__ = [
     "KERNELS",
     "MODES",
     "QWEN25_DEFAULTS",
+    "REFERENCE_MAX_GRAD_NORM",
     "REMAT_POLICIES",
     "SINK_CHOICES",
     "TRAIN_DEFAULTS",

@@ -55,6 +55,13 @@ class _Section:
         return dataclasses.asdict(self)
 
 
+# The clipping the reference's run applied, in our units (docs/method.md §Training): its HF Trainer
+# (transformers 4.51 + DeepSpeed) does not divide a loss that takes `**loss_kwargs` by the 4
+# gradient-accumulation steps, and the AHN loss ignores `num_items_in_batch`, so the clipped
+# gradient (max_grad_norm 1.0) was 4x the mean over the 128 sequences, where ours is the mean.
+REFERENCE_MAX_GRAD_NORM = 0.25
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(_Section):
     """The `train` section: the paper's recipe (docs/method.md §Training); a config file overrides
@@ -74,7 +81,7 @@ class TrainConfig(_Section):
     learning_rate: float = 1e-4  # AdamW's peak learning rate
     warmup_fraction: float = 0.1  # share of the steps in linear warmup, then cosine decay to 0
     weight_decay: float = 0.1  # AdamW's decoupled weight decay (training/optimizer.py's mask)
-    max_grad_norm: float = 1.0  # global-norm gradient clipping
+    max_grad_norm: float = 1.0  # global-norm clipping (the Qwen configs: REFERENCE_MAX_GRAD_NORM)
     loss: str = "kl"  # one of LOSSES, or several joined by "+" ("kl+ce")
     window_sampling: str = "random"  # one of WINDOW_SAMPLINGS
     window: int = 256  # W of "fixed" sampling (and the window of "linear" is derived from L)

@@ -1,8 +1,11 @@
 """The optimizer of the trained weights (the AHN weights; the base's when pretraining): AdamW,
 linear warmup + cosine decay, global-norm clipping.
 
-Weight decay skips what the reference marks `_no_weight_decay` (A_log, D, dt_bias) and what the HF
-trainer exempts by name (biases, norm weights), docs/method.md §Training.
+Weight decay follows what the reference's training ran (docs/method.md §Training): the HF Trainer
+decays every trained parameter whose name does not contain "bias", "layernorm" or "rmsnorm"
+(`Trainer.get_decay_parameter_names`, transformers 4.51). The reference marks A_log, D and dt_bias
+`_no_weight_decay` (fla's convention), but the Trainer does not read those marks, so A_log, D and
+the AHN's own norm weights (fla's RMSNorm, no "layernorm" in its name) decay there, and here.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import optax
 
 from ahn_jax.config import TrainConfig
 
-# The reference's `_no_weight_decay` parameters (the AHN memories' decay and skip terms).
-NO_DECAY = ("A_log", "D", "dt_bias")
+# The base's norms (trained only when pretraining): the Trainer exempts Qwen2's
+# `input_layernorm` and `post_attention_layernorm` by name; our final norm is exempt too.
+BASE_NORMS = ("input_norm", "post_attn_norm", "final_norm")
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float = 0.1):
@@ -43,15 +47,11 @@ def parameter_names(path) -> list[str]:
 
 
 def decays(path) -> bool:
-    """Whether the parameter at `path` decays: not one of NO_DECAY, not a bias (`*bias`: q/k/v
-    biases, Mamba2's dt_proj_bias and g_proj_bias), not a norm's weight (a name along the path
-    containing "norm": `o_norm`, `norm`, `final_norm/scale`)."""
+    """Whether the parameter at `path` decays: not a bias (a name along the path containing
+    "bias": dt_bias, q/k/v biases, Mamba2's dt_proj_bias and g_proj_bias), not a base norm's
+    weight (BASE_NORMS). The AHN's A_log, D, o_norm and norm decay, as in the reference's run."""
     names = parameter_names(path)
-    if not names:
-        return True
-    name = names[-1]
-    exempt = name in NO_DECAY or name.endswith("bias") or any("norm" in n for n in names)
-    return not exempt
+    return not any("bias" in n.lower() or n in BASE_NORMS for n in names)
 
 
 def decay_mask(params):

@@ -163,3 +163,18 @@ def test_a_run_needs_a_base_and_data_unless_it_says_otherwise(tmp_path):
     pretrain = load_config_file(CONFIGS / "tiny_base.py")  # from the random init, by definition
     assert not pretrain.train.base_checkpoint and not pretrain.train.allow_random_base
     run_configs(pretrain)
+
+
+@pytest.mark.parametrize("name", ["qwen3b_gdn", "qwen3b_dn", "qwen3b_mamba2", "qwen7b_gdn",
+                                  "qwen14b_gdn"])  # fmt: skip
+def test_qwen_configs_carry_the_references_recipe(name):
+    """The reference's train script (examples/scripts/train_qwen2.5_3b_ahn_gdn.sh): lr 1e-4,
+    warmup 0.1 + cosine, weight decay 0.1, max_samples 100000, cutoff 24576, filter 288, random
+    windows and sinks; its clipping of 1.0 fell on the sum of 4 accumulation steps, 0.25 of our
+    mean gradient (docs/method.md §Training)."""
+    config = load_config_file(CONFIGS / f"{name}.py")
+    train, data = config.train, config.data
+    assert (train.learning_rate, train.warmup_fraction, train.weight_decay) == (1e-4, 0.1, 0.1)
+    assert train.max_grad_norm == 0.25 and train.loss == "kl"
+    assert (train.window_sampling, train.seq_len) == ("random", 24576)
+    assert (data.max_samples, data.cutoff_len, data.filter_len) == (100_000, 24576, 288)

@@ -34,14 +34,14 @@ def test_optimizer_for_reads_the_schedule_from_the_config():
 
 
 def _toy_params():
-    # plain nested dicts: names the mask exempts ("A_log", "norm") beside names that decay
+    # plain nested dicts: names the mask exempts ("dt_bias", "final_norm") beside names that decay
     rng = np.random.default_rng(0)
     return {
         "layer": {
             "w": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32),
-            "A_log": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+            "dt_bias": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
         },
-        "norm": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
+        "final_norm": jnp.asarray(rng.normal(size=(3,)), jnp.float32),
         "head": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32),
     }
 
@@ -51,8 +51,8 @@ def _grads(step):
     rng = np.random.default_rng(100 + step)
     scale = (30.0, 0.2, 5.0, 0.05, 2.0, 0.7)[step % 6]
     leaves = {
-        "layer": {"w": rng.normal(size=(4, 3)), "A_log": rng.normal(size=(3,))},
-        "norm": rng.normal(size=(3,)),
+        "layer": {"w": rng.normal(size=(4, 3)), "dt_bias": rng.normal(size=(3,))},
+        "final_norm": rng.normal(size=(3,)),
         "head": rng.normal(size=(3, 2)),
     }
     return jax.tree.map(lambda g: jnp.asarray(scale * g / 3.0, jnp.float32), leaves)
@@ -71,7 +71,7 @@ def test_updates_are_optax_adamw_on_globally_clipped_gradients():
     config = TrainConfig(learning_rate=PEAK, steps=12, warmup_fraction=0.25, weight_decay=0.1,
                          max_grad_norm=1.0)  # fmt: skip
     tx, schedule = optimizer_for(config)
-    exempt = {"layer": {"w": True, "A_log": False}, "norm": False, "head": True}
+    exempt = {"layer": {"w": True, "dt_bias": False}, "final_norm": False, "head": True}
     reference = optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=0.1, mask=exempt)
     params = ref_params = _toy_params()
     state, ref_state = tx.init(params), reference.init(ref_params)
@@ -108,34 +108,32 @@ def test_one_adamw_step_by_hand():
         updates["layer"]["w"], -lr * (adam + 0.3 * params["layer"]["w"]), rtol=1e-5
     )
     np.testing.assert_allclose(updates["head"], -lr * (adam + 0.3 * params["head"]), rtol=1e-5)
-    np.testing.assert_allclose(updates["layer"]["A_log"], np.full(3, -lr * adam), rtol=1e-5)
-    np.testing.assert_allclose(updates["norm"], np.full(3, -lr * adam), rtol=1e-5)
+    np.testing.assert_allclose(updates["layer"]["dt_bias"], np.full(3, -lr * adam), rtol=1e-5)
+    np.testing.assert_allclose(updates["final_norm"], np.full(3, -lr * adam), rtol=1e-5)
 
 
 def test_decay_mask_exempts_by_name_on_plain_parameter_trees():
+    """The HF Trainer's rule, as the reference's run applied it: names with "bias" are exempt;
+    A_log, D and the AHN's norms decay (their `_no_weight_decay` marks are not read)."""
     leaf = jnp.zeros(2)
-    params = {"A_log": leaf, "D": leaf, "dt_bias": leaf, "q_bias": leaf, "o_norm": leaf,
-              "q_kernel": leaf, "dt_proj": leaf, "Dx": leaf,
-              "layers": {"g_proj": leaf, "A_log": leaf, "post_norm": {"scale": leaf}}}  # fmt: skip
+    names = ("A_log", "D", "dt_bias", "q_bias", "o_norm", "q_kernel", "dt_proj", "Dx")
+    params = {name: leaf for name in names}
+    params["layers"] = {"g_proj": leaf, "dt_bias": leaf, "input_norm": {"scale": leaf}}
     mask = decay_mask(params)
-    assert not any(mask[name] for name in ("A_log", "D", "dt_bias", "q_bias", "o_norm"))
-    assert mask["q_kernel"] and mask["dt_proj"] and mask["Dx"] and mask["layers"]["g_proj"]
-    assert not mask["layers"]["A_log"]  # by the leaf's own name, at any depth
-    assert not mask["layers"]["post_norm"]["scale"]  # a norm module's weight
+    assert not any(mask[name] for name in ("dt_bias", "q_bias"))
+    assert all(mask[name] for name in ("A_log", "D", "o_norm", "q_kernel", "dt_proj", "Dx"))
+    assert mask["layers"]["g_proj"]
+    assert not mask["layers"]["dt_bias"]  # by the leaf's own name, at any depth
+    assert not mask["layers"]["input_norm"]["scale"]  # a base norm's weight
 
 
 # What does not decay, written out per model (the real parameter names, ahn_jax/model/memory.py
 # and ahn_jax/model/layers.py): everything else trainable decays.
+# The reference's run (HF Trainer 4.51 on its modules' names): only the biases are exempt.
 EXEMPT = {
-    "gdn": {"layers/ahn/A_log", "layers/ahn/D", "layers/ahn/dt_bias", "layers/ahn/o_norm"},
-    "dn": {"layers/ahn/o_norm"},
-    "mamba2": {
-        "layers/ahn/A_log",
-        "layers/ahn/dt_bias",
-        "layers/ahn/dt_proj_bias",
-        "layers/ahn/g_proj_bias",
-        "layers/ahn/norm",
-    },
+    "gdn": {"layers/ahn/dt_bias"},
+    "dn": set(),
+    "mamba2": {"layers/ahn/dt_bias", "layers/ahn/dt_proj_bias", "layers/ahn/g_proj_bias"},
     # objective = "pretrain": every base weight trains
     None: {
         "final_norm/scale",
