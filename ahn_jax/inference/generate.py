@@ -77,6 +77,29 @@ def _step(
     return sample_token(logits, sub, sampling, seen_BV), cache_leaves, seen_BV, key
 
 
+class _DecodeLoop:
+    """`_step`'s arguments, the model state and the cache flattened once; the cache's leaves are
+    replaced (donated) at every step."""
+
+    def __init__(self, model, cache: DecodeCache, sampling: Sampling):
+        self.graphdef, state = nnx.split(model)
+        self.state_leaves, state_tree = jax.tree.flatten(state)
+        self.cache_leaves, cache_tree = jax.tree.flatten(cache)
+        self.trees = (state_tree, cache_tree)
+        self.sampling, self.dtype = sampling, model.config.jnp_dtype
+
+    def step(self, tokens_B, seen_BV, key):
+        """The next tokens, seen mask and key after `tokens_B`."""
+        tokens_B, self.cache_leaves, seen_BV, key = _step(
+            self.graphdef, self.trees, self.state_leaves, tokens_B, self.cache_leaves, seen_BV,
+            key, self.sampling, self.dtype,
+        )  # fmt: skip
+        return tokens_B, seen_BV, key
+
+    def cache(self) -> DecodeCache:
+        return jax.tree.unflatten(self.trees[1], self.cache_leaves)
+
+
 def generate(
     model: model_lib.AhnModel,
     prompts: Sequence[Sequence[int]],
@@ -113,14 +136,9 @@ def generate(
     )
     logits, cache = model.prefill(ids, cache, lengths=lengths)
     key, sub = jax.random.split(jax.random.key(seed))
-    compute_dtype = model.config.jnp_dtype
-    tokens, seen = _first(
-        logits, jnp.asarray(ids), jnp.asarray(lengths), sub, sampling, compute_dtype
-    )
-    graphdef, state = nnx.split(model)
-    state_leaves, state_tree = jax.tree.flatten(state)
-    cache_leaves, cache_tree = jax.tree.flatten(cache)
-    trees = (state_tree, cache_tree)
+    dtype = model.config.jnp_dtype
+    tokens, seen = _first(logits, jnp.asarray(ids), jnp.asarray(lengths), sub, sampling, dtype)
+    loop = _DecodeLoop(model, cache, sampling)
     out = np.zeros((len(prompts), 0), np.int32)
     done = np.zeros(len(prompts), bool)
     steps = int(budgets.max())
@@ -129,10 +147,7 @@ def generate(
         # the next step is dispatched before this one's tokens come to the host: the device
         # computes while Python checks stops and streams (after the last stop, one step is wasted)
         if i + 1 < steps:
-            tokens, cache_leaves, seen, key = _step(
-                graphdef, trees, state_leaves, tokens, cache_leaves, seen, key, sampling,
-                compute_dtype,
-            )  # fmt: skip
+            tokens, seen, key = loop.step(tokens, seen, key)
         done |= i >= budgets  # the row's budget is spent
         new = np.asarray(current)
         done |= np.isin(new, list(stop_ids))
@@ -143,7 +158,7 @@ def generate(
         if done.all():
             break
     if on_cache is not None:
-        on_cache(jax.tree.unflatten(cache_tree, cache_leaves))
+        on_cache(loop.cache())
     return [[int(t) for t in row if t >= 0] for row in out]
 
 
