@@ -1,11 +1,17 @@
-"""FLOPs of a forward pass by the paper's accounting (docs/method.md §Costs, the paper's Table 1).
+"""FLOPs of a forward pass: the paper's accounting (docs/method.md §Costs, the paper's Table 1),
+and a first-principles count for throughput and MFU.
 
 Per layer, with L tokens, D = hidden size, H = head dim, Nq / Nkv heads and W the lossless memory
 (window + sinks), matmuls only, causal:
   full:  4 L D H (Nq + Nkv) + 2 H Nq L^2
   swa:   4 L D H (Nq + Nkv) + 2 H Nq W^2 + 2 (L - W) (2 W H Nq)
   ahn:   the swa terms + 2 (L - W) (2 H^2 Nq + 3 D Nq)   (the memory's read, write and gates)
-"Model FLOPs" add 2 L per base parameter (the paper's 3B figures: mixing + 2 L * 3.09 B).
+"Model FLOPs" add 2 L per base parameter (the paper's 3B figures: mixing + 2 L * 3.09 B): that
+counts the q, k, v, o projections twice (in the mixing term and among the parameters) and, for an
+untied model, the embedding lookup as a matmul. `model_flops` keeps that accounting, so that the
+paper's -40.5% is reproduced; `forward_flops` counts each matmul once (2 L per matmul weight: the
+projections, the MLP and the head; plus attention over the visible keys and the memory), as XLA's
+cost analysis does (tests/test_costs), and is what training's MFU uses.
 Layers kept as full attention (`full_attention_layers`) count as full in every mode.
 """
 
@@ -27,17 +33,24 @@ PEAK_FLOPS = {
 }
 
 
-def _layer_mixing(config: ModelConfig, length: int, mode: str, window: int) -> float:
-    L, D, H = length, config.hidden_size, config.head_dim
-    Nq, Nkv = config.num_heads, config.num_kv_heads
-    projections = 4 * L * D * H * (Nq + Nkv)
+def _layer_attention(config: ModelConfig, length: int, mode: str, window: int) -> float:
+    """One layer's scores and values over the visible keys, plus the memory's read, write and
+    gates in mode "ahn" (the paper's terms)."""
+    L, D, H, Nq = length, config.hidden_size, config.head_dim, config.num_heads
     if mode == "full" or L <= window:
-        return projections + 2 * H * Nq * L**2
+        return 2 * H * Nq * L**2
     evicted = L - window
-    mixing = projections + 2 * H * Nq * window**2 + 2 * evicted * (2 * window * H * Nq)
+    attention = 2 * H * Nq * window**2 + 2 * evicted * (2 * window * H * Nq)
     if mode == "ahn":
-        mixing += 2 * evicted * (2 * H**2 * Nq + 3 * D * Nq)
-    return mixing
+        attention += 2 * evicted * (2 * H**2 * Nq + 3 * D * Nq)
+    return attention
+
+
+def _layer_mixing(config: ModelConfig, length: int, mode: str, window: int) -> float:
+    projections = (
+        4 * length * config.hidden_size * config.head_dim * (config.num_heads + config.num_kv_heads)
+    )
+    return projections + _layer_attention(config, length, mode, window)
 
 
 def layer_split(config: ModelConfig) -> tuple[int, int]:
@@ -46,17 +59,41 @@ def layer_split(config: ModelConfig) -> tuple[int, int]:
     return full, config.num_layers - full
 
 
-def mixing_flops(config: ModelConfig, length: int, mode: str, window: int = 0) -> float:
-    """Token-mixing FLOPs of one sequence's forward pass over all layers; `window` is the whole
-    lossless memory W (window + sinks) for "swa" and "ahn"."""
+def _over_layers(per_layer, config: ModelConfig, length: int, mode: str, window: int) -> float:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode != "full" and window < 1:
         raise ValueError(f"mode {mode!r} needs window >= 1, got {window}")
     full_layers, memory_layers = layer_split(config)
-    return full_layers * _layer_mixing(config, length, "full", window) + (
-        memory_layers * _layer_mixing(config, length, mode, window)
+    return full_layers * per_layer(config, length, "full", window) + (
+        memory_layers * per_layer(config, length, mode, window)
     )
+
+
+def mixing_flops(config: ModelConfig, length: int, mode: str, window: int = 0) -> float:
+    """Token-mixing FLOPs of one sequence's forward pass over all layers (the paper's: the q, k,
+    v, o projections and attention); `window` is the whole lossless memory W (window + sinks) for
+    "swa" and "ahn"."""
+    return _over_layers(_layer_mixing, config, length, mode, window)
+
+
+def attention_flops(config: ModelConfig, length: int, mode: str, window: int = 0) -> float:
+    """The part of `mixing_flops` that is not a weight matmul: scores, values and the memory."""
+    return _over_layers(_layer_attention, config, length, mode, window)
+
+
+def matmul_weights(config: ModelConfig) -> int:
+    """The weights a token multiplies: q, k, v, o and the MLP per layer, and the head (tied or
+    not; the embedding lookup is a gather)."""
+    D, H, I = config.hidden_size, config.head_dim, config.intermediate_size
+    per_layer = D * H * 2 * (config.num_heads + config.num_kv_heads) + 3 * D * I
+    return config.num_layers * per_layer + config.vocab_size * D
+
+
+def forward_flops(config: ModelConfig, length: int, mode: str, window: int = 0) -> float:
+    """First-principles FLOPs of one sequence's forward pass: 2 L per matmul weight plus
+    `attention_flops` (each matmul counted once, unlike the paper's `model_flops`)."""
+    return attention_flops(config, length, mode, window) + 2 * length * matmul_weights(config)
 
 
 def model_flops(
@@ -66,15 +103,18 @@ def model_flops(
     return mixing_flops(config, length, mode, window) + 2 * length * base_params
 
 
-def distillation_step_flops(
-    config: ModelConfig, length: int, window: int, *, base_params: int
-) -> float:
-    """One sequence's work in a training step: the teacher's forward (full attention) plus the
-    student's forward and its backward to the activations (about one more forward; the frozen
-    weights get no weight gradients, and the AHN's own are ~0.3% of the model)."""
-    teacher = model_flops(config, length, "full", base_params=base_params)
-    student = model_flops(config, length, "ahn", window, base_params=base_params)
-    return teacher + 2 * student
+def distillation_step_flops(config: ModelConfig, length: int, window: int) -> float:
+    """One sequence's work in a training step, first principles (recomputation not counted): the
+    teacher's forward (full attention), the student's forward, and its backward to the
+    activations: one more pass through each weight matmul (the frozen weights get no weight
+    gradients; the AHN's own are ~0.3% of the model) and two through attention (dq, dk, dv and
+    dp against scores and values)."""
+    teacher = forward_flops(config, length, "full")
+    student = forward_flops(config, length, "ahn", window)
+    backward = 2 * length * matmul_weights(config) + 2 * attention_flops(
+        config, length, "ahn", window
+    )
+    return teacher + student + backward
 
 
 def peak_flops(device_kind: str, override: float = 0.0) -> float | None:

@@ -94,14 +94,12 @@ def distil(config, ahn_type: str, base: Path, out: Path, quick: bool, name: str 
 
 def cost_columns(model_config, mode: str, window: int, sinks: int) -> dict[str, float]:
     """Decode-cache bytes and forward FLOPs per token of one model at 1k and 8k tokens."""
-    base_params = table.parameter_counts(model_config)["base_params"]
     row = {}
     for length in (1024, 8192):
         w, s = (length, 0) if mode == "full" else (window, sinks)
         row[f"cache_bytes_{length}"] = table.decode_cache_bytes(model_config, w, s, mode)
-        total = formulas.model_flops(model_config, length, mode, window + sinks,
-                                  base_params=base_params)  # fmt: skip
-        row[f"flops_per_token_{length}"] = total / length
+        total = formulas.forward_flops(model_config, length, mode, window + sinks)
+        row[f"flops_per_token_{length}"] = total / length  # each matmul once
     return row
 
 

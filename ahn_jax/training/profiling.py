@@ -9,26 +9,22 @@ from absl import logging
 
 from ahn_jax.config import ModelConfig
 from ahn_jax.costs import formulas
-from ahn_jax.costs.table import parameter_counts
 
 
 class Utilization:
-    """Model FLOP/s of a step (teacher forward + student forward and backward, attention and AHN
-    counted by ahn_jax/costs/formulas.py on the padded length) and, where the device's peak is
+    """Model FLOP/s of a step (teacher forward + student forward and backward, each matmul counted
+    once: `formulas.distillation_step_flops` on the padded length) and, where the device's peak is
     known, MFU = that / (peak x devices)."""
 
     def __init__(self, config: ModelConfig, devices: int, peak_override: float = 0.0):
         self.config = config
-        self.base_params = parameter_counts(config)["base_params"]
         self.devices = devices  # the devices the step runs on (the mesh's, else one)
         self.peak = formulas.peak_flops(jax.devices()[0].device_kind, peak_override)
 
     def of_step(self, rows: int, length: int, lossless: int, seconds: float) -> dict:
         """FLOP/s (and MFU) of a step of `rows` sequences padded to `length` with `lossless`
         = W + S tokens kept exactly (one value for all rows: the loop passes their mean)."""
-        work = rows * formulas.distillation_step_flops(
-            self.config, length, lossless, base_params=self.base_params
-        )
+        work = rows * formulas.distillation_step_flops(self.config, length, lossless)
         rate = work / seconds
         stats = {"model_tflops_per_s": rate / 1e12}
         if self.peak:

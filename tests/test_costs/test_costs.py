@@ -111,3 +111,33 @@ def test_costs_cli_writes_the_plot(tmp_path):
     )  # fmt: skip
     assert "cache:" in out.stdout and "mixing FLOPs:" in out.stdout
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_forward_flops_equal_xlas_count_and_the_papers_exceed_it(tied):
+    """XLA's cost analysis of a real forward pass (one layer: XLA counts a scanned body once; T
+    within one attention block, so every query-key pair is computed, causal or not) against
+    `forward_flops` with the dense pairs: equal up to the elementwise work (norms, softmax, RoPE,
+    SiLU: a few %). The paper's `model_flops` counts the q, k, v, o projections twice (and,
+    untied, the embedding lookup as a matmul): well above what runs."""
+    import jax.numpy as jnp
+    from flax import nnx
+    from shared import tiny_config
+
+    from ahn_jax.costs import formulas
+    from ahn_jax.model import transformer as model_lib
+
+    config = tiny_config(vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=1,
+                         head_dim=32, tie_word_embeddings=tied)  # fmt: skip
+    graphdef, state = nnx.split(model_lib.init_model(config, seed=0))
+    L = 256
+    ids, positions = jnp.zeros((1, L), jnp.int32), jnp.arange(L)[None]
+    compiled = model_lib.forward.lower(graphdef, state, ids, positions, L, 0, mode="full").compile()
+    analysis = compiled.cost_analysis()
+    xla = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    dense = formulas.forward_flops(config, L, "full") + formulas.attention_flops(config, L, "full")
+    assert 1.0 <= xla / dense < 1.04
+    paper = formulas.model_flops(
+        config, L, "full", base_params=parameter_counts(config)["base_params"]
+    )
+    assert paper + formulas.attention_flops(config, L, "full") > 1.1 * xla
