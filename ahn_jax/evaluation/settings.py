@@ -14,7 +14,7 @@ from ahn_jax.config import ModelConfig
 from ahn_jax.evaluation import ruler, tasks
 from ahn_jax.evaluation.results import GRID_TASKS, Settings
 from ahn_jax.inference.generation_config import read_generation_config
-from ahn_jax.model.cache import DECODES
+from ahn_jax.model.cache import DECODES, reference_decode_mode_error
 
 
 def resolve_settings(
@@ -57,6 +57,8 @@ def resolve_settings(
     window, sinks, max_length = _attention(task, mode, window, sinks, max_length)
     if decode not in DECODES:
         raise app.UsageError(f"--decode must be one of {DECODES}, got {decode!r}")
+    if decode == "reference" and mode != "ahn":
+        raise app.UsageError(f"--decode: {reference_decode_mode_error(mode)}")
     grid = dict(lengths=lengths, depths=depths, samples=samples, seed=seed)
     niah = dict(keys=niah_keys, values=niah_values, queries=niah_queries, key_type=niah_key_type,
                 value_type=niah_value_type, haystack=niah_haystack)  # fmt: skip

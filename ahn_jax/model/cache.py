@@ -38,6 +38,17 @@ from ahn_jax.config import MODES
 from kernels.window_attention import visible
 
 DECODES = ("exact", "reference")
+
+
+def reference_decode_mode_error(mode: str) -> str:
+    """Why decode "reference" exists in mode "ahn" only."""
+    return (
+        f'decode "reference" reproduces the reference\'s AHN decode (cache index 128 dropped '
+        f"each step); its full-attention and sliding-window baselines drop nothing, so mode "
+        f'{mode!r} takes decode "exact"'
+    )
+
+
 # The reference's decode drops this cache index at every step, whatever S (its attention is called
 # without `num_attn_sinks`, whose default is 128): docs/evaluation.md "Reference-compatible decode".
 REFERENCE_DROPPED_INDEX = 128
@@ -173,8 +184,9 @@ def reference_dropped_position(t, window: int, sinks: int):
 
     Its cache is a list ordered by position: the sinks [0, S) and then [max(S, t - W), t] (the
     token being evicted still in it, the new token appended); it drops list index 128. So the
-    dropped token is 128 itself when S > 128, else the (128 - S)-th after the sinks, which is the
-    evicted token t - W exactly when S = 128 and the cache is full. Beyond t nothing is dropped."""
+    dropped token is 128 itself when S > 128, else the one at offset 128 - S (from 0) after the
+    sinks, which is the evicted token t - W exactly when S = 128 and the cache is full. Beyond t
+    (a list of at most 128 entries) nothing is dropped."""
     if sinks > REFERENCE_DROPPED_INDEX:
         return jnp.full_like(t, REFERENCE_DROPPED_INDEX)
     return jnp.maximum(sinks, t - window) + REFERENCE_DROPPED_INDEX - sinks
@@ -267,6 +279,8 @@ def empty_cache(
         raise ValueError(f"cache mode must be one of {MODES}, got {mode!r}")
     if decode not in DECODES:
         raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+    if decode == "reference" and mode != "ahn":
+        raise ValueError(reference_decode_mode_error(mode))
     if full_layers and (not isinstance(max_length, int) or max_length < 1):
         raise ValueError(
             f"layers {list(full_layers)} keep full attention, whose cache holds the whole context: "

@@ -222,7 +222,9 @@ def test_evaluate_runs_a_niah_variant_end_to_end_and_guards_settings(tmp_path):
     assert (out / "predictions.jsonl").read_text() == before  # nothing was scored twice
     for flag, change in (
         ("--niah_values=2", "extra: "),
-        ("--decode=reference", "decode: 'exact' -> 'reference'"),
+        ("--dtype=bfloat16", "dtype: 'float32' -> 'bfloat16'"),
+        # the reference's sliding-window baseline drops no cache entry: refused before resuming
+        ("--decode=reference", "mode 'swa' takes decode \"exact\""),
     ):
         changed = subprocess.run([*command, flag], capture_output=True, text=True, cwd=ROOT)
         assert changed.returncode != 0 and change in changed.stderr, changed.stderr
@@ -239,7 +241,7 @@ def test_runner_scores_niah_records_and_passes_the_decode_setting(tmp_path, monk
     extra = dict(lengths=[1500], depths=[0.0, 1.0], samples=1, seed=0,
                  **vars(ruler.make_config("niah_multivalue")))  # fmt: skip
     settings = results_lib.Settings(
-        task="niah_multivalue", model="m", ahn=None, mode="swa", window=8, sinks=2,
+        task="niah_multivalue", model="m", ahn=None, mode="ahn", window=8, sinks=2,
         max_length=None, max_new_tokens=None, chat=False, dtype="float32", extra=extra,
         decode="reference",
     )  # fmt: skip

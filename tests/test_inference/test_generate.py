@@ -8,6 +8,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from shared import save_tiny_qwen2, tiny_config, write_qwen25_tokenizer
 
 from ahn_jax.inference import generate as generate_lib
@@ -70,15 +71,21 @@ def test_stops_stream_in_order_and_the_final_cache_stays_usable():
 
 
 def test_decode_reaches_the_cache(monkeypatch):
-    model = init_model(tiny_config(), seed=0)
+    model = init_model(tiny_config(ahn_type="gdn"), seed=0)
     calls = []
     init_cache = model.init_cache
     monkeypatch.setattr(model, "init_cache", lambda *a, **k: calls.append(k) or init_cache(*a, **k))
-    generate_lib.generate(model, [[1, 2, 3]], max_new_tokens=2, mode="swa", window=4)
+    generate_lib.generate(model, [[1, 2, 3]], max_new_tokens=2, mode="ahn", window=4)
     generate_lib.generate(
-        model, [[1, 2, 3]], max_new_tokens=2, mode="swa", window=4, decode="reference"
+        model, [[1, 2, 3]], max_new_tokens=2, mode="ahn", window=4, decode="reference"
     )
     assert [c["decode"] for c in calls] == ["exact", "reference"]
+    # the reference's full and sliding-window baselines drop nothing: refused, not run otherwise
+    for mode in ("swa", "full"):
+        with pytest.raises(ValueError, match=f"mode '{mode}' takes decode \"exact\""):
+            generate_lib.generate(
+                model, [[1, 2, 3]], max_new_tokens=2, mode=mode, window=4, decode="reference"
+            )
 
 
 def test_cli_streams_a_prompt_and_batches_jsonl(tmp_path):
