@@ -55,10 +55,7 @@ def resolve_settings(
             "(or evaluate --mode=swa / full)"
         )
     window, sinks, max_length = _attention(task, mode, window, sinks, max_length)
-    if decode not in DECODES:
-        raise app.UsageError(f"--decode must be one of {DECODES}, got {decode!r}")
-    if decode == "reference" and mode != "ahn":
-        raise app.UsageError(f"--decode: {reference_decode_mode_error(mode)}")
+    _check_decode(decode, mode)
     grid = dict(lengths=lengths, depths=depths, samples=samples, seed=seed)
     niah = dict(keys=niah_keys, values=niah_values, queries=niah_queries, key_type=niah_key_type,
                 value_type=niah_value_type, haystack=niah_haystack)  # fmt: skip
@@ -78,6 +75,13 @@ def resolve_settings(
         decode=decode,
         repetition_penalty=_repetition_penalty(model, repetition_penalty),
     )
+
+
+def _check_decode(decode: str, mode: str) -> None:
+    if decode not in DECODES:
+        raise app.UsageError(f"--decode must be one of {DECODES}, got {decode!r}")
+    if decode == "reference" and mode != "ahn":
+        raise app.UsageError(f"--decode: {reference_decode_mode_error(mode)}")
 
 
 def _repetition_penalty(model: str, given: float | None) -> float:
