@@ -2,9 +2,11 @@
 
 This is how the released checkpoints (ByteDance-Seed/AHN-{GDN,DN,Mamba2}-for-Qwen-2.5-Instruct-*)
 are stored: tensors `model.layers.{i}.ahn.fn.<name>` in torch layout, and the base model's
-config.json with the reference's AHN fields (`_ahn_implementation`, `fa_layer_ids`, ...). They run
-on top of the base model they were trained for (docs/method.md §Variants). The same tensors and
-fields inside a base checkpoint make the merged layout (ahn_jax/checkpoints/layouts.py).
+config.json with the reference's AHN fields (`_ahn_implementation`, `fa_layer_ids`, ...); ours
+rebuild that config from the model's (shape, RoPE, dtype: no bos/eos/pad ids, which the
+reference's merge would then lack in config.json, though its generation_config.json keeps them).
+They run on top of the base model they were trained for (docs/method.md §Variants). The same
+tensors and fields inside a base checkpoint make the merged layout (ahn_jax/checkpoints/layouts.py).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 - base: a plain Qwen2 directory (safetensors, single or sharded, config.json, tokenizer files);
   what `convert --to_hf` writes and transformers loads as it is.
-- AHN-only: `model.layers.{i}.ahn.fn.*` in one `model.safetensors` and the base's config.json
-  with the reference's AHN fields (`save_ahn_only` true); the released checkpoints' layout,
+- AHN-only: `model.layers.{i}.ahn.fn.*` in one `model.safetensors` and a Qwen2 config.json
+  (rebuilt from the model's: no token ids) with the reference's AHN fields (`save_ahn_only`
+  true); the released checkpoints' layout,
   written by `AhnModel.save_ahn` and `convert --ahn_only` (ahn_jax/checkpoints/ahn_weights.py).
 - merged: both sets of tensors in one directory and config.json with the AHN fields
   (`save_ahn_only` false), as the reference's merge_weights.py writes it.
