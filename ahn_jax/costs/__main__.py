@@ -8,7 +8,7 @@ import json
 from absl import app, flags
 
 from ahn_jax import cli, xla_cpu
-from ahn_jax.config import AHN_TYPES, validate_config
+from ahn_jax.config import AHN_TYPES, ConfigError, validate_config
 from ahn_jax.costs import table
 
 FLAGS = flags.FLAGS
@@ -45,10 +45,13 @@ def main(argv) -> None:
     if cli.config() is None:
         raise app.UsageError("--config=configs/<name>.py is required")
     config = validate_config(cli.config())
-    if FLAGS.ahn_type is not None:
-        config = config.replace(ahn_type=FLAGS.ahn_type)
-    if FLAGS.full_attention_layers is not None:
-        config = config.replace(full_attention_layers=_layer_ids(FLAGS.full_attention_layers))
+    try:  # a bad value names its field (ConfigError) and the flag that set it
+        if FLAGS.ahn_type is not None:
+            config = config.replace(ahn_type=FLAGS.ahn_type)
+        if FLAGS.full_attention_layers is not None:
+            config = config.replace(full_attention_layers=_layer_ids(FLAGS.full_attention_layers))
+    except ConfigError as error:
+        raise app.UsageError(f"--ahn_type / --full_attention_layers: {error}") from error
     args = (FLAGS.length, FLAGS.window, FLAGS.sinks, FLAGS.bytes_per_element)
     result = table.report(config, *args)
     if FLAGS.plot:

@@ -100,3 +100,6 @@ def test_costs_cli_full_attention_layers_flag(qwen3b):
     assert result == json.loads(json.dumps(expected))
     bad = _cli("--full_attention_layers=0,x")
     assert bad.returncode != 0 and "--full_attention_layers" in bad.stderr
+    outside = _cli("--full_attention_layers=40")  # a usage error naming the flag, no traceback
+    assert outside.returncode != 0 and "Traceback" not in outside.stderr
+    assert "--full_attention_layers: ahn.full_attention_layers has layer ids [40]" in outside.stderr
