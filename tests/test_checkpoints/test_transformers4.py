@@ -5,8 +5,9 @@ transformers 4.51 runs in a subprocess (transformers4_probe.py) from the copy `m
 in .venv/transformers4. Checked there: our base, merged and AHN-only exports build the model we
 run (RoPE theta included: 4.x reads only the top-level `rope_theta`), checkpoints that 4.51 saves
 load as 4.51 runs them, greedy generation under generation_config.json and with Qwen2's own
-sliding window gives our tokens, and YaRN reads as transformers 5 reads it, which for Qwen2.5's
-own 128k setting is not what 4.51 does."""
+sliding window gives our tokens, 4.51's logits processors (penalty, temperature, top-k, top-p, in
+its order) score as ours, and YaRN reads as transformers 5 reads it, which for Qwen2.5's own 128k
+setting is not what 4.51 does."""
 
 import json
 import os
@@ -117,6 +118,19 @@ SWA_IDS = random_ids(97, shape=(2, 12), seed=1).tolist()  # longer than the wind
 SWA_SETTINGS = dict(repetition_penalty=1.3, max_new_tokens=20)
 
 
+# the token choice under 4.51's processors (test_sampling checks transformers 5's):
+# Qwen2.5-Instruct's sampling settings, greedy with a penalty, and filters that bite
+PROCESSOR_SETTINGS = [
+    dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05),
+    dict(do_sample=False, repetition_penalty=1.3, temperature=0.5, top_k=3),
+    dict(do_sample=True, temperature=2.0, top_k=7, top_p=1.0, repetition_penalty=1.2),
+    dict(do_sample=True, temperature=0.3, top_k=0, top_p=0.5, repetition_penalty=1.0),
+]
+_rng = np.random.default_rng(3)
+PROCESSOR_LOGITS = (_rng.standard_normal((3, 97)) * 3).astype(np.float32)
+PROCESSOR_IDS = _rng.integers(0, 40, (3, 25))  # repeats: the penalty applies once per token
+
+
 @pytest.fixture(scope="module")
 def answers(exports, generation, tmp_path_factory):
     """(directory, what transformers 4.51 answered) for every test of this module, in one run."""
@@ -146,6 +160,10 @@ def answers(exports, generation, tmp_path_factory):
         request[name] = {"kind": "save", "dir": str(root / name), "config": config, "seed": 1,
                          "dtype": "float32", "ids": YARN_IDS.tolist(),
                          "position_ids": YARN_POSITIONS.tolist()}  # fmt: skip
+    for index, settings in enumerate(PROCESSOR_SETTINGS):
+        request[f"processors_{index}"] = {"kind": "processors", "settings": settings,
+                                          "logits": PROCESSOR_LOGITS.tolist(),
+                                          "ids": PROCESSOR_IDS.tolist()}  # fmt: skip
     return root, transformers4(root, request)
 
 
@@ -230,3 +248,30 @@ def test_sliding_window_generation_equals_transformers4(exports, answers):
     assert ours == answers[1]["sliding_window"]["tokens"]
     full = generate_lib.generate(model, SWA_IDS, mode="full", window=0, **SWA_SETTINGS)
     assert full != ours  # the window mattered
+
+
+@pytest.mark.parametrize("index", range(len(PROCESSOR_SETTINGS)))
+def test_token_choice_equals_transformers4_processors(answers, index):
+    """Penalty, temperature, top-k and top-p as 4.51's generate builds and orders them: the same
+    tokens filtered out, the same scores (to float32 rounding)."""
+    import jax.numpy as jnp
+
+    from ahn_jax.inference import sampling as sampling_lib
+
+    settings = PROCESSOR_SETTINGS[index]
+    theirs = np.asarray(
+        [
+            [-np.inf if s is None else s for s in row]
+            for row in answers[1][f"processors_{index}"]["scores"]
+        ],
+        np.float32,
+    )
+    seen = sampling_lib.presence_mask(jnp.asarray(PROCESSOR_IDS, jnp.int32), 97)
+    ours = np.asarray(
+        sampling_lib.process_logits(PROCESSOR_LOGITS, sampling_lib.Sampling(**settings), seen)
+    )
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(theirs))
+    finite = np.isfinite(theirs)
+    np.testing.assert_allclose(ours[finite], theirs[finite], rtol=1e-6)
+    if settings["do_sample"] and (settings["top_k"] or settings["top_p"] < 1):
+        assert np.isneginf(theirs).any()  # the filters did something

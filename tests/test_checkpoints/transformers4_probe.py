@@ -13,6 +13,9 @@ REQUEST maps a name to a task; RESULT maps the same name to what the task return
             rope_theta and sliding_window and, with `generate` (generate's keyword
             arguments; shared.hf_generate), the new tokens up to the first eos
   config    AutoConfig.from_pretrained(`dir`); returns the attributes named in `keys`
+  processors  the logits processors 4.51's `generate` builds for `settings` (GenerationConfig
+            keywords; `_get_logits_processor`, in its order) applied to `logits` [B, V] after
+            `ids` [B, T]; returns the scores (-inf as None)
 Logits are of `ids` [B, T] (at `position_ids` when given).
 """
 
@@ -55,7 +58,25 @@ def config(task) -> dict:
     return {key: getattr(loaded, key, None) for key in task["keys"]}
 
 
-TASKS = {"save": save, "load": load, "config": config}
+def processors(task) -> dict:
+    from transformers import GenerationConfig, LogitsProcessorList, Qwen2Config, Qwen2ForCausalLM
+
+    logits = torch.tensor(task["logits"])
+    sizes = dict(hidden_size=8, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2)
+    tiny = Qwen2Config(vocab_size=logits.shape[-1], num_key_value_heads=1, **sizes)
+    ids = torch.tensor(task["ids"])
+    generation = GenerationConfig(**task["settings"])
+    generation._eos_token_tensor = None  # generate sets it (`_prepare_special_tokens`) first
+    built = Qwen2ForCausalLM(tiny)._get_logits_processor(
+        generation, input_ids_seq_length=ids.shape[1],
+        encoder_input_ids=ids, prefix_allowed_tokens_fn=None,
+        logits_processor=LogitsProcessorList(), device="cpu",
+    )  # fmt: skip
+    scores = built(ids, logits)
+    return {"scores": [[None if s == float("-inf") else s for s in row] for row in scores.tolist()]}
+
+
+TASKS = {"save": save, "load": load, "config": config, "processors": processors}
 
 
 def main(request_path: str, result_path: str) -> None:
