@@ -25,7 +25,7 @@ from ahn_jax.checkpoints.pretrained import from_pretrained
 from ahn_jax.config import KERNELS, MODES
 from ahn_jax.inference import generate as generate_lib
 from ahn_jax.inference import generation_config
-from ahn_jax.model.cache import DECODES, reference_decode_mode_error
+from ahn_jax.model.cache import DECODES, check_decode
 
 FLAGS = flags.FLAGS
 
@@ -98,8 +98,10 @@ def main(argv) -> None:
     dtype = jnp.dtype(FLAGS.dtype or cli.default_dtype())
     model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=dtype, kernels=FLAGS.kernels)
     mode = FLAGS.mode or ("ahn" if model.config.ahn_type else "full")
-    if FLAGS.decode == "reference" and mode != "ahn":
-        raise app.UsageError(f"--decode: {reference_decode_mode_error(mode)}")
+    try:
+        check_decode(FLAGS.decode, mode)
+    except ValueError as error:
+        raise app.UsageError(f"--decode: {error}") from None
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
     settings = dict(
         generation=generation,

@@ -105,6 +105,15 @@ def hf_logits(model, input_ids: np.ndarray, position_ids: np.ndarray | None = No
     return out.float().numpy()
 
 
+def assert_same_scores(ours, theirs) -> None:
+    """Processed logits equal to transformers': the same tokens filtered out (-inf), the others
+    to float32 rounding (XLA divides by a constant as a multiply by its reciprocal)."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    np.testing.assert_array_equal(np.isneginf(ours), np.isneginf(theirs))
+    finite = np.isfinite(theirs)
+    np.testing.assert_allclose(ours[finite], theirs[finite], rtol=1e-6)
+
+
 def random_ids(vocab_size: int, shape=(2, 13), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab_size, size=shape).astype(np.int32)
 

@@ -46,10 +46,13 @@ def _layer_attention(config: ModelConfig, length: int, mode: str, window: int) -
     return attention
 
 
+def _projection_weights(config: ModelConfig) -> int:
+    """q, k, v and o of one layer."""
+    return 2 * config.hidden_size * config.head_dim * (config.num_heads + config.num_kv_heads)
+
+
 def _layer_mixing(config: ModelConfig, length: int, mode: str, window: int) -> float:
-    projections = (
-        4 * length * config.hidden_size * config.head_dim * (config.num_heads + config.num_kv_heads)
-    )
+    projections = 2 * length * _projection_weights(config)
     return projections + _layer_attention(config, length, mode, window)
 
 
@@ -85,8 +88,8 @@ def attention_flops(config: ModelConfig, length: int, mode: str, window: int = 0
 def matmul_weights(config: ModelConfig) -> int:
     """The weights a token multiplies: q, k, v, o and the MLP per layer, and the head (tied or
     not; the embedding lookup is a gather)."""
-    D, H, I = config.hidden_size, config.head_dim, config.intermediate_size
-    per_layer = D * H * 2 * (config.num_heads + config.num_kv_heads) + 3 * D * I
+    D = config.hidden_size
+    per_layer = _projection_weights(config) + 3 * D * config.intermediate_size
     return config.num_layers * per_layer + config.vocab_size * D
 
 

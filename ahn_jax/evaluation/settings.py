@@ -14,7 +14,7 @@ from ahn_jax.config import ModelConfig
 from ahn_jax.evaluation import ruler, tasks
 from ahn_jax.evaluation.results import GRID_TASKS, Settings
 from ahn_jax.inference.generation_config import read_generation_config
-from ahn_jax.model.cache import DECODES, reference_decode_mode_error
+from ahn_jax.model.cache import check_decode
 
 
 def resolve_settings(
@@ -78,10 +78,10 @@ def resolve_settings(
 
 
 def _check_decode(decode: str, mode: str) -> None:
-    if decode not in DECODES:
-        raise app.UsageError(f"--decode must be one of {DECODES}, got {decode!r}")
-    if decode == "reference" and mode != "ahn":
-        raise app.UsageError(f"--decode: {reference_decode_mode_error(mode)}")
+    try:
+        check_decode(decode, mode)
+    except ValueError as error:
+        raise app.UsageError(f"--decode: {error}") from None
 
 
 def _repetition_penalty(model: str, given: float | None) -> float:

@@ -71,10 +71,7 @@ def _step(
     if seen_BV is not None:  # the fed token is now part of the row
         seen_BV = sampling_lib.mark_seen(seen_BV, tokens_B)
     key, sub = jax.random.split(key)
-    cache_leaves, tree = jax.tree.flatten(cache)
-    if tree != cache_tree:
-        raise AssertionError(f"the decode step changed the cache's structure: {tree}")
-    return sample_token(logits, sub, sampling, seen_BV), cache_leaves, seen_BV, key
+    return sample_token(logits, sub, sampling, seen_BV), jax.tree.leaves(cache), seen_BV, key
 
 
 class _DecodeLoop:
@@ -136,9 +133,9 @@ def generate(
     )
     logits, cache = model.prefill(ids, cache, lengths=lengths)
     key, sub = jax.random.split(jax.random.key(seed))
-    dtype = model.config.jnp_dtype
-    tokens, seen = _first(logits, jnp.asarray(ids), jnp.asarray(lengths), sub, sampling, dtype)
     loop = _DecodeLoop(model, cache, sampling)
+    prompt = (jnp.asarray(ids), jnp.asarray(lengths))
+    tokens, seen = _first(logits, *prompt, sub, sampling, loop.dtype)
     out = np.zeros((len(prompts), 0), np.int32)
     done = np.zeros(len(prompts), bool)
     steps = int(budgets.max())

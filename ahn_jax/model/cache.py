@@ -40,13 +40,17 @@ from kernels.window_attention import visible
 DECODES = ("exact", "reference")
 
 
-def reference_decode_mode_error(mode: str) -> str:
-    """Why decode "reference" exists in mode "ahn" only."""
-    return (
-        f'decode "reference" reproduces the reference\'s AHN decode (cache index 128 dropped '
-        f"each step); its full-attention and sliding-window baselines drop nothing, so mode "
-        f'{mode!r} takes decode "exact"'
-    )
+def check_decode(decode: str, mode: str) -> None:
+    """ValueError unless `decode` is one of DECODES and fits `mode`: "reference" reproduces the
+    reference's AHN decode, and its full-attention and sliding-window baselines drop nothing."""
+    if decode not in DECODES:
+        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+    if decode == "reference" and mode != "ahn":
+        raise ValueError(
+            f'decode "reference" reproduces the reference\'s AHN decode (cache index 128 dropped '
+            f"each step); its full-attention and sliding-window baselines drop nothing, so mode "
+            f'{mode!r} takes decode "exact"'
+        )
 
 
 # The reference's decode drops this cache index at every step, whatever S (its attention is called
@@ -277,10 +281,7 @@ def empty_cache(
         raise ValueError(f"sinks must be an integer >= 0, got {sinks!r}")
     if mode not in MODES:
         raise ValueError(f"cache mode must be one of {MODES}, got {mode!r}")
-    if decode not in DECODES:
-        raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
-    if decode == "reference" and mode != "ahn":
-        raise ValueError(reference_decode_mode_error(mode))
+    check_decode(decode, mode)
     if full_layers and (not isinstance(max_length, int) or max_length < 1):
         raise ValueError(
             f"layers {list(full_layers)} keep full attention, whose cache holds the whole context: "

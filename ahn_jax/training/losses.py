@@ -43,9 +43,13 @@ def loss_terms(loss: str) -> tuple[str, ...]:
 def valid_positions(labels_BT, window, sinks):
     """Where the loss counts: the row's memory is active (t >= S_b + W_b) and the label, read at
     the token's own position, is not ignored. `window`, `sinks`: scalars or [B]."""
-    t = jnp.arange(labels_BT.shape[1])[None, :]
+    return _memory_active(labels_BT.shape[1], window, sinks) & (labels_BT != IGNORE)
+
+
+def _memory_active(length: int, window, sinks):
+    """[B or 1, T]: t >= S_b + W_b."""
     start = jnp.reshape(jnp.asarray(window) + jnp.asarray(sinks), (-1, 1))
-    return (t >= start) & (labels_BT != IGNORE)
+    return jnp.arange(length)[None, :] >= start
 
 
 def distill_positions(labels_BT, window, sinks):
@@ -55,9 +59,8 @@ def distill_positions(labels_BT, window, sinks):
     (training rows end with the reply; pretraining labels every token): the padding after it
     does not count."""
     t = jnp.arange(labels_BT.shape[1])[None, :]
-    start = jnp.reshape(jnp.asarray(window) + jnp.asarray(sinks), (-1, 1))
     last = jnp.max(jnp.where(labels_BT != IGNORE, t, -1), axis=1, keepdims=True)
-    return (t >= start) & (t <= last)
+    return _memory_active(labels_BT.shape[1], window, sinks) & (t <= last)
 
 
 def next_token_targets(labels_BT):
