@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flax import nnx
 from shared import (
     assert_same_scores,
     generate_as_the_cli,
     hf_logits,
     random_ids,
     save_tiny_qwen2,
+    tiny_config,
 )
 
 import ahn_jax
@@ -126,6 +128,27 @@ SWA_SETTINGS = dict(repetition_penalty=1.3, max_new_tokens=20)
 
 # the token choice under 4.51's processors (test_sampling checks transformers 5's):
 # Qwen2.5-Instruct's sampling settings, greedy with a penalty, and filters that bite
+
+
+def _decays_by_hf_name(ahn_type) -> dict[str, bool]:
+    """Our decay mask on a model's trained weights (the AHN's; the whole base when pretraining),
+    by the name each weight has in the reference's PyTorch model (our export names)."""
+    import jax
+
+    from ahn_jax.checkpoints.ahn_weights import ahn_tensor_maps
+    from ahn_jax.checkpoints.hf_naming import tensor_maps
+    from ahn_jax.model.transformer import abstract_model
+    from ahn_jax.training.optimizer import decays
+
+    config = tiny_config(ahn_type=ahn_type, num_layers=2)
+    flat = nnx.to_flat_state(nnx.state(abstract_model(config), nnx.Param))
+    shapes = {tuple(map(str, path)): leaf.get_value().shape for path, leaf in flat}
+    maps = ahn_tensor_maps(config, shapes) if ahn_type else tensor_maps(config, shapes)
+    return {m.hf_name: decays(tuple(map(jax.tree_util.DictKey, m.path))) for m in maps}
+
+
+DECAY_NAMES = {trained: _decays_by_hf_name(None if trained == "base" else trained)
+               for trained in ("gdn", "dn", "mamba2", "base")}  # fmt: skip
 PROCESSOR_SETTINGS = [
     dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.05),
     dict(do_sample=False, repetition_penalty=1.3, temperature=0.5, top_k=3),
@@ -166,6 +189,8 @@ def answers(exports, generation, tmp_path_factory):
         request[name] = {"kind": "save", "dir": str(root / name), "config": config, "seed": 1,
                          "dtype": "float32", "ids": YARN_IDS.tolist(),
                          "position_ids": YARN_POSITIONS.tolist()}  # fmt: skip
+    for trained, names in DECAY_NAMES.items():
+        request[f"decay_{trained}"] = {"kind": "decay", "names": sorted(names)}
     for index, settings in enumerate(PROCESSOR_SETTINGS):
         request[f"processors_{index}"] = {"kind": "processors", "settings": settings,
                                           "logits": PROCESSOR_LOGITS.tolist(),
@@ -279,3 +304,17 @@ def test_token_choice_equals_transformers4_processors(answers, index):
     assert_same_scores(ours, theirs)
     if settings["do_sample"] and (settings["top_k"] or settings["top_p"] < 1):
         assert np.isneginf(theirs).any()  # the filters did something
+
+
+@pytest.mark.parametrize("trained", list(DECAY_NAMES))
+def test_weight_decay_falls_where_transformers4s_trainer_puts_it(answers, trained):
+    """The reference trained with transformers 4.51's Trainer, which decays what
+    `get_decay_parameter_names` returns for its modules' names: on the names our AHN weights have
+    in the reference's model, our mask decays exactly those. Pretraining the base (our objective,
+    not the reference's) exempts one weight more: the final norm, `model.norm.weight`, whose
+    name the Trainer's rule does not catch (it catches `input_layernorm` and
+    `post_attention_layernorm`)."""
+    ours = {name for name, decayed in DECAY_NAMES[trained].items() if decayed}
+    theirs = set(answers[1][f"decay_{trained}"]["decayed"])
+    assert theirs - ours == ({"model.norm.weight"} if trained == "base" else set())
+    assert ours <= theirs

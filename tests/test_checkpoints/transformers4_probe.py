@@ -16,6 +16,9 @@ REQUEST maps a name to a task; RESULT maps the same name to what the task return
   processors  the logits processors 4.51's `generate` builds for `settings` (GenerationConfig
             keywords; `_get_logits_processor`, in its order) applied to `logits` [B, V] after
             `ids` [B, T]; returns the scores (-inf as None)
+  decay     the names of `names` (parameter names, as "model.layers.0.ahn.fn.A_log") that 4.51's
+            `Trainer.get_decay_parameter_names` decays, on a module tree of those names (plain
+            modules: fla's norms are not `nn.LayerNorm`s, so only the names decide)
 Logits are of `ids` [B, T] (at `position_ids` when given).
 """
 
@@ -76,7 +79,23 @@ def processors(task) -> dict:
     return {"scores": [[None if s == float("-inf") else s for s in row] for row in scores.tolist()]}
 
 
-TASKS = {"save": save, "load": load, "config": config, "processors": processors}
+def decay(task) -> dict:
+    from transformers import Trainer
+
+    root = torch.nn.Module()
+    for name in task["names"]:
+        *parents, leaf = name.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, torch.nn.Module())
+            module = getattr(module, part)
+        module.register_parameter(leaf, torch.nn.Parameter(torch.zeros(1)))
+    # the method reads nothing of the Trainer: called unbound, no Trainer (or its arguments) built
+    return {"decayed": Trainer.get_decay_parameter_names(None, root)}
+
+
+TASKS = {"save": save, "load": load, "config": config, "processors": processors, "decay": decay}
 
 
 def main(request_path: str, result_path: str) -> None:
