@@ -55,9 +55,10 @@ def _memory_active(length: int, window, sinks):
 def distill_positions(labels_BT, window, sinks):
     """Where the `distill` term counts: as in the reference, every position from S_b + W_b to
     the end of the sequence, the prompt's included (it compares hidden states, not predictions;
-    the reference takes `[:, S + W:]` of its unpadded row). A row ends at its last labelled token
+    the reference takes `[:, S + W:]` of its row). A row ends at its last labelled token
     (training rows end with the reply; pretraining labels every token): the padding after it
-    does not count."""
+    does not count (the reference's mean includes its collator's padding to a multiple of 8,
+    docs/method.md §Training)."""
     t = jnp.arange(labels_BT.shape[1])[None, :]
     last = jnp.max(jnp.where(labels_BT != IGNORE, t, -1), axis=1, keepdims=True)
     return _memory_active(labels_BT.shape[1], window, sinks) & (t <= last)

@@ -1,15 +1,20 @@
 """Per-row window and sink sampling for self-distillation (docs/method.md §Training).
 
-For each row b of a batch, with L_b its own unpadded length (never the batch's padded length):
+For each row b of a batch, with L_b its own length as the reference's model sees it (never the
+batch's padded length):
   random  W_tot uniform over the candidates in `window_choices` with L_b/8 < W_tot < L_b, then S
           uniform over `sink_choices` with S <= W_tot / 2, and W = W_tot - S (the reference's
           `sliding_window_type=random`, `ahn_position=random`);
   fixed   W = `window`, S = `sinks`;
-  linear  W_tot = max(L_b / 4, 512), S = `sinks`, W = W_tot - S.
+  linear  W_tot = max(L_b // 4, 512), S = `sinks`, W = W_tot - S.
 The reference runs one sequence per device, so every sequence of a global batch draws its own
 pair; one pair per padded batch would pin W_tot to the largest candidates and never train small
-windows. A row's draw depends only on (seed, step, global row index): a resumed run, another mesh
-or another process count draws the same values for the same rows. The pairs reach the train step
+windows. Its L is the length of that one-row batch, which LLaMA-Factory's training collator pads
+to a multiple of 8 (`pad_to_multiple_of=8` in its SFT workflow): so L_b here is the row's token
+count rounded up to a multiple of COLLATOR_PAD_MULTIPLE. For 1,020 tokens the reference sees
+1,024, and 128 = 1,024 / 8 is then not a candidate.
+A row's draw depends only on (seed, step, global row index): a resumed run, another mesh or
+another process count draws the same values for the same rows. The pairs reach the train step
 as traced [B] int32 arrays, so new draws do not recompile it.
 """
 
@@ -19,6 +24,16 @@ import numpy as np
 
 from ahn_jax.config import SINK_CHOICES, WINDOW_CHOICES, ConfigError
 from ahn_jax.config.run import WINDOW_SAMPLINGS
+
+# LLaMA-Factory's training collator pads each batch to a multiple of this (its SFT workflow)
+COLLATOR_PAD_MULTIPLE = 8
+
+
+def reference_lengths(lengths) -> np.ndarray:
+    """The lengths [B] the reference's model sees: each row's token count rounded up to a multiple
+    of COLLATOR_PAD_MULTIPLE (one sequence per device, padded by the collator)."""
+    lengths = np.asarray(lengths, np.int64).reshape(-1)
+    return -(-lengths // COLLATOR_PAD_MULTIPLE) * COLLATOR_PAD_MULTIPLE
 
 
 def sample_windows(
@@ -34,7 +49,8 @@ def sample_windows(
     row_offset: int = 0,
     row_stride: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(W [B], S [B]) int32 for rows of unpadded `lengths` [B]; W excludes the sinks.
+    """(W [B], S [B]) int32 for rows of `lengths` [B] tokens (unpadded; the rules read them as the
+    reference does, `reference_lengths`); W excludes the sinks.
 
     Row b is global row `row_offset + b * row_stride` of the step's batch (a process passes where
     its rows sit in the global batch, so its draws equal a single process's). A "random" row with
@@ -44,15 +60,21 @@ def sample_windows(
     if kind == "fixed":
         return _filled(lengths, window), _filled(lengths, sinks)
     if kind == "linear":
-        totals = np.maximum(lengths // 4, 512)
+        totals = np.maximum(reference_lengths(lengths) // 4, 512)
         return (totals - sinks).astype(np.int32), _filled(lengths, sinks)
     if kind != "random":
         raise ConfigError(f"train.window_sampling must be one of {WINDOW_SAMPLINGS}, got {kind!r}")
     pairs = [
         _random_pair(
-            int(length), seed, step, row_offset + b * row_stride, window_choices, sink_choices
+            int(seen),
+            int(length),
+            seed,
+            step,
+            row_offset + b * row_stride,
+            window_choices,
+            sink_choices,
         )  # fmt: skip
-        for b, length in enumerate(lengths)
+        for b, (seen, length) in enumerate(zip(reference_lengths(lengths), lengths, strict=True))
     ]
     window_B = np.asarray([w for w, _ in pairs], np.int32).reshape(-1)
     sinks_B = np.asarray([s for _, s in pairs], np.int32).reshape(-1)
@@ -71,8 +93,10 @@ def rows_without_window(lengths, window_B, sinks_B) -> int:
     return int(np.sum(~memory_rows(lengths, window_B, sinks_B)))
 
 
-def _random_pair(length, seed, step, row, window_choices, sink_choices) -> tuple[int, int]:
-    totals = [c for c in window_choices if length / 8 < c < length]
+def _random_pair(seen, length, seed, step, row, window_choices, sink_choices) -> tuple[int, int]:
+    """A row's (W, S) from the length the reference sees, `seen`; a row without a candidate gets a
+    window over its `length` tokens."""
+    totals = [c for c in window_choices if seen / 8 < c < seen]
     if not totals:  # no candidate fits this row: a window over all of it (no memory position)
         return max(length, 1), 0
     rng = np.random.default_rng([seed, step, row])

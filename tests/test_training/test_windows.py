@@ -105,6 +105,19 @@ def test_fixed_and_linear_per_row():
     assert rows_without_window(short, *sample_windows(short, seed=0, step=1, kind="linear")) == 1
 
 
+def test_lengths_are_read_as_the_references_collator_pads_them():
+    """The reference's L is its one-row batch's length, padded to a multiple of 8 by
+    LLaMA-Factory's training collator: 1,017-1,023 tokens are 1,024 there, where 128 = L/8 is no
+    candidate, though 128 > 1,020 / 8; and `linear` reads 4,093 tokens as 4,096."""
+    for length in (1_017, 1_020, 1_023, 1_024):
+        window, sinks = sample_windows(np.full(2_000, length), seed=3, step=1)
+        assert set((window + sinks).tolist()) == {256, 512}, length
+    window, sinks = sample_windows(np.full(2_000, 1_016), seed=3, step=1)
+    assert set((window + sinks).tolist()) == {128, 256, 512}  # 1,016 / 8 = 127 < 128
+    window, sinks = sample_windows(np.array([4_093, 4_088]), seed=0, step=1, kind="linear")
+    assert (window + sinks).tolist() == [1_024, 1_022]
+
+
 def test_an_unknown_kind_is_an_error():
     with pytest.raises(ConfigError, match="window_sampling"):
         sample_windows([1_000], seed=0, step=1, kind="sometimes")
