@@ -6,7 +6,8 @@
             and only the thin state recurrence sequential, on GPU and TPU) and the blocked XLA
             sink-window attention;
   "pallas"  the Pallas kernels: the recurrences' inter-chunk scan and the sink-window attention
-            with W and S per row as scalar-prefetch operands (interpret mode off TPU);
+            with W and S per row as scalar-prefetch operands (on a CPU in interpret mode, for
+            tests; refused on a GPU, where these TPU kernels would only run interpreted);
   "auto"    "pallas" on TPU, "xla" elsewhere.
 
 This covers the parallel forward (training, scoring) and the recurrences of prefill; decode keeps
@@ -28,7 +29,7 @@ import dataclasses
 
 import jax
 
-from ahn_jax.config import KERNELS
+from ahn_jax.config import KERNELS, ConfigError
 from ahn_jax.model.sharding import partition_spec
 from kernels.common import pallas_mode
 
@@ -57,6 +58,11 @@ def resolve(kernels: str, platform: str | None = None) -> Kernels:
     if kernels == "auto":
         kernels = "pallas" if platform == "tpu" else "xla"
     if kernels == "pallas":
+        if platform == "gpu":
+            raise ConfigError(
+                "kernels='pallas' selects TPU (Mosaic) kernels, which a GPU would only run "
+                "in Pallas' slow interpreter; use 'auto' or 'xla' on a GPU"
+            )
         return Kernels(recurrence="pallas", attention="pallas")
     return Kernels(recurrence="chunked" if platform == "cpu" else "batched", attention="blocked")
 

@@ -56,6 +56,8 @@ def test_unknown_kernels_are_named():
         tiny_config(kernels="triton")
     with pytest.raises(ValueError, match="kernels must be one of"):
         kernel_choice.resolve("fast", "cpu")
+    with pytest.raises(ConfigError, match="kernels='pallas' selects TPU .* on a GPU"):
+        kernel_choice.resolve("pallas", "gpu")
 
 
 def test_cpu_default_is_the_xla_path():

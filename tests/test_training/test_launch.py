@@ -55,7 +55,9 @@ def test_train_step_compiles_for_a_tpu_topology_and_reports_its_memory():
 
 
 def test_train_step_compiles_with_the_pallas_kernels_through_mosaic():
-    model = {**MODEL, "num_heads": 4, "num_kv_heads": 2}  # GQA through the attention kernel
+    # GQA through the attention kernel; two layers, so that the first layer's AHN gradient
+    # passes back through the second layer's attention
+    model = {**MODEL, "num_heads": 4, "num_kv_heads": 2, "num_layers": 2}
     config = make_config(model, ahn_type="gdn", train=dict(seq_len=256, batch_size=4),
                          data=dict(cutoff_len=256))  # fmt: skip
     report = compile_check.check(config, "v5e-4", seq_len=256, batch_size=4, kernels="pallas")
@@ -63,9 +65,13 @@ def test_train_step_compiles_with_the_pallas_kernels_through_mosaic():
         "pallas", "pallas", "pallas"
     )  # fmt: skip
     assert report["fits"] and report["flops_per_chip"] > 0 and report["compile_seconds"] > 0
+    # in the compiled program: the attention's forward (teacher and student), dq and dk/dv
+    # kernels and the recurrence scan's forward and backward
+    assert report["pallas_calls"] == 6
     xla = compile_check.check(config, "v5e-4", seq_len=256, batch_size=4, kernels="xla")
     # on a TPU "xla" means the accelerator-shaped chunked form
     assert (xla["recurrence"], xla["attention"]) == ("batched", "blocked") and xla["fits"]
+    assert xla["pallas_calls"] == 0
     with pytest.raises(ConfigError, match="--kernels must be one of"):
         compile_check.check(config, "v5e-4", kernels="cuda")
 
