@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app
 
 from ahn_jax import cli, xla_cpu
 from ahn_jax.config import ConfigError, run_configs, validate_config
-
-
-def _fail(error: Exception) -> None:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
 
 
 def main(argv) -> None:
@@ -21,21 +16,20 @@ def main(argv) -> None:
     config = cli.config()
     if config is None:
         raise app.UsageError("--config=configs/<name>.py is required")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    try:
-        # the config's errors (a missing base or data above all) come before the training stack
-        # is imported: orbax, grain and TensorBoard's writer take seconds to import
-        validate_config(config)
-        run_configs(config)
-    except (ConfigError, FileNotFoundError) as e:
-        _fail(e)
+    # the config's errors (a missing base or data above all) come before the training stack is
+    # imported: orbax, grain and TensorBoard's writer take seconds to import
+    validate_config(config)
+    run_configs(config)
+    from ahn_jax.training.interrupt import InterruptedTrainingError
     from ahn_jax.training.loop import TrainingError, train
 
     try:
         run = train(config)
-    except (ConfigError, FileNotFoundError, TrainingError) as e:
-        _fail(e)
+    except TrainingError as e:
+        cli.fail(e)
+    except InterruptedTrainingError as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)  # the shell's convention for a process a signal ended
     what = "model" if run.train.objective == "pretrain" else "ahn"
     print(f"done: {run.train.steps} steps; weights in {run.output_dir / what}")
     if run.skips.count:
@@ -45,4 +39,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
     cli.define_config_flag()
-    app.run(main)
+    cli.run(main, (ConfigError, FileNotFoundError))

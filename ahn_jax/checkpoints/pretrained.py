@@ -95,7 +95,7 @@ def _merged_ahn_source(path: Path, config: ModelConfig) -> Path | None:
     return path if _stored_ahn(path)["ahn_type"] == config.ahn_type else None
 
 
-def _ahn_settings(path: Path, ahn_type, ahn_path) -> dict:
+def _ahn_settings(path: Path, ahn_type, ahn_path, full_attention_layers) -> dict:
     """The AHN type and full-attention layers asked for, reconciled with what files say."""
     settings = {"ahn_type": None, "full_attention_layers": ()}
     settings.update(_stored_ahn(path))
@@ -109,6 +109,14 @@ def _ahn_settings(path: Path, ahn_type, ahn_path) -> dict:
                 f"{settings['ahn_type']!r}"
             )
         settings["ahn_type"] = ahn_type
+    if full_attention_layers is not None:
+        layers = tuple(full_attention_layers)
+        if ahn_path is not None and layers != tuple(settings["full_attention_layers"]):
+            raise ConfigError(
+                f"full_attention_layers={list(layers)} but the AHN weights in {ahn_path} were "
+                f"trained with {list(settings['full_attention_layers'])}"
+            )
+        settings["full_attention_layers"] = layers
     return settings
 
 
@@ -141,6 +149,7 @@ def from_pretrained(
     *,
     ahn_type: str | None = None,
     ahn_path: str | Path | None = None,
+    full_attention_layers: tuple[int, ...] | None = None,
     ahn_output_init: str = "zeros",
     seed: int = 0,
     dtype=jnp.float32,
@@ -157,7 +166,8 @@ def from_pretrained(
     output projection zero (the student starts as the sinks+window model) or, with
     `ahn_output_init="normal"`, N(0, 0.02). An Orbax checkpoint or a merged HF directory (base and
     AHN tensors together, as the reference's merge_weights.py writes) that holds AHN weights
-    brings them, unless `ahn_path` is given or `ahn_type` names another type.
+    brings them, unless `ahn_path` is given or `ahn_type` names another type. The layers kept as
+    full attention, `full_attention_layers`, are what the AHN files record unless given.
     `dtype` is the base parameter dtype (AHN weights stay fp32), `compute_dtype` that of
     activations (defaults to `dtype`). `kernels` picks the forward's kernels ("auto": Pallas on
     TPU, XLA elsewhere; "xla"; "pallas", interpreted off TPU; docs/kernels.md). With `mesh`,
@@ -171,7 +181,7 @@ def from_pretrained(
         remat_policy=remat_policy,
         kernels=kernels,
     )
-    ahn_settings = _ahn_settings(path, ahn_type, ahn_path)
+    ahn_settings = _ahn_settings(path, ahn_type, ahn_path, full_attention_layers)
     config = base_config.replace(**ahn_settings)
     graphdef, abstract_state = nnx.split(abstract_model(config))
     flat_shardings = _flat_shardings(abstract_state, mesh, rules)

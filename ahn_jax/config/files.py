@@ -3,12 +3,22 @@ sections `model`, `ahn`, `train`, `data` (and any others a tool reads)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ahn_jax.config.model import ConfigError, ModelConfig
 from ahn_jax.config.run import DATA_DEFAULTS, TRAIN_DEFAULTS, DataConfig, TrainConfig
+
+# The model section's optional fields with their defaults (the AHN's are the `ahn` section's;
+# rope_scaling, None or a mapping, is written only where a config sets it)
+MODEL_DEFAULTS = {
+    field.name: field.default
+    for field in dataclasses.fields(ModelConfig)
+    if field.default is not dataclasses.MISSING
+    and field.name not in ("ahn_type", "full_attention_layers", "rope_scaling")
+}
 
 
 def make_config(model: Mapping[str, Any], *, ahn_type: str = "gdn", **sections: Any):
@@ -18,6 +28,7 @@ def make_config(model: Mapping[str, Any], *, ahn_type: str = "gdn", **sections: 
     from ml_collections import ConfigDict
 
     sections = {name: dict(section) for name, section in sections.items()}
+    model = {**MODEL_DEFAULTS, **model}  # every field present: overridable from the command line
     sections["train"] = {**TRAIN_DEFAULTS, **sections.get("train", {})}
     sections["data"] = {**DATA_DEFAULTS, **sections.get("data", {})}
     config = ConfigDict(

@@ -172,6 +172,12 @@ class DataConfig(_Section):
         _check_choice("data", "tokenizer", self.tokenizer, TOKENIZERS)
         if self.max_samples < 0:
             raise ConfigError(f"data.max_samples must be >= 0 (0 = all), got {self.max_samples}")
+        if self.format == "shakespeare" and self.paths:
+            raise ConfigError(
+                "data.paths is not read with data.format = 'shakespeare' (the plays come with a "
+                f"package): set data.format to 'chat' or 'text' for {list(self.paths)}, or drop "
+                "data.paths"
+            )
         _check_mix(self.mix, self.paths)
         _check_copy_warmup(self.copy_warmup, self.recall)
 

@@ -4,6 +4,7 @@ step and the config) and the exports written at the end of a run."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ def save(run: Run, step: int) -> None:
             trainable=ocp.args.StandardSave(run.trainable),
             opt_state=ocp.args.StandardSave(run.opt_state),
             data=grain.checkpoint.CheckpointSave(run.iterator),  # one file per process
-            meta=ocp.args.JsonSave({"step": step, "config": json.loads(run.config.to_json())}),
+            meta=ocp.args.JsonSave({"step": step, "config": _as_json(run.config)}),
         ),
     )
 
@@ -55,34 +56,72 @@ def restore_latest(run: Run) -> None:
     )
     run.trainable, run.opt_state = restored.trainable, restored.opt_state
     run.start_step = step
+    run.changed_settings = changed_settings(restored.meta["config"], _as_json(run.config))
     logging.info("resumed from %s at step %d", run.manager.directory, step)
 
 
+def _as_json(config) -> dict:
+    return json.loads(config.to_json())
+
+
+# where the run is, not how it trains: a run directory may be moved or copied
+NOT_COMPARED = ("train.output_dir",)
+
+
+def changed_settings(saved: dict, now: dict) -> list[str]:
+    """The settings that differ between a checkpoint's config and the resuming run's, as
+    "section.field saved -> now" (fields only one side has included), NOT_COMPARED aside."""
+    saved = traverse_util.flatten_dict(saved, sep=".")
+    now = traverse_util.flatten_dict(now, sep=".")
+    return [
+        f"{name} {saved.get(name, '(unset)')!r} -> {now.get(name, '(unset)')!r}"
+        for name in sorted(set(saved) | set(now))
+        if saved.get(name) != now.get(name) and name not in NOT_COMPARED
+    ]
+
+
 def export_ahn(run: Run) -> Path:
-    """The AHN weights in the reference's layout, written by process 0."""
-    export_dir = run.output_dir / "ahn"
-    gathered = multihost_utils.process_allgather(run.trainable, tiled=True)  # a collective
-    if jax.process_index() == 0 and not export_dir.exists():
+    """The AHN weights in the reference's layout, written by process 0 (`_export`)."""
+    t = run.train
+    # the inference W and S config.json records: the one pair a "fixed" run trained on; else the
+    # evaluation defaults (docs/method.md §Inference), TrainConfig having no such field
+    window, sinks = (
+        (t.window, t.sinks)
+        if t.window_sampling == "fixed"
+        else (ahn_weights.DEFAULT_WINDOW, ahn_weights.DEFAULT_SINKS)
+    )
+
+    def write(gathered, directory: Path) -> None:
         flat = traverse_util.flatten_dict(nnx.to_pure_dict(gathered))
         params = {path: np.asarray(value) for path, value in flat.items()}
-        t = run.train
-        # the inference W and S config.json records: the one pair a "fixed" run trained on; else
-        # the evaluation defaults (docs/method.md §Inference), TrainConfig having no such field
-        window, sinks = (
-            (t.window, t.sinks)
-            if t.window_sampling == "fixed"
-            else (ahn_weights.DEFAULT_WINDOW, ahn_weights.DEFAULT_SINKS)
-        )
         ahn_weights.save_ahn_weights(
-            export_dir, run.model_config, params, window=window, sinks=sinks, loss=t.loss
+            directory, run.model_config, params, window=window, sinks=sinks, loss=t.loss
         )
-    return export_dir
+
+    return _export(run, run.output_dir / "ahn", write)
 
 
 def export_model(run: Run) -> Path:
-    """The pretrained base as a checkpoint `from_pretrained` (and `train.base_checkpoint`) reads."""
-    export_dir = run.output_dir / "model"
+    """The pretrained base as a checkpoint `from_pretrained` (and `train.base_checkpoint`) reads
+    (`_export`)."""
+
+    def write(gathered, directory: Path) -> None:
+        save_model(nnx.merge(run.graphdef, gathered, run.frozen), directory)
+
+    return _export(run, run.output_dir / "model", write)
+
+
+def _export(run: Run, export_dir: Path, write) -> Path:
+    """`write(trained weights, directory)` by process 0 into `export_dir`, unless the export is
+    there and this invocation trained no step (a finished run started again). A run that trained
+    on (more steps) replaces it: the new export is written beside it and swapped in once
+    complete, so a crash while writing leaves the old one whole."""
     gathered = multihost_utils.process_allgather(run.trainable, tiled=True)  # a collective
-    if jax.process_index() == 0 and not export_dir.exists():
-        save_model(nnx.merge(run.graphdef, gathered, run.frozen), export_dir)
+    trained = run.start_step < run.train.steps
+    if jax.process_index() == 0 and (trained or not export_dir.exists()):
+        partial = export_dir.with_name(export_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        write(gathered, partial)
+        shutil.rmtree(export_dir, ignore_errors=True)
+        partial.rename(export_dir)
     return export_dir

@@ -34,6 +34,7 @@ import numpy as np
 from ahn_jax.training import windows
 from ahn_jax.training.checkpointing import export_ahn, export_model, save
 from ahn_jax.training.distributed import gather_rows, on_mesh
+from ahn_jax.training.interrupt import InterruptedTrainingError, StopOnSignal
 from ahn_jax.training.metrics_log import MetricsLog
 from ahn_jax.training.profiling import Profile, Utilization
 from ahn_jax.training.progress import Progress, start_lines
@@ -52,7 +53,9 @@ def train(config) -> Run:
     process's data iterator), so a restarted run carries on from there and continues exactly. Each
     step (`_step`) takes the next global batch, draws every row's (W, S) from its own length and
     stops at a non-finite loss; process 0 logs (every `log_every` steps) and shows progress, and a
-    checkpoint is saved (asynchronously) every `checkpoint_every` steps and at the last.
+    checkpoint is saved (asynchronously) every `checkpoint_every` steps and at the last, or, on
+    SIGINT / SIGTERM, after the step in flight: then `InterruptedTrainingError` ends the run
+    (training/interrupt.py).
     At the end it waits for the pending saves, then exports the AHN weights in the reference's
     layout to `<output_dir>/ahn` (or, with `objective = "pretrain"`, the whole model to
     `<output_dir>/model`)."""
@@ -68,8 +71,10 @@ def train(config) -> Run:
     utilization = Utilization(run.model_config, devices, t.peak_flops_per_device)
     profile = Profile(run.output_dir / "profile", t.profile_steps)
     last_time = time.perf_counter()
-    log = MetricsLog(run.output_dir, tensorboard=t.tensorboard, enabled=lead)
-    with log, on_mesh(run.mesh):
+    log = MetricsLog(run.output_dir, tensorboard=t.tensorboard, enabled=lead,
+                     start_step=run.start_step)  # fmt: skip
+    signum = None
+    with log, on_mesh(run.mesh), StopOnSignal() as stop:
         for step in range(run.start_step + 1, t.steps + 1):
             profile.before(step)
             outcome = _step(run, step)
@@ -77,14 +82,19 @@ def train(config) -> Run:
             now = time.perf_counter()
             record = _record(run, outcome, loss_name, now - last_time, utilization)
             last_time = now
-            if step % t.log_every == 0 or step == t.steps:
+            signum = stop.requested()
+            if step % t.log_every == 0 or step == t.steps or signum:
                 _log(log, record, outcome)
             progress.update(record)
-            if step % t.checkpoint_every == 0 or step == t.steps:
+            if step % t.checkpoint_every == 0 or step == t.steps or signum:
                 save(run, step)
+            if signum:
+                break
     profile.close()
     progress.close()
     run.manager.wait_until_finished()
+    if signum:
+        raise InterruptedTrainingError(step, signum)
     if t.objective == "pretrain":
         export_model(run)
     else:

@@ -14,10 +14,20 @@ import numpy as np
 
 
 class MetricsLog:
-    def __init__(self, output_dir: Path, *, tensorboard: bool, enabled: bool = True):
+    """`start_step`: the step a resumed run continues after; the records of later steps (written
+    before the run stopped, after its last checkpoint) are dropped, as the run redoes them."""
+
+    def __init__(self, output_dir: Path, *, tensorboard: bool, enabled: bool = True,
+                 start_step: int = 0):  # fmt: skip
         self.enabled = enabled
-        self._jsonl = open(output_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
-        self._board = _writer(output_dir / "tensorboard") if enabled and tensorboard else None
+        self._jsonl = None
+        if enabled:
+            path = output_dir / "metrics.jsonl"
+            _keep_records_up_to(path, start_step)
+            self._jsonl = open(path, "a")  # noqa: SIM115 - closed by `close`
+        self._board = None
+        if enabled and tensorboard:
+            self._board = _writer(output_dir / "tensorboard", purge_step=start_step + 1)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -50,9 +60,25 @@ class MetricsLog:
         self.close()
 
 
-def _writer(directory: Path):
+def _keep_records_up_to(path: Path, step: int) -> None:
+    """Rewrite metrics.jsonl without the records of steps after `step` (a torn last line from a
+    killed run included)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    path.write_text("".join(kept))
+
+
+def _writer(directory: Path, purge_step: int):
     """A TensorBoard writer, imported only when one is wanted: tensorboardX imports torch, seconds
-    of start-up that a run without TensorBoard (or a config error) should not pay."""
+    of start-up that a run without TensorBoard (or a config error) should not pay. Events of
+    steps from `purge_step` on, left by a run that stopped, are hidden (TensorBoard's purge)."""
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(str(directory))
+    return SummaryWriter(str(directory), purge_step=purge_step)

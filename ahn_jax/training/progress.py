@@ -30,7 +30,7 @@ def start_lines(run) -> list[str]:
     files = ", ".join(d.paths) if d.paths else f"{d.format} (held out: {', '.join(d.held_out)})"
     samples = "" if run.samples is None else f"{run.samples:,} records from "
     resume = f"; resuming after step {run.start_step}" if run.start_step else ""
-    return [
+    lines = [
         f"devices: {len(devices)} x {devices[0].device_kind} in {jax.process_count()} process(es)",
         f"mesh: {mesh}",
         f"parameters: {_count(run.trainable):,} trainable, {_count(run.frozen):,} frozen",
@@ -40,6 +40,11 @@ def start_lines(run) -> list[str]:
         f"steps: {t.steps}; checkpoints every {t.checkpoint_every} in "
         f"{run.output_dir / 'checkpoints'}{resume}",
     ]
+    if run.changed_settings:
+        lines.append(f"changed since the checkpoint: {'; '.join(run.changed_settings)}")
+    if run.start_step < t.steps:  # the first step's wait, before any progress shows
+        lines.append("step 1 waits for the train step to compile (seconds to minutes by model)")
+    return lines
 
 
 def _count(state) -> int:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
 from ml_collections import ConfigDict
@@ -47,6 +48,7 @@ def load_base(t: TrainConfig, model_config: ModelConfig, mesh=None):
         return from_pretrained(
             t.base_checkpoint,
             ahn_type=model_config.ahn_type,
+            full_attention_layers=model_config.full_attention_layers,
             seed=t.seed,
             dtype=model_config.jnp_param_dtype,
             compute_dtype=model_config.jnp_dtype,
@@ -56,6 +58,34 @@ def load_base(t: TrainConfig, model_config: ModelConfig, mesh=None):
         )
     model = init_model(model_config, seed=t.seed)
     return model if mesh is None else shard_module(model, mesh)
+
+
+# What a base checkpoint decides: its weights' shapes, which a config's `model` section must name
+# as they are, and the settings the model reads with them, which the checkpoint's config.json
+# gives (a config file's differing value is reported and not used)
+BASE_SHAPES = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+               "num_kv_heads", "head_dim", "tie_word_embeddings")  # fmt: skip
+BASE_SETTINGS = ("rms_norm_eps", "rope_theta", "max_position_embeddings", "rope_scaling")
+
+
+def reconcile_base(model_config: ModelConfig, loaded: ModelConfig, base: str) -> ModelConfig:
+    """The run's ModelConfig with a base checkpoint: the config file's, with the checkpoint's
+    BASE_SETTINGS. A shape that differs is an error naming each field: the run would otherwise
+    train and export a model other than the one the config file describes."""
+
+    def differing(names):
+        pairs = [(name, getattr(model_config, name), getattr(loaded, name)) for name in names]
+        return [f"{name} {ours!r} (config) vs {theirs!r} (checkpoint)"
+                for name, ours, theirs in pairs if ours != theirs]  # fmt: skip
+
+    if shapes := differing(BASE_SHAPES):
+        raise ConfigError(
+            f"train.base_checkpoint {base} is not the model of the config's model section: "
+            f"{'; '.join(shapes)}. Set those model.* fields as its config.json has them"
+        )
+    if settings := differing(BASE_SETTINGS):
+        logging.warning("the base checkpoint's settings are used: %s", "; ".join(settings))
+    return model_config.replace(**{name: getattr(loaded, name) for name in BASE_SETTINGS})
 
 
 def length_buckets(t: TrainConfig) -> tuple[int, ...]:
@@ -96,6 +126,8 @@ class Run:
     start_step: int = 0
     step_fn: Callable | None = None  # the jitted train step, once made
     mesh: jax.sharding.Mesh | None = None
+    # resumed with another config than the checkpoint's: "section.field saved -> now" each
+    changed_settings: list[str] = dataclasses.field(default_factory=list)
 
     def place_batch(self, batch: dict) -> dict:
         """The step's arrays: the rows ("input_ids", "labels" [B, T]) with each row's "window"
@@ -144,6 +176,8 @@ def setup(config: ConfigDict) -> Run:
     output_dir = Path(t.output_dir).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
     model = load_base(t, model_config, mesh)
+    if t.base_checkpoint:
+        model_config = reconcile_base(model_config, model.config, t.base_checkpoint)
     # distillation trains the AHN weights only; pretraining every weight of the base
     graphdef, trainable, frozen = nnx.split(model, nnx.Param if pretrain else AhnParam, ...)
     tx, schedule = optimizer_for(t)
@@ -152,6 +186,11 @@ def setup(config: ConfigDict) -> Run:
     # checkpoint restores onto placements that jit accepts
     with on_mesh(mesh):
         opt_state = jax.jit(tx.init)(trainable)
+    if mesh is None:
+        # everything committed to the one device, as the step's outputs are: a loaded base is,
+        # jit's outputs are not, and the second step would compile again for the difference
+        device = jax.devices()[0]
+        trainable, frozen, opt_state = jax.device_put((trainable, frozen, opt_state), device)
     skips = data.SkipCounter()
     dataset = data.make_dataset(
         d,

@@ -132,6 +132,12 @@ def test_an_explicit_choice_overrides_the_merged_ahn(dirs):
     np.testing.assert_array_equal(params[("embed_tokens",)], _params(model)[("embed_tokens",)])
     with pytest.raises(ConfigError, match="'mamba2'.*'gdn'"):
         from_pretrained(root / "merged", ahn_type="mamba2", ahn_path=root / "ahn")
+    # layers kept as full attention, asked for on a base (as training's config does), or
+    # contradicting what an AHN directory was trained with
+    kept = from_pretrained(root / "base", ahn_type="gdn", full_attention_layers=(1,))
+    assert kept.config.full_attention_layers == (1,)
+    with pytest.raises(ConfigError, match=r"full_attention_layers=\[1\] but the AHN weights"):
+        from_pretrained(root / "base", ahn_path=root / "ahn", full_attention_layers=(1,))
 
 
 def test_split_and_merge_are_byte_exact_inverses(dirs, tmp_path):

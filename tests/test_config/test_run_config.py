@@ -16,6 +16,7 @@ from ahn_jax.config import (
     load_config_file,
     make_config,
     run_configs,
+    validate_config,
 )
 
 CONFIGS = Path(__file__).parents[2] / "configs"
@@ -58,6 +59,7 @@ def test_every_config_file_gives_typed_sections(name):
         ("data", {"recall": 3}, r"data\.recall must be a mapping, got 3"),
         ("data", {"format": "csv"}, r"data\.format must be one of"),
         ("data", {"tokenizer": "words"}, r"data\.tokenizer must be one of"),
+        ("data", {"format": "shakespeare", "paths": ("a.jsonl",)}, r"data\.paths is not read"),
     ],
 )
 def test_unknown_and_mistyped_fields_are_named(section, changes, message):
@@ -109,6 +111,11 @@ def test_command_line_overrides_apply_before_the_typed_sections_are_made():
                                  "--config.train.mesh=fsdp=2")  # fmt: skip
     train, data = run_configs(config)
     assert (train.steps, train.mesh, data.held_out) == (3, "fsdp=2", ("hamlet",))
+    # a model field the config file leaves at its default is there to override too
+    model = validate_config(
+        _parse_command_line("--config.model.rms_norm_eps=1e-5", "--config.model.dtype=bfloat16")
+    )
+    assert (model.rms_norm_eps, model.dtype) == (1e-5, "bfloat16")
     with pytest.raises(AttributeError, match="stepz"):  # ml_collections names the unknown field
         _parse_command_line("--config.train.stepz=3")
 

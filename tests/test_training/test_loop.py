@@ -155,6 +155,7 @@ def test_a_log_without_a_terminal_gets_start_lines_and_plain_step_lines(bucketed
     assert re.search(r"^parameters: [\d,]+ trainable, [\d,]+ frozen", stdout, re.M)
     assert re.search(r"^data: [\d,]+ records from shakespeare .*0 bad records", stdout, re.M)
     assert f"in {tmp_path / 'checkpoints'}" in stdout
+    assert re.search(r"^step 1 waits for the train step to compile", stdout, re.M)
     steps = re.findall(r"^step (\d)/4  loss [\d.]+  W_tot [\d/-]+  S [\d/-]+  tok/s [\d,]+  "
                        r"step [\d.]+ s  ETA \d+:\d\d:\d\d$", stdout, re.M)  # fmt: skip
     assert steps == ["1", "2", "3", "4"]
@@ -173,9 +174,10 @@ def test_the_command_line_prints_start_and_step_lines_into_a_pipe(tmp_path):
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    starts = ("devices: ", "mesh: ", "parameters: ", "data: ", "batches: ", "steps: 2;")
+    starts = ("devices: ", "mesh: ", "parameters: ", "data: ", "batches: ", "steps: 2;",
+              "step 1 waits")  # fmt: skip
     assert [line.split(" ")[0] for line in lines[: len(starts)]] == [
         s.split(" ")[0] for s in starts
     ]
-    assert re.fullmatch(r"step 1/2  loss [\d.]+  W_tot \d+/\d+/\d+  .*  ETA 0:00:\d\d", lines[6])
-    assert lines[7].startswith("step 2/2  loss ") and lines[8].startswith("done: 2 steps")
+    assert re.fullmatch(r"step 1/2  loss [\d.]+  W_tot \d+/\d+/\d+  .*  ETA 0:00:\d\d", lines[7])
+    assert lines[8].startswith("step 2/2  loss ") and lines[9].startswith("done: 2 steps")

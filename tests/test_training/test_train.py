@@ -23,6 +23,7 @@ from ahn_jax.config import ConfigError, TrainConfig, make_config, validate_confi
 from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.transformer import init_model
 from ahn_jax.training import loop as train_lib
+from ahn_jax.training import progress
 from ahn_jax.training import run as run_lib
 from ahn_jax.training.optimizer import optimizer_for
 from ahn_jax.training.step import make_train_step
@@ -62,12 +63,14 @@ def _records(run_dir):
     return records
 
 
+OBSERVED = {"profile_steps": (2, 3), "peak_flops_per_device": 1e11}  # losses do not change
+
+
 @pytest.fixture(scope="module")
 def single_device_run(tmp_path_factory):
     """One 5-step run on one device, shared by the tests that compare against it."""
     tmp_path = tmp_path_factory.mktemp("single")
-    observed = {"profile_steps": (2, 3), "peak_flops_per_device": 1e11}  # losses do not change
-    return tmp_path, train_lib.train(tiny(tmp_path, **observed))
+    return tmp_path, train_lib.train(tiny(tmp_path, **OBSERVED))
 
 
 def test_training_changes_only_ahn_weights_without_recompiling(single_device_run):
@@ -195,11 +198,70 @@ def test_resume_after_sigkill_is_exact(tmp_path, single_device_run):
     resumed = subprocess.run(_command(config_path, tmp_path / "b", steps), env=env, cwd=ROOT,
                              capture_output=True, text=True)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _records(straight_dir), _records(tmp_path / "b")
+    _assert_same_run(straight_dir, tmp_path / "b", steps)
+
+
+def _assert_same_run(straight_dir, run_dir, steps) -> None:
+    """The same loss and windows at every step, each step logged once (a resumed run drops the
+    records of the steps it redoes)."""
+    a, b = _records(straight_dir), _records(run_dir)
     assert sorted(a) == sorted(b) == list(range(1, steps + 1))
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == steps
     for step in a:
         assert a[step]["loss"] == b[step]["loss"], step
         assert _windows(a[step]) == _windows(b[step]), step
+
+
+def test_sigterm_saves_the_step_in_flight_and_resumes_exactly(tmp_path, single_device_run):
+    """SIGTERM (a scheduler's stop) during step 3: the run finishes the step in flight, saves it
+    though checkpoints come every 2 steps, says so and exits 128 + 15; the same command resumes
+    after it and gives the uninterrupted run's losses."""
+    config_path = _config_file(tmp_path)
+    env = {**_env(), "KILL_SIGNAL": "SIGTERM"}
+    killer = [sys.executable, str(Path(__file__).parent / "train_killed_at_step.py"), "3"]
+    stopped = subprocess.run([*killer, *_command(config_path, tmp_path / "b", 5)[3:]],
+                             env=env, cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    # the signal came after step 3's decision to save, so step 4 ran and was saved
+    assert "stopped by SIGTERM after step 4; its checkpoint is saved" in stopped.stderr
+    assert sorted(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir()) == [2, 4]
+    resumed = subprocess.run(_command(config_path, tmp_path / "b", 5), env=_env(), cwd=ROOT,
+                             capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming after step 4" in resumed.stdout
+    _assert_same_run(single_device_run[0] / "run", tmp_path / "b", 5)
+
+
+def test_a_longer_run_replaces_the_export_and_names_the_changed_settings(
+    tmp_path, single_device_run
+):
+    """The finished 5-step run, carried on to 6 steps (its directory copied): the start lines
+    name what changed since the checkpoint, and the export is step 6's, not the one the first
+    run left; started again at 6 steps, the run trains nothing and keeps that export."""
+    shutil.copytree(single_device_run[0] / "run", tmp_path / "run")
+    exported = tmp_path / "run" / "ahn" / "model.safetensors"
+    five = exported.read_bytes()
+    run = train_lib.train(tiny(tmp_path, steps=6, **OBSERVED))
+    assert run.changed_settings == ["train.steps 5 -> 6"]
+    assert "changed since the checkpoint: train.steps 5 -> 6" in progress.start_lines(run)
+    six = exported.read_bytes()
+    assert six != five and not (tmp_path / "run" / "ahn.partial").exists()
+    again = train_lib.train(tiny(tmp_path, steps=6, **OBSERVED))
+    assert again.start_step == 6 and again.changed_settings == []
+    assert exported.read_bytes() == six
+
+
+def test_a_base_checkpoint_must_have_the_config_s_shapes():
+    """A config whose model section is not the base checkpoint's stops, naming each differing
+    shape; settings its config.json decides (RoPE theta, norm eps) are taken from it."""
+    ours = validate_config(make_config(MODEL, ahn_type="gdn"))
+    loaded = ours.replace(num_layers=4, hidden_size=64, rope_theta=1e4)
+    with pytest.raises(ConfigError, match=r"hidden_size 32 \(config\) vs 64 \(checkpoint\); "
+                                          r"num_layers 2 \(config\) vs 4"):  # fmt: skip
+        run_lib.reconcile_base(ours, loaded, "/base")
+    reconciled = run_lib.reconcile_base(ours, ours.replace(rope_theta=1e4, rms_norm_eps=1e-5), "/b")
+    assert (reconciled.rope_theta, reconciled.rms_norm_eps) == (1e4, 1e-5)
+    assert reconciled.replace(rope_theta=ours.rope_theta, rms_norm_eps=ours.rms_norm_eps) == ours
 
 
 @pytest.mark.parametrize(
@@ -340,6 +402,12 @@ def test_pretraining_trains_every_base_weight_and_exports_a_loadable_model(tmp_p
         flat_state(nnx.state(base, nnx.Param))[("embed_tokens",)],
         np.asarray(flat_state(run.trainable)[("embed_tokens",)]),
     )
+    # distillation on it: a loaded base is committed to its device, and so must the optimizer
+    # state be, or the second step compiles again
+    distilled = train_lib.train(
+        tiny(tmp_path, steps=2, base_checkpoint=str(tmp_path / "base" / "model"))
+    )
+    assert distilled.step_fn._cache_size() == 1
     with pytest.raises(ConfigError, match="set ahn.type = None"):
         config.ahn.type = "gdn"
         run_lib.setup(config)
