@@ -7,8 +7,19 @@ would take the importing tool's place and default.
 
 from __future__ import annotations
 
-from absl import flags
+import ast
+import contextlib
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from absl import app, flags, logging
 from ml_collections import config_flags
+
+# The flags defined here belong to the tool that calls the definition: absl's `--help` lists only
+# the main module's flags (the others under --helpfull), so without this `--kernels` and
+# `--config` would be missing from each tool's help.
+flags.disclaim_key_flags()
 
 
 def define_config_flag(default: str | None = None) -> None:
@@ -24,8 +35,70 @@ def define_kernels_flag(choices) -> None:
 
 
 def config():
-    """The parsed `--config` (None when not given and no default)."""
-    return flags.FLAGS["config"].value
+    """The parsed `--config` (None when not given and no default). A path that is no file is a
+    usage error naming it: ml_collections would only raise on the config's first use, an OSError
+    ("Is a directory") under a traceback."""
+    flag = flags.FLAGS["config"]
+    if flag.value is None:
+        return None
+    path = Path(flag.config_filename.split(":", 1)[0])  # "file.py:args" parameterises get_config
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise app.UsageError(
+            f"--config={path} {what}: --config takes a config file (configs/<name>.py)"
+        )
+    return flag.value
+
+
+def check_directories(**paths: str | None) -> None:
+    """A usage error naming the flag (`--name`) of each given path that is no directory."""
+    for name, path in paths.items():
+        if path is not None and not Path(path).is_dir():
+            what = "is a file, not a directory" if Path(path).exists() else "does not exist"
+            raise app.UsageError(f"--{name}={path} {what}")
+
+
+def fail(error: Exception | str) -> NoReturn:
+    """The tools' way out on a user's error: one line on stderr, exit status 2."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(main, user_errors: tuple[type[Exception], ...] = ()) -> None:
+    """`app.run(main)` for a tool: absl logging at WARNING unless --verbosity is given (Orbax logs
+    ~150 INFO lines reading one checkpoint), and a usage error or one of `user_errors` (a missing
+    file, a checkpoint that does not fit) printed as `error: <message>`, exit status 2, where
+    absl would print the flags' help (50-90 lines) or Python a traceback."""
+
+    started = False
+
+    def checked(argv):
+        nonlocal started
+        started = True
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
+        try:
+            main(argv)
+        except (app.UsageError, *user_errors) as error:
+            fail(error)
+
+    try:
+        app.run(checked)
+    except (AttributeError, KeyError, ValueError) as error:
+        if started:  # the tool's own failure: its traceback is the report
+            raise
+        # ml_collections applies `--config.a.b=value` while absl parses the command line, and
+        # names a misspelt field there ("... Did you mean ...") under a traceback
+        fail(f"a --config override: {_plain(error)}")
+
+
+def _plain(error: Exception) -> str:
+    """An exception's message on one line; ml_collections' is a quoted repr ("'\\'stepz\\'\\nDid
+    you mean ..."), unquoted here."""
+    text = str(error)
+    with contextlib.suppress(ValueError, SyntaxError):
+        text = str(ast.literal_eval(text))
+    return " ".join(text.split())
 
 
 def default_dtype() -> str:

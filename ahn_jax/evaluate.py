@@ -14,12 +14,14 @@ Benchmarks run as the reference evaluation runs them (ahn_jax/evaluation/tasks.p
 truncation (LV-Eval: middle; LongBench and InfiniteBench: keep the last max_length - max_gen
 tokens), Qwen chat template when the model name contains "qwen2" (--chat=auto), greedy decoding
 until an end token or the dataset's generation budget, and its metrics. Window, sinks and
-max_length default to the reference's values for the benchmark.
+max_length default to the reference's values for the benchmark; for pass keys, NIAH and
+perplexity, window and sinks default to those the AHN weights' config.json records (of --ahn, or
+of a merged --model). The line printed at start says where each came from.
 
 `--out` receives predictions.jsonl (one scored record per sample, appended as each batch
 finishes), summary.json and summary.md, and PNG plots. A rerun with the same --out skips samples
 already scored there (the settings must match those in run.json). Malformed input lines are
-reported with their line numbers and skipped.
+reported with their line numbers and skipped; a data file with no usable line is an error.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from pathlib import Path
 import jax.numpy as jnp
 from absl import app, flags
 
-from ahn_jax import xla_cpu
+from ahn_jax import cli, xla_cpu
+from ahn_jax.checkpoints.hf_naming import CheckpointMismatchError
 from ahn_jax.checkpoints.pretrained import from_pretrained
 from ahn_jax.cli import default_dtype, define_kernels_flag
-from ahn_jax.config import KERNELS, MODES
+from ahn_jax.config import KERNELS, MODES, ConfigError
 from ahn_jax.evaluation import report, ruler, tasks
-from ahn_jax.evaluation.perplexity import run_perplexity
+from ahn_jax.evaluation.perplexity import run_perplexity, tokenized_documents
 from ahn_jax.evaluation.results import (
     GRID_TASKS,
     TASKS,
@@ -50,9 +53,10 @@ from ahn_jax.evaluation.runner import (
     ruler_prompts,
     run_generation,
 )
-from ahn_jax.evaluation.settings import resolve_settings
+from ahn_jax.evaluation.settings import resolve_settings, window_and_sinks
 from ahn_jax.inference import generate as generate_lib
 from ahn_jax.inference.generation_config import read_generation_config
+from ahn_jax.inference.recorded import recorded_attention
 from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS
@@ -71,8 +75,10 @@ def define_flags() -> None:
     flags.DEFINE_list("data", [], "JSONL file(s) or directories of them (not passkey, niah_*)")
     flags.DEFINE_string("dataset", None, "dataset name for every file (default: record or file)")
     flags.DEFINE_enum("mode", None, MODES, "default: ahn with AHN weights, else full")
-    flags.DEFINE_integer("window", None, "sliding window W (default: the benchmark's reference)")
-    flags.DEFINE_integer("sinks", None, "attention sinks S (default: the benchmark's reference)")
+    flags.DEFINE_integer("window", None, "sliding window W (default: the benchmark's reference, "
+                         "else the AHN config's)")  # fmt: skip
+    flags.DEFINE_integer("sinks", None, "attention sinks S (default: the benchmark's reference, "
+                         "else the AHN config's, else 0)")  # fmt: skip
     flags.DEFINE_integer("max_length", None, "prompt budget in tokens (perplexity: doc tokens)")
     flags.DEFINE_integer("max_new_tokens", None, "override each dataset's generation budget")
     flags.DEFINE_enum("chat", "auto", ["auto", "on", "off"], 'auto: iff "qwen2" in model_name')
@@ -105,35 +111,31 @@ def main(argv) -> None:
     for name in ("model", "task", "out"):
         if getattr(FLAGS, name) is None:
             raise app.UsageError(f"--{name} is required")
+    cli.check_directories(model=FLAGS.model, ahn=FLAGS.ahn)
     dtype = FLAGS.dtype or default_dtype()
     model = from_pretrained(
         FLAGS.model, ahn_path=FLAGS.ahn, dtype=jnp.dtype(dtype), kernels=FLAGS.kernels
     )
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
     values = {name: FLAGS[name].value for name in SETTING_FLAGS}
-    settings = resolve_settings(model.config, FLAGS.task, **{**values, "dtype": dtype})
+    recorded = recorded_attention(FLAGS.model, FLAGS.ahn)
+    values |= {"dtype": dtype, "recorded": recorded}
+    settings = resolve_settings(model.config, FLAGS.task, **values)
     if settings.chat and not hasattr(tokenizer, "apply_chat_template"):
         raise app.UsageError(f"--chat: {FLAGS.model} has no chat tokenizer (use --chat=off)")
     out = Path(FLAGS.out)
     files = data_files(FLAGS.data) if FLAGS.task not in GRID_TASKS else []
-    # built before run.json is written, so that a grid refused here can be rerun changed
-    prompts = _prompts(tokenizer, settings, files) if FLAGS.task != "perplexity" else []
-    prompts = prompts[: FLAGS.limit] if FLAGS.limit is not None else prompts
-    check_settings(out, settings)
-    print(f"{settings.task}: mode {settings.mode}, window {settings.window}, sinks "
-          f"{settings.sinks}, chat template {'on' if settings.chat else 'off'}, "
-          f"{settings.dtype}, decode {settings.decode}", file=sys.stderr)  # fmt: skip
+    # built before run.json is written, so that inputs refused here can be rerun changed
     if FLAGS.task == "perplexity":
-        run_perplexity(
-            model,
-            tokenizer,
-            files,
-            settings,
-            out,
-            batch_size=FLAGS.batch_size,
-            chunk=FLAGS.chunk,
-            limit=FLAGS.limit,
-        )
+        documents = tokenized_documents(tokenizer, files, settings.max_length)
+    else:
+        prompts = _prompts(tokenizer, settings, files)
+        prompts = prompts[: FLAGS.limit] if FLAGS.limit is not None else prompts
+    check_settings(out, settings)
+    _announce(settings, recorded)
+    if FLAGS.task == "perplexity":
+        run_perplexity(model, documents, settings, out, batch_size=FLAGS.batch_size,
+                       chunk=FLAGS.chunk, limit=FLAGS.limit)  # fmt: skip
     else:
         # the eos ids of generation_config.json, as HF `generate` stops (else the tokenizer's)
         stops = read_generation_config(FLAGS.model).stop_ids(generate_lib.stop_ids(tokenizer))
@@ -142,6 +144,20 @@ def main(argv) -> None:
         out, dataclasses.asdict(settings), read_results(out), model.config
     )
     print(report.markdown_table(summary))
+
+
+def _announce(settings, recorded) -> None:
+    """The settings on stderr, with where the window and sinks came from."""
+    _, attention = window_and_sinks(
+        settings.task, settings.mode, FLAGS.window, FLAGS.sinks, recorded
+    )
+    print(f"{settings.task}: mode {settings.mode}, {attention}, chat template "
+          f"{'on' if settings.chat else 'off'}, {settings.dtype}, decode {settings.decode}",
+          file=sys.stderr)  # fmt: skip
+
+
+# what a user can get wrong beyond the flags: missing files, AHN weights that do not fit the base
+USER_ERRORS = (OSError, ConfigError, CheckpointMismatchError)
 
 
 def _prompts(tokenizer, settings, files):
@@ -159,4 +175,4 @@ def _prompts(tokenizer, settings, files):
 if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
-    app.run(main)
+    cli.run(main, USER_ERRORS)

@@ -1,7 +1,7 @@
 """`python -m ahn_jax.generate`: Generation with the constant-size cache (ahn_jax/inference/).
 
   python -m ahn_jax.generate --model DIR [--ahn DIR] (--prompt TEXT | --prompt_file F | --jsonl F)
-      [--max_new_tokens N] [--mode ahn|swa|full] [--window 32640] [--sinks 128]
+      [--max_new_tokens N] [--mode ahn|swa|full] [--window W] [--sinks S]
       [--decode exact|reference] [--[no]do_sample] [--temperature T] [--top_k K] [--top_p P]
       [--repetition_penalty R] [--seed 0] [--chat] [--batch_size 8] [--out F.jsonl]
       [--dtype float32|bfloat16]
@@ -9,22 +9,27 @@
 The token choice and the length are the model directory's generation_config.json, as
 transformers' `generate` reads it, with the flags given over it (built-in defaults < file < flags;
 greedy, no penalty and 128 new tokens where neither says otherwise). The stop ids are the file's
-eos_token_id, else the tokenizer's <|im_end|> and <|endoftext|>. The flags are read here; the work
-is done by ahn_jax/inference/generate.py's functions.
+eos_token_id, else the tokenizer's <|im_end|> and <|endoftext|>. The window and sinks are the
+flags', else those the AHN weights' config.json records (`sliding_window`, `num_attn_sinks`; of
+--ahn, or of a merged --model), else 32640 and 128; stderr says which. The flags are read here;
+the work is done by ahn_jax/inference/generate.py's functions.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import jax.numpy as jnp
 from absl import app, flags
 
 from ahn_jax import cli, xla_cpu
+from ahn_jax.checkpoints.ahn_weights import DEFAULT_SINKS, DEFAULT_WINDOW
+from ahn_jax.checkpoints.hf_naming import CheckpointMismatchError
 from ahn_jax.checkpoints.pretrained import from_pretrained
-from ahn_jax.config import KERNELS, MODES
+from ahn_jax.config import KERNELS, MODES, ConfigError
 from ahn_jax.inference import generate as generate_lib
-from ahn_jax.inference import generation_config
+from ahn_jax.inference import generation_config, recorded
 from ahn_jax.model.cache import DECODES, check_decode
 
 FLAGS = flags.FLAGS
@@ -44,8 +49,10 @@ def define_flags() -> None:
         "max_new_tokens", None, "tokens to generate per prompt (default: the file's, else 128)"
     )
     flags.DEFINE_enum("mode", None, MODES, "default: ahn if AHN weights, else full")
-    flags.DEFINE_integer("window", 32640, "sliding window W (sinks excluded)")
-    flags.DEFINE_integer("sinks", 128, "attention sinks S")
+    flags.DEFINE_integer(
+        "window", None, "sliding window W, sinks excluded (default: the AHN config's, else 32640)"
+    )
+    flags.DEFINE_integer("sinks", None, "attention sinks S (default: the AHN config's, else 128)")
     flags.DEFINE_enum("decode", "exact", DECODES, "exact, or the reference's decode bookkeeping")
     # None = not given: generation_config.json's value, else transformers' default
     flags.DEFINE_bool("do_sample", None, "sample (else greedy); default: the file's, else false")
@@ -89,15 +96,32 @@ def generation_settings(model_dir: str) -> generation_config.GenerationSettings:
     return settings
 
 
+def window_and_sinks(mode: str) -> dict[str, int]:
+    """--window and --sinks, else what the AHN weights' config.json records, else 32640 and 128;
+    stderr says which."""
+    given = {name: FLAGS[name].value for name in recorded.NAMES}
+    found = recorded.recorded_attention(FLAGS.model, FLAGS.ahn)
+    defaults = {"window": DEFAULT_WINDOW, "sinks": DEFAULT_SINKS}
+    chosen, note = recorded.window_and_sinks(given, found, defaults)
+    print(f"mode {mode}" + ("" if mode == "full" else f": {note}"), file=sys.stderr)
+    return chosen
+
+
 def main(argv) -> None:
     del argv
     sources = [x for x in (FLAGS.prompt, FLAGS.prompt_file, FLAGS.jsonl) if x is not None]
     if FLAGS.model is None or len(sources) != 1:
         raise app.UsageError("give --model and exactly one of --prompt, --prompt_file, --jsonl")
+    cli.check_directories(model=FLAGS.model, ahn=FLAGS.ahn)
     generation = generation_settings(FLAGS.model)
     dtype = jnp.dtype(FLAGS.dtype or cli.default_dtype())
     model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=dtype, kernels=FLAGS.kernels)
     mode = FLAGS.mode or ("ahn" if model.config.ahn_type else "full")
+    if mode == "ahn" and not model.config.ahn_type:
+        raise app.UsageError(
+            f"--mode=ahn needs AHN weights: {FLAGS.model} has none; pass --ahn DIR "
+            "(or --mode=swa / full)"
+        )
     try:
         check_decode(FLAGS.decode, mode)
     except ValueError as error:
@@ -106,8 +130,7 @@ def main(argv) -> None:
     settings = dict(
         generation=generation,
         mode=mode,
-        window=FLAGS.window,
-        sinks=FLAGS.sinks,
+        **window_and_sinks(mode),
         seed=FLAGS.seed,
         decode=FLAGS.decode,
         stop_ids=generation.stop_ids(generate_lib.stop_ids(tokenizer)),
@@ -125,7 +148,10 @@ def main(argv) -> None:
         print("\n".join(lines))
 
 
+# what a user can get wrong beyond the flags: missing files, AHN weights that do not fit the base
+USER_ERRORS = (OSError, ConfigError, CheckpointMismatchError)
+
 if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
-    app.run(main)
+    cli.run(main, USER_ERRORS)

@@ -1,7 +1,12 @@
 """The demo's distillation: AHN-GDN on the pretrained tiny base (configs/tiny_base.py), taught by
 the same base with full attention on Shakespeare windows with key/recall pairs.
 
-  python -m ahn_jax.train --config=configs/demo_gdn.py
+  python -m ahn_jax.train --config=configs/demo_gdn.py \
+      --config.train.base_checkpoint=ahn_jax/assets/demo_base
+
+The flag points at the committed base; this config's own base_checkpoint, runs/demo_base/model,
+exists only after `python -m ahn_jax.train --config=configs/tiny_base.py` (54 min). `make demo`
+(`python -m ahn_jax.demo`) runs this config on the base it finds, the committed one first.
 
 The student sees 4 sinks + a window of 32 bytes, so every recall (64-192 bytes after its key)
 needs the memory. `--config.ahn.type=dn` or `mamba2` (and another output_dir) trains the others.

@@ -1,7 +1,11 @@
-"""A CPU-sized, byte-level Qwen2-architecture model (0.85 M base parameters) for tests and the demo.
+"""A CPU-sized, byte-level Qwen2-architecture model (0.85 M base parameters) for tests and smoke
+runs: AHN-GDN trained on a random base.
 
-Training reads the Shakespeare plays (four held out for evaluation) in 512-byte windows; until the
-miniature-reproduction issue provides a pretrained base, the base is this config's random init.
+Training reads the Shakespeare plays (four held out for evaluation) in 512-byte windows. No
+pretrained base of this shape exists: the base is this config's random init (allow_random_base),
+so its runs exercise the machinery, not the effect. The demo's pretrained base (the committed
+ahn_jax/assets/demo_base) is configs/tiny_base.py's smaller model, built from MODEL below; the
+demo distils on it with configs/demo_gdn.py.
 """
 
 from ahn_jax.config import make_config

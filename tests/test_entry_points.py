@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from shared import tiny_config
 
 from ahn_jax import xla_cpu
+from ahn_jax.model.transformer import init_model
 
 ROOT = Path(__file__).parents[1]
 ENTRY_POINTS = ("train.py", "evaluate.py", "generate.py", "convert.py", "compile_check.py",
@@ -113,3 +115,85 @@ def test_training_without_base_or_data_stops_at_once_naming_both():
     assert "data.paths" in message and "--config.train.base_checkpoint=/path/" in message
     assert "--config.data.paths=/path/" in message and "allow_random_base" in message
     assert "TPU" not in message and "Traceback" not in message
+
+
+DEMO_BASE = ROOT / "ahn_jax" / "assets" / "demo_base"  # an Orbax checkpoint: Orbax logs its reads
+
+
+def _tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], env=_clean_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+USER_ERRORS = {
+    "no model": (["ahn_jax.generate", "--model=/nope", "--prompt=hi"],
+                 "--model=/nope does not exist"),
+    "no model (evaluate)": (["ahn_jax.evaluate", "--model=/nope", "--task=passkey", "--out=/x"],
+                            "--model=/nope does not exist"),
+    "no AHN dir": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--ahn=/nope", "--prompt=hi"],
+                   "--ahn=/nope does not exist"),
+    "ahn without weights": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--mode=ahn",
+                             "--prompt=hi"], f"--mode=ahn needs AHN weights: {DEMO_BASE} has "
+                            "none; pass --ahn DIR (or --mode=swa / full)"),
+    "no prompt": (["ahn_jax.generate", f"--model={DEMO_BASE}"],
+                  "give --model and exactly one of --prompt, --prompt_file, --jsonl"),
+    "no data file": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench",
+                      "--data=nope.jsonl", "--out=/x"], "--data nope.jsonl: no such file or "
+                     "directory"),
+    "config directory": (["ahn_jax.costs", "--config=configs"], "--config=configs is a "
+                         "directory: --config takes a config file (configs/<name>.py)"),
+    "no config file": (["ahn_jax.costs", "--config=configs/nope.py"], "--config=configs/nope.py "
+                       "does not exist: --config takes a config file (configs/<name>.py)"),
+    "config directory (train)": (["ahn_jax.train", "--config=configs"], "--config=configs is a "
+                                 "directory: --config takes a config file (configs/<name>.py)"),
+    "misspelt override": (["ahn_jax.train", "--config=configs/tiny_gdn.py",
+                           "--config.train.stepz=3"], "a --config override: 'stepz' Did you mean "
+                          '"steps" instead of "stepz"?'),
+    "shakespeare with paths": (["ahn_jax.train", "--config=configs/tiny_gdn.py",
+                                "--config.data.paths=('a.jsonl',)"], "data.paths is not read with "
+                               "data.format = 'shakespeare' (the plays come with a package): set "
+                               "data.format to 'chat' or 'text' for ['a.jsonl'], or drop "
+                               "data.paths"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(USER_ERRORS))
+def test_a_users_error_is_one_line_without_help_traceback_or_info_logs(case):
+    """`error: ...` and exit status 2, as the train tool: not absl's 50-90 lines of flag help, a
+    traceback, or the ~150 lines Orbax logs at INFO reading the base."""
+    args, message = USER_ERRORS[case]
+    done = _tool(*args)
+    assert (done.returncode, done.stderr) == (2, f"error: {message}\n")
+
+
+def test_evaluate_refuses_a_file_with_nothing_to_evaluate(tmp_path):
+    data = tmp_path / "hotpotqa.jsonl"  # a LongBench file none of whose lines can be evaluated
+    data.write_text('{"context": "no input or answers"}\nnot JSON\n')
+    done = _tool("ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench", "--mode=full",
+                 f"--data={data}", f"--out={tmp_path / 'out'}")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    *skipped, last = done.stderr.splitlines()
+    expected = f"error: --data {data}: nothing to evaluate: every record was skipped (2; see above)"
+    assert last == expected
+    assert [line.split(": ")[0] for line in skipped] == [f"skipping {data}:1", f"skipping {data}:2"]
+    assert not (tmp_path / "out").exists()  # refused before run.json was written
+
+
+def test_generate_names_each_ahn_tensor_that_does_not_fit_without_a_traceback(tmp_path):
+    init_model(tiny_config(vocab_size=256, ahn_type="gdn")).save_ahn(tmp_path / "ahn", window=8,
+                                                                     sinks=2)  # fmt: skip
+    done = _tool("ahn_jax.generate", f"--model={DEMO_BASE}", f"--ahn={tmp_path / 'ahn'}",
+                 "--prompt=hi")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: checkpoint {tmp_path / 'ahn'} does not fit")
+    assert "model.layers.0.ahn.fn.D: checkpoint (4,), config expects (2,)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("tool, flag", [("ahn_jax.generate", "kernels"),
+                                        ("ahn_jax.evaluate", "kernels"),
+                                        ("ahn_jax.costs", "config"),
+                                        ("ahn_jax.train", "config")])  # fmt: skip
+def test_each_tools_help_lists_the_flags_defined_for_it_in_ahn_jax_cli(tool, flag):
+    """absl's --help lists the main module's flags only (the others under --helpfull)."""
+    assert f"\n  --{flag}:" in _tool(tool, "--help").stdout

@@ -67,4 +67,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
-    app.run(main)
+    cli.run(main, user_errors=(ConfigError, OSError))  # OSError: --plot's path

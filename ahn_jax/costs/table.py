@@ -112,7 +112,7 @@ def report(
         mode: formulas.model_flops(
             config, length, mode, lossless, base_params=counts["base_params"]
         )
-        for mode in ("full", "ahn")
+        for mode in MODES
     }
     forward = {mode: formulas.forward_flops(config, length, mode, lossless) for mode in MODES}
     cache = cache_bytes(config, length, window, sinks, bytes_per_element)
@@ -167,8 +167,13 @@ def plot(config: ModelConfig, path, max_length: int, window: int, sinks: int, bp
     plt.close(fig)
 
 
-def _giga(x: float) -> str:
-    return f"{x / 1e9:.2f} GB"
+def _size(n_bytes: float) -> str:
+    """Bytes in the largest decimal unit that leaves a number >= 1 (a tiny model's cache is
+    kilobytes, which GB would print as 0.00)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.2f} {unit}"
+    return f"{n_bytes:.0f} B"
 
 
 def _layers_line(full_layers: list[int]) -> list[str]:
@@ -189,13 +194,13 @@ def format_report(result: dict) -> str:
         f"base; {result['ahn_params_per_layer']:,} per layer)",
         *_layers_line(result["full_attention_layers"]),
         f"at L = {result['length']:,}, W = {result['window']:,}, S = {result['sinks']}:",
-        f"cache:          full {_giga(cache['full'])}, swa {_giga(cache['swa'])}, ahn "
-        f"{_giga(cache['ahn'])} ({100 * ratios['cache_ahn_over_full']:.1f}% of full)"
-        f"; + AHN gate cache {_giga(result['gate_cache_bytes'])} (not in the paper)",
+        f"cache:          full {_size(cache['full'])}, swa {_size(cache['swa'])}, ahn "
+        f"{_size(cache['ahn'])} ({100 * ratios['cache_ahn_over_full']:.1f}% of full)"
+        f"; + AHN gate cache {_size(result['gate_cache_bytes'])} (not in the paper)",
         f"mixing FLOPs:   full {mixing['full']:.3e}, swa {mixing['swa']:.3e}, ahn "
         f"{mixing['ahn']:.3e} ({100 * ratios['mixing_ahn_over_full']:.1f}%)",
-        f"model FLOPs:    full {model['full']:.3e}, ahn {model['ahn']:.3e} "
-        f"({100 * ratios['model_ahn_over_full']:.1f}%; the paper's accounting)",
+        f"model FLOPs:    full {model['full']:.3e}, swa {model['swa']:.3e}, ahn "
+        f"{model['ahn']:.3e} ({100 * ratios['model_ahn_over_full']:.1f}%; the paper's accounting)",
         f"forward FLOPs:  full {forward['full']:.3e}, swa {forward['swa']:.3e}, ahn "
         f"{forward['ahn']:.3e} ({100 * ratios['forward_ahn_over_full']:.1f}%; each matmul once)",
     ])  # fmt: skip

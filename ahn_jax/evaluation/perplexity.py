@@ -10,10 +10,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app
 from flax import nnx
 from tqdm import tqdm
 
-from ahn_jax.evaluation.results import Settings, append_results, read_results
+from ahn_jax.evaluation.results import (
+    Settings,
+    append_results,
+    nothing_to_evaluate,
+    read_results,
+)
 from ahn_jax.jsonl import read_jsonl
 from ahn_jax.model import cached
 
@@ -22,20 +28,51 @@ def read_documents(files: Sequence[Path]) -> list[tuple[str, str]]:
     """(id, text) per document: a .jsonl line's "text" field, or a whole non-JSONL file."""
     documents = []
     for path in files:
-        if path.suffix != ".jsonl":
+        if path.suffix == ".jsonl":
+            documents += _jsonl_documents(path)
+        else:
             documents.append((path.stem, path.read_text(encoding="utf-8")))
-            continue
-        for number, record in read_jsonl(path, on_invalid=_skip):
-            text = record.get("text") if isinstance(record, dict) else None
-            if not isinstance(text, str):
-                _skip(f"{path}:{number}: needs a JSON object with a 'text' string")
-                continue
-            documents.append((f"{path.stem}:{number}", text))
     return documents
 
 
-def _skip(why) -> None:
-    print(f"skipping {why}", file=sys.stderr)
+def _jsonl_documents(path: Path) -> list[tuple[str, str]]:
+    """A JSONL file's documents, its malformed lines reported on stderr and skipped; a file
+    without one usable line is an error (app.UsageError)."""
+    documents, skipped = [], []
+
+    def skip(why) -> None:
+        skipped.append(why)
+        print(f"skipping {why}", file=sys.stderr)
+
+    for number, record in read_jsonl(path, on_invalid=skip):
+        text = record.get("text") if isinstance(record, dict) else None
+        if isinstance(text, str):
+            documents.append((f"{path.stem}:{number}", text))
+        else:
+            skip(f"{path}:{number}: needs a JSON object with a 'text' string")
+    if not documents:
+        raise app.UsageError(nothing_to_evaluate(path, len(skipped)))
+    return documents
+
+
+def tokenized_documents(tokenizer, files: Sequence[Path], length: int) -> list[tuple[str, list]]:
+    """(id, first `length` token ids) of each document that has that many; some is required
+    (app.UsageError), and the shorter ones are reported on stderr."""
+    documents, short = [], 0
+    for doc_id, text in read_documents(files):
+        ids = tokenizer.encode(text)
+        if len(ids) < length:
+            short += 1
+        else:
+            documents.append((doc_id, ids[:length]))
+    if not documents:
+        raise app.UsageError(
+            f"--data: nothing to evaluate: every document ({short}) is shorter than "
+            f"--max_length={length} tokens"
+        )
+    if short:
+        print(f"skipping {short} document(s) shorter than --max_length={length}", file=sys.stderr)
+    return documents
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -68,19 +105,13 @@ def token_nll(model, ids_BT: np.ndarray, settings: Settings, chunk: int):
 
 
 def run_perplexity(
-    model, tokenizer, files, settings: Settings, out: Path, *, batch_size: int, chunk: int, limit
+    model, documents, settings: Settings, out: Path, *, batch_size: int, chunk: int, limit
 ):
+    """Score the `documents` (`tokenized_documents`) not yet scored in `out`, appending each
+    batch's records."""
     length, bucket = settings.max_length, settings.extra["bucket"]
     done = {r["id"] for r in read_results(out)}
-    documents, short = [], 0
-    for doc_id, text in read_documents(files):
-        ids = tokenizer.encode(text)
-        if len(ids) < length:
-            short += 1
-        elif doc_id not in done:
-            documents.append((doc_id, ids[:length]))
-    if short:
-        print(f"skipping {short} document(s) shorter than --max_length={length}", file=sys.stderr)
+    documents = [d for d in documents if d[0] not in done]
     documents = documents[:limit] if limit is not None else documents
     n_buckets = -(-(length - 1) // bucket)
     with tqdm(total=len(documents), desc="perplexity") as bar:

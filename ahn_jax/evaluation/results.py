@@ -113,3 +113,9 @@ def data_files(paths: Sequence[str]) -> list[Path]:
     if not files:
         raise app.UsageError("--data is required for this task")
     return files
+
+
+def nothing_to_evaluate(path: Path, skipped: int) -> str:
+    """The error of a data file that gives no sample (`skipped`: its malformed lines)."""
+    why = f"every record was skipped ({skipped}; see above)" if skipped else "it is empty"
+    return f"--data {path}: nothing to evaluate: {why}"

@@ -8,6 +8,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from absl import app
 from tqdm import tqdm
 
 from ahn_jax.evaluation import passkey, ruler, tasks
@@ -15,6 +16,7 @@ from ahn_jax.evaluation.metrics import passkey_exact_match, string_match_all
 from ahn_jax.evaluation.results import (
     Settings,
     append_results,
+    nothing_to_evaluate,
     read_results,
     sort_results,
 )
@@ -33,11 +35,15 @@ class Prompt:
 
 
 def benchmark_prompts(benchmark, files, tokenizer, settings: Settings, dataset) -> list[Prompt]:
+    """The prompts of every file's samples; a file none of whose lines gives one is an error
+    (app.UsageError): a benchmark scored without it would report a partial average as whole."""
     prompts = []
     for path in files:
         samples, problems = tasks.read_samples(benchmark, path, dataset)
         for problem in problems:
             print(f"skipping {problem}", file=sys.stderr)
+        if not samples:
+            raise app.UsageError(nothing_to_evaluate(path, len(problems)))
         for sample in samples:
             spec = benchmark.datasets[sample.dataset]
             max_new = settings.max_new_tokens or spec.max_gen

@@ -1,6 +1,6 @@
 """An evaluation's settings from what the command line gives, with each benchmark's reference
-defaults (window, sinks, prompt budget, chat template) and each RULER variant's needle counts
-filled in."""
+defaults (window, sinks, prompt budget, chat template), the other tasks' window and sinks from the
+AHN weights' config.json, and each RULER variant's needle counts filled in."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from absl import app
 from ahn_jax.config import ModelConfig
 from ahn_jax.evaluation import ruler, tasks
 from ahn_jax.evaluation.results import GRID_TASKS, Settings
+from ahn_jax.inference import recorded as recorded_lib
 from ahn_jax.inference.generation_config import read_generation_config
 from ahn_jax.model.cache import check_decode
 
@@ -44,17 +45,19 @@ def resolve_settings(
     niah_key_type: str | None = None,
     niah_value_type: str | None = None,
     niah_haystack: str | None = None,
+    recorded: recorded_lib.Recorded = recorded_lib.NOTHING,
 ) -> Settings:
     """The settings of evaluating `model` (with `ahn`, whose config is `config`) on `task`; None
-    (0 for window) means the benchmark's reference value. Each argument is the `ahn_jax.evaluate`
-    flag of its name, and errors (app.UsageError) name the flag."""
+    means the default (W and S: `window_and_sinks`, `recorded` what the AHN config.json holds).
+    The other arguments are the `ahn_jax.evaluate` flags; errors (app.UsageError) name them."""
     mode = mode or ("ahn" if config.ahn_type else "full")
     if mode == "ahn" and not config.ahn_type:
         raise app.UsageError(
             f"--mode=ahn needs AHN weights: {model} has none; pass --ahn DIR "
             "(or evaluate --mode=swa / full)"
         )
-    window, sinks, max_length = _attention(task, mode, window, sinks, max_length)
+    (window, sinks), _ = window_and_sinks(task, mode, window, sinks, recorded)
+    max_length = max_length or getattr(tasks.BENCHMARKS.get(task), "max_length", None)
     _check_decode(decode, mode)
     grid = dict(lengths=lengths, depths=depths, samples=samples, seed=seed)
     niah = dict(keys=niah_keys, values=niah_values, queries=niah_queries, key_type=niah_key_type,
@@ -97,16 +100,30 @@ def _repetition_penalty(model: str, given: float | None) -> float:
     return float(given)
 
 
-def _attention(task, mode, window, sinks, max_length) -> tuple[int, int, int | None]:
-    """Window, sinks and prompt budget: the benchmark's reference values where not given."""
+def window_and_sinks(
+    task: str, mode: str, window: int | None, sinks: int | None, recorded: recorded_lib.Recorded
+) -> tuple[tuple[int, int], str]:
+    """(W, S) and a note of where each came from: the flag (a window of 0 is none), else a
+    benchmark's reference values (its scripts pass them whatever the checkpoint records), else
+    for the other tasks what `recorded` holds, else no sinks and, outside mode full, a usage
+    error asking for --window."""
     benchmark = tasks.BENCHMARKS.get(task)
-    window = window or (benchmark.window if benchmark else None)
-    sinks = sinks if sinks is not None else (benchmark.sinks if benchmark else 0)
-    if window is None:
+    if benchmark is not None:  # not `recorded`'s either: a benchmark's W and S are its own
+        recorded, defaults_are = recorded_lib.NOTHING, f"the {task} reference's"
+        defaults = {"window": benchmark.window, "sinks": benchmark.sinks}
+    else:
+        defaults, defaults_are = {"window": None, "sinks": 0}, "default"
+    if mode == "full":  # full attention has no window to take from a file
+        recorded = recorded_lib.NOTHING
+    given = {"window": window or None, "sinks": sinks}
+    chosen, note = recorded_lib.window_and_sinks(given, recorded, defaults, defaults_are)
+    if chosen["window"] is None:
         if mode != "full":
-            raise app.UsageError(f"--task={task} --mode={mode} needs --window")
-        window = 0
-    return window, sinks, max_length or (benchmark.max_length if benchmark else None)
+            raise app.UsageError(
+                f"--task={task} --mode={mode} needs --window (no AHN config.json records one)"
+            )
+        chosen["window"] = 0
+    return (chosen["window"], chosen["sinks"]), note
 
 
 def _uses_chat(task: str, model_name: str, chat: str) -> bool:

@@ -222,14 +222,23 @@ class Sample:
     level: str | None = None  # LV-Eval's length level ("128k"), reported apart (`report_name`)
 
 
+# LV-Eval's file names end in a length level: `factrecall_en_128k` (16k ... 256k)
+_LENGTH_LEVEL = re.compile(r"(?P<key>.+)_(?P<level>\d+k)")
+
+
 def dataset_key(name: str) -> str:
-    """LV-Eval's rule: `factrecall_en_128k` -> `factrecall_en`, whose prompt and metric apply."""
-    return re.split(r"_.{1,3}k", name)[0]
+    """The dataset whose prompt and metric apply: the name without a trailing LV-Eval length
+    level (`factrecall_en_128k` -> `factrecall_en`), else the name. The reference's scorer cuts
+    at the first `_.{1,3}k` anywhere (`re.split`): the same key for every LV-Eval and LongBench
+    dataset, but `foo_task` would be read as dataset `foo`."""
+    found = _LENGTH_LEVEL.fullmatch(name)
+    return found["key"] if found else name
 
 
 def length_level(name: str) -> str | None:
     """What `dataset_key` drops: `factrecall_en_128k` -> "128k"; None where nothing is."""
-    return name[len(dataset_key(name)) + 1 :] or None
+    found = _LENGTH_LEVEL.fullmatch(name)
+    return found["level"] if found else None
 
 
 def report_name(record: dict) -> str:

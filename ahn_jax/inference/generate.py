@@ -2,7 +2,7 @@
 (the command line is ahn_jax/generate.py):
 
   python -m ahn_jax.generate --model DIR [--ahn DIR] (--prompt TEXT | --prompt_file F | --jsonl F)
-      [--max_new_tokens N] [--mode ahn|swa|full] [--window 32640] [--sinks 128]
+      [--max_new_tokens N] [--mode ahn|swa|full] [--window W] [--sinks S]
       [--decode exact|reference] [--do_sample] [--temperature T] [--top_k K] [--top_p P]
       [--repetition_penalty R] [--chat] [--batch_size 8] [--out F.jsonl] [--dtype D]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ahn_jax.config import load_config_file, validate_config
+from ahn_jax.config import MODES, load_config_file, validate_config
 from ahn_jax.costs import table
 from ahn_jax.costs.table import parameter_counts
 
@@ -38,6 +38,21 @@ def test_costs_cli_prints_json():
     assert result["base_params"] == BASE_PARAMS["qwen7b"]
     assert result["ahn_params"] == 18_468_352
     assert result["ahn_type"] == "dn"
+
+
+def test_every_cost_has_each_mode_in_the_json_and_the_table_in_readable_units():
+    """The tiny demo base at 1k tokens: caches of kilobytes and a megabyte, not "0.00 GB"."""
+    tiny = validate_config(load_config_file(CONFIGS / "tiny_base.py"))
+    result = table.report(tiny, length=1024, window=32, sinks=4)
+    text = table.format_report(result)
+    for key in ("cache_bytes", "mixing_flops", "model_flops", "forward_flops"):
+        assert set(result[key]) == set(MODES), key
+    line = next(x for x in text.splitlines() if x.startswith("model FLOPs:"))
+    assert all(f"{mode} {result['model_flops'][mode]:.3e}" in line for mode in MODES), line
+    cache = result["cache_bytes"]
+    assert (cache["full"], cache["swa"], result["gate_cache_bytes"]) == (1_048_576, 36_864, 0)
+    assert "cache:          full 1.05 MB, swa 36.86 KB, ahn 53.25 KB" in text, text
+    assert "gate cache 0 B" in text and "GB" not in text
 
 
 def _config(base):

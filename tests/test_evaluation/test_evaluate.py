@@ -1,7 +1,9 @@
 """The evaluation harness: pass keys, perplexity through the cache, batching, resume, the CLI."""
 
 import dataclasses
+import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl.app import UsageError
 from shared import save_tiny_qwen2, tiny_config, write_qwen25_tokenizer
 
-from ahn_jax.evaluation import passkey, perplexity, runner
+from ahn_jax.evaluation import passkey, perplexity, ruler, runner, tasks
 from ahn_jax.evaluation import results as results_lib
+from ahn_jax.evaluation.settings import resolve_settings, window_and_sinks
+from ahn_jax.inference.recorded import Recorded
 from ahn_jax.model.transformer import init_model
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 
@@ -154,7 +159,10 @@ def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
     assert (out / "predictions.jsonl").read_text() == before  # nothing was scored twice
     changed = subprocess.run([*command[:-1], "--window=32", f"--out={out}"], capture_output=True,
                              text=True, cwd=ROOT)  # fmt: skip
-    assert changed.returncode != 0 and "window: 16 -> 32" in changed.stderr
+    assert changed.returncode == 2 and changed.stderr.splitlines()[-1].startswith(
+        f"error: {out} holds a run with other settings (window: 16 -> 32)"
+    )
+    assert "  --" not in changed.stderr  # no flag help under the message
 
 
 def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_path, capsys):
@@ -169,8 +177,9 @@ def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_p
         settings = _settings("perplexity", mode, max_length=64, extra={"bucket": 16})
         out = tmp_path / mode
         results_lib.check_settings(out, settings)
-        perplexity.run_perplexity(byte_model, ByteTokenizer(), [docs], settings, out,
-                                batch_size=2, chunk=32, limit=None)  # fmt: skip
+        documents = perplexity.tokenized_documents(ByteTokenizer(), [docs], 64)
+        perplexity.run_perplexity(byte_model, documents, settings, out, batch_size=2, chunk=32,
+                                  limit=None)  # fmt: skip
         records = results_lib.read_results(out)
         assert [r["id"] for r in records] == ["docs:1", "docs:3"]
         nll, _ = perplexity.token_nll(
@@ -190,3 +199,111 @@ def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_p
     assert "docs.jsonl:2: needs a JSON object with a 'text' string" in capsys.readouterr().err
     report.compare_plot(runs, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+DOCS = ROOT / "docs" / "evaluation.md"
+
+
+def _documented_fields() -> dict[str, tuple[set, set]]:
+    """docs/evaluation.md's table of predictions.jsonl fields: per column (benchmarks, passkey,
+    niah_*, perplexity), (the fields always written, those written where they apply)."""
+    lines = DOCS.read_text().splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith("| field | benchmarks |"))
+    columns = [c.strip() for c in lines[start].strip("|").split("|")][1:5]
+    found = {column: (set(), set()) for column in columns}
+    for line in itertools.takewhile(lambda x: x.startswith("|"), lines[start + 2 :]):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for column, mark in zip(columns, cells[1:5], strict=True):
+            if mark in ("x", "(x)"):
+                found[column][mark == "(x)"].update(re.findall(r"`(\w+)`", cells[0]))
+    return found
+
+
+def _written_by_generation(model, prompts, settings, out, monkeypatch) -> list[dict]:
+    """The records `run_generation` writes for `prompts` (the decoding itself faked: the fields
+    do not depend on what is generated)."""
+
+    class Cache:
+        def nbytes(self):
+            return 0
+
+    def fake_generate(model, batch, on_cache, **kwargs):
+        on_cache(Cache())
+        return [[65, 66] for _ in batch]
+
+    monkeypatch.setattr(runner.generate_lib, "generate", fake_generate)
+    results_lib.check_settings(out, settings)
+    runner.run_generation(model, ByteTokenizer(), prompts, settings, out, batch_size=4)
+    return results_lib.read_results(out)
+
+
+def test_the_documented_record_fields_are_the_written_ones(byte_model, tmp_path, monkeypatch):
+    tokenizer = ByteTokenizer()
+    grid = dict(lengths=[1500], depths=[0.5], samples=1, seed=0)
+    lveval = _settings("lveval", max_length=200)
+    niah = _settings("niah_multiquery", extra=grid | vars(ruler.make_config("niah_multiquery")))
+    # an LV-Eval file with a length level (`level` written) and one without (none)
+    with_level = FIXTURES / "lveval" / "factrecall_en_128k.jsonl"
+    without = tmp_path / "factrecall_en.jsonl"
+    without.write_text(with_level.read_text().replace("factrecall_en_128k", "factrecall_en"))
+    prompts = {
+        "benchmarks": runner.benchmark_prompts(tasks.LVEVAL, [with_level, without], tokenizer,
+                                               lveval, None),
+        "passkey": runner.passkey_prompts(tokenizer, _settings("passkey", extra=grid)),
+        "niah_*": runner.ruler_prompts(tokenizer, niah),
+    }  # fmt: skip
+    tasks_of = {"benchmarks": "lveval", "passkey": "passkey", "niah_*": "niah_multiquery"}
+    written = {
+        column: _written_by_generation(byte_model, prompts[column],
+                                       _settings(tasks_of[column]), tmp_path / tasks_of[column],
+                                       monkeypatch)
+        for column in tasks_of
+    }  # fmt: skip
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"text": "To be, or not to be, that is the question." * 2}) + "\n")
+    settings = _settings("perplexity", "swa", max_length=64, extra={"bucket": 16})
+    results_lib.check_settings(tmp_path / "perplexity", settings)
+    perplexity.run_perplexity(byte_model, perplexity.tokenized_documents(tokenizer, [docs], 64),
+                              settings, tmp_path / "perplexity", batch_size=1, chunk=32,
+                              limit=None)  # fmt: skip
+    written["perplexity"] = results_lib.read_results(tmp_path / "perplexity")
+    documented = _documented_fields()
+    assert documented.keys() == written.keys()
+    for column, records in written.items():
+        always, sometimes = documented[column]
+        assert records and all(always <= r.keys() <= always | sometimes for r in records), (
+            column, always, sometimes, [sorted(r) for r in records])  # fmt: skip
+    assert {"level" in r for r in written["benchmarks"]} == {True, False}
+
+
+def test_pass_keys_niah_and_perplexity_take_the_ahn_configs_window_and_sinks(tmp_path):
+    config = tiny_config(ahn_type="gdn")
+    found = Recorded({"window": 16, "sinks": 2}, tmp_path / "ahn" / "config.json")
+
+    def attention(task, **flags):
+        settings = resolve_settings(config, task, model=str(tmp_path), **flags)
+        return settings.window, settings.sinks
+
+    assert attention("passkey", recorded=found) == (16, 2)
+    assert attention("perplexity", recorded=found, max_length=64, mode="swa") == (16, 2)
+    assert attention("passkey", recorded=found, window=8, sinks=0) == (8, 0)
+    released = Recorded({"window": 16}, found.source)  # no num_attn_sinks: none
+    assert attention("niah_multikey", recorded=released) == (16, 0)
+    assert attention("lveval", recorded=found) == (32640, 128)  # the reference's, as its scripts
+    assert attention("longbench", recorded=found) == (8064, 128)
+    assert attention("passkey", recorded=found, mode="full") == (0, 0)
+    with pytest.raises(UsageError, match="--task=passkey --mode=ahn needs --window"):
+        attention("passkey")
+    note = window_and_sinks("passkey", "ahn", None, 4, found)[1]
+    assert note == f"window 16 ({found.source}), sinks 4 (--sinks)"
+
+
+def test_perplexity_data_with_nothing_to_score_is_refused(tmp_path):
+    bad, short = tmp_path / "bad.jsonl", tmp_path / "short.jsonl"
+    bad.write_text('{"title": "no text"}\n[1, 2]\nnot JSON\n')
+    short.write_text('{"text": "short"}\n')
+    with pytest.raises(UsageError, match=f"--data {bad}: nothing to evaluate: every record was "
+                                         r"skipped \(3; see above\)"):  # fmt: skip
+        perplexity.tokenized_documents(ByteTokenizer(), [short, bad], 64)
+    with pytest.raises(UsageError, match=r"every document \(1\) is shorter than --max_length=64"):
+        perplexity.tokenized_documents(ByteTokenizer(), [short], 64)

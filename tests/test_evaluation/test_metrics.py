@@ -122,3 +122,16 @@ def test_lveval_length_levels_are_scored_apart(tmp_path):
     }
     assert summary["average"] == 50.0
     assert tasks.length_level("hotpotqa") is None and tasks.length_level("cmrc_mixup_64k") == "64k"
+
+
+def test_only_a_trailing_length_level_is_cut_from_a_dataset_name(tmp_path):
+    """`hotpotqa_task.jsonl` is no LongBench hotpotqa file (the reference's `_.{1,3}k` split would
+    read it as one, "_task" matching): refused, naming the whole name."""
+    assert tasks.dataset_key("loogle_SD_mixup_16k") == "loogle_SD_mixup"
+    assert tasks.length_level("loogle_SD_mixup_16k") == "16k"
+    for name in ("hotpotqa_task", "longbook_qa_eng", "factrecall_en_16kb"):
+        assert (tasks.dataset_key(name), tasks.length_level(name)) == (name, None)
+    path = tmp_path / "hotpotqa_task.jsonl"
+    path.write_text(json.dumps({"context": "c", "input": "q", "answers": ["a"]}) + "\n")
+    samples, problems = tasks.read_samples(tasks.LONGBENCH, path)
+    assert not samples and "dataset 'hotpotqa_task' is not one of longbench's" in problems[0]

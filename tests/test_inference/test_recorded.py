@@ -1,0 +1,92 @@
+"""The window and sinks of `python -m ahn_jax.generate`: the flags, else what the AHN weights'
+config.json records (the reference builds its inference model from that config), else 32640 and
+128."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ahn_jax.checkpoints.pretrained import from_pretrained
+from ahn_jax.inference import generate as generate_lib
+from ahn_jax.inference import recorded
+from ahn_jax.tokenizer import ByteTokenizer
+
+ROOT = Path(__file__).parents[2]
+DEMO_BASE = ROOT / "ahn_jax" / "assets" / "demo_base"
+DEFAULTS = {"window": 32640, "sinks": 128}
+PROMPT = "To be, or not to be, that is the question: whether"  # 51 bytes > S + W = 18
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """AHN weights for the demo base recording W = 16, S = 2; the same without num_attn_sinks
+    (as the released configs); and a merged directory's config (AHN fields beside the base's)."""
+    root = tmp_path_factory.mktemp("ahn")
+    model = from_pretrained(DEMO_BASE, ahn_type="gdn", ahn_output_init="normal")
+    ahn = model.save_ahn(root / "ahn", window=16, sinks=2)
+    hf = json.loads((ahn / "config.json").read_text())
+    released, merged = root / "released", root / "merged"
+    for directory, config in ((released, {k: v for k, v in hf.items() if k != "num_attn_sinks"}),
+                              (merged, {**hf, "save_ahn_only": False})):  # fmt: skip
+        directory.mkdir()
+        (directory / "config.json").write_text(json.dumps(config))
+    (released / "model.safetensors").write_bytes((ahn / "model.safetensors").read_bytes())
+    return {"model": model, "ahn": ahn, "released": released, "merged": merged}
+
+
+def test_recorded_window_and_sinks_of_ahn_only_merged_and_plain_directories(exports):
+    ahn, released, merged = exports["ahn"], exports["released"], exports["merged"]
+    assert recorded.recorded_attention(DEMO_BASE, ahn) == recorded.Recorded(
+        {"window": 16, "sinks": 2}, ahn / "config.json"
+    )
+    assert recorded.recorded_attention(DEMO_BASE, released).values == {"window": 16}
+    assert recorded.recorded_attention(merged, None).values == {"window": 16, "sinks": 2}
+    assert recorded.recorded_attention(DEMO_BASE, None) == recorded.NOTHING  # Orbax, no AHN
+
+
+def test_flags_come_first_then_the_file_then_the_defaults(exports):
+    found = recorded.recorded_attention(DEMO_BASE, exports["released"])
+    source = exports["released"] / "config.json"
+    none = {"window": None, "sinks": None}
+    assert recorded.window_and_sinks(none, found, DEFAULTS) == (
+        {"window": 16, "sinks": 128}, f"window 16 ({source}), sinks 128 (default)"
+    )  # fmt: skip
+    assert recorded.window_and_sinks({"window": 8, "sinks": 0}, found, DEFAULTS) == (
+        {"window": 8, "sinks": 0}, "window 8 (--window), sinks 0 (--sinks)"
+    )  # fmt: skip
+    assert recorded.window_and_sinks(none, recorded.NOTHING, DEFAULTS)[1] == (
+        "window 32640, sinks 128 (default)"
+    )
+
+
+def _generate_cli(tmp_path, *flags) -> tuple[str, str]:
+    """(the completion of PROMPT, stderr) of `python -m ahn_jax.generate` on the demo base."""
+    prompts, out = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
+    prompts.write_text(json.dumps({"prompt": PROMPT}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "ahn_jax.generate", f"--model={DEMO_BASE}",
+                           f"--jsonl={prompts}", f"--out={out}", "--max_new_tokens=6", *flags],
+                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.read_text())["completion"], done.stderr
+
+
+def _completion(model, window: int, sinks: int) -> str:
+    tokenizer = ByteTokenizer()
+    new = generate_lib.generate(model, [tokenizer.encode(PROMPT)], max_new_tokens=6, mode="ahn",
+                                window=window, sinks=sinks)  # fmt: skip
+    return tokenizer.decode(new[0])
+
+
+def test_generate_decodes_with_the_recorded_window_and_sinks_unless_flags_say_otherwise(
+    exports, tmp_path
+):
+    ahn, model = exports["ahn"], exports["model"]
+    recorded_run, stderr = _generate_cli(tmp_path, f"--ahn={ahn}")
+    assert f"mode ahn: window 16, sinks 2 ({ahn / 'config.json'})" in stderr
+    assert recorded_run == _completion(model, 16, 2) != _completion(model, 32640, 128)
+    flagged, stderr = _generate_cli(tmp_path, f"--ahn={ahn}", "--window=24")
+    assert f"mode ahn: window 24 (--window), sinks 2 ({ahn / 'config.json'})" in stderr
+    assert flagged == _completion(model, 24, 2)
