@@ -34,10 +34,9 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from ahn_jax import cli, xla_cpu
-from ahn_jax.checkpoints.hf_naming import CheckpointMismatchError
-from ahn_jax.checkpoints.pretrained import from_pretrained
+from ahn_jax.checkpoints.pretrained import LOAD_ERRORS, from_pretrained
 from ahn_jax.cli import default_dtype, define_kernels_flag
-from ahn_jax.config import KERNELS, MODES, ConfigError
+from ahn_jax.config import KERNELS, MODES
 from ahn_jax.evaluation import report, ruler, tasks
 from ahn_jax.evaluation.perplexity import run_perplexity, tokenized_documents
 from ahn_jax.evaluation.results import (
@@ -156,10 +155,6 @@ def _announce(settings, recorded) -> None:
           file=sys.stderr)  # fmt: skip
 
 
-# what a user can get wrong beyond the flags: missing files, AHN weights that do not fit the base
-USER_ERRORS = (OSError, ConfigError, CheckpointMismatchError)
-
-
 def _prompts(tokenizer, settings, files):
     try:
         if settings.task == "passkey":
@@ -175,4 +170,4 @@ def _prompts(tokenizer, settings, files):
 if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
-    cli.run(main, USER_ERRORS)
+    cli.run(main, LOAD_ERRORS)

@@ -25,12 +25,11 @@ from absl import app, flags
 
 from ahn_jax import cli, xla_cpu
 from ahn_jax.checkpoints.ahn_weights import DEFAULT_SINKS, DEFAULT_WINDOW
-from ahn_jax.checkpoints.hf_naming import CheckpointMismatchError
-from ahn_jax.checkpoints.pretrained import from_pretrained
-from ahn_jax.config import KERNELS, MODES, ConfigError
+from ahn_jax.checkpoints.pretrained import LOAD_ERRORS, from_pretrained
+from ahn_jax.config import KERNELS, MODES
 from ahn_jax.inference import generate as generate_lib
 from ahn_jax.inference import generation_config, recorded
-from ahn_jax.model.cache import DECODES, check_decode
+from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS
 
@@ -116,16 +115,8 @@ def main(argv) -> None:
     generation = generation_settings(FLAGS.model)
     dtype = jnp.dtype(FLAGS.dtype or cli.default_dtype())
     model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=dtype, kernels=FLAGS.kernels)
-    mode = FLAGS.mode or ("ahn" if model.config.ahn_type else "full")
-    if mode == "ahn" and not model.config.ahn_type:
-        raise app.UsageError(
-            f"--mode=ahn needs AHN weights: {FLAGS.model} has none; pass --ahn DIR "
-            "(or --mode=swa / full)"
-        )
-    try:
-        check_decode(FLAGS.decode, mode)
-    except ValueError as error:
-        raise app.UsageError(f"--decode: {error}") from None
+    mode = recorded.resolve_mode(FLAGS.mode, model.config, FLAGS.model)
+    recorded.check_decode_flag(FLAGS.decode, mode)
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
     settings = dict(
         generation=generation,
@@ -148,10 +139,7 @@ def main(argv) -> None:
         print("\n".join(lines))
 
 
-# what a user can get wrong beyond the flags: missing files, AHN weights that do not fit the base
-USER_ERRORS = (OSError, ConfigError, CheckpointMismatchError)
-
 if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
-    cli.run(main, USER_ERRORS)
+    cli.run(main, LOAD_ERRORS)

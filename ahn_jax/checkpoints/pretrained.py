@@ -20,6 +20,10 @@ from ahn_jax.model import memory
 from ahn_jax.model.sharding import DEFAULT_RULES, state_shardings
 from ahn_jax.model.transformer import AhnModel, abstract_model
 
+# What loading a user's directories can raise that is the user's to fix: a missing or unreadable
+# file, a config it cannot run, tensors that do not fit (the tools print it as one error line)
+LOAD_ERRORS = (OSError, ConfigError, hf_naming.CheckpointMismatchError)
+
 
 def param_shapes(config: ModelConfig) -> dict[ParamPath, tuple[int, ...]]:
     _, state = nnx.split(abstract_model(config))

@@ -15,7 +15,6 @@ from ahn_jax.evaluation import ruler, tasks
 from ahn_jax.evaluation.results import GRID_TASKS, Settings
 from ahn_jax.inference import recorded as recorded_lib
 from ahn_jax.inference.generation_config import read_generation_config
-from ahn_jax.model.cache import check_decode
 
 
 def resolve_settings(
@@ -50,15 +49,10 @@ def resolve_settings(
     """The settings of evaluating `model` (with `ahn`, whose config is `config`) on `task`; None
     means the default (W and S: `window_and_sinks`, `recorded` what the AHN config.json holds).
     The other arguments are the `ahn_jax.evaluate` flags; errors (app.UsageError) name them."""
-    mode = mode or ("ahn" if config.ahn_type else "full")
-    if mode == "ahn" and not config.ahn_type:
-        raise app.UsageError(
-            f"--mode=ahn needs AHN weights: {model} has none; pass --ahn DIR "
-            "(or evaluate --mode=swa / full)"
-        )
+    mode = recorded_lib.resolve_mode(mode, config, model)
     (window, sinks), _ = window_and_sinks(task, mode, window, sinks, recorded)
     max_length = max_length or getattr(tasks.BENCHMARKS.get(task), "max_length", None)
-    _check_decode(decode, mode)
+    recorded_lib.check_decode_flag(decode, mode)
     grid = dict(lengths=lengths, depths=depths, samples=samples, seed=seed)
     niah = dict(keys=niah_keys, values=niah_values, queries=niah_queries, key_type=niah_key_type,
                 value_type=niah_value_type, haystack=niah_haystack)  # fmt: skip
@@ -78,13 +72,6 @@ def resolve_settings(
         decode=decode,
         repetition_penalty=_repetition_penalty(model, repetition_penalty),
     )
-
-
-def _check_decode(decode: str, mode: str) -> None:
-    try:
-        check_decode(decode, mode)
-    except ValueError as error:
-        raise app.UsageError(f"--decode: {error}") from None
 
 
 def _repetition_penalty(model: str, given: float | None) -> float:
