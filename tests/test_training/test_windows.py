@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ahn_jax.config import SINK_CHOICES, WINDOW_CHOICES, ConfigError
-from ahn_jax.training.windows import rows_without_window, sample_windows
+from ahn_jax.training.windows import reference_lengths, rows_without_window, sample_windows
 
 # The reference's rule worked out by hand: W_tot in (L/8, L) among 32 .. 8192, S <= W_tot / 2.
 ADMISSIBLE_TOTALS = {
@@ -121,3 +121,23 @@ def test_lengths_are_read_as_the_references_collator_pads_them():
 def test_an_unknown_kind_is_an_error():
     with pytest.raises(ConfigError, match="window_sampling"):
         sample_windows([1_000], seed=0, step=1, kind="sometimes")
+
+
+def test_reference_lengths_are_the_widths_transformers_collator_pads_one_row_to(
+    qwen25_tokenizer_dir,
+):
+    """LLaMA-Factory's training collator is transformers' DataCollatorForSeq2Seq (subclassed) with
+    pad_to_multiple_of=8, one sequence per device: the width it gives a row is the L the
+    reference's model samples windows from."""
+    from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(qwen25_tokenizer_dir / "tokenizer.json"), pad_token="<|endoftext|>"
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="np")
+    lengths = [1, 7, 8, 9, 1_017, 1_020, 1_024, 4_093]
+    widths = [
+        collator([{"input_ids": [11] * n, "labels": [11] * n}])["input_ids"].shape[1]
+        for n in lengths
+    ]
+    assert reference_lengths(lengths).tolist() == widths
