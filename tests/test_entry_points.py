@@ -197,3 +197,9 @@ def test_generate_names_each_ahn_tensor_that_does_not_fit_without_a_traceback(tm
 def test_each_tools_help_lists_the_flags_defined_for_it_in_ahn_jax_cli(tool, flag):
     """absl's --help lists the main module's flags only (the others under --helpfull)."""
     assert f"\n  --{flag}:" in _tool(tool, "--help").stdout
+
+
+def test_train_help_lists_the_config_fields():
+    help_text = _tool("ahn_jax.train", "--help").stdout
+    assert "--config.<section>.<field>=<value>" in help_text
+    assert "  train.steps = 740\n      optimizer steps of the whole run\n" in help_text

@@ -10,6 +10,7 @@ from ahn_jax.config.model import (
     REMAT_POLICIES,
     ConfigError,
     ModelConfig,
+    check_vocabulary,
 )
 from ahn_jax.config.run import (
     DATA_DEFAULTS,
@@ -40,6 +41,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
+    "check_vocabulary",
     "load_config_file",
     "make_config",
     "run_configs",

@@ -27,6 +27,18 @@ class ConfigError(ValueError):
     """A setting is missing, malformed or asks for a feature we do not implement."""
 
 
+def check_vocabulary(tokens: int, vocab_size: int, source: str) -> None:
+    """A tokenizer of `tokens` ids must fit the model's embedding table: JAX's gathers clamp or
+    fill an out-of-range id without an error, so its tokens would silently read other rows.
+    `source` names where the tokenizer came from, for the message."""
+    if tokens > vocab_size:
+        raise ConfigError(
+            f"the tokenizer of {source} has {tokens:,} tokens but the model's vocabulary has "
+            f"{vocab_size:,} (model.vocab_size): its ids would run past the embedding table. "
+            "Use the model's own tokenizer"
+        )
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -93,24 +105,29 @@ class ModelConfig:
     operands; norms, RoPE tables and softmax run in fp32 and logits are always returned in fp32.
     """
 
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float = 1e-6
-    rope_theta: float = 1_000_000.0
-    tie_word_embeddings: bool = False
-    max_position_embeddings: int = 32768
-    param_dtype: str = "float32"
-    dtype: str = "float32"
+    vocab_size: int  # tokens of the embedding table (Qwen2.5: 151,936)
+    hidden_size: int  # the residual stream's width
+    intermediate_size: int  # the MLP's hidden width
+    num_layers: int  # decoder layers
+    num_heads: int  # query heads
+    num_kv_heads: int  # key/value heads (grouped-query attention: divides num_heads)
+    head_dim: int  # per head (even, for RoPE)
+    rms_norm_eps: float = 1e-6  # RMSNorm's epsilon
+    rope_theta: float = 1_000_000.0  # RoPE's base
+    tie_word_embeddings: bool = False  # the output projection is the embedding table
+    max_position_embeddings: int = 32768  # as the checkpoint's config.json records it
+    param_dtype: str = "float32"  # how weights are stored: one of DTYPES
+    dtype: str = "float32"  # activations and matmul operands: one of DTYPES
+    # what the backward recomputes: one of REMAT_POLICIES ("full": each layer's forward)
     remat_policy: str = "none"
-    kernels: str = "auto"
-    ahn_type: str | None = None  # None: a plain Qwen2 model without AHN weights
+    kernels: str = "auto"  # one of KERNELS: "auto" = Pallas on TPU, XLA elsewhere
+    # one of AHN_TYPES; None: a plain Qwen2 model without AHN weights
+    ahn_type: str | None = None
     full_attention_layers: tuple[int, ...] = ()  # layers kept as full attention in every mode
-    rope_scaling: YarnScaling | None = None  # None: plain RoPE
+    # YaRN settings as transformers' rope_parameters (e.g. {"factor": 4.0,
+    # "original_max_position_embeddings": 32768}), set in the config file (a base checkpoint's
+    # config.json decides); None: plain RoPE
+    rope_scaling: YarnScaling | None = None
 
     def __post_init__(self):
         for name in (

@@ -262,6 +262,12 @@ def _check_inputs(train: TrainConfig, data: DataConfig) -> None:
             "data.tokenizer = 'checkpoint' needs data.tokenizer_dir or train.base_checkpoint "
             "(or data.tokenizer = 'bytes')"
         )
+    shipped = Path(train.base_checkpoint, "tokenizer.json")
+    if data.tokenizer == "bytes" and train.base_checkpoint and shipped.is_file():
+        raise ConfigError(
+            f"data.tokenizer = 'bytes' with a base that has its own tokenizer ({shipped}): it "
+            "would read UTF-8 bytes as its token ids 0-255. Set data.tokenizer = 'checkpoint'"
+        )
 
 
 def _known(cls, section: str, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -285,10 +291,6 @@ def _is_sequence(value, item_ok) -> bool:
     return isinstance(value, list | tuple) and all(item_ok(x) for x in value)
 
 
-def _is_path(value) -> bool:
-    return isinstance(value, str | os.PathLike)
-
-
 # Field annotation -> (what a value must be, the test, the conversion to the field's type).
 _KINDS = {
     "int": ("an integer", _is_int, int),
@@ -307,7 +309,7 @@ _KINDS = {
     ),
     "tuple[str, ...]": (
         "a sequence of strings",
-        lambda v: _is_sequence(v, _is_path),
+        lambda v: _is_sequence(v, lambda x: isinstance(x, str | os.PathLike)),
         lambda v: tuple(os.fspath(x) for x in v),
     ),
     "dict[str, Any]": ("a mapping", lambda v: isinstance(v, Mapping), dict),

@@ -29,6 +29,7 @@ import numpy as np
 from absl import app
 from flax import nnx
 
+from ahn_jax.config import check_vocabulary
 from ahn_jax.inference import sampling as sampling_lib
 from ahn_jax.inference.generation_config import DEFAULTS, GenerationSettings
 from ahn_jax.inference.sampling import Sampling, sample_token
@@ -175,8 +176,12 @@ def _ragged_batch(prompts, max_new_tokens):
 
 
 def load_tokenizer(model_dir: str, vocab_size: int):
+    """The checkpoint's tokenizer.json (which must fit the model's vocabulary), else bytes for a
+    model of 256 tokens."""
     if (Path(model_dir) / "tokenizer.json").is_file():
-        return HFTokenizer.from_dir(model_dir)
+        tokenizer = HFTokenizer.from_dir(model_dir)
+        check_vocabulary(tokenizer.vocab_size, vocab_size, f"{model_dir}/tokenizer.json")
+        return tokenizer
     if vocab_size == ByteTokenizer.vocab_size:
         return ByteTokenizer()
     raise FileNotFoundError(f"no tokenizer.json in {model_dir} (and the vocabulary is not bytes)")

@@ -24,6 +24,7 @@ from ahn_jax.config import (
     DataConfig,
     ModelConfig,
     TrainConfig,
+    check_vocabulary,
     run_configs,
     validate_config,
 )
@@ -97,13 +98,17 @@ def length_buckets(t: TrainConfig) -> tuple[int, ...]:
     return buckets if jax.process_count() == 1 else (max(buckets),)
 
 
-def tokenizer_for(d: DataConfig, t: TrainConfig):
+def tokenizer_for(d: DataConfig, t: TrainConfig, vocab_size: int):
+    """The data's tokenizer, whose ids must fit the model's vocabulary (`vocab_size`)."""
     if d.tokenizer == "bytes":
-        return ByteTokenizer()
-    directory = d.tokenizer_dir or t.base_checkpoint
-    if not directory:
-        raise ConfigError("data.tokenizer = 'checkpoint' needs train.base_checkpoint")
-    return HFTokenizer.from_dir(directory)
+        tokenizer, source = ByteTokenizer(), "data.tokenizer = 'bytes'"
+    else:
+        directory = d.tokenizer_dir or t.base_checkpoint
+        if not directory:
+            raise ConfigError("data.tokenizer = 'checkpoint' needs train.base_checkpoint")
+        tokenizer, source = HFTokenizer.from_dir(directory), f"{directory}/tokenizer.json"
+    check_vocabulary(tokenizer.vocab_size, vocab_size, source)
+    return tokenizer
 
 
 @dataclasses.dataclass
@@ -194,7 +199,7 @@ def setup(config: ConfigDict) -> Run:
     skips = data.SkipCounter()
     dataset = data.make_dataset(
         d,
-        tokenizer_for(d, t),
+        tokenizer_for(d, t, model_config.vocab_size),
         batch_size=t.batch_size // jax.process_count(),
         seed=t.seed,
         buckets=length_buckets(t),

@@ -172,6 +172,47 @@ def test_a_run_needs_a_base_and_data_unless_it_says_otherwise(tmp_path):
     run_configs(pretrain)
 
 
+def test_bytes_are_refused_for_a_base_with_its_own_tokenizer(tmp_path, qwen25_tokenizer_dir):
+    """A base that ships tokenizer.json (an HF checkpoint) would read UTF-8 bytes as its token
+    ids 0-255: the run stops at start naming both fields; a base without one (the demo's byte
+    model, an ahn_jax checkpoint) takes bytes."""
+    train = dict(seq_len=256, base_checkpoint=str(tmp_path))
+    data = dict(cutoff_len=256, format="shakespeare", tokenizer="bytes")
+    config = make_config(MODEL, ahn_type="gdn", train=train, data=data)
+    run_configs(config)
+    (tmp_path / "tokenizer.json").write_bytes(
+        (qwen25_tokenizer_dir / "tokenizer.json").read_bytes()
+    )
+    with pytest.raises(
+        ConfigError, match=r"data\.tokenizer = 'bytes' with a base that has its own tokenizer"
+    ):
+        run_configs(config)
+    config.data.tokenizer = "checkpoint"
+    run_configs(config)
+
+
+def test_a_tokenizer_past_the_models_vocabulary_is_refused(qwen25_tokenizer_dir, tmp_path):
+    """Ids past the embedding table would be clamped or filled by JAX's gathers without an error:
+    training's and inference's tokenizers are checked against model.vocab_size."""
+    from ahn_jax.inference.generate import load_tokenizer
+    from ahn_jax.training.run import tokenizer_for
+
+    train = TrainConfig(base_checkpoint=str(qwen25_tokenizer_dir))
+    qwen_vocab = tokenizer_for(DataConfig(), train, 151_936).vocab_size
+    assert qwen_vocab == 151_665  # Qwen2.5's tokenizer.json, added tokens included
+    with pytest.raises(
+        ConfigError, match=r"has 151,665 tokens but the model's vocabulary has 8,192"
+    ):
+        tokenizer_for(DataConfig(), train, 8192)
+    with pytest.raises(ConfigError, match=r"data\.tokenizer = 'bytes' has 256 tokens .* has 128"):
+        tokenizer_for(DataConfig(tokenizer="bytes"), train, 128)
+    assert load_tokenizer(str(qwen25_tokenizer_dir), 151_936).vocab_size == qwen_vocab
+    with pytest.raises(ConfigError, match=r"tokenizer\.json has 151,665 tokens"):
+        load_tokenizer(str(qwen25_tokenizer_dir), 1000)
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        load_tokenizer(str(tmp_path), 1000)
+
+
 @pytest.mark.parametrize("name", ["qwen3b_gdn", "qwen3b_dn", "qwen3b_mamba2", "qwen7b_gdn",
                                   "qwen14b_gdn"])  # fmt: skip
 def test_qwen_configs_carry_the_references_recipe(name):
