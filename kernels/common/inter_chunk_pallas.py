@@ -1,8 +1,10 @@
 """The inter-chunk state scan of the chunked recurrences as Pallas TPU kernels, with a custom VJP.
 
-Both the delta rule and SSD (w = 0) run it on the state-free per-chunk terms of
-kernels/common/chunking.py (`chunk_terms`), computed for all chunks at once (`batched.chunk_terms`
-of each family; kernels/common/inter_chunk_xla.py is the same scan in XLA, impl="batched").
+Both the delta rule and SSD run it on the state-free per-chunk terms of kernels/common/chunking.py
+(`chunk_terms`), computed for all chunks at once (`batched.chunk_terms` of each family;
+kernels/common/inter_chunk_xla.py is the same scan in XLA, impl="batched"). SSD has no delta
+correction (w = None): its kernels are built without w and its terms, rather than fed zeros.
+
 Grid (B * N, Q): the chunk axis is "arbitrary" (sequential) and the fp32 state [H, E] stays in a
 VMEM scratch buffer across it. The forward also writes the state entering every chunk; the
 backward kernel walks the chunks in reverse from those saved states, carrying dS (the gradient of
@@ -37,8 +39,14 @@ def _dot(a, b, contract_a: int, contract_b: int, precision):
     )
 
 
-def _forward_kernel(u_ref, w_ref, qg_ref, p_ref, kd_ref, decay_ref, s0_ref,
-                    o_ref, states_ref, final_ref, state_scratch, *, precision):  # fmt: skip
+def _forward_kernel(*refs, precision, delta: bool):
+    # refs: u, [w,] qg, P, kd, decay, S0 | O, states, final | scratch (w only with a delta
+    # correction: SSD has none, and a zero w would cost its size in HBM and its gradient)
+    if delta:
+        u_ref, w_ref, *refs = refs
+    else:
+        (u_ref, *refs), w_ref = refs, None
+    qg_ref, p_ref, kd_ref, decay_ref, s0_ref, o_ref, states_ref, final_ref, state_scratch = refs
     c = pl.program_id(1)
 
     @pl.when(c == 0)
@@ -47,7 +55,9 @@ def _forward_kernel(u_ref, w_ref, qg_ref, p_ref, kd_ref, decay_ref, s0_ref,
 
     S = state_scratch[...]
     states_ref[0, 0] = S
-    U = u_ref[0, 0] - _dot(w_ref[0, 0], S, 1, 0, precision)
+    U = u_ref[0, 0]
+    if delta:
+        U = U - _dot(w_ref[0, 0], S, 1, 0, precision)
     o_ref[0, 0] = _dot(qg_ref[0, 0], S, 1, 0, precision) + _dot(p_ref[0, 0], U, 1, 0, precision)
     S_next = decay_ref[0, 0] * S + _dot(kd_ref[0, 0], U, 0, 0, precision)
     state_scratch[...] = S_next
@@ -57,9 +67,17 @@ def _forward_kernel(u_ref, w_ref, qg_ref, p_ref, kd_ref, decay_ref, s0_ref,
         final_ref[0] = S_next
 
 
-def _backward_kernel(u_ref, w_ref, qg_ref, p_ref, kd_ref, decay_ref, states_ref, do_ref,
-                     dfinal_ref, du_ref, dw_ref, dqg_ref, dp_ref, dkd_ref, ddecay_ref, ds0_ref,
-                     grad_scratch, *, precision):  # fmt: skip
+def _backward_kernel(*refs, precision, delta: bool):
+    # refs: u, [w,] qg, P, kd, decay, states, dO, dfinal | du, [dw,] dqg, dP, dkd, ddecay, dS0 |
+    # scratch
+    n_in = 9 if delta else 8
+    ins, outs, (grad_scratch,) = refs[:n_in], list(refs[n_in:-1]), refs[-1:]
+    u_ref, *ins = ins
+    w_ref = ins.pop(0) if delta else None
+    qg_ref, p_ref, kd_ref, decay_ref, states_ref, do_ref, dfinal_ref = ins
+    du_ref = outs.pop(0)
+    dw_ref = outs.pop(0) if delta else None
+    dqg_ref, dp_ref, dkd_ref, ddecay_ref, ds0_ref = outs
     c = pl.program_id(1)
 
     @pl.when(c == 0)
@@ -68,16 +86,20 @@ def _backward_kernel(u_ref, w_ref, qg_ref, p_ref, kd_ref, decay_ref, states_ref,
 
     dS = grad_scratch[...]  # gradient of the state leaving this chunk
     S = states_ref[0, 0]
-    w, qg, P, kd, dO = w_ref[0, 0], qg_ref[0, 0], p_ref[0, 0], kd_ref[0, 0], do_ref[0, 0]
-    U = u_ref[0, 0] - _dot(w, S, 1, 0, precision)
+    qg, P, kd, dO = qg_ref[0, 0], p_ref[0, 0], kd_ref[0, 0], do_ref[0, 0]
+    U = u_ref[0, 0]
+    if delta:
+        U = U - _dot(w_ref[0, 0], S, 1, 0, precision)
     dU = _dot(P, dO, 0, 0, precision) + _dot(kd, dS, 1, 0, precision)
     du_ref[0, 0] = dU
-    dw_ref[0, 0] = -_dot(dU, S, 1, 1, precision)
     dqg_ref[0, 0] = _dot(dO, S, 1, 1, precision)
     dp_ref[0, 0] = _dot(dO, U, 1, 1, precision)
     dkd_ref[0, 0] = _dot(U, dS, 1, 1, precision)
     ddecay_ref[0, 0] = jnp.sum(dS * S, axis=0, keepdims=True)
-    dS_prev = decay_ref[0, 0] * dS + _dot(qg, dO, 0, 0, precision) - _dot(w, dU, 0, 0, precision)
+    dS_prev = decay_ref[0, 0] * dS + _dot(qg, dO, 0, 0, precision)
+    if delta:
+        dw_ref[0, 0] = -_dot(dU, S, 1, 1, precision)
+        dS_prev = dS_prev - _dot(w_ref[0, 0], dU, 0, 0, precision)
     grad_scratch[...] = dS_prev
 
     @pl.when(c == pl.num_programs(1) - 1)
@@ -109,37 +131,35 @@ def _out(shape, like):
 
 def _forward(u, w, qg, P, kd, decay, S0, precision):
     BN, Q, C, E = u.shape
-    H = w.shape[-1]
+    H = kd.shape[-1]
+    delta = w is not None
     spec = functools.partial(_chunk_spec, reverse=False, n_chunks=Q)
+    w_part = [w] if delta else []
     return pl.pallas_call(
-        functools.partial(_forward_kernel, precision=precision),
+        functools.partial(_forward_kernel, precision=precision, delta=delta),
         grid=(BN, Q),
-        in_specs=[
-            spec((C, E)),
-            spec((C, H)),
-            spec((C, H)),
-            spec((C, C)),
-            spec((C, H)),
-            spec((1, E)),
-            _state_spec(H, E),
-        ],
+        in_specs=[spec((C, E))]
+        + [spec((C, H))] * delta
+        + [spec((C, H)), spec((C, C)), spec((C, H)), spec((1, E)), _state_spec(H, E)],
         out_specs=[spec((C, E)), spec((H, E)), _state_spec(H, E)],
         out_shape=[_out((BN, Q, C, E), u), _out((BN, Q, H, E), u), _out((BN, H, E), u)],
         scratch_shapes=[pltpu.VMEM((H, E), jnp.float32)],
         compiler_params=_params(),
         interpret=pallas_mode.interpret(),
-    )(u, w, qg, P, kd, decay, S0)
+    )(u, *w_part, qg, P, kd, decay, S0)
 
 
 def backward(u, w, qg, P, kd, decay, states, dO, dfinal, precision):
     """The reverse kernel on flat [B * N, Q, ...] arrays (the VJP of `scan_flat`): the gradients
-    of u, w, qg, P, kd, decay and the initial state, from the states entering every chunk."""
+    of u, w (None where w is), qg, P, kd, decay and the initial state, from the states entering
+    every chunk."""
     BN, Q, C, E = u.shape
-    H = w.shape[-1]
+    H = kd.shape[-1]
+    delta = w is not None
     spec = functools.partial(_chunk_spec, reverse=True, n_chunks=Q)
-    shapes = [(C, E), (C, H), (C, H), (C, C), (C, H), (1, E)]
-    return pl.pallas_call(
-        functools.partial(_backward_kernel, precision=precision),
+    shapes = [(C, E)] + [(C, H)] * delta + [(C, H), (C, C), (C, H), (1, E)]
+    grads = pl.pallas_call(
+        functools.partial(_backward_kernel, precision=precision, delta=delta),
         grid=(BN, Q),
         in_specs=[spec(s) for s in shapes] + [spec((H, E)), spec((C, E)), _state_spec(H, E)],
         out_specs=[spec(s) for s in shapes] + [_state_spec(H, E)],
@@ -147,13 +167,15 @@ def backward(u, w, qg, P, kd, decay, states, dO, dfinal, precision):
         scratch_shapes=[pltpu.VMEM((H, E), jnp.float32)],
         compiler_params=_params(),
         interpret=pallas_mode.interpret(),
-    )(u, w, qg, P, kd, decay, states, dO, dfinal)
+    )(u, *([w] if delta else []), qg, P, kd, decay, states, dO, dfinal)
+    return grads if delta else [grads[0], None, *grads[1:]]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
 def scan_flat(u, w, qg, P, kd, decay, S0, precision):
-    """The scan on flat fp32 arrays: u [B * N, Q, C, E], w, qg, kd [B * N, Q, C, H], P [B * N, Q,
-    C, C], decay [B * N, Q, 1, E] (e^G_last broadcast over E), S0 [B * N, H, E] -> (O, final S)."""
+    """The scan on flat fp32 arrays: u [B * N, Q, C, E], w (None: no delta correction), qg, kd
+    [B * N, Q, C, H], P [B * N, Q, C, C], decay [B * N, Q, 1, E] (e^G_last broadcast over E), S0
+    [B * N, H, E] -> (O, final S)."""
     O, _, final = _forward(u, w, qg, P, kd, decay, S0, precision)
     return O, final
 
@@ -177,11 +199,9 @@ def inter_chunk_scan(u_base, w, qg, P, kd, decay, initial_state, precision):
     [B, N, H, E] fp32. Returns (O [B, N, Q, C, E], final S [B, N, H, E])."""
     B, N, Q, C, E = u_base.shape
     H = kd.shape[-1]
-    if w is None:  # no delta correction (SSD): the kernel multiplies zeros
-        w = jnp.zeros(kd.shape, jnp.float32)
 
     def flat(x):
-        return x.reshape(B * N, *x.shape[2:]).astype(jnp.float32)
+        return None if x is None else x.reshape(B * N, *x.shape[2:]).astype(jnp.float32)
 
     decay_rows = jnp.broadcast_to(decay[..., None, None], (B, N, Q, 1, E))
     O, final = scan_flat(

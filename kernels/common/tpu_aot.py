@@ -57,7 +57,10 @@ def scoped_vmem_bytes(topology: str, fn, *shapes_and_dtypes, max_tries: int = 8)
                 match = re.search(r"Scoped allocation with size ([0-9.]+)([KMG]?)", str(error))
                 if match is None:
                     raise
-                scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)]
-                largest = int(float(match.group(1)) * scale)
-                cap = largest + 4096
+                number, unit = match.groups()
+                scale = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[unit]
+                largest = int(float(number) * scale)
+                # the size is printed rounded ("1.20M"): above it by one unit of its last digit
+                decimals = len(number.partition(".")[2])
+                cap = largest + int(scale * 10.0**-decimals) + 4096
     raise RuntimeError(f"VMEM allocations still growing after {max_tries} compiles")

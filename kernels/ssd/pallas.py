@@ -1,6 +1,6 @@
 """The SSD with the Pallas inter-chunk scan: the state-free terms of all chunks at once in XLA
 (`batched.chunk_terms`, shared with impl="batched"), then the same Pallas state scan as the delta
-rule with no delta correction (w = 0; kernels/common/inter_chunk_pallas.py; interpret mode off
+rule without the delta correction (no w; kernels/common/inter_chunk_pallas.py; interpret mode off
 TPU)."""
 
 from __future__ import annotations

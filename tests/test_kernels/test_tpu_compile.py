@@ -34,12 +34,22 @@ def splash_forward_and_backward(q, k, v):
     return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
 
+def ssd_scan_forward_and_backward(u, *rest):
+    """SSD's scan: no delta correction, so no w (kernels built without it)."""
+    return scan_forward_and_backward(u, None, *rest)
+
+
 @pytest.mark.parametrize("topology", tpu_aot.TOPOLOGIES)
-def test_delta_rule_scan_compiles_for_tpu(topology):
-    lowered, compiled = tpu_aot.compile_for(topology, scan_forward_and_backward, *scan_shapes())
+@pytest.mark.parametrize("family", ["delta_rule", "ssd"])
+def test_scan_compiles_for_tpu(topology, family):
+    shapes = scan_shapes()
+    function = scan_forward_and_backward
+    if family == "ssd":
+        function, shapes = ssd_scan_forward_and_backward, [shapes[0], *shapes[2:]]
+    lowered, compiled = tpu_aot.compile_for(topology, function, *shapes)
     assert lowered.as_text().count("tpu_custom_call") == 2  # forward and reverse kernels
     assert compiled.memory_analysis().temp_size_in_bytes < 64 * 2**20
-    vmem = tpu_aot.scoped_vmem_bytes(topology, scan_forward_and_backward, *scan_shapes())
+    vmem = tpu_aot.scoped_vmem_bytes(topology, function, *shapes)
     assert vmem is not None and 4096 < vmem < 16 * 2**20  # far inside every generation's VMEM
 
 
