@@ -8,7 +8,7 @@ import sys
 from absl import app
 
 from ahn_jax import cli, xla_cpu
-from ahn_jax.config import ConfigError, fields, run_configs, validate_config
+from ahn_jax.config import ConfigError, field_help, run_configs, validate_config
 
 
 def main(argv) -> None:
@@ -38,6 +38,6 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
-    __doc__ += "\n" + fields.describe()  # absl's --help prints the main module's docstring
+    __doc__ += "\n" + field_help.describe()  # absl's --help prints the main module's docstring
     cli.define_config_flag()
     cli.run(main, (ConfigError, FileNotFoundError))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Environment for ahn_jax training on TPU VM workers; `source launch/env.sh` before the run.
-# Every value can be overridden by exporting it first.
+# Every value can be overridden by exporting it first, JAX_PLATFORMS through JAX_PLATFORMS_TPU.
 
 # The accelerator, not the CPU (our tests force JAX_PLATFORMS=cpu; a pod must not inherit that).
 export JAX_PLATFORMS="${JAX_PLATFORMS_TPU:-tpu}"

@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Train on a GKE TPU cluster with xpk (pip install xpk). xpk builds an image from this directory on
 # top of BASE_IMAGE, runs it on every host of the slice(s) as a JobSet, and restarts it on failure;
-# the run resumes from its latest checkpoint in OUTPUT_DIR (a gs:// bucket mounted by GCS FUSE, or
-# any path all hosts share). See launch/README.md.
+# the run resumes from its latest checkpoint in OUTPUT_DIR, which must be on storage attached to
+# the cluster: without it each restart writes into its container's own, discarded filesystem.
+# Attach a bucket once (xpk's storage docs), then name it in STORAGE:
 #
-#   CLUSTER=my-cluster OUTPUT_DIR=/gcs/my-bucket/runs/qwen3b_gdn launch/xpk_example.sh
+#   xpk storage attach ahn-bucket --cluster=my-cluster --zone=... --type=gcsfuse --bucket=my-bucket \
+#       --mount-point=/gcs/my-bucket --readonly=false --size=1 --auto-mount=false
+#   CLUSTER=my-cluster STORAGE=ahn-bucket OUTPUT_DIR=/gcs/my-bucket/runs/qwen3b_gdn \
+#       launch/xpk_example.sh
+#
+# One slice (NUM_SLICES=1): the training mesh is laid over jax.devices() without a DCN-aware
+# hybrid layout across slices. See launch/README.md.
 set -euo pipefail
+cd "$(dirname "$0")/.."  # the repository root: xpk builds the image from it
 
 CLUSTER="${CLUSTER:?set CLUSTER, an xpk/GKE cluster with TPU node pools}"
 WORKLOAD="${WORKLOAD:-ahn-$(date +%m%d-%H%M)}"
 TPU_TYPE="${TPU_TYPE:-v5p-8}"
 NUM_SLICES="${NUM_SLICES:-1}"
 CONFIG="${CONFIG:-configs/qwen3b_gdn.py}"
-OUTPUT_DIR="${OUTPUT_DIR:?set OUTPUT_DIR to a path every host shares}"
+STORAGE="${STORAGE:?set STORAGE, the xpk storage (a GCS bucket) that holds OUTPUT_DIR}"
+OUTPUT_DIR="${OUTPUT_DIR:?set OUTPUT_DIR to a path under the storage mount point}"
 BASE_IMAGE="${BASE_IMAGE:-python:3.11-slim}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"
 
@@ -26,6 +35,6 @@ run() {
 
 run xpk workload create --cluster="$CLUSTER" --workload="$WORKLOAD" --tpu-type="$TPU_TYPE" \
   --num-slices="$NUM_SLICES" --base-docker-image="$BASE_IMAGE" --script-dir=. \
-  --max-restarts=3 --command="$COMMAND"
+  --storage="$STORAGE" --max-restarts=3 --command="$COMMAND"
 echo "follow it: xpk workload list --cluster=$CLUSTER; delete it: xpk workload delete \
 --cluster=$CLUSTER --workload=$WORKLOAD"

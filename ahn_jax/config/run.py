@@ -9,12 +9,11 @@ every error names the field: `train.steps must be a positive integer, got '10'`.
 from __future__ import annotations
 
 import dataclasses
-import numbers
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ahn_jax.config.field_checks import check_choice, check_fields, check_local_paths, known
 from ahn_jax.config.model import ConfigError
 
 # "distill": AHN weights learn from the frozen base (the paper); "pretrain": every base weight
@@ -49,7 +48,7 @@ class _Section:
 
     @classmethod
     def from_dict(cls, settings: Mapping[str, Any]):
-        return cls(**_known(cls, cls.SECTION, settings))
+        return cls(**known(cls, cls.SECTION, settings))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,7 +112,7 @@ class TrainConfig(_Section):
     def __post_init__(self):
         positive = ("steps", "batch_size", "micro_batches", "seq_len", "checkpoint_every",
                     "log_every")  # fmt: skip
-        _check_fields(self, "train", positive)
+        check_fields(self, "train", positive)
         if self.batch_size % self.micro_batches:
             raise ConfigError(
                 f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batches "
@@ -121,8 +120,9 @@ class TrainConfig(_Section):
             )
         for name, allowed in (("objective", OBJECTIVES),
                               ("window_sampling", WINDOW_SAMPLINGS)):  # fmt: skip
-            _check_choice("train", name, getattr(self, name), allowed)
+            check_choice("train", name, getattr(self, name), allowed)
         _check_loss(self.loss)
+        check_local_paths("train", base_checkpoint=self.base_checkpoint, output_dir=self.output_dir)
         if not self.learning_rate > 0:
             raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
         if self.window_sampling == "fixed" and self.window + self.sinks >= self.seq_len:
@@ -167,9 +167,9 @@ class DataConfig(_Section):
     max_samples: int = 0  # the first this many records of each JSONL file (0 = all)
 
     def __post_init__(self):
-        _check_fields(self, "data", positive=("cutoff_len",))
-        _check_choice("data", "format", self.format, DATA_FORMATS)
-        _check_choice("data", "tokenizer", self.tokenizer, TOKENIZERS)
+        check_fields(self, "data", positive=("cutoff_len",))
+        check_choice("data", "format", self.format, DATA_FORMATS)
+        check_choice("data", "tokenizer", self.tokenizer, TOKENIZERS)
         if self.max_samples < 0:
             raise ConfigError(f"data.max_samples must be >= 0 (0 = all), got {self.max_samples}")
         if self.format == "shakespeare" and self.paths:
@@ -179,6 +179,7 @@ class DataConfig(_Section):
                 "data.paths"
             )
         _check_mix(self.mix, self.paths)
+        check_local_paths("data", paths=self.paths, tokenizer_dir=self.tokenizer_dir)
         _check_copy_warmup(self.copy_warmup, self.recall)
 
 
@@ -270,65 +271,6 @@ def _check_inputs(train: TrainConfig, data: DataConfig) -> None:
         )
 
 
-def _known(cls, section: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(settings) - set(names))
-    if unknown:
-        listed = ", ".join(f"{section}.{name}" for name in unknown)
-        raise ConfigError(f"unknown setting(s) {listed}; {section} allows: {sorted(names)}")
-    return dict(settings)
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_sequence(value, item_ok) -> bool:
-    return isinstance(value, list | tuple) and all(item_ok(x) for x in value)
-
-
-# Field annotation -> (what a value must be, the test, the conversion to the field's type).
-_KINDS = {
-    "int": ("an integer", _is_int, int),
-    "float": ("a number", _is_number, float),
-    "str": ("a string", lambda v: isinstance(v, str), str),
-    "bool": ("True or False", lambda v: isinstance(v, bool), bool),
-    "tuple[int, ...]": (
-        "a sequence of integers",
-        lambda v: _is_sequence(v, _is_int),
-        lambda v: tuple(int(x) for x in v),
-    ),
-    "tuple[float, ...]": (
-        "a sequence of numbers",
-        lambda v: _is_sequence(v, _is_number),
-        lambda v: tuple(float(x) for x in v),
-    ),
-    "tuple[str, ...]": (
-        "a sequence of strings",
-        lambda v: _is_sequence(v, lambda x: isinstance(x, str | os.PathLike)),
-        lambda v: tuple(os.fspath(x) for x in v),
-    ),
-    "dict[str, Any]": ("a mapping", lambda v: isinstance(v, Mapping), dict),
-}
-
-
-def _check_fields(config, section: str, positive: tuple[str, ...] = ()) -> None:
-    """Each field's value has the field's type (converted to it: a list becomes a tuple, an int
-    a float); the `positive` ones are integers >= 1."""
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        what, ok, convert = _KINDS[field.type]
-        if field.name in positive:
-            what, ok = "a positive integer", (lambda v: _is_int(v) and v >= 1)
-        if not ok(value):
-            raise ConfigError(f"{section}.{field.name} must be {what}, got {value!r}")
-        object.__setattr__(config, field.name, convert(value))
-
-
 def _check_loss(value: str) -> None:
     terms = value.split("+")
     if any(t not in LOSSES for t in terms) or len(set(terms)) != len(terms):
@@ -336,11 +278,6 @@ def _check_loss(value: str) -> None:
             f"train.loss must be one of {LOSSES} or a '+'-joined combination of them without "
             f"repeats (e.g. 'kl+ce'), got {value!r}"
         )
-
-
-def _check_choice(section: str, name: str, value, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{section}.{name} must be one of {allowed}, got {value!r}")
 
 
 # The defaults as the plain dicts a config file's ConfigDict starts from (config/files.py).

@@ -41,19 +41,21 @@ from ahn_jax.training.optimizer import optimizer_for
 from ahn_jax.training.step import make_train_step
 from kernels.common import pallas_mode
 
-# Cloud TPU names -> the topology descriptions libtpu accepts (it takes e.g. "v5p:2x2x1", not
-# "v5p-8"; launch/README.md).
+# Cloud TPU slice names -> the topology descriptions libtpu accepts (it takes e.g. "v5p:2x2x1", not
+# "v5p-8"; launch/README.md). v4/v5p names count TensorCores (2 per chip) over a 3D torus of
+# chips; v5e (v5litepod) and v6e names count chips on a 2D torus; shapes as Cloud TPU provisions
+# them.
+_TORUS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+             256: "4x8x8", 512: "8x8x8"}  # fmt: skip
+_TORUS_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+             256: "16x16"}  # fmt: skip
 TOPOLOGY_ALIASES = {
-    "v4-8": "v4:2x2x1",
-    "v4-16": "v4:2x2x2",
-    "v5p-8": "v5p:2x2x1",
-    "v5p-16": "v5p:2x2x2",
-    "v5e-4": "v5e:2x2",
-    "v5e-8": "v5e:2x4",
-    "v5e-16": "v5e:4x4",
-    "v6e-4": "v6e:2x2",
-    "v6e-8": "v6e:2x4",
-}
+    **{f"{gen}-{2 * chips}": f"{gen}:{shape}" for gen in ("v4", "v5p")
+       for chips, shape in _TORUS_3D.items()},
+    **{f"{name}-{chips}": f"{gen}:{shape}" for gen, name in (("v5e", "v5e"), ("v5e", "v5litepod"),
+                                                                ("v6e", "v6e"))
+       for chips, shape in _TORUS_2D.items()},
+}  # fmt: skip
 # How a Pallas kernel lowered through Mosaic appears in compiled TPU HLO
 MOSAIC_CALL = 'custom_call_target="tpu_custom_call"'
 # HBM per chip, bytes (Cloud TPU documentation).
@@ -68,8 +70,9 @@ def topology_devices(name: str):
         if "lockfile" in str(e):  # libtpu serves one process at a time
             raise ConfigError(f"libtpu is busy in another process: {e}") from e
         raise ConfigError(
-            f"--topology {name!r} is not a TPU topology libtpu knows ({e}); try one of "
-            f"{sorted(TOPOLOGY_ALIASES)} or a description like 'v5p:2x2x1'"
+            f"--topology {name!r} is not a TPU topology libtpu knows ({e}); try a Cloud TPU "
+            "slice name (v4-8 .. v4-1024, v5p-8 .. v5p-1024, v5litepod-1 .. v5litepod-256 or "
+            "v5e-N, v6e-1 .. v6e-256) or a description like 'v5p:2x2x1'"
         ) from e
     return description, list(topology.devices)
 

@@ -53,6 +53,27 @@ def make_train_mesh(spec: str) -> jax.sharding.Mesh | None:
         raise ConfigError(f"train.mesh = {spec!r}: {e}") from e
 
 
+def check_batch_layout(t: TrainConfig, mesh: jax.sharding.Mesh | None, processes: int) -> None:
+    """Several processes each read their own rows of every micro-batch, which the mesh splits over
+    its batch axes (data x fsdp): both must divide the rows of a micro-batch. Otherwise rows
+    would be dropped or the first step would fail placing them, after the base is loaded and
+    the step compiled."""
+    if processes == 1:
+        return
+    rows = t.batch_size // t.micro_batches
+    if rows % processes:
+        raise ConfigError(
+            f"train.batch_size / train.micro_batches ({rows} rows) must be a multiple of the "
+            f"process count ({processes}): each process reads its own rows"
+        )
+    shards = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    if rows % shards:
+        raise ConfigError(
+            f"train.batch_size / train.micro_batches ({rows} rows) must be a multiple of the "
+            f"mesh's data x fsdp ({shards}) with several processes: train.mesh = {t.mesh!r}"
+        )
+
+
 def gather_rows(local: np.ndarray) -> np.ndarray:
     """Every process's rows of a per-row array, concatenated (process 0's first): each process
     holds only its own rows, and the logged distribution of windows is the global batch's."""

@@ -34,7 +34,12 @@ from ahn_jax.model.transformer import init_model
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 from ahn_jax.training import data
 from ahn_jax.training.checkpointing import restore_latest
-from ahn_jax.training.distributed import initialize_distributed, make_train_mesh, on_mesh
+from ahn_jax.training.distributed import (
+    check_batch_layout,
+    initialize_distributed,
+    make_train_mesh,
+    on_mesh,
+)
 from ahn_jax.training.optimizer import optimizer_for
 
 # What `Run.place_batch` puts on the mesh: the rows, and each row's window and sinks (docs/method.md
@@ -178,6 +183,7 @@ def setup(config: ConfigDict) -> Run:
         raise ConfigError("ahn.type must be set to train AHN weights")
     initialize_distributed(t)
     mesh = make_train_mesh(t.mesh)
+    check_batch_layout(t, mesh, jax.process_count())
     output_dir = Path(t.output_dir).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
     model = load_base(t, model_config, mesh)

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from ahn_jax.config import fields, load_config_file
+from ahn_jax.config import field_help, load_config_file
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 
@@ -13,7 +13,7 @@ def test_every_field_a_config_file_has_is_listed_with_a_meaning():
     which a file sets only for YaRN), each with the comment written beside it in the source."""
     config = load_config_file(CONFIGS / "qwen3b_gdn.py")
     in_file = {f"{s}.{k}" for s in ("model", "ahn", "train", "data") for k in config[s]}
-    text = fields.describe()
+    text = field_help.describe()
     listed = re.findall(r"^  (\w+\.\w+) = ", text, flags=re.M)
     assert len(listed) == len(set(listed))
     assert set(listed) == in_file | {"model.rope_scaling"}
@@ -23,7 +23,7 @@ def test_every_field_a_config_file_has_is_listed_with_a_meaning():
 
 
 def test_meanings_come_from_the_comments_and_constants_show_their_values():
-    text = fields.describe()
+    text = field_help.describe()
     assert "  train.steps = 740\n      optimizer steps of the whole run\n" in text
     # a comment above the field, over two lines, and a constant's value
     assert "  train.allow_random_base = False\n      distilling from a random base" in text

@@ -60,6 +60,11 @@ def test_every_config_file_gives_typed_sections(name):
         ("data", {"format": "csv"}, r"data\.format must be one of"),
         ("data", {"tokenizer": "words"}, r"data\.tokenizer must be one of"),
         ("data", {"format": "shakespeare", "paths": ("a.jsonl",)}, r"data\.paths is not read"),
+        # a URL would be a relative directory "gs:" (outputs) or not found (inputs): mount it
+        ("train", {"output_dir": "gs://b/run"}, r"train\.output_dir = 'gs://b/run': URLs are not"),
+        ("train", {"base_checkpoint": "gs://b/q"}, r"train\.base_checkpoint = 'gs://b/q': URLs"),
+        ("data", {"paths": ("/d/a.jsonl", "gs://b/c.jsonl")}, r"data\.paths = 'gs://b/c\.jsonl'"),
+        ("data", {"tokenizer_dir": "s3://b/t"}, r"data\.tokenizer_dir = 's3://b/t': URLs"),
     ],
 )
 def test_unknown_and_mistyped_fields_are_named(section, changes, message):

@@ -37,10 +37,51 @@ def test_pod_script_creates_copies_sets_up_and_runs_on_every_worker():
     assert "--config.train.mesh=fsdp=8" in train and "launch/env.sh" in train
 
 
-def test_pod_script_fetches_each_workers_log_and_deletes():
-    logs = dry_run("logs", ACCELERATOR="v5p-16")  # 8 chips: 2 hosts
-    assert [c[-2] for c in logs if c[0] == "gcloud"] == ["--worker=0", "--worker=1"]
+@pytest.mark.parametrize(
+    "accelerator, hosts",
+    [("v5p-8", 1), ("v5p-16", 2), ("v5p-32", 4), ("v4-64", 8), ("v6e-8", 1), ("v6e-16", 4),
+     ("v5litepod-16", 4), ("v5litepod-4", 1)],
+)  # fmt: skip
+def test_pod_script_fetches_each_workers_log_and_deletes(accelerator, hosts):
+    """v4/v5p: 4 chips (8 TensorCores) per host; v5e/v6e: up to 8 chips on one host, 4 per host
+    in larger slices."""
+    logs = dry_run("logs", ACCELERATOR=accelerator)
+    workers = [c[-2] for c in logs if c[0] == "gcloud"]
+    assert workers == [f"--worker={w}" for w in range(hosts)]
     assert dry_run("delete")[0][4:6] == ["delete", "ahn-test"]
+
+
+def test_pod_script_mounts_the_bucket_and_starts_one_run_per_worker():
+    commands = dry_run("all", ACCELERATOR="v5p-32", BUCKET="my-bucket")
+    remote = [next(a for a in c if a.startswith("--command=")) for c in commands if "ssh" in c]
+    setup, mount, train = remote[1:]
+    assert "python3.11 -m venv ~/venv" in setup and "~/venv/bin/pip install" in setup
+    assert "gcsfuse --implicit-dirs my-bucket /gcs/my-bucket" in mount
+    # a worker still training keeps its run; the log is appended to
+    assert train.startswith("--command=if kill -0 $(cat ~/train.pid")
+    assert "~/venv/bin/python -m ahn_jax.train" in train and ">> ~/train.log" in train
+    without = [c for c in dry_run("all", ACCELERATOR="v5p-32") if "ssh" in c]
+    assert len(without) == 3  # no BUCKET: nothing to mount
+
+
+def test_several_processes_need_rows_every_process_and_mesh_shard_can_hold():
+    from ahn_jax.config import TrainConfig
+    from ahn_jax.model.sharding import make_mesh
+    from ahn_jax.training.distributed import check_batch_layout
+
+    mesh = make_mesh({"fsdp": 8})
+    check_batch_layout(TrainConfig(batch_size=2, mesh="fsdp=8"), mesh, processes=1)
+    check_batch_layout(TrainConfig(batch_size=16, micro_batches=2, mesh="fsdp=8"), mesh, 2)
+    with pytest.raises(ConfigError, match=r"\(2 rows\) must be a multiple of the mesh's data x"):
+        check_batch_layout(TrainConfig(batch_size=2, mesh="fsdp=8"), mesh, processes=2)
+    with pytest.raises(ConfigError, match=r"\(3 rows\) must be a multiple of the process count"):
+        check_batch_layout(TrainConfig(batch_size=6, micro_batches=2), None, processes=2)
+
+
+@pytest.mark.parametrize("name, chips", [("v5p-32", 16), ("v6e-16", 16), ("v5litepod-8", 8)])
+def test_compile_check_knows_pod_slice_names(name, chips):
+    description, devices = compile_check.topology_devices(name)
+    assert len(devices) == chips, description
 
 
 @pytest.mark.timeout(600)
