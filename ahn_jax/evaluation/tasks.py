@@ -295,7 +295,9 @@ def _sample(benchmark, record, number, path, dataset) -> Sample:
         answers=answers,
         keywords=keywords if isinstance(keywords, str) else None,
         length=length if isinstance(length, int) else None,
-        level=length_level(full_name),
+        # the reference's scorer takes the level from the file's name (a record's "dataset" field
+        # may name the dataset only): --dataset, then the file name, then the field
+        level=next(filter(None, map(length_level, (dataset or "", path.stem, full_name))), None),
     )
 
 

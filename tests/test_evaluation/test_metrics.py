@@ -124,6 +124,18 @@ def test_lveval_length_levels_are_scored_apart(tmp_path):
     assert tasks.length_level("hotpotqa") is None and tasks.length_level("cmrc_mixup_64k") == "64k"
 
 
+def test_the_file_name_gives_the_level_where_the_records_name_the_dataset_only(tmp_path):
+    """As the reference's LV-Eval scorer (its eval.py names each score after the file): records
+    whose "dataset" is `factrecall_en` in `factrecall_en_16k.jsonl` are the 16k level."""
+    fixture = (FIXTURES / "lveval" / "factrecall_en_128k.jsonl").read_text()
+    (tmp_path / "factrecall_en_16k.jsonl").write_text(fixture.replace("_128k", ""))
+    samples, _ = tasks.read_samples(tasks.LVEVAL, tmp_path / "factrecall_en_16k.jsonl")
+    assert {(s.dataset, s.level) for s in samples} == {("factrecall_en", "16k")}
+    (tmp_path / "mine.jsonl").write_text(fixture)  # a file named otherwise: the records' field
+    samples, _ = tasks.read_samples(tasks.LVEVAL, tmp_path / "mine.jsonl")
+    assert {(s.dataset, s.level) for s in samples} == {("factrecall_en", "128k")}
+
+
 def test_only_a_trailing_length_level_is_cut_from_a_dataset_name(tmp_path):
     """`hotpotqa_task.jsonl` is no LongBench hotpotqa file (the reference's `_.{1,3}k` split would
     read it as one, "_task" matching): refused, naming the whole name."""
