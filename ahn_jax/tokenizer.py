@@ -6,6 +6,8 @@ training, evaluation and generation format conversations identically without a J
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import tokenizers
 # Qwen2.5's own default system prompt. LLaMA-Factory's qwen template (the reference's SFT) inserts
 # it too when a conversation has none (since April 2025; before: "You are a helpful assistant.")
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+# Qwen2-Instruct's (and Qwen1.5's) template inserts this one instead
+QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 CHAT_ROLES = ("system", "user", "assistant")
 
@@ -67,18 +71,51 @@ def render_chat(
     return "".join(text for text, _ in segments)
 
 
-class HFTokenizer:
-    """A `tokenizers.Tokenizer` loaded from a checkpoint directory's `tokenizer.json`."""
+def checkpoint_chat_template(directory: str | Path) -> str | None:
+    """The chat template a checkpoint ships: transformers 5's `chat_template.jinja`, else
+    `tokenizer_config.json`'s "chat_template" (a string, or named templates: "default")."""
+    directory = Path(directory)
+    if (directory / "chat_template.jinja").is_file():
+        return (directory / "chat_template.jinja").read_text()
+    config = directory / "tokenizer_config.json"
+    template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) else None
 
-    def __init__(self, tokenizer: tokenizers.Tokenizer):
+
+def default_system_of(template: str | None, source: str = "the checkpoint") -> str:
+    """The system prompt a Qwen ChatML template inserts when a conversation has none: Qwen2.5's
+    (also without a template), or Qwen2's. Our rendering is ChatML: a template of another form
+    is warned about, not followed."""
+    if template is None or QWEN_DEFAULT_SYSTEM in template:
+        return QWEN_DEFAULT_SYSTEM
+    if QWEN2_DEFAULT_SYSTEM in template and IM_START in template:
+        return QWEN2_DEFAULT_SYSTEM
+    warnings.warn(
+        f"the chat template of {source} is not Qwen2's or Qwen2.5's; chat prompts are rendered "
+        "with Qwen2.5's",
+        stacklevel=2,
+    )
+    return QWEN_DEFAULT_SYSTEM
+
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` loaded from a checkpoint directory's `tokenizer.json`, with the
+    default system prompt of the checkpoint's chat template (`default_system_of`)."""
+
+    def __init__(self, tokenizer: tokenizers.Tokenizer, default_system: str = QWEN_DEFAULT_SYSTEM):
         self._tokenizer = tokenizer
+        self.default_system = default_system
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> HFTokenizer:
         path = Path(directory) / "tokenizer.json"
         if not path.is_file():
             raise FileNotFoundError(f"no tokenizer.json in {directory}")
-        return cls(tokenizers.Tokenizer.from_file(str(path)))
+        system = default_system_of(checkpoint_chat_template(directory), str(directory))
+        return cls(tokenizers.Tokenizer.from_file(str(path)), system)
 
     @property
     def vocab_size(self) -> int:
@@ -101,10 +138,14 @@ class HFTokenizer:
         messages: Sequence[Mapping[str, str]],
         *,
         add_generation_prompt: bool = False,
-        default_system: str = QWEN_DEFAULT_SYSTEM,
+        default_system: str | None = None,
     ) -> list[int]:
+        """The conversation as the checkpoint's Qwen chat template renders it, tokenized;
+        `default_system` (None: the checkpoint's) is the system turn of one without its own."""
         text = render_chat(
-            messages, add_generation_prompt=add_generation_prompt, default_system=default_system
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            default_system=self.default_system if default_system is None else default_system,
         )
         return self.encode(text)
 

@@ -81,3 +81,37 @@ def test_byte_tokenizer():
     tokenizer = ByteTokenizer()
     assert tokenizer.encode("é!") == [195, 169, 33]
     assert tokenizer.decode(tokenizer.encode("to be, or not")) == "to be, or not"
+
+
+# Qwen2-Instruct's chat template (its tokenizer_config.json): ChatML with another default system
+QWEN2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_the_checkpoints_template_gives_the_default_system_prompt(qwen25_tokenizer_dir, tmp_path):
+    """A Qwen2 checkpoint's template inserts "You are a helpful assistant.": our prompt ids equal
+    transformers' rendering of that template; a template of another form is warned about."""
+    import json
+    import shutil
+
+    from transformers import PreTrainedTokenizerFast
+
+    shutil.copy(qwen25_tokenizer_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": QWEN2_TEMPLATE}))
+    ours = HFTokenizer.from_dir(tmp_path)
+    theirs = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"),
+                                     chat_template=QWEN2_TEMPLATE)  # fmt: skip
+    messages = [{"role": "user", "content": "Hello world!"}]
+    expected = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert "You are a helpful assistant." in expected and "Qwen" not in expected
+    assert ours.apply_chat_template(messages, add_generation_prompt=True) == theirs.encode(
+        expected, add_special_tokens=False
+    )
+    assert HFTokenizer.from_dir(qwen25_tokenizer_dir).default_system.startswith("You are Qwen")
+    (tmp_path / "chat_template.jinja").write_text("{{ bos_token }}[INST] {{ messages }} [/INST]")
+    with pytest.warns(UserWarning, match="is not Qwen2's or Qwen2.5's"):
+        assert HFTokenizer.from_dir(tmp_path).default_system.startswith("You are Qwen")
