@@ -84,6 +84,22 @@ class SkipCounter:
             logging.warning("more bad records; only the count is reported from now on")
 
 
+class DataPasses:
+    """Which pass over the data the stream has reached (1, 2, ...). The stream repeats the
+    shuffled records without end, so a run longer than the data reads samples again, where the
+    reference's Trainer stops after one pass (num_train_epochs = 1); the loop reports the
+    change."""
+
+    def __init__(self):
+        self.current = 1
+
+    def note(self, records: int, index: int, element):
+        """A map over the repeated global stream: element `index` belongs to pass index //
+        records + 1."""
+        self.current = max(self.current, index // records + 1)
+        return element
+
+
 # ---- records -> (input_ids, labels) ---------------------------------------------------------
 
 
@@ -224,8 +240,10 @@ def make_dataset(
     process_index: int = 0,
     process_count: int = 1,
     skips: SkipCounter | None = None,
+    passes: DataPasses | None = None,
 ) -> grain.IterDataset:
-    """An endless, seeded, per-process iterator of padded batches (dicts of numpy arrays)."""
+    """An endless, seeded, per-process iterator of padded batches (dicts of numpy arrays);
+    `passes` follows which pass over the records it reads."""
     fmt = data_config.format
     if fmt not in FORMATS:
         raise ValueError(f"data.format must be one of {FORMATS}, got {fmt!r}")
@@ -251,6 +269,8 @@ def make_dataset(
     # one global shuffled stream, dealt out to the processes: together they read the batches a
     # single process would (up to rows dropped by the filter below)
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+    if passes is not None:
+        dataset = dataset.map_with_index(functools.partial(passes.note, len(source)))
     dataset = dataset[process_index::process_count].map(encode)
     if data_config.recall:
         dataset = _add_recall_pairs(dataset, data_config, cutoff, batch_size, seed)

@@ -73,12 +73,15 @@ def train(config) -> Run:
     last_time = time.perf_counter()
     log = MetricsLog(run.output_dir, tensorboard=t.tensorboard, enabled=lead,
                      start_step=run.start_step)  # fmt: skip
-    signum = None
+    signum, data_pass = None, None
     with log, on_mesh(run.mesh), StopOnSignal() as stop:
         for step in range(run.start_step + 1, t.steps + 1):
             profile.before(step)
             outcome = _step(run, step)
             profile.after(step)
+            if data_pass is not None and run.passes.current > data_pass:
+                progress.print(_new_pass_line(run, step))
+            data_pass = run.passes.current
             now = time.perf_counter()
             record = _record(run, outcome, loss_name, now - last_time, utilization)
             last_time = now
@@ -100,6 +103,14 @@ def train(config) -> Run:
     else:
         export_ahn(run)
     return run
+
+
+def _new_pass_line(run: Run, step: int) -> str:
+    records = f" of {run.samples:,} records" if run.samples else ""
+    return (
+        f"step {step}: the data's pass {run.passes.current} begins (every sample{records} was "
+        "read once; they repeat from here, where the reference's run trains one pass)"
+    )
 
 
 class StepOutcome(NamedTuple):
@@ -195,4 +206,5 @@ def _record(run: Run, outcome: StepOutcome, loss_name: str, seconds: float, util
         "step_seconds": seconds,
         **utilization.of_step(len(o.lengths), o.padded, mean_total, seconds),
         "skipped_records": run.skips.count,
+        "data_pass": run.passes.current,
     }

@@ -10,6 +10,8 @@ the AHN's own norm weights (fla's RMSNorm, no "layernorm" in its name) decay the
 
 from __future__ import annotations
 
+import math
+
 import jax
 import optax
 
@@ -21,7 +23,10 @@ BASE_NORMS = ("input_norm", "post_attn_norm", "final_norm")
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float = 0.1):
-    warmup = max(int(round(warmup_fraction * total_steps)), 1)
+    """HF's `get_cosine_schedule_with_warmup` as the reference's Trainer builds it: linear from 0
+    over ceil(steps x warmup_ratio) steps (`TrainingArguments.get_warmup_steps`, same float
+    product), then a cosine to 0; update k uses the value at k."""
+    warmup = max(math.ceil(total_steps * warmup_fraction), 1)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,

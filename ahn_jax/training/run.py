@@ -136,6 +136,7 @@ class Run:
     start_step: int = 0
     step_fn: Callable | None = None  # the jitted train step, once made
     mesh: jax.sharding.Mesh | None = None
+    passes: data.DataPasses = dataclasses.field(default_factory=data.DataPasses)
     # resumed with another config than the checkpoint's: "section.field saved -> now" each
     changed_settings: list[str] = dataclasses.field(default_factory=list)
 
@@ -202,7 +203,7 @@ def setup(config: ConfigDict) -> Run:
         # jit's outputs are not, and the second step would compile again for the difference
         device = jax.devices()[0]
         trainable, frozen, opt_state = jax.device_put((trainable, frozen, opt_state), device)
-    skips = data.SkipCounter()
+    skips, passes = data.SkipCounter(), data.DataPasses()
     dataset = data.make_dataset(
         d,
         tokenizer_for(d, t, model_config.vocab_size),
@@ -212,6 +213,7 @@ def setup(config: ConfigDict) -> Run:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         skips=skips,
+        passes=passes,
     )
     iterator = iter(dataset)
     samples = source_size(dataset)
@@ -222,6 +224,7 @@ def setup(config: ConfigDict) -> Run:
         ),
     )
     run = Run(config, model_config, t, d, graphdef, trainable, frozen, opt_state, tx, schedule,
-              iterator, manager, output_dir, skips, samples, mesh=mesh)  # fmt: skip
+              iterator, manager, output_dir, skips, samples, mesh=mesh,
+              passes=passes)  # fmt: skip
     restore_latest(run)
     return run

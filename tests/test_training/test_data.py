@@ -112,6 +112,28 @@ def test_order_is_seeded_and_the_iterator_state_resumes_exactly(tmp_path):
     assert any(not np.array_equal(next(other)["input_ids"], b) for b in [next(make())["input_ids"]])
 
 
+def test_the_stream_says_which_pass_over_the_records_it_reads(tmp_path):
+    """10 records, batches of 2 (one record too short, dropped): the first 4 batches read pass 1,
+    the 5th reaches into pass 2, whose records are the same ones again."""
+    path = tmp_path / "text.jsonl"
+    texts = [f"document number {i} " * 3 for i in range(9)] + ["short"]
+    path.write_text("\n".join(json.dumps({"text": t}) for t in texts) + "\n")
+    passes = data.DataPasses()
+    iterator = iter(data.make_dataset(_config([path], fmt="text"), ByteTokenizer(), batch_size=2,
+                                      seed=0, buckets=(64,), passes=passes))  # fmt: skip
+    seen = []
+    for _ in range(4):
+        batch = next(iterator)
+        seen += [
+            bytes(row[:n]) for row, n in zip(batch["input_ids"], batch["lengths"], strict=True)
+        ]
+        assert passes.current == 1
+    batch = next(iterator)  # the 9th sample of pass 1, then the first of pass 2
+    assert passes.current == 2
+    again = bytes(batch["input_ids"][1][: batch["lengths"][1]])
+    assert len(set(seen)) == 8 and again in seen
+
+
 def test_processes_read_disjoint_shards_that_together_make_the_single_process_batches(tmp_path):
     path = tmp_path / "text.jsonl"
     path.write_text("\n".join(json.dumps({"text": f"document {i:03d} " * 3}) for i in range(16)))

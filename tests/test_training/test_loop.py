@@ -1,6 +1,7 @@
 """The training loop around the step: per-row windows from each row's true length, length buckets
 (one compile each), the logged window distribution, and what a pod's log shows."""
 
+import functools
 import json
 import os
 import re
@@ -30,14 +31,17 @@ DATA = dict(format="shakespeare", tokenizer="bytes", filter_len=32, cutoff_len=1
 ROW_LENGTHS = ((60, 41), (128, 100), (50, 8), (120, 90))
 
 
-def _batches():
-    """The batches as a grain iterator (checkpoints save its state)."""
+def _batches(passes: data.DataPasses):
+    """The batches as a grain iterator (checkpoints save its state), as if the data held two
+    batches: steps 3 and 4 read its second pass."""
     rng = np.random.default_rng(0)
     batches = []
     for lengths in ROW_LENGTHS:
         rows = [rng.integers(1, 256, n).astype(np.int32) for n in lengths]
         batches.append(data.pad_batch([data.Example(x, x) for x in rows], TRAIN["length_buckets"]))
-    return iter(grain.MapDataset.source(batches).to_iter_dataset())
+    dataset = grain.MapDataset.source(batches).map_with_index(functools.partial(passes.note, 2))
+    # read in this thread, as data.make_dataset's (a prefetch would run ahead into pass 2)
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
 
 def _tensorboard_histograms(directory):
@@ -69,7 +73,7 @@ def bucketed_run(tmp_path_factory):
 
     def setup_with_batches(config):
         run = setup(config)
-        run.iterator = _batches()
+        run.iterator = _batches(run.passes)
         return run
 
     with pytest.MonkeyPatch.context() as patch:
@@ -104,6 +108,7 @@ def test_each_step_logs_the_rows_window_distribution(bucketed_run):
         assert record["sequences"] == 2 - record["rows_without_window"]
         assert record["valid_tokens"] > 0
         assert record["tokens_per_s"] > 0
+        assert record["data_pass"] == (1 if step <= 2 else 2)
     # the W_tot of every row with a memory position (step 3's 8-token row has none)
     histograms = _tensorboard_histograms(tmp_path / "tensorboard")["train/window_total"]
     assert sorted(histograms) == [1, 2, 3, 4]
@@ -160,6 +165,8 @@ def test_a_log_without_a_terminal_gets_start_lines_and_plain_step_lines(bucketed
                        r"step [\d.]+ s  ETA \d+:\d\d:\d\d$", stdout, re.M)  # fmt: skip
     assert steps == ["1", "2", "3", "4"]
     assert "\r" not in stdout  # no progress bar
+    # a run longer than its data says where the samples start to repeat
+    assert re.findall(r"^step (\d): the data's pass (\d) begins", stdout, re.M) == [("3", "2")]
 
 
 def test_the_command_line_prints_start_and_step_lines_into_a_pipe(tmp_path):
