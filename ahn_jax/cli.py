@@ -82,8 +82,14 @@ def run(main, user_errors: tuple[type[Exception], ...] = ()) -> None:
         except (app.UsageError, *user_errors) as error:
             fail(error)
 
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:  # a bad flag value ("--window=0"): absl's FATAL + exit 1
+            fail(error)
+
     try:
-        app.run(checked)
+        app.run(checked, flags_parser=parse)
     except (AttributeError, KeyError, ValueError) as error:
         if started:  # the tool's own failure: its traceback is the report
             raise

@@ -27,15 +27,21 @@ def define_flags() -> None:
     flags.DEFINE_string("topology", "v5p-8", f"TPU topology, e.g. {aliases}")
     flags.DEFINE_string("mesh", "", "mesh axes, e.g. 'fsdp=4' (default: the config's train.mesh, "
                         "else fsdp over every chip)")  # fmt: skip
-    flags.DEFINE_integer("seq_len", None, "tokens per sequence (default: train.seq_len)")
-    flags.DEFINE_integer("batch_size", None, "global batch (default: train.batch_size)")
+    flags.DEFINE_integer(
+        "seq_len", None, "tokens per sequence (default: train.seq_len)", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "batch_size", None, "global batch (default: train.batch_size)", lower_bound=1
+    )
     flags.DEFINE_enum("step", "train", ["train", "decode"], "which step to compile")
     flags.DEFINE_enum("kernels", None, list(KERNELS),
                       "the forward's kernels (default: the config's model.kernels; 'auto' = "
                       "Pallas on TPU)")  # fmt: skip
-    flags.DEFINE_integer("window", 32640, "decode: the cache's window W")
-    flags.DEFINE_integer("sinks", 128, "decode: the cache's sinks S")
-    flags.DEFINE_integer("max_length", None, "decode: positions of layers kept as full attention")
+    flags.DEFINE_integer("window", 32640, "decode: the cache's window W", lower_bound=1)
+    flags.DEFINE_integer("sinks", 128, "decode: the cache's sinks S", lower_bound=0)
+    flags.DEFINE_integer(
+        "max_length", None, "decode: positions of layers kept as full attention", lower_bound=1
+    )
     flags.DEFINE_bool("json", False, "print one JSON object")
 
 

@@ -37,10 +37,10 @@ def define_flags(fv: flags.FlagValues) -> None:
                       flag_values=fv)  # fmt: skip
     flags.DEFINE_integer("window", ahn_weights.DEFAULT_WINDOW,
                          "--ahn_only: the inference W (without the sinks) config.json records",
-                         flag_values=fv)  # fmt: skip
+                         flag_values=fv, lower_bound=1)  # fmt: skip
     flags.DEFINE_integer("sinks", ahn_weights.DEFAULT_SINKS,
                          "--ahn_only: the inference S config.json records",
-                         flag_values=fv)  # fmt: skip
+                         flag_values=fv, lower_bound=0)  # fmt: skip
     flags.DEFINE_bool("merge", False, "write --hf_dir (base) + --ahn_dir (AHN-only) as one merged "
                       "directory, tensors copied byte for byte", flag_values=fv)  # fmt: skip
     flags.DEFINE_string("ahn_dir", None, "AHN-only directory to merge (with --merge)",

@@ -75,29 +75,47 @@ def define_flags() -> None:
     flags.DEFINE_string("dataset", None, "dataset name for every file (default: record or file)")
     flags.DEFINE_enum("mode", None, MODES, "default: ahn with AHN weights, else full")
     flags.DEFINE_integer("window", None, "sliding window W (default: the benchmark's reference, "
-                         "else the AHN config's)")  # fmt: skip
+                         "else the AHN config's)", lower_bound=1)  # fmt: skip
     flags.DEFINE_integer("sinks", None, "attention sinks S (default: the benchmark's reference, "
-                         "else the AHN config's, else 0)")  # fmt: skip
-    flags.DEFINE_integer("max_length", None, "prompt budget in tokens (perplexity: doc tokens)")
-    flags.DEFINE_integer("max_new_tokens", None, "override each dataset's generation budget")
+                         "else the AHN config's, else 0)", lower_bound=0)  # fmt: skip
+    flags.DEFINE_integer(
+        "max_length", None, "prompt budget in tokens (perplexity: doc tokens)", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "max_new_tokens", None, "override each dataset's generation budget", lower_bound=1
+    )
     flags.DEFINE_enum("chat", "auto", ["auto", "on", "off"], 'auto: iff "qwen2" in model_name')
     flags.DEFINE_string("model_name", None, "name the chat rule looks at (default: --model's)")
-    flags.DEFINE_integer("batch_size", 8, "prompts decoded together (ragged, sorted by length)")
+    flags.DEFINE_integer(
+        "batch_size", 8, "prompts decoded together (ragged, sorted by length)", lower_bound=1
+    )
     flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "passkey/niah prompt lengths (tokens)")
     flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "passkey/niah needle depths")
-    flags.DEFINE_integer("samples", 5, "passkey/niah prompts per (length, depth)")
+    flags.DEFINE_integer("samples", 5, "passkey/niah prompts per (length, depth)", lower_bound=1)
     flags.DEFINE_integer("seed", 0, "passkey/niah seed")
-    flags.DEFINE_integer("niah_keys", None, "keys with needles (RULER: multikey 4, multiquery 4)")
-    flags.DEFINE_integer("niah_values", None, "values per key (RULER: multivalue 4, else 1)")
-    flags.DEFINE_integer("niah_queries", None, "keys asked for (RULER: multiquery 4, else 1)")
+    flags.DEFINE_integer(
+        "niah_keys", None, "keys with needles (RULER: multikey 4, multiquery 4)", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "niah_values", None, "values per key (RULER: multivalue 4, else 1)", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "niah_queries", None, "keys asked for (RULER: multiquery 4, else 1)", lower_bound=1
+    )
     flags.DEFINE_enum("niah_key_type", None, ruler.NEEDLE_TYPES, "NIAH keys (default words)")
     flags.DEFINE_enum("niah_value_type", None, ruler.NEEDLE_TYPES, "NIAH values (default numbers)")
     flags.DEFINE_enum(
         "niah_haystack", None, ruler.HAYSTACKS, "noise sentences (default) or needles"
     )
-    flags.DEFINE_integer("bucket", None, "perplexity position bucket (default: max_length / 16)")
-    flags.DEFINE_integer("chunk", 1024, "tokens per prefill call (bounds activation memory)")
-    flags.DEFINE_integer("limit", None, "evaluate at most this many samples (a smoke test)")
+    flags.DEFINE_integer(
+        "bucket", None, "perplexity position bucket (default: max_length / 16)", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "chunk", 1024, "tokens per prefill call (bounds activation memory)", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "limit", None, "evaluate at most this many samples (a smoke test)", lower_bound=1
+    )
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "default: bf16 on TPU/GPU, else f32")
     flags.DEFINE_enum("decode", "exact", DECODES, "decode-step masking (ahn_jax/model/cache.py)")
     flags.DEFINE_float("repetition_penalty", None,

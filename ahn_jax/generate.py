@@ -45,25 +45,35 @@ def define_flags() -> None:
     flags.DEFINE_string("jsonl", None, 'JSONL of {"prompt": ...} or {"messages": [...]}')
     flags.DEFINE_string("out", None, "JSONL output for --jsonl (default: stdout)")
     flags.DEFINE_integer(
-        "max_new_tokens", None, "tokens to generate per prompt (default: the file's, else 128)"
+        "max_new_tokens",
+        None,
+        "tokens to generate per prompt (default: the file's, else 128)",
+        lower_bound=1,
     )
     flags.DEFINE_enum("mode", None, MODES, "default: ahn if AHN weights, else full")
     flags.DEFINE_integer(
-        "window", None, "sliding window W, sinks excluded (default: the AHN config's, else 32640)"
+        "window",
+        None,
+        "sliding window W, sinks excluded (default: the AHN config's, else 32640)",
+        lower_bound=1,
     )
-    flags.DEFINE_integer("sinks", None, "attention sinks S (default: the AHN config's, else 128)")
+    flags.DEFINE_integer(
+        "sinks", None, "attention sinks S (default: the AHN config's, else 128)", lower_bound=0
+    )
     flags.DEFINE_enum("decode", "exact", DECODES, "exact, or the reference's decode bookkeeping")
     # None = not given: generation_config.json's value, else transformers' default
     flags.DEFINE_bool("do_sample", None, "sample (else greedy); default: the file's, else false")
     flags.DEFINE_float("temperature", None, "softmax temperature when sampling (default 1)")
-    flags.DEFINE_integer("top_k", None, "keep the k best tokens when sampling (default 50; 0 off)")
+    flags.DEFINE_integer(
+        "top_k", None, "keep the k best tokens when sampling (default 50; 0 off)", lower_bound=0
+    )
     flags.DEFINE_float("top_p", None, "nucleus mass when sampling (default 1: off)")
     flags.DEFINE_float(
         "repetition_penalty", None, "penalty of seen tokens, also greedy (default 1)"
     )
     flags.DEFINE_integer("seed", 0, "sampling seed")
     flags.DEFINE_bool("chat", False, "wrap prompts in the Qwen2.5 chat template")
-    flags.DEFINE_integer("batch_size", 8, "prompts per batch (--jsonl)")
+    flags.DEFINE_integer("batch_size", 8, "prompts per batch (--jsonl)", lower_bound=1)
     flags.DEFINE_enum(
         "dtype",
         None,
@@ -118,6 +128,8 @@ def main(argv) -> None:
     mode = recorded.resolve_mode(FLAGS.mode, model.config, FLAGS.model)
     recorded.check_decode_flag(FLAGS.decode, mode)
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
+    if FLAGS.chat:
+        generate_lib.check_chat(tokenizer)
     settings = dict(
         generation=generation,
         mode=mode,

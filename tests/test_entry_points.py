@@ -135,6 +135,16 @@ USER_ERRORS = {
     "ahn without weights": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--mode=ahn",
                              "--prompt=hi"], f"--mode=ahn needs AHN weights: {DEMO_BASE} has "
                             "none; pass --ahn DIR (or --mode=swa / full)"),
+    "chat on bytes": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--prompt=hi", "--chat"],
+                      'a chat prompt (--chat or a "messages" record) needs the model\'s '
+                      "tokenizer.json; this model's vocabulary is bytes: give plain prompts"),
+    "zero window": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--prompt=hi", "--window=0"],
+                    "flag --window=0: 0 is not a positive integer"),
+    "negative sinks": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=passkey",
+                        "--sinks=-1", "--out=/x"], "flag --sinks=-1: -1 is not a non-negative "
+                       "integer"),
+    "zero length": (["ahn_jax.costs", "--length=0"], "flag --length=0: 0 is not a positive "
+                    "integer"),
     "no prompt": (["ahn_jax.generate", f"--model={DEMO_BASE}"],
                   "give --model and exactly one of --prompt, --prompt_file, --jsonl"),
     "no data file": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench",

@@ -23,10 +23,14 @@ def define_flags() -> None:
         None,
         "comma list of layer ids kept as full attention (default: the config's; empty: none)",
     )
-    flags.DEFINE_integer("length", 128_000, "context length L in tokens")
-    flags.DEFINE_integer("window", 32_640, "sliding window W (tokens, sinks excluded)")
-    flags.DEFINE_integer("sinks", 128, "attention sinks S")
-    flags.DEFINE_integer("bytes_per_element", 4, "bytes per cached value (the paper: 4)")
+    flags.DEFINE_integer("length", 128_000, "context length L in tokens", lower_bound=1)
+    flags.DEFINE_integer(
+        "window", 32_640, "sliding window W (tokens, sinks excluded)", lower_bound=1
+    )
+    flags.DEFINE_integer("sinks", 128, "attention sinks S", lower_bound=0)
+    flags.DEFINE_integer(
+        "bytes_per_element", 4, "bytes per cached value (the paper: 4)", lower_bound=1
+    )
     flags.DEFINE_string("plot", None, "write a PNG of cache and FLOPs against length here")
     flags.DEFINE_bool("json", False, "print one JSON object")
 

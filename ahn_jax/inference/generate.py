@@ -213,8 +213,18 @@ def _usage_error(error: Exception):
     raise app.UsageError(str(error)) from error
 
 
+def check_chat(tokenizer) -> None:
+    """Chat prompts need a tokenizer with the chat template: a byte vocabulary has none."""
+    if not hasattr(tokenizer, "apply_chat_template"):
+        raise app.UsageError(
+            'a chat prompt (--chat or a "messages" record) needs the model\'s tokenizer.json; '
+            "this model's vocabulary is bytes: give plain prompts"
+        )
+
+
 def _encode(tokenizer, record: dict, chat: bool) -> list[int]:
     if "messages" in record or chat:
+        check_chat(tokenizer)
         messages = record.get("messages") or [{"role": "user", "content": record["prompt"]}]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     return tokenizer.encode(record["prompt"])

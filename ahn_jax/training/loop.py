@@ -73,15 +73,13 @@ def train(config) -> Run:
     last_time = time.perf_counter()
     log = MetricsLog(run.output_dir, tensorboard=t.tensorboard, enabled=lead,
                      start_step=run.start_step)  # fmt: skip
-    signum, data_pass = None, None
+    signum, notices = None, _Notices(run, progress)
     with log, on_mesh(run.mesh), StopOnSignal() as stop:
         for step in range(run.start_step + 1, t.steps + 1):
             profile.before(step)
             outcome = _step(run, step)
             profile.after(step)
-            if data_pass is not None and run.passes.current > data_pass:
-                progress.print(_new_pass_line(run, step))
-            data_pass = run.passes.current
+            notices.after(outcome)
             now = time.perf_counter()
             record = _record(run, outcome, loss_name, now - last_time, utilization)
             last_time = now
@@ -105,12 +103,36 @@ def train(config) -> Run:
     return run
 
 
-def _new_pass_line(run: Run, step: int) -> str:
-    records = f" of {run.samples:,} records" if run.samples else ""
-    return (
-        f"step {step}: the data's pass {run.passes.current} begins (every sample{records} was "
-        "read once; they repeat from here, where the reference's run trains one pass)"
-    )
+class _Notices:
+    """What the loop tells once: where the data's next pass begins (a run longer than its data
+    repeats samples, where the reference trains one pass), and the first batch none of whose rows
+    reaches past its W + S (such a batch trains nothing: loss 0)."""
+
+    def __init__(self, run: Run, progress: Progress):
+        self.run, self.progress = run, progress
+        self.data_pass, self.warned = None, False
+
+    def after(self, o: StepOutcome) -> None:
+        run = self.run
+        if self.data_pass is not None and run.passes.current > self.data_pass:
+            records = f" of {run.samples:,} records" if run.samples else ""
+            self.progress.print(
+                f"step {o.step}: the data's pass {run.passes.current} begins (every "
+                f"sample{records} was read once; they repeat from here, where the reference's "
+                "run trains one pass)"
+            )
+        self.data_pass = run.passes.current
+        if not (self.warned or windows.memory_rows(o.lengths, o.window, o.sinks).any()):
+            self.warned = True
+            t = run.train
+            drawn = (f"train.window_choices {t.window_choices} (W + S with L/8 < W + S < L)"
+                     if t.window_sampling == "random"
+                     else f"train.window_sampling {t.window_sampling!r}")  # fmt: skip
+            self.progress.print(
+                f"warning: step {o.step}: no row reaches past its W + S (row lengths "
+                f"{int(o.lengths.min())}-{int(o.lengths.max())}, {drawn}): such batches train "
+                "nothing"
+            )
 
 
 class StepOutcome(NamedTuple):

@@ -27,8 +27,8 @@ TRAIN = dict(steps=4, batch_size=2, seq_len=128, length_buckets=(64, 128), learn
 DATA = dict(format="shakespeare", tokenizer="bytes", filter_len=32, cutoff_len=128,
             held_out=("hamlet",))  # fmt: skip
 # each step's rows (unpadded lengths): buckets 64, 128, 64, 128; a row of 8 tokens has no
-# candidate in (8/8, 8)
-ROW_LENGTHS = ((60, 41), (128, 100), (50, 8), (120, 90))
+# candidate in (8/8, 8), so step 3 has nothing to learn
+ROW_LENGTHS = ((60, 41), (128, 100), (8, 8), (120, 90))
 
 
 def _batches(passes: data.DataPasses):
@@ -100,20 +100,25 @@ def test_each_step_logs_the_rows_window_distribution(bucketed_run):
                                        sink_choices=TRAIN["sink_choices"])  # fmt: skip
         learning = window + sinks < np.array(lengths)
         totals = np.sort((window + sinks)[learning])
-        assert (record["window_total_min"], record["window_total_max"]) == (totals[0], totals[-1])
-        assert record["window_total_median"] == totals[(len(totals) - 1) // 2]
-        assert record["sinks_max"] == sinks[learning].max()
-        assert record["rows_without_window"] == (1 if step == 3 else 0)
+        if step == 3:  # no row with a memory position: no distribution
+            assert record["window_total_min"] is None and record["sinks_max"] is None
+        else:
+            assert (record["window_total_min"], record["window_total_max"]) == (
+                totals[0], totals[-1])  # fmt: skip
+            assert record["window_total_median"] == totals[(len(totals) - 1) // 2]
+            assert record["sinks_max"] == sinks[learning].max()
+        assert record["rows_without_window"] == (2 if step == 3 else 0)
         # every row with a memory position has labelled positions there
         assert record["sequences"] == 2 - record["rows_without_window"]
-        assert record["valid_tokens"] > 0
+        assert (record["valid_tokens"] > 0) == (step != 3)
         assert record["tokens_per_s"] > 0
         assert record["data_pass"] == (1 if step <= 2 else 2)
-    # the W_tot of every row with a memory position (step 3's 8-token row has none)
+    # the W_tot of every row with a memory position (step 3's 8-token rows have none)
     histograms = _tensorboard_histograms(tmp_path / "tensorboard")["train/window_total"]
-    assert sorted(histograms) == [1, 2, 3, 4]
-    assert [histograms[step].num for step in (1, 2, 3, 4)] == [2, 2, 1, 2]
-    assert histograms[3].min == histograms[3].max == records[2]["window_total_min"]
+    assert sorted(histograms) == [1, 2, 4]
+    assert [histograms[step].num for step in (1, 2, 4)] == [2, 2, 2]
+    assert histograms[4].min == records[3]["window_total_min"]
+    assert histograms[4].max == records[3]["window_total_max"]
 
 
 def test_a_sample_draws_the_same_window_on_one_and_on_two_processes():
@@ -167,6 +172,9 @@ def test_a_log_without_a_terminal_gets_start_lines_and_plain_step_lines(bucketed
     assert "\r" not in stdout  # no progress bar
     # a run longer than its data says where the samples start to repeat
     assert re.findall(r"^step (\d): the data's pass (\d) begins", stdout, re.M) == [("3", "2")]
+    # a batch with no row past its W + S trains nothing: said once
+    assert re.findall(r"^warning: step (\d): no row reaches past its W \+ S \(row lengths 8-8, "
+                      r"train\.window_choices \(8, 16, 32\)", stdout, re.M) == ["3"]  # fmt: skip
 
 
 def test_the_command_line_prints_start_and_step_lines_into_a_pipe(tmp_path):
