@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ahn_jax import cli, xla_cpu
 from ahn_jax.config import AHN_TYPES
 from ahn_jax.demo import pipeline
+from ahn_jax.training.interrupt import InterruptedTrainingError
 
 FLAGS = flags.FLAGS
 
@@ -21,7 +22,9 @@ def define_flags() -> None:
     flags.DEFINE_bool("quick", False, "a few-minute run that shows the machinery (CI smoke test)")
     flags.DEFINE_string("base", None, "pretrained base directory (default: see the docstring), or "
                         "'pretrain' to pretrain one here whatever exists")  # fmt: skip
-    flags.DEFINE_string("out", "runs/demo", "where the AHN runs, the table and the plot go")
+    flags.DEFINE_string("out", None, "where the AHN runs, the table and the plot go (default: "
+                        "runs/demo, --quick runs/demo_quick: a full run never resumes a quick "
+                        "one's training)")  # fmt: skip
     flags.DEFINE_integer("windows_per_play", 48, "evaluation windows per held-out play")
     flags.DEFINE_integer("seed", 1234, "evaluation windows' seed")
     flags.DEFINE_bool("ablations", False, "also the paper's ablations in miniature "
@@ -38,12 +41,23 @@ def main(argv) -> None:
     unknown = sorted(set(types) - set(AHN_TYPES))
     if unknown:
         raise app.UsageError(f"--types: unknown {unknown}; use {', '.join(AHN_TYPES)}")
+    try:
+        _run(types)
+    except InterruptedTrainingError as e:  # training saved its step: the same command resumes
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        print("interrupted; the same command resumes (finished training is kept)", file=sys.stderr)
+        sys.exit(130)
+
+
+def _run(types: list[str]) -> None:
     pipeline.run(
         cli.config(),
         types=types,
         quick=FLAGS.quick,
         base=FLAGS.base,
-        out=Path(FLAGS.out),
+        out=Path(FLAGS.out or ("runs/demo_quick" if FLAGS.quick else "runs/demo")),
         windows_per_play=FLAGS.windows_per_play,
         seed=FLAGS.seed,
         command=" ".join(sys.argv),

@@ -53,7 +53,7 @@ def find_or_pretrain_base(base: str | None, quick: bool, out: Path) -> tuple[Pat
     candidates = () if base == "pretrain" else (base, ASSET_BASE, RUN_BASE)
     for candidate in candidates:
         if candidate and (Path(candidate) / "config.json").is_file():
-            return Path(candidate), f"found at {candidate}"
+            return Path(candidate), "found" if candidate != base else "given"
     if base and base != "pretrain":
         raise app.UsageError(f"--base {base}: no model there (no config.json)")
     from configs import tiny_base
@@ -242,14 +242,18 @@ def markdown(results: dict) -> str:
         if "gap_closed" in claim:
             closed = scoring.Estimate(**claim["gap_closed"])
             verdict = "holds" if claim["holds"] else "does NOT hold"
+            if results["quick"]:
+                verdict += " in this --quick run, which is no evidence either way"
+            below = claim["below_keys_baseline"]
+            side = "below" if below >= 0 else "above"
             own, strict = (scoring.Estimate(**claim[f"share_of_full_margin_{b}"])
                            for b in scoring.BASELINES)  # fmt: skip
             lines.append(f"{name} closes {closed} of the sinks+window - full recall gap; the "
-                         f"claim (between, > 30% beyond its error bar) {verdict}. Its recall is "
-                         f"{claim['below_keys_baseline']:+.3f} nats below the keys' baseline "
-                         f"(full: {claim['full_below_keys_baseline']:+.3f}): {own} of full "
-                         f"attention's margin below chance ({strict} measured from full "
-                         "attention's keys' loss).")  # fmt: skip
+                         f"claim (between, > 30% beyond its error bar) {verdict}. Its recall "
+                         f"loss is {abs(below):.3f} nats {side} the keys' baseline (full "
+                         f"attention's: {claim['full_below_keys_baseline']:+.3f} below): "
+                         f"{own} of full attention's margin below chance ({strict} measured "
+                         "from full attention's keys' loss).")  # fmt: skip
         else:
             lines.append(f"{name}: no claim can be checked: {claim['why']}")
     if results["quick"]:

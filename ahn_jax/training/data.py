@@ -66,18 +66,25 @@ def shakespeare_texts() -> dict[str, str]:
 
 
 class SkipCounter:
-    """Counts skipped records (thread-safe: grain may read with several threads)."""
+    """Counts the distinct skipped records (thread-safe: grain may read with several threads);
+    a bad record read again in a later pass over the data is not counted or logged again."""
 
     LOGGED = 20
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.count = 0
+        self._seen: set[str] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self._seen)
 
     def skip(self, where: str, why: str) -> None:
         with self._lock:
-            self.count += 1
-            count = self.count
+            if where in self._seen:
+                return
+            self._seen.add(where)
+            count = len(self._seen)
         if count <= self.LOGGED:
             logging.warning("skipping bad record %s: %s", where, why)
         elif count == self.LOGGED + 1:
