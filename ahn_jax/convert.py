@@ -35,11 +35,13 @@ def define_flags(fv: flags.FlagValues) -> None:
                         flag_values=fv)  # fmt: skip
     flags.DEFINE_bool("ahn_only", False, "export only the AHN weights, reference layout",
                       flag_values=fv)  # fmt: skip
-    flags.DEFINE_integer("window", ahn_weights.DEFAULT_WINDOW,
-                         "--ahn_only: the inference W (without the sinks) config.json records",
+    flags.DEFINE_integer("window", None,
+                         "--ahn_only: the inference W (without the sinks) config.json records "
+                         f"(default: the checkpoint's, else {ahn_weights.DEFAULT_WINDOW})",
                          flag_values=fv, lower_bound=1)  # fmt: skip
-    flags.DEFINE_integer("sinks", ahn_weights.DEFAULT_SINKS,
-                         "--ahn_only: the inference S config.json records",
+    flags.DEFINE_integer("sinks", None,
+                         "--ahn_only: the inference S config.json records (default: the "
+                         f"checkpoint's, else {ahn_weights.DEFAULT_SINKS})",
                          flag_values=fv, lower_bound=0)  # fmt: skip
     flags.DEFINE_bool("merge", False, "write --hf_dir (base) + --ahn_dir (AHN-only) as one merged "
                       "directory, tensors copied byte for byte", flag_values=fv)  # fmt: skip

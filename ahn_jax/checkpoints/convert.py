@@ -63,7 +63,9 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
     if merged:
         found = ahn_weights.read_ahn_settings(hf_dir)
         ahn_type, layers = found["ahn_type"], found["full_attention_layers"]
-        ahn = {"ahn_type": ahn_type, "full_attention_layers": list(layers)}  # the marker's JSON
+        # the marker's JSON, with the inference W and S the directory records (where it does)
+        ahn = {"ahn_type": ahn_type, "full_attention_layers": list(layers)}
+        ahn |= {k: found[k] for k in ("window", "sinks") if found[k] is not None}
         ahn_config = config.replace(ahn_type=ahn_type, full_attention_layers=layers)
         shapes = {p: s for p, s in param_shapes(ahn_config).items() if ahn_weights.is_ahn_param(p)}
         params = ahn_weights.load_ahn_weights(hf_dir, ahn_config, shapes, merged=True)
@@ -125,15 +127,19 @@ def orbax_to_ahn(
     ckpt: str | Path,
     out: str | Path,
     *,
-    window: int = ahn_weights.DEFAULT_WINDOW,
-    sinks: int = ahn_weights.DEFAULT_SINKS,
+    window: int | None = None,
+    sinks: int | None = None,
 ) -> Path:
     """AHN weights of an Orbax checkpoint -> AHN-only safetensors in the reference's naming, the
-    config.json recording `window` and `sinks` for inference."""
+    config.json recording `window` and `sinks` for inference (None: what the checkpoint records,
+    converted from a merged directory, else DEFAULT_WINDOW / DEFAULT_SINKS)."""
     ckpt = Path(ckpt)
     marker = converted.read_marker(ckpt)
     if "ahn" not in marker:
         raise ConfigError(f"checkpoint {ckpt} holds no AHN weights (its marker has no 'ahn')")
+    recorded = marker["ahn"]
+    window = window if window is not None else recorded.get("window", ahn_weights.DEFAULT_WINDOW)
+    sinks = sinks if sinks is not None else recorded.get("sinks", ahn_weights.DEFAULT_SINKS)
     dtype = marker["param_dtype"]
     config = from_hf_config(read_hf_config(ckpt), param_dtype=dtype, dtype=dtype).replace(
         ahn_type=marker["ahn"]["ahn_type"],
@@ -168,8 +174,8 @@ def run(
     split: bool = False,
     ahn_dir: str | Path | None = None,
     ahn_out: str | Path | None = None,
-    window: int = ahn_weights.DEFAULT_WINDOW,
-    sinks: int = ahn_weights.DEFAULT_SINKS,
+    window: int | None = None,
+    sinks: int | None = None,
     max_shard_gb: float = 5.0,
 ) -> Path:
     """The conversion `python -m ahn_jax.convert` runs: `ahn_only` exports the AHN weights of
@@ -181,7 +187,7 @@ def run(
         raise ArgumentError(f"{' and '.join(chosen)} exclude each other: choose one")
     if dtype and (to_hf or merge or split or ahn_only):
         raise ArgumentError("--dtype applies to HF -> Orbax; the other modes keep stored dtypes")
-    if not ahn_only and (window, sinks) != (ahn_weights.DEFAULT_WINDOW, ahn_weights.DEFAULT_SINKS):
+    if not ahn_only and (window, sinks) != (None, None):
         raise ArgumentError("--window and --sinks apply to --ahn_only (the W and S it records)")
     shard_bytes = int(max_shard_gb * 2**30)
     if ahn_only or to_hf:

@@ -85,7 +85,8 @@ def is_merged(directory: str | Path) -> bool:
 def _stored_ahn(path: Path) -> dict:
     """The AHN settings of the weights a checkpoint holds itself ({} when none)."""
     if converted.is_params_checkpoint(path):
-        return dict(converted.read_marker(path).get("ahn", {}))
+        stored = converted.read_marker(path).get("ahn", {})
+        return {k: stored[k] for k in ("ahn_type", "full_attention_layers") if k in stored}
     if is_merged(path):
         found = ahn_weights.read_ahn_settings(path)
         return {k: found[k] for k in ("ahn_type", "full_attention_layers")}

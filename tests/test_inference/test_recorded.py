@@ -90,3 +90,21 @@ def test_generate_decodes_with_the_recorded_window_and_sinks_unless_flags_say_ot
     flagged, stderr = _generate_cli(tmp_path, f"--ahn={ahn}", "--window=24")
     assert f"mode ahn: window 24 (--window), sinks 2 ({ahn / 'config.json'})" in stderr
     assert flagged == _completion(model, 24, 2)
+
+
+def test_an_orbax_checkpoint_of_a_merged_directory_keeps_its_window_and_sinks(exports, tmp_path):
+    """HF merged (W = 16, S = 2 recorded) -> Orbax: the marker keeps them, so generate and
+    `convert --ahn_only` use them (they fell back to 32640 / 128); a flag still wins."""
+    from ahn_jax.checkpoints import convert, layouts
+
+    base_hf = convert.orbax_to_hf(DEMO_BASE, tmp_path / "base_hf")
+    merged = layouts.merge(base_hf, exports["ahn"], tmp_path / "merged")
+    orbax = convert.hf_to_orbax(merged, tmp_path / "orbax")
+    assert recorded.recorded_attention(orbax, None).values == {"window": 16, "sinks": 2}
+    exported = json.loads(
+        (convert.orbax_to_ahn(orbax, tmp_path / "ahn") / "config.json").read_text()
+    )
+    assert (exported["sliding_window"], exported["num_attn_sinks"]) == (16, 2)
+    chosen = convert.orbax_to_ahn(orbax, tmp_path / "ahn8", window=8)
+    assert json.loads((chosen / "config.json").read_text())["sliding_window"] == 8
+    assert from_pretrained(orbax).config.ahn_type == "gdn"  # the marker's extra keys are not read
