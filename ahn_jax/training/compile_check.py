@@ -69,6 +69,11 @@ def topology_devices(name: str):
     except Exception as e:  # noqa: BLE001 - libtpu's message is the useful part
         if "lockfile" in str(e):  # libtpu serves one process at a time
             raise ConfigError(f"libtpu is busy in another process: {e}") from e
+        if "TPU support not installed" in str(e):  # jax without libtpu: no topology is known
+            raise ConfigError(
+                "compiling for a TPU needs libtpu, which `make demo`'s install leaves out: "
+                "pip install -e '.[tpu]' (or the test extra)"
+            ) from e
         raise ConfigError(
             f"--topology {name!r} is not a TPU topology libtpu knows ({e}); try a Cloud TPU "
             "slice name (v4-8 .. v4-1024, v5p-8 .. v5p-1024, v5litepod-1 .. v5litepod-256 or "

@@ -132,3 +132,15 @@ def test_unknown_topology_is_named():
     config = make_config(MODEL, ahn_type="gdn")
     with pytest.raises(ConfigError, match="'v9z-8' is not a TPU topology"):
         compile_check.check(config, "v9z-8")
+
+
+def test_a_missing_libtpu_is_named_with_its_install(monkeypatch):
+    """jax without libtpu knows no TPU topology: the error says what to install, rather than
+    suggesting other topology names that would fail the same way."""
+
+    def no_libtpu(*args, **kwargs):
+        raise RuntimeError("Unable to initialize backend 'tpu': JAX TPU support not installed")
+
+    monkeypatch.setattr(compile_check.topologies, "get_topology_desc", no_libtpu)
+    with pytest.raises(ConfigError, match=r"needs libtpu.*pip install -e '\.\[tpu\]'"):
+        compile_check.topology_devices("v5e-4")
