@@ -128,6 +128,9 @@ def main(argv) -> None:
     for name in ("model", "task", "out"):
         if getattr(FLAGS, name) is None:
             raise app.UsageError(f"--{name} is required")
+    if FLAGS.task in GRID_TASKS and FLAGS.data:
+        raise app.UsageError(f"--data is not read by --task {FLAGS.task}: its prompts are "
+                             "generated (--lengths, --depths, --samples)")  # fmt: skip
     cli.check_directories(model=FLAGS.model, ahn=FLAGS.ahn)
     dtype = FLAGS.dtype or default_dtype()
     model = from_pretrained(

@@ -145,6 +145,9 @@ USER_ERRORS = {
                        "integer"),
     "zero length": (["ahn_jax.costs", "--length=0"], "flag --length=0: 0 is not a positive "
                     "integer"),
+    "data for passkey": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=passkey",
+                          "--data=x.jsonl", "--out=/x"], "--data is not read by --task passkey: "
+                         "its prompts are generated (--lengths, --depths, --samples)"),
     "no prompt": (["ahn_jax.generate", f"--model={DEMO_BASE}"],
                   "give --model and exactly one of --prompt, --prompt_file, --jsonl"),
     "no data file": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench",

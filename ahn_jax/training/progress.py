@@ -90,8 +90,11 @@ class Progress:
 
     def line(self, record: dict) -> str:
         step = record["step"]
-        mean = self._seconds / self._timed if self._timed else self._first_seconds
-        eta = datetime.timedelta(seconds=round(mean * (self.total - step)))
+        # after the first step alone the ETA would be the compile's time per step: "-" instead
+        eta = "-"
+        if self._timed or step == self.total:
+            mean = self._seconds / self._timed if self._timed else 0.0
+            eta = datetime.timedelta(seconds=round(mean * (self.total - step)))
         return (
             f"step {step}/{self.total}  loss {record['loss']:.4f}  "
             f"W_tot {_spread(record, 'window_total')}  S {_spread(record, 'sinks')}  "
