@@ -49,20 +49,16 @@ def main(argv) -> None:
     del argv
     if cli.config() is None:
         raise app.UsageError("--config=configs/<name>.py is required")
-    try:
-        if FLAGS.step == "decode":
-            report = compile_check.check_decode(
-                cli.config(), FLAGS.topology, FLAGS.mesh, FLAGS.batch_size or 1,
-                FLAGS.window, FLAGS.sinks, FLAGS.max_length,
-            )  # fmt: skip
-        else:
-            report = compile_check.check(
-                cli.config(), FLAGS.topology, FLAGS.mesh, FLAGS.seq_len, FLAGS.batch_size,
-                FLAGS.kernels,
-            )  # fmt: skip
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    if FLAGS.step == "decode":
+        report = compile_check.check_decode(
+            cli.config(), FLAGS.topology, FLAGS.mesh, FLAGS.batch_size or 1,
+            FLAGS.window, FLAGS.sinks, FLAGS.max_length,
+        )  # fmt: skip
+    else:
+        report = compile_check.check(
+            cli.config(), FLAGS.topology, FLAGS.mesh, FLAGS.seq_len, FLAGS.batch_size,
+            FLAGS.kernels,
+        )  # fmt: skip
     print(json.dumps(report) if FLAGS.json else compile_check.format_report(report))
     sys.exit(0 if report["fits"] else 1)
 
@@ -70,4 +66,6 @@ def main(argv) -> None:
 if __name__ == "__main__":
     xla_cpu.configure_platform(compiles_for_tpu=True)  # before JAX makes a backend
     define_flags()
-    app.run(main)
+    # a user's error (a bad flag value, a config the step cannot be built for) exits 2 with one
+    # line; 1 is kept for "does not fit"
+    cli.run(main, (ConfigError,))

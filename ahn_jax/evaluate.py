@@ -16,7 +16,8 @@ tokens), Qwen chat template when the model name contains "qwen2" (--chat=auto), 
 until an end token or the dataset's generation budget, and its metrics. Window, sinks and
 max_length default to the reference's values for the benchmark; for pass keys, NIAH and
 perplexity, window and sinks default to those the AHN weights' config.json records (of --ahn, or
-of a merged --model). The line printed at start says where each came from.
+of a merged --model or an Orbax checkpoint converted from one). The line printed at start says
+where each came from.
 
 `--out` receives predictions.jsonl (one scored record per sample, appended as each batch
 finishes), summary.json and summary.md, and PNG plots. A rerun with the same --out skips samples
@@ -141,8 +142,8 @@ def main(argv) -> None:
     recorded = recorded_attention(FLAGS.model, FLAGS.ahn)
     values |= {"dtype": dtype, "recorded": recorded}
     settings = resolve_settings(model.config, FLAGS.task, **values)
-    if settings.chat and not hasattr(tokenizer, "apply_chat_template"):
-        raise app.UsageError(f"--chat: {FLAGS.model} has no chat tokenizer (use --chat=off)")
+    if settings.chat:
+        generate_lib.check_chat(tokenizer)
     out = Path(FLAGS.out)
     files = data_files(FLAGS.data) if FLAGS.task not in GRID_TASKS else []
     # built before run.json is written, so that inputs refused here can be rerun changed

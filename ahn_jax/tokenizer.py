@@ -1,7 +1,9 @@
-"""Tokenizers: a checkpoint's HF `tokenizer.json` with Qwen2.5's chat template; a byte tokenizer.
+"""Tokenizers: a checkpoint's HF `tokenizer.json` with Qwen's chat template; a byte tokenizer.
 
-The chat template is Qwen2.5-Instruct's (without tool calls), written out in Python so that
-training, evaluation and generation format conversations identically without a Jinja runtime.
+The chat template is Qwen2.5-Instruct's ChatML (without tool calls), written out in Python so that
+training, evaluation and generation format conversations identically without a Jinja runtime;
+evaluation and generation insert the default system turn of the checkpoint's own template
+(Qwen2.5's or Qwen2's, `default_system_of`).
 """
 
 from __future__ import annotations
@@ -78,7 +80,13 @@ def checkpoint_chat_template(directory: str | Path) -> str | None:
     if (directory / "chat_template.jinja").is_file():
         return (directory / "chat_template.jinja").read_text()
     config = directory / "tokenizer_config.json"
-    template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+    try:
+        template = json.loads(config.read_text()).get("chat_template") if config.is_file() else None
+    except (json.JSONDecodeError, AttributeError) as error:  # not a JSON object
+        warnings.warn(
+            f"{config} is not readable JSON ({error}); no chat template read", stacklevel=2
+        )
+        return None
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")

@@ -5,7 +5,8 @@
 #   NAME=ahn-v5p ZONE=us-east5-a ACCELERATOR=v5p-8 CONFIG=configs/qwen3b_gdn.py BUCKET=my-bucket \
 #   OUTPUT_DIR=/gcs/my-bucket/runs/qwen3b_gdn launch/tpu_vm_pod.sh all
 #
-# Steps: create | copy | setup | mount | run | logs | delete | all (create copy setup mount run).
+# Steps: create | copy | setup | mount | run | stop | logs | delete | all (create copy setup mount
+# run).
 # DRY_RUN=1 prints the gcloud commands instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."  # the repository root: `copy` archives it, CONFIG is relative to it
@@ -90,6 +91,13 @@ start() {
   tpu ssh "$NAME" --worker=all --command="$(train_command)"
 }
 
+stop() {
+  # every worker's run, e.g. before `run` again when some workers' processes died: the survivors
+  # would wait for peers that a new `run` cannot give them
+  tpu ssh "$NAME" --worker=all --command="kill \$(cat ~/train.pid 2> /dev/null) 2> /dev/null; \
+rm -f ~/train.pid; true"
+}
+
 logs() {
   local workers
   workers=$(accelerator_hosts)
@@ -119,8 +127,9 @@ case "${1:-}" in
   setup) setup ;;
   mount) mount ;;
   run) start ;;
+  stop) stop ;;
   logs) logs ;;
   delete) delete ;;
   all) create; copy; setup; mount; start ;;
-  *) echo "usage: $0 create|copy|setup|mount|run|logs|delete|all" >&2; exit 2 ;;
+  *) echo "usage: $0 create|copy|setup|mount|run|stop|logs|delete|all" >&2; exit 2 ;;
 esac

@@ -148,6 +148,8 @@ USER_ERRORS = {
     "data for passkey": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=passkey",
                           "--data=x.jsonl", "--out=/x"], "--data is not read by --task passkey: "
                          "its prompts are generated (--lengths, --depths, --samples)"),
+    "zero seq_len": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py", "--seq_len=0"],
+                     "flag --seq_len=0: 0 is not a positive integer"),
     "no prompt": (["ahn_jax.generate", f"--model={DEMO_BASE}"],
                   "give --model and exactly one of --prompt, --prompt_file, --jsonl"),
     "no data file": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench",

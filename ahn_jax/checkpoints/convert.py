@@ -29,7 +29,7 @@ import numpy as np
 
 from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, layouts, safetensors_io
 from ahn_jax.checkpoints.hf_config import from_hf_config, read_hf_config
-from ahn_jax.checkpoints.pretrained import is_merged, iter_hf_params, param_shapes
+from ahn_jax.checkpoints.pretrained import is_merged, iter_hf_params, param_shapes, records_ahn
 from ahn_jax.config import DTYPES, ConfigError
 
 DTYPE_CHOICES = tuple(DTYPES)
@@ -63,9 +63,7 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
     if merged:
         found = ahn_weights.read_ahn_settings(hf_dir)
         ahn_type, layers = found["ahn_type"], found["full_attention_layers"]
-        # the marker's JSON, with the inference W and S the directory records (where it does)
-        ahn = {"ahn_type": ahn_type, "full_attention_layers": list(layers)}
-        ahn |= {k: found[k] for k in ("window", "sinks") if found[k] is not None}
+        ahn = {"ahn_type": ahn_type, "full_attention_layers": list(layers)}  # the marker's JSON
         ahn_config = config.replace(ahn_type=ahn_type, full_attention_layers=layers)
         shapes = {p: s for p, s in param_shapes(ahn_config).items() if ahn_weights.is_ahn_param(p)}
         params = ahn_weights.load_ahn_weights(hf_dir, ahn_config, shapes, merged=True)
@@ -131,15 +129,18 @@ def orbax_to_ahn(
     sinks: int | None = None,
 ) -> Path:
     """AHN weights of an Orbax checkpoint -> AHN-only safetensors in the reference's naming, the
-    config.json recording `window` and `sinks` for inference (None: what the checkpoint records,
-    converted from a merged directory, else DEFAULT_WINDOW / DEFAULT_SINKS)."""
+    config.json recording `window` and `sinks` for inference (None: what the checkpoint's
+    config.json records, kept verbatim from a merged directory, else DEFAULT_WINDOW /
+    DEFAULT_SINKS)."""
     ckpt = Path(ckpt)
     marker = converted.read_marker(ckpt)
     if "ahn" not in marker:
         raise ConfigError(f"checkpoint {ckpt} holds no AHN weights (its marker has no 'ahn')")
-    recorded = marker["ahn"]
-    window = window if window is not None else recorded.get("window", ahn_weights.DEFAULT_WINDOW)
-    sinks = sinks if sinks is not None else recorded.get("sinks", ahn_weights.DEFAULT_SINKS)
+    found = ahn_weights.read_ahn_settings(ckpt) if records_ahn(ckpt) else {}
+    if window is None:
+        window = found.get("window") or ahn_weights.DEFAULT_WINDOW
+    if sinks is None:
+        sinks = ahn_weights.DEFAULT_SINKS if found.get("sinks") is None else found["sinks"]
     dtype = marker["param_dtype"]
     config = from_hf_config(read_hf_config(ckpt), param_dtype=dtype, dtype=dtype).replace(
         ahn_type=marker["ahn"]["ahn_type"],

@@ -77,16 +77,19 @@ def is_merged(directory: str | Path) -> bool:
     """Whether an HF directory holds AHN weights beside the base's (the merged layout of the
     reference's merge_weights.py): its config.json names an `_ahn_implementation`."""
     directory = Path(directory)
-    if converted.is_params_checkpoint(directory):
-        return False
+    return not converted.is_params_checkpoint(directory) and records_ahn(directory)
+
+
+def records_ahn(directory: str | Path) -> bool:
+    """Whether a directory's config.json is an AHN config (with its inference W and S): a merged
+    HF directory, or an Orbax checkpoint converted from one (its config.json kept verbatim)."""
     return read_hf_config(directory).get("_ahn_implementation") is not None
 
 
 def _stored_ahn(path: Path) -> dict:
     """The AHN settings of the weights a checkpoint holds itself ({} when none)."""
     if converted.is_params_checkpoint(path):
-        stored = converted.read_marker(path).get("ahn", {})
-        return {k: stored[k] for k in ("ahn_type", "full_attention_layers") if k in stored}
+        return dict(converted.read_marker(path).get("ahn", {}))
     if is_merged(path):
         found = ahn_weights.read_ahn_settings(path)
         return {k: found[k] for k in ("ahn_type", "full_attention_layers")}

@@ -251,7 +251,7 @@ def markdown(results: dict) -> str:
             lines.append(f"{name} closes {closed} of the sinks+window - full recall gap; the "
                          f"claim (between, > 30% beyond its error bar) {verdict}. Its recall "
                          f"loss is {abs(below):.3f} nats {side} the keys' baseline (full "
-                         f"attention's: {claim['full_below_keys_baseline']:+.3f} below): "
+                         f"attention's {_margin(claim['full_below_keys_baseline'])}): "
                          f"{own} of full attention's margin below chance ({strict} measured "
                          "from full attention's keys' loss).")  # fmt: skip
         else:
@@ -259,6 +259,10 @@ def markdown(results: dict) -> str:
     if results["quick"]:
         lines.append("(--quick: short runs; these numbers show the machinery, not the effect.)")
     return "\n".join(lines)
+
+
+def _margin(below: float) -> str:
+    return f"{abs(below):.3f} {'below' if below >= 0 else 'above'}"
 
 
 def plot_positions(position_sums, count: int, beyond: int, out: Path) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ahn_jax.evaluation import passkey
-from ahn_jax.tokenizer import render_chat
+from ahn_jax.tokenizer import QWEN_DEFAULT_SYSTEM, render_chat
 
 # RULER's scripts/synthetic.yaml: (num_needle_k, num_needle_v, num_needle_q) of each variant
 VARIANTS = {"niah_multikey": (4, 1, 1), "niah_multivalue": (1, 4, 1), "niah_multiquery": (1, 1, 4)}
@@ -122,10 +122,16 @@ class NiahSample:
     ids: list[int]
 
 
-def prompt_texts(config: NiahConfig, queries: Sequence[str], chat: bool) -> tuple[str, str, str]:
+def prompt_texts(
+    config: NiahConfig,
+    queries: Sequence[str],
+    chat: bool,
+    default_system: str = QWEN_DEFAULT_SYSTEM,
+) -> tuple[str, str, str]:
     """(instruction, question, answer prefix) around the haystack, as RULER renders them: its
     template plus answer prefix, made singular when one value is asked for, with the chat template
-    (if any) around the task and the answer prefix after the assistant header."""
+    (if any; its system turn `default_system`, the checkpoint's) around the task and the answer
+    prefix after the assistant header."""
     kind = config.value_type
     template, prefix = TEMPLATE, ANSWER_PREFIX
     if config.queries * config.values == 1:  # niah.py's rewrite, `are` -> `is` everywhere
@@ -137,7 +143,8 @@ def prompt_texts(config: NiahConfig, queries: Sequence[str], chat: bool) -> tupl
     head, question = template.format(type_needle_v=kind, query=query, context="\0").split("\0")
     opening, closing = "", ""
     if chat:
-        rendered = render_chat([{"role": "user", "content": "\0"}], add_generation_prompt=True)
+        rendered = render_chat([{"role": "user", "content": "\0"}], add_generation_prompt=True,
+                               default_system=default_system)  # fmt: skip
         opening, closing = rendered.split("\0")
     # the haystack's pieces each end with RULER's "\n" separator: the question gives up its own
     return (
@@ -189,7 +196,9 @@ def _prompt(tokenizer, config: NiahConfig, rng, length: int, depth: float, noise
         if i not in asked
         for value in values[i]
     ]
-    head, question, prefix = (tokenizer.encode(t) for t in prompt_texts(config, queries, chat))
+    system = getattr(tokenizer, "default_system", QWEN_DEFAULT_SYSTEM)
+    texts = prompt_texts(config, queries, chat, system)
+    head, question, prefix = (tokenizer.encode(t) for t in texts)
     n_filler = length - len(head) - len(question) - len(prefix) - sum(map(len, block + others))
     if n_filler < 0:
         raise ValueError(

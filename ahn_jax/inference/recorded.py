@@ -12,9 +12,8 @@ from pathlib import Path
 
 from absl import app
 
-from ahn_jax.checkpoints import converted
 from ahn_jax.checkpoints.ahn_weights import read_ahn_settings
-from ahn_jax.checkpoints.pretrained import is_merged
+from ahn_jax.checkpoints.pretrained import records_ahn
 from ahn_jax.config import ModelConfig
 from ahn_jax.model.cache import check_decode
 
@@ -55,13 +54,9 @@ NOTHING = Recorded()
 
 def recorded_attention(model_dir: str | Path, ahn_dir: str | Path | None) -> Recorded:
     """The W and S recorded beside the AHN weights a model loads: `ahn_dir`'s config.json, else
-    `model_dir`'s when it is a merged directory (base and AHN tensors together), or the marker of
-    an Orbax checkpoint converted from one; NOTHING for a plain base."""
-    if ahn_dir is None and converted.is_params_checkpoint(model_dir):
-        stored = converted.read_marker(model_dir).get("ahn", {})
-        values = {name: stored[name] for name in NAMES if name in stored}
-        return Recorded(values, Path(model_dir) / converted.MARKER_FILE) if values else NOTHING
-    source = ahn_dir if ahn_dir is not None else (model_dir if is_merged(model_dir) else None)
+    `model_dir`'s when it is an AHN config (a merged directory of base and AHN tensors, or an
+    Orbax checkpoint converted from one); NOTHING for a plain base."""
+    source = ahn_dir if ahn_dir is not None else (model_dir if records_ahn(model_dir) else None)
     if source is None:
         return NOTHING
     found = read_ahn_settings(source)

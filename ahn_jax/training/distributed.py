@@ -4,6 +4,7 @@ rows that other processes hold."""
 from __future__ import annotations
 
 import contextlib
+import math
 
 import jax
 import numpy as np
@@ -11,7 +12,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from ahn_jax.config import ConfigError, TrainConfig
-from ahn_jax.model.sharding import MeshError, make_mesh
+from ahn_jax.model.sharding import DEFAULT_RULES, MeshError, make_mesh
 
 
 def initialize_distributed(t: TrainConfig) -> None:
@@ -54,23 +55,23 @@ def make_train_mesh(spec: str) -> jax.sharding.Mesh | None:
 
 
 def check_batch_layout(t: TrainConfig, mesh: jax.sharding.Mesh | None, processes: int) -> None:
-    """Several processes each read their own rows of every micro-batch, which the mesh splits over
-    its batch axes (data x fsdp): both must divide the rows of a micro-batch. Otherwise rows
-    would be dropped or the first step would fail placing them, after the base is loaded and
+    """Several processes each read their own rows of every global batch, which is placed split
+    over the mesh's batch axes (DEFAULT_RULES["batch"]): both must divide train.batch_size, or
+    rows would be dropped or the first step would fail placing them, after the base is loaded and
     the step compiled."""
     if processes == 1:
         return
-    rows = t.batch_size // t.micro_batches
-    if rows % processes:
+    if t.batch_size % processes:
         raise ConfigError(
-            f"train.batch_size / train.micro_batches ({rows} rows) must be a multiple of the "
-            f"process count ({processes}): each process reads its own rows"
+            f"train.batch_size ({t.batch_size}) must be a multiple of the process count "
+            f"({processes}): each process reads its own rows"
         )
-    shards = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-    if rows % shards:
+    shards = 1 if mesh is None else math.prod(mesh.shape.get(a, 1) for a in DEFAULT_RULES["batch"])
+    if t.batch_size % shards:
+        axes = " x ".join(DEFAULT_RULES["batch"])
         raise ConfigError(
-            f"train.batch_size / train.micro_batches ({rows} rows) must be a multiple of the "
-            f"mesh's data x fsdp ({shards}) with several processes: train.mesh = {t.mesh!r}"
+            f"train.batch_size ({t.batch_size}) must be a multiple of the mesh's {axes} "
+            f"({shards}) with several processes: train.mesh = {t.mesh!r}"
         )
 
 

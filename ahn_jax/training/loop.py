@@ -122,7 +122,9 @@ class _Notices:
                 "run trains one pass)"
             )
         self.data_pass = run.passes.current
-        if not (self.warned or windows.memory_rows(o.lengths, o.window, o.sinks).any()):
+        # (pretraining's loss counts every labelled position, windows or not)
+        pretrain = run.train.objective == "pretrain"
+        if not (self.warned or pretrain or windows.memory_rows(o.lengths, o.window, o.sinks).any()):
             self.warned = True
             t = run.train
             drawn = (f"train.window_choices {t.window_choices} (W + S with L/8 < W + S < L)"

@@ -26,7 +26,7 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float
     """HF's `get_cosine_schedule_with_warmup` as the reference's Trainer builds it: linear from 0
     over ceil(steps x warmup_ratio) steps (`TrainingArguments.get_warmup_steps`, same float
     product), then a cosine to 0; update k uses the value at k."""
-    warmup = max(math.ceil(total_steps * warmup_fraction), 1)
+    warmup = math.ceil(total_steps * warmup_fraction)  # 0: the cosine from the peak, as HF's
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,

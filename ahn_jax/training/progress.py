@@ -62,9 +62,9 @@ class Progress:
         if enabled and self.out.isatty():
             self.bar = tqdm(total=total, initial=start, desc="train", file=self.out,
                             dynamic_ncols=True)  # fmt: skip
-        # the ETA's mean step time leaves out this process's first step (it compiles) once
-        # there are others
-        self._first_seconds, self._timed, self._seconds = None, 0, 0.0
+        # the ETA's mean step time leaves out this process's first step (it compiles): no ETA
+        # until a second step is timed
+        self._first_done, self._timed, self._seconds = False, 0, 0.0
 
     def print(self, line: str) -> None:
         if self.enabled:
@@ -73,8 +73,8 @@ class Progress:
     def update(self, record: dict) -> None:
         if not self.enabled:
             return
-        if self._first_seconds is None:
-            self._first_seconds = record["step_seconds"]
+        if not self._first_done:
+            self._first_done = True
         else:
             self._timed, self._seconds = self._timed + 1, self._seconds + record["step_seconds"]
         if self.bar is not None:

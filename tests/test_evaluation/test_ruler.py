@@ -268,3 +268,16 @@ def test_runner_scores_niah_records_and_passes_the_decode_setting(tmp_path, monk
     runner.run_generation(model, tokenizer, prompts, settings, tmp_path, batch_size=2)
     scores = {r["depth"]: r["score"] for r in results_lib.read_results(tmp_path)}
     assert scores == {0.0: 1.0, 1.0: 0.5} and seen == ["reference"]
+
+
+def test_chat_prompts_take_the_checkpoints_default_system_prompt(qwen25_tokenizer_dir):
+    """As the benchmarks' prompts (tokenizer.apply_chat_template): a Qwen2 checkpoint's template
+    inserts "You are a helpful assistant.", not Qwen2.5's system prompt."""
+    from ahn_jax.tokenizer import QWEN2_DEFAULT_SYSTEM
+
+    tokenizer = HFTokenizer.from_dir(qwen25_tokenizer_dir)
+    tokenizer.default_system = QWEN2_DEFAULT_SYSTEM
+    config = ruler.make_config("niah_multikey")
+    (sample,) = ruler.niah_samples(tokenizer, config, [400], [0.5], 1, seed=0, chat=True)
+    text = tokenizer.decode(sample.ids)
+    assert text.startswith(f"<|im_start|>system\n{QWEN2_DEFAULT_SYSTEM}<|im_end|>\n")

@@ -62,6 +62,8 @@ def test_pod_script_mounts_the_bucket_and_starts_one_run_per_worker():
     assert "~/venv/bin/python -m ahn_jax.train" in train and ">> ~/train.log" in train
     without = [c for c in dry_run("all", ACCELERATOR="v5p-32") if "ssh" in c]
     assert len(without) == 3  # no BUCKET: nothing to mount
+    (stop,) = dry_run("stop")
+    assert "--worker=all" in stop and "--command=kill $(cat ~/train.pid" in " ".join(stop)
 
 
 def test_several_processes_need_rows_every_process_and_mesh_shard_can_hold():
@@ -71,11 +73,11 @@ def test_several_processes_need_rows_every_process_and_mesh_shard_can_hold():
 
     mesh = make_mesh({"fsdp": 8})
     check_batch_layout(TrainConfig(batch_size=2, mesh="fsdp=8"), mesh, processes=1)
-    check_batch_layout(TrainConfig(batch_size=16, micro_batches=2, mesh="fsdp=8"), mesh, 2)
-    with pytest.raises(ConfigError, match=r"\(2 rows\) must be a multiple of the mesh's data x"):
+    check_batch_layout(TrainConfig(batch_size=8, micro_batches=2, mesh="fsdp=8"), mesh, 2)
+    with pytest.raises(ConfigError, match=r"\(2\) must be a multiple of the mesh's data x fsdp"):
         check_batch_layout(TrainConfig(batch_size=2, mesh="fsdp=8"), mesh, processes=2)
-    with pytest.raises(ConfigError, match=r"\(3 rows\) must be a multiple of the process count"):
-        check_batch_layout(TrainConfig(batch_size=6, micro_batches=2), None, processes=2)
+    with pytest.raises(ConfigError, match=r"\(3\) must be a multiple of the process count \(2\)"):
+        check_batch_layout(TrainConfig(batch_size=3), None, processes=2)
 
 
 @pytest.mark.parametrize("name, chips", [("v5p-32", 16), ("v6e-16", 16), ("v5litepod-8", 8)])

@@ -25,8 +25,9 @@ def test_schedule_warms_up_linearly_then_decays_by_cosine_to_zero():
     assert lr.max() == pytest.approx(PEAK) and lr[-1] == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("steps", [25, 45, 740, 741, 744, 1000])
-def test_schedule_equals_hfs_cosine_with_warmup_as_the_reference_trainer_builds_it(steps):
+@pytest.mark.parametrize("steps, warmup", [(25, 0.1), (45, 0.1), (740, 0.1), (741, 0.1),
+                                           (744, 0.1), (1000, 0.1), (10, 0.0)])  # fmt: skip
+def test_schedule_equals_hfs_cosine_with_warmup_as_the_reference_trainer_builds_it(steps, warmup):
     """transformers' get_cosine_schedule_with_warmup with its Trainer's warmup count,
     ceil(steps x warmup_ratio) (rounding instead moved warmup and cosine by a step: 25 steps
     were 33% of the peak off)."""
@@ -36,9 +37,9 @@ def test_schedule_equals_hfs_cosine_with_warmup_as_the_reference_trainer_builds_
     from transformers import get_cosine_schedule_with_warmup
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    hf = get_cosine_schedule_with_warmup(optimizer, math.ceil(steps * 0.1), steps)
+    hf = get_cosine_schedule_with_warmup(optimizer, math.ceil(steps * warmup), steps)
     expected = [lr_lambda(k) for k in range(steps) for lr_lambda in hf.lr_lambdas]
-    ours = learning_rate_schedule(1.0, steps, 0.1)
+    ours = learning_rate_schedule(1.0, steps, warmup)
     np.testing.assert_allclose([float(ours(k)) for k in range(steps)], expected, atol=1e-6)
 
 
