@@ -246,6 +246,9 @@ def report_name(record: dict) -> str:
     reference's LV-Eval scorer reports each file (`factrecall_en_16k` and `factrecall_en_128k`
     are two scores, never pooled)."""
     level = record.get("level")
+    if not level and ":" in str(record.get("id", "")):
+        # records written before the level came from the file name ("<file stem>:<line>")
+        level = length_level(str(record["id"]).rsplit(":", 1)[0])
     return f"{record['dataset']}_{level}" if level else record["dataset"]
 
 

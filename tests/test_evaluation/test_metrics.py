@@ -134,6 +134,10 @@ def test_the_file_name_gives_the_level_where_the_records_name_the_dataset_only(t
     (tmp_path / "mine.jsonl").write_text(fixture)  # a file named otherwise: the records' field
     samples, _ = tasks.read_samples(tasks.LVEVAL, tmp_path / "mine.jsonl")
     assert {(s.dataset, s.level) for s in samples} == {("factrecall_en", "128k")}
+    # a record written before (no level) by a run this one resumes: reported under its file's
+    old = {"id": "factrecall_en_16k:3", "dataset": "factrecall_en", "score": 1.0}
+    assert tasks.report_name(old) == "factrecall_en_16k"
+    assert tasks.report_name({"id": "hotpotqa:3", "dataset": "hotpotqa"}) == "hotpotqa"
 
 
 def test_only_a_trailing_length_level_is_cut_from_a_dataset_name(tmp_path):
