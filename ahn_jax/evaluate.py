@@ -36,6 +36,7 @@ from absl import app, flags
 
 from ahn_jax import cli, xla_cpu
 from ahn_jax.checkpoints.pretrained import LOAD_ERRORS, from_pretrained
+from ahn_jax.checkpoints.recorded import recorded_attention
 from ahn_jax.cli import default_dtype, define_kernels_flag
 from ahn_jax.config import KERNELS, MODES
 from ahn_jax.evaluation import report, ruler, tasks
@@ -56,7 +57,6 @@ from ahn_jax.evaluation.runner import (
 from ahn_jax.evaluation.settings import resolve_settings, window_and_sinks
 from ahn_jax.inference import generate as generate_lib
 from ahn_jax.inference.generation_config import read_generation_config
-from ahn_jax.inference.recorded import recorded_attention
 from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS

@@ -24,11 +24,12 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from ahn_jax import cli, xla_cpu
+from ahn_jax.checkpoints import recorded
 from ahn_jax.checkpoints.ahn_weights import DEFAULT_SINKS, DEFAULT_WINDOW
 from ahn_jax.checkpoints.pretrained import LOAD_ERRORS, from_pretrained
 from ahn_jax.config import KERNELS, MODES
 from ahn_jax.inference import generate as generate_lib
-from ahn_jax.inference import generation_config, recorded
+from ahn_jax.inference import generation_config, run_mode
 from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS
@@ -125,8 +126,8 @@ def main(argv) -> None:
     generation = generation_settings(FLAGS.model)
     dtype = jnp.dtype(FLAGS.dtype or cli.default_dtype())
     model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=dtype, kernels=FLAGS.kernels)
-    mode = recorded.resolve_mode(FLAGS.mode, model.config, FLAGS.model)
-    recorded.check_decode_flag(FLAGS.decode, mode)
+    mode = run_mode.resolve_mode(FLAGS.mode, model.config, FLAGS.model)
+    run_mode.check_decode_flag(FLAGS.decode, mode)
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
     if FLAGS.chat:
         generate_lib.check_chat(tokenizer)

@@ -159,9 +159,11 @@ class HFTokenizer:
 
 
 class ByteTokenizer:
-    """UTF-8 bytes as token ids 0..255: the vocabulary of our tiny CPU models."""
+    """UTF-8 bytes as token ids 0..255: the vocabulary of our tiny CPU models. Its chats are
+    rendered with Qwen2.5's template and system prompt, as training renders them."""
 
     vocab_size = 256
+    default_system = QWEN_DEFAULT_SYSTEM
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))

@@ -1,14 +1,15 @@
 """A ragged batch of prompts generated together against the same prompts one by one (CPU or GPU).
 
   python bench/ragged_decode.py [--models=tiny,50m] [--lengths=1024,2048,...,8192] [--steps=32]
-      [--repeats=2] [--decode_repeats=3]
+      [--repeats=2] [--decode_repeats=3] [--window=992] [--sinks=32]
 
 The prompts (random tokens, one per `--lengths` entry) go through the real chunked prefill
 (`model.prefill`, chunks of 1024), right-padded into one [B, max length] batch with `lengths=`
 ("batched"), or each alone as [1, length] ("one_by_one"); then `--steps` greedy decode steps per
 row follow (one jitted step: `model_lib.decode_step` + argmax, fed its own token, as
 `ahn_jax.inference.generate` does), all rows at once or each row's in turn. Mode "ahn" with
-S = 32 sinks and W = 992, as bench/decode.py. Models: "tiny" is configs/tiny_gdn.py (as
+S = 32 sinks and W = 992 by default, as bench/decode.py (configs/tiny_gdn.py trains on W + S of
+64-256: `--window=224` is its largest). Models: "tiny" is configs/tiny_gdn.py (as
 bench/decode.py), "50m" bench/train_step.py's ~50 M model, AHN-GDN with a non-zero output
 projection.
 
@@ -46,7 +47,6 @@ from train_step import MODELS  # noqa: E402
 from ahn_jax.config import load_config_file, make_config, validate_config  # noqa: E402
 from ahn_jax.model import transformer as model_lib  # noqa: E402
 
-SINKS, WINDOW = 32, 992
 CHUNK = 1024
 WAYS = ("batched", "one_by_one")
 
@@ -62,6 +62,8 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "decode_repeats", 3, "decode runs from each round's prefilled caches (the best is kept)"
     )
+    flags.DEFINE_integer("window", 992, "sliding window W of the cache", lower_bound=1)
+    flags.DEFINE_integer("sinks", 32, "attention sinks S of the cache", lower_bound=0)
 
 
 def build(name: str, dtype: str):
@@ -97,7 +99,7 @@ def generate(model, ids, lengths, steps, decodes):
     `steps` greedy decode steps, each time from the prefilled cache. Returns (prefill seconds,
     [decode seconds], the last run's new tokens [B, steps], cache bytes)."""
     graphdef, state = nnx.split(model)
-    cache = model.init_cache(ids.shape[0], window=WINDOW, sinks=SINKS, mode="ahn")
+    cache = model.init_cache(ids.shape[0], window=FLAGS.window, sinks=FLAGS.sinks, mode="ahn")
     jax.block_until_ready(cache)
     start = time.perf_counter()
     logits, prefilled = model.prefill(ids, cache, lengths=lengths, chunk_size=CHUNK)
@@ -149,13 +151,13 @@ def warm_up(model, ids, lengths) -> None:
         chunks = {min(w, CHUNK) for w in widths} | {(w - 1) % CHUNK + 1 for w in widths}
         for chunk in sorted(chunks):
             generate(model, ids[:batch, :chunk], None, 1, 1)
-        cache = model.init_cache(batch, window=WINDOW, sinks=SINKS, mode="ahn")
+        cache = model.init_cache(batch, window=FLAGS.window, sinks=FLAGS.sinks, mode="ahn")
         jax.block_until_ready(model.prefill(ids[:batch, :2], cache, chunk_size=1))
     # the batched prefill runs only the rows with prompt left: every smaller batch's chunk, and
     # the taking and putting back of k rows of the cache (lengths 2, 4, ... in chunks of 2)
     for active in range(1, rows):
         generate(model, ids[:active, :CHUNK], None, 1, 1)
-    cache = model.init_cache(rows, window=WINDOW, sinks=SINKS, mode="ahn")
+    cache = model.init_cache(rows, window=FLAGS.window, sinks=FLAGS.sinks, mode="ahn")
     short = 2 * np.arange(1, rows + 1)
     jax.block_until_ready(model.prefill(ids[:, : short.max()], cache, lengths=short, chunk_size=2))
 
@@ -213,7 +215,7 @@ def main(argv) -> None:
     device, dtype = device_and_dtype()
     results = [measure(name, lengths, dtype) for name in FLAGS.models]
     out = {"benchmark": "ragged_decode", "machine": machine(), "device": device.device_kind,
-           "jax": jax.__version__, "dtype": dtype, "window": WINDOW, "sinks": SINKS,
+           "jax": jax.__version__, "dtype": dtype, "window": FLAGS.window, "sinks": FLAGS.sinks,
            "chunk": CHUNK, "lengths": lengths, "steps": FLAGS.steps, "repeats": FLAGS.repeats,
            "decode_repeats": FLAGS.decode_repeats,
            "models": results}  # fmt: skip
@@ -223,7 +225,10 @@ def main(argv) -> None:
 
 
 def print_table(results, rows: int, steps: int) -> None:
-    print(f"B = {rows} rows, {steps} new tokens per row; spread = slowest / fastest run\n")
+    print(
+        f"B = {rows} rows, {steps} new tokens per row, W = {FLAGS.window}, S = {FLAGS.sinks}; "
+        "spread = slowest / fastest run\n"
+    )
     print("| model | params | way | prefill s | decode s | decode tok/s | end-to-end tok/s "
           "| spread prefill / decode | cache KiB per row |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")

@@ -27,9 +27,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, layouts, safetensors_io
+from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, layouts, recorded, safetensors_io
 from ahn_jax.checkpoints.hf_config import from_hf_config, read_hf_config
-from ahn_jax.checkpoints.pretrained import is_merged, iter_hf_params, param_shapes, records_ahn
+from ahn_jax.checkpoints.pretrained import is_merged, iter_hf_params, param_shapes
 from ahn_jax.config import DTYPES, ConfigError
 
 DTYPE_CHOICES = tuple(DTYPES)
@@ -136,11 +136,9 @@ def orbax_to_ahn(
     marker = converted.read_marker(ckpt)
     if "ahn" not in marker:
         raise ConfigError(f"checkpoint {ckpt} holds no AHN weights (its marker has no 'ahn')")
-    found = ahn_weights.read_ahn_settings(ckpt) if records_ahn(ckpt) else {}
-    if window is None:
-        window = found.get("window") or ahn_weights.DEFAULT_WINDOW
-    if sinks is None:
-        sinks = ahn_weights.DEFAULT_SINKS if found.get("sinks") is None else found["sinks"]
+    defaults = {"window": ahn_weights.DEFAULT_WINDOW, "sinks": ahn_weights.DEFAULT_SINKS}
+    given = {"window": window, "sinks": sinks}
+    chosen, _ = recorded.window_and_sinks(given, recorded.recorded_attention(ckpt, None), defaults)
     dtype = marker["param_dtype"]
     config = from_hf_config(read_hf_config(ckpt), param_dtype=dtype, dtype=dtype).replace(
         ahn_type=marker["ahn"]["ahn_type"],
@@ -156,7 +154,7 @@ def orbax_to_ahn(
         for path, shape in param_shapes(config).items()
         if ahn_weights.is_ahn_param(path)
     }
-    return ahn_weights.save_ahn_weights(out, config, params, window=window, sinks=sinks)
+    return ahn_weights.save_ahn_weights(out, config, params, **chosen)
 
 
 class ArgumentError(ValueError):

@@ -196,8 +196,7 @@ def _prompt(tokenizer, config: NiahConfig, rng, length: int, depth: float, noise
         if i not in asked
         for value in values[i]
     ]
-    system = getattr(tokenizer, "default_system", QWEN_DEFAULT_SYSTEM)
-    texts = prompt_texts(config, queries, chat, system)
+    texts = prompt_texts(config, queries, chat, tokenizer.default_system)
     head, question, prefix = (tokenizer.encode(t) for t in texts)
     n_filler = length - len(head) - len(question) - len(prefix) - sum(map(len, block + others))
     if n_filler < 0:

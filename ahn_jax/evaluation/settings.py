@@ -10,10 +10,11 @@ from pathlib import Path
 
 from absl import app
 
+from ahn_jax.checkpoints import recorded as recorded_lib
 from ahn_jax.config import ModelConfig
 from ahn_jax.evaluation import ruler, tasks
 from ahn_jax.evaluation.results import GRID_TASKS, Settings
-from ahn_jax.inference import recorded as recorded_lib
+from ahn_jax.inference import run_mode
 from ahn_jax.inference.generation_config import read_generation_config
 
 
@@ -49,10 +50,10 @@ def resolve_settings(
     """The settings of evaluating `model` (with `ahn`, whose config is `config`) on `task`; None
     means the default (W and S: `window_and_sinks`, `recorded` what the AHN config.json holds).
     The other arguments are the `ahn_jax.evaluate` flags; errors (app.UsageError) name them."""
-    mode = recorded_lib.resolve_mode(mode, config, model)
+    mode = run_mode.resolve_mode(mode, config, model)
     (window, sinks), _ = window_and_sinks(task, mode, window, sinks, recorded)
     max_length = max_length or getattr(tasks.BENCHMARKS.get(task), "max_length", None)
-    recorded_lib.check_decode_flag(decode, mode)
+    run_mode.check_decode_flag(decode, mode)
     grid = dict(lengths=lengths, depths=depths, samples=samples, seed=seed)
     niah = dict(keys=niah_keys, values=niah_values, queries=niah_queries, key_type=niah_key_type,
                 value_type=niah_value_type, haystack=niah_haystack)  # fmt: skip

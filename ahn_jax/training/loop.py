@@ -124,7 +124,7 @@ class _Notices:
         self.data_pass = run.passes.current
         # (pretraining's loss counts every labelled position, windows or not)
         pretrain = run.train.objective == "pretrain"
-        if not (self.warned or pretrain or windows.memory_rows(o.lengths, o.window, o.sinks).any()):
+        if not (self.warned or pretrain or o.learning.any()):
             self.warned = True
             t = run.train
             drawn = (f"train.window_choices {t.window_choices} (W + S with L/8 < W + S < L)"
@@ -145,6 +145,7 @@ class StepOutcome(NamedTuple):
     window: np.ndarray  # [B] every row's W (without the sinks)
     sinks: np.ndarray  # [B] every row's S
     padded: int  # the batch's padded length (its length bucket)
+    learning: np.ndarray  # [B] bool: the rows with a memory position (`windows.memory_rows`)
 
 
 def _step(run: Run, step: int) -> StepOutcome:
@@ -171,7 +172,10 @@ def _step(run: Run, step: int) -> StepOutcome:
     loss = float(metrics["loss"])
     # every process joins the gather (the logged distribution is the global batch's)
     rows = gather_rows(np.stack([batch["lengths"], window, sinks], axis=1).astype(np.int32))
-    outcome = StepOutcome(step, loss, metrics, *rows.T, arrays["input_ids"].shape[1])
+    lengths, window, sinks = rows.T
+    learning = windows.memory_rows(lengths, window, sinks)
+    outcome = StepOutcome(step, loss, metrics, lengths, window, sinks, arrays["input_ids"].shape[1],
+                          learning)  # fmt: skip
     if not math.isfinite(loss):
         run.manager.wait_until_finished()
         spread = _spread(outcome)
@@ -191,11 +195,10 @@ def _row_placement(process_index: int, process_count: int) -> dict:
 
 def _spread(o: StepOutcome) -> dict:
     """min / median (the lower one: a drawn value) / max of W_tot = W + S and of S over the rows
-    with a memory position (`windows.memory_rows`); None when the batch has none."""
-    learning = windows.memory_rows(o.lengths, o.window, o.sinks)
+    with a memory position; None when the batch has none."""
     stats = {}
     for name, values in (("window_total", o.window + o.sinks), ("sinks", o.sinks)):
-        values = np.sort(values[learning])
+        values = np.sort(values[o.learning])
         for stat, at in (("min", 0), ("median", (len(values) - 1) // 2), ("max", -1)):
             stats[f"{name}_{stat}"] = int(values[at]) if len(values) else None
     return stats
@@ -203,9 +206,8 @@ def _spread(o: StepOutcome) -> dict:
 
 def _log(log: MetricsLog, record: dict, o: StepOutcome) -> None:
     """The record, and a histogram of W_tot over the rows with a memory position (as `_spread`)."""
-    learning = windows.memory_rows(o.lengths, o.window, o.sinks)
-    if learning.any():
-        log.histogram("window_total", (o.window + o.sinks)[learning], o.step)
+    if o.learning.any():
+        log.histogram("window_total", (o.window + o.sinks)[o.learning], o.step)
     log.write(record)
 
 

@@ -15,10 +15,10 @@ import pytest
 from absl.app import UsageError
 from shared import save_tiny_qwen2, tiny_config, write_qwen25_tokenizer
 
+from ahn_jax.checkpoints.recorded import Recorded
 from ahn_jax.evaluation import passkey, perplexity, ruler, runner, tasks
 from ahn_jax.evaluation import results as results_lib
 from ahn_jax.evaluation.settings import resolve_settings, window_and_sinks
-from ahn_jax.inference.recorded import Recorded
 from ahn_jax.model.transformer import init_model
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 

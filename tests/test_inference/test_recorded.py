@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ahn_jax.checkpoints import recorded
 from ahn_jax.checkpoints.pretrained import from_pretrained
 from ahn_jax.inference import generate as generate_lib
-from ahn_jax.inference import recorded
 from ahn_jax.tokenizer import ByteTokenizer
 
 ROOT = Path(__file__).parents[2]

@@ -1,8 +1,6 @@
-"""An inference run's attention settings as `generate` and `evaluate` take them from their flags:
-the mode (default: ahn with AHN weights, else full), the decode, and the window W and sinks S: the
-flags, else what the AHN weights' config.json records (`sliding_window`, `num_attn_sinks`: the
-reference builds its inference model from that config, so its W and S are the file's), else a
-default. Errors are usage errors naming the flag."""
+"""The inference window W and sinks S that an AHN config.json records (`sliding_window`,
+`num_attn_sinks`: the reference builds its inference model from that config, so its W and S are the
+file's), and the rule every tool resolves them by: a flag, else the file, else a default."""
 
 from __future__ import annotations
 
@@ -10,34 +8,10 @@ import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
-from absl import app
-
 from ahn_jax.checkpoints.ahn_weights import read_ahn_settings
 from ahn_jax.checkpoints.pretrained import records_ahn
-from ahn_jax.config import ModelConfig
-from ahn_jax.model.cache import check_decode
 
 NAMES = ("window", "sinks")
-
-
-def resolve_mode(mode: str | None, config: ModelConfig, model_dir) -> str:
-    """--mode, else ahn where the model has AHN weights and full where not; ahn without them is a
-    usage error."""
-    mode = mode or ("ahn" if config.ahn_type else "full")
-    if mode == "ahn" and not config.ahn_type:
-        raise app.UsageError(
-            f"--mode=ahn needs AHN weights: {model_dir} has none; pass --ahn DIR "
-            "(or --mode=swa / full)"
-        )
-    return mode
-
-
-def check_decode_flag(decode: str, mode: str) -> None:
-    """`model.cache.check_decode` as a usage error naming --decode."""
-    try:
-        check_decode(decode, mode)
-    except ValueError as error:
-        raise app.UsageError(f"--decode: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,30 @@
+"""An inference run's attention mode and decode as `generate` and `evaluate` take them from their
+flags: the mode (default: ahn with AHN weights, else full) and the decode it allows. Errors are
+usage errors naming the flag. (W and S: `checkpoints.recorded`.)"""
+
+from __future__ import annotations
+
+from absl import app
+
+from ahn_jax.config import ModelConfig
+from ahn_jax.model.cache import check_decode
+
+
+def resolve_mode(mode: str | None, config: ModelConfig, model_dir) -> str:
+    """--mode, else ahn where the model has AHN weights and full where not; ahn without them is a
+    usage error."""
+    mode = mode or ("ahn" if config.ahn_type else "full")
+    if mode == "ahn" and not config.ahn_type:
+        raise app.UsageError(
+            f"--mode=ahn needs AHN weights: {model_dir} has none; pass --ahn DIR "
+            "(or --mode=swa / full)"
+        )
+    return mode
+
+
+def check_decode_flag(decode: str, mode: str) -> None:
+    """`model.cache.check_decode` as a usage error naming --decode."""
+    try:
+        check_decode(decode, mode)
+    except ValueError as error:
+        raise app.UsageError(f"--decode: {error}") from None
