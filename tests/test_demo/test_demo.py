@@ -86,3 +86,32 @@ def test_the_margin_share_from_full_attentions_keys_is_the_stricter_one():
                 for p in "ab"}  # fmt: skip
     assert abs(margin_share(per_play, "ahn", "own").mean - 0.6) < 1e-9  # (3.3 - 1.5) / 3
     assert abs(margin_share(per_play, "ahn", "full").mean - 0.5) < 1e-9  # (3.0 - 1.5) / 3
+
+
+# the demo's entry point with pipeline.run replaced: it prints the output directory it is given,
+# then stands for a Ctrl-C in the middle of the work
+_INTERRUPTED_DEMO = """
+import sys
+from absl import app
+from ahn_jax.demo import __main__ as demo, pipeline
+
+def interrupted(*args, out, **kwargs):
+    print(f"out={out}", flush=True)
+    raise KeyboardInterrupt
+
+pipeline.run = interrupted
+demo.define_flags()
+app.run(demo.main, argv=["demo", *sys.argv[1:]])
+"""
+
+
+def test_quick_runs_default_apart_and_ctrl_c_exits_130_without_a_traceback():
+    """A full demo must not resume a quick one's 20-step training (runs/demo vs runs/demo_quick),
+    and Ctrl-C tells how to resume instead of printing a traceback."""
+    for args, out in ((["--quick"], "runs/demo_quick"), ([], "runs/demo")):
+        result = subprocess.run([sys.executable, "-c", _INTERRUPTED_DEMO, *args], cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 130, result.stderr[-2000:]
+        assert f"out={out}\n" in result.stdout
+        assert "the same command resumes" in result.stderr
+        assert "Traceback" not in result.stderr
