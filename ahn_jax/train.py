@@ -8,6 +8,8 @@ import sys
 from absl import app
 
 from ahn_jax import cli, xla_cpu
+from ahn_jax.checkpoints.hf_naming import CheckpointMismatchError
+from ahn_jax.checkpoints.safetensors_io import CheckpointFormatError
 from ahn_jax.config import ConfigError, field_help, run_configs, validate_config
 
 
@@ -40,4 +42,5 @@ if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
     __doc__ += "\n" + field_help.describe()  # absl's --help prints the main module's docstring
     cli.define_config_flag()
-    cli.run(main, (ConfigError, FileNotFoundError))
+    # a base checkpoint that is missing, unreadable or does not fit the config: one error line
+    cli.run(main, (ConfigError, FileNotFoundError, CheckpointFormatError, CheckpointMismatchError))

@@ -3,6 +3,7 @@ platform choice they make themselves (ahn_jax/xla_cpu.py), and a training run wi
 data stopping at once."""
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -218,3 +219,26 @@ def test_train_help_lists_the_config_fields():
     help_text = _tool("ahn_jax.train", "--help").stdout
     assert "--config.<section>.<field>=<value>" in help_text
     assert "  train.steps = 740\n      optimizer steps of the whole run\n" in help_text
+
+
+def test_a_checkpoint_that_cannot_be_read_is_one_error_line(tmp_path):
+    """A pickle-only directory (safetensors are read, never pickles) as generate's model and as
+    training's base: `error: ...` naming the file, exit status 2, no traceback."""
+    from ahn_jax.checkpoints.hf_config import to_hf_config
+    from ahn_jax.config import load_config_file, validate_config
+
+    config = validate_config(load_config_file(ROOT / "configs" / "tiny_gdn.py"))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text(json.dumps(to_hf_config(config)))
+    (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    for args in (
+        ["ahn_jax.generate", f"--model={pickled}", "--prompt=hi"],
+        ["ahn_jax.train", "--config=configs/tiny_gdn.py",
+         f"--config.train.base_checkpoint={pickled}",
+         f"--config.train.output_dir={tmp_path / 'run'}"],
+    ):  # fmt: skip
+        done = _tool(*args)
+        assert done.returncode == 2, done.stderr[-3000:]
+        assert done.stderr.startswith("error: ") and "pytorch_model.bin" in done.stderr
+        assert "Traceback" not in done.stderr

@@ -22,7 +22,7 @@ from flax import nnx, traverse_util
 
 from ahn_jax.checkpoints import safetensors_io
 from ahn_jax.checkpoints.converted import ParamPath
-from ahn_jax.checkpoints.hf_config import to_hf_config
+from ahn_jax.checkpoints.hf_config import read_hf_config, to_hf_config
 from ahn_jax.checkpoints.hf_naming import TensorMap, check_fits, layer_maps
 from ahn_jax.config import AHN_TYPES, ConfigError, ModelConfig
 
@@ -160,7 +160,7 @@ def read_ahn_settings(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in AHN directory {directory}")
-    hf = json.loads(path.read_text())
+    hf = read_hf_config(directory)
     implementation = hf.get("_ahn_implementation")
     by_name = {name: t for t, name in IMPLEMENTATIONS.items()}
     if implementation not in by_name:

@@ -112,8 +112,11 @@ def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 *
     plans = [safetensors_io.TensorPlan(m.hf_name, m.hf_shape, np_dtype, producer(m)) for m in maps]
     safetensors_io.write_checkpoint(out, plans, max_shard_bytes=max_shard_bytes)
     # the base layout (a merged source's AHN fields would announce tensors that are not here),
-    # read alike by transformers 4 and 5
-    hf_config = layouts.with_both_key_sets(ahn_weights.base_hf_config(hf_config))
+    # read alike by transformers 4 and 5, and the dtype of the tensors written (the source's
+    # config.json is kept verbatim, but `--dtype` may have converted them): transformers loads
+    # "auto" as that key says
+    hf_config = {**ahn_weights.base_hf_config(hf_config), "dtype": dtype, "torch_dtype": dtype}
+    hf_config = layouts.with_both_key_sets(hf_config)
     (out / "config.json").write_text(json.dumps(hf_config, indent=2))
     for name in converted.SIDE_FILES:
         if (ckpt / name).is_file():

@@ -24,6 +24,8 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 from flax import traverse_util
 
+from ahn_jax.checkpoints.safetensors_io import CheckpointFormatError
+
 PARAMS_DIR = "params"
 MARKER_FILE = "ahn_jax_checkpoint.json"
 FORMAT_VERSION = 1
@@ -83,9 +85,12 @@ def read_marker(directory: str | Path) -> dict[str, Any]:
             f"{directory} is not an ahn_jax checkpoint (no {MARKER_FILE}); "
             "write one with: python -m ahn_jax.convert --hf_dir DIR --out CKPT"
         )
-    marker = json.loads(path.read_text())
+    try:
+        marker = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointFormatError(f"{path} is not valid JSON: {e}") from e
     if marker.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointFormatError(
             f"{path}: format_version {marker.get('format_version')!r} is not supported "
             f"(expected {FORMAT_VERSION})"
         )

@@ -113,6 +113,8 @@ def split(
     """A merged directory -> a base directory (every non-AHN tensor, config.json without the AHN
     fields, the side files) and an AHN-only one (one file, config.json with `save_ahn_only`)."""
     merged_dir, base_out, ahn_out = Path(merged_dir), Path(base_out), Path(ahn_out)
+    if base_out.resolve() == ahn_out.resolve():
+        raise ConfigError(f"the base and the AHN weights need two directories, both are {base_out}")
     hf = read_hf_config(merged_dir)
     if hf.get("_ahn_implementation") is None:
         raise ConfigError(
@@ -134,11 +136,14 @@ def merged_hf_config(base_hf: Mapping[str, Any], ahn_hf: Mapping[str, Any]) -> d
     """The base's config.json with the AHN fields of the AHN-only one, `save_ahn_only` false.
 
     A field the AHN config lacks is dropped rather than left as the base's: the base's own
-    `sliding_window` (Qwen2.5 ships 32768 or 131072) would otherwise read as AHN's W.
+    `sliding_window` (Qwen2.5 ships 32768 or 131072) would otherwise read as AHN's W; that one is
+    written null (no window) instead.
     """
     merged = {k: v for k, v in base_hf.items() if k not in ahn_weights.AHN_CONFIG_KEYS}
     merged.update({k: ahn_hf[k] for k in ahn_weights.AHN_CONFIG_KEYS if k in ahn_hf})
     merged["save_ahn_only"] = False
+    # and a missing one null: transformers 4 takes an absent key as a 4096 window for its masks
+    merged.setdefault("sliding_window", None)
     return merged
 
 

@@ -3,6 +3,7 @@ Orbax checkpoint -> AhnModel."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +23,12 @@ from ahn_jax.model.transformer import AhnModel, abstract_model
 
 # What loading a user's directories can raise that is the user's to fix: a missing or unreadable
 # file, a config it cannot run, tensors that do not fit (the tools print it as one error line)
-LOAD_ERRORS = (OSError, ConfigError, hf_naming.CheckpointMismatchError)
+LOAD_ERRORS = (
+    OSError,
+    ConfigError,
+    hf_naming.CheckpointMismatchError,
+    safetensors_io.CheckpointFormatError,
+)
 
 
 def param_shapes(config: ModelConfig) -> dict[ParamPath, tuple[int, ...]]:
@@ -66,7 +72,24 @@ def iter_hf_params(
                 else:
                     array[m.layer] = value
                 bar.update()
+            if path == ("embed_tokens",) and config.tie_word_embeddings:
+                _warn_if_head_differs(infos, array, directory)
             yield path, array
+
+
+def _warn_if_head_differs(infos, embedding: np.ndarray, directory) -> None:
+    """A tied config whose file holds an `lm_head.weight` of its own, other than the embeddings:
+    tied, the model ignores it (as transformers 4 does; transformers 5 unties and uses it)."""
+    if "lm_head.weight" not in infos:
+        return
+    head = safetensors_io.read_tensor(infos["lm_head.weight"]).astype(embedding.dtype)
+    if head.shape != embedding.shape or not np.array_equal(head, embedding):
+        warnings.warn(
+            f"{directory}: config.json ties the word embeddings (tie_word_embeddings true), but "
+            "the checkpoint's lm_head.weight differs from them; it is not used (transformers 5 "
+            "would use it instead)",
+            stacklevel=2,
+        )
 
 
 def _dtype_name(dtype) -> str:
@@ -107,9 +130,12 @@ def _ahn_settings(path: Path, ahn_type, ahn_path, full_attention_layers) -> dict
     """The AHN type and full-attention layers asked for, reconciled with what files say."""
     settings = {"ahn_type": None, "full_attention_layers": ()}
     settings.update(_stored_ahn(path))
+    source = path  # where the AHN weights that load come from, when of the type asked for
     if ahn_path is not None:
         found = ahn_weights.read_ahn_settings(ahn_path)
         settings = {k: found[k] for k in ("ahn_type", "full_attention_layers")}
+        source = ahn_path
+    stored_type = settings["ahn_type"]
     if ahn_type is not None:
         if ahn_path is not None and ahn_type != settings["ahn_type"]:
             raise ConfigError(
@@ -119,9 +145,11 @@ def _ahn_settings(path: Path, ahn_type, ahn_path, full_attention_layers) -> dict
         settings["ahn_type"] = ahn_type
     if full_attention_layers is not None:
         layers = tuple(full_attention_layers)
-        if ahn_path is not None and layers != tuple(settings["full_attention_layers"]):
+        # weights that load (not fresh ones) keep the layers they were trained with
+        loads = stored_type is not None and stored_type == settings["ahn_type"]
+        if loads and layers != tuple(settings["full_attention_layers"]):
             raise ConfigError(
-                f"full_attention_layers={list(layers)} but the AHN weights in {ahn_path} were "
+                f"full_attention_layers={list(layers)} but the AHN weights in {source} were "
                 f"trained with {list(settings['full_attention_layers'])}"
             )
         settings["full_attention_layers"] = layers

@@ -85,10 +85,14 @@ def _file_tensors(path: Path) -> dict[str, TensorInfo]:
 
 
 def checkpoint_files(directory: str | Path) -> list[Path]:
-    """The safetensors files of an HF checkpoint directory; refuses pickle-only checkpoints."""
+    """The safetensors files of an HF checkpoint directory; refuses pickle-only checkpoints.
+    `model.safetensors` comes before an index, as transformers looks for them: an unsharded save
+    into a directory that held a sharded one removes the shards but leaves their index."""
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    if (directory / SINGLE_FILE).is_file():
+        return [directory / SINGLE_FILE]
     index = directory / INDEX_FILE
     if index.is_file():
         try:
@@ -100,8 +104,6 @@ def checkpoint_files(directory: str | Path) -> list[Path]:
         if absent:
             raise CheckpointFormatError(f"{index} names shard files that do not exist: {absent}")
         return files
-    if (directory / SINGLE_FILE).is_file():
-        return [directory / SINGLE_FILE]
     files = sorted(directory.glob("*.safetensors"))
     if files:
         return files

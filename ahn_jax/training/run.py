@@ -48,8 +48,11 @@ ROW_ARRAYS = ("input_ids", "labels", "window", "sinks")
 
 
 def load_base(t: TrainConfig, model_config: ModelConfig, mesh=None):
-    """The frozen base (a checkpoint, or the config's random init) with fresh AHN weights,
-    placed on `mesh` by the logical-axis rules when one is given."""
+    """The frozen base (a checkpoint, or the config's random init) with fresh AHN weights drawn
+    from the seed, placed on `mesh` by the logical-axis rules when one is given. A checkpoint that
+    holds AHN weights of the config's type itself (a merged directory, or convert's Orbax output
+    of one) brings them instead, as `from_pretrained` and the reference's loading read it, and
+    training continues from them."""
     if t.base_checkpoint:
         return from_pretrained(
             t.base_checkpoint,

@@ -1,6 +1,7 @@
 """HF safetensors <-> Orbax conversion: bit-exact round trips, bf16, and clear errors."""
 
 import json
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -98,6 +99,12 @@ def test_bf16_checkpoint(tmp_path):
     )
     model = ahn_jax.from_pretrained(tmp_path / "ckpt_f32")
     assert model.embed_tokens[...].dtype == jnp.float32
+    # exported, its config.json names the dtype of the tensors written, not the source's:
+    # transformers loads dtype "auto" as the config says
+    convert.orbax_to_hf(tmp_path / "ckpt_f32", tmp_path / "back_f32")
+    assert {i.dtype.name for i in tensor_index(tmp_path / "back_f32").values()} == {"float32"}
+    exported = json.loads((tmp_path / "back_f32" / "config.json").read_text())
+    assert (exported["dtype"], exported["torch_dtype"]) == ("float32", "float32")
     ids = random_ids(hf_model.config.vocab_size)
     reference = hf_logits(hf_model.float(), ids)
     np.testing.assert_allclose(np.asarray(model(ids)), reference, atol=1e-4, rtol=0)
@@ -168,3 +175,40 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert_cli.main(["--out", str(tmp_path / "z")])
     assert "--hf_dir DIR is required" in capsys.readouterr().err
+
+
+def test_a_single_file_wins_over_a_stale_index_as_in_transformers(tmp_path):
+    """Saving unsharded into a directory that held a sharded checkpoint leaves the old index
+    behind (transformers removes the shards only); transformers reads model.safetensors."""
+    save_tiny_qwen2(tmp_path / "hf", max_shard_size="40KB", num_hidden_layers=2)
+    index = (tmp_path / "hf" / "model.safetensors.index.json").read_text()
+    hf_model = save_tiny_qwen2(tmp_path / "hf", num_hidden_layers=2, seed=1)
+    for shard in (tmp_path / "hf").glob("model-*-of-*.safetensors"):
+        shard.unlink()
+    (tmp_path / "hf" / "model.safetensors.index.json").write_text(index)
+    ids = random_ids(hf_model.config.vocab_size)
+    model = ahn_jax.from_pretrained(tmp_path / "hf")
+    np.testing.assert_allclose(np.asarray(model(ids)), hf_logits(hf_model, ids), atol=1e-4, rtol=0)
+
+
+def test_a_tied_config_with_an_lm_head_of_its_own_is_warned_about(tmp_path):
+    save_tiny_qwen2(tmp_path / "hf", tie_word_embeddings=True)
+    path = tmp_path / "hf" / "model.safetensors"
+    tensors = load_file(path)
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].copy()
+    save_file(tensors, path, metadata={"format": "pt"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same values: nothing to say
+        ahn_jax.from_pretrained(tmp_path / "hf")
+    tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match="lm_head.weight differs from them; it is not used"):
+        ahn_jax.from_pretrained(tmp_path / "hf")
+
+
+def test_a_corrupt_marker_is_named(tmp_path):
+    save_tiny_qwen2(tmp_path / "hf")
+    convert.hf_to_orbax(tmp_path / "hf", tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "ahn_jax_checkpoint.json").write_text("{")
+    with pytest.raises(CheckpointFormatError, match=r"ahn_jax_checkpoint\.json is not valid JSON"):
+        ahn_jax.from_pretrained(tmp_path / "ckpt")

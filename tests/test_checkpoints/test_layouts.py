@@ -138,6 +138,10 @@ def test_an_explicit_choice_overrides_the_merged_ahn(dirs):
     assert kept.config.full_attention_layers == (1,)
     with pytest.raises(ConfigError, match=r"full_attention_layers=\[1\] but the AHN weights"):
         from_pretrained(root / "base", ahn_path=root / "ahn", full_attention_layers=(1,))
+    # the same for the AHN weights a merged directory brings itself
+    with pytest.raises(ConfigError, match=r"\[1\] but the AHN weights in .*merged were trained"):
+        from_pretrained(root / "merged", full_attention_layers=(1,))
+    assert from_pretrained(root / "merged", full_attention_layers=()).config.ahn_type == "gdn"
 
 
 def test_split_and_merge_are_byte_exact_inverses(dirs, tmp_path):
@@ -192,9 +196,16 @@ def test_configs_without_window_or_sinks_still_load(dirs, tmp_path):
     found = ahn_weights.read_ahn_settings(released)
     assert (found["window"], found["sinks"]) == (None, None)
     _assert_same_params(from_pretrained(root / "base", ahn_path=released), dirs["model"])
+    # merged with it, the base's own window is not kept as AHN's W, and the key is null rather
+    # than absent (transformers 4 would take an absent one as a 4096 window)
+    merged = layouts.merged_hf_config({**_config(root / "base"), "sliding_window": 32768}, hf)
+    assert "sliding_window" in merged and merged["sliding_window"] is None
     hf["num_attn_sinks"] = "128"
     (released / "config.json").write_text(json.dumps(hf))
     with pytest.raises(ConfigError, match="'num_attn_sinks' = '128' is not an int"):
+        ahn_weights.read_ahn_settings(released)
+    (released / "config.json").write_text('{"_ahn_implementation": ')
+    with pytest.raises(ConfigError, match=r"released/config\.json is not valid JSON"):
         ahn_weights.read_ahn_settings(released)
 
 
@@ -212,6 +223,8 @@ def test_layout_errors_name_the_problem(dirs, tmp_path, capsys):
     with pytest.raises(CheckpointMismatchError, match=r"unexpected[\s\S]*model\.layers\.2\.ahn"):
         layouts.merge(root / "base", tmp_path / "deep_ahn", tmp_path / "m")
     assert not (tmp_path / "m").exists()  # checked before anything is written
+    with pytest.raises(ConfigError, match="need two directories"):
+        layouts.split(root / "merged", tmp_path / "same", tmp_path / "same")
     for argv, message in (
         (["--split", "--hf_dir", str(root / "merged")], "--split needs --ahn_out"),
         (["--merge", "--hf_dir", str(root / "base")], "--merge needs --ahn_dir"),
