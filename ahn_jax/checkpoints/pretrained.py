@@ -198,20 +198,27 @@ def from_pretrained(
     """Load a Qwen2/Qwen2.5 model from an HF directory or an Orbax checkpoint of `convert`.
 
     AHN weights: `ahn_path` loads AHN-only safetensors in the reference's layout (the released
-    checkpoints); `ahn_type` ("gdn", "dn", "mamba2") adds fresh ones drawn from `seed`, their
-    output projection zero (the student starts as the sinks+window model) or, with
-    `ahn_output_init="normal"`, N(0, 0.02). An Orbax checkpoint or a merged HF directory (base and
-    AHN tensors together, as the reference's merge_weights.py writes) that holds AHN weights
-    brings them, unless `ahn_path` is given or `ahn_type` names another type. The layers kept as
-    full attention, `full_attention_layers`, are what the AHN files record unless given.
+    checkpoints), or the AHN tensors of a merged directory; `ahn_type` ("gdn", "dn", "mamba2")
+    adds fresh ones drawn from `seed`, their output projection zero (the student starts as the
+    sinks+window model) or, with `ahn_output_init="normal"`, N(0, 0.02). An Orbax checkpoint or
+    a merged HF directory (base and AHN tensors together, as the reference's merge_weights.py
+    writes) that holds AHN weights brings them, unless `ahn_path` is given or `ahn_type` names
+    another type. The layers kept as full attention, `full_attention_layers`, are what the AHN
+    files record unless given (weights that load refuse other layers).
     `dtype` is the base parameter dtype (AHN weights stay fp32), `compute_dtype` that of
     activations (defaults to `dtype`). `kernels` picks the forward's kernels ("auto": Pallas on
     TPU, XLA elsewhere; "xla"; "pallas", interpreted off TPU; docs/kernels.md). With `mesh`,
     parameters are placed sharded by the logical-axis `rules` as they load.
     """
     path = Path(path)
+    hf = read_hf_config(path)
+    if hf.get("save_ahn_only") is True and not converted.is_params_checkpoint(path):
+        raise ConfigError(
+            f"{path} holds AHN weights only (its config.json says save_ahn_only): give the base "
+            "model's directory as the model and this one as ahn_path (--ahn)"
+        )
     base_config = from_hf_config(
-        read_hf_config(path),
+        hf,
         param_dtype=_dtype_name(dtype),
         dtype=_dtype_name(compute_dtype if compute_dtype is not None else dtype),
         remat_policy=remat_policy,
@@ -232,8 +239,9 @@ def from_pretrained(
     source = ahn_path if ahn_path is not None else _merged_ahn_source(path, config)
     if missing_ahn and source is not None:
         shapes = {p: flat_abstract[p].shape for p in missing_ahn}
-        merged = ahn_path is None  # then `source` is `path`: its AHN tensors beside the base's
-        params.update(ahn_weights.load_ahn_weights(source, config, shapes, merged=merged))
+        # only the AHN tensors: `path` holds them beside the base's, and so may an `ahn_path`
+        # given a merged directory (an AHN-only one holds nothing else)
+        params.update(ahn_weights.load_ahn_weights(source, config, shapes, merged=True))
     elif missing_ahn:
         fresh = init_ahn_weights(config, seed, ahn_output_init)
         params.update({p: fresh[p] for p in missing_ahn})

@@ -103,6 +103,11 @@ def test_merged_and_ahn_only_imports_are_the_same_model(dirs, tmp_path):
     merged = from_pretrained(root / "merged")
     assert merged.config.ahn_type == "gdn"
     _assert_same_params(merged, from_ahn_only)
+    # a merged directory given as the AHN weights gives its AHN tensors; an AHN-only one given as
+    # the model is named as such
+    _assert_same_params(from_pretrained(root / "base", ahn_path=root / "merged"), merged)
+    with pytest.raises(ConfigError, match=r"holds AHN weights only .* as ahn_path \(--ahn\)"):
+        from_pretrained(root / "ahn")
     # bit-exact export -> import (equal parameters: equal outputs in every mode)
     _assert_same_params(merged, model)
     # sharded, with an index: the same model
