@@ -230,6 +230,29 @@ def _encode(tokenizer, record: dict, chat: bool) -> list[int]:
     return tokenizer.encode(record["prompt"])
 
 
+def _note_if_nothing_leaves_the_window(prompts, generation: GenerationSettings, **settings):
+    """Tell (stderr) when every prompt with its new tokens fits in S + W: in mode ahn or swa no
+    token is then evicted, and the output is full attention's (a W recorded for a long-context
+    model, 32,640, on short prompts: the AHN is never used)."""
+    mode, window, sinks = settings["mode"], settings["window"], settings["sinks"]
+    if mode == "full" or not prompts:
+        return
+    try:
+        # the last new token is chosen, never attended: a prompt of P and n new tokens attends
+        # P + n - 1, and none is evicted while that is at most S + W
+        attended = max(len(p) + generation.new_tokens(len(p)) - 1 for p in prompts)
+    except ValueError:  # reported where the tokens are generated
+        return
+    if attended <= sinks + window:
+        memory = "the AHN memory is not used" if mode == "ahn" else "the window changes nothing"
+        print(
+            f"note: mode {mode}: no token leaves S + W = {sinks + window} (at most {attended} "
+            f"tokens are attended), so the output is full attention's and {memory}; a smaller "
+            "--window would evict",
+            file=sys.stderr,
+        )
+
+
 def _generate_with(model, prompts, generation: GenerationSettings, **settings):
     """`generate` with the length and token choice of `generation` (`settings`: the rest)."""
     try:
@@ -253,6 +276,7 @@ def stream_completion(
     """Generate for one prompt (`settings`: `generate`'s but the length and the token choice,
     which come from `generation`), writing the new text to stdout as it comes."""
     ids = _encode(tokenizer, {"prompt": text}, chat)
+    _note_if_nothing_leaves_the_window([ids], generation, **settings)
     streamed: list[int] = []
 
     def stream(new):
@@ -281,6 +305,7 @@ def complete_jsonl(
     batches (similar lengths together waste the least padding)."""
     records = _read_jsonl(path)
     encoded = [_encode(tokenizer, r, chat) for r in records]
+    _note_if_nothing_leaves_the_window(encoded, generation, **settings)
     by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     completions: dict[int, str] = {}
     for start in range(0, len(by_length), batch_size):

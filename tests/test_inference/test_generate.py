@@ -125,3 +125,23 @@ def test_cli_streams_a_prompt_and_batches_jsonl(tmp_path):
     assert bad.returncode != 0 and "prompts.jsonl:2" in bad.stderr
     bad = run("--prompt=x", "--do_sample", "--temperature=0")  # the flags over the file
     assert bad.returncode != 0 and "temperature must be > 0 when sampling" in bad.stderr
+
+
+def test_a_window_that_nothing_leaves_is_noted(capsys):
+    """Prompts whose tokens all fit in S + W decode as full attention: generate says so (a W
+    recorded for a long-context model, 32,640, on short prompts would otherwise look like AHN)."""
+    import dataclasses
+
+    from ahn_jax.inference.generation_config import DEFAULTS
+    from ahn_jax.tokenizer import ByteTokenizer
+
+    model = init_model(tiny_config(vocab_size=256, ahn_type="gdn"), seed=1)
+    generation = dataclasses.replace(DEFAULTS, max_new_tokens=3)
+    settings = dict(generation=generation, mode="ahn", sinks=2, stop_ids=[])
+    # 8 prompt bytes + 3 new tokens: 10 attended (the last one is only chosen)
+    generate_lib.stream_completion(model, ByteTokenizer(), "To be, o", chat=False, window=8,
+                                   **settings)  # fmt: skip
+    assert "note: mode ahn: no token leaves S + W = 10 (at most 10 " in capsys.readouterr().err
+    generate_lib.stream_completion(model, ByteTokenizer(), "To be, o", chat=False, window=7,
+                                   **settings)  # fmt: skip
+    assert "note:" not in capsys.readouterr().err
