@@ -64,11 +64,14 @@ def fail(error: Exception | str) -> NoReturn:
     sys.exit(2)
 
 
-def run(main, user_errors: tuple[type[Exception], ...] = ()) -> None:
+def run(
+    main, user_errors: tuple[type[Exception], ...] = (), *, on_interrupt: str = "interrupted"
+) -> None:
     """`app.run(main)` for a tool: absl logging at WARNING unless --verbosity is given (Orbax logs
     ~150 INFO lines reading one checkpoint), and a usage error or one of `user_errors` (a missing
     file, a checkpoint that does not fit) printed as `error: <message>`, exit status 2, where
-    absl would print the flags' help (50-90 lines) or Python a traceback."""
+    absl would print the flags' help (50-90 lines) or Python a traceback. Ctrl-C prints
+    `on_interrupt` (what the user can do next) and exits 130, as a shell's interrupted command."""
 
     started = False
 
@@ -81,6 +84,9 @@ def run(main, user_errors: tuple[type[Exception], ...] = ()) -> None:
             main(argv)
         except (app.UsageError, *user_errors) as error:
             fail(error)
+        except KeyboardInterrupt:
+            print(on_interrupt, file=sys.stderr)
+            sys.exit(130)
 
     def parse(argv):
         try:

@@ -16,7 +16,7 @@ from typing import NoReturn
 from absl import flags
 
 from ahn_jax import xla_cpu
-from ahn_jax.checkpoints import ahn_weights
+from ahn_jax.checkpoints import ahn_weights, converted
 from ahn_jax.checkpoints import convert as convert_lib
 
 PROGRAM = "python -m ahn_jax.convert"
@@ -103,7 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
+    if flag_values.to_hf:
+        _note_ahn_left_out(flag_values.ckpt)
     return 0
+
+
+def _note_ahn_left_out(ckpt: str) -> None:
+    """--to_hf writes the base layout: say so when the checkpoint also holds AHN weights."""
+    ahn = converted.read_marker(ckpt).get("ahn")
+    if ahn:
+        print(
+            f"note: the {ahn['ahn_type']} AHN weights of {ckpt} are not in this base layout; "
+            f"write them with: python -m ahn_jax.convert --ahn_only --ckpt {ckpt} --out DIR "
+            "(and --merge them with it for one directory)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -192,4 +192,8 @@ def _prompts(tokenizer, settings, files):
 if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
-    cli.run(main, LOAD_ERRORS)
+    cli.run(
+        main,
+        LOAD_ERRORS,
+        on_interrupt="interrupted; the same command resumes after the samples already written",
+    )

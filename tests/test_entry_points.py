@@ -151,6 +151,9 @@ USER_ERRORS = {
                          "its prompts are generated (--lengths, --depths, --samples)"),
     "zero seq_len": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py", "--seq_len=0"],
                      "flag --seq_len=0: 0 is not a positive integer"),
+    "report of no run": (["ahn_jax.evaluation.report", "--runs=/nope"], "/nope has no "
+                         "summary.json: not an evaluate --out directory, or its run has not "
+                         "finished"),
     "no prompt": (["ahn_jax.generate", f"--model={DEMO_BASE}"],
                   "give --model and exactly one of --prompt, --prompt_file, --jsonl"),
     "no data file": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench",
@@ -242,3 +245,17 @@ def test_a_checkpoint_that_cannot_be_read_is_one_error_line(tmp_path):
         assert done.returncode == 2, done.stderr[-3000:]
         assert done.stderr.startswith("error: ") and "pytorch_model.bin" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_ctrl_c_in_a_tool_exits_130_with_what_to_do_next():
+    """cli.run, which every tool runs through: a KeyboardInterrupt gives its one line (evaluate's:
+    the same command resumes) and status 130, not a traceback."""
+    code = (
+        "from ahn_jax import cli\n"
+        "def main(argv):\n"
+        "    raise KeyboardInterrupt\n"
+        "cli.run(main, on_interrupt='interrupted; the same command resumes')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (done.returncode, done.stderr) == (130, "interrupted; the same command resumes\n")

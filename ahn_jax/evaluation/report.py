@@ -233,20 +233,33 @@ def _memory_plot(out, settings, records, config, label, plt) -> None:
     plt.close(fig)
 
 
+class CompareError(ValueError):
+    """Runs that one comparison figure cannot show (the CLI reports it as one error line)."""
+
+
 def compare_plot(run_dirs: list[Path], path: Path) -> None:
     """One figure of several runs of a task: loss by position (perplexity) or score by length
-    (pass key, NIAH), one line per run, labelled by its mode, window and sinks."""
+    (pass key, NIAH), one line per run, labelled by its directory, mode, window and sinks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    tasks = set()
+    summaries = []
     for run in run_dirs:
-        summary = json.loads((Path(run) / "summary.json").read_text())
-        tasks.add(summary["task"])
-        label = run_label(summary["settings"])
+        if not (Path(run) / "summary.json").is_file():
+            raise FileNotFoundError(
+                f"{run} has no summary.json: not an evaluate --out directory, or its run has not "
+                "finished"
+            )
+        summaries.append(json.loads((Path(run) / "summary.json").read_text()))
+    tasks = sorted({summary["task"] for summary in summaries})
+    if len(tasks) != 1:
+        raise CompareError(f"the runs mix tasks {tasks}: compare runs of one task")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run, summary in zip(run_dirs, summaries, strict=True):
+        # two runs of one mode, W and S (two AHN checkpoints, say) differ by their directory
+        label = f"{Path(run).name}: {run_label(summary['settings'])}"
         if summary["task"] == "perplexity":
             _loss_by_position(ax, summary, label)
         elif summary["task"] in GRID_TASKS:
@@ -256,9 +269,8 @@ def compare_plot(run_dirs: list[Path], path: Path) -> None:
             ax.set(xlabel="prompt length (tokens)", ylabel=f"{grid_label(summary['task'])} %",
                    ylim=(-5, 105))  # fmt: skip
         else:
-            raise ValueError(f"{run}: compare plots cover perplexity, passkey and NIAH runs")
-    if len(tasks) != 1:
-        raise ValueError(f"the runs mix tasks {sorted(tasks)}")
+            plt.close(fig)
+            raise CompareError(f"{run}: compare plots cover perplexity, passkey and NIAH runs")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -267,7 +279,9 @@ def compare_plot(run_dirs: list[Path], path: Path) -> None:
 
 if __name__ == "__main__":
     # python -m ahn_jax.evaluation.report --runs OUT_FULL,OUT_SWA,OUT_AHN --plot compare.png
-    from absl import app, flags
+    from absl import flags
+
+    from ahn_jax import cli
 
     flags.DEFINE_list("runs", None, "evaluate --out directories of one task", required=True)
     flags.DEFINE_string("plot", "compare.png", "PNG to write")
@@ -277,4 +291,4 @@ if __name__ == "__main__":
         compare_plot([Path(r) for r in flags.FLAGS.runs], Path(flags.FLAGS.plot))
         print(f"wrote {flags.FLAGS.plot}")
 
-    app.run(main)
+    cli.run(main, (FileNotFoundError, CompareError))

@@ -97,7 +97,7 @@ def test_no_sinks_reads_as_the_references_prefix_position(dirs, tmp_path):
         model.save_ahn(tmp_path / "bad", window=0, sinks=0)
 
 
-def test_merged_and_ahn_only_imports_are_the_same_model(dirs, tmp_path):
+def test_merged_and_ahn_only_imports_are_the_same_model(dirs, tmp_path, capsys):
     root, model = dirs["root"], dirs["model"]
     from_ahn_only = from_pretrained(root / "base", ahn_path=root / "ahn")
     merged = from_pretrained(root / "merged")
@@ -121,8 +121,10 @@ def test_merged_and_ahn_only_imports_are_the_same_model(dirs, tmp_path):
     assert convert_cli.main(["--hf_dir", str(sharded), "--out", str(tmp_path / "ckpt")]) == 0
     _assert_same_params(from_pretrained(tmp_path / "ckpt"), merged)
     back = tmp_path / "back"
+    capsys.readouterr()
     assert convert_cli.main(["--to_hf", "--ckpt", str(tmp_path / "ckpt"), "--out", str(back)]) == 0
     assert _tensors(back) == _tensors(root / "base")
+    assert "note: the gdn AHN weights of" in capsys.readouterr().err  # and how to write them
     # the AHN fields gone; `sliding_window` null, the base's full attention to transformers 4 too
     assert not set(_config(back)) & (set(ahn_weights.AHN_CONFIG_KEYS) - {"sliding_window"})
     assert _config(back)["sliding_window"] is None

@@ -199,6 +199,11 @@ def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_p
     assert "docs.jsonl:2: needs a JSON object with a 'text' string" in capsys.readouterr().err
     report.compare_plot(runs, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "summary.json").write_text(json.dumps({"task": "passkey"}))
+    with pytest.raises(report.CompareError, match=r"mix tasks \['passkey', 'perplexity'\]"):
+        report.compare_plot([*runs, other], tmp_path / "mixed.png")
 
 
 DOCS = ROOT / "docs" / "evaluation.md"
