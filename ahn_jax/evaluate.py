@@ -46,6 +46,7 @@ from ahn_jax.evaluation.results import (
     TASKS,
     check_settings,
     data_files,
+    data_record,
     read_results,
 )
 from ahn_jax.evaluation.runner import (
@@ -146,12 +147,15 @@ def main(argv) -> None:
         generate_lib.check_chat(tokenizer)
     out = Path(FLAGS.out)
     files = data_files(FLAGS.data) if FLAGS.task not in GRID_TASKS else []
+    if files:
+        settings = dataclasses.replace(settings, data=data_record(files, FLAGS.dataset))
     # built before run.json is written, so that inputs refused here can be rerun changed
     if FLAGS.task == "perplexity":
         documents = tokenized_documents(tokenizer, files, settings.max_length)
+        ids = {doc_id for doc_id, _ in documents[: FLAGS.limit]}  # run_perplexity's limit
     else:
-        prompts = _prompts(tokenizer, settings, files)
-        prompts = prompts[: FLAGS.limit] if FLAGS.limit is not None else prompts
+        prompts = _prompts(tokenizer, settings, files)[: FLAGS.limit]
+        ids = {prompt.id for prompt in prompts}
     check_settings(out, settings)
     _announce(settings, recorded)
     if FLAGS.task == "perplexity":
@@ -161,9 +165,9 @@ def main(argv) -> None:
         # the eos ids of generation_config.json, as HF `generate` stops (else the tokenizer's)
         stops = read_generation_config(FLAGS.model).stop_ids(generate_lib.stop_ids(tokenizer))
         run_generation(model, tokenizer, prompts, settings, out, FLAGS.batch_size, stops)
-    summary = report.write_report(
-        out, dataclasses.asdict(settings), read_results(out), model.config
-    )
+    # this command's samples only: a resumed --out may hold more (an earlier run without --limit)
+    records = [record for record in read_results(out) if record["id"] in ids]
+    summary = report.write_report(out, dataclasses.asdict(settings), records, model.config)
     print(report.markdown_table(summary))
 
 

@@ -4,6 +4,7 @@ match), predictions.jsonl (one scored record per sample, appended as batches fin
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -38,6 +39,14 @@ class Settings:
     decode: str = "exact"  # one of ahn_jax.model.cache.DECODES
     # the checkpoint's generation_config.json applies it to greedy decoding too, as HF `generate`
     repetition_penalty: float = 1.0
+    # --data and --dataset (`data_record`): another file under a known name (ids are
+    # "<file stem>:<line>") must not resume on the first one's results. None: generated prompts
+    data: dict | None = None
+
+
+# fields that a run.json written before they existed does not hold, and whose value then is
+# unknown rather than the default: not compared on resume
+UNRECORDED_BEFORE = ("data",)
 
 
 def check_settings(out: Path, settings: Settings) -> None:
@@ -48,8 +57,10 @@ def check_settings(out: Path, settings: Settings) -> None:
         # a field added since that run was written held its default then
         defaults = {f.name: f.default for f in dataclasses.fields(Settings)
                     if f.default is not dataclasses.MISSING}  # fmt: skip
-        before = {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())}
-        changed = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
+        written = json.loads(path.read_text())
+        before = {**json.loads(json.dumps(defaults)), **written}
+        compared = (set(before) | set(current)) - (set(UNRECORDED_BEFORE) - set(written))
+        changed = sorted(k for k in compared if before.get(k) != current.get(k))
         if changed:
             details = ", ".join(f"{k}: {before.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise app.UsageError(
@@ -113,6 +124,19 @@ def data_files(paths: Sequence[str]) -> list[Path]:
     if not files:
         raise app.UsageError("--data is required for this task")
     return files
+
+
+def data_record(files: Sequence[Path], dataset: str | None) -> dict:
+    """What `Settings.data` holds: each data file's name and the SHA-256 of its bytes (a copy
+    elsewhere resumes, an edited file does not), and the --dataset they are scored as."""
+    digests = []
+    for path in files:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digests.append([path.name, digest.hexdigest()])
+    return {"files": digests, "dataset": dataset}
 
 
 def nothing_to_evaluate(path: Path, skipped: int) -> str:

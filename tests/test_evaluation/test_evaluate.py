@@ -163,6 +163,22 @@ def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
         f"error: {out} holds a run with other settings (window: 16 -> 32)"
     )
     assert "  --" not in changed.stderr  # no flag help under the message
+    # other data under the same file name (ids "hotpotqa:1", ...) does not take these results
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "hotpotqa.jsonl").write_text(
+        (FIXTURES / "longbench" / "hotpotqa.jsonl").read_text().replace("Passage 1", "Passage 2")
+    )
+    moved = [x if not x.startswith("--data=") else f"--data={other}" for x in command]
+    refused = subprocess.run(moved, capture_output=True, text=True, cwd=ROOT)
+    assert refused.returncode == 2
+    assert f"error: {out} holds a run with other settings (data: " in refused.stderr
+    # a --limit reports its own samples, not everything the directory holds
+    limited = subprocess.run([*command, "--limit=1"], capture_output=True, text=True, cwd=ROOT)
+    assert limited.returncode == 0, limited.stderr
+    assert (out / "predictions.jsonl").read_text() == before
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(d["samples"] for d in summary["datasets"].values()) == 1
 
 
 def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_path, capsys):
@@ -312,3 +328,16 @@ def test_perplexity_data_with_nothing_to_score_is_refused(tmp_path):
         perplexity.tokenized_documents(ByteTokenizer(), [short, bad], 64)
     with pytest.raises(UsageError, match=r"every document \(1\) is shorter than --max_length=64"):
         perplexity.tokenized_documents(ByteTokenizer(), [short], 64)
+
+
+def test_a_run_json_from_before_data_was_recorded_still_resumes(tmp_path):
+    """Its data are unknown, not "none": not compared (a newer field with a default, as decode,
+    is compared with its default)."""
+    settings = _settings("longbench", "swa", data={"files": [], "dataset": None})
+    written = dataclasses.asdict(settings)
+    del written["data"], written["decode"]
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / results_lib.RUN_SETTINGS).write_text(json.dumps(written))
+    results_lib.check_settings(tmp_path, settings)  # resumes
+    with pytest.raises(UsageError, match=r"decode: 'exact' -> 'reference'"):
+        results_lib.check_settings(tmp_path, dataclasses.replace(settings, decode="reference"))
