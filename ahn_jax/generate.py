@@ -110,6 +110,8 @@ def window_and_sinks(mode: str) -> dict[str, int]:
     """--window and --sinks, else what the AHN weights' config.json records, else 32640 and 128;
     stderr says which."""
     given = {name: FLAGS[name].value for name in recorded.NAMES}
+    if mode == "full":
+        run_mode.check_no_window_for_full(given["window"], given["sinks"])
     found = recorded.recorded_attention(FLAGS.model, FLAGS.ahn)
     defaults = {"window": DEFAULT_WINDOW, "sinks": DEFAULT_SINKS}
     chosen, note = recorded.window_and_sinks(given, found, defaults)

@@ -154,6 +154,10 @@ USER_ERRORS = {
     "report of no run": (["ahn_jax.evaluation.report", "--runs=/nope"], "/nope has no "
                          "summary.json: not an evaluate --out directory, or its run has not "
                          "finished"),
+    "window with full": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--prompt=hi",
+                          "--mode=full", "--window=64"], "--window and --sinks do not apply to "
+                         "mode full (it attends every token; the default without AHN weights): "
+                         "leave them out, or pass --mode swa / ahn"),
     "no prompt": (["ahn_jax.generate", f"--model={DEMO_BASE}"],
                   "give --model and exactly one of --prompt, --prompt_file, --jsonl"),
     "no data file": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench",

@@ -93,24 +93,24 @@ def window_and_sinks(
 ) -> tuple[tuple[int, int], str]:
     """(W, S) and a note of where each came from: the flag (a window of 0 is none), else a
     benchmark's reference values (its scripts pass them whatever the checkpoint records), else
-    for the other tasks what `recorded` holds, else no sinks and, outside mode full, a usage
-    error asking for --window."""
+    for the other tasks what `recorded` holds, else no sinks and a usage error asking for
+    --window. Mode full has none: (0, 0), and --window or --sinks given with it are refused
+    (they would be recorded in run.json as if applied)."""
+    if mode == "full":
+        run_mode.check_no_window_for_full(window, sinks)
+        return (0, 0), "no window or sinks (full attention)"
     benchmark = tasks.BENCHMARKS.get(task)
     if benchmark is not None:  # not `recorded`'s either: a benchmark's W and S are its own
         recorded, defaults_are = recorded_lib.NOTHING, f"the {task} reference's"
         defaults = {"window": benchmark.window, "sinks": benchmark.sinks}
     else:
         defaults, defaults_are = {"window": None, "sinks": 0}, "default"
-    if mode == "full":  # full attention has no window to take from a file
-        recorded = recorded_lib.NOTHING
     given = {"window": window or None, "sinks": sinks}
     chosen, note = recorded_lib.window_and_sinks(given, recorded, defaults, defaults_are)
     if chosen["window"] is None:
-        if mode != "full":
-            raise app.UsageError(
-                f"--task={task} --mode={mode} needs --window (no AHN config.json records one)"
-            )
-        chosen["window"] = 0
+        raise app.UsageError(
+            f"--task={task} --mode={mode} needs --window (no AHN config.json records one)"
+        )
     return (chosen["window"], chosen["sinks"]), note
 
 

@@ -28,3 +28,13 @@ def check_decode_flag(decode: str, mode: str) -> None:
         check_decode(decode, mode)
     except ValueError as error:
         raise app.UsageError(f"--decode: {error}") from None
+
+
+def check_no_window_for_full(window: int | None, sinks: int | None) -> None:
+    """--window or --sinks with --mode full is a usage error: full attention keeps every token,
+    so they would change nothing while the run reports them (a window of 0 and no sinks pass)."""
+    if window or sinks:
+        raise app.UsageError(
+            "--window and --sinks do not apply to mode full (it attends every token; the "
+            "default without AHN weights): leave them out, or pass --mode swa / ahn"
+        )

@@ -313,6 +313,9 @@ def test_pass_keys_niah_and_perplexity_take_the_ahn_configs_window_and_sinks(tmp
     assert attention("lveval", recorded=found) == (32640, 128)  # the reference's, as its scripts
     assert attention("longbench", recorded=found) == (8064, 128)
     assert attention("passkey", recorded=found, mode="full") == (0, 0)
+    assert attention("longbench", recorded=found, mode="full") == (0, 0)  # not 8064 / 128
+    with pytest.raises(UsageError, match="--window and --sinks do not apply to mode full"):
+        attention("passkey", mode="full", window=64, sinks=4)
     with pytest.raises(UsageError, match="--task=passkey --mode=ahn needs --window"):
         attention("passkey")
     note = window_and_sinks("passkey", "ahn", None, 4, found)[1]

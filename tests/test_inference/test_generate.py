@@ -121,7 +121,7 @@ def test_cli_streams_a_prompt_and_batches_jsonl(tmp_path):
     assert results[0]["completion"] == results[3]["completion"]  # greedy, same prompt
     assert results[0]["completion"] == single.stdout.rstrip("\n")
     prompts.write_text('{"prompt": "ok"}\n{"prompt": 3}\n')
-    bad = run(f"--jsonl={prompts}")
+    bad = run(f"--jsonl={prompts}", "--mode=swa")
     assert bad.returncode != 0 and "prompts.jsonl:2" in bad.stderr
     bad = run("--prompt=x", "--do_sample", "--temperature=0")  # the flags over the file
     assert bad.returncode != 0 and "temperature must be > 0 when sampling" in bad.stderr
