@@ -47,10 +47,15 @@ class Settings:
 # fields that a run.json written before they existed does not hold, and whose value then is
 # unknown rather than the default: not compared on resume
 UNRECORDED_BEFORE = ("data",)
+# a pass-key or NIAH grid may grow or shrink on resume: each cell draws its samples from a seed
+# of its own (passkey.grid_cells), so a cell's samples and ids do not depend on the others, and
+# the summary covers this command's cells
+RESIZABLE_GRID = ("lengths", "depths", "samples")
 
 
 def check_settings(out: Path, settings: Settings) -> None:
-    """Write run.json, or check that the run being resumed had the same settings."""
+    """Check that the run being resumed had the same settings (but a grid's shape), and write
+    run.json with this command's."""
     path = out / RUN_SETTINGS
     current = json.loads(json.dumps(dataclasses.asdict(settings)))
     if path.exists():
@@ -60,16 +65,24 @@ def check_settings(out: Path, settings: Settings) -> None:
         written = json.loads(path.read_text())
         before = {**json.loads(json.dumps(defaults)), **written}
         compared = (set(before) | set(current)) - (set(UNRECORDED_BEFORE) - set(written))
-        changed = sorted(k for k in compared if before.get(k) != current.get(k))
+        changed = sorted(k for k in compared if _fixed(before.get(k)) != _fixed(current.get(k)))
         if changed:
             details = ", ".join(f"{k}: {before.get(k)!r} -> {current.get(k)!r}" for k in changed)
             raise app.UsageError(
                 f"{out} holds a run with other settings ({details}); use another --out "
                 "or remove that directory"
             )
-        return
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=2) + "\n")
+    temporary = out / (RUN_SETTINGS + ".tmp")  # replaced whole: a crash leaves one of the two
+    temporary.write_text(json.dumps(current, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _fixed(value):
+    """A setting as resuming compares it: the task's extras without the grid's shape."""
+    if isinstance(value, dict) and "seed" in value:
+        return {k: v for k, v in value.items() if k not in RESIZABLE_GRID}
+    return value
 
 
 def read_results(out: Path) -> list[dict]:

@@ -344,3 +344,17 @@ def test_a_run_json_from_before_data_was_recorded_still_resumes(tmp_path):
     results_lib.check_settings(tmp_path, settings)  # resumes
     with pytest.raises(UsageError, match=r"decode: 'exact' -> 'reference'"):
         results_lib.check_settings(tmp_path, dataclasses.replace(settings, decode="reference"))
+
+
+def test_a_grid_may_grow_on_resume_and_other_settings_may_not(tmp_path):
+    """Each cell's samples come from its own seed: more lengths, depths or samples per cell keep
+    the cells scored; the seed, or anything else, still refuses; run.json shows the latest grid."""
+    grid = dict(lengths=[64], depths=[0.5], samples=1, seed=3)
+    results_lib.check_settings(tmp_path, _settings("passkey", extra=grid))
+    grown = dict(grid, lengths=[64, 128], depths=[0.0, 0.5], samples=2)
+    results_lib.check_settings(tmp_path, _settings("passkey", extra=grown))
+    assert json.loads((tmp_path / results_lib.RUN_SETTINGS).read_text())["extra"] == grown
+    with pytest.raises(UsageError, match="extra: "):
+        results_lib.check_settings(tmp_path, _settings("passkey", extra=dict(grown, seed=4)))
+    with pytest.raises(UsageError, match="window: 8 -> 16"):
+        results_lib.check_settings(tmp_path, _settings("passkey", extra=grown, window=16))
