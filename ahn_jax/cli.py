@@ -58,6 +58,14 @@ def check_directories(**paths: str | None) -> None:
             raise app.UsageError(f"--{name}={path} {what}")
 
 
+def check_files(**paths: str | None) -> None:
+    """A usage error naming the flag (`--name`) of each given path that is no file."""
+    for name, path in paths.items():
+        if path is not None and not Path(path).is_file():
+            what = "is a directory, not a file" if Path(path).exists() else "does not exist"
+            raise app.UsageError(f"--{name}={path} {what}")
+
+
 def fail(error: Exception | str) -> NoReturn:
     """The tools' way out on a user's error: one line on stderr, exit status 2."""
     print(f"error: {error}", file=sys.stderr)

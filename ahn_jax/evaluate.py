@@ -81,7 +81,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("sinks", None, "attention sinks S (default: the benchmark's reference, "
                          "else the AHN config's, else 0)", lower_bound=0)  # fmt: skip
     flags.DEFINE_integer(
-        "max_length", None, "prompt budget in tokens (perplexity: doc tokens)", lower_bound=1
+        "max_length",
+        None,
+        "prompt budget in tokens, cut before the chat template is added, as the benchmarks' "
+        "scripts do (perplexity: doc tokens)",
+        lower_bound=1,
     )
     flags.DEFINE_integer(
         "max_new_tokens", None, "override each dataset's generation budget", lower_bound=1

@@ -125,6 +125,7 @@ def main(argv) -> None:
     if FLAGS.model is None or len(sources) != 1:
         raise app.UsageError("give --model and exactly one of --prompt, --prompt_file, --jsonl")
     cli.check_directories(model=FLAGS.model, ahn=FLAGS.ahn)
+    cli.check_files(prompt_file=FLAGS.prompt_file, jsonl=FLAGS.jsonl)
     generation = generation_settings(FLAGS.model)
     dtype = jnp.dtype(FLAGS.dtype or cli.default_dtype())
     model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=dtype, kernels=FLAGS.kernels)

@@ -158,6 +158,8 @@ USER_ERRORS = {
                           "--mode=full", "--window=64"], "--window and --sinks do not apply to "
                          "mode full (it attends every token; the default without AHN weights): "
                          "leave them out, or pass --mode swa / ahn"),
+    "no jsonl file": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--jsonl=/nope.jsonl"],
+                      "--jsonl=/nope.jsonl does not exist"),
     "no prompt": (["ahn_jax.generate", f"--model={DEMO_BASE}"],
                   "give --model and exactly one of --prompt, --prompt_file, --jsonl"),
     "no data file": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench",

@@ -9,6 +9,7 @@ here is a pure function of strings, tested on hand-scored fixtures.
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections import Counter
@@ -52,6 +53,9 @@ def normalize_zh_answer(text: str) -> str:
 
 def _jieba_words(text: str) -> list[str]:
     import jieba  # its dictionary loads on first use (~1 s), so only where Chinese is scored
+
+    # its own logger tells each dictionary load at INFO, in the middle of the progress bar
+    jieba.setLogLevel(logging.WARNING)
 
     return list(jieba.cut(text, cut_all=False))
 
