@@ -211,14 +211,8 @@ def from_pretrained(
     parameters are placed sharded by the logical-axis `rules` as they load.
     """
     path = Path(path)
-    hf = read_hf_config(path)
-    if hf.get("save_ahn_only") is True and not converted.is_params_checkpoint(path):
-        raise ConfigError(
-            f"{path} holds AHN weights only (its config.json says save_ahn_only): give the base "
-            "model's directory as the model and this one as ahn_path (--ahn)"
-        )
     base_config = from_hf_config(
-        hf,
+        _base_hf_config(path),
         param_dtype=_dtype_name(dtype),
         dtype=_dtype_name(compute_dtype if compute_dtype is not None else dtype),
         remat_policy=remat_policy,
@@ -235,19 +229,38 @@ def from_pretrained(
         # One device_put of the whole tree: on CPU it can alias the numpy buffers, a lower peak
         # than a put per parameter (docs/benchmarks.md, "Checkpoint conversion memory").
         params = dict(iter_hf_params(path, base_config, skip_ahn=is_merged(path)))
-    missing_ahn = [p for p in flat_abstract if ahn_weights.is_ahn_param(p) and p not in params]
     source = ahn_path if ahn_path is not None else _merged_ahn_source(path, config)
-    if missing_ahn and source is not None:
-        shapes = {p: flat_abstract[p].shape for p in missing_ahn}
-        # only the AHN tensors: `path` holds them beside the base's, and so may an `ahn_path`
-        # given a merged directory (an AHN-only one holds nothing else)
-        params.update(ahn_weights.load_ahn_weights(source, config, shapes, merged=True))
-    elif missing_ahn:
-        fresh = init_ahn_weights(config, seed, ahn_output_init)
-        params.update({p: fresh[p] for p in missing_ahn})
+    params.update(_missing_ahn(params, flat_abstract, config, source, seed, ahn_output_init))
     params = jax.device_put(params, {p: flat_shardings[p] for p in params})
     nnx.replace_by_pure_dict(abstract_state, traverse_util.unflatten_dict(params))
     return nnx.merge(graphdef, abstract_state)
+
+
+def _base_hf_config(path: Path) -> dict:
+    """`path`'s config.json; an AHN-only directory given as the model is named as such (its
+    tensors would otherwise be reported as every base tensor missing)."""
+    hf = read_hf_config(path)
+    if hf.get("save_ahn_only") is True and not converted.is_params_checkpoint(path):
+        raise ConfigError(
+            f"{path} holds AHN weights only (its config.json says save_ahn_only): give the base "
+            "model's directory as the model and this one as ahn_path (--ahn)"
+        )
+    return hf
+
+
+def _missing_ahn(params, flat_abstract, config, source, seed: int, output_init: str) -> dict:
+    """The AHN parameters `params` lacks: from `source` (AHN-only or merged) when given, else
+    fresh ones."""
+    missing = [p for p in flat_abstract if ahn_weights.is_ahn_param(p) and p not in params]
+    if not missing:
+        return {}
+    if source is None:
+        fresh = init_ahn_weights(config, seed, output_init)
+        return {p: fresh[p] for p in missing}
+    shapes = {p: flat_abstract[p].shape for p in missing}
+    # only the AHN tensors: a merged `source` holds them beside the base's (an AHN-only one
+    # holds nothing else)
+    return ahn_weights.load_ahn_weights(source, config, shapes, merged=True)
 
 
 def init_ahn_weights(config: ModelConfig, seed: int, output_init: str) -> dict:
