@@ -278,7 +278,9 @@ def _sample(benchmark, record, number, path, dataset) -> Sample:
             "(set --dataset, or the record's 'dataset' field, or name the file after it)"
         )
     for field in ("context", "input"):
-        if not isinstance(record.get(field), str):
+        if field not in record:
+            raise TypeError(f"field {field!r} is missing")
+        if not isinstance(record[field], str):
             raise TypeError(f"field {field!r} must be a string")
     answers = record.get(benchmark.answers_field)
     if isinstance(answers, str):

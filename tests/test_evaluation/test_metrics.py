@@ -151,3 +151,13 @@ def test_only_a_trailing_length_level_is_cut_from_a_dataset_name(tmp_path):
     path.write_text(json.dumps({"context": "c", "input": "q", "answers": ["a"]}) + "\n")
     samples, problems = tasks.read_samples(tasks.LONGBENCH, path)
     assert not samples and "dataset 'hotpotqa_task' is not one of longbench's" in problems[0]
+
+
+def test_a_missing_field_is_named_as_missing(tmp_path):
+    path = tmp_path / "hotpotqa.jsonl"
+    path.write_text(
+        '{"input": "q", "answers": ["a"]}\n{"input": "q", "context": 3, "answers": ["a"]}\n'
+    )
+    _, problems = tasks.read_samples(tasks.LONGBENCH, path)
+    assert problems == [f"{path}:1: field 'context' is missing",
+                        f"{path}:2: field 'context' must be a string"]  # fmt: skip
