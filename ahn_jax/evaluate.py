@@ -21,7 +21,9 @@ where each came from.
 
 `--out` receives predictions.jsonl (one scored record per sample, appended as each batch
 finishes), summary.json and summary.md, and PNG plots. A rerun with the same --out skips samples
-already scored there (the settings must match those in run.json). Malformed input lines are
+already scored there (the settings must match those in run.json, but for a pass-key or NIAH grid's
+shape and data files added or left out; the summary covers this command's samples, so a --limit
+rerun summarizes those). Malformed input lines are
 reported with their line numbers and skipped; a data file with no usable line is an error.
 """
 
@@ -57,6 +59,7 @@ from ahn_jax.evaluation.runner import (
 )
 from ahn_jax.evaluation.settings import resolve_settings, window_and_sinks
 from ahn_jax.inference import generate as generate_lib
+from ahn_jax.inference import run_mode
 from ahn_jax.inference.generation_config import read_generation_config
 from ahn_jax.model.cache import DECODES
 
@@ -138,6 +141,8 @@ def main(argv) -> None:
         raise app.UsageError(f"--data is not read by --task {FLAGS.task}: its prompts are "
                              "generated (--lengths, --depths, --samples)")  # fmt: skip
     cli.check_directories(model=FLAGS.model, ahn=FLAGS.ahn)
+    if FLAGS.mode == "full":  # before the model loads (the default mode is known only after)
+        run_mode.check_no_window_for_full(FLAGS.window, FLAGS.sinks)
     dtype = FLAGS.dtype or default_dtype()
     model = from_pretrained(
         FLAGS.model, ahn_path=FLAGS.ahn, dtype=jnp.dtype(dtype), kernels=FLAGS.kernels
@@ -155,8 +160,8 @@ def main(argv) -> None:
         settings = dataclasses.replace(settings, data=data_record(files, FLAGS.dataset))
     # built before run.json is written, so that inputs refused here can be rerun changed
     if FLAGS.task == "perplexity":
-        documents = tokenized_documents(tokenizer, files, settings.max_length)
-        ids = {doc_id for doc_id, _ in documents[: FLAGS.limit]}  # run_perplexity's limit
+        documents = tokenized_documents(tokenizer, files, settings.max_length)[: FLAGS.limit]
+        ids = {doc_id for doc_id, _ in documents}
     else:
         prompts = _prompts(tokenizer, settings, files)[: FLAGS.limit]
         ids = {prompt.id for prompt in prompts}
@@ -164,7 +169,7 @@ def main(argv) -> None:
     _announce(settings, recorded)
     if FLAGS.task == "perplexity":
         run_perplexity(model, documents, settings, out, batch_size=FLAGS.batch_size,
-                       chunk=FLAGS.chunk, limit=FLAGS.limit)  # fmt: skip
+                       chunk=FLAGS.chunk)  # fmt: skip
     else:
         # the eos ids of generation_config.json, as HF `generate` stops (else the tokenizer's)
         stops = read_generation_config(FLAGS.model).stop_ids(generate_lib.stop_ids(tokenizer))

@@ -108,7 +108,7 @@ def generation_settings(model_dir: str) -> generation_config.GenerationSettings:
 
 def window_and_sinks(mode: str) -> dict[str, int]:
     """--window and --sinks, else what the AHN weights' config.json records, else 32640 and 128;
-    stderr says which."""
+    stderr says which. Mode full takes neither (given, a usage error)."""
     given = {name: FLAGS[name].value for name in recorded.NAMES}
     if mode == "full":
         run_mode.check_no_window_for_full(given["window"], given["sinks"])
@@ -126,6 +126,8 @@ def main(argv) -> None:
         raise app.UsageError("give --model and exactly one of --prompt, --prompt_file, --jsonl")
     cli.check_directories(model=FLAGS.model, ahn=FLAGS.ahn)
     cli.check_files(prompt_file=FLAGS.prompt_file, jsonl=FLAGS.jsonl)
+    if FLAGS.mode == "full":  # before the model loads (the default mode is known only after)
+        run_mode.check_no_window_for_full(FLAGS.window, FLAGS.sinks)
     generation = generation_settings(FLAGS.model)
     dtype = jnp.dtype(FLAGS.dtype or cli.default_dtype())
     model = from_pretrained(FLAGS.model, ahn_path=FLAGS.ahn, dtype=dtype, kernels=FLAGS.kernels)

@@ -114,7 +114,10 @@ def split(
     fields, the side files) and an AHN-only one (one file, config.json with `save_ahn_only`)."""
     merged_dir, base_out, ahn_out = Path(merged_dir), Path(base_out), Path(ahn_out)
     if base_out.resolve() == ahn_out.resolve():
-        raise ConfigError(f"the base and the AHN weights need two directories, both are {base_out}")
+        raise ConfigError(
+            f"--out and --ahn_out name one directory ({base_out}): the base and the AHN weights "
+            "need two"
+        )
     hf = read_hf_config(merged_dir)
     if hf.get("_ahn_implementation") is None:
         raise ConfigError(

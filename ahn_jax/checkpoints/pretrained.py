@@ -258,9 +258,10 @@ def _missing_ahn(params, flat_abstract, config, source, seed: int, output_init: 
         fresh = init_ahn_weights(config, seed, output_init)
         return {p: fresh[p] for p in missing}
     shapes = {p: flat_abstract[p].shape for p in missing}
-    # only the AHN tensors: a merged `source` holds them beside the base's (an AHN-only one
-    # holds nothing else)
-    return ahn_weights.load_ahn_weights(source, config, shapes, merged=True)
+    # a merged `source` holds the AHN tensors beside the base's; an AHN-only one (save_ahn_only
+    # true, or not set as in the released configs) nothing else: any other is reported
+    merged = read_hf_config(source).get("save_ahn_only") is False
+    return ahn_weights.load_ahn_weights(source, config, shapes, merged=merged)
 
 
 def init_ahn_weights(config: ModelConfig, seed: int, output_init: str) -> dict:

@@ -104,15 +104,12 @@ def token_nll(model, ids_BT: np.ndarray, settings: Settings, chunk: int):
     return np.concatenate(pieces, axis=1), cache.nbytes()
 
 
-def run_perplexity(
-    model, documents, settings: Settings, out: Path, *, batch_size: int, chunk: int, limit
-):
-    """Score the `documents` (`tokenized_documents`) not yet scored in `out`, appending each
-    batch's records."""
+def run_perplexity(model, documents, settings: Settings, out: Path, *, batch_size: int, chunk: int):
+    """Score the `documents` (`tokenized_documents`, cut to a --limit by the caller, as
+    `run_generation`'s prompts) not yet scored in `out`, appending each batch's records."""
     length, bucket = settings.max_length, settings.extra["bucket"]
     done = {r["id"] for r in read_results(out)}
     documents = [d for d in documents if d[0] not in done]
-    documents = documents[:limit] if limit is not None else documents
     n_buckets = -(-(length - 1) // bucket)
     with tqdm(total=len(documents), desc="perplexity") as bar:
         for start in range(0, len(documents), batch_size):

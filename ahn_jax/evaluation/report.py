@@ -252,14 +252,21 @@ def compare_plot(run_dirs: list[Path], path: Path) -> None:
                 f"{run} has no summary.json: not an evaluate --out directory, or its run has not "
                 "finished"
             )
-        summaries.append(json.loads((Path(run) / "summary.json").read_text()))
+        try:
+            summary = json.loads((Path(run) / "summary.json").read_text())
+        except json.JSONDecodeError as error:
+            raise CompareError(f"{run}/summary.json is not valid JSON: {error}") from None
+        if not isinstance(summary, dict) or not {"task", "settings"} <= set(summary):
+            raise CompareError(f"{run}/summary.json is not an evaluation summary")
+        summaries.append(summary)
+
     tasks = sorted({summary["task"] for summary in summaries})
     if len(tasks) != 1:
         raise CompareError(f"the runs mix tasks {tasks}: compare runs of one task")
     fig, ax = plt.subplots(figsize=(7, 4))
     for run, summary in zip(run_dirs, summaries, strict=True):
         # two runs of one mode, W and S (two AHN checkpoints, say) differ by their directory
-        label = f"{Path(run).name}: {run_label(summary['settings'])}"
+        label = f"{Path(run).resolve().name}: {run_label(summary['settings'])}"
         if summary["task"] == "perplexity":
             _loss_by_position(ax, summary, label)
         elif summary["task"] in GRID_TASKS:

@@ -1,5 +1,6 @@
 """An evaluation's settings and its results on disk: run.json (the settings a resumed run must
-match), predictions.jsonl (one scored record per sample, appended as batches finish)."""
+match, `check_settings`), predictions.jsonl (one scored record per sample, appended as batches
+finish)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ PREDICTIONS, RUN_SETTINGS = "predictions.jsonl", "run.json"
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What determines the scores: a resumed run must match them (they go to run.json)."""
+    """What determines the scores: a resumed run must match them (they go to run.json), but for
+    what `check_settings` lets change."""
 
     task: str
     model: str
@@ -64,18 +66,38 @@ def check_settings(out: Path, settings: Settings) -> None:
                     if f.default is not dataclasses.MISSING}  # fmt: skip
         written = json.loads(path.read_text())
         before = {**json.loads(json.dumps(defaults)), **written}
+        if before["mode"] == "full":  # older runs recorded a benchmark's W and S, unused
+            before |= {"window": 0, "sinks": 0}
         compared = (set(before) | set(current)) - (set(UNRECORDED_BEFORE) - set(written))
+        compared -= {"data"}  # compared file by file, below
         changed = sorted(k for k in compared if _fixed(before.get(k)) != _fixed(current.get(k)))
-        if changed:
-            details = ", ".join(f"{k}: {before.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        details = [f"{k}: {before.get(k)!r} -> {current.get(k)!r}" for k in changed]
+        if "data" in written:
+            details += _data_changes(before["data"], current["data"])
+        if details:
             raise app.UsageError(
-                f"{out} holds a run with other settings ({details}); use another --out "
-                "or remove that directory"
+                f"{out} holds a run with other settings ({', '.join(details)}); use another "
+                "--out or remove that directory"
             )
     out.mkdir(parents=True, exist_ok=True)
     temporary = out / (RUN_SETTINGS + ".tmp")  # replaced whole: a crash leaves one of the two
     temporary.write_text(json.dumps(current, indent=2) + "\n")
     os.replace(temporary, path)
+
+
+def _data_changes(before: dict | None, current: dict | None) -> list[str]:
+    """What makes the data of a resumed run another: a file of the same name with other bytes,
+    or another --dataset. Files added or left out are not (sample ids carry the file's stem, and
+    the summary covers this command's samples)."""
+    before, current = before or {"files": {}}, current or {"files": {}}
+    changes = [
+        f"--data: {name} changed (its SHA-256 differs from the run's)"
+        for name, digest in current["files"].items()
+        if before["files"].get(name, digest) != digest
+    ]
+    if before.get("dataset") != current.get("dataset"):
+        changes.append(f"--dataset: {before.get('dataset')!r} -> {current.get('dataset')!r}")
+    return changes
 
 
 def _fixed(value):
@@ -142,13 +164,13 @@ def data_files(paths: Sequence[str]) -> list[Path]:
 def data_record(files: Sequence[Path], dataset: str | None) -> dict:
     """What `Settings.data` holds: each data file's name and the SHA-256 of its bytes (a copy
     elsewhere resumes, an edited file does not), and the --dataset they are scored as."""
-    digests = []
+    digests = {}
     for path in files:
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        digests.append([path.name, digest.hexdigest()])
+        digests[path.name] = digest.hexdigest()
     return {"files": digests, "dataset": dataset}
 
 

@@ -172,7 +172,10 @@ def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
     moved = [x if not x.startswith("--data=") else f"--data={other}" for x in command]
     refused = subprocess.run(moved, capture_output=True, text=True, cwd=ROOT)
     assert refused.returncode == 2
-    assert f"error: {out} holds a run with other settings (data: " in refused.stderr
+    assert (
+        f"error: {out} holds a run with other settings (--data: hotpotqa.jsonl changed (its "
+        "SHA-256 differs from the run's)); use another --out" in refused.stderr
+    )
     # a --limit reports its own samples, not everything the directory holds
     limited = subprocess.run([*command, "--limit=1"], capture_output=True, text=True, cwd=ROOT)
     assert limited.returncode == 0, limited.stderr
@@ -194,8 +197,7 @@ def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_p
         out = tmp_path / mode
         results_lib.check_settings(out, settings)
         documents = perplexity.tokenized_documents(ByteTokenizer(), [docs], 64)
-        perplexity.run_perplexity(byte_model, documents, settings, out, batch_size=2, chunk=32,
-                                  limit=None)  # fmt: skip
+        perplexity.run_perplexity(byte_model, documents, settings, out, batch_size=2, chunk=32)
         records = results_lib.read_results(out)
         assert [r["id"] for r in records] == ["docs:1", "docs:3"]
         nll, _ = perplexity.token_nll(
@@ -217,9 +219,12 @@ def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_p
     assert (tmp_path / "compare.png").stat().st_size > 0
     other = tmp_path / "other"
     other.mkdir()
-    (other / "summary.json").write_text(json.dumps({"task": "passkey"}))
+    (other / "summary.json").write_text(json.dumps({"task": "passkey", "settings": {}}))
     with pytest.raises(report.CompareError, match=r"mix tasks \['passkey', 'perplexity'\]"):
         report.compare_plot([*runs, other], tmp_path / "mixed.png")
+    (other / "summary.json").write_text("{")
+    with pytest.raises(report.CompareError, match=r"other/summary\.json is not valid JSON"):
+        report.compare_plot([other], tmp_path / "torn.png")
 
 
 DOCS = ROOT / "docs" / "evaluation.md"
@@ -285,8 +290,8 @@ def test_the_documented_record_fields_are_the_written_ones(byte_model, tmp_path,
     settings = _settings("perplexity", "swa", max_length=64, extra={"bucket": 16})
     results_lib.check_settings(tmp_path / "perplexity", settings)
     perplexity.run_perplexity(byte_model, perplexity.tokenized_documents(tokenizer, [docs], 64),
-                              settings, tmp_path / "perplexity", batch_size=1, chunk=32,
-                              limit=None)  # fmt: skip
+                              settings, tmp_path / "perplexity", batch_size=1,
+                              chunk=32)  # fmt: skip
     written["perplexity"] = results_lib.read_results(tmp_path / "perplexity")
     documented = _documented_fields()
     assert documented.keys() == written.keys()
@@ -336,14 +341,30 @@ def test_perplexity_data_with_nothing_to_score_is_refused(tmp_path):
 def test_a_run_json_from_before_data_was_recorded_still_resumes(tmp_path):
     """Its data are unknown, not "none": not compared (a newer field with a default, as decode,
     is compared with its default)."""
-    settings = _settings("longbench", "swa", data={"files": [], "dataset": None})
+    settings = _settings("longbench", "swa", data={"files": {}, "dataset": None})
     written = dataclasses.asdict(settings)
     del written["data"], written["decode"]
-    tmp_path.mkdir(exist_ok=True)
     (tmp_path / results_lib.RUN_SETTINGS).write_text(json.dumps(written))
     results_lib.check_settings(tmp_path, settings)  # resumes
     with pytest.raises(UsageError, match=r"decode: 'exact' -> 'reference'"):
         results_lib.check_settings(tmp_path, dataclasses.replace(settings, decode="reference"))
+
+
+def test_data_files_may_be_added_but_not_changed_and_old_full_runs_resume(tmp_path):
+    data = {"files": {"a.jsonl": "1", "b.jsonl": "2"}, "dataset": None}
+    settings = _settings("longbench", "full", window=0, sinks=0, data=data)
+    results_lib.check_settings(tmp_path, settings)
+    more = {"files": {"b.jsonl": "2", "c.jsonl": "3"}, "dataset": None}
+    results_lib.check_settings(tmp_path, dataclasses.replace(settings, data=more))
+    other = {"files": {"b.jsonl": "9"}, "dataset": "hotpotqa"}
+    message = r"\(--data: b.jsonl changed \(its SHA-256 differs from the run's\), --dataset: None"
+    with pytest.raises(UsageError, match=message):
+        results_lib.check_settings(tmp_path, dataclasses.replace(settings, data=other))
+    # a full-mode run written when it recorded the benchmark's W and S (unused) still resumes
+    written = json.loads((tmp_path / results_lib.RUN_SETTINGS).read_text())
+    older = written | {"window": 8064, "sinks": 128}
+    (tmp_path / results_lib.RUN_SETTINGS).write_text(json.dumps(older))
+    results_lib.check_settings(tmp_path, settings)
 
 
 def test_a_grid_may_grow_on_resume_and_other_settings_may_not(tmp_path):
@@ -358,3 +379,19 @@ def test_a_grid_may_grow_on_resume_and_other_settings_may_not(tmp_path):
         results_lib.check_settings(tmp_path, _settings("passkey", extra=dict(grown, seed=4)))
     with pytest.raises(UsageError, match="window: 8 -> 16"):
         results_lib.check_settings(tmp_path, _settings("passkey", extra=grown, window=16))
+
+
+def test_a_limit_takes_the_first_documents_whatever_is_already_scored(byte_model, tmp_path):
+    """--limit 2, then --limit 3: three documents scored, the first three (a limit counted after
+    the scored ones were skipped scored five)."""
+    text = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer"
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": text[i:] + text[:i]}) + "\n" for i in range(5)))
+    documents = perplexity.tokenized_documents(ByteTokenizer(), [docs], 64)
+    settings = _settings("perplexity", "swa", max_length=64, extra={"bucket": 16})
+    results_lib.check_settings(tmp_path / "out", settings)
+    for limit in (2, 3):
+        perplexity.run_perplexity(byte_model, documents[:limit], settings, tmp_path / "out",
+                                  batch_size=2, chunk=32)  # fmt: skip
+    scored = [r["id"] for r in results_lib.read_results(tmp_path / "out")]
+    assert sorted(scored) == sorted(doc_id for doc_id, _ in documents[:3])
