@@ -52,17 +52,18 @@ def config():
 
 def check_directories(**paths: str | None) -> None:
     """A usage error naming the flag (`--name`) of each given path that is no directory."""
-    for name, path in paths.items():
-        if path is not None and not Path(path).is_dir():
-            what = "is a file, not a directory" if Path(path).exists() else "does not exist"
-            raise app.UsageError(f"--{name}={path} {what}")
+    _check_paths(paths, Path.is_dir, "is a file, not a directory")
 
 
 def check_files(**paths: str | None) -> None:
     """A usage error naming the flag (`--name`) of each given path that is no file."""
+    _check_paths(paths, Path.is_file, "is a directory, not a file")
+
+
+def _check_paths(paths: dict, is_kind, other_kind: str) -> None:
     for name, path in paths.items():
-        if path is not None and not Path(path).is_file():
-            what = "is a directory, not a file" if Path(path).exists() else "does not exist"
+        if path is not None and not is_kind(Path(path)):
+            what = other_kind if Path(path).exists() else "does not exist"
             raise app.UsageError(f"--{name}={path} {what}")
 
 

@@ -46,9 +46,6 @@ class Settings:
     data: dict | None = None
 
 
-# fields that a run.json written before they existed does not hold, and whose value then is
-# unknown rather than the default: not compared on resume
-UNRECORDED_BEFORE = ("data",)
 # a pass-key or NIAH grid may grow or shrink on resume: each cell draws its samples from a seed
 # of its own (passkey.grid_cells), so a cell's samples and ids do not depend on the others, and
 # the summary covers this command's cells
@@ -68,8 +65,9 @@ def check_settings(out: Path, settings: Settings) -> None:
         before = {**json.loads(json.dumps(defaults)), **written}
         if before["mode"] == "full":  # older runs recorded a benchmark's W and S, unused
             before |= {"window": 0, "sinks": 0}
-        compared = (set(before) | set(current)) - (set(UNRECORDED_BEFORE) - set(written))
-        compared -= {"data"}  # compared file by file, below
+        # `data` file by file, below; not at all against a run.json written before it was (its
+        # data are unknown, not "none")
+        compared = (set(before) | set(current)) - {"data"}
         changed = sorted(k for k in compared if _fixed(before.get(k)) != _fixed(current.get(k)))
         details = [f"{k}: {before.get(k)!r} -> {current.get(k)!r}" for k in changed]
         if "data" in written:
