@@ -49,11 +49,23 @@ AHN_CONFIG_KEYS = (
     "use_layerwise_decay",
 )
 _AHN_TENSOR = re.compile(r"model\.layers\.\d+\.ahn\.")
+# A tensor every base checkpoint holds (tied or not) and an AHN-only one never does: what tells a
+# merged directory from an AHN-only one, whose released configs may not set `save_ahn_only`.
+BASE_TENSOR = "model.embed_tokens.weight"
 
 
 def is_ahn_tensor(name: str) -> bool:
     """Whether an HF tensor name is an AHN weight (`model.layers.{i}.ahn.*`)."""
     return _AHN_TENSOR.match(name) is not None
+
+
+def hf_layout(directory: str | Path) -> str:
+    """Which HF layout a directory holds (ahn_jax/checkpoints/layouts.py): "base" (its config.json
+    names no `_ahn_implementation`), "merged" (an AHN config beside the base's tensors) or
+    "ahn_only" (an AHN config and no base tensor). Reads config.json and the tensors' headers."""
+    if read_hf_config(directory).get("_ahn_implementation") is None:
+        return "base"
+    return "merged" if BASE_TENSOR in safetensors_io.tensor_index(directory) else "ahn_only"
 
 
 def is_ahn_param(path: ParamPath) -> bool:

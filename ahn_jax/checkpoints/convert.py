@@ -29,7 +29,12 @@ import numpy as np
 
 from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, layouts, recorded, safetensors_io
 from ahn_jax.checkpoints.hf_config import from_hf_config, read_hf_config
-from ahn_jax.checkpoints.pretrained import is_merged, iter_hf_params, param_shapes
+from ahn_jax.checkpoints.pretrained import (
+    check_holds_a_base,
+    is_merged,
+    iter_hf_params,
+    param_shapes,
+)
 from ahn_jax.config import DTYPES, ConfigError
 
 DTYPE_CHOICES = tuple(DTYPES)
@@ -52,6 +57,7 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
     """Convert an HF directory to an Orbax checkpoint; `dtype=None` keeps the checkpoint's own.
     A merged directory's AHN weights come along (fp32, as the model holds them)."""
     hf_dir, out = Path(hf_dir), Path(out)
+    check_holds_a_base(hf_dir)
     hf_config = read_hf_config(hf_dir)
     dtype = dtype or _source_dtype(hf_dir)
     if dtype not in DTYPE_CHOICES:

@@ -119,10 +119,16 @@ def split(
             "need two"
         )
     hf = read_hf_config(merged_dir)
-    if hf.get("_ahn_implementation") is None:
+    layout = ahn_weights.hf_layout(merged_dir)
+    if layout == "base":
         raise ConfigError(
             f"{merged_dir / 'config.json'} has no '_ahn_implementation': not a merged checkpoint "
             "(base + AHN weights)"
+        )
+    if layout == "ahn_only":
+        raise ConfigError(
+            f"{merged_dir} holds AHN weights only (no {ahn_weights.BASE_TENSOR}): not a merged "
+            "checkpoint, it is already the AHN-only half"
         )
     _require_empty(base_out, ahn_out)
     infos = safetensors_io.tensor_index(merged_dir)
@@ -157,19 +163,28 @@ def merge(
     *,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
-    """A base directory and an AHN-only one -> the merged layout: the base's tensors, then the
+    """A base directory and an AHN-only one (or a merged one's AHN tensors) -> the merged layout:
+    the base's tensors, then the
     AHN's, each copied as stored; config.json from `merged_hf_config`; the base's side files."""
     base_dir, ahn_dir, out = Path(base_dir), Path(ahn_dir), Path(out)
     base_hf = read_hf_config(base_dir)
-    if base_hf.get("_ahn_implementation") is not None:
+    layout = ahn_weights.hf_layout(base_dir)
+    if layout == "merged":
         raise ConfigError(
             f"{base_dir / 'config.json'} has '_ahn_implementation': {base_dir} already holds AHN "
             "weights (split it first: --split)"
+        )
+    if layout == "ahn_only":
+        raise ConfigError(
+            f"{base_dir} holds AHN weights only (no {ahn_weights.BASE_TENSOR}): give the base "
+            "model's directory as the base (--hf_dir) and this one as the AHN weights (--ahn_dir)"
         )
     settings = ahn_weights.read_ahn_settings(ahn_dir)
     _require_empty(out)
     base = safetensors_io.tensor_index(base_dir)
     ahn = safetensors_io.tensor_index(ahn_dir)
+    if ahn_weights.hf_layout(ahn_dir) == "merged":  # its AHN tensors, as from_pretrained's --ahn
+        ahn = {name: info for name, info in ahn.items() if ahn_weights.is_ahn_tensor(name)}
     _check_tensors(base, _model_config(base_hf), base_dir)
     config = merged_hf_config(base_hf, settings["hf"])
     # the AHN tensors against the base's dimensions (the AHN config's could differ from them)

@@ -98,9 +98,25 @@ def _dtype_name(dtype) -> str:
 
 def is_merged(directory: str | Path) -> bool:
     """Whether an HF directory holds AHN weights beside the base's (the merged layout of the
-    reference's merge_weights.py): its config.json names an `_ahn_implementation`."""
+    reference's merge_weights.py; `ahn_weights.hf_layout`)."""
     directory = Path(directory)
-    return not converted.is_params_checkpoint(directory) and records_ahn(directory)
+    return (
+        not converted.is_params_checkpoint(directory)
+        and ahn_weights.hf_layout(directory) == "merged"
+    )
+
+
+def check_holds_a_base(directory: str | Path) -> None:
+    """ConfigError when an HF directory given as the model holds AHN weights only (otherwise each
+    base tensor would be reported missing)."""
+    directory = Path(directory)
+    if converted.is_params_checkpoint(directory):
+        return
+    if ahn_weights.hf_layout(directory) == "ahn_only":
+        raise ConfigError(
+            f"{directory} holds AHN weights only (no {ahn_weights.BASE_TENSOR}): give the base "
+            "model's directory as the model and this one as ahn_path (--ahn)"
+        )
 
 
 def records_ahn(directory: str | Path) -> bool:
@@ -211,8 +227,9 @@ def from_pretrained(
     parameters are placed sharded by the logical-axis `rules` as they load.
     """
     path = Path(path)
+    check_holds_a_base(path)
     base_config = from_hf_config(
-        _base_hf_config(path),
+        read_hf_config(path),
         param_dtype=_dtype_name(dtype),
         dtype=_dtype_name(compute_dtype if compute_dtype is not None else dtype),
         remat_policy=remat_policy,
@@ -236,18 +253,6 @@ def from_pretrained(
     return nnx.merge(graphdef, abstract_state)
 
 
-def _base_hf_config(path: Path) -> dict:
-    """`path`'s config.json; an AHN-only directory given as the model is named as such (its
-    tensors would otherwise be reported as every base tensor missing)."""
-    hf = read_hf_config(path)
-    if hf.get("save_ahn_only") is True and not converted.is_params_checkpoint(path):
-        raise ConfigError(
-            f"{path} holds AHN weights only (its config.json says save_ahn_only): give the base "
-            "model's directory as the model and this one as ahn_path (--ahn)"
-        )
-    return hf
-
-
 def _missing_ahn(params, flat_abstract, config, source, seed: int, output_init: str) -> dict:
     """The AHN parameters `params` lacks: from `source` (AHN-only or merged) when given, else
     fresh ones."""
@@ -258,10 +263,9 @@ def _missing_ahn(params, flat_abstract, config, source, seed: int, output_init: 
         fresh = init_ahn_weights(config, seed, output_init)
         return {p: fresh[p] for p in missing}
     shapes = {p: flat_abstract[p].shape for p in missing}
-    # a merged `source` holds the AHN tensors beside the base's; an AHN-only one (save_ahn_only
-    # true, or not set as in the released configs) nothing else: any other is reported
-    merged = read_hf_config(source).get("save_ahn_only") is False
-    return ahn_weights.load_ahn_weights(source, config, shapes, merged=merged)
+    # a merged `source` holds the AHN tensors beside the base's; an AHN-only one nothing else:
+    # any other tensor there is reported
+    return ahn_weights.load_ahn_weights(source, config, shapes, merged=is_merged(source))
 
 
 def init_ahn_weights(config: ModelConfig, seed: int, output_init: str) -> dict:

@@ -12,6 +12,7 @@ from shared import flat_state, hf_logits, random_ids, save_tiny_qwen2
 from ahn_jax import convert as convert_cli
 from ahn_jax import from_pretrained
 from ahn_jax.checkpoints import ahn_weights, layouts, safetensors_io
+from ahn_jax.checkpoints import convert as convert_lib
 from ahn_jax.checkpoints.hf_naming import CheckpointMismatchError
 from ahn_jax.config import ConfigError
 
@@ -106,8 +107,6 @@ def test_merged_and_ahn_only_imports_are_the_same_model(dirs, tmp_path, capsys):
     # a merged directory given as the AHN weights gives its AHN tensors; an AHN-only one given as
     # the model is named as such
     _assert_same_params(from_pretrained(root / "base", ahn_path=root / "merged"), merged)
-    with pytest.raises(ConfigError, match=r"holds AHN weights only .* as ahn_path \(--ahn\)"):
-        from_pretrained(root / "ahn")
     # bit-exact export -> import (equal parameters: equal outputs in every mode)
     _assert_same_params(merged, model)
     # sharded, with an index: the same model
@@ -128,6 +127,37 @@ def test_merged_and_ahn_only_imports_are_the_same_model(dirs, tmp_path, capsys):
     # the AHN fields gone; `sliding_window` null, the base's full attention to transformers 4 too
     assert not set(_config(back)) & (set(ahn_weights.AHN_CONFIG_KEYS) - {"sliding_window"})
     assert _config(back)["sliding_window"] is None
+
+
+def test_an_ahn_only_directory_is_told_from_a_merged_one_by_its_tensors(dirs, tmp_path):
+    """The released AHN-only configs set no `save_ahn_only`: the missing base tensors say what a
+    directory is, wherever a base or a merged directory is expected."""
+    root = dirs["root"]
+    released = tmp_path / "released"
+    released.mkdir()
+    (released / "model.safetensors").write_bytes((root / "ahn" / "model.safetensors").read_bytes())
+    hf = {k: v for k, v in _config(root / "ahn").items() if k != "save_ahn_only"}
+    (released / "config.json").write_text(json.dumps(hf))
+    assert [ahn_weights.hf_layout(root / d) for d in ("base", "ahn", "merged")] == [
+        "base", "ahn_only", "merged"
+    ]  # fmt: skip
+    assert ahn_weights.hf_layout(released) == "ahn_only"
+    only = r"holds AHN weights only \(no model\.embed_tokens\.weight\)"
+    for directory in (root / "ahn", released):
+        with pytest.raises(ConfigError, match=only + r": give .* as ahn_path \(--ahn\)"):
+            from_pretrained(directory)
+        with pytest.raises(ConfigError, match=only + r": give .* as ahn_path \(--ahn\)"):
+            convert_lib.hf_to_orbax(directory, tmp_path / "ckpt")
+        with pytest.raises(ConfigError, match=only + ": not a merged checkpoint, it is already"):
+            layouts.split(directory, tmp_path / "b", tmp_path / "a")
+        with pytest.raises(ConfigError, match=only + r": .* as the base \(--hf_dir\)"):
+            layouts.merge(directory, root / "ahn", tmp_path / "m")
+    # as the AHN weights, both load, and a merged directory's AHN tensors merge like the AHN-only
+    _assert_same_params(
+        from_pretrained(root / "base", ahn_path=released), from_pretrained(root / "merged")
+    )
+    layouts.merge(root / "base", root / "merged", tmp_path / "again")
+    assert _tensors(tmp_path / "again") == _tensors(root / "merged")
 
 
 def test_an_explicit_choice_overrides_the_merged_ahn(dirs):
