@@ -24,17 +24,21 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # After the variables above: importing ahn_jax imports jax, which reads them at import. XLA_FLAGS
 # are read later, when the first backend is made (ahn_jax/xla_cpu.py).
 import pytest  # noqa: E402
+from shared import COMPILE_FAST_FLAGS  # noqa: E402
 
 from ahn_jax import xla_cpu  # noqa: E402
 
-# LLVM's optimisation of XLA:CPU's generated code (level 3 by default) costs more compile time
-# than it saves in run time at test sizes, where most of a test is compiling: level 0 took a third
-# to two fifths off the CPU time of the slowest test modules (test_per_row_windows 179 -> 111 s,
-# test_delta_rule 155 -> 87 s). XLA's own HLO passes (fusion, layout) run as before, and so do the
-# numerics (no fast math at either level). Subprocesses the tests start inherit XLA_FLAGS.
-xla_cpu.add_xla_flags(
-    "--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0"
-)
+# Most of a test is compiling (a model test compiles a few programs, and every eager op outside
+# jit is a small program of its own: test_window_attention compiled 1,051), so the tests trade run
+# time for compile time, with the numerics unchanged (no fast math either way):
+# - LLVM's optimisation of XLA:CPU's generated code at level 0 (3 by default): a third to two
+#   fifths off the slowest modules (test_per_row_windows 179 -> 111 s, test_delta_rule 155 -> 87 s);
+# - XLA:CPU's older LLVM emitters in place of its MLIR fusion emitters: three eager ops compiled
+#   in 82 ms instead of 137 (test_window_attention 62 -> 36 s; the whole suite's test time 1,457
+#   -> 1,067 s on a 2-core Xeon).
+# XLA's own HLO passes (fusion, layout) run as before. Subprocesses the tests start inherit
+# XLA_FLAGS; the quick demo's runs with the flags users get (tests/test_demo/test_demo.py).
+xla_cpu.add_xla_flags("--xla_force_host_platform_device_count=8", *COMPILE_FAST_FLAGS)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+# The XLA flags tests compile with for speed (tests/conftest.py), not the ones users get.
+COMPILE_FAST_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 QWEN25_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
     r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
