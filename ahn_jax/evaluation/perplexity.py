@@ -14,6 +14,7 @@ from absl import app
 from flax import nnx
 from tqdm import tqdm
 
+from ahn_jax.evaluation.batch_progress import BatchProgress
 from ahn_jax.evaluation.results import (
     Settings,
     append_results,
@@ -86,9 +87,10 @@ def _chunk_nll(graphdef, state, inputs_BP, targets_BP, cache):
     return -jnp.take_along_axis(log_probs, targets_BP[..., None], axis=-1)[..., 0], cache
 
 
-def token_nll(model, ids_BT: np.ndarray, settings: Settings, chunk: int):
+def token_nll(model, ids_BT: np.ndarray, settings: Settings, chunk: int, on_chunk=None):
     """Next-token loss [B, T-1] of each row, fed through the decode cache `chunk` tokens at a
-    time: memory stays constant in swa/ahn mode whatever the document length."""
+    time: memory stays constant in swa/ahn mode whatever the document length. `on_chunk(done,
+    total)` sees the positions scored after each chunk."""
     window, sinks = settings.window, settings.sinks
     if settings.mode == "full":
         window, sinks = ids_BT.shape[1], 0
@@ -101,6 +103,8 @@ def token_nll(model, ids_BT: np.ndarray, settings: Settings, chunk: int):
             graphdef, state, ids_BT[:, start:stop], ids_BT[:, start + 1 : stop + 1], cache
         )
         pieces.append(np.asarray(nll))
+        if on_chunk is not None:
+            on_chunk(stop, ids_BT.shape[1] - 1)
     return np.concatenate(pieces, axis=1), cache.nbytes()
 
 
@@ -112,11 +116,11 @@ def run_perplexity(model, documents, settings: Settings, out: Path, *, batch_siz
     documents = [d for d in documents if d[0] not in done]
     n_buckets = -(-(length - 1) // bucket)
     with tqdm(total=len(documents), desc="perplexity") as bar:
+        progress = BatchProgress(bar, "scored")
         for start in range(0, len(documents), batch_size):
             batch = documents[start : start + batch_size]
-            nll, cache_bytes = token_nll(
-                model, np.asarray([ids for _, ids in batch], np.int32), settings, chunk
-            )
+            ids = np.asarray([ids for _, ids in batch], np.int32)
+            nll, cache_bytes = token_nll(model, ids, settings, chunk, progress.fed)
             results = []
             for (doc_id, _), row in zip(batch, nll, strict=True):
                 # the loss at index i predicts token i + 1: bucket by the predicted position
@@ -137,4 +141,5 @@ def run_perplexity(model, documents, settings: Settings, out: Path, *, batch_siz
                     )
                 )
             append_results(out, results)
+            progress.written()
             bar.update(len(batch))

@@ -12,6 +12,7 @@ from absl import app
 from tqdm import tqdm
 
 from ahn_jax.evaluation import passkey, ruler, tasks
+from ahn_jax.evaluation.batch_progress import BatchProgress
 from ahn_jax.evaluation.metrics import passkey_exact_match, string_match_all
 from ahn_jax.evaluation.results import (
     Settings,
@@ -126,10 +127,12 @@ def run_generation(
     todo = sorted((p for p in prompts if p.id not in done), key=lambda p: len(p.ids))
     stops = generate_lib.stop_ids(tokenizer) if stop_ids is None else stop_ids
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=settings.task)
+    progress = BatchProgress(bar)
     # the per-layer copy `generate` decodes with, made once for every batch (on the CPU)
     model = model_lib.for_decoding(model)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
+        progress.start(max(p.max_new for p in batch))
         caches: list = []
         outputs = generate_lib.generate(
             model,
@@ -140,6 +143,8 @@ def run_generation(
             sinks=settings.sinks,
             stop_ids=stops,
             on_cache=caches.append,
+            on_prefill=progress.fed,
+            on_tokens=progress.decoded,
             decode=settings.decode,
             repetition_penalty=settings.repetition_penalty,
         )
@@ -148,6 +153,7 @@ def run_generation(
                      cache_tokens=max(len(p.ids) + p.max_new for p in batch))  # fmt: skip
         append_results(out, [_scored(p, new, settings, tokenizer, cache)
                              for p, new in zip(batch, outputs, strict=True)])  # fmt: skip
+        progress.written()
         bar.update(len(batch))
     bar.close()
     sort_results(out, [p.id for p in prompts])

@@ -116,13 +116,15 @@ def generate(
     decode: str = "exact",
     on_tokens: Callable[[np.ndarray], None] | None = None,
     on_cache: Callable[[DecodeCache], None] | None = None,
+    on_prefill: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
     """New tokens for a batch of prompts of any lengths (stops at a stop id, not included), at
     most `max_new_tokens` (one budget, or one per prompt). The token choice is transformers'
     `generate` with the same keywords (greedy by default). Prompts are right-padded into one
     ragged batch: each row prefills and decodes from its own length, as if alone.
 
-    `on_tokens` sees each step's tokens (-1 for finished rows), `on_cache` the final cache."""
+    `on_tokens` sees each step's tokens (-1 for finished rows), `on_prefill` (positions fed, the
+    longest prompt) after each prefill chunk, `on_cache` the final cache."""
     ids, lengths, budgets = _ragged_batch(prompts, max_new_tokens)
     model = model_lib.for_decoding(model)  # per-layer weights on the CPU (its docstring)
     sampling = Sampling(do_sample, temperature, top_k, top_p, repetition_penalty)
@@ -132,13 +134,11 @@ def generate(
     cache = model.init_cache(
         len(prompts), window=window, sinks=sinks, mode=mode, decode=decode, max_length=total
     )
-    logits, cache = model.prefill(ids, cache, lengths=lengths)
+    logits, cache = model.prefill(ids, cache, lengths=lengths, on_chunk=on_prefill)
     key, sub = jax.random.split(jax.random.key(seed))
     loop = _DecodeLoop(model, cache, sampling)
-    prompt = (jnp.asarray(ids), jnp.asarray(lengths))
-    tokens, seen = _first(logits, *prompt, sub, sampling, loop.dtype)
-    out = np.zeros((len(prompts), 0), np.int32)
-    done = np.zeros(len(prompts), bool)
+    tokens, seen = _first(logits, *map(jnp.asarray, (ids, lengths)), sub, sampling, loop.dtype)
+    out, done = np.zeros((len(prompts), 0), np.int32), np.zeros(len(prompts), bool)
     steps = int(budgets.max())
     for i in range(steps):
         current = tokens

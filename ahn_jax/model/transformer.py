@@ -15,6 +15,7 @@ past S + W.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from flax import nnx
 
 from ahn_jax.config import MODES, ModelConfig
 from ahn_jax.model import cached, layers, memory
+from ahn_jax.model import prefill as prefill_lib
 from ahn_jax.model.cache import DecodeCache, empty_cache
 from ahn_jax.model.decoder import DecoderLayer
 from ahn_jax.model.sharding import constrain
@@ -222,13 +224,16 @@ class AhnModel(nnx.Module):
         lengths=None,
         chunk_size: int = 1024,
         all_logits: bool = False,
+        on_chunk: Callable[[int, int], None] | None = None,
     ):
         """Feed prompts [B, P] (any P >= 1) into the cache, `chunk_size` tokens at a time.
 
         `lengths` [B] (default: all P) makes a ragged batch: row b's prompt is its first
         lengths[b] ids (right-padded), and it continues from its own length. Returns (logits,
         cache): each row's logits at its last prompt token [B, V], or every position's [B, P, V]
-        with `all_logits` (padding included). Calls may follow each other (and decode steps)."""
+        with `all_logits` (padding included). Calls may follow each other (and decode steps).
+        `on_chunk(done, total)`, for progress bars, is called once each chunk has been computed,
+        with the positions fed so far and the longest prompt's length."""
         input_ids = jnp.asarray(input_ids)
         if input_ids.ndim != 2 or input_ids.shape[1] < 1:
             raise ValueError(f"input_ids must be [batch, length >= 1], got {input_ids.shape}")
@@ -244,27 +249,10 @@ class AhnModel(nnx.Module):
                 "positions: init_cache(max_length=...) must hold prompt + new tokens"
             )
         graphdef, state = nnx.split(self)
-        if all_logits:
-            pieces = []
-            for start in range(0, P, chunk_size):
-                new = jnp.asarray(np.clip(lengths - start, 0, chunk_size), jnp.int32)
-                chunk = input_ids[:, start : start + chunk_size]
-                logits, cache = extend_cache(graphdef, state, chunk, cache, new, True)
-                pieces.append(logits)
-            return jnp.concatenate(pieces, axis=1), cache
-        last, host_ids = None, np.asarray(input_ids)  # chunks cut on the host: no eager gathers
-        for start in range(0, int(lengths.max()), chunk_size):
-            # only the rows with prompt left run the chunk (the rest would be padding): a ragged
-            # batch costs the tokens it holds, not B times the longest
-            active = np.flatnonzero(lengths > start)
-            new = jnp.asarray(np.clip(lengths[active] - start, 0, chunk_size), jnp.int32)
-            chunk = jnp.asarray(host_ids[active, start : start + chunk_size])
-            part = cache if len(active) == B else cache.rows(active)
-            logits, part = extend_cache(graphdef, state, chunk, part, new)
-            cache = part if len(active) == B else cache.with_rows(active, part)
-            # a row's logits come from the chunk that holds its last prompt token
-            last = logits if last is None else last.at[active].set(logits)
-        return last, cache
+        extend = functools.partial(extend_cache, graphdef, state)
+        return prefill_lib.in_chunks(
+            extend, input_ids, cache, lengths, chunk_size, all_logits=all_logits, on_chunk=on_chunk
+        )
 
     def decode_step(self, token_ids: jax.Array, cache: DecodeCache):
         """One token per row, each at its own next position: token_ids [B] -> (logits [B, V],

@@ -81,7 +81,7 @@ def test_perplexity_through_the_cache_equals_the_parallel_forward(byte_model, mo
     assert cache_bytes > 0
 
 
-def test_batched_generation_resumes_after_a_crash(byte_model, tmp_path, monkeypatch):
+def test_batched_generation_resumes_after_a_crash(byte_model, tmp_path, monkeypatch, capsys):
     tokenizer, settings = ByteTokenizer(), _settings("passkey", max_new_tokens=4)
     # two prompt lengths and two budgets, interleaved: the batches of 4 are ragged
     samples = passkey.passkey_samples(tokenizer, [300, 240], [0.0, 0.5, 1.0], 1, seed=0)
@@ -114,6 +114,8 @@ def test_batched_generation_resumes_after_a_crash(byte_model, tmp_path, monkeypa
     calls.clear(), crash_at.clear()
     runner.run_generation(byte_model, tokenizer, prompts, settings, out, 4)
     assert calls == [2]  # only the samples not yet scored
+    # the bar tells where the batch in flight stands (the first stage of each is drawn)
+    assert "prompt 300/300 tokens" in capsys.readouterr().err
     in_order = results_lib.read_results(out)
     assert [r["id"] for r in in_order] == [p.id for p in prompts]  # the input's order
     results = {r["id"]: r for r in in_order}
@@ -214,7 +216,9 @@ def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_p
         assert [b["start"] for b in summary["buckets"]] == [0, 16, 32, 48]
         assert (out / "loss_by_position.png").exists()
         runs.append(out)
-    assert "docs.jsonl:2: needs a JSON object with a 'text' string" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "docs.jsonl:2: needs a JSON object with a 'text' string" in err
+    assert "scored 32/63 tokens" in err  # the bar's stage inside a batch (chunks of 32)
     report.compare_plot(runs, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 0
     other = tmp_path / "other"

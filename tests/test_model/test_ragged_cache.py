@@ -30,7 +30,12 @@ def _check_ragged(model, mode, window, sinks, *, chunk_size, max_length=None):
     cache = model.init_cache(
         len(LENGTHS), window=window, sinks=sinks, mode=mode, max_length=max_length
     )
-    logits, cache = model.prefill(padded, cache, lengths=LENGTHS, chunk_size=chunk_size)
+    fed = []  # progress: the positions fed after each chunk, of the longest prompt's
+    logits, cache = model.prefill(
+        padded, cache, lengths=LENGTHS, chunk_size=chunk_size, on_chunk=lambda *a: fed.append(a)
+    )
+    longest = max(LENGTHS)
+    assert fed == [(min(s + chunk_size, longest), longest) for s in range(0, longest, chunk_size)]
     assert cache.length.tolist() == list(LENGTHS)
     for step in range(STEPS + 1):
         for b, n in enumerate(LENGTHS):
