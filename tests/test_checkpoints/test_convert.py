@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 from shared import hf_logits, random_ids, save_tiny_qwen2
+from transformers import Qwen2ForCausalLM
 
 import ahn_jax
 from ahn_jax import convert as convert_cli
@@ -203,7 +204,14 @@ def test_a_tied_config_with_an_lm_head_of_its_own_is_warned_about(tmp_path):
     tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1
     save_file(tensors, path, metadata={"format": "pt"})
     with pytest.warns(UserWarning, match="lm_head.weight differs from them; it is not used"):
-        ahn_jax.from_pretrained(tmp_path / "hf")
+        model = ahn_jax.from_pretrained(tmp_path / "hf")
+    # transformers 5 unties and uses the file's head; tied again, it runs as we do (and as
+    # transformers 4.51 loads it: test_transformers4.py)
+    hf_model = Qwen2ForCausalLM.from_pretrained(tmp_path / "hf")
+    ids = random_ids(model.config.vocab_size)
+    assert np.abs(np.asarray(model(ids)) - hf_logits(hf_model, ids)).max() > 1e-2
+    hf_model.lm_head.weight = hf_model.model.embed_tokens.weight
+    np.testing.assert_allclose(np.asarray(model(ids)), hf_logits(hf_model, ids), atol=1e-4, rtol=0)
 
 
 def test_a_corrupt_marker_is_named(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors.numpy import load_file, save_file
 from shared import (
     assert_same_scores,
     generate_as_the_cli,
@@ -187,6 +188,15 @@ def answers(exports, generation, tmp_path_factory):
     (swa / "config.json").write_text(json.dumps(hf))
     request["sliding_window"] = {"kind": "load", "dir": str(swa), "ids": SWA_IDS,
                                  "generate": {"do_sample": False, **SWA_SETTINGS}}  # fmt: skip
+    # a tied config whose file holds a differing lm_head.weight: 4.51 ties (transformers 5 not)
+    tied = root / "tied_head_differs"
+    tied.mkdir()
+    hf.update(tie_word_embeddings=True, use_sliding_window=False, sliding_window=None)
+    (tied / "config.json").write_text(json.dumps(hf))
+    tensors = load_file(exports / "base" / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"] + 1
+    save_file(tensors, tied / "model.safetensors", metadata={"format": "pt"})
+    request["tied_head_differs"] = {"kind": "load", "dir": str(tied), "ids": IDS}
     for dtype in ("float32", "bfloat16"):  # a Qwen2.5-like checkpoint of 4.51's own
         config = {**QWEN25_KEYS, "tie_word_embeddings": True}  # as Qwen2.5-3B
         request[f"saved_{dtype}"] = {"kind": "save", "dir": str(root / f"saved_{dtype}"),
@@ -225,6 +235,13 @@ def test_transformers4_builds_our_model_from_every_export(exports, answers):
     assert_same_logits(model(np.asarray(IDS), mode="swa", window=W, sinks=0),
                        result["merged"]["logits"])  # fmt: skip
     assert np.abs(np.asarray(full) - np.asarray(result["merged"]["logits"])).max() > 1e-2
+
+
+def test_a_tied_config_ignores_a_differing_lm_head_as_transformers4_does(answers):
+    root, result = answers
+    with pytest.warns(UserWarning, match="lm_head.weight differs from them; it is not used"):
+        model = ahn_jax.from_pretrained(root / "tied_head_differs")
+    assert_same_logits(model(np.asarray(IDS), mode="full"), result["tied_head_differs"]["logits"])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
