@@ -37,7 +37,7 @@ import numpy as np
 from absl import logging
 
 from ahn_jax import jsonl
-from ahn_jax.config import DATA_FORMATS, DataConfig
+from ahn_jax.config import DATA_FORMATS, ConfigError, DataConfig
 from ahn_jax.training import recall_pairs
 from ahn_jax.training.chat_data import BadRecordError, chat_messages, chat_turns, truncate_turns
 from ahn_jax.training.chat_data import encode_chat as encode_chat  # the module's API, as before
@@ -158,7 +158,7 @@ class JsonlLines:
         else:
             self._index = [record for records in files for record in records]
         if not self._index:
-            raise ValueError(f"no records in {[str(p) for p in paths]}")
+            raise ConfigError(f"data.paths: no records in {[str(p) for p in paths]}")
 
     def __len__(self) -> int:
         return len(self._index)
@@ -186,7 +186,9 @@ class TokenizedDocuments:
                 (f"{name}[{i}]", p) for i, p in enumerate(_pieces(ids, cutoff_len, filter_len))
             ]
         if not self._pieces:
-            raise ValueError("no document is longer than data.filter_len tokens")
+            raise ConfigError(
+                f"data: no document is longer than data.filter_len = {filter_len} tokens"
+            )
 
     def __len__(self) -> int:
         return len(self._pieces)
@@ -278,7 +280,7 @@ def make_dataset(
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
     if passes is not None:
         dataset = dataset.map_with_index(functools.partial(passes.note, len(source)))
-    dataset = dataset[process_index::process_count].map(encode)
+    dataset = dataset[process_index::process_count].map(_Usable(encode, 2 * len(source)))
     if data_config.recall:
         dataset = _add_recall_pairs(dataset, data_config, cutoff, batch_size, seed)
     # Read in this thread: grain's default per-element thread pool polls its futures on every
@@ -289,6 +291,31 @@ def make_dataset(
         .filter(lambda e: e is not None)
         .batch(batch_size, drop_remainder=True, batch_fn=lambda b: pad_batch(b, buckets))
     )
+
+
+class _Usable:
+    """`encode`, counting the records it skips (None: bad, or shorter than data.filter_len), which
+    the reader drops. A stream in which nothing survives would be read forever, a step never
+    ending (not even on SIGTERM, which waits for the step): `limit` skipped records in a row (two
+    passes' worth of this process's reads, so that one whole shuffled pass lies among them in a
+    single process) end it with an error."""
+
+    def __init__(self, encode, limit: int):
+        self.encode, self.limit, self.in_a_row = encode, limit, 0
+
+    def __call__(self, record):
+        element = self.encode(record)
+        if element is not None:
+            self.in_a_row = 0
+            return element
+        self.in_a_row += 1
+        if self.in_a_row >= self.limit:
+            raise ConfigError(
+                f"data: no usable record in {self.limit:,} read in a row (each was skipped: bad, "
+                "or shorter than data.filter_len); check data.paths, data.format and "
+                "data.filter_len"
+            )
+        return None
 
 
 def _add_recall_pairs(dataset, data_config: DataConfig, cutoff: int, batch_size: int, seed: int):

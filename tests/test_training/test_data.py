@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from ahn_jax.config import DataConfig
+from ahn_jax.config import ConfigError, DataConfig
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer, render_chat
 from ahn_jax.training import data
 
@@ -83,6 +83,22 @@ def test_filter_and_cutoff(tmp_path):
     iterator = iter(dataset)
     lengths = sorted({int(next(iterator)["lengths"][0]) for _ in range(10)})
     assert lengths == [30, 64]  # "short" (5 <= filter_len 10) dropped, 200 cut at 64
+
+
+def test_a_stream_where_no_record_survives_is_an_error_not_a_hang(tmp_path):
+    """Every record bad or too short: reading stops after two passes' worth of skipped records
+    (it span forever, and a step that never ends cannot be stopped by SIGTERM)."""
+    path = tmp_path / "text.jsonl"
+    path.write_text(json.dumps({"text": "short"}) + "\n{not json\n")
+    dataset = data.make_dataset(_config([path], fmt="text"), ByteTokenizer(), batch_size=1,
+                                seed=0, buckets=(64,))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"data: no usable record in 4 read in a row"):
+        next(iter(dataset))
+    whole = tmp_path / "short.txt"  # whole documents are checked when they are tokenized
+    whole.write_text("short")
+    with pytest.raises(ConfigError, match="no document is longer than data.filter_len = 10"):
+        data.make_dataset(_config([whole], fmt="text"), ByteTokenizer(), batch_size=1, seed=0,
+                          buckets=(64,))  # fmt: skip
 
 
 def test_order_is_seeded_and_the_iterator_state_resumes_exactly(tmp_path):
