@@ -111,7 +111,7 @@ class TrainConfig(_Section):
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "micro_batches", "seq_len", "checkpoint_every",
-                    "log_every")  # fmt: skip
+                    "log_every", "seq_tile", "vocab_tile", "keep_checkpoints")  # fmt: skip
         check_fields(self, "train", positive)
         if self.batch_size % self.micro_batches:
             raise ConfigError(
@@ -123,8 +123,9 @@ class TrainConfig(_Section):
             check_choice("train", name, getattr(self, name), allowed)
         _check_loss(self.loss)
         check_local_paths("train", base_checkpoint=self.base_checkpoint, output_dir=self.output_dir)
-        if not self.learning_rate > 0:
-            raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate!r}")
+        for name, (within, what) in _TRAIN_RANGES.items():
+            if not within(getattr(self, name)):
+                raise ConfigError(f"train.{name} must be {what}, got {getattr(self, name)!r}")
         if self.window_sampling == "fixed" and self.window + self.sinks >= self.seq_len:
             raise ConfigError(
                 f"train.window ({self.window}) + train.sinks ({self.sinks}) must be below "
@@ -138,6 +139,16 @@ class TrainConfig(_Section):
                 "train.profile_steps must be (first, last) with 1 <= first <= last, got "
                 f"{profile!r}"
             )
+
+
+# The float settings' ranges (NaN is outside each): max_grad_norm 0 would zero every gradient, a
+# warmup past 1 never reaches the peak (HF refuses warmup_ratio outside [0, 1])
+_TRAIN_RANGES = {
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "max_grad_norm": (lambda v: v > 0, "> 0"),
+    "warmup_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,13 @@ def test_every_config_file_gives_typed_sections(name):
         ("train", {"steps": "10"}, r"train\.steps must be a positive integer, got '10'"),
         ("train", {"seed": 1.5}, r"train\.seed must be an integer, got 1\.5"),
         ("train", {"learning_rate": "fast"}, r"train\.learning_rate must be a number"),
+        # values a run would accept and then fail or train on nothing with
+        ("train", {"seq_tile": 0}, r"train\.seq_tile must be a positive integer, got 0"),
+        ("train", {"keep_checkpoints": 0}, r"train\.keep_checkpoints must be a positive integer"),
+        ("train", {"max_grad_norm": 0.0}, r"train\.max_grad_norm must be > 0, got 0\.0"),
+        ("train", {"warmup_fraction": 2.0}, r"train\.warmup_fraction must be in \[0, 1\], got 2"),
+        ("train", {"weight_decay": -1.0}, r"train\.weight_decay must be >= 0, got -1\.0"),
+        ("train", {"learning_rate": float("nan")}, r"train\.learning_rate must be > 0, got nan"),
         ("train", {"mesh": 8}, r"train\.mesh must be a string, got 8"),
         ("train", {"tensorboard": "yes"}, r"train\.tensorboard must be True or False"),
         ("train", {"window_choices": (64, "128")}, r"train\.window_choices must be a sequence"),
