@@ -33,7 +33,11 @@ def main(argv) -> None:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)  # the shell's convention for a process a signal ended
     what = "model" if run.train.objective == "pretrain" else "ahn"
-    print(f"done: {run.train.steps} steps; weights in {run.output_dir / what}")
+    steps = f"{run.train.steps} steps"
+    if run.start_step > run.train.steps:  # nothing ran: the export is the checkpoint's
+        steps = f"nothing to run (train.steps = {run.train.steps}; checkpoint of step "
+        steps += f"{run.start_step})"
+    print(f"done: {steps}; weights in {run.output_dir / what}")
     if run.skips.count:
         print(f"skipped {run.skips.count} bad records (see the log for file:line)")
 

@@ -198,3 +198,12 @@ def test_the_command_line_prints_start_and_step_lines_into_a_pipe(tmp_path):
     assert re.fullmatch(r"step 1/2  loss [\d.]+  W_tot \d+/\d+/\d+  .*  ETA -", lines[7])
     assert lines[8].startswith("step 2/2  loss ") and lines[8].endswith("ETA 0:00:00")
     assert lines[9].startswith("done: 2 steps")
+    # fewer steps than the checkpoint's: nothing runs, and the last line says so
+    fewer = [x if not x.startswith("--config.train.steps=") else "--config.train.steps=1"
+             for x in command]  # fmt: skip
+    again = subprocess.run(fewer, cwd=ROOT, env={**os.environ, "PYTHONPATH": path},
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.splitlines()[-1].startswith(
+        "done: nothing to run (train.steps = 1; checkpoint of step 2); weights in"
+    )
