@@ -33,13 +33,14 @@ def main(argv) -> None:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)  # the shell's convention for a process a signal ended
     what = "model" if run.train.objective == "pretrain" else "ahn"
-    steps = f"{run.train.steps} steps"
+    steps = f"{run.train.steps} step{'' if run.train.steps == 1 else 's'}"
     if run.start_step > run.train.steps:  # nothing ran: the export is the checkpoint's
         steps = f"nothing to run (train.steps = {run.train.steps}; checkpoint of step "
         steps += f"{run.start_step})"
     print(f"done: {steps}; weights in {run.output_dir / what}")
     if run.skips.count:
-        print(f"skipped {run.skips.count} bad records (see the log for file:line)")
+        records = "record" if run.skips.count == 1 else "records"
+        print(f"skipped {run.skips.count} bad {records} (see the log for file:line)")
 
 
 if __name__ == "__main__":
