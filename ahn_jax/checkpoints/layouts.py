@@ -25,7 +25,7 @@ from typing import Any
 
 from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, safetensors_io
 from ahn_jax.checkpoints.hf_config import from_hf_config, read_hf_config
-from ahn_jax.checkpoints.pretrained import param_shapes
+from ahn_jax.checkpoints.pretrained import check_holds_a_base, param_shapes
 from ahn_jax.config import ConfigError
 
 DEFAULT_SHARD_BYTES = 5 * 2**30
@@ -119,17 +119,12 @@ def split(
             "need two"
         )
     hf = read_hf_config(merged_dir)
-    layout = ahn_weights.hf_layout(merged_dir)
-    if layout == "base":
+    if hf.get("_ahn_implementation") is None:
         raise ConfigError(
             f"{merged_dir / 'config.json'} has no '_ahn_implementation': not a merged checkpoint "
             "(base + AHN weights)"
         )
-    if layout == "ahn_only":
-        raise ConfigError(
-            f"{merged_dir} holds AHN weights only (no {ahn_weights.BASE_TENSOR}): not a merged "
-            "checkpoint, it is already the AHN-only half"
-        )
+    check_holds_a_base(merged_dir, "not a merged checkpoint, it is already the AHN-only half")
     _require_empty(base_out, ahn_out)
     infos = safetensors_io.tensor_index(merged_dir)
     _check_tensors(infos, _model_config(hf, ahn_weights.read_ahn_settings(merged_dir)), merged_dir)
@@ -164,20 +159,18 @@ def merge(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
 ) -> Path:
     """A base directory and an AHN-only one (or a merged one's AHN tensors) -> the merged layout:
-    the base's tensors, then the
-    AHN's, each copied as stored; config.json from `merged_hf_config`; the base's side files."""
+    the base's tensors, then the AHN's, each copied as stored; config.json from
+    `merged_hf_config`; the base's side files."""
     base_dir, ahn_dir, out = Path(base_dir), Path(ahn_dir), Path(out)
     base_hf = read_hf_config(base_dir)
-    layout = ahn_weights.hf_layout(base_dir)
-    if layout == "merged":
+    check_holds_a_base(
+        base_dir, "give the base model's directory as the base (--hf_dir) and this one as the AHN "
+        "weights (--ahn_dir)",
+    )  # fmt: skip
+    if base_hf.get("_ahn_implementation") is not None:
         raise ConfigError(
             f"{base_dir / 'config.json'} has '_ahn_implementation': {base_dir} already holds AHN "
             "weights (split it first: --split)"
-        )
-    if layout == "ahn_only":
-        raise ConfigError(
-            f"{base_dir} holds AHN weights only (no {ahn_weights.BASE_TENSOR}): give the base "
-            "model's directory as the base (--hf_dir) and this one as the AHN weights (--ahn_dir)"
         )
     settings = ahn_weights.read_ahn_settings(ahn_dir)
     _require_empty(out)

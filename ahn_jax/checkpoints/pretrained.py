@@ -106,16 +106,18 @@ def is_merged(directory: str | Path) -> bool:
     )
 
 
-def check_holds_a_base(directory: str | Path) -> None:
-    """ConfigError when an HF directory given as the model holds AHN weights only (otherwise each
-    base tensor would be reported missing)."""
+def check_holds_a_base(
+    directory: str | Path,
+    advice: str = "give the base model's directory as the model and this one as ahn_path (--ahn)",
+) -> None:
+    """ConfigError, ending in `advice`, when an HF directory where base weights are expected holds
+    AHN weights only (otherwise each base tensor would be reported missing)."""
     directory = Path(directory)
     if converted.is_params_checkpoint(directory):
         return
     if ahn_weights.hf_layout(directory) == "ahn_only":
         raise ConfigError(
-            f"{directory} holds AHN weights only (no {ahn_weights.BASE_TENSOR}): give the base "
-            "model's directory as the model and this one as ahn_path (--ahn)"
+            f"{directory} holds AHN weights only (no {ahn_weights.BASE_TENSOR}): {advice}"
         )
 
 
