@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from ahn_jax.checkpoints import ahn_weights
 from ahn_jax.checkpoints.pretrained import save_model
+from ahn_jax.config import ConfigError
 
 if TYPE_CHECKING:  # the run imports this module to restore its latest checkpoint
     from ahn_jax.training.run import Run
@@ -45,18 +46,32 @@ def restore_latest(run: Run) -> None:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
         )
 
-    restored = run.manager.restore(
-        step,
-        args=ocp.args.Composite(
-            trainable=ocp.args.StandardRestore(abstract(run.trainable)),
-            opt_state=ocp.args.StandardRestore(abstract(run.opt_state)),
-            data=grain.checkpoint.CheckpointRestore(run.iterator),
-            meta=ocp.args.JsonRestore(),
-        ),
-    )
+    # the saved config first: a checkpoint of another model or optimizer does not fit this run's
+    # trees, and the restore's error (a list of every mismatched leaf) would not say which setting
+    saved = run.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    run.changed_settings = changed_settings(saved.meta["config"], _as_json(run.config))
+    try:
+        restored = run.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                trainable=ocp.args.StandardRestore(abstract(run.trainable)),
+                opt_state=ocp.args.StandardRestore(abstract(run.opt_state)),
+                data=grain.checkpoint.CheckpointRestore(run.iterator),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+    except ValueError as err:
+        if not run.changed_settings:
+            raise
+        orbax_says = str(err).splitlines()[0].rstrip(":")
+        raise ConfigError(
+            f"train.output_dir {run.output_dir} holds the checkpoint of step {step} of another "
+            f"run, which this config's model, optimizer or data do not fit (changed since the "
+            f"checkpoint: {'; '.join(run.changed_settings)}). Resume with the checkpoint's "
+            f"settings, or set a new train.output_dir. Orbax: {orbax_says}"
+        ) from err
     run.trainable, run.opt_state = restored.trainable, restored.opt_state
     run.start_step = step
-    run.changed_settings = changed_settings(restored.meta["config"], _as_json(run.config))
     logging.info("resumed from %s at step %d", run.manager.directory, step)
 
 

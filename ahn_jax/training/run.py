@@ -32,7 +32,7 @@ from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.sharding import partition_spec, shard_module
 from ahn_jax.model.transformer import init_model
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
-from ahn_jax.training import data
+from ahn_jax.training import data, windows
 from ahn_jax.training.checkpointing import restore_latest
 from ahn_jax.training.distributed import (
     check_batch_layout,
@@ -185,6 +185,7 @@ def setup(config: ConfigDict) -> Run:
         raise ConfigError("train.objective = 'pretrain' trains the base: set ahn.type = None")
     if not pretrain and model_config.ahn_type is None:
         raise ConfigError("ahn.type must be set to train AHN weights")
+    windows.check_some_row_learns(t, d)
     initialize_distributed(t)
     mesh = make_train_mesh(t.mesh)
     check_batch_layout(t, mesh, jax.process_count())

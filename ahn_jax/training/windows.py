@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ahn_jax.config import SINK_CHOICES, WINDOW_CHOICES, ConfigError
-from ahn_jax.config.run import WINDOW_SAMPLINGS
+from ahn_jax.config.run import WINDOW_SAMPLINGS, DataConfig, TrainConfig
 
 # LLaMA-Factory's training collator pads each batch to a multiple of this (its SFT workflow)
 COLLATOR_PAD_MULTIPLE = 8
@@ -91,6 +91,41 @@ def memory_rows(lengths, window_B, sinks_B) -> np.ndarray:
 def rows_without_window(lengths, window_B, sinks_B) -> int:
     """How many rows have no position in the memory's reach (not `memory_rows`)."""
     return int(np.sum(~memory_rows(lengths, window_B, sinks_B)))
+
+
+def lengths_that_learn(lengths, t: TrainConfig) -> np.ndarray:
+    """[B] bool: whether a row of each of `lengths` tokens can have a position past its W + S with
+    t's window settings (for "random": some candidate with L/8 < W + S < L, read as
+    `_random_pair` reads L, `reference_lengths`)."""
+    lengths = np.asarray(lengths, np.int64).reshape(-1)
+    if t.window_sampling == "fixed":
+        return t.window + t.sinks < lengths
+    seen = reference_lengths(lengths)
+    if t.window_sampling == "linear":
+        return np.maximum(seen // 4, 512) < lengths
+    choices = np.asarray(t.window_choices, np.int64)[:, None]
+    return np.any((seen / 8 < choices) & (choices < lengths), axis=0)
+
+
+def check_some_row_learns(t: TrainConfig, d: DataConfig) -> None:
+    """ConfigError when no row the data can make (more than `data.filter_len` tokens, at most
+    `data.cutoff_len`) has a position past its W + S: every step would log loss 0 and the run
+    would export untrained weights. Pretraining reads no window."""
+    longest = d.cutoff_len
+    shortest = min(d.filter_len + 1, longest)  # chat samples past filter_len are cut to cutoff
+    if t.objective == "pretrain" or lengths_that_learn(range(shortest, longest + 1), t).any():
+        return
+    settings = {
+        "random": f"train.window_choices {tuple(t.window_choices)} (W + S with L/8 < W + S < L)",
+        "fixed": f"train.window {t.window} + train.sinks {t.sinks}",
+        "linear": "train.window_sampling 'linear' (W + S = max(L/4, 512))",
+    }[t.window_sampling]
+    raise ConfigError(
+        f"no training row can reach the memory: rows have {shortest}-{longest} tokens "
+        f"(data.filter_len {d.filter_len} < L <= data.cutoff_len {d.cutoff_len}) and "
+        f"{settings} leaves none of them a position past its W + S, so every step would train "
+        "nothing (loss 0). Choose windows below the rows' lengths, or longer rows"
+    )
 
 
 def _random_pair(seen, length, seed, step, row, window_choices, sink_choices) -> tuple[int, int]:

@@ -251,6 +251,16 @@ def test_a_longer_run_replaces_the_export_and_names_the_changed_settings(
     assert exported.read_bytes() == six
 
 
+def test_resuming_with_another_ahn_type_stops_naming_the_setting(tmp_path, single_device_run):
+    """The finished run's directory given to a DeltaNet config: one ConfigError naming the
+    changed setting and the way out, not Orbax's list of every mismatched leaf."""
+    shutil.copytree(single_device_run[0] / "run", tmp_path / "run")
+    train = {**TRAIN, "output_dir": str(tmp_path / "run"), **OBSERVED}
+    message = r"step 5 of another run.*ahn\.type 'gdn' -> 'dn'.*set a new train\.output_dir"
+    with pytest.raises(ConfigError, match=message):
+        run_lib.setup(make_config(MODEL, ahn_type="dn", train=train, data=DATA))
+
+
 def test_a_base_checkpoint_must_have_the_config_s_shapes():
     """A config whose model section is not the base checkpoint's stops, naming each differing
     shape; settings its config.json decides (RoPE theta, norm eps) are taken from it."""
@@ -272,6 +282,7 @@ def test_a_base_checkpoint_must_have_the_config_s_shapes():
         ({"batch_size": 3, "micro_batches": 2}, r"train\.batch_size \(3\)"),
         ({"base_checkpoint": "/nowhere/qwen"}, r"train\.base_checkpoint = '/nowhere/qwen'"),
         ({"steps": 0}, r"train\.steps must be a positive integer"),
+        ({"window_choices": (256, 512)}, r"no training row can reach the memory"),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_field(tmp_path, changes, message):

@@ -5,8 +5,15 @@ import collections
 import numpy as np
 import pytest
 
-from ahn_jax.config import SINK_CHOICES, WINDOW_CHOICES, ConfigError
-from ahn_jax.training.windows import reference_lengths, rows_without_window, sample_windows
+from ahn_jax.config import SINK_CHOICES, WINDOW_CHOICES, ConfigError, DataConfig, TrainConfig
+from ahn_jax.training.windows import (
+    check_some_row_learns,
+    lengths_that_learn,
+    memory_rows,
+    reference_lengths,
+    rows_without_window,
+    sample_windows,
+)
 
 # The reference's rule worked out by hand: W_tot in (L/8, L) among 32 .. 8192, S <= W_tot / 2.
 ADMISSIBLE_TOTALS = {
@@ -141,3 +148,44 @@ def test_reference_lengths_are_the_widths_transformers_collator_pads_one_row_to(
         for n in lengths
     ]
     assert reference_lengths(lengths).tolist() == widths
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"window_choices": (32, 64, 256)}, {"window_sampling": "linear", "sinks": 64},
+     {"window_sampling": "fixed", "window": 100, "sinks": 28}],
+)  # fmt: skip
+def test_lengths_that_learn_are_those_the_sampler_gives_a_memory_position(settings):
+    """The start-up check's rule against the sampler itself: a length learns iff some draw gives
+    its row a position past W + S (20 draws per length cover every candidate here)."""
+    t = TrainConfig(**settings)
+    lengths = np.arange(1, 700)
+    drawn = np.zeros(lengths.shape, bool)
+    for step in range(20):
+        window, sinks = sample_windows(lengths, seed=1, step=step, kind=t.window_sampling,
+                                       window=t.window, sinks=t.sinks,
+                                       window_choices=t.window_choices)  # fmt: skip
+        drawn |= memory_rows(lengths, window, sinks)
+    np.testing.assert_array_equal(lengths_that_learn(lengths, t), drawn)
+    assert drawn.any() and not drawn.all()
+
+
+@pytest.mark.parametrize(
+    "train, data, message, rows_that_learn",
+    [
+        ({"window_choices": (256, 512)}, {"cutoff_len": 128, "filter_len": 32},
+         r"rows have 33-128 tokens .* train\.window_choices \(256, 512\)", {"cutoff_len": 264}),
+        # 301 / 8 > 32: every row too long for the one candidate; a row of 255 (256 / 8 = 32) too
+        ({"window_choices": (32,)}, {"cutoff_len": 512, "filter_len": 300},
+         r"rows have 301-512 tokens", {"cutoff_len": 512, "filter_len": 247}),
+        ({"window_sampling": "fixed", "window": 120, "sinks": 8}, {"cutoff_len": 128},
+         r"train\.window 120 \+ train\.sinks 8", {"cutoff_len": 129}),
+        ({"window_sampling": "linear"}, {"cutoff_len": 512}, r"'linear'", {"cutoff_len": 513}),
+    ],
+)  # fmt: skip
+def test_settings_no_row_can_learn_from_fail_at_start(train, data, message, rows_that_learn):
+    with pytest.raises(ConfigError, match=message):
+        check_some_row_learns(TrainConfig(seq_len=1024, **train), DataConfig(**data))
+    check_some_row_learns(TrainConfig(seq_len=1024, **train), DataConfig(**rows_that_learn))
+    pretrain = TrainConfig(objective="pretrain", seq_len=1024, **train)
+    check_some_row_learns(pretrain, DataConfig(**data))  # pretraining reads no window
