@@ -22,6 +22,7 @@ def main(argv) -> None:
     # imported: orbax, grain and TensorBoard's writer take seconds to import
     validate_config(config)
     run_configs(config)
+    from ahn_jax.training.checkpointing import export_attention
     from ahn_jax.training.interrupt import InterruptedTrainingError
     from ahn_jax.training.loop import TrainingError, train
 
@@ -38,6 +39,13 @@ def main(argv) -> None:
         steps = f"nothing to run (train.steps = {run.train.steps}; checkpoint of step "
         steps += f"{run.start_step})"
     print(f"done: {steps}; weights in {run.output_dir / what}")
+    if what == "ahn" and run.train.window_sampling != "fixed":
+        window, sinks = export_attention(run.train)
+        print(
+            f"its config.json records inference window {window}, sinks {sinks} (the evaluation "
+            f"defaults: training drew {run.train.window_sampling} windows); generate and "
+            "evaluate take others with --window and --sinks"
+        )
     if run.skips.count:
         records = "record" if run.skips.count == 1 else "records"
         print(f"skipped {run.skips.count} bad {records} (see the log for file:line)")

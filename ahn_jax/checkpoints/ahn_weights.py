@@ -25,6 +25,7 @@ from ahn_jax.checkpoints.converted import ParamPath
 from ahn_jax.checkpoints.hf_config import read_hf_config, to_hf_config
 from ahn_jax.checkpoints.hf_naming import TensorMap, check_fits, layer_maps
 from ahn_jax.config import AHN_TYPES, ConfigError, ModelConfig
+from ahn_jax.config.run import WINDOW_SAMPLINGS
 
 IMPLEMENTATIONS = {"gdn": "GatedDeltaNet", "dn": "DeltaNet", "mamba2": "Mamba2"}
 # The inference W and S an export records when none is given: the evaluation defaults of
@@ -126,12 +127,20 @@ def ahn_tensor_maps(
 
 
 def ahn_hf_config(
-    config: ModelConfig, *, window: int, sinks: int, loss: str = "kl"
+    config: ModelConfig,
+    *,
+    window: int,
+    sinks: int,
+    loss: str = "kl",
+    window_sampling: str = "fixed",
 ) -> dict[str, Any]:
     """The base model's config.json plus the reference's AHN fields, as its Qwen2Config subclass
-    names them: W = `window` and S = `sinks` for inference, `loss` the training loss."""
+    names them: W = `window` and S = `sinks` for inference, `loss` the training loss and
+    `window_sampling` how training drew its windows."""
     if not (isinstance(window, int) and window > 0 and isinstance(sinks, int) and sinks >= 0):
         raise ConfigError(f"window must be an int > 0 and sinks an int >= 0, got {window}, {sinks}")
+    if window_sampling not in WINDOW_SAMPLINGS:
+        raise ConfigError(f"window_sampling must be one of {WINDOW_SAMPLINGS}: {window_sampling!r}")
     hf = to_hf_config(config)  # use_sliding_window false: transformers 5 ignores W below
     hf.update(
         _layer_implementation="Qwen2MemDecoderLayer",
@@ -140,11 +149,12 @@ def ahn_hf_config(
         # (qwen2_ahn.py's pre_model_forward and Qwen2MemDecoderLayer); W without the sinks
         sliding_window=window,
         num_attn_sinks=sinks,
-        # training-mode settings, inert at inference: "fixed" trains on `sliding_window` as
-        # given; ahn_position "prefix" means no sinks, "random" draws S (as our training does),
-        # so "prefix" exactly when S = 0 keeps the two fields from contradicting W and S
-        sliding_window_type="fixed",
-        ahn_position="prefix" if sinks == 0 else "random",
+        # training-mode settings, inert at inference, read as the record of how the weights
+        # were trained: "fixed" trains on `sliding_window` as given, "random" draws W + S per
+        # sequence; ahn_position "prefix" means no sinks, "random" draws S (as our random
+        # sampling does), so "prefix" exactly when a fixed S is 0 keeps it from contradicting S
+        sliding_window_type=window_sampling,
+        ahn_position="prefix" if sinks == 0 and window_sampling != "random" else "random",
         fa_layer_ids=",".join(str(i) for i in config.full_attention_layers),
         loss_type=loss.split("+"),
         save_ahn_only=True,  # merge_weights.py sets it false in the merged config
@@ -165,10 +175,22 @@ def _optional_int(hf: Mapping[str, Any], key: str, path: Path, minimum: int) -> 
     return value
 
 
+def _window_sampling(hf: Mapping[str, Any], path: Path) -> str:
+    """How training drew the windows, `sliding_window_type` ("fixed", the reference's default,
+    where the file does not say)."""
+    sampling = hf.get("sliding_window_type") or "fixed"
+    if sampling not in WINDOW_SAMPLINGS:
+        raise ConfigError(
+            f"{path}: 'sliding_window_type' = {sampling!r}; expected one of {WINDOW_SAMPLINGS}"
+        )
+    return sampling
+
+
 def read_ahn_settings(directory: str | Path) -> dict[str, Any]:
     """`ahn_type`, `full_attention_layers`, the recorded inference `window` and `sinks` (None where
-    the config has none: the released checkpoints carry no `num_attn_sinks`) and the whole
-    config.json as `hf`, from an AHN-only or merged directory."""
+    the config has none: the released checkpoints carry no `num_attn_sinks`), how training drew
+    its windows (`window_sampling`) and the whole config.json as `hf`, from an AHN-only or merged
+    directory."""
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in AHN directory {directory}")
@@ -193,6 +215,7 @@ def read_ahn_settings(directory: str | Path) -> dict[str, Any]:
         "full_attention_layers": layers,
         "window": _optional_int(hf, "sliding_window", path, 1),
         "sinks": _optional_int(hf, "num_attn_sinks", path, 0),
+        "window_sampling": _window_sampling(hf, path),
         "hf": hf,
     }
 
@@ -232,13 +255,18 @@ def save_ahn_weights(
     window: int,
     sinks: int,
     loss: str = "kl",
+    window_sampling: str = "fixed",
 ) -> Path:
     """Write our AHN parameters (paths under `layers.ahn`) in the reference's layout, the
-    config.json recording `window` and `sinks` (the inference W and S) and the training `loss`."""
+    config.json recording `window` and `sinks` (the inference W and S), the training `loss` and
+    `window_sampling` (`ahn_hf_config`)."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"output directory {directory} exists and is not empty")
-    hf_config = ahn_hf_config(config, window=window, sinks=sinks, loss=loss)  # checks W, S first
+    # checks W, S first
+    hf_config = ahn_hf_config(
+        config, window=window, sinks=sinks, loss=loss, window_sampling=window_sampling
+    )
     shapes = {path: tuple(np.shape(a)) for path, a in params.items()}
     plans = []
     for m in ahn_tensor_maps(config, shapes):

@@ -147,7 +147,8 @@ def orbax_to_ahn(
         raise ConfigError(f"checkpoint {ckpt} holds no AHN weights (its marker has no 'ahn')")
     defaults = {"window": ahn_weights.DEFAULT_WINDOW, "sinks": ahn_weights.DEFAULT_SINKS}
     given = {"window": window, "sinks": sinks}
-    chosen, _ = recorded.window_and_sinks(given, recorded.recorded_attention(ckpt, None), defaults)
+    found = recorded.recorded_attention(ckpt, None)
+    chosen, _ = recorded.window_and_sinks(given, found, defaults)
     dtype = marker["param_dtype"]
     config = from_hf_config(read_hf_config(ckpt), param_dtype=dtype, dtype=dtype).replace(
         ahn_type=marker["ahn"]["ahn_type"],
@@ -163,7 +164,9 @@ def orbax_to_ahn(
         for path, shape in param_shapes(config).items()
         if ahn_weights.is_ahn_param(path)
     }
-    return ahn_weights.save_ahn_weights(out, config, params, **chosen)
+    return ahn_weights.save_ahn_weights(
+        out, config, params, **chosen, window_sampling=found.window_sampling
+    )
 
 
 class ArgumentError(ValueError):

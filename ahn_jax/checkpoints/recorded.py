@@ -21,6 +21,9 @@ class Recorded:
 
     values: Mapping[str, int] = dataclasses.field(default_factory=dict)
     source: Path | None = None
+    # how the weights were trained (`sliding_window_type`): with "random" or "linear" windows the
+    # file's W and S are an inference choice made at export, not the window the weights learned
+    window_sampling: str = "fixed"
 
 
 NOTHING = Recorded()
@@ -35,7 +38,7 @@ def recorded_attention(model_dir: str | Path, ahn_dir: str | Path | None) -> Rec
         return NOTHING
     found = read_ahn_settings(source)
     values = {name: found[name] for name in NAMES if found[name] is not None}
-    return Recorded(values, Path(source) / "config.json")
+    return Recorded(values, Path(source) / "config.json", found["window_sampling"])
 
 
 def window_and_sinks(
@@ -53,6 +56,8 @@ def window_and_sinks(
             chosen[name], origin = given[name], f"--{name}"
         elif name in recorded.values:
             chosen[name], origin = recorded.values[name], str(recorded.source)
+            if recorded.window_sampling != "fixed":
+                origin += f", which records weights trained on {recorded.window_sampling} windows"
         else:
             chosen[name], origin = defaults[name], defaults_are
         origins.append(origin)

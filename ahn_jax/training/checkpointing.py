@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from ahn_jax.checkpoints import ahn_weights
 from ahn_jax.checkpoints.pretrained import save_model
-from ahn_jax.config import ConfigError
+from ahn_jax.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:  # the run imports this module to restore its latest checkpoint
     from ahn_jax.training.run import Run
@@ -95,22 +95,31 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
     ]
 
 
+def export_attention(t: TrainConfig) -> tuple[int, int]:
+    """The inference W and S the AHN export's config.json records: the one pair a "fixed" run
+    trained on; else the evaluation defaults (docs/method.md §Inference), TrainConfig having no
+    such field (the file's `sliding_window_type` says the windows were drawn)."""
+    if t.window_sampling == "fixed":
+        return t.window, t.sinks
+    return ahn_weights.DEFAULT_WINDOW, ahn_weights.DEFAULT_SINKS
+
+
 def export_ahn(run: Run) -> Path:
     """The AHN weights in the reference's layout, written by process 0 (`_export`)."""
     t = run.train
-    # the inference W and S config.json records: the one pair a "fixed" run trained on; else the
-    # evaluation defaults (docs/method.md §Inference), TrainConfig having no such field
-    window, sinks = (
-        (t.window, t.sinks)
-        if t.window_sampling == "fixed"
-        else (ahn_weights.DEFAULT_WINDOW, ahn_weights.DEFAULT_SINKS)
-    )
+    window, sinks = export_attention(t)
 
     def write(gathered, directory: Path) -> None:
         flat = traverse_util.flatten_dict(nnx.to_pure_dict(gathered))
         params = {path: np.asarray(value) for path, value in flat.items()}
         ahn_weights.save_ahn_weights(
-            directory, run.model_config, params, window=window, sinks=sinks, loss=t.loss
+            directory,
+            run.model_config,
+            params,
+            window=window,
+            sinks=sinks,
+            loss=t.loss,
+            window_sampling=t.window_sampling,
         )
 
     return _export(run, run.output_dir / "ahn", write)

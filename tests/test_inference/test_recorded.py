@@ -22,19 +22,25 @@ PROMPT = "To be, or not to be, that is the question: whether"  # 51 bytes > S + 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """AHN weights for the demo base recording W = 16, S = 2; the same without num_attn_sinks
-    (as the released configs); and a merged directory's config (AHN fields beside the base's)."""
+    """AHN weights for the demo base recording W = 16, S = 2; the same trained on random windows
+    (`sliding_window_type` "random", as the reference's training script writes it), also
+    without num_attn_sinks (as the released configs); and a merged directory's config (AHN fields
+    beside the base's)."""
     root = tmp_path_factory.mktemp("ahn")
     model = from_pretrained(DEMO_BASE, ahn_type="gdn", ahn_output_init="normal")
     ahn = model.save_ahn(root / "ahn", window=16, sinks=2)
     hf = json.loads((ahn / "config.json").read_text())
-    released, merged = root / "released", root / "merged"
-    for directory, config in ((released, {k: v for k, v in hf.items() if k != "num_attn_sinks"}),
-                              (merged, {**hf, "save_ahn_only": False})):  # fmt: skip
-        directory.mkdir()
-        (directory / "config.json").write_text(json.dumps(config))
-    (released / "model.safetensors").write_bytes((ahn / "model.safetensors").read_bytes())
-    return {"model": model, "ahn": ahn, "released": released, "merged": merged}
+    random = {**hf, "sliding_window_type": "random", "ahn_position": "random"}
+    released = {k: v for k, v in random.items() if k != "num_attn_sinks"}
+    dirs = {"random": random, "released": released, "merged": {**hf, "save_ahn_only": False}}
+    for name, config in dirs.items():
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(json.dumps(config))
+        if name != "merged":
+            (root / name / "model.safetensors").write_bytes(
+                (ahn / "model.safetensors").read_bytes()
+            )
+    return {"model": model, "ahn": ahn, **{name: root / name for name in dirs}}
 
 
 def test_recorded_window_and_sinks_of_ahn_only_merged_and_plain_directories(exports):
@@ -42,7 +48,9 @@ def test_recorded_window_and_sinks_of_ahn_only_merged_and_plain_directories(expo
     assert recorded.recorded_attention(DEMO_BASE, ahn) == recorded.Recorded(
         {"window": 16, "sinks": 2}, ahn / "config.json"
     )
-    assert recorded.recorded_attention(DEMO_BASE, released).values == {"window": 16}
+    assert recorded.recorded_attention(DEMO_BASE, released) == recorded.Recorded(
+        {"window": 16}, released / "config.json", window_sampling="random"
+    )
     assert recorded.recorded_attention(merged, None).values == {"window": 16, "sinks": 2}
     assert recorded.recorded_attention(DEMO_BASE, None) == recorded.NOTHING  # Orbax, no AHN
 
@@ -52,7 +60,9 @@ def test_flags_come_first_then_the_file_then_the_defaults(exports):
     source = exports["released"] / "config.json"
     none = {"window": None, "sinks": None}
     assert recorded.window_and_sinks(none, found, DEFAULTS) == (
-        {"window": 16, "sinks": 128}, f"window 16 ({source}), sinks 128 (default)"
+        {"window": 16, "sinks": 128},
+        f"window 16 ({source}, which records weights trained on random windows), sinks 128 "
+        "(default)",
     )  # fmt: skip
     assert recorded.window_and_sinks({"window": 8, "sinks": 0}, found, DEFAULTS) == (
         {"window": 8, "sinks": 0}, "window 8 (--window), sinks 0 (--sinks)"
@@ -93,18 +103,20 @@ def test_generate_decodes_with_the_recorded_window_and_sinks_unless_flags_say_ot
 
 
 def test_an_orbax_checkpoint_of_a_merged_directory_keeps_its_window_and_sinks(exports, tmp_path):
-    """HF merged (W = 16, S = 2 recorded) -> Orbax: the marker keeps them, so generate and
-    `convert --ahn_only` use them (they fell back to 32640 / 128); a flag still wins."""
+    """HF merged (W = 16, S = 2 recorded, trained on random windows) -> Orbax: the marker keeps
+    them, so generate and `convert --ahn_only` use them (they fell back to 32640 / 128, and
+    "fixed"); a flag still wins."""
     from ahn_jax.checkpoints import convert, layouts
 
     base_hf = convert.orbax_to_hf(DEMO_BASE, tmp_path / "base_hf")
-    merged = layouts.merge(base_hf, exports["ahn"], tmp_path / "merged")
+    merged = layouts.merge(base_hf, exports["random"], tmp_path / "merged")
     orbax = convert.hf_to_orbax(merged, tmp_path / "orbax")
     assert recorded.recorded_attention(orbax, None).values == {"window": 16, "sinks": 2}
     exported = json.loads(
         (convert.orbax_to_ahn(orbax, tmp_path / "ahn") / "config.json").read_text()
     )
     assert (exported["sliding_window"], exported["num_attn_sinks"]) == (16, 2)
+    assert (exported["sliding_window_type"], exported["ahn_position"]) == ("random", "random")
     chosen = convert.orbax_to_ahn(orbax, tmp_path / "ahn8", window=8)
     assert json.loads((chosen / "config.json").read_text())["sliding_window"] == 8
     assert from_pretrained(orbax).config.ahn_type == "gdn"  # the marker's extra keys are not read

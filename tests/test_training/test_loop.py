@@ -198,12 +198,16 @@ def test_the_command_line_prints_start_and_step_lines_into_a_pipe(tmp_path):
     assert re.fullmatch(r"step 1/2  loss [\d.]+  W_tot \d+/\d+/\d+  .*  ETA -", lines[7])
     assert lines[8].startswith("step 2/2  loss ") and lines[8].endswith("ETA 0:00:00")
     assert lines[9].startswith("done: 2 steps")
+    assert lines[10].startswith("its config.json records inference window 32640, sinks 128 (the "
+                                "evaluation defaults: training drew random windows)")  # fmt: skip
+    exported = json.loads((tmp_path / "ahn" / "config.json").read_text())
+    assert (exported["sliding_window_type"], exported["ahn_position"]) == ("random", "random")
     # fewer steps than the checkpoint's: nothing runs, and the last line says so
     fewer = [x if not x.startswith("--config.train.steps=") else "--config.train.steps=1"
              for x in command]  # fmt: skip
     again = subprocess.run(fewer, cwd=ROOT, env={**os.environ, "PYTHONPATH": path},
                            capture_output=True, text=True)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.splitlines()[-1].startswith(
+    assert again.stdout.splitlines()[-2].startswith(
         "done: nothing to run (train.steps = 1; checkpoint of step 2); weights in"
     )
