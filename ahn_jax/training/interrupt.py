@@ -2,14 +2,22 @@
 without losing its steps: the step in flight finishes, a checkpoint of it is saved, and the run
 ends with `InterruptedTrainingError`; the same command resumes from there.
 
-A second signal while the checkpoint is written stops at once (the handlers are the defaults
-again by then). With several processes the request is agreed on after every step (one small
-all-gather), so all of them save the same step even when only one received the signal.
+The signal is acknowledged at once on stderr, even while the main thread waits minutes in a
+compile or a step (where Python runs no signal handler): the C-level handler writes the signal's
+number to a wakeup pipe (`signal.set_wakeup_fd`), which a watcher thread reads. A second signal
+stops the process at once (exit 128 + signal), without the step in flight's checkpoint; the saved
+ones are whole, as Orbax commits a checkpoint only once written. With several processes the
+request is agreed on after every step (one small all-gather), so all of them save the same step
+even when only one received the signal.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import threading
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -28,32 +36,65 @@ class InterruptedTrainingError(RuntimeError):
         self.step, self.signum = step, signum
 
 
-class StopOnSignal:
-    """A context in which SIGINT and SIGTERM only ask the run to stop (`requested`)."""
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
-    def __init__(self):
+
+class StopOnSignal:
+    """A context in which SIGINT and SIGTERM only ask the run to stop (`requested`), `say`ing so
+    at once; a second one ends the process at once. Outside the main thread (where signals cannot
+    be caught) the context does nothing."""
+
+    def __init__(self, say: Callable[[str], None] = _to_stderr):
         self.signum = None
-        self._previous = {}
+        self._say = say
+        self._previous, self._previous_wakeup, self._pipe = {}, None, None
 
     def __enter__(self):
-        try:
-            for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._ask)
-        except ValueError:  # not the main thread: signals stay as they were
-            self._restore()
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # set_wakeup_fd's requirement: the C handler must not block
+        self._pipe = (read, write)
+        self._previous_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        for signum in SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._ask)
+        threading.Thread(
+            target=self._watch, args=(read,), name="stop-on-signal", daemon=True
+        ).start()
         return self
 
     def __exit__(self, *exc):
-        self._restore()
-
-    def _ask(self, signum, frame) -> None:
-        self.signum = signum
-        self._restore()  # a second signal acts at once
-
-    def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            os.close(self._pipe[1])  # the watcher reads the end of the pipe and returns
+            self._pipe = None
+
+    def _ask(self, signum, frame) -> None:
+        """The Python-level handler (main thread, once it runs Python again): the request."""
+        self.signum = self.signum or signum
+
+    def _watch(self, read: int) -> None:
+        """The watcher thread: every caught signal's number, as the C-level handler wrote it."""
+        seen = 0
+        while data := os.read(read, 64):
+            for signum in data:
+                if signum not in SIGNALS:  # another handler's signal, delivered to the pipe too
+                    continue
+                seen += 1
+                name = signal.Signals(signum).name
+                if seen == 1:
+                    self._say(f"\n{name}: the step in flight finishes and is saved, then the run "
+                              f"stops (the same command resumes); {name} again stops at once, "
+                              "without that checkpoint")  # fmt: skip
+                else:
+                    self._say(f"\n{name} again: stopped at once; the same command resumes from "
+                              "the last checkpoint saved")  # fmt: skip
+                    os._exit(128 + signum)
+        os.close(read)
 
     def requested(self) -> int | None:
         """The signal that asked to stop (on any process), or None."""

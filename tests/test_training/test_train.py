@@ -223,6 +223,7 @@ def test_sigterm_saves_the_step_in_flight_and_resumes_exactly(tmp_path, single_d
                              env=env, cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     # the signal came after step 3's decision to save, so step 4 ran and was saved
+    assert "SIGTERM: the step in flight finishes and is saved" in stopped.stderr
     assert "stopped by SIGTERM after step 4; its checkpoint is saved" in stopped.stderr
     assert sorted(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir()) == [2, 4]
     resumed = subprocess.run(_command(config_path, tmp_path / "b", 5), env=_env(), cwd=ROOT,
