@@ -75,6 +75,26 @@ def check_batch_layout(t: TrainConfig, mesh: jax.sharding.Mesh | None, processes
         )
 
 
+def row_split_warning(t: TrainConfig, mesh: jax.sharding.Mesh | None) -> str | None:
+    """A warning when the rows a step computes at once (one micro-batch: train.batch_size /
+    train.micro_batches) do not divide the mesh's batch axes: the devices cannot each take rows of
+    their own, and what does not divide is replicated (partition_spec), which is legal but repeats
+    work. None when they divide, or without a mesh."""
+    if mesh is None:
+        return None
+    axes = [a for a in DEFAULT_RULES["batch"] if a in mesh.shape]
+    shards = math.prod(mesh.shape[a] for a in axes)
+    rows = t.batch_size // t.micro_batches
+    if rows % shards == 0:
+        return None
+    return (
+        f"warning: {rows} rows per micro-batch (train.batch_size {t.batch_size} / "
+        f"train.micro_batches {t.micro_batches}) do not divide the mesh's "
+        f"{' x '.join(axes) or 'batch axes'} ({shards}): devices repeat each other's rows; a "
+        f"multiple of {shards} rows per micro-batch gives each device its own"
+    )
+
+
 def gather_rows(local: np.ndarray) -> np.ndarray:
     """Every process's rows of a per-row array, concatenated (process 0's first): each process
     holds only its own rows, and the logged distribution of windows is the global batch's."""

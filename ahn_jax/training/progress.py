@@ -15,6 +15,7 @@ import sys
 import jax
 from tqdm import tqdm
 
+from ahn_jax.training.distributed import row_split_warning
 from ahn_jax.training.run import length_buckets
 
 
@@ -40,10 +41,15 @@ def start_lines(run) -> list[str]:
         f"steps: {t.steps}; checkpoints every {t.checkpoint_every} in "
         f"{run.output_dir / 'checkpoints'}{resume}",
     ]
+    if warning := row_split_warning(t, run.mesh):
+        lines.insert(2, warning)
     if run.changed_settings:
         lines.append(f"changed since the checkpoint: {'; '.join(run.changed_settings)}")
     if run.start_step < t.steps:  # the first step's wait, before any progress shows
-        lines.append("step 1 waits for the train step to compile (seconds to minutes by model)")
+        lines.append(
+            f"step {run.start_step + 1} waits for the train step to compile (seconds to minutes "
+            "by model)"
+        )
     return lines
 
 

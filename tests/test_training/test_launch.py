@@ -80,6 +80,24 @@ def test_several_processes_need_rows_every_process_and_mesh_shard_can_hold():
         check_batch_layout(TrainConfig(batch_size=3), None, processes=2)
 
 
+def test_rows_that_do_not_divide_the_mesh_s_batch_axes_are_warned_of():
+    from ahn_jax.config import TrainConfig
+    from ahn_jax.model.sharding import make_mesh
+    from ahn_jax.training.distributed import row_split_warning
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert row_split_warning(TrainConfig(batch_size=8, micro_batches=2), mesh) is None
+    assert row_split_warning(TrainConfig(batch_size=6), None) is None
+    assert row_split_warning(TrainConfig(batch_size=6), mesh) == (
+        "warning: 6 rows per micro-batch (train.batch_size 6 / train.micro_batches 1) do not "
+        "divide the mesh's data x fsdp (4): devices repeat each other's rows; a multiple of 4 rows "
+        "per micro-batch gives each device its own"
+    )
+    assert "2 rows per micro-batch" in row_split_warning(
+        TrainConfig(batch_size=8, micro_batches=4), mesh
+    )
+
+
 @pytest.mark.parametrize("name, chips", [("v5p-32", 16), ("v6e-16", 16), ("v5litepod-8", 8)])
 def test_compile_check_knows_pod_slice_names(name, chips):
     description, devices = compile_check.topology_devices(name)

@@ -244,7 +244,9 @@ def test_a_longer_run_replaces_the_export_and_names_the_changed_settings(
     five = exported.read_bytes()
     run = train_lib.train(tiny(tmp_path, steps=6, **OBSERVED))
     assert run.changed_settings == ["train.steps 5 -> 6"]
-    assert "changed since the checkpoint: train.steps 5 -> 6" in progress.start_lines(run)
+    lines = progress.start_lines(run)
+    assert "changed since the checkpoint: train.steps 5 -> 6" in lines
+    assert lines[-1].startswith("step 6 waits for the train step to compile")  # not "step 1"
     six = exported.read_bytes()
     assert six != five and not (tmp_path / "run" / "ahn.partial").exists()
     again = train_lib.train(tiny(tmp_path, steps=6, **OBSERVED))
