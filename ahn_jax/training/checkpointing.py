@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from ahn_jax.checkpoints import ahn_weights
 from ahn_jax.checkpoints.pretrained import save_model
 from ahn_jax.config import ConfigError, TrainConfig
+from ahn_jax.training.optimizer import rate_change_on_resume
 
 if TYPE_CHECKING:  # the run imports this module to restore its latest checkpoint
     from ahn_jax.training.run import Run
@@ -50,6 +51,7 @@ def restore_latest(run: Run) -> None:
     # trees, and the restore's error (a list of every mismatched leaf) would not say which setting
     saved = run.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     run.changed_settings = changed_settings(saved.meta["config"], _as_json(run.config))
+    run.rate_change = rate_change_on_resume(saved.meta["config"].get("train", {}), run.train, step)
     try:
         restored = run.manager.restore(
             step,

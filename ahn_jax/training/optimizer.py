@@ -36,6 +36,27 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_fraction: float
     )
 
 
+def rate_change_on_resume(saved_train: dict, t: TrainConfig, step: int) -> str | None:
+    """What a resumed run with another schedule (train.steps, learning_rate or warmup_fraction
+    changed) does to the learning rate: the schedule is the new settings' from step 0, so the
+    next update's rate is the new schedule's at `step` (the checkpoint's step), not what the
+    checkpoint's run would have used next; None when the two agree."""
+
+    def schedule_of(train):
+        return learning_rate_schedule(train["learning_rate"], train["steps"],
+                                      train["warmup_fraction"])  # fmt: skip
+
+    now = {"learning_rate": t.learning_rate, "steps": t.steps, "warmup_fraction": t.warmup_fraction}
+    before = schedule_of({**now, **{k: v for k, v in saved_train.items() if k in now}})(step)
+    after = schedule_of(now)(step)
+    if math.isclose(float(before), float(after), rel_tol=1e-6, abs_tol=1e-12):
+        return None
+    return (
+        f"the learning-rate schedule is the new settings' from step 0: step {step + 1} trains at "
+        f"{float(after):.3g} where the checkpoint's schedule gives {float(before):.3g}"
+    )
+
+
 def parameter_names(path) -> list[str]:
     """The names along a pytree path: dict keys and attributes, less an nnx Variable's `.value`
     (flax 0.12 flattens an nnx.State's leaf to `(..., DictKey(name), GetAttrKey('value'))`: the

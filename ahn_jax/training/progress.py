@@ -45,6 +45,8 @@ def start_lines(run) -> list[str]:
         lines.insert(2, warning)
     if run.changed_settings:
         lines.append(f"changed since the checkpoint: {'; '.join(run.changed_settings)}")
+    if run.rate_change:
+        lines.append(run.rate_change)
     if run.start_step < t.steps:  # the first step's wait, before any progress shows
         lines.append(
             f"step {run.start_step + 1} waits for the train step to compile (seconds to minutes "

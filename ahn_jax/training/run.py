@@ -142,6 +142,8 @@ class Run:
     passes: data.DataPasses = dataclasses.field(default_factory=data.DataPasses)
     # resumed with another config than the checkpoint's: "section.field saved -> now" each
     changed_settings: list[str] = dataclasses.field(default_factory=list)
+    # resumed on another learning-rate schedule: what that does to the next step's rate
+    rate_change: str | None = None
 
     def place_batch(self, batch: dict) -> dict:
         """The step's arrays: the rows ("input_ids", "labels" [B, T]) with each row's "window"

@@ -246,11 +246,15 @@ def test_a_longer_run_replaces_the_export_and_names_the_changed_settings(
     assert run.changed_settings == ["train.steps 5 -> 6"]
     lines = progress.start_lines(run)
     assert "changed since the checkpoint: train.steps 5 -> 6" in lines
+    # 5 steps' cosine ends at 0 after step 5; 6 steps' gives step 6 a rate (3e-3 peak, 1 warmup)
+    rate = 3e-3 * 0.5 * (1 + np.cos(np.pi * 4 / 5))
+    assert (f"the learning-rate schedule is the new settings' from step 0: step 6 trains at "
+            f"{rate:.3g} where the checkpoint's schedule gives 0") in lines  # fmt: skip
     assert lines[-1].startswith("step 6 waits for the train step to compile")  # not "step 1"
     six = exported.read_bytes()
     assert six != five and not (tmp_path / "run" / "ahn.partial").exists()
     again = train_lib.train(tiny(tmp_path, steps=6, **OBSERVED))
-    assert again.start_step == 6 and again.changed_settings == []
+    assert again.start_step == 6 and again.changed_settings == [] and again.rate_change is None
     assert exported.read_bytes() == six
 
 
