@@ -259,11 +259,10 @@ def make_dataset(
         dataset = _add_recall_pairs(dataset, data_config, cutoff, batch_size, seed)
     # Read in this thread: grain's default per-element thread pool polls its futures on every
     # element, several times slower per batch than reading here (docs/benchmarks.md, the tiny
-    # base's pretraining); a batch-level prefetch thread aborted the interpreter at exit.
-    return (
-        dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-        .filter(lambda e: e is not None)
-        .batch(batch_size, drop_remainder=True, batch_fn=lambda b: pad_batch(b, buckets))
+    # base's pretraining); a batch-level prefetch thread aborted the interpreter at exit. The
+    # records dropped (None: too short, bad) are skipped by to_iter_dataset itself.
+    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).batch(
+        batch_size, drop_remainder=True, batch_fn=lambda b: pad_batch(b, buckets)
     )
 
 
