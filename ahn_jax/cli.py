@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -73,6 +74,16 @@ def fail(error: Exception | str) -> NoReturn:
     sys.exit(2)
 
 
+def exit_now(status: int) -> NoReturn:
+    """Exit with `status` at once, output flushed: after Ctrl-C XLA's threads may still be
+    compiling or running, and the interpreter's teardown under them segfaulted (about one
+    interrupt in three early in an evaluation). Whatever the tool writes is closed by then (the
+    interrupt unwound its `with` blocks)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def run(
     main, user_errors: tuple[type[Exception], ...] = (), *, on_interrupt: str = "interrupted"
 ) -> None:
@@ -95,7 +106,7 @@ def run(
             fail(error)
         except KeyboardInterrupt:
             print(on_interrupt, file=sys.stderr)
-            sys.exit(130)
+            exit_now(130)
 
     def parse(argv):
         try:

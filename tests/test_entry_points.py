@@ -265,3 +265,26 @@ def test_ctrl_c_in_a_tool_exits_130_with_what_to_do_next():
     done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert (done.returncode, done.stderr) == (130, "interrupted; the same command resumes\n")
+
+
+def test_ctrl_c_while_xla_runs_in_another_thread_exits_130_not_a_fatal_error():
+    """The interpreter's teardown under a thread still running XLA aborted ("Fatal Python error",
+    status 134 here; a segfault in evaluate, one Ctrl-C in three): cli.run exits at once."""
+    code = (
+        "import threading, time\n"
+        "import jax, jax.numpy as jnp\n"
+        "from ahn_jax import cli\n"
+        "def busy():\n"
+        "    x, f = jnp.ones((1500, 1500)), jax.jit(lambda x: (x @ x).sum())\n"
+        "    while True:\n"
+        "        f(x).block_until_ready()\n"
+        "def main(argv):\n"
+        "    threading.Thread(target=busy, daemon=True).start()\n"
+        "    time.sleep(1.0)\n"
+        "    raise KeyboardInterrupt\n"
+        "cli.run(main, on_interrupt='interrupted')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.endswith("interrupted\n") and "Fatal" not in done.stderr

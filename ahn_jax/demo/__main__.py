@@ -48,7 +48,7 @@ def main(argv) -> None:
         sys.exit(128 + e.signum)
     except KeyboardInterrupt:
         print("interrupted; the same command resumes (finished training is kept)", file=sys.stderr)
-        sys.exit(130)
+        cli.exit_now(130)
 
 
 def _run(types: list[str]) -> None:
