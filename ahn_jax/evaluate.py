@@ -76,7 +76,11 @@ def define_flags() -> None:
     flags.DEFINE_string("ahn", None, "AHN-only weights directory (reference layout)")
     define_kernels_flag(KERNELS)
     flags.DEFINE_enum("task", None, TASKS, "what to evaluate")
-    flags.DEFINE_list("data", [], "JSONL file(s) or directories of them (not passkey, niah_*)")
+    flags.DEFINE_list(
+        "data",
+        [],
+        "JSONL file(s) or directories of them (perplexity: also .txt; not passkey, niah_*)",
+    )
     flags.DEFINE_string("dataset", None, "dataset name for every file (default: record or file)")
     flags.DEFINE_enum("mode", None, MODES, "default: ahn with AHN weights, else full")
     flags.DEFINE_integer("window", None, "sliding window W (default: the benchmark's reference, "
@@ -155,7 +159,8 @@ def main(argv) -> None:
     if settings.chat:
         generate_lib.check_chat(tokenizer)
     out = Path(FLAGS.out)
-    files = data_files(FLAGS.data) if FLAGS.task not in GRID_TASKS else []
+    suffixes = (".jsonl", ".txt") if FLAGS.task == "perplexity" else (".jsonl",)
+    files = data_files(FLAGS.data, suffixes) if FLAGS.task not in GRID_TASKS else []
     if files:
         settings = dataclasses.replace(settings, data=data_record(files, FLAGS.dataset))
     # built before run.json is written, so that inputs refused here can be rerun changed

@@ -32,19 +32,38 @@ def loads(line: str, path: str | Path | None = None, number: int | None = None) 
         raise InvalidJsonError(f"{e.msg} at column {e.colno}", path, number) from e
 
 
+def file_lines(path: str | Path) -> list[bytes]:
+    """A JSONL file's lines without their b"\n" (a last line without one included). Only "\n"
+    ends a line: JSON text may hold U+2028, U+2029 or U+0085 unescaped (json.dumps with
+    ensure_ascii=False writes them so), which `str.splitlines` would also split at."""
+    data = Path(path).read_bytes()
+    lines = data.split(b"\n")
+    return lines[:-1] if lines and not lines[-1] else lines
+
+
+def decode_line(line: bytes, path: str | Path | None = None, number: int | None = None) -> str:
+    """One line as UTF-8; InvalidJsonError (JSON text is UTF-8) where it is not."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidJsonError(
+            f"not UTF-8: byte {line[e.start]:#x} at {e.start}", path, number
+        ) from e
+
+
 def read_jsonl(
     path: str | Path, *, on_invalid: Callable[[InvalidJsonError], None] | None = None
 ) -> Iterator[tuple[int, Any]]:
     """(line number, record) for each non-blank line of a UTF-8 JSONL file.
 
-    A line that is not JSON raises InvalidJsonError; with `on_invalid`, it is handed the error
-    instead (it may raise it) and the line is skipped.
+    A line that is not JSON (or not UTF-8) raises InvalidJsonError; with `on_invalid`, it is
+    handed the error instead (it may raise it) and the line is skipped.
     """
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    for number, raw in enumerate(file_lines(path), start=1):
+        if not raw.strip():
             continue
         try:
-            record = loads(line, path, number)
+            record = loads(decode_line(raw, path, number), path, number)
         except InvalidJsonError as e:
             if on_invalid is None:
                 raise

@@ -32,8 +32,18 @@ def read_documents(files: Sequence[Path]) -> list[tuple[str, str]]:
         if path.suffix == ".jsonl":
             documents += _jsonl_documents(path)
         else:
-            documents.append((path.stem, path.read_text(encoding="utf-8")))
+            documents.append((path.stem, _text_file(path)))
     return documents
+
+
+def _text_file(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise app.UsageError(
+            f"--data {path}: not UTF-8 text (byte {data[e.start]:#x} at offset {e.start})"
+        ) from e
 
 
 def _jsonl_documents(path: Path) -> list[tuple[str, str]]:

@@ -61,7 +61,7 @@ def check_settings(out: Path, settings: Settings) -> None:
         # a field added since that run was written held its default then
         defaults = {f.name: f.default for f in dataclasses.fields(Settings)
                     if f.default is not dataclasses.MISSING}  # fmt: skip
-        written = json.loads(path.read_text())
+        written = _read_run_settings(path)
         before = {**json.loads(json.dumps(defaults)), **written}
         if before["mode"] == "full":  # older runs recorded a benchmark's W and S, unused
             before |= {"window": 0, "sinks": 0}
@@ -81,6 +81,19 @@ def check_settings(out: Path, settings: Settings) -> None:
     temporary = out / (RUN_SETTINGS + ".tmp")  # replaced whole: a crash leaves one of the two
     temporary.write_text(json.dumps(current, indent=2) + "\n")
     os.replace(temporary, path)
+
+
+def _read_run_settings(path: Path) -> dict:
+    try:
+        written = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        written = e
+    if not isinstance(written, dict):
+        raise app.UsageError(
+            f"{path} is not the settings of a run (a JSON object): use another --out, or remove "
+            "that file to resume with this command's settings"
+        )
+    return written
 
 
 def _data_changes(before: dict | None, current: dict | None) -> list[str]:
@@ -106,19 +119,28 @@ def _fixed(value):
 
 
 def read_results(out: Path) -> list[dict]:
-    """Scored records already in `out`. A torn last line (a crash mid-write) is dropped."""
+    """Scored records already in `out`. A torn last line (a crash mid-write) is dropped, and a last
+    record whole but for its newline gets one, so that the next record appended starts a line."""
     path = out / PREDICTIONS
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = jsonl.file_lines(path)
+    kept = lines
 
     def torn(error: jsonl.InvalidJsonError) -> None:
+        nonlocal kept
         if error.number != len(lines):
-            raise error
+            raise app.UsageError(
+                f"{error}: the saved results are damaged there; delete that line (the same command "
+                "then redoes its sample) or use another --out"
+            ) from error
         logging.warning("%s:%d: dropping a partly written record", path, error.number)
-        path.write_text("".join(f"{x}\n" for x in lines[:-1]), encoding="utf-8")
+        kept = lines[:-1]
 
-    return [record for _, record in jsonl.read_jsonl(path, on_invalid=torn)]
+    records = [record for _, record in jsonl.read_jsonl(path, on_invalid=torn)]
+    if kept is not lines or not path.read_bytes().endswith(b"\n"):
+        path.write_bytes(b"".join(line + b"\n" for line in kept))
+    return records
 
 
 def sort_results(out: Path, ids: Sequence[str]) -> None:
@@ -141,14 +163,18 @@ def append_results(out: Path, records: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def data_files(paths: Sequence[str]) -> list[Path]:
+def data_files(paths: Sequence[str], suffixes: Sequence[str] = (".jsonl",)) -> list[Path]:
+    """The files of --data: files as given, directories' files with one of `suffixes`; a file
+    named twice (also through its directory) once. Two files of one name are refused: sample ids
+    ("<file stem>:<line>") and run.json's data record go by the name."""
     files = []
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            found = sorted(path.glob("*.jsonl"))
+            found = sorted(p for p in path.iterdir() if p.suffix in suffixes and p.is_file())
             if not found:
-                raise app.UsageError(f"--data {path}: the directory has no .jsonl files")
+                kinds = " or ".join(suffixes)
+                raise app.UsageError(f"--data {path}: the directory has no {kinds} files")
             files += found
         elif path.is_file():
             files.append(path)
@@ -156,7 +182,16 @@ def data_files(paths: Sequence[str]) -> list[Path]:
             raise app.UsageError(f"--data {path}: no such file or directory")
     if not files:
         raise app.UsageError("--data is required for this task")
-    return files
+    unique, by_name = {}, {}
+    for path in files:
+        unique.setdefault(path.resolve(), path)  # the first mention of each file
+    for path in unique.values():
+        if (other := by_name.setdefault(path.name, path)) is not path:
+            raise app.UsageError(
+                f"--data has two files named {path.name} ({other}, {path}): sample ids and the "
+                "run's data record go by the file's name; evaluate them in separate runs"
+            )
+    return list(unique.values())
 
 
 def data_record(files: Sequence[Path], dataset: str | None) -> dict:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import app
 from absl.app import UsageError
 from shared import save_tiny_qwen2, tiny_config, write_qwen25_tokenizer
 
@@ -114,6 +115,7 @@ def test_batched_generation_resumes_after_a_crash(byte_model, tmp_path, monkeypa
     calls.clear(), crash_at.clear()
     runner.run_generation(byte_model, tokenizer, prompts, settings, out, 4)
     assert calls == [2]  # only the samples not yet scored
+    _a_record_without_its_newline_is_kept_and_a_damaged_one_named(byte_model, prompts, out)
     # the bar tells where the batch in flight stands (the first stage of each is drawn)
     assert "prompt 300/300 tokens" in capsys.readouterr().err
     in_order = results_lib.read_results(out)
@@ -125,6 +127,22 @@ def test_batched_generation_resumes_after_a_crash(byte_model, tmp_path, monkeypa
         assert (
             record["pred"] == reference[key]["pred"] and record["score"] == reference[key]["score"]
         )
+
+
+def _a_record_without_its_newline_is_kept_and_a_damaged_one_named(model, prompts, out):
+    """A crash between a record and its newline: the record counts, and the next one appended
+    starts its own line (it was glued on, and every later run failed). A damaged line before the
+    last is the user's to fix: one error naming it, not a traceback."""
+    path = out / results_lib.PREDICTIONS
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-1])
+    assert [r["id"] for r in results_lib.read_results(out)] == [p.id for p in prompts]
+    assert path.read_bytes() == whole
+    lines = whole.split(b"\n")
+    path.write_bytes(b"\n".join([lines[0], b'{"id": "dam', *lines[1:]]))
+    with pytest.raises(app.UsageError, match=r"predictions\.jsonl:2: invalid JSON .*delete that"):
+        results_lib.read_results(out)
+    path.write_bytes(whole)
 
 
 def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
@@ -340,6 +358,30 @@ def test_perplexity_data_with_nothing_to_score_is_refused(tmp_path):
         perplexity.tokenized_documents(ByteTokenizer(), [short, bad], 64)
     with pytest.raises(UsageError, match=r"every document \(1\) is shorter than --max_length=64"):
         perplexity.tokenized_documents(ByteTokenizer(), [short], 64)
+
+
+def test_data_files_once_each_books_for_perplexity_and_no_two_of_one_name(tmp_path):
+    (tmp_path / "lb").mkdir(), (tmp_path / "other").mkdir()
+    hotpot, books = tmp_path / "lb" / "hotpotqa.jsonl", tmp_path / "books"
+    hotpot.write_text("{}\n"), (tmp_path / "other" / "hotpotqa.jsonl").write_text("{}\n")
+    # a file given beside its directory is read once (its samples were scored twice)
+    assert results_lib.data_files([str(hotpot), str(tmp_path / "lb")]) == [hotpot]
+    with pytest.raises(UsageError, match=r"two files named hotpotqa\.jsonl"):
+        results_lib.data_files([str(tmp_path / "lb"), str(tmp_path / "other")])
+    books.mkdir()
+    (books / "a.txt").write_text("text"), (books / "b.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(UsageError, match=r"has no \.jsonl files"):
+        results_lib.data_files([str(books)])
+    found = results_lib.data_files([str(books)], (".jsonl", ".txt"))
+    assert found == [books / "a.txt", books / "b.txt"]
+    with pytest.raises(UsageError, match=r"b\.txt: not UTF-8 text \(byte 0xe9 at offset 3\)"):
+        perplexity.read_documents(found)
+
+
+def test_a_damaged_run_json_is_named_not_a_traceback(tmp_path):
+    (tmp_path / results_lib.RUN_SETTINGS).write_text("{not json")
+    with pytest.raises(UsageError, match=r"run\.json is not the settings of a run"):
+        results_lib.check_settings(tmp_path, _settings("passkey"))
 
 
 def test_a_run_json_from_before_data_was_recorded_still_resumes(tmp_path):
