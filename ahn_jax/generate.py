@@ -126,6 +126,10 @@ def main(argv) -> None:
         raise app.UsageError("give --model and exactly one of --prompt, --prompt_file, --jsonl")
     cli.check_directories(model=FLAGS.model, ahn=FLAGS.ahn)
     cli.check_files(prompt_file=FLAGS.prompt_file, jsonl=FLAGS.jsonl)
+    _check_jsonl_flags(FLAGS.out)
+    text = FLAGS.prompt if FLAGS.prompt is not None else _prompt_file(FLAGS.prompt_file)
+    if text == "":
+        raise app.UsageError("the prompt is empty")
     if FLAGS.mode == "full":  # before the model loads (the default mode is known only after)
         run_mode.check_no_window_for_full(FLAGS.window, FLAGS.sinks)
     generation = generation_settings(FLAGS.model)
@@ -145,16 +149,43 @@ def main(argv) -> None:
         stop_ids=generation.stop_ids(generate_lib.stop_ids(tokenizer)),
     )
     if FLAGS.jsonl is None:
-        text = FLAGS.prompt if FLAGS.prompt is not None else Path(FLAGS.prompt_file).read_text()
         generate_lib.stream_completion(model, tokenizer, text, chat=FLAGS.chat, **settings)
         return
     lines = generate_lib.complete_jsonl(
         model, tokenizer, FLAGS.jsonl, chat=FLAGS.chat, batch_size=FLAGS.batch_size, **settings
     )
+    text = "".join(line + "\n" for line in lines)
     if FLAGS.out:
-        Path(FLAGS.out).write_text("\n".join(lines) + "\n")
+        Path(FLAGS.out).write_text(text, encoding="utf-8")
     else:
-        print("\n".join(lines))
+        sys.stdout.write(text)
+
+
+def _prompt_file(path: str | None) -> str | None:
+    if path is None:  # --jsonl
+        return None
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise app.UsageError(
+            f"--prompt_file {path}: not UTF-8 text (byte {data[e.start]:#x} at offset {e.start})"
+        ) from e
+
+
+def _check_jsonl_flags(out: str | None) -> None:
+    """--out and --batch_size go with --jsonl; --out checked before any work, as it is written
+    once all prompts are done."""
+    for name in ("out", "batch_size"):
+        if FLAGS.jsonl is None and FLAGS[name].present:
+            raise app.UsageError(f"--{name} goes with --jsonl (one prompt streams to stdout)")
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise app.UsageError(f"--out={out} is a directory; give the JSONL file to write")
+    if not path.absolute().parent.is_dir():
+        raise app.UsageError(f"--out={out}: its directory {path.absolute().parent} does not exist")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,7 @@ def _tool(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 
+FIXTURE_JSONL = ROOT / "tests/test_evaluation/fixtures/eval/longbench/hotpotqa.jsonl"
 USER_ERRORS = {
     "no model": (["ahn_jax.generate", "--model=/nope", "--prompt=hi"],
                  "--model=/nope does not exist"),
@@ -162,6 +163,15 @@ USER_ERRORS = {
                       "--jsonl=/nope.jsonl does not exist"),
     "no prompt": (["ahn_jax.generate", f"--model={DEMO_BASE}"],
                   "give --model and exactly one of --prompt, --prompt_file, --jsonl"),
+    "empty prompt": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--prompt="],
+                     "the prompt is empty"),
+    "out is a directory": (["ahn_jax.generate", f"--model={DEMO_BASE}",
+                            f"--jsonl={FIXTURE_JSONL}",
+                            "--out=tests"], "--out=tests is a directory; give the JSONL file to "
+                           "write"),
+    "out without jsonl": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--prompt=hi",
+                           "--out=x.jsonl"], "--out goes with --jsonl (one prompt streams to "
+                          "stdout)"),
     "no data file": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench",
                       "--data=nope.jsonl", "--out=/x"], "--data nope.jsonl: no such file or "
                      "directory"),

@@ -21,9 +21,10 @@ from ahn_jax.evaluation.results import GRID_TASKS
 from ahn_jax.evaluation.tasks import report_name
 
 
-def summarize(task: str, records: list[dict]) -> dict:
+def summarize(task: str, records: list[dict], *, bucket: int | None = None) -> dict:
+    """The summary of a run's records; perplexity's needs its `bucket` (positions per bucket)."""
     if task == "perplexity":
-        return _perplexity_summary(records)
+        return _perplexity_summary(records, bucket)
     by_dataset = defaultdict(list)
     for record in records:
         by_dataset[report_name(record)].append(record["score"])
@@ -58,7 +59,7 @@ def _length_depth_grid(records) -> dict:
     return dict(grid)
 
 
-def _perplexity_summary(records) -> dict:
+def _perplexity_summary(records, bucket: int) -> dict:
     if not records:
         return {"task": "perplexity", "documents": 0}
     nll = np.asarray([r["bucket_nll"] for r in records])  # [docs, buckets]
@@ -66,7 +67,6 @@ def _perplexity_summary(records) -> dict:
     mean = (nll * tokens).sum(0) / tokens.sum(0)
     stderr = nll.std(0, ddof=1) / math.sqrt(len(records)) if len(records) > 1 else 0 * mean
     length = records[0]["tokens"]
-    bucket = math.ceil((length - 1) / len(mean))
     overall = float((nll * tokens).sum() / tokens.sum())
     return {
         "task": "perplexity",
@@ -142,7 +142,7 @@ def _loss_by_position(ax, summary: dict, label: str) -> None:
 
 def write_report(out: Path, settings: dict, records: list[dict], config) -> dict:
     """summary.json, summary.md and the plots; returns the summary."""
-    summary = summarize(settings["task"], records)
+    summary = summarize(settings["task"], records, bucket=settings["extra"].get("bucket"))
     summary["settings"] = {k: settings[k] for k in ("mode", "window", "sinks", "max_length")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     (out / "summary.md").write_text(markdown_table(summary) + "\n")

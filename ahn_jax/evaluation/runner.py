@@ -48,9 +48,12 @@ def benchmark_prompts(benchmark, files, tokenizer, settings: Settings, dataset) 
         for sample in samples:
             spec = benchmark.datasets[sample.dataset]
             max_new = settings.max_new_tokens or spec.max_gen
-            text, truncated = tasks.truncate_prompt(
-                tokenizer, sample.prompt, benchmark, settings.max_length, max_new
-            )
+            try:
+                text, truncated = tasks.truncate_prompt(
+                    tokenizer, sample.prompt, benchmark, settings.max_length, max_new
+                )
+            except ValueError as error:  # a --max_length that leaves no prompt
+                raise app.UsageError(f"{sample.dataset}: {error}") from None
             ids = tasks.prompt_ids(tokenizer, text, settings.chat and spec.chat)
             record = dict(
                 dataset=sample.dataset,

@@ -152,6 +152,9 @@ def _grid(lengths, depths, samples: int, seed: int) -> dict:
         raise app.UsageError(f"--lengths must be positive token counts, got {lengths}")
     if not depths or not all(0.0 <= d <= 1.0 for d in depths):
         raise app.UsageError(f"--depths must lie in [0, 1], got {depths}")
+    for name, values in (("lengths", lengths), ("depths", depths)):
+        if len(set(values)) < len(values):  # each cell would be scored, and counted, twice
+            raise app.UsageError(f"--{name} names a value twice: {values}")
     if samples < 1:
         raise app.UsageError(f"--samples must be at least 1, got {samples}")
     return dict(lengths=lengths, depths=depths, samples=samples, seed=seed)

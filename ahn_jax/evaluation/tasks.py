@@ -307,11 +307,21 @@ def _sample(benchmark, record, number, path, dataset) -> Sample:
 
 
 def truncate_prompt(tokenizer, prompt: str, benchmark: Benchmark, max_length: int, max_gen: int):
-    """The reference's truncation of the raw prompt, in text: (prompt, truncated?)."""
+    """The reference's truncation of the raw prompt, in text: (prompt, truncated?). ValueError
+    for a `max_length` that would leave no prompt (front truncation keeps the last max_length -
+    max_gen tokens, middle truncation max_length // 2 at each end)."""
+    middle = benchmark.truncation == "middle"
+    if max_length > 0 and (max_length < 2 if middle else max_length <= max_gen):
+        least = 2 if middle else max_gen + 1
+        kept = "half of it at each end" if middle else f"it less the {max_gen} new tokens"
+        raise ValueError(
+            f"--max_length {max_length} leaves no prompt: {benchmark.name} keeps {kept}; give at "
+            f"least {least}"
+        )
     ids = tokenizer.encode(prompt)
     if max_length <= 0 or len(ids) <= max_length:
         return prompt, False
-    if benchmark.truncation == "middle":  # LV-Eval: no room is kept for the answer
+    if middle:  # LV-Eval: no room is kept for the answer
         half = max_length // 2
         return _decode(tokenizer, ids[:half]) + _decode(tokenizer, ids[-half:]), True
     return _decode(tokenizer, ids[-(max_length - max_gen) :]), True

@@ -38,6 +38,9 @@ from ahn_jax.model import transformer as model_lib
 from ahn_jax.model.cache import DecodeCache
 from ahn_jax.tokenizer import END_OF_TEXT, IM_END, ByteTokenizer, HFTokenizer
 
+# what a character split over tokens decodes to until its last byte comes
+REPLACEMENT = "\ufffd"
+
 
 @functools.partial(jax.jit, static_argnames=("sampling", "compute_dtype"))
 def _first(logits_BV, prompt_BT, lengths_B, key, sampling: Sampling, compute_dtype):
@@ -201,12 +204,26 @@ def _read_jsonl(path: str) -> list[dict]:
     """Records with "prompt" text or chat "messages"; a malformed line is an error naming it."""
     records = []
     for number, record in read_jsonl(path, on_invalid=_usage_error):
-        if not isinstance(record, dict) or not (
-            isinstance(record.get("prompt"), str) or isinstance(record.get("messages"), list)
-        ):
-            raise app.UsageError(f'{path}:{number}: needs a "prompt" string or "messages" list')
-        records.append(record)
+        if problem := _record_problem(record):
+            raise app.UsageError(f"{path}:{number}: {problem}")
+        records.append((number, record))
     return records
+
+
+def _record_problem(record) -> str | None:
+    """Why a prompts record cannot be generated from, or None."""
+    if not isinstance(record, dict) or not (
+        isinstance(record.get("prompt"), str) or isinstance(record.get("messages"), list)
+    ):
+        return 'needs a "prompt" string or "messages" list'
+    if "messages" not in record:
+        return None if record["prompt"] else "the prompt is empty"
+    messages = record["messages"]
+    if not messages:
+        return '"messages" is empty'
+    # roles and contents are the chat template's to check (its ValueError names the message)
+    wrong = [i for i, message in enumerate(messages) if not isinstance(message, dict)]
+    return f'messages[{wrong[0]}] is not a {{"role", "content"}} object' if wrong else None
 
 
 def _usage_error(error: Exception):
@@ -276,19 +293,36 @@ def stream_completion(
 ) -> None:
     """Generate for one prompt (`settings`: `generate`'s but the length and the token choice,
     which come from `generation`), writing the new text to stdout as it comes."""
+    if not text:
+        raise app.UsageError("the prompt is empty")
     ids = _encode(tokenizer, {"prompt": text}, chat)
     _note_if_nothing_leaves_the_window([ids], generation, **settings)
     streamed: list[int] = []
+    shown = ""
+
+    def show(text: str) -> None:
+        nonlocal shown
+        sys.stdout.write(text[len(shown) :])
+        sys.stdout.flush()
+        shown = text
 
     def stream(new):
         if new[0] >= 0:
-            before = tokenizer.decode(streamed)
             streamed.append(int(new[0]))
-            sys.stdout.write(tokenizer.decode(streamed)[len(before) :])
-            sys.stdout.flush()
+            text = tokenizer.decode(streamed)
+            # a character split over tokens (byte-level BPE: emoji, rare CJK) decodes as U+FFFD
+            # until its last byte comes: written then, it was never replaced
+            if not text.endswith(REPLACEMENT):
+                show(text)
 
     _generate_with(model, [ids], generation, on_tokens=stream, **settings)
+    show(tokenizer.decode(streamed))  # what is still held back (bytes that never completed)
     sys.stdout.write("\n")
+
+
+def _batch_seed(seed: int, start: int) -> int:
+    """The seed of the batch whose first prompt is number `start` in length order."""
+    return int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
 
 
 def complete_jsonl(
@@ -304,14 +338,32 @@ def complete_jsonl(
     """Each record of a prompts JSONL with its "completion" added, as JSON lines in the input's
     order. Prompts are sorted by token length and decoded `batch_size` at a time as ragged
     batches (similar lengths together waste the least padding)."""
-    records = _read_jsonl(path)
-    encoded = [_encode(tokenizer, r, chat) for r in records]
+    numbered = _read_jsonl(path)
+    records = [record for _, record in numbered]
+    encoded = []
+    for number, record in numbered:
+        try:
+            encoded.append(_encode(tokenizer, record, chat))
+        except ValueError as error:  # the chat template's refusal
+            raise app.UsageError(f"{path}:{number}: {error}") from error
+    if not encoded:
+        return []
+    for number, ids in zip((n for n, _ in numbered), encoded, strict=True):
+        try:  # every prompt's length checked before any is generated
+            generation.new_tokens(len(ids))
+        except ValueError as error:
+            raise app.UsageError(f"{path}:{number}: {error}") from error
     _note_if_nothing_leaves_the_window(encoded, generation, **settings)
     by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     completions: dict[int, str] = {}
     for start in range(0, len(by_length), batch_size):
         batch = by_length[start : start + batch_size]
-        outputs = _generate_with(model, [encoded[i] for i in batch], generation, **settings)
+        # each batch its own random stream: with one seed for all, row k of every batch drew the
+        # same numbers (identical samples for equal prompts)
+        seed = _batch_seed(settings.get("seed", 0), start)
+        outputs = _generate_with(
+            model, [encoded[i] for i in batch], generation, **{**settings, "seed": seed}
+        )
         completions.update({i: tokenizer.decode(o) for i, o in zip(batch, outputs, strict=True)})
         print(f"generated {len(completions)}/{len(records)}", file=sys.stderr)
     return [

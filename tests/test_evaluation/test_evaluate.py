@@ -427,6 +427,14 @@ def test_a_grid_may_grow_on_resume_and_other_settings_may_not(tmp_path):
         results_lib.check_settings(tmp_path, _settings("passkey", extra=grown, window=16))
 
 
+@pytest.mark.parametrize("grid", [{"lengths": ["300", "300"]}, {"depths": ["0.5", "0.50"]}])
+def test_a_grid_value_given_twice_is_refused(grid):
+    """Each cell was scored, and counted in the summary, twice."""
+    name = next(iter(grid))
+    with pytest.raises(UsageError, match=f"--{name} names a value twice"):
+        resolve_settings(tiny_config(), "passkey", model="m", mode="full", **grid)
+
+
 def test_a_limit_takes_the_first_documents_whatever_is_already_scored(byte_model, tmp_path):
     """--limit 2, then --limit 3: three documents scored, the first three (a limit counted after
     the scored ones were skipped scored five)."""

@@ -84,6 +84,12 @@ def test_truncation_as_the_reference():
     front = tasks.LONGBENCH  # keeps the last max_length - max_gen tokens
     assert tasks.truncate_prompt(tokenizer, prompt, front, 4, 1) == ("hij", True)
     assert tasks.truncate_prompt(tokenizer, prompt, front, 12, 5) == (prompt, False)
+    # a max_length that would leave no prompt (ids[-(4 - 5):] kept nearly all of it)
+    with pytest.raises(ValueError, match=r"--max_length 5 leaves no prompt: longbench keeps it "
+                                         r"less the 5 new tokens; give at least 6"):  # fmt: skip
+        tasks.truncate_prompt(tokenizer, prompt, front, 5, 5)
+    with pytest.raises(ValueError, match=r"--max_length 1 .* give at least 2"):
+        tasks.truncate_prompt(tokenizer, prompt, middle, 1, 64)  # ids[:0] + ids[-0:]: all of it
 
 
 def test_chat_template_follows_the_reference_rule(qwen25_tokenizer_dir):
@@ -122,6 +128,14 @@ def test_lveval_length_levels_are_scored_apart(tmp_path):
     }
     assert summary["average"] == 50.0
     assert tasks.length_level("hotpotqa") is None and tasks.length_level("cmrc_mixup_64k") == "64k"
+
+
+def test_perplexity_buckets_start_where_the_run_s_bucket_puts_them():
+    """--bucket 30 over 65 tokens: buckets of 29, 30 and 5 predicted positions start at 0, 30 and
+    60 (the summary derived 22 positions a bucket from their count, and put them at 0/22/44)."""
+    records = [{"tokens": 65, "bucket_nll": [1.0, 2.0, 3.0], "bucket_tokens": [29, 30, 5]}] * 2
+    summary = report.summarize("perplexity", records, bucket=30)
+    assert [b["start"] for b in summary["buckets"]] == [0, 30, 60]
 
 
 def test_the_file_name_gives_the_level_where_the_records_name_the_dataset_only(tmp_path):

@@ -149,3 +149,64 @@ def test_a_window_that_nothing_leaves_is_noted(capsys):
     generate_lib.stream_completion(model, ByteTokenizer(), "To be, o", chat=False, window=7,
                                    **settings)  # fmt: skip
     assert "note:" not in capsys.readouterr().err
+
+
+def _stream(monkeypatch, capsys, tokens) -> str:
+    """What stream_completion writes for a generation of `tokens` (the model's part stubbed)."""
+    from ahn_jax.tokenizer import ByteTokenizer
+
+    def generated(model, prompts, *, on_tokens, **settings):
+        for token in tokens:
+            on_tokens(np.asarray([token]))
+
+    monkeypatch.setattr(generate_lib, "generate", generated)
+    generate_lib.stream_completion(None, ByteTokenizer(), "hi", chat=False, mode="full", window=8)
+    return capsys.readouterr().out
+
+
+def test_a_character_split_over_tokens_streams_whole(monkeypatch, capsys):
+    """Each byte of a multi-byte character decodes to U+FFFD until the last: written then, the
+    characters were lost for good (byte models, Qwen's byte-level BPE: emoji, rare CJK)."""
+    text = "h\u00e9llo \u4e16\u754c \U0001f917"
+    assert _stream(monkeypatch, capsys, list(text.encode())) == text + "\n"
+    # bytes that never complete a character are written at the end, as decode gives them
+    assert _stream(monkeypatch, capsys, [ord("a"), 0xE4, 0xB8]) == "a\ufffd\n"
+
+
+def test_sampled_batches_draw_their_own_numbers(tmp_path, capsys):
+    """Four equal prompts, two per batch, sampled: every batch used the one seed, so rows 1 and 3
+    (and 2 and 4) came out the same."""
+    import dataclasses
+
+    from ahn_jax.inference.generation_config import DEFAULTS
+    from ahn_jax.tokenizer import ByteTokenizer
+
+    model = init_model(tiny_config(vocab_size=256), seed=1)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "To be, or not"}\n' * 4)
+    generation = dataclasses.replace(DEFAULTS, do_sample=True, top_k=0, max_new_tokens=8)
+    lines = generate_lib.complete_jsonl(model, ByteTokenizer(), str(prompts), chat=False,
+                                        batch_size=2, generation=generation, mode="full",
+                                        window=8, seed=0, stop_ids=[])  # fmt: skip
+    completions = [json.loads(line)["completion"] for line in lines]
+    assert len(set(completions)) == 4, completions
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [({"prompt": ""}, "the prompt is empty"), ({"messages": []}, '"messages" is empty'),
+     ({"messages": ["hi"]}, "messages\\[0\\] is not a"),
+     ({"messages": [{"role": "tool", "content": "x"}]}, "messages\\[0\\].role = 'tool'"),
+     ({"messages": [{"role": "user", "content": 5}]}, "messages\\[0\\].content must be")],
+)  # fmt: skip
+def test_a_prompt_record_that_cannot_be_generated_from_is_named(
+    tmp_path, qwen25_tokenizer_dir, record, message
+):
+    """Each gave a traceback (ValueError, KeyError, AttributeError) without the file's line."""
+    from absl import app
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "ok"}\n' + json.dumps(record) + "\n")
+    tokenizer = generate_lib.load_tokenizer(str(qwen25_tokenizer_dir), 151936)
+    with pytest.raises(app.UsageError, match=f"p\\.jsonl:2: {message}"):
+        generate_lib.complete_jsonl(None, tokenizer, str(prompts), chat=False, batch_size=1)
