@@ -178,7 +178,8 @@ def main(argv) -> None:
     else:
         # the eos ids of generation_config.json, as HF `generate` stops (else the tokenizer's)
         stops = read_generation_config(FLAGS.model).stop_ids(generate_lib.stop_ids(tokenizer))
-        run_generation(model, tokenizer, prompts, settings, out, FLAGS.batch_size, stops)
+        run_generation(model, tokenizer, prompts, settings, out, FLAGS.batch_size, stops,
+                       chunk=FLAGS.chunk)  # fmt: skip
     # this command's samples only: a resumed --out may hold more (an earlier run without --limit)
     records = [record for record in read_results(out) if record["id"] in ids]
     summary = report.write_report(out, dataclasses.asdict(settings), records, model.config)

@@ -121,11 +121,13 @@ def run_generation(
     out: Path,
     batch_size: int,
     stop_ids=None,
+    chunk: int = 1024,
 ):
     """Decode the prompts not yet scored in `out`, appending results as each batch finishes;
-    batches are ragged (`generate`), of prompts sorted by length so that little is padding. At
-    the end predictions.jsonl holds the records in the prompts' order. Decoding is greedy with
-    `settings.repetition_penalty`, stopping at `stop_ids` (default: the tokenizer's end tokens)."""
+    batches are ragged (`generate`), of prompts sorted by length so that little is padding, and
+    prefilled `chunk` tokens at a time. At the end predictions.jsonl holds the records in the
+    prompts' order. Decoding is greedy with `settings.repetition_penalty`, stopping at `stop_ids`
+    (default: the tokenizer's end tokens)."""
     done = {r["id"] for r in read_results(out)}
     todo = sorted((p for p in prompts if p.id not in done), key=lambda p: len(p.ids))
     stops = generate_lib.stop_ids(tokenizer) if stop_ids is None else stop_ids
@@ -150,6 +152,7 @@ def run_generation(
             on_tokens=progress.decoded,
             decode=settings.decode,
             repetition_penalty=settings.repetition_penalty,
+            chunk_size=chunk,
         )
         # every cache array is per row; the batch's longest prompt + budget sizes a full cache
         cache = dict(cache_bytes=caches[0].nbytes() // len(batch), batch_size=len(batch),

@@ -120,6 +120,7 @@ def generate(
     on_tokens: Callable[[np.ndarray], None] | None = None,
     on_cache: Callable[[DecodeCache], None] | None = None,
     on_prefill: Callable[[int, int], None] | None = None,
+    chunk_size: int = 1024,
 ) -> list[list[int]]:
     """New tokens for a batch of prompts of any lengths (stops at a stop id, not included), at
     most `max_new_tokens` (one budget, or one per prompt). The token choice is transformers'
@@ -127,7 +128,8 @@ def generate(
     ragged batch: each row prefills and decodes from its own length, as if alone.
 
     `on_tokens` sees each step's tokens (-1 for finished rows), `on_prefill` (positions fed, the
-    longest prompt) after each prefill chunk, `on_cache` the final cache."""
+    longest prompt) after each prefill chunk of `chunk_size` tokens, `on_cache` the final
+    cache."""
     ids, lengths, budgets = _ragged_batch(prompts, max_new_tokens)
     model = model_lib.for_decoding(model)  # per-layer weights on the CPU (its docstring)
     sampling = Sampling(do_sample, temperature, top_k, top_p, repetition_penalty)
@@ -137,7 +139,9 @@ def generate(
     cache = model.init_cache(
         len(prompts), window=window, sinks=sinks, mode=mode, decode=decode, max_length=total
     )
-    logits, cache = model.prefill(ids, cache, lengths=lengths, on_chunk=on_prefill)
+    logits, cache = model.prefill(
+        ids, cache, lengths=lengths, chunk_size=chunk_size, on_chunk=on_prefill
+    )
     key, sub = jax.random.split(jax.random.key(seed))
     loop = _DecodeLoop(model, cache, sampling)
     tokens, seen = _first(logits, *map(jnp.asarray, (ids, lengths)), sub, sampling, loop.dtype)

@@ -113,11 +113,12 @@ def test_batched_generation_resumes_after_a_crash(byte_model, tmp_path, monkeypa
     with open(out / results_lib.PREDICTIONS, "a") as f:
         f.write('{"id": "torn')  # a write cut short by the crash
     calls.clear(), crash_at.clear()
-    runner.run_generation(byte_model, tokenizer, prompts, settings, out, 4)
+    runner.run_generation(byte_model, tokenizer, prompts, settings, out, 4, chunk=128)
     assert calls == [2]  # only the samples not yet scored
     _a_record_without_its_newline_is_kept_and_a_damaged_one_named(byte_model, prompts, out)
     # the bar tells where the batch in flight stands (the first stage of each is drawn)
-    assert "prompt 300/300 tokens" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "prompt 128/300 tokens" in err and "prompt 300/300 tokens" in err  # --chunk's chunks
     in_order = results_lib.read_results(out)
     assert [r["id"] for r in in_order] == [p.id for p in prompts]  # the input's order
     results = {r["id"]: r for r in in_order}
