@@ -64,7 +64,7 @@ def passkey_samples(
         n_filler = length - len(instruction) - len(needle) - len(question)
         if n_filler < 0:
             raise ValueError(
-                f"length {length} is too short: instruction, needle and question take "
+                f"--lengths {length} is too short: instruction, needle and question take "
                 f"{length - n_filler} tokens"
             )
         repeats = -(-n_filler // len(filler_unit))

@@ -123,9 +123,11 @@ def run_perplexity(model, documents, settings: Settings, out: Path, *, batch_siz
     `run_generation`'s prompts) not yet scored in `out`, appending each batch's records."""
     length, bucket = settings.max_length, settings.extra["bucket"]
     done = {r["id"] for r in read_results(out)}
-    documents = [d for d in documents if d[0] not in done]
+    todo = [d for d in documents if d[0] not in done]
     n_buckets = -(-(length - 1) // bucket)
-    with tqdm(total=len(documents), desc="perplexity") as bar:
+    # the bar counts this command's documents, those scored before included (as generation's)
+    with tqdm(total=len(documents), initial=len(documents) - len(todo), desc="perplexity") as bar:
+        documents = todo
         progress = BatchProgress(bar, "scored")
         for start in range(0, len(documents), batch_size):
             batch = documents[start : start + batch_size]

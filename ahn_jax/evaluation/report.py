@@ -245,6 +245,8 @@ def compare_plot(run_dirs: list[Path], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not run_dirs:
+        raise CompareError("no run to compare: give evaluate --out directories")
     summaries = []
     for run in run_dirs:
         if not (Path(run) / "summary.json").is_file():

@@ -77,6 +77,8 @@ def check_settings(out: Path, settings: Settings) -> None:
                 f"{out} holds a run with other settings ({', '.join(details)}); use another "
                 "--out or remove that directory"
             )
+    if out.exists() and not out.is_dir():
+        raise app.UsageError(f"--out {out} is a file: give the directory for the run's results")
     out.mkdir(parents=True, exist_ok=True)
     temporary = out / (RUN_SETTINGS + ".tmp")  # replaced whole: a crash leaves one of the two
     temporary.write_text(json.dumps(current, indent=2) + "\n")

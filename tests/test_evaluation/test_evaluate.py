@@ -379,6 +379,18 @@ def test_data_files_once_each_books_for_perplexity_and_no_two_of_one_name(tmp_pa
         perplexity.read_documents(found)
 
 
+def test_small_mistakes_are_named_by_their_flag(tmp_path):
+    from ahn_jax.evaluation import report
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(UsageError, match=r"--out .*afile is a file"):  # was [Errno 17]
+        results_lib.check_settings(tmp_path / "afile", _settings("passkey"))
+    with pytest.raises(report.CompareError, match="no run to compare"):  # "mix tasks []"
+        report.compare_plot([], tmp_path / "c.png")
+    with pytest.raises(ValueError, match=r"^--lengths 20 is too short"):
+        passkey.passkey_samples(ByteTokenizer(), [20], [0.5], 1, seed=0)
+
+
 def test_a_damaged_run_json_is_named_not_a_traceback(tmp_path):
     (tmp_path / results_lib.RUN_SETTINGS).write_text("{not json")
     with pytest.raises(UsageError, match=r"run\.json is not the settings of a run"):
