@@ -58,8 +58,8 @@ from ahn_jax.evaluation.runner import (
     run_generation,
 )
 from ahn_jax.evaluation.settings import resolve_settings, window_and_sinks
+from ahn_jax.inference import completions, run_mode
 from ahn_jax.inference import generate as generate_lib
-from ahn_jax.inference import run_mode
 from ahn_jax.inference.generation_config import read_generation_config
 from ahn_jax.model.cache import DECODES
 
@@ -76,11 +76,7 @@ def define_flags() -> None:
     flags.DEFINE_string("ahn", None, "AHN-only weights directory (reference layout)")
     define_kernels_flag(KERNELS)
     flags.DEFINE_enum("task", None, TASKS, "what to evaluate")
-    flags.DEFINE_list(
-        "data",
-        [],
-        "JSONL file(s) or directories of them (perplexity: also .txt; not passkey, niah_*)",
-    )
+    flags.DEFINE_list("data", [], "JSONL files or directories (perplexity: .txt books too)")
     flags.DEFINE_string("dataset", None, "dataset name for every file (default: record or file)")
     flags.DEFINE_enum("mode", None, MODES, "default: ahn with AHN weights, else full")
     flags.DEFINE_integer("window", None, "sliding window W (default: the benchmark's reference, "
@@ -157,7 +153,7 @@ def main(argv) -> None:
     values |= {"dtype": dtype, "recorded": recorded}
     settings = resolve_settings(model.config, FLAGS.task, **values)
     if settings.chat:
-        generate_lib.check_chat(tokenizer)
+        completions.check_chat(tokenizer)
     out = Path(FLAGS.out)
     suffixes = (".jsonl", ".txt") if FLAGS.task == "perplexity" else (".jsonl",)
     files = data_files(FLAGS.data, suffixes) if FLAGS.task not in GRID_TASKS else []

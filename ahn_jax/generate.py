@@ -28,8 +28,8 @@ from ahn_jax.checkpoints import recorded
 from ahn_jax.checkpoints.ahn_weights import DEFAULT_SINKS, DEFAULT_WINDOW
 from ahn_jax.checkpoints.pretrained import LOAD_ERRORS, from_pretrained
 from ahn_jax.config import KERNELS, MODES
+from ahn_jax.inference import completions, generation_config, run_mode
 from ahn_jax.inference import generate as generate_lib
-from ahn_jax.inference import generation_config, run_mode
 from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS
@@ -139,7 +139,7 @@ def main(argv) -> None:
     run_mode.check_decode_flag(FLAGS.decode, mode)
     tokenizer = generate_lib.load_tokenizer(FLAGS.model, model.config.vocab_size)
     if FLAGS.chat:
-        generate_lib.check_chat(tokenizer)
+        completions.check_chat(tokenizer)
     settings = dict(
         generation=generation,
         mode=mode,
@@ -149,9 +149,9 @@ def main(argv) -> None:
         stop_ids=generation.stop_ids(generate_lib.stop_ids(tokenizer)),
     )
     if FLAGS.jsonl is None:
-        generate_lib.stream_completion(model, tokenizer, text, chat=FLAGS.chat, **settings)
+        completions.stream_completion(model, tokenizer, text, chat=FLAGS.chat, **settings)
         return
-    lines = generate_lib.complete_jsonl(
+    lines = completions.complete_jsonl(
         model, tokenizer, FLAGS.jsonl, chat=FLAGS.chat, batch_size=FLAGS.batch_size, **settings
     )
     text = "".join(line + "\n" for line in lines)

@@ -8,7 +8,8 @@
 
 A single prompt streams to stdout as it is generated. JSONL input (one object per line with
 "prompt", or "messages" for a chat) is batched: prompts sorted by token length, `--batch_size` at
-a time, each row of a batch at its own positions (ragged batches, `AhnModel.prefill(lengths=)`).
+a time, each row of a batch at its own positions (ragged batches, `AhnModel.prefill(lengths=)`);
+the command's prompts and outputs are ahn_jax/inference/completions.py.
 The token choice is transformers' (ahn_jax/inference/sampling.py), set by the checkpoint's
 generation_config.json and the flags over it (ahn_jax/inference/generation_config.py); greedy
 where neither says otherwise.
@@ -18,28 +19,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from flax import nnx
 
 from ahn_jax.config import check_vocabulary
 from ahn_jax.inference import sampling as sampling_lib
-from ahn_jax.inference.generation_config import DEFAULTS, GenerationSettings
 from ahn_jax.inference.sampling import Sampling, sample_token
-from ahn_jax.jsonl import read_jsonl
 from ahn_jax.model import transformer as model_lib
 from ahn_jax.model.cache import DecodeCache
 from ahn_jax.tokenizer import END_OF_TEXT, IM_END, ByteTokenizer, HFTokenizer
-
-# what a character split over tokens decodes to until its last byte comes
-REPLACEMENT = "\ufffd"
 
 
 @functools.partial(jax.jit, static_argnames=("sampling", "compute_dtype"))
@@ -145,7 +138,15 @@ def generate(
     key, sub = jax.random.split(jax.random.key(seed))
     loop = _DecodeLoop(model, cache, sampling)
     tokens, seen = _first(logits, *map(jnp.asarray, (ids, lengths)), sub, sampling, loop.dtype)
-    out, done = np.zeros((len(prompts), 0), np.int32), np.zeros(len(prompts), bool)
+    out = _decode(loop, tokens, seen, key, budgets, stop_ids, on_tokens)
+    if on_cache is not None:
+        on_cache(loop.cache())
+    return [[int(t) for t in row if t >= 0] for row in out]
+
+
+def _decode(loop, tokens, seen, key, budgets, stop_ids, on_tokens) -> np.ndarray:
+    """[B, n] new tokens from the first ones (`tokens`), -1 after a row's stop or budget."""
+    out, done = np.zeros((len(budgets), 0), np.int32), np.zeros(len(budgets), bool)
     steps = int(budgets.max())
     for i in range(steps):
         current = tokens
@@ -162,9 +163,7 @@ def generate(
             on_tokens(new)
         if done.all():
             break
-    if on_cache is not None:
-        on_cache(loop.cache())
-    return [[int(t) for t in row if t >= 0] for row in out]
+    return out
 
 
 def _ragged_batch(prompts, max_new_tokens):
@@ -202,175 +201,3 @@ def stop_ids(tokenizer) -> list[int]:
         with contextlib.suppress(KeyError):  # a tokenizer without chat tokens
             ids.append(tokenizer.token_id(token))
     return ids
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    """Records with "prompt" text or chat "messages"; a malformed line is an error naming it."""
-    records = []
-    for number, record in read_jsonl(path, on_invalid=_usage_error):
-        if problem := _record_problem(record):
-            raise app.UsageError(f"{path}:{number}: {problem}")
-        records.append((number, record))
-    return records
-
-
-def _record_problem(record) -> str | None:
-    """Why a prompts record cannot be generated from, or None."""
-    if not isinstance(record, dict) or not (
-        isinstance(record.get("prompt"), str) or isinstance(record.get("messages"), list)
-    ):
-        return 'needs a "prompt" string or "messages" list'
-    if "messages" not in record:
-        return None if record["prompt"] else "the prompt is empty"
-    messages = record["messages"]
-    if not messages:
-        return '"messages" is empty'
-    # roles and contents are the chat template's to check (its ValueError names the message)
-    wrong = [i for i, message in enumerate(messages) if not isinstance(message, dict)]
-    return f'messages[{wrong[0]}] is not a {{"role", "content"}} object' if wrong else None
-
-
-def _usage_error(error: Exception):
-    raise app.UsageError(str(error)) from error
-
-
-def check_chat(tokenizer) -> None:
-    """Chat prompts need a tokenizer with the chat template: a byte vocabulary has none."""
-    if not hasattr(tokenizer, "apply_chat_template"):
-        raise app.UsageError(
-            'a chat prompt (--chat or a "messages" record) needs the model\'s tokenizer.json; '
-            "this model's vocabulary is bytes: give plain prompts"
-        )
-
-
-def _encode(tokenizer, record: dict, chat: bool) -> list[int]:
-    if "messages" in record or chat:
-        check_chat(tokenizer)
-        messages = record.get("messages") or [{"role": "user", "content": record["prompt"]}]
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    return tokenizer.encode(record["prompt"])
-
-
-def _note_if_nothing_leaves_the_window(prompts, generation: GenerationSettings, **settings):
-    """Tell (stderr) when every prompt with its new tokens fits in S + W: in mode ahn or swa no
-    token is then evicted, and the output is full attention's (a W recorded for a long-context
-    model, 32,640, on short prompts: the AHN is never used)."""
-    mode, window, sinks = settings["mode"], settings["window"], settings.get("sinks", 0)
-    # the reference's decode drops cache index 128 at every step, evicted or not
-    if mode == "full" or settings.get("decode") == "reference" or not prompts:
-        return
-    try:
-        # the last new token is chosen, never attended: a prompt of P and n new tokens attends
-        # P + n - 1, and none is evicted while that is at most S + W
-        attended = max(len(p) + generation.new_tokens(len(p)) - 1 for p in prompts)
-    except ValueError:  # reported where the tokens are generated
-        return
-    if attended <= sinks + window:
-        memory = "the AHN memory is not used" if mode == "ahn" else "the window changes nothing"
-        print(
-            f"note: mode {mode}: no token leaves S + W = {sinks + window} (at most {attended} "
-            f"tokens are attended), so the output is full attention's and {memory}; a smaller "
-            "--window would evict",
-            file=sys.stderr,
-        )
-
-
-def _generate_with(model, prompts, generation: GenerationSettings, **settings):
-    """`generate` with the length and token choice of `generation` (`settings`: the rest)."""
-    try:
-        max_new_tokens = [generation.new_tokens(len(p)) for p in prompts]
-    except ValueError as error:
-        raise app.UsageError(str(error)) from error
-    return generate(
-        model, prompts, max_new_tokens=max_new_tokens, **generation.sampling_kwargs(), **settings
-    )
-
-
-def stream_completion(
-    model,
-    tokenizer,
-    text: str,
-    *,
-    chat: bool,
-    generation: GenerationSettings = DEFAULTS,
-    **settings,
-) -> None:
-    """Generate for one prompt (`settings`: `generate`'s but the length and the token choice,
-    which come from `generation`), writing the new text to stdout as it comes."""
-    if not text:
-        raise app.UsageError("the prompt is empty")
-    ids = _encode(tokenizer, {"prompt": text}, chat)
-    _note_if_nothing_leaves_the_window([ids], generation, **settings)
-    streamed: list[int] = []
-    shown = ""
-
-    def show(text: str) -> None:
-        nonlocal shown
-        sys.stdout.write(text[len(shown) :])
-        sys.stdout.flush()
-        shown = text
-
-    def stream(new):
-        if new[0] >= 0:
-            streamed.append(int(new[0]))
-            text = tokenizer.decode(streamed)
-            # a character split over tokens (byte-level BPE: emoji, rare CJK) decodes as U+FFFD
-            # until its last byte comes: written then, it was never replaced
-            if not text.endswith(REPLACEMENT):
-                show(text)
-
-    _generate_with(model, [ids], generation, on_tokens=stream, **settings)
-    show(tokenizer.decode(streamed))  # what is still held back (bytes that never completed)
-    sys.stdout.write("\n")
-
-
-def _batch_seed(seed: int, start: int) -> int:
-    """The seed of the batch whose first prompt is number `start` in length order."""
-    return int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
-
-
-def complete_jsonl(
-    model,
-    tokenizer,
-    path: str,
-    *,
-    chat: bool,
-    batch_size: int,
-    generation: GenerationSettings = DEFAULTS,
-    **settings,
-) -> list[str]:
-    """Each record of a prompts JSONL with its "completion" added, as JSON lines in the input's
-    order. Prompts are sorted by token length and decoded `batch_size` at a time as ragged
-    batches (similar lengths together waste the least padding)."""
-    numbered = _read_jsonl(path)
-    records = [record for _, record in numbered]
-    encoded = []
-    for number, record in numbered:
-        try:
-            encoded.append(_encode(tokenizer, record, chat))
-        except ValueError as error:  # the chat template's refusal
-            raise app.UsageError(f"{path}:{number}: {error}") from error
-    if not encoded:
-        return []
-    for number, ids in zip((n for n, _ in numbered), encoded, strict=True):
-        try:  # every prompt's length checked before any is generated
-            generation.new_tokens(len(ids))
-        except ValueError as error:
-            raise app.UsageError(f"{path}:{number}: {error}") from error
-    _note_if_nothing_leaves_the_window(encoded, generation, **settings)
-    by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    completions: dict[int, str] = {}
-    for start in range(0, len(by_length), batch_size):
-        batch = by_length[start : start + batch_size]
-        # each batch its own random stream: with one seed for all, row k of every batch drew the
-        # same numbers (identical samples for equal prompts)
-        seed = _batch_seed(settings.get("seed", 0), start)
-        outputs = _generate_with(
-            model, [encoded[i] for i in batch], generation, **{**settings, "seed": seed}
-        )
-        completions.update({i: tokenizer.decode(o) for i, o in zip(batch, outputs, strict=True)})
-        print(f"generated {len(completions)}/{len(records)}", file=sys.stderr)
-    return [
-        json.dumps({**records[i], "completion": completions[i]}, ensure_ascii=False)
-        for i in range(len(records))
-    ]

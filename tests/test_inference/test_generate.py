@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from shared import save_tiny_qwen2, tiny_config, write_qwen25_tokenizer
 
+from ahn_jax.inference import completions
 from ahn_jax.inference import generate as generate_lib
 from ahn_jax.model.transformer import init_model
 
@@ -139,14 +140,14 @@ def test_a_window_that_nothing_leaves_is_noted(capsys):
     generation = dataclasses.replace(DEFAULTS, max_new_tokens=3)
     settings = dict(generation=generation, mode="ahn", sinks=2, stop_ids=[])
     # 8 prompt bytes + 3 new tokens: 10 attended (the last one is only chosen)
-    generate_lib.stream_completion(model, ByteTokenizer(), "To be, o", chat=False, window=8,
+    completions.stream_completion(model, ByteTokenizer(), "To be, o", chat=False, window=8,
                                    **settings)  # fmt: skip
     assert "note: mode ahn: no token leaves S + W = 10 (at most 10 " in capsys.readouterr().err
     # the reference's decode drops cache index 128 whatever leaves: no such promise there
-    generate_lib.stream_completion(model, ByteTokenizer(), "To be, o", chat=False, window=8,
+    completions.stream_completion(model, ByteTokenizer(), "To be, o", chat=False, window=8,
                                    decode="reference", **settings)  # fmt: skip
     assert "note:" not in capsys.readouterr().err
-    generate_lib.stream_completion(model, ByteTokenizer(), "To be, o", chat=False, window=7,
+    completions.stream_completion(model, ByteTokenizer(), "To be, o", chat=False, window=7,
                                    **settings)  # fmt: skip
     assert "note:" not in capsys.readouterr().err
 
@@ -159,8 +160,8 @@ def _stream(monkeypatch, capsys, tokens) -> str:
         for token in tokens:
             on_tokens(np.asarray([token]))
 
-    monkeypatch.setattr(generate_lib, "generate", generated)
-    generate_lib.stream_completion(None, ByteTokenizer(), "hi", chat=False, mode="full", window=8)
+    monkeypatch.setattr(completions, "generate", generated)
+    completions.stream_completion(None, ByteTokenizer(), "hi", chat=False, mode="full", window=8)
     return capsys.readouterr().out
 
 
@@ -185,11 +186,11 @@ def test_sampled_batches_draw_their_own_numbers(tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "To be, or not"}\n' * 4)
     generation = dataclasses.replace(DEFAULTS, do_sample=True, top_k=0, max_new_tokens=8)
-    lines = generate_lib.complete_jsonl(model, ByteTokenizer(), str(prompts), chat=False,
+    lines = completions.complete_jsonl(model, ByteTokenizer(), str(prompts), chat=False,
                                         batch_size=2, generation=generation, mode="full",
                                         window=8, seed=0, stop_ids=[])  # fmt: skip
-    completions = [json.loads(line)["completion"] for line in lines]
-    assert len(set(completions)) == 4, completions
+    texts = [json.loads(line)["completion"] for line in lines]
+    assert len(set(texts)) == 4, texts
 
 
 @pytest.mark.parametrize(
@@ -209,4 +210,4 @@ def test_a_prompt_record_that_cannot_be_generated_from_is_named(
     prompts.write_text('{"prompt": "ok"}\n' + json.dumps(record) + "\n")
     tokenizer = generate_lib.load_tokenizer(str(qwen25_tokenizer_dir), 151936)
     with pytest.raises(app.UsageError, match=f"p\\.jsonl:2: {message}"):
-        generate_lib.complete_jsonl(None, tokenizer, str(prompts), chat=False, batch_size=1)
+        completions.complete_jsonl(None, tokenizer, str(prompts), chat=False, batch_size=1)
