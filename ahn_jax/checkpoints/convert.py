@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, layouts, recorded, safetensors_io
@@ -53,9 +54,17 @@ def _source_dtype(hf_dir: Path) -> str:
     return np.dtype(info.dtype).name
 
 
+def _ahn_tensor_dtype(hf_dir: Path) -> str:
+    """The dtype of a merged directory's AHN tensors (float32 where they are of several)."""
+    infos = safetensors_io.tensor_index(hf_dir)
+    kinds = {np.dtype(i.dtype).name for n, i in infos.items() if ahn_weights.is_ahn_tensor(n)}
+    return kinds.pop() if len(kinds) == 1 else "float32"
+
+
 def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> Path:
     """Convert an HF directory to an Orbax checkpoint; `dtype=None` keeps the checkpoint's own.
-    A merged directory's AHN weights come along (fp32, as the model holds them)."""
+    A merged directory's AHN weights come along (fp32, as the model holds them; the marker keeps
+    their dtype in the directory)."""
     hf_dir, out = Path(hf_dir), Path(out)
     check_holds_a_base(hf_dir)
     hf_config = read_hf_config(hf_dir)
@@ -69,7 +78,9 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
     if merged:
         found = ahn_weights.read_ahn_settings(hf_dir)
         ahn_type, layers = found["ahn_type"], found["full_attention_layers"]
-        ahn = {"ahn_type": ahn_type, "full_attention_layers": list(layers)}  # the marker's JSON
+        # the marker's JSON; the AHN tensors' own dtype, which `orbax_to_ahn` writes again
+        ahn = {"ahn_type": ahn_type, "full_attention_layers": list(layers),
+               "dtype": _ahn_tensor_dtype(hf_dir)}  # fmt: skip
         ahn_config = config.replace(ahn_type=ahn_type, full_attention_layers=layers)
         shapes = {p: s for p, s in param_shapes(ahn_config).items() if ahn_weights.is_ahn_param(p)}
         params = ahn_weights.load_ahn_weights(hf_dir, ahn_config, shapes, merged=True)
@@ -155,12 +166,14 @@ def orbax_to_ahn(
         full_attention_layers=tuple(marker["ahn"]["full_attention_layers"]),
     )
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    # stored fp32; written in the dtype the merged directory had them in (exact: fp32 holds it)
+    written = jnp.dtype(marker["ahn"].get("dtype", "float32"))
     params = {
         path: np.asarray(
             converted.restore_param(
                 ckpt, path, jax.ShapeDtypeStruct(shape, np.float32, sharding=cpu)
             )
-        )
+        ).astype(written)
         for path, shape in param_shapes(config).items()
         if ahn_weights.is_ahn_param(path)
     }

@@ -208,6 +208,27 @@ def test_split_and_merge_are_byte_exact_inverses(dirs, tmp_path):
     assert _tensors(tmp_path / "again") == _tensors(root / "merged")
 
 
+def test_bf16_ahn_tensors_of_a_merge_come_back_bf16_through_orbax(dirs, tmp_path):
+    """Merged (AHN tensors bf16, as the reference's merge writes them) -> Orbax -> --ahn_only:
+    the model holds the AHN weights in fp32, and they came back F32; now bytes as they were."""
+    from safetensors.torch import save_file
+
+    root = dirs["root"]
+    ahn_bf16 = tmp_path / "ahn_bf16"
+    ahn_bf16.mkdir()
+    tensors = {name: torch.from_numpy(safetensors_io.read_tensor(info).copy()).bfloat16()
+               for name, info in safetensors_io.tensor_index(root / "ahn").items()}  # fmt: skip
+    save_file(tensors, str(ahn_bf16 / "model.safetensors"))
+    (ahn_bf16 / "config.json").write_text((root / "ahn" / "config.json").read_text())
+    layouts.merge(root / "base", ahn_bf16, tmp_path / "merged")
+    assert (
+        convert_cli.main(["--hf_dir", str(tmp_path / "merged"), "--out", str(tmp_path / "c")]) == 0
+    )
+    argv = ["--ahn_only", "--ckpt", str(tmp_path / "c"), "--out", str(tmp_path / "back")]
+    assert convert_cli.main(argv) == 0
+    assert _tensors(tmp_path / "back") == _tensors(ahn_bf16)
+
+
 def test_transformers_loads_a_merged_dir_as_its_base(dirs):
     from transformers import Qwen2ForCausalLM
 
