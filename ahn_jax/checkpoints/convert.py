@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
     A merged directory's AHN weights come along (fp32, as the model holds them; the marker keeps
     their dtype in the directory)."""
     hf_dir, out = Path(hf_dir), Path(out)
-    check_holds_a_base(hf_dir)
+    check_holds_a_base(
+        hf_dir, "convert its base (or a merged directory), or --merge it with its base first"
+    )
     hf_config = read_hf_config(hf_dir)
     dtype = dtype or _source_dtype(hf_dir)
     if dtype not in DTYPE_CHOICES:
@@ -186,6 +189,30 @@ class ArgumentError(ValueError):
     """The arguments do not describe one conversion (the CLI reports it as a usage error)."""
 
 
+# the directories each mode reads or writes beside --out (None: HF -> Orbax)
+_MODE_DIRECTORIES = {
+    None: {"hf_dir"},
+    "--to_hf": {"ckpt"},
+    "--ahn_only": {"ckpt"},
+    "--merge": {"hf_dir", "ahn_dir"},
+    "--split": {"hf_dir", "ahn_out"},
+}
+
+
+def _check_flags_apply(mode: str | None, **directories) -> None:
+    """A directory flag the mode does not read is an error (it was ignored), as is an Orbax
+    checkpoint given as --hf_dir."""
+    for name, value in directories.items():
+        if value is not None and name not in _MODE_DIRECTORIES[mode]:
+            raise ArgumentError(f"--{name} is not read by {mode or 'HF -> Orbax (--hf_dir)'}")
+    hf_dir = directories["hf_dir"]
+    if hf_dir is not None and converted.is_params_checkpoint(Path(hf_dir)):
+        raise ArgumentError(
+            f"--hf_dir {hf_dir} is an ahn_jax (Orbax) checkpoint: export it with --to_hf --ckpt "
+            f"{hf_dir} (or --ahn_only --ckpt for its AHN weights)"
+        )
+
+
 def run(
     *,
     out: str | Path,
@@ -213,6 +240,14 @@ def run(
         raise ArgumentError("--dtype applies to HF -> Orbax; the other modes keep stored dtypes")
     if not ahn_only and (window, sinks) != (None, None):
         raise ArgumentError("--window and --sinks apply to --ahn_only (the W and S it records)")
+    _check_flags_apply(
+        chosen[0] if chosen else None, hf_dir=hf_dir, ckpt=ckpt, ahn_dir=ahn_dir, ahn_out=ahn_out
+    )
+    if not (math.isfinite(max_shard_gb) and max_shard_gb > 0):
+        raise ArgumentError(f"--max_shard_gb must be a positive size, got {max_shard_gb}")
+    for name, directory in (("--out", out), ("--ahn_out", ahn_out)):
+        if directory is not None and Path(directory).exists() and not Path(directory).is_dir():
+            raise ArgumentError(f"{name} {directory} is a file: give a new or empty directory")
     shard_bytes = int(max_shard_gb * 2**30)
     if ahn_only or to_hf:
         if not ckpt:

@@ -13,7 +13,7 @@ from transformers import Qwen2ForCausalLM
 
 import ahn_jax
 from ahn_jax import convert as convert_cli
-from ahn_jax.checkpoints import convert
+from ahn_jax.checkpoints import convert, converted
 from ahn_jax.checkpoints.hf_naming import CheckpointMismatchError
 from ahn_jax.checkpoints.safetensors_io import CheckpointFormatError, tensor_index
 
@@ -176,6 +176,13 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     with pytest.raises(SystemExit):
         convert_cli.main(["--out", str(tmp_path / "z")])
     assert "--hf_dir DIR is required" in capsys.readouterr().err
+    (tmp_path / "orbax").mkdir()  # an Orbax checkpoint as --hf_dir: said "no *.safetensors"
+    (tmp_path / "orbax" / converted.MARKER_FILE).write_text("{}")
+    with pytest.raises(SystemExit):
+        convert_cli.main(["--hf_dir", str(tmp_path / "orbax"), "--out", str(tmp_path / "z")])
+    assert "is an ahn_jax (Orbax) checkpoint: export it with --to_hf --ckpt" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_single_file_wins_over_a_stale_index_as_in_transformers(tmp_path):

@@ -146,7 +146,7 @@ def test_an_ahn_only_directory_is_told_from_a_merged_one_by_its_tensors(dirs, tm
     for directory in (root / "ahn", released):
         with pytest.raises(ConfigError, match=only + r": give .* as ahn_path \(--ahn\)"):
             from_pretrained(directory)
-        with pytest.raises(ConfigError, match=only + r": give .* as ahn_path \(--ahn\)"):
+        with pytest.raises(ConfigError, match=only + r": convert its base .* --merge it"):
             convert_lib.hf_to_orbax(directory, tmp_path / "ckpt")
         with pytest.raises(ConfigError, match=only + ": not a merged checkpoint, it is already"):
             layouts.split(directory, tmp_path / "b", tmp_path / "a")
@@ -288,7 +288,24 @@ def test_layout_errors_name_the_problem(dirs, tmp_path, capsys):
         (["--merge", "--hf_dir", str(root / "base")], "--merge needs --ahn_dir"),
         (["--merge", "--split", "--hf_dir", "x"], "--merge and --split exclude each other"),
         (["--hf_dir", str(root / "base"), "--window", "7"], "--window and --sinks apply to"),
+        # flags the mode does not read were ignored; sizes that are not one wrote a shard a tensor
+        (["--hf_dir", str(root / "base"), "--ckpt", "c"], "--ckpt is not read by HF -> Orbax"),
+        (["--to_hf", "--ckpt", "c", "--hf_dir", "x"], "--hf_dir is not read by --to_hf"),
+        (["--merge", "--hf_dir", "x", "--ahn_dir", "a", "--ahn_out", "b"], "--ahn_out is not"),
+        (
+            ["--merge", "--hf_dir", "x", "--ahn_dir", "a", "--max_shard_gb", "nan"],
+            "--max_shard_gb must be a positive size, got nan",
+        ),
+        (
+            ["--split", "--hf_dir", "x", "--ahn_out", "a", "--max_shard_gb", "0"],
+            "--max_shard_gb must be a positive size, got 0.0",
+        ),
     ):
         with pytest.raises(SystemExit):
             convert_cli.main([*argv, "--out", str(tmp_path / "o")])
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # was NotADirectoryError's traceback
+        convert_cli.main(
+            ["--hf_dir", str(root / "base"), "--out", str(root / "base" / "config.json")]
+        )
+    assert "config.json is a file: give a new or empty directory" in capsys.readouterr().err
