@@ -145,6 +145,9 @@ USER_ERRORS = {
     "negative sinks": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=passkey",
                         "--sinks=-1", "--out=/x"], "flag --sinks=-1: -1 is not a non-negative "
                        "integer"),
+    "costs of no AHN": (["ahn_jax.costs", "--config=configs/tiny_base.py"], "configs/tiny_base.py "
+                        "sets no AHN type (ahn.type = None): give --ahn_type gdn|dn|mamba2 for "
+                        "the costs with that AHN"),
     "zero length": (["ahn_jax.costs", "--length=0"], "flag --length=0: 0 is not a positive "
                     "integer"),
     "data for passkey": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=passkey",

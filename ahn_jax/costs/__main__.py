@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from ahn_jax import cli, xla_cpu
 from ahn_jax.config import AHN_TYPES, ConfigError, validate_config
@@ -56,16 +57,21 @@ def main(argv) -> None:
             config = config.replace(full_attention_layers=_layer_ids(FLAGS.full_attention_layers))
     except ConfigError as error:
         raise app.UsageError(f"--ahn_type / --full_attention_layers: {error}") from error
+    if config.ahn_type is None:  # the AHN's parameters, gates and cache would be reported as 0
+        raise app.UsageError(
+            f"{config_flags.get_config_filename(FLAGS['config'])} sets no AHN type (ahn.type = "
+            "None): give --ahn_type "
+            "gdn|dn|mamba2 for the costs with that AHN"
+        )
     args = (FLAGS.length, FLAGS.window, FLAGS.sinks, FLAGS.bytes_per_element)
     result = table.report(config, *args)
-    if FLAGS.plot:
-        table.plot(config, FLAGS.plot, *args)
+    plot = table.plot(config, FLAGS.plot, *args) if FLAGS.plot else None
     if FLAGS.json:
         print(json.dumps(result))
         return
     print(table.format_report(result))
-    if FLAGS.plot:
-        print(f"plot:           {FLAGS.plot}")
+    if plot:
+        print(f"plot:           {plot}")
 
 
 if __name__ == "__main__":

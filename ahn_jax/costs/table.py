@@ -17,6 +17,8 @@ fa_layer_ids) cost as full attention at L, in FLOPs and cache; the others as win
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from flax import nnx
 
@@ -140,8 +142,9 @@ def report(
     }
 
 
-def plot(config: ModelConfig, path, max_length: int, window: int, sinks: int, bpe: int) -> None:
-    """Cache bytes and mixing FLOPs against context length for full, swa and ahn."""
+def plot(config: ModelConfig, path, max_length: int, window: int, sinks: int, bpe: int) -> Path:
+    """Cache bytes and mixing FLOPs against context length for full, swa and ahn, written to
+    `path` (a PNG where it names no format: matplotlib's default); returns the file written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,8 +166,10 @@ def plot(config: ModelConfig, path, max_length: int, window: int, sinks: int, bp
     ax_flops.set_yscale("log")
     fig.suptitle(f"{config.ahn_type or 'base'}: W = {window}, S = {sinks}")
     fig.tight_layout()
+    path = Path(path) if Path(path).suffix else Path(path).with_suffix(".png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
 
 
 def _size(n_bytes: float) -> str:

@@ -121,10 +121,12 @@ def test_cache_held_by_decode_equals_the_model_at_every_length():
 def test_costs_cli_writes_the_plot(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "ahn_jax.costs", f"--config={CONFIGS / 'qwen3b_gdn.py'}",
-         "--length", "65536", "--window", "8064", "--sinks", "128", f"--plot={tmp_path / 'c.png'}"],
+         "--length", "65536", "--window", "8064", "--sinks", "128", f"--plot={tmp_path / 'c'}"],
         capture_output=True, text=True, check=True, cwd=CONFIGS.parent,
     )  # fmt: skip
     assert "cache:" in out.stdout and "mixing FLOPs:" in out.stdout
+    # no extension: matplotlib writes a PNG under c.png, and the line names that file
+    assert f"plot:           {tmp_path / 'c.png'}" in out.stdout
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
