@@ -17,6 +17,7 @@ The flags are read here; the work is done by ahn_jax/inference/generate.py's fun
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ahn_jax.checkpoints.pretrained import LOAD_ERRORS, from_pretrained
 from ahn_jax.config import KERNELS, MODES
 from ahn_jax.inference import completions, generation_config, run_mode
 from ahn_jax.inference import generate as generate_lib
+from ahn_jax.inference.partial_output import PartialOutput, file_digest
 from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS
@@ -151,14 +153,27 @@ def main(argv) -> None:
     if FLAGS.jsonl is None:
         completions.stream_completion(model, tokenizer, text, chat=FLAGS.chat, **settings)
         return
-    lines = completions.complete_jsonl(
-        model, tokenizer, FLAGS.jsonl, chat=FLAGS.chat, batch_size=FLAGS.batch_size, **settings
-    )
-    text = "".join(line + "\n" for line in lines)
-    if FLAGS.out:
-        Path(FLAGS.out).write_text(text, encoding="utf-8")
+    # with --out, finished batches are kept in <out>.partial: an interrupted run resumes there
+    partial = PartialOutput(FLAGS.out, _run_record(settings, dtype)) if FLAGS.out else None
+    lines = completions.complete_jsonl(model, tokenizer, FLAGS.jsonl, chat=FLAGS.chat,
+                                       batch_size=FLAGS.batch_size, partial=partial,
+                                       **settings)  # fmt: skip
+    if partial is not None:
+        partial.finish(lines)
     else:
-        sys.stdout.write(text)
+        sys.stdout.write("".join(line + "\n" for line in lines))
+
+
+def _run_record(settings: dict, dtype) -> dict:
+    """What a JSONL run's completions depend on: a resumed run must have the same."""
+    return {
+        "prompts": file_digest(FLAGS.jsonl),
+        **{name: FLAGS[name].value for name in ("model", "ahn", "chat", "batch_size")},
+        **{k: v for k, v in settings.items() if k not in ("generation", "stop_ids")},
+        "stop_ids": list(settings["stop_ids"]),
+        "generation": dataclasses.asdict(settings["generation"]),
+        "dtype": jnp.dtype(dtype).name,
+    }
 
 
 def _prompt_file(path: str | None) -> str | None:

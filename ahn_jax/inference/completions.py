@@ -13,6 +13,7 @@ from absl import app
 
 from ahn_jax.inference.generate import generate
 from ahn_jax.inference.generation_config import DEFAULTS, GenerationSettings
+from ahn_jax.inference.partial_output import PartialOutput
 from ahn_jax.jsonl import read_jsonl
 
 # what a character split over tokens decodes to until its last byte comes
@@ -152,11 +153,13 @@ def complete_jsonl(
     chat: bool,
     batch_size: int,
     generation: GenerationSettings = DEFAULTS,
+    partial: PartialOutput | None = None,
     **settings,
 ) -> list[str]:
     """Each record of a prompts JSONL with its "completion" added, as JSON lines in the input's
     order. Prompts are sorted by token length and decoded `batch_size` at a time as ragged
-    batches (similar lengths together waste the least padding)."""
+    batches (similar lengths together waste the least padding). With `partial`, each batch is
+    kept there as it finishes, and the batches an earlier run kept are not generated again."""
     numbered = _read_jsonl(path)
     records = [record for _, record in numbered]
     encoded = []
@@ -174,16 +177,24 @@ def complete_jsonl(
             raise app.UsageError(f"{path}:{number}: {error}") from error
     _note_if_nothing_leaves_the_window(encoded, generation, **settings)
     by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    completions: dict[int, str] = {}
+    completions = partial.done() if partial is not None else {}
+    if completions:
+        print(f"resuming: {len(completions)}/{len(records)} prompts were generated before "
+              f"({partial.path})", file=sys.stderr)  # fmt: skip
     for start in range(0, len(by_length), batch_size):
         batch = by_length[start : start + batch_size]
+        if all(i in completions for i in batch):  # the same batches as before: the same seeds
+            continue
         # each batch its own random stream: with one seed for all, row k of every batch drew the
         # same numbers (identical samples for equal prompts)
         seed = _batch_seed(settings.get("seed", 0), start)
         outputs = _generate_with(
             model, [encoded[i] for i in batch], generation, **{**settings, "seed": seed}
         )
-        completions.update({i: tokenizer.decode(o) for i, o in zip(batch, outputs, strict=True)})
+        new = {i: tokenizer.decode(o) for i, o in zip(batch, outputs, strict=True)}
+        if partial is not None:
+            partial.add(new)
+        completions.update(new)
         print(f"generated {len(completions)}/{len(records)}", file=sys.stderr)
     return [
         json.dumps({**records[i], "completion": completions[i]}, ensure_ascii=False)

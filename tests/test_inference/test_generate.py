@@ -211,3 +211,53 @@ def test_a_prompt_record_that_cannot_be_generated_from_is_named(
     tokenizer = generate_lib.load_tokenizer(str(qwen25_tokenizer_dir), 151936)
     with pytest.raises(app.UsageError, match=f"p\\.jsonl:2: {message}"):
         completions.complete_jsonl(None, tokenizer, str(prompts), chat=False, batch_size=1)
+
+
+class _InterruptedError(Exception):
+    """Stands for Ctrl-C during a batch."""
+
+
+def test_an_interrupted_jsonl_run_resumes_after_its_finished_batches(tmp_path, monkeypatch):
+    """Batches kept in <out>.partial as they finish: the same run again generates only the rest
+    (sampled: the batches keep their seeds), and the output equals an uninterrupted run's; a torn
+    last line is dropped; other settings are refused."""
+    import dataclasses
+
+    from absl import app
+
+    from ahn_jax.inference.generation_config import DEFAULTS
+    from ahn_jax.inference.partial_output import PartialOutput
+    from ahn_jax.tokenizer import ByteTokenizer
+
+    model = init_model(tiny_config(vocab_size=256), seed=1)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": "x" * n}) + "\n" for n in (5, 9, 3, 7, 4)))
+    generation = dataclasses.replace(DEFAULTS, do_sample=True, top_k=0, max_new_tokens=4)
+    kwargs = dict(chat=False, batch_size=2, generation=generation, mode="full", window=8, seed=0,
+                  stop_ids=[])  # fmt: skip
+    straight = completions.complete_jsonl(model, ByteTokenizer(), str(prompts), **kwargs)
+
+    real, calls, interrupt_at = completions.generate, [], [2]
+
+    def interrupted_at_the_second_batch(model, batch, **settings):
+        calls.append(len(batch))
+        if len(calls) in interrupt_at:
+            raise _InterruptedError
+        return real(model, batch, **settings)
+
+    monkeypatch.setattr(completions, "generate", interrupted_at_the_second_batch)
+    partial = PartialOutput(tmp_path / "out.jsonl", {"run": 1})
+    with pytest.raises(_InterruptedError):
+        completions.complete_jsonl(model, ByteTokenizer(), str(prompts), partial=partial, **kwargs)
+    with open(partial.path, "a") as f:
+        f.write('{"index": 3, "compl')  # a line cut short
+    calls.clear(), interrupt_at.clear()
+    lines = completions.complete_jsonl(model, ByteTokenizer(), str(prompts), partial=partial,
+                                       **kwargs)  # fmt: skip
+    assert calls == [2, 1]  # the first batch was kept
+    partial.finish(lines)
+    assert (tmp_path / "out.jsonl").read_text() == "".join(x + "\n" for x in straight)
+    assert not partial.path.exists()
+    partial.path.write_text(json.dumps({"settings": {"run": 2}}) + "\n")
+    with pytest.raises(app.UsageError, match="a run with other settings"):
+        PartialOutput(tmp_path / "out.jsonl", {"run": 1}).done()
