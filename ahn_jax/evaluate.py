@@ -153,7 +153,7 @@ def main(argv) -> None:
     values |= {"dtype": dtype, "recorded": recorded}
     settings = resolve_settings(model.config, FLAGS.task, **values)
     if settings.chat:
-        completions.check_chat(tokenizer)
+        completions.check_chat(tokenizer, "--chat")
     out = Path(FLAGS.out)
     suffixes = (".jsonl", ".txt") if FLAGS.task == "perplexity" else (".jsonl",)
     files = data_files(FLAGS.data, suffixes) if FLAGS.task not in GRID_TASKS else []

@@ -41,7 +41,7 @@ def benchmark_prompts(benchmark, files, tokenizer, settings: Settings, dataset) 
     prompts = []
     for path in files:
         samples, problems = tasks.read_samples(benchmark, path, dataset)
-        for problem in problems:
+        for problem in _grouped(problems):
             print(f"skipping {problem}", file=sys.stderr)
         if not samples:
             raise app.UsageError(nothing_to_evaluate(path, len(problems)))
@@ -66,6 +66,20 @@ def benchmark_prompts(benchmark, files, tokenizer, settings: Settings, dataset) 
                 record["level"] = sample.level
             prompts.append(Prompt(sample.id, ids, max_new, record))
     return prompts
+
+
+def _grouped(problems: list[str]) -> list[str]:
+    """ "path:line: why" messages, one per reason: the first line of each, with how many more
+    lines had it (a file named after no dataset gave the same long line for every record)."""
+    first, counts = {}, {}
+    for problem in problems:
+        why = problem.split(": ", 1)[-1]
+        first.setdefault(why, problem)
+        counts[why] = counts.get(why, 0) + 1
+    more = {
+        why: f" (and {n - 1} more line{'s' if n > 2 else ''} alike)" for why, n in counts.items()
+    }
+    return [problem + (more[why] if counts[why] > 1 else "") for why, problem in first.items()]
 
 
 def passkey_prompts(tokenizer, settings: Settings) -> list[Prompt]:

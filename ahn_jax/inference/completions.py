@@ -50,12 +50,12 @@ def _usage_error(error: Exception):
     raise app.UsageError(str(error)) from error
 
 
-def check_chat(tokenizer) -> None:
+def check_chat(tokenizer, asked_by: str = '--chat or a "messages" record') -> None:
     """Chat prompts need a tokenizer with the chat template: a byte vocabulary has none."""
     if not hasattr(tokenizer, "apply_chat_template"):
         raise app.UsageError(
-            'a chat prompt (--chat or a "messages" record) needs the model\'s tokenizer.json; '
-            "this model's vocabulary is bytes: give plain prompts"
+            f"a chat prompt ({asked_by}) needs the model's tokenizer.json; this model's "
+            "vocabulary is bytes: give plain prompts"
         )
 
 

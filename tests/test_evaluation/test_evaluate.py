@@ -391,6 +391,17 @@ def test_small_mistakes_are_named_by_their_flag(tmp_path):
         passkey.passkey_samples(ByteTokenizer(), [20], [0.5], 1, seed=0)
 
 
+def test_a_file_of_no_dataset_is_named_once_not_per_record(tmp_path, capsys):
+    data = tmp_path / "foo.jsonl"
+    data.write_text('{"context": "c", "input": "i", "answers": ["a"]}\n' * 3)
+    settings = _settings("longbench", max_length=0)
+    with pytest.raises(UsageError, match="nothing to evaluate"):
+        runner.benchmark_prompts(tasks.LONGBENCH, [data], ByteTokenizer(), settings, None)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"skipping {data}:1: dataset 'foo' is not one of longbench's")
+    assert line.endswith("(and 2 more lines alike)")
+
+
 def test_a_damaged_run_json_is_named_not_a_traceback(tmp_path):
     (tmp_path / results_lib.RUN_SETTINGS).write_text("{not json")
     with pytest.raises(UsageError, match=r"run\.json is not the settings of a run"):
