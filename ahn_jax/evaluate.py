@@ -132,6 +132,30 @@ def define_flags() -> None:
     flags.DEFINE_string("out", None, "output directory (resumes what is already there)")
 
 
+# The flags only some tasks read: given to another task they were ignored (and some recorded in
+# run.json as if they had counted)
+_BENCHMARKS = tuple(tasks.BENCHMARKS)
+TASK_FLAGS = {
+    **dict.fromkeys(("lengths", "depths", "samples", "seed"), GRID_TASKS),
+    **dict.fromkeys(
+        [f"niah_{x}" for x in ("keys", "values", "queries", "key_type", "value_type", "haystack")],
+        ruler.VARIANTS,
+    ),  # fmt: skip
+    "bucket": ("perplexity",),
+    "max_length": (*_BENCHMARKS, "perplexity"),
+    "dataset": _BENCHMARKS,
+    "max_new_tokens": (*_BENCHMARKS, *GRID_TASKS),
+}
+
+
+def _check_task_flags(task: str) -> None:
+    for name, readers in TASK_FLAGS.items():
+        if FLAGS[name].present and task not in readers:
+            raise app.UsageError(
+                f"--{name} is not read by --task {task} (only by {', '.join(readers)})"
+            )
+
+
 def main(argv) -> None:
     del argv
     for name in ("model", "task", "out"):
@@ -140,6 +164,7 @@ def main(argv) -> None:
     if FLAGS.task in GRID_TASKS and FLAGS.data:
         raise app.UsageError(f"--data is not read by --task {FLAGS.task}: its prompts are "
                              "generated (--lengths, --depths, --samples)")  # fmt: skip
+    _check_task_flags(FLAGS.task)
     cli.check_directories(model=FLAGS.model, ahn=FLAGS.ahn)
     if FLAGS.mode == "full":  # before the model loads (the default mode is known only after)
         run_mode.check_no_window_for_full(FLAGS.window, FLAGS.sinks)

@@ -175,6 +175,10 @@ USER_ERRORS = {
     "out without jsonl": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--prompt=hi",
                            "--out=x.jsonl"], "--out goes with --jsonl (one prompt streams to "
                           "stdout)"),
+    "flag of another task": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=passkey",
+                              "--max_length=100", "--out=/x"], "--max_length is not read by "
+                             "--task passkey (only by lveval, longbench, infinitebench, "
+                             "perplexity)"),
     "no data file": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=longbench",
                       "--data=nope.jsonl", "--out=/x"], "--data nope.jsonl: no such file or "
                      "directory"),
