@@ -88,9 +88,15 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
         shapes = {p: s for p, s in param_shapes(ahn_config).items() if ahn_weights.is_ahn_param(p)}
         params = ahn_weights.load_ahn_weights(hf_dir, ahn_config, shapes, merged=True)
         pieces = itertools.chain(pieces, params.items())
-    converted.save_params(
-        out, pieces, hf_config=hf_config, param_dtype=dtype, side_files_from=hf_dir, ahn=ahn
-    )
+    created = not out.exists()
+    try:
+        converted.save_params(
+            out, pieces, hf_config=hf_config, param_dtype=dtype, side_files_from=hf_dir, ahn=ahn
+        )
+    except BaseException:  # a tensor that does not fit, found while writing: no half a checkpoint
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
 
 

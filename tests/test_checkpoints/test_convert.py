@@ -134,6 +134,9 @@ def test_mismatch_names_every_bad_tensor(tmp_path):
     with pytest.raises(CheckpointMismatchError) as error:
         ahn_jax.from_pretrained(tmp_path / "hf")
     message = str(error.value)
+    with pytest.raises(CheckpointMismatchError):  # converting it leaves no empty --out behind
+        convert.hf_to_orbax(tmp_path / "hf", tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
     for expected in (
         "2 missing",
         "model.layers.1.mlp.up_proj.weight",
