@@ -79,8 +79,9 @@ def exit_now(status: int) -> NoReturn:
     compiling or running, and the interpreter's teardown under them segfaulted (about one
     interrupt in three early in an evaluation). Whatever the tool writes is closed by then (the
     interrupt unwound its `with` blocks)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe must not bring the teardown back
+            stream.flush()
     os._exit(status)
 
 

@@ -166,7 +166,9 @@ def plot(config: ModelConfig, path, max_length: int, window: int, sinks: int, bp
     ax_flops.set_yscale("log")
     fig.suptitle(f"{config.ahn_type or 'base'}: W = {window}, S = {sinks}")
     fig.tight_layout()
-    path = Path(path) if Path(path).suffix else Path(path).with_suffix(".png")
+    formats = fig.canvas.get_supported_filetypes()  # a name without one of them: a PNG
+    path = Path(path)
+    path = path if path.suffix[1:].lower() in formats else path.with_name(path.name + ".png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

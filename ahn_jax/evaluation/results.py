@@ -141,7 +141,9 @@ def read_results(out: Path) -> list[dict]:
 
     records = [record for _, record in jsonl.read_jsonl(path, on_invalid=torn)]
     if kept is not lines or not path.read_bytes().endswith(b"\n"):
-        path.write_bytes(b"".join(line + b"\n" for line in kept))
+        temporary = path.with_name(path.name + ".tmp")  # replaced whole: never left empty
+        temporary.write_bytes(b"".join(line + b"\n" for line in kept))
+        os.replace(temporary, path)
     return records
 
 
@@ -184,13 +186,13 @@ def data_files(paths: Sequence[str], suffixes: Sequence[str] = (".jsonl",)) -> l
             raise app.UsageError(f"--data {path}: no such file or directory")
     if not files:
         raise app.UsageError("--data is required for this task")
-    unique, by_name = {}, {}
+    unique, by_stem = {}, {}
     for path in files:
         unique.setdefault(path.resolve(), path)  # the first mention of each file
     for path in unique.values():
-        if (other := by_name.setdefault(path.name, path)) is not path:
+        if (other := by_stem.setdefault(path.stem, path)) is not path:
             raise app.UsageError(
-                f"--data has two files named {path.name} ({other}, {path}): sample ids and the "
+                f"--data has two files named {path.stem} ({other}, {path}): sample ids and the "
                 "run's data record go by the file's name; evaluate them in separate runs"
             )
     return list(unique.values())

@@ -142,7 +142,8 @@ def stream_completion(
 
 def _batch_seed(seed: int, start: int) -> int:
     """The seed of the batch whose first prompt is number `start` in length order."""
-    return int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
+    # SeedSequence takes non-negative ints; --seed may be negative, as jax.random.key takes it
+    return int(np.random.SeedSequence([seed % 2**64, start]).generate_state(1)[0])
 
 
 def complete_jsonl(

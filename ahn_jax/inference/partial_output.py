@@ -28,12 +28,10 @@ class PartialOutput:
         self.settings = json.loads(json.dumps(settings))
 
     def done(self) -> dict[int, str]:
-        """The completions an earlier run of these settings left ({prompt index: text}); starts
-        the file when there is none."""
-        if not self.path.exists():
-            self.path.write_text(json.dumps({"settings": self.settings}) + "\n", encoding="utf-8")
-            return {}
-        lines, records = jsonl.file_lines(self.path), []
+        """The completions an earlier run of these settings left ({prompt index: text}). The file
+        is started over where there is none, or where it holds no completion yet (a run that
+        failed before its first batch may be rerun with other settings)."""
+        lines, records = jsonl.file_lines(self.path) if self.path.exists() else [], []
         for number, line in enumerate(lines, start=1):
             try:
                 records.append(jsonl.loads(jsonl.decode_line(line, self.path, number)))
@@ -42,14 +40,17 @@ class PartialOutput:
                     raise app.UsageError(
                         f"{self.path}:{number} is damaged: delete the file to start over"
                     ) from None
-                lines = lines[:-1]
-        if not records or records[0] != {"settings": self.settings}:
+        if len(records) < 2:
+            _replace(self.path, json.dumps({"settings": self.settings}) + "\n")
+            return {}
+        if records[0] != {"settings": self.settings}:
             raise app.UsageError(
                 f"{self.path} holds the completions of a run with other settings (prompts, "
                 "model or flags): delete it to start over, or run that command again"
             )
-        # whole lines only, each ending in a newline, before more are appended
-        self.path.write_bytes(b"".join(line + b"\n" for line in lines))
+        if len(records) < len(lines) or not self.path.read_bytes().endswith(b"\n"):
+            # whole lines only, each ending in a newline, before more are appended
+            _replace(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         return {r["index"]: r["completion"] for r in records[1:]}
 
     def add(self, completions: dict[int, str]) -> None:
@@ -64,10 +65,15 @@ class PartialOutput:
     def finish(self, lines: list[str]) -> None:
         """Write the output whole (replaced at once: an interruption leaves the old or the new)
         and remove the partial file."""
-        temporary = self.out.with_name(self.out.name + ".tmp")
-        temporary.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        os.replace(temporary, self.out)
-        self.path.unlink()
+        _replace(self.out, "".join(line + "\n" for line in lines))
+        self.path.unlink(missing_ok=True)  # a file of no prompts never started one
+
+
+def _replace(path: Path, text: str) -> None:
+    """`path` written whole or not at all: a temporary file, then one rename."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def file_digest(path: str | Path) -> str:

@@ -63,7 +63,8 @@ def restore_latest(run: Run) -> None:
             ),
         )
     except ValueError as err:
-        if not run.changed_settings:
+        # what decides the saved trees (the weights', the optimizer state's, the data iterator's)
+        if not any(c.startswith(TREE_SETTINGS) for c in run.changed_settings):
             raise
         orbax_says = str(err).splitlines()[0].rstrip(":")
         raise ConfigError(
@@ -80,6 +81,9 @@ def restore_latest(run: Run) -> None:
 def _as_json(config) -> dict:
     return json.loads(config.to_json())
 
+
+# the settings whose change can make a checkpoint's trees another shape than this run's
+TREE_SETTINGS = ("model.", "ahn.", "data.", "train.objective ")
 
 # where the run is, not how it trains: a run directory may be moved or copied
 NOT_COMPARED = ("train.output_dir",)

@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from ahn_jax import cli
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -48,30 +50,39 @@ class StopOnSignal:
     def __init__(self, say: Callable[[str], None] = _to_stderr):
         self.signum = None
         self._say = say
-        self._previous, self._previous_wakeup, self._pipe = {}, None, None
+        self._previous, self._previous_wakeup, self._pipe, self._watcher = {}, None, None, None
 
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
             return self
-        read, write = os.pipe()
-        os.set_blocking(write, False)  # set_wakeup_fd's requirement: the C handler must not block
-        self._pipe = (read, write)
-        self._previous_wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        for signum in SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._ask)
-        threading.Thread(
-            target=self._watch, args=(read,), name="stop-on-signal", daemon=True
-        ).start()
+        try:  # the handlers first: a signal from then on is a request, never a KeyboardInterrupt
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._ask)
+            self._pipe = os.pipe()
+            os.set_blocking(self._pipe[1], False)  # set_wakeup_fd's rule: the C handler never waits
+            self._previous_wakeup = signal.set_wakeup_fd(self._pipe[1], warn_on_full_buffer=False)
+            self._watcher = threading.Thread(
+                target=self._watch, args=(self._pipe[0],), name="stop-on-signal", daemon=True
+            )
+            self._watcher.start()
+        except BaseException:  # nothing left armed or open
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc):
+        # the pipe first, then the handlers: a signal in between reaches `_ask` alone (recorded,
+        # not acknowledged), never a handler that raises in here
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            read, write = self._pipe
+            os.close(write)  # the watcher reads the end of the pipe, closes its end and returns
+            if self._watcher is None:
+                os.close(read)
+            self._pipe, self._watcher = None, None
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
-        if self._pipe is not None:
-            signal.set_wakeup_fd(self._previous_wakeup)
-            os.close(self._pipe[1])  # the watcher reads the end of the pipe and returns
-            self._pipe = None
 
     def _ask(self, signum, frame) -> None:
         """The Python-level handler (main thread, once it runs Python again): the request."""
@@ -93,7 +104,7 @@ class StopOnSignal:
                 else:
                     self._say(f"\n{name} again: stopped at once; the same command resumes from "
                               "the last checkpoint saved")  # fmt: skip
-                    os._exit(128 + signum)
+                    cli.exit_now(128 + signum)
         os.close(read)
 
     def requested(self) -> int | None:

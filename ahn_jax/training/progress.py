@@ -45,7 +45,7 @@ def start_lines(run) -> list[str]:
         lines.insert(2, warning)
     if run.changed_settings:
         lines.append(f"changed since the checkpoint: {'; '.join(run.changed_settings)}")
-    if run.rate_change:
+    if run.rate_change and run.start_step < t.steps:  # (no note where nothing will train)
         lines.append(run.rate_change)
     if run.start_step < t.steps:  # the first step's wait, before any progress shows
         lines.append(

@@ -258,6 +258,17 @@ def test_an_interrupted_jsonl_run_resumes_after_its_finished_batches(tmp_path, m
     partial.finish(lines)
     assert (tmp_path / "out.jsonl").read_text() == "".join(x + "\n" for x in straight)
     assert not partial.path.exists()
-    partial.path.write_text(json.dumps({"settings": {"run": 2}}) + "\n")
+    other = json.dumps({"settings": {"run": 2}}) + "\n"
+    partial.path.write_text(other + json.dumps({"index": 0, "completion": "x"}) + "\n")
     with pytest.raises(app.UsageError, match="a run with other settings"):
         PartialOutput(tmp_path / "out.jsonl", {"run": 1}).done()
+    # one that holds no completion yet (a run that failed at once) is started over
+    partial.path.write_text(other)
+    assert PartialOutput(tmp_path / "out.jsonl", {"run": 1}).done() == {}
+    # no prompt at all: nothing kept, an empty output (finish found no .partial to remove)
+    (tmp_path / "empty.jsonl").write_text("\n")
+    empty = PartialOutput(tmp_path / "o2.jsonl", {"run": 1})
+    empty.finish(completions.complete_jsonl(model, ByteTokenizer(), str(tmp_path / "empty.jsonl"),
+                                            partial=empty, **kwargs))  # fmt: skip
+    assert (tmp_path / "o2.jsonl").read_text() == ""
+    assert completions._batch_seed(-1, 0) != completions._batch_seed(1, 0)  # a negative --seed
