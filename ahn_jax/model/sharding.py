@@ -84,6 +84,8 @@ def partition_spec(
                 chosen.append(axis)
                 used.add(axis)
         spec.append(tuple(chosen) if len(chosen) > 1 else (chosen[0] if chosen else None))
+    while spec and spec[-1] is None:  # the form jit returns arrays in: P(x), not P(x, None)
+        spec.pop()
     return PartitionSpec(*spec)
 
 

@@ -37,7 +37,7 @@ from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.sharding import MeshError, make_mesh, partition_spec, state_shardings
 from ahn_jax.model.transformer import abstract_model, decode_step
 from ahn_jax.training.distributed import parse_mesh
-from ahn_jax.training.optimizer import optimizer_for
+from ahn_jax.training.optimizer import opt_state_shardings, optimizer_for
 from ahn_jax.training.step import make_train_step
 from kernels.common import pallas_mode
 
@@ -162,9 +162,12 @@ def check(
         )
         report.update(seq_len=seq_len, batch_size=batch_size, micro_batches=t.micro_batches,
                       objective=t.objective)  # fmt: skip
-        # the optimizer state's placement is what tx.init gives the sharded AHN weights (all the
+        # the optimizer state placed as training places it, moments like their weights (all the
         # weights', when pretraining: that alone may not fit)
-        init = _compile(jax.jit(tx.init).lower(trainable), dict(report), keep=True)
+        shardings = opt_state_shardings(tx, trainable, mesh)
+        init = _compile(
+            jax.jit(tx.init, out_shardings=shardings).lower(trainable), dict(report), keep=True
+        )
         if isinstance(init, dict):
             return init
         opt_state = _abstract(jax.eval_shape(tx.init, trainable), init.output_shardings)

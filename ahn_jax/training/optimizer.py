@@ -14,6 +14,7 @@ import math
 
 import jax
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ahn_jax.config import TrainConfig
 
@@ -95,3 +96,29 @@ def optimizer_for(train_config: TrainConfig, *, b1: float = 0.9, b2: float = 0.9
         optax.adamw(schedule, b1=b1, b2=b2, weight_decay=t.weight_decay, mask=decay_mask),
     )
     return tx, schedule
+
+
+def init_on_mesh(tx: optax.GradientTransformation, trainable, mesh):
+    """`tx.init(trainable)` compiled with the state placed as XLA:SPMD will return it from the
+    train step: every moment like its weight (the step's outputs are), scalars such as Adam's count
+    on every device. Left to itself, the compiler replicated the moments: every chip held all of
+    them until the first step, which then compiled a second time for the placements it returned.
+    Without a mesh: `jax.jit(tx.init)`, its outputs committed by the caller."""
+    init = jax.jit(tx.init, out_shardings=opt_state_shardings(tx, trainable, mesh))
+    return init(trainable)
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, trainable, mesh):
+    """The shardings `init_on_mesh` gives the optimizer state of `trainable` (whose leaves carry
+    theirs; abstract ones too); None without a mesh (the compiler's choice)."""
+    if mesh is None:
+        return None
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return optax.tree_map_params(
+        tx,
+        lambda _, weight: weight.sharding,
+        jax.eval_shape(tx.init, trainable),
+        trainable,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+    )

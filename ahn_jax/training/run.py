@@ -40,7 +40,7 @@ from ahn_jax.training.distributed import (
     make_train_mesh,
     on_mesh,
 )
-from ahn_jax.training.optimizer import optimizer_for
+from ahn_jax.training.optimizer import init_on_mesh, optimizer_for
 
 # What `Run.place_batch` puts on the mesh: the rows, and each row's window and sinks (docs/method.md
 # §Training: every sequence draws its own pair).
@@ -199,11 +199,11 @@ def setup(config: ConfigDict) -> Run:
     # distillation trains the AHN weights only; pretraining every weight of the base
     graphdef, trainable, frozen = nnx.split(model, nnx.Param if pretrain else AhnParam, ...)
     tx, schedule = optimizer_for(t)
-    # initialised by the compiler, under the mesh: moments placed like their weights, scalars
-    # such as Adam's count on every device of the step (as `compile_check` derives them), so a
-    # checkpoint restores onto placements that jit accepts
+    # moments placed like their weights, scalars such as Adam's count on every device, as the
+    # step returns them (and `compile_check` places them): the first step compiles once, and a
+    # checkpoint restores onto these placements
     with on_mesh(mesh):
-        opt_state = jax.jit(tx.init)(trainable)
+        opt_state = init_on_mesh(tx, trainable, mesh)
     if mesh is None:
         # everything committed to the one device, as the step's outputs are: a loaded base is,
         # jit's outputs are not, and the second step would compile again for the difference

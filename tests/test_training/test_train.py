@@ -337,6 +337,12 @@ def test_a_2x2x2_mesh_gives_the_single_device_loss_and_restores_onto_4_devices(
     assert sharded.mesh.shape == {"data": 2, "fsdp": 2, "tensor": 2}
     leaf = sharded.frozen["layers"]["mlp"]["gate_kernel"][...]
     assert len(leaf.sharding.device_set) > 1  # the frozen weights really are sharded
+    # the moments start placed as the step returns them: one compile (the first step's inputs
+    # were replicated moments, and the second step compiled again for the step's own placements)
+    assert sharded.step_fn._cache_size() == 1
+    weight = sharded.trainable["layers"]["ahn"]["a_proj"][...]
+    moment = sharded.opt_state[1][0].mu["layers"]["ahn"]["a_proj"][...]
+    assert moment.sharding.spec == weight.sharding.spec != ()
     _assert_same_losses(tmp_path / "mesh" / "run", reference, range(1, 6))
 
     # the step-2 checkpoint of the 8-device run, continued by a process with 4 devices
