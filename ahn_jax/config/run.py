@@ -192,6 +192,26 @@ class DataConfig(_Section):
         _check_mix(self.mix, self.paths)
         check_local_paths("data", paths=self.paths, tokenizer_dir=self.tokenizer_dir)
         _check_copy_warmup(self.copy_warmup, self.recall)
+        _check_documents(self)
+
+
+def _check_documents(d: DataConfig) -> None:
+    """What whole documents (the plays, .txt files) and recall pairs can be given with."""
+    txt = [p for p in d.paths if str(p).endswith(".txt")]
+    if txt and len(txt) != len(d.paths):
+        raise ConfigError(
+            f"data.paths mixes .txt documents {txt} with JSONL files: one kind per run (a .txt "
+            "would be read as JSONL)"
+        )
+    for name in ("mix", "max_samples"):
+        if getattr(d, name) and (txt or d.format == "shakespeare"):
+            raise ConfigError(f"data.{name} applies to JSONL files, not to whole documents")
+    if d.recall and (d.format == "chat" or d.tokenizer != "bytes"):
+        raise ConfigError(
+            "data.recall inserts byte-level key/recall pairs into text windows: it needs "
+            "data.format 'text' or 'shakespeare' and data.tokenizer 'bytes' (chat rows would be "
+            f"relabelled and cut), got {d.format!r} and {d.tokenizer!r}"
+        )
 
 
 COPY_WARMUP_KEYS = ("steps", "pairs", "min_gap", "max_gap")
@@ -236,6 +256,7 @@ def run_configs(config) -> tuple[TrainConfig, DataConfig]:
         raise ConfigError(
             f"data.cutoff_len ({data.cutoff_len}) must not exceed train.seq_len ({train.seq_len})"
         )
+    _check_buckets(train.length_buckets, train.seq_len, data.cutoff_len)
     if train.base_checkpoint and not Path(train.base_checkpoint).exists():
         raise ConfigError(f"train.base_checkpoint = {train.base_checkpoint!r} does not exist")
     for path in data.paths:
@@ -249,6 +270,20 @@ def run_configs(config) -> tuple[TrainConfig, DataConfig]:
 _BASE = ("train.base_checkpoint", "/path/Qwen2.5-3B-Instruct",
          "the base model: an HF or ahn_jax checkpoint")  # fmt: skip
 _PATHS = ("data.paths", "/path/chatqa2.jsonl", "the training data files")
+
+
+def _check_buckets(buckets: tuple[int, ...], seq_len: int, cutoff_len: int) -> None:
+    """Batch lengths must hold the longest row (data.cutoff_len tokens; grain failed on it after
+    the set-up) and stay within train.seq_len, the longest a step is sized for."""
+    if not buckets:
+        return
+    if any(not isinstance(b, int) or b < 1 for b in buckets):
+        raise ConfigError(f"train.length_buckets must be positive token counts, got {buckets}")
+    if max(buckets) < cutoff_len or max(buckets) > seq_len:
+        raise ConfigError(
+            f"train.length_buckets {tuple(buckets)}: the largest must hold the longest row, "
+            f"data.cutoff_len ({cutoff_len}), and none may exceed train.seq_len ({seq_len})"
+        )
 
 
 def _check_inputs(train: TrainConfig, data: DataConfig) -> None:

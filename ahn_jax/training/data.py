@@ -125,6 +125,10 @@ class JsonlLines:
     def __init__(self, paths: Sequence[str | Path], *, max_samples: int = 0,
                  mix: Sequence[float] = (), seed: int = 0):  # fmt: skip
         files = [_records(path, max_samples) for path in map(Path, paths)]
+        empty = [str(p) for p, records, share in zip(paths, files, mix, strict=False)
+                 if share > 0 and not records]  # fmt: skip
+        if empty:
+            raise ConfigError(f"data.mix draws from {empty}, which hold no records")
         if mix:
             order = interleave([len(records) for records in files], mix, seed)
             self._index = [files[file][i] for file, i in order.tolist()]
@@ -233,10 +237,8 @@ def make_dataset(
     cutoff, filter_len = data_config.cutoff_len, data_config.filter_len
     skips = skips if skips is not None else SkipCounter()
 
+    # (DataConfig refuses .txt beside JSONL, and mix / max_samples for whole documents)
     txt = fmt == "text" and all(str(p).endswith(".txt") for p in data_config.paths)
-    for name in ("mix", "max_samples"):
-        if (txt or fmt == "shakespeare") and getattr(data_config, name):
-            raise ValueError(f"data.{name} applies to JSONL files, not to whole documents")
     if fmt == "shakespeare":
         held_out = set(data_config.held_out)
         texts = {k: v for k, v in shakespeare_texts().items() if k not in held_out}
@@ -270,13 +272,16 @@ def _add_recall_pairs(dataset, data_config: DataConfig, cutoff: int, batch_size:
     """Key/recall pairs in every window: new ones every epoch, a function of the seed and index;
     with `data.copy_warmup`, the first windows of this process's stream (about `steps` batches)
     are the warm-up's filler with its own pairs."""
-    spec = RecallSpec(**data_config.recall)
-    spec.check(cutoff)
     warmup = data_config.copy_warmup
+    try:  # a field RecallSpec lacks, or pairs the windows cannot hold: the config's to fix
+        spec = RecallSpec(**data_config.recall)
+        spec.check(cutoff)
+        warm_spec = dataclasses.replace(spec, **{k: v for k, v in warmup.items() if k != "steps"})
+        warm_spec.check(cutoff)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"data.recall / data.copy_warmup: {e}") from e
     if not warmup:
         return dataset.random_map(functools.partial(_with_recall, spec, cutoff), seed=seed + 1)
-    warm_spec = dataclasses.replace(spec, **{k: v for k, v in warmup.items() if k != "steps"})
-    warm_spec.check(cutoff)
     dataset = dataset.map_with_index(functools.partial(_mark_warmup, warmup["steps"] * batch_size))
     recall_fn = functools.partial(_with_recall_or_warmup, spec, warm_spec, cutoff)
     return dataset.random_map(recall_fn, seed=seed + 1)

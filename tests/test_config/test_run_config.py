@@ -149,6 +149,38 @@ def test_a_run_checks_the_sections_against_each_other_and_the_file_system(tmp_pa
         run_configs(missing)
 
 
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"format": "text", "paths": ("a.jsonl", "b.txt")}, r"mixes \.txt documents \[.*b\.txt"),
+        ({"format": "shakespeare", "max_samples": 5}, r"data\.max_samples applies to JSONL"),
+        ({"format": "chat", "recall": {"span": 8}}, r"data\.recall .* got 'chat' and 'checkpoint'"),
+    ],
+)  # fmt: skip
+def test_data_settings_that_would_be_ignored_or_misapplied_are_refused(tmp_path, data, message):
+    """Each ran: a .txt read as JSONL (its document skipped as invalid), a traceback from the
+    data pipeline, or recall pairs that relabelled chat prompts (and inserted byte values as
+    token ids under a checkpoint's tokenizer)."""
+    paths = tuple(str(tmp_path / p) for p in data.get("paths", ()))
+    for path in paths:
+        Path(path).write_text("{}\n")
+    with pytest.raises(ConfigError, match=message):
+        DataConfig(**{**data, **({"paths": paths} if paths else {})})
+
+
+def test_length_buckets_must_hold_the_longest_row_within_seq_len():
+    def config(buckets):
+        return make_config(MODEL, ahn_type="gdn",
+                           data={"cutoff_len": 128, "format": "shakespeare", "tokenizer": "bytes"},
+                           train=dict(seq_len=128, length_buckets=buckets,
+                                      allow_random_base=True))  # fmt: skip
+
+    run_configs(config((64, 128)))
+    for buckets in ((64, 96), (64, 256)):  # grain failed on a row of 128; seq_len capped nothing
+        with pytest.raises(ConfigError, match=r"train\.length_buckets .* data\.cutoff_len \(128\)"):
+            run_configs(config(buckets))
+
+
 def test_a_run_needs_a_base_and_data_unless_it_says_otherwise(tmp_path):
     """The Qwen configs carry the model's shape only: a run names what it lacks before anything
     is built. A random base is for benchmarks (allow_random_base) and pretraining; the Shakespeare

@@ -182,7 +182,7 @@ def test_recall_pairs_go_into_every_full_window_and_change_with_the_epoch(tmp_pa
     path.write_text("Now is the winter of our discontent made glorious summer. " * 12)  # 3 x 256
     config = _config([path], fmt="text")
     recall = {"span": 8, "pairs": 1, "min_gap": 40, "max_gap": 100}
-    config = config.replace(cutoff_len=256, recall=recall)
+    config = config.replace(cutoff_len=256, recall=recall, tokenizer="bytes")
     iterator = iter(data.make_dataset(config, ByteTokenizer(), batch_size=3, seed=0,
                                       buckets=(256,)))  # fmt: skip
     epochs = [next(iterator)["input_ids"] for _ in range(2)]
@@ -202,7 +202,9 @@ def test_copy_warmup_windows_are_filler_with_their_own_pairs_then_text(tmp_path)
     recall = {"span": 8, "pairs": 1, "min_gap": 40, "max_gap": 100, "letters": "ABCDEFGHIJ",
               "distinct": True}  # fmt: skip
     warmup = {"steps": 2, "pairs": 3, "min_gap": 40, "max_gap": 60}
-    config = _config([path], fmt="text").replace(cutoff_len=256, recall=recall, copy_warmup=warmup)
+    config = _config([path], fmt="text").replace(
+        cutoff_len=256, recall=recall, copy_warmup=warmup, tokenizer="bytes"
+    )
     iterator = iter(data.make_dataset(config, ByteTokenizer(), batch_size=3, seed=0,
                                       buckets=(256,)))  # fmt: skip
     batches = [next(iterator)["input_ids"] for _ in range(4)]

@@ -126,6 +126,14 @@ def test_mix_fields_get_their_types_and_txt_documents_refuse_them(tmp_path):
     config = DataConfig(paths=("a.jsonl", "b.jsonl"), mix=[1, 0])
     assert config.mix == (1.0, 0.0) and DataConfig(paths=("a", "b"), mix=(0.5, 0.5 + 1e-7)).mix
     (tmp_path / "a.txt").write_text("some text " * 20)
-    config = DataConfig(format="text", paths=(str(tmp_path / "a.txt"),), mix=(1.0,))
-    with pytest.raises(ValueError, match=r"data\.mix applies to JSONL files"):
-        data.make_dataset(config, ByteTokenizer(), batch_size=1, seed=0, buckets=(64,))
+    with pytest.raises(ConfigError, match=r"data\.mix applies to JSONL files"):
+        DataConfig(format="text", paths=(str(tmp_path / "a.txt"),), mix=(1.0,))
+
+
+def test_a_mix_drawing_from_an_empty_file_names_it(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    paths = [tmp_path / "empty.jsonl", tmp_path / "a.jsonl"]
+    with pytest.raises(ConfigError, match=r"data\.mix draws from \['.*empty\.jsonl'\]"):
+        data.JsonlLines(paths, mix=(0.5, 0.5))
+    assert len(data.JsonlLines(paths, mix=(0.0, 1.0))) > 0  # drawn with probability 0: fine
