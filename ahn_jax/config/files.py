@@ -56,7 +56,9 @@ def validate_config(config) -> ModelConfig:
             raise ConfigError(
                 f"unknown ahn setting(s) {unknown}; allowed: ['full_attention_layers', 'type']"
             )
-        settings["ahn_type"] = config.ahn.type
+        # the command line gives strings: --config.ahn.type=None (or none, or empty) means None
+        ahn_type = config.ahn.type
+        settings["ahn_type"] = None if str(ahn_type).lower() in ("none", "") else ahn_type
         settings["full_attention_layers"] = tuple(config.ahn.get("full_attention_layers", ()))
     return ModelConfig.from_dict(settings)
 

@@ -130,6 +130,9 @@ def test_command_line_overrides_apply_before_the_typed_sections_are_made():
     assert (model.rms_norm_eps, model.dtype) == (1e-5, "bfloat16")
     with pytest.raises(AttributeError, match="stepz"):  # ml_collections names the unknown field
         _parse_command_line("--config.train.stepz=3")
+    # no AHN, as the pretraining error asks: the command line gives the string "None"
+    for value in ("None", "none", ""):
+        assert validate_config(_parse_command_line(f"--config.ahn.type={value}")).ahn_type is None
 
 
 def test_a_run_checks_the_sections_against_each_other_and_the_file_system(tmp_path):
