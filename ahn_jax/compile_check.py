@@ -31,7 +31,7 @@ def define_flags() -> None:
         "seq_len", None, "tokens per sequence (default: train.seq_len)", lower_bound=1
     )
     flags.DEFINE_integer(
-        "batch_size", None, "global batch (default: train.batch_size)", lower_bound=1
+        "batch_size", None, "global batch (default: train.batch_size; decode: 1)", lower_bound=1
     )
     flags.DEFINE_enum("step", "train", ["train", "decode"], "which step to compile")
     flags.DEFINE_enum("kernels", None, list(KERNELS),
@@ -45,10 +45,22 @@ def define_flags() -> None:
     flags.DEFINE_bool("json", False, "print one JSON object")
 
 
+# the flags of one step only: given with the other they were ignored
+STEP_FLAGS = {"train": ("seq_len", "kernels"), "decode": ("window", "sinks", "max_length")}
+
+
+def _check_step_flags(step: str) -> None:
+    for other, names in STEP_FLAGS.items():
+        for name in names:
+            if other != step and FLAGS[name].present:
+                raise app.UsageError(f"--{name} applies to --step={other} only")
+
+
 def main(argv) -> None:
     del argv
     if cli.config() is None:
         raise app.UsageError("--config=configs/<name>.py is required")
+    _check_step_flags(FLAGS.step)
     if FLAGS.step == "decode":
         report = compile_check.check_decode(
             cli.config(), FLAGS.topology, FLAGS.mesh, FLAGS.batch_size or 1,

@@ -153,6 +153,9 @@ USER_ERRORS = {
     "data for passkey": (["ahn_jax.evaluate", f"--model={DEMO_BASE}", "--task=passkey",
                           "--data=x.jsonl", "--out=/x"], "--data is not read by --task passkey: "
                          "its prompts are generated (--lengths, --depths, --samples)"),
+    "flag of the other step": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py",
+                                "--step=decode", "--kernels=xla"], "--kernels applies to "
+                               "--step=train only"),
     "zero seq_len": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py", "--seq_len=0"],
                      "flag --seq_len=0: 0 is not a positive integer"),
     "report of no run": (["ahn_jax.evaluation.report", "--runs=/nope"], "/nope has no "

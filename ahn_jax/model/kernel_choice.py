@@ -73,6 +73,11 @@ def describe(kernels: str, platform: str | None = None) -> dict[str, str]:
     return {"kernels": kernels, "recurrence": choice.recurrence, "attention": choice.attention}
 
 
+def _only_axis(spec):
+    """The mesh axes of a one-dimensional PartitionSpec (P() when replicated: None)."""
+    return spec[0] if spec else None
+
+
 def per_shard(fn, args, layouts, out_layouts, *, head_counts: tuple[int, ...]):
     """`fn(*args)`, under `shard_map` when a mesh is active. `layouts` and `out_layouts` (a pytree
     like `fn`'s output) spell each array's axes, "B" for rows and "N" for heads, any other letter
@@ -83,8 +88,8 @@ def per_shard(fn, args, layouts, out_layouts, *, head_counts: tuple[int, ...]):
     if mesh.empty:
         return fn(*args)
     first = next(x for x in args if x is not None)
-    batch = partition_spec(("batch",), first.shape[:1], mesh)[0]
-    heads_specs = {partition_spec(("heads",), (n,), mesh)[0] for n in head_counts}
+    batch = _only_axis(partition_spec(("batch",), first.shape[:1], mesh))
+    heads_specs = {_only_axis(partition_spec(("heads",), (n,), mesh)) for n in head_counts}
     heads = heads_specs.pop() if len(heads_specs) == 1 else None
 
     def spec(layout):

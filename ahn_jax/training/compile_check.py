@@ -145,6 +145,11 @@ def check(
     t = TrainConfig.from_dict(config.train.to_dict())
     seq_len = seq_len or t.seq_len
     batch_size = batch_size or t.batch_size
+    if batch_size % t.micro_batches:
+        raise ConfigError(
+            f"the batch ({batch_size} rows) must be a multiple of train.micro_batches "
+            f"({t.micro_batches})"
+        )
     description, devices, mesh = _mesh(topology, mesh_spec, t.mesh)
 
     # distillation trains the AHN weights; "pretrain" (the full-attention baseline: the same base,
@@ -156,6 +161,8 @@ def check(
     trainable = _abstract(trainable, state_shardings(trainable, mesh))
     frozen = _abstract(frozen, state_shardings(frozen, mesh))
     tx, schedule = optimizer_for(t)
+    # (outside the TPU mesh: optax builds its placeholder state with host arrays)
+    shardings = opt_state_shardings(tx, trainable, mesh)
     with jax.set_mesh(mesh), pallas_mode.compiled_for_tpu():
         report = _base_report(
             "train", topology, description, devices, mesh, model_config, model_config.kernels
@@ -164,7 +171,6 @@ def check(
                       objective=t.objective)  # fmt: skip
         # the optimizer state placed as training places it, moments like their weights (all the
         # weights', when pretraining: that alone may not fit)
-        shardings = opt_state_shardings(tx, trainable, mesh)
         init = _compile(
             jax.jit(tx.init, out_shardings=shardings).lower(trainable), dict(report), keep=True
         )
@@ -236,6 +242,11 @@ def check_decode(
     FLOPs and bytes accessed, and the verdict. The cache and the AHN states are the donated
     arguments, updated in place."""
     model_config = validate_config(config)
+    if model_config.full_attention_layers and max_length is None:
+        raise ConfigError(
+            f"ahn.full_attention_layers {model_config.full_attention_layers} keep every position: "
+            "give --max_length, the positions their cache holds"
+        )
     t = TrainConfig.from_dict(config.train.to_dict()) if "train" in config else None
     description, devices, mesh = _mesh(topology, mesh_spec, t.mesh if t else None)
     model = abstract_model(model_config)
@@ -252,6 +263,8 @@ def check_decode(
         )
         report.update(batch_size=batch_size, window=window, sinks=sinks, max_length=max_length,
                       cache_bytes=_cache_bytes(cache))  # fmt: skip
+        # decode runs its own step kernels whatever model.kernels says (docs/kernels.md)
+        report.update(kernels="decode step", recurrence="one token a step", attention="cache")
         return _compile(lowered, report)
 
 
