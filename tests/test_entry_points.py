@@ -156,6 +156,8 @@ USER_ERRORS = {
     "flag of the other step": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py",
                                 "--step=decode", "--kernels=xla"], "--kernels applies to "
                                "--step=train only"),
+    "demo base missing": (["ahn_jax.demo", "--quick", "--out=/tmp/nope_demo", "--base=/nope"],
+                          "--base /nope: no model there (no config.json)"),  # was replaced
     "zero seq_len": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py", "--seq_len=0"],
                      "flag --seq_len=0: 0 is not a positive integer"),
     "report of no run": (["ahn_jax.evaluation.report", "--runs=/nope"], "/nope has no "

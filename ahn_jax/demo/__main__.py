@@ -9,7 +9,7 @@ from pathlib import Path
 from absl import app, flags, logging
 
 from ahn_jax import cli, xla_cpu
-from ahn_jax.config import AHN_TYPES
+from ahn_jax.config import AHN_TYPES, ConfigError
 from ahn_jax.demo import pipeline
 from ahn_jax.training.interrupt import InterruptedTrainingError
 
@@ -68,4 +68,5 @@ def _run(types: list[str]) -> None:
 if __name__ == "__main__":
     xla_cpu.configure_platform()  # before JAX makes a backend
     define_flags()
-    app.run(main)
+    # a bad setting (--config.train.steps=0, a --base without a model) is one error line
+    cli.run(main, (ConfigError, FileNotFoundError))

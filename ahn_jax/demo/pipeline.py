@@ -50,12 +50,14 @@ RUN_BASE = Path("runs/demo_base/model")
 def find_or_pretrain_base(base: str | None, quick: bool, out: Path) -> tuple[Path, str]:
     """(base directory, how it was obtained): `base`, else the committed base, else an earlier
     run's; failing those (or with base = "pretrain") one pretrained here."""
-    candidates = () if base == "pretrain" else (base, ASSET_BASE, RUN_BASE)
+    if base and base != "pretrain":  # a base given must be there (it fell back to the asset)
+        if not (Path(base) / "config.json").is_file():
+            raise app.UsageError(f"--base {base}: no model there (no config.json)")
+        return Path(base), "given"
+    candidates = () if base == "pretrain" else (ASSET_BASE, RUN_BASE)
     for candidate in candidates:
-        if candidate and (Path(candidate) / "config.json").is_file():
-            return Path(candidate), "found" if candidate != base else "given"
-    if base and base != "pretrain":
-        raise app.UsageError(f"--base {base}: no model there (no config.json)")
+        if (Path(candidate) / "config.json").is_file():
+            return Path(candidate), "found"
     from configs import tiny_base
 
     config = tiny_base.get_config()
