@@ -36,6 +36,8 @@ def parse_mesh(spec: str) -> dict[str, int]:
         name, _, size = part.partition("=")
         if not size.strip().isdigit():
             raise ConfigError(f"train.mesh = {spec!r}: {part!r} is not axis=size")
+        if name.strip() in sizes:  # the last one won
+            raise ConfigError(f"train.mesh = {spec!r} names axis {name.strip()!r} twice")
         sizes[name.strip()] = int(size)
     return sizes
 

@@ -31,13 +31,15 @@ def start_lines(run) -> list[str]:
     files = ", ".join(d.paths) if d.paths else f"{d.format} (held out: {', '.join(d.held_out)})"
     samples = "" if run.samples is None else f"{run.samples:,} records from "
     resume = f"; resuming after step {run.start_step}" if run.start_step else ""
+    windows = (f"fixed, W {t.window} + S {t.sinks}" if t.window_sampling == "fixed"
+               else f"{t.window_sampling}, drawn per row")  # fmt: skip
     lines = [
         f"devices: {len(devices)} x {devices[0].device_kind} in {jax.process_count()} process(es)",
         f"mesh: {mesh}",
         f"parameters: {_count(run.trainable):,} trainable, {_count(run.frozen):,} frozen",
         f"data: {samples}{files}; {run.skips.count} bad records skipped so far",
         f"batches: {t.batch_size} rows, padded to the smallest of {length_buckets(t)} that holds "
-        f"their longest; windows: {t.window_sampling}, drawn per row",
+        f"their longest; windows: {windows}",
         f"steps: {t.steps}; checkpoints every {t.checkpoint_every} in "
         f"{run.output_dir / 'checkpoints'}{resume}",
     ]

@@ -80,6 +80,14 @@ def test_several_processes_need_rows_every_process_and_mesh_shard_can_hold():
         check_batch_layout(TrainConfig(batch_size=3), None, processes=2)
 
 
+def test_a_mesh_naming_an_axis_twice_is_refused():
+    from ahn_jax.training.distributed import parse_mesh
+
+    assert parse_mesh("data=2,fsdp=4") == {"data": 2, "fsdp": 4}
+    with pytest.raises(ConfigError, match="names axis 'data' twice"):  # data=8 won silently
+        parse_mesh("data=2,data=8")
+
+
 def test_rows_that_do_not_divide_the_mesh_s_batch_axes_are_warned_of():
     from ahn_jax.config import TrainConfig
     from ahn_jax.model.sharding import make_mesh
