@@ -108,6 +108,8 @@ def _base_report(step, topology, description, devices, mesh, model_config, kerne
         "mesh": dict(mesh.shape),
         "param_dtype": model_config.param_dtype,
         **kernel_choice.describe(kernels, "tpu"),
+        # a model without AHN (the full-attention baseline) runs no recurrence
+        **({} if model_config.ahn_type else {"recurrence": "none (no AHN)"}),
         "hbm_bytes_per_chip": HBM_BYTES.get(generation),
     }
 

@@ -29,7 +29,8 @@ def start_lines(run) -> list[str]:
         else ", ".join(f"{axis}={size}" for axis, size in run.mesh.shape.items())
     )
     files = ", ".join(d.paths) if d.paths else f"{d.format} (held out: {', '.join(d.held_out)})"
-    samples = "" if run.samples is None else f"{run.samples:,} records from "
+    drawn = " drawn by data.mix" if d.mix else ""  # the mixture's length, not the files' sum
+    samples = "" if run.samples is None else f"{run.samples:,} records{drawn} from "
     resume = f"; resuming after step {run.start_step}" if run.start_step else ""
     windows = (f"fixed, W {t.window} + S {t.sinks}" if t.window_sampling == "fixed"
                else f"{t.window_sampling}, drawn per row")  # fmt: skip
