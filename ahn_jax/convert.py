@@ -51,7 +51,7 @@ def define_flags(fv: flags.FlagValues) -> None:
                       "AHN-only weights (--ahn_out), byte for byte", flag_values=fv)  # fmt: skip
     flags.DEFINE_string("ahn_out", None, "where --split writes the AHN-only weights",
                         flag_values=fv)  # fmt: skip
-    flags.DEFINE_float("max_shard_gb", 5.0, "HF shard size limit (--to_hf, --merge, --split)",
+    flags.DEFINE_float("max_shard_gb", 5.0, "HF shard size limit in GB (--to_hf, --merge, --split)",
                        flag_values=fv)  # fmt: skip
     flags.DEFINE_bool("help", False, "show this help and exit", short_name="h", flag_values=fv)
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             ahn_out=flag_values.ahn_out,
             window=flag_values.window,
             sinks=flag_values.sinks,
-            max_shard_gb=flag_values.max_shard_gb,
+            max_shard_gb=flag_values.max_shard_gb if flag_values["max_shard_gb"].present else None,
         )
     except convert_lib.ArgumentError as e:
         _usage_error(str(e))

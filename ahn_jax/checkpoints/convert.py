@@ -233,7 +233,7 @@ def run(
     ahn_out: str | Path | None = None,
     window: int | None = None,
     sinks: int | None = None,
-    max_shard_gb: float = 5.0,
+    max_shard_gb: float | None = None,
 ) -> Path:
     """The conversion `python -m ahn_jax.convert` runs: `ahn_only` exports the AHN weights of
     `ckpt`, `to_hf` exports `ckpt` to HF safetensors, `merge` joins `hf_dir` and `ahn_dir`,
@@ -249,6 +249,9 @@ def run(
     _check_flags_apply(
         chosen[0] if chosen else None, hf_dir=hf_dir, ckpt=ckpt, ahn_dir=ahn_dir, ahn_out=ahn_out
     )
+    if max_shard_gb is not None and (ahn_only or not (to_hf or merge or split)):
+        raise ArgumentError("--max_shard_gb applies to --to_hf, --merge and --split (HF shards)")
+    max_shard_gb = 5.0 if max_shard_gb is None else max_shard_gb
     if not (math.isfinite(max_shard_gb) and max_shard_gb > 0):
         raise ArgumentError(f"--max_shard_gb must be a positive size, got {max_shard_gb}")
     for name, directory in (("--out", out), ("--ahn_out", ahn_out)):

@@ -296,6 +296,7 @@ def test_layout_errors_name_the_problem(dirs, tmp_path, capsys):
             ["--merge", "--hf_dir", "x", "--ahn_dir", "a", "--max_shard_gb", "nan"],
             "--max_shard_gb must be a positive size, got nan",
         ),
+        (["--hf_dir", "x", "--max_shard_gb", "1"], "--max_shard_gb applies to --to_hf, --merge"),
         (
             ["--split", "--hf_dir", "x", "--ahn_out", "a", "--max_shard_gb", "0"],
             "--max_shard_gb must be a positive size, got 0.0",
