@@ -20,6 +20,7 @@ host-side memory.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -36,7 +37,7 @@ from ahn_jax.model.cache import DecodeCache
 from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.sharding import MeshError, make_mesh, partition_spec, state_shardings
 from ahn_jax.model.transformer import abstract_model, decode_step
-from ahn_jax.training.distributed import parse_mesh
+from ahn_jax.training.distributed import parse_mesh, row_split_warning
 from ahn_jax.training.optimizer import opt_state_shardings, optimizer_for
 from ahn_jax.training.step import make_train_step
 from kernels.common import pallas_mode
@@ -171,6 +172,9 @@ def check(
         )
         report.update(seq_len=seq_len, batch_size=batch_size, micro_batches=t.micro_batches,
                       objective=t.objective)  # fmt: skip
+        # as train warns: rows the mesh's batch axes do not divide are repeated on devices
+        if warning := row_split_warning(dataclasses.replace(t, batch_size=batch_size), mesh):
+            report["warning"] = warning
         # the optimizer state placed as training places it, moments like their weights (all the
         # weights', when pretraining: that alone may not fit)
         init = _compile(
@@ -319,12 +323,13 @@ def format_report(report: dict) -> str:
                f"{report['attention']})")  # fmt: skip
     if report["step"] == "train":
         lines = [f"train step ({report['objective']}) {where}, batch {report['batch_size']} x "
-                 f"{report['seq_len']} tokens ({report['micro_batches']} micro-batches), "
+                 f"{report['seq_len']} tokens ({report['micro_batches']} micro-batch(es)), "
                  f"{kernels}"]  # fmt: skip
     else:
         lines = [f"decode step {where}, batch {report['batch_size']}, cache of S + W + 1 = "
                  f"{report['sinks']} + {report['window']} + 1 slots "
                  f"({_gib(report['cache_bytes'])} in all)"]  # fmt: skip
+    lines += [report["warning"]] if "warning" in report else []
     if "error" in report:
         return "\n".join([*lines, f"does NOT fit: {report['error']}"])
     for name in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes",
