@@ -156,6 +156,8 @@ USER_ERRORS = {
     "flag of the other step": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py",
                                 "--step=decode", "--kernels=xla"], "--kernels applies to "
                                "--step=train only"),
+    "demo windows": (["ahn_jax.demo", "--windows_per_play=0"], "flag --windows_per_play=0: 0 is "
+                     "not a positive integer"),
     "demo base missing": (["ahn_jax.demo", "--quick", "--out=/tmp/nope_demo", "--base=/nope"],
                           "--base /nope: no model there (no config.json)"),  # was replaced
     "zero seq_len": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py", "--seq_len=0"],

@@ -20,12 +20,14 @@ def define_flags() -> None:
     cli.define_config_flag("configs/demo_gdn.py")
     flags.DEFINE_list("types", ["gdn"], f"AHN types to distil and compare ({', '.join(AHN_TYPES)})")
     flags.DEFINE_bool("quick", False, "a few-minute run that shows the machinery (CI smoke test)")
-    flags.DEFINE_string("base", None, "pretrained base directory (default: see the docstring), or "
-                        "'pretrain' to pretrain one here whatever exists")  # fmt: skip
+    flags.DEFINE_string("base", None, "pretrained base directory (default: the packaged one, "
+                        "ahn_jax/assets/demo_base, else runs/demo_base/model, else one pretrained "
+                        "here), or 'pretrain' to pretrain one here whatever exists")  # fmt: skip
     flags.DEFINE_string("out", None, "where the AHN runs, the table and the plot go (default: "
                         "runs/demo, --quick runs/demo_quick: a full run never resumes a quick "
                         "one's training)")  # fmt: skip
-    flags.DEFINE_integer("windows_per_play", 48, "evaluation windows per held-out play")
+    flags.DEFINE_integer("windows_per_play", 48, "evaluation windows per held-out play "
+                         "(--quick: 4)", lower_bound=1)  # fmt: skip
     flags.DEFINE_integer("seed", 1234, "evaluation windows' seed")
     flags.DEFINE_bool("ablations", False, "also the paper's ablations in miniature "
                       "(ahn_jax/demo/ablations.py); all three types by default")  # fmt: skip
