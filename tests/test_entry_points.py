@@ -160,6 +160,8 @@ USER_ERRORS = {
                      "not a positive integer"),
     "demo base missing": (["ahn_jax.demo", "--quick", "--out=/tmp/nope_demo", "--base=/nope"],
                           "--base /nope: no model there (no config.json)"),  # was replaced
+    "bad mesh flag": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py", "--mesh=bogus"],
+                      "--mesh = 'bogus': 'bogus' is not axis=size"),  # named train.mesh
     "zero seq_len": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py", "--seq_len=0"],
                      "flag --seq_len=0: 0 is not a positive integer"),
     "report of no run": (["ahn_jax.evaluation.report", "--runs=/nope"], "/nope has no "

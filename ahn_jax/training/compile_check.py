@@ -91,9 +91,10 @@ def _abstract(tree, shardings):
 
 def _mesh(topology: str, mesh_spec: str, default_spec: str | None):
     description, devices = topology_devices(topology)
+    source = "--mesh" if mesh_spec else "train.mesh"
     mesh_spec = mesh_spec or default_spec or f"fsdp={len(devices)}"
     try:
-        return description, devices, make_mesh(parse_mesh(mesh_spec), devices)
+        return description, devices, make_mesh(parse_mesh(mesh_spec, source), devices)
     except MeshError as e:
         raise ConfigError(f"mesh {mesh_spec!r} on {topology}: {e}") from e
 

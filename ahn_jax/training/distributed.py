@@ -29,16 +29,17 @@ def initialize_distributed(t: TrainConfig) -> None:
     logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 
-def parse_mesh(spec: str) -> dict[str, int]:
-    """ "data=2,fsdp=4,tensor=1" -> {"data": 2, "fsdp": 4, "tensor": 1}."""
+def parse_mesh(spec: str, name: str = "train.mesh") -> dict[str, int]:
+    """ "data=2,fsdp=4,tensor=1" -> {"data": 2, "fsdp": 4, "tensor": 1}; errors name the setting
+    `name` it came from."""
     sizes = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, size = part.partition("=")
+        axis, _, size = part.partition("=")
         if not size.strip().isdigit():
-            raise ConfigError(f"train.mesh = {spec!r}: {part!r} is not axis=size")
-        if name.strip() in sizes:  # the last one won
-            raise ConfigError(f"train.mesh = {spec!r} names axis {name.strip()!r} twice")
-        sizes[name.strip()] = int(size)
+            raise ConfigError(f"{name} = {spec!r}: {part!r} is not axis=size")
+        if axis.strip() in sizes:  # the last one won
+            raise ConfigError(f"{name} = {spec!r} names axis {axis.strip()!r} twice")
+        sizes[axis.strip()] = int(size)
     return sizes
 
 
