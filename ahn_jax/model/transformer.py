@@ -118,7 +118,12 @@ class AhnModel(nnx.Module):
 
     def _embed(self, input_ids_BT, positions_BT):
         config = self.config
-        x = jnp.take(self.embed_tokens[...], input_ids_BT, axis=0).astype(config.jnp_dtype)
+        # the table gathered over its embed axis first (FSDP: a weight is gathered where it is
+        # used): looked up while split there, the rows came out split on the axis the batch
+        # needs, and XLA replicated the activations to move them ("involuntary full
+        # rematerialization")
+        table = constrain(self.embed_tokens[...], ("vocab", None))
+        x = jnp.take(table, input_ids_BT, axis=0).astype(config.jnp_dtype)
         cos, sin = layers.model_rope_tables(positions_BT, config)
         return constrain(x, ("batch", "length", "embed")), cos, sin
 
