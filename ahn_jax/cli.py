@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -72,6 +73,27 @@ def fail(error: Exception | str) -> NoReturn:
     """The tools' way out on a user's error: one line on stderr, exit status 2."""
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes: what a resumed run compares its inputs by."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def utf8_text(path: str | Path, flag: str) -> str:
+    """A text file given by `flag` (e.g. "--data"), or a usage error naming the first byte that
+    is not UTF-8."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise app.UsageError(
+            f"{flag} {path}: not UTF-8 text (byte {data[e.start]:#x} at offset {e.start})"
+        ) from e
 
 
 def exit_now(status: int) -> NoReturn:

@@ -31,7 +31,7 @@ from ahn_jax.checkpoints.pretrained import LOAD_ERRORS, from_pretrained
 from ahn_jax.config import KERNELS, MODES
 from ahn_jax.inference import completions, generation_config, run_mode
 from ahn_jax.inference import generate as generate_lib
-from ahn_jax.inference.partial_output import PartialOutput, file_digest
+from ahn_jax.inference.partial_output import PartialOutput
 from ahn_jax.model.cache import DECODES
 
 FLAGS = flags.FLAGS
@@ -129,7 +129,9 @@ def main(argv) -> None:
     cli.check_directories(model=FLAGS.model, ahn=FLAGS.ahn)
     cli.check_files(prompt_file=FLAGS.prompt_file, jsonl=FLAGS.jsonl)
     _check_jsonl_flags(FLAGS.out)
-    text = FLAGS.prompt if FLAGS.prompt is not None else _prompt_file(FLAGS.prompt_file)
+    text = FLAGS.prompt
+    if FLAGS.prompt_file is not None:
+        text = cli.utf8_text(FLAGS.prompt_file, "--prompt_file")
     if text == "":
         raise app.UsageError("the prompt is empty")
     if FLAGS.mode == "full":  # before the model loads (the default mode is known only after)
@@ -167,25 +169,12 @@ def main(argv) -> None:
 def _run_record(settings: dict, dtype) -> dict:
     """What a JSONL run's completions depend on: a resumed run must have the same."""
     return {
-        "prompts": file_digest(FLAGS.jsonl),
+        "prompts": cli.file_digest(FLAGS.jsonl),
         **{name: FLAGS[name].value for name in ("model", "ahn", "chat", "batch_size")},
-        **{k: v for k, v in settings.items() if k not in ("generation", "stop_ids")},
-        "stop_ids": list(settings["stop_ids"]),
+        **{k: v for k, v in settings.items() if k != "generation"},
         "generation": dataclasses.asdict(settings["generation"]),
         "dtype": jnp.dtype(dtype).name,
     }
-
-
-def _prompt_file(path: str | None) -> str | None:
-    if path is None:  # --jsonl
-        return None
-    data = Path(path).read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise app.UsageError(
-            f"--prompt_file {path}: not UTF-8 text (byte {data[e.start]:#x} at offset {e.start})"
-        ) from e
 
 
 def _check_jsonl_flags(out: str | None) -> None:

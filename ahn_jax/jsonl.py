@@ -1,5 +1,6 @@
 """JSON Lines, the one reader of the package's JSONL inputs: training data, evaluation data, prompts
-to generate from, an evaluation's saved predictions.
+to generate from, an evaluation's saved predictions; and the outputs that runs append to as they
+go and resume from (`read_appended`, `write_whole`).
 
 Line numbers count from 1 and include blank lines (which hold no record), so that `path:line`
 finds the line in an editor. What a caller does with a line that is not JSON is its own choice:
@@ -9,9 +10,12 @@ the error says where and why, and the caller raises it, skips the line or counts
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from absl import logging
 
 
 class InvalidJsonError(ValueError):
@@ -70,3 +74,34 @@ def read_jsonl(
             on_invalid(e)
             continue
         yield number, record
+
+
+def read_appended(path: str | Path) -> list[tuple[int, Any]]:
+    """(line number, record) of a file that a run appends records to, as a crash leaves it: a last
+    line cut short is dropped, and a last record missing its newline gets one, so that the next
+    record appended starts a line (the file is repaired in place, `write_whole`). A damaged line
+    before the last raises InvalidJsonError: that is not a crash's doing."""
+    lines = file_lines(path)
+
+    def torn(error: InvalidJsonError) -> None:
+        if error.number != len(lines):
+            raise error
+        logging.warning("%s:%d: dropping a partly written record", path, error.number)
+
+    records = list(read_jsonl(path, on_invalid=torn))
+    kept = lines[: records[-1][0]] if records else []
+    if len(kept) < len(lines) or not Path(path).read_bytes().endswith(b"\n"):
+        write_whole(path, b"".join(line + b"\n" for line in kept))
+    return records
+
+
+def write_whole(path: str | Path, data: str | bytes) -> None:
+    """`path` written whole or not at all (a temporary file, then one rename): an interruption
+    leaves the old file or the new one, never an empty or half-written one."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        temporary.write_text(data, encoding="utf-8")
+    else:
+        temporary.write_bytes(data)
+    os.replace(temporary, path)

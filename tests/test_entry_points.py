@@ -87,6 +87,12 @@ def test_a_cli_on_a_cpu_host_prints_no_tpu_errors_and_runs_on_the_cpu(tmp_path):
     assert platforms == "cpu" and flags == xla_cpu.YNN_REDUCE_WORKAROUND
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+    """`python -c code` in the repository with the user's environment."""
+    return subprocess.run([sys.executable, "-c", code], env=_clean_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
 def test_import_ahn_jax_avoids_the_ynn_reduction_crash():
     """jaxlib 0.10.2 crashes running this reduction on some CPUs (xla_cpu.YNN_REDUCE_WORKAROUND):
     on this project's 2-core AMD EPYC host the same program without `import ahn_jax` dies with
@@ -95,8 +101,7 @@ def test_import_ahn_jax_avoids_the_ynn_reduction_crash():
         "import ahn_jax, jax, jax.numpy as jnp; x = jnp.ones((2, 2, 1, 2, 32, 2, 32)); "
         "print(float(jax.jit(lambda a, b: (a * b).sum(4))(x, x + 1).sum()))"
     )
-    done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = _python(code)
     assert done.returncode == 0, done.stderr[-3000:]
     assert float(done.stdout.split()[-1]) == 512 * 32 * 2  # 512 sums of 32 products of 2
 
@@ -288,8 +293,7 @@ def test_ctrl_c_in_a_tool_exits_130_with_what_to_do_next():
         "    raise KeyboardInterrupt\n"
         "cli.run(main, on_interrupt='interrupted; the same command resumes')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = _python(code)
     assert (done.returncode, done.stderr) == (130, "interrupted; the same command resumes\n")
 
 
@@ -310,7 +314,6 @@ def test_ctrl_c_while_xla_runs_in_another_thread_exits_130_not_a_fatal_error():
         "    raise KeyboardInterrupt\n"
         "cli.run(main, on_interrupt='interrupted')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], env=_clean_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = _python(code)
     assert done.returncode == 130, done.stderr[-2000:]
     assert done.stderr.endswith("interrupted\n") and "Fatal" not in done.stderr

@@ -14,6 +14,7 @@ from absl import app
 from flax import nnx
 from tqdm import tqdm
 
+from ahn_jax.cli import utf8_text
 from ahn_jax.evaluation.batch_progress import BatchProgress
 from ahn_jax.evaluation.results import (
     Settings,
@@ -32,18 +33,8 @@ def read_documents(files: Sequence[Path]) -> list[tuple[str, str]]:
         if path.suffix == ".jsonl":
             documents += _jsonl_documents(path)
         else:
-            documents.append((path.stem, _text_file(path)))
+            documents.append((path.stem, utf8_text(path, "--data")))
     return documents
-
-
-def _text_file(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise app.UsageError(
-            f"--data {path}: not UTF-8 text (byte {data[e.start]:#x} at offset {e.start})"
-        ) from e
 
 
 def _jsonl_documents(path: Path) -> list[tuple[str, str]]:

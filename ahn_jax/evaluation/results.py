@@ -5,15 +5,15 @@ finish)."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from absl import app, logging
+from absl import app
 
 from ahn_jax import jsonl
+from ahn_jax.cli import file_digest
 from ahn_jax.evaluation.ruler import VARIANTS
 
 TASKS = ("lveval", "infinitebench", "longbench", "passkey", *VARIANTS, "perplexity")
@@ -80,9 +80,7 @@ def check_settings(out: Path, settings: Settings) -> None:
     if out.exists() and not out.is_dir():
         raise app.UsageError(f"--out {out} is a file: give the directory for the run's results")
     out.mkdir(parents=True, exist_ok=True)
-    temporary = out / (RUN_SETTINGS + ".tmp")  # replaced whole: a crash leaves one of the two
-    temporary.write_text(json.dumps(current, indent=2) + "\n")
-    os.replace(temporary, path)
+    jsonl.write_whole(path, json.dumps(current, indent=2) + "\n")
 
 
 def _read_run_settings(path: Path) -> dict:
@@ -121,30 +119,19 @@ def _fixed(value):
 
 
 def read_results(out: Path) -> list[dict]:
-    """Scored records already in `out`. A torn last line (a crash mid-write) is dropped, and a last
-    record whole but for its newline gets one, so that the next record appended starts a line."""
+    """Scored records already in `out`, as a crash leaves them (`jsonl.read_appended`: a torn last
+    line dropped, a missing last newline added). A damaged line before the last is the user's to
+    fix (app.UsageError)."""
     path = out / PREDICTIONS
     if not path.exists():
         return []
-    lines = jsonl.file_lines(path)
-    kept = lines
-
-    def torn(error: jsonl.InvalidJsonError) -> None:
-        nonlocal kept
-        if error.number != len(lines):
-            raise app.UsageError(
-                f"{error}: the saved results are damaged there; delete that line (the same command "
-                "then redoes its sample) or use another --out"
-            ) from error
-        logging.warning("%s:%d: dropping a partly written record", path, error.number)
-        kept = lines[:-1]
-
-    records = [record for _, record in jsonl.read_jsonl(path, on_invalid=torn)]
-    if kept is not lines or not path.read_bytes().endswith(b"\n"):
-        temporary = path.with_name(path.name + ".tmp")  # replaced whole: never left empty
-        temporary.write_bytes(b"".join(line + b"\n" for line in kept))
-        os.replace(temporary, path)
-    return records
+    try:
+        return [record for _, record in jsonl.read_appended(path)]
+    except jsonl.InvalidJsonError as error:
+        raise app.UsageError(
+            f"{error}: the saved results are damaged there; delete that line (the same command "
+            "then redoes its sample) or use another --out"
+        ) from error
 
 
 def sort_results(out: Path, ids: Sequence[str]) -> None:
@@ -152,11 +139,8 @@ def sort_results(out: Path, ids: Sequence[str]) -> None:
     finish in length order), atomically: a crash leaves the old or the new file whole."""
     order = {sample_id: i for i, sample_id in enumerate(ids)}
     records = sorted(read_results(out), key=lambda r: order.get(r["id"], len(order)))
-    temporary = out / (PREDICTIONS + ".tmp")
-    temporary.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-    )
-    os.replace(temporary, out / PREDICTIONS)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    jsonl.write_whole(out / PREDICTIONS, text)
 
 
 def append_results(out: Path, records: Iterable[dict]) -> None:
@@ -201,14 +185,7 @@ def data_files(paths: Sequence[str], suffixes: Sequence[str] = (".jsonl",)) -> l
 def data_record(files: Sequence[Path], dataset: str | None) -> dict:
     """What `Settings.data` holds: each data file's name and the SHA-256 of its bytes (a copy
     elsewhere resumes, an edited file does not), and the --dataset they are scored as."""
-    digests = {}
-    for path in files:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        digests[path.name] = digest.hexdigest()
-    return {"files": digests, "dataset": dataset}
+    return {"files": {path.name: file_digest(path) for path in files}, "dataset": dataset}
 
 
 def nothing_to_evaluate(path: Path, skipped: int) -> str:

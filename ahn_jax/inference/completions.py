@@ -165,17 +165,13 @@ def complete_jsonl(
     records = [record for _, record in numbered]
     encoded = []
     for number, record in numbered:
-        try:
+        try:  # the chat template's refusal, or a prompt past max_length: before any generation
             encoded.append(_encode(tokenizer, record, chat))
-        except ValueError as error:  # the chat template's refusal
+            generation.new_tokens(len(encoded[-1]))
+        except ValueError as error:
             raise app.UsageError(f"{path}:{number}: {error}") from error
     if not encoded:
         return []
-    for number, ids in zip((n for n, _ in numbered), encoded, strict=True):
-        try:  # every prompt's length checked before any is generated
-            generation.new_tokens(len(ids))
-        except ValueError as error:
-            raise app.UsageError(f"{path}:{number}: {error}") from error
     _note_if_nothing_leaves_the_window(encoded, generation, **settings)
     by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     completions = partial.done() if partial is not None else {}

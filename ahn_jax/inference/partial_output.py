@@ -9,9 +9,7 @@ the interruption is dropped (its batch is generated again)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 from absl import app
@@ -31,26 +29,20 @@ class PartialOutput:
         """The completions an earlier run of these settings left ({prompt index: text}). The file
         is started over where there is none, or where it holds no completion yet (a run that
         failed before its first batch may be rerun with other settings)."""
-        lines, records = jsonl.file_lines(self.path) if self.path.exists() else [], []
-        for number, line in enumerate(lines, start=1):
-            try:
-                records.append(jsonl.loads(jsonl.decode_line(line, self.path, number)))
-            except jsonl.InvalidJsonError:
-                if number != len(lines):  # only the last line can be cut short
-                    raise app.UsageError(
-                        f"{self.path}:{number} is damaged: delete the file to start over"
-                    ) from None
+        try:
+            records = [r for _, r in jsonl.read_appended(self.path)] if self.path.exists() else []
+        except jsonl.InvalidJsonError as error:  # not a crash's doing: only the last line can be
+            raise app.UsageError(
+                f"{self.path}:{error.number} is damaged: delete the file to start over"
+            ) from None
         if len(records) < 2:
-            _replace(self.path, json.dumps({"settings": self.settings}) + "\n")
+            jsonl.write_whole(self.path, json.dumps({"settings": self.settings}) + "\n")
             return {}
         if records[0] != {"settings": self.settings}:
             raise app.UsageError(
                 f"{self.path} holds the completions of a run with other settings (prompts, "
                 "model or flags): delete it to start over, or run that command again"
             )
-        if len(records) < len(lines) or not self.path.read_bytes().endswith(b"\n"):
-            # whole lines only, each ending in a newline, before more are appended
-            _replace(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         return {r["index"]: r["completion"] for r in records[1:]}
 
     def add(self, completions: dict[int, str]) -> None:
@@ -65,20 +57,5 @@ class PartialOutput:
     def finish(self, lines: list[str]) -> None:
         """Write the output whole (replaced at once: an interruption leaves the old or the new)
         and remove the partial file."""
-        _replace(self.out, "".join(line + "\n" for line in lines))
+        jsonl.write_whole(self.out, "".join(line + "\n" for line in lines))
         self.path.unlink(missing_ok=True)  # a file of no prompts never started one
-
-
-def _replace(path: Path, text: str) -> None:
-    """`path` written whole or not at all: a temporary file, then one rename."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -149,11 +149,7 @@ def check(
     t = TrainConfig.from_dict(config.train.to_dict())
     seq_len = seq_len or t.seq_len
     batch_size = batch_size or t.batch_size
-    if batch_size % t.micro_batches:
-        raise ConfigError(
-            f"the batch ({batch_size} rows) must be a multiple of train.micro_batches "
-            f"({t.micro_batches})"
-        )
+    t = dataclasses.replace(t, batch_size=batch_size)  # checked against micro_batches as train's
     description, devices, mesh = _mesh(topology, mesh_spec, t.mesh)
 
     # distillation trains the AHN weights; "pretrain" (the full-attention baseline: the same base,
@@ -174,7 +170,7 @@ def check(
         report.update(seq_len=seq_len, batch_size=batch_size, micro_batches=t.micro_batches,
                       objective=t.objective)  # fmt: skip
         # as train warns: rows the mesh's batch axes do not divide are repeated on devices
-        if warning := row_split_warning(dataclasses.replace(t, batch_size=batch_size), mesh):
+        if warning := row_split_warning(t, mesh):
             report["warning"] = warning
         # the optimizer state placed as training places it, moments like their weights (all the
         # weights', when pretraining: that alone may not fit)

@@ -95,16 +95,22 @@ def rows_without_window(lengths, window_B, sinks_B) -> int:
 
 def lengths_that_learn(lengths, t: TrainConfig) -> np.ndarray:
     """[B] bool: whether a row of each of `lengths` tokens can have a position past its W + S with
-    t's window settings (for "random": some candidate with L/8 < W + S < L, read as
-    `_random_pair` reads L, `reference_lengths`)."""
+    t's window settings (`memory_rows`): for "fixed" and "linear" the one pair `sample_windows`
+    gives it, for "random" any of its admissible candidates (`_admissible`)."""
     lengths = np.asarray(lengths, np.int64).reshape(-1)
-    if t.window_sampling == "fixed":
-        return t.window + t.sinks < lengths
-    seen = reference_lengths(lengths)
-    if t.window_sampling == "linear":
-        return np.maximum(seen // 4, 512) < lengths
+    if t.window_sampling != "random":
+        window, sinks = sample_windows(lengths, seed=0, step=0, kind=t.window_sampling,
+                                       window=t.window, sinks=t.sinks)  # fmt: skip
+        return memory_rows(lengths, window, sinks)
     choices = np.asarray(t.window_choices, np.int64)[:, None]
-    return np.any((seen / 8 < choices) & (choices < lengths), axis=0)
+    candidates = _admissible(reference_lengths(lengths), choices)
+    return np.any(candidates & memory_rows(lengths, choices, 0), axis=0)
+
+
+def _admissible(seen, choices):
+    """Which W + S `choices` a row the reference sees as `seen` tokens may draw: L/8 < W + S < L
+    (plain ints per drawn row, arrays broadcast for the start-up check)."""
+    return (seen / 8 < choices) & (choices < seen)
 
 
 def check_some_row_learns(t: TrainConfig, d: DataConfig) -> None:
@@ -131,7 +137,7 @@ def check_some_row_learns(t: TrainConfig, d: DataConfig) -> None:
 def _random_pair(seen, length, seed, step, row, window_choices, sink_choices) -> tuple[int, int]:
     """A row's (W, S) from the length the reference sees, `seen`; a row without a candidate gets a
     window over its `length` tokens."""
-    totals = [c for c in window_choices if seen / 8 < c < seen]
+    totals = [c for c in window_choices if _admissible(seen, c)]
     if not totals:  # no candidate fits this row: a window over all of it (no memory position)
         return max(length, 1), 0
     rng = np.random.default_rng([seed, step, row])
