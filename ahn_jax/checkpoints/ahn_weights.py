@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
@@ -256,10 +257,12 @@ def save_ahn_weights(
     sinks: int,
     loss: str = "kl",
     window_sampling: str = "fixed",
+    tensor_dtypes: Mapping[str, str] | None = None,
 ) -> Path:
     """Write our AHN parameters (paths under `layers.ahn`) in the reference's layout, the
     config.json recording `window` and `sinks` (the inference W and S), the training `loss` and
-    `window_sampling` (`ahn_hf_config`)."""
+    `window_sampling` (`ahn_hf_config`). `tensor_dtypes` (HF tensor name -> dtype name) casts
+    tensors on writing; the others keep their array's dtype."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"output directory {directory} exists and is not empty")
@@ -271,6 +274,8 @@ def save_ahn_weights(
     plans = []
     for m in ahn_tensor_maps(config, shapes):
         array = np.asarray(params[m.path][m.layer])
+        if tensor_dtypes is not None and m.hf_name in tensor_dtypes:
+            array = array.astype(jnp.dtype(tensor_dtypes[m.hf_name]))
         plans.append(
             safetensors_io.TensorPlan(
                 m.hf_name, m.hf_shape, array.dtype, lambda m=m, a=array: m.to_hf(a)

@@ -26,7 +26,6 @@ import shutil
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, layouts, recorded, safetensors_io
@@ -55,11 +54,11 @@ def _source_dtype(hf_dir: Path) -> str:
     return np.dtype(info.dtype).name
 
 
-def _ahn_tensor_dtype(hf_dir: Path) -> str:
-    """The dtype of a merged directory's AHN tensors (float32 where they are of several)."""
+def _ahn_tensor_dtypes(hf_dir: Path) -> dict[str, str]:
+    """The dtype of each of a merged directory's AHN tensors, by name (a checkpoint may keep some
+    in fp32 beside bf16 ones, as training in mixed precision leaves them)."""
     infos = safetensors_io.tensor_index(hf_dir)
-    kinds = {np.dtype(i.dtype).name for n, i in infos.items() if ahn_weights.is_ahn_tensor(n)}
-    return kinds.pop() if len(kinds) == 1 else "float32"
+    return {n: np.dtype(i.dtype).name for n, i in infos.items() if ahn_weights.is_ahn_tensor(n)}
 
 
 def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> Path:
@@ -81,9 +80,9 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
     if merged:
         found = ahn_weights.read_ahn_settings(hf_dir)
         ahn_type, layers = found["ahn_type"], found["full_attention_layers"]
-        # the marker's JSON; the AHN tensors' own dtype, which `orbax_to_ahn` writes again
+        # the marker's JSON; the AHN tensors' own dtypes, which `orbax_to_ahn` writes again
         ahn = {"ahn_type": ahn_type, "full_attention_layers": list(layers),
-               "dtype": _ahn_tensor_dtype(hf_dir)}  # fmt: skip
+               "tensor_dtypes": _ahn_tensor_dtypes(hf_dir)}  # fmt: skip
         ahn_config = config.replace(ahn_type=ahn_type, full_attention_layers=layers)
         shapes = {p: s for p, s in param_shapes(ahn_config).items() if ahn_weights.is_ahn_param(p)}
         params = ahn_weights.load_ahn_weights(hf_dir, ahn_config, shapes, merged=True)
@@ -175,20 +174,25 @@ def orbax_to_ahn(
         full_attention_layers=tuple(marker["ahn"]["full_attention_layers"]),
     )
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    # stored fp32; written in the dtype the merged directory had them in (exact: fp32 holds it)
-    written = jnp.dtype(marker["ahn"].get("dtype", "float32"))
+    shapes = {p: s for p, s in param_shapes(config).items() if ahn_weights.is_ahn_param(p)}
     params = {
         path: np.asarray(
             converted.restore_param(
                 ckpt, path, jax.ShapeDtypeStruct(shape, np.float32, sharding=cpu)
             )
-        ).astype(written)
-        for path, shape in param_shapes(config).items()
-        if ahn_weights.is_ahn_param(path)
+        )
+        for path, shape in shapes.items()
     }
+    # stored fp32; each tensor written in the dtype the merged directory had it in (exact: fp32
+    # holds every bf16 / fp16 value). Markers before per-tensor dtypes named one for all.
+    tensor_dtypes = marker["ahn"].get("tensor_dtypes")
+    if tensor_dtypes is None:
+        one = marker["ahn"].get("dtype", "float32")
+        tensor_dtypes = {m.hf_name: one for m in ahn_weights.ahn_tensor_maps(config, shapes)}
     return ahn_weights.save_ahn_weights(
-        out, config, params, **chosen, window_sampling=found.window_sampling
-    )
+        out, config, params, **chosen, window_sampling=found.window_sampling,
+        tensor_dtypes=tensor_dtypes,
+    )  # fmt: skip
 
 
 class ArgumentError(ValueError):

@@ -128,13 +128,15 @@ def records_ahn(directory: str | Path) -> bool:
 
 
 def _stored_ahn(path: Path) -> dict:
-    """The AHN settings of the weights a checkpoint holds itself ({} when none)."""
+    """The AHN type and full-attention layers of the weights a checkpoint holds itself ({} when
+    none); not the marker's other fields (the stored tensors' dtypes are no model setting)."""
     if converted.is_params_checkpoint(path):
-        return dict(converted.read_marker(path).get("ahn", {}))
-    if is_merged(path):
+        found = converted.read_marker(path).get("ahn")
+    elif is_merged(path):
         found = ahn_weights.read_ahn_settings(path)
-        return {k: found[k] for k in ("ahn_type", "full_attention_layers")}
-    return {}
+    else:
+        return {}
+    return {} if found is None else {k: found[k] for k in ("ahn_type", "full_attention_layers")}
 
 
 def _merged_ahn_source(path: Path, config: ModelConfig) -> Path | None:

@@ -208,25 +208,47 @@ def test_split_and_merge_are_byte_exact_inverses(dirs, tmp_path):
     assert _tensors(tmp_path / "again") == _tensors(root / "merged")
 
 
-def test_bf16_ahn_tensors_of_a_merge_come_back_bf16_through_orbax(dirs, tmp_path):
-    """Merged (AHN tensors bf16, as the reference's merge writes them) -> Orbax -> --ahn_only:
-    the model holds the AHN weights in fp32, and they came back F32; now bytes as they were."""
+def _kept_fp32(name):
+    return name.endswith(("A_log", "dt_bias"))  # as mixed-precision training may leave them
+
+
+@pytest.mark.parametrize("mix", ["all bf16", "A_log and dt_bias fp32", "a marker of one dtype"])
+def test_ahn_tensor_dtypes_of_a_merge_come_back_through_orbax(dirs, tmp_path, mix):
+    """Merged (AHN tensors bf16, as the reference's merge writes them, or some left fp32) ->
+    Orbax -> --ahn_only: the model holds the AHN weights in fp32; each tensor comes back in its
+    own dtype, bytes as they were (a marker written before per-tensor dtypes names one)."""
     from safetensors.torch import save_file
 
     root = dirs["root"]
-    ahn_bf16 = tmp_path / "ahn_bf16"
-    ahn_bf16.mkdir()
-    tensors = {name: torch.from_numpy(safetensors_io.read_tensor(info).copy()).bfloat16()
-               for name, info in safetensors_io.tensor_index(root / "ahn").items()}  # fmt: skip
-    save_file(tensors, str(ahn_bf16 / "model.safetensors"))
-    (ahn_bf16 / "config.json").write_text((root / "ahn" / "config.json").read_text())
-    layouts.merge(root / "base", ahn_bf16, tmp_path / "merged")
+    source = tmp_path / "ahn_source"
+    source.mkdir()
+    tensors = {}
+    for name, info in safetensors_io.tensor_index(root / "ahn").items():
+        tensor = torch.from_numpy(safetensors_io.read_tensor(info).copy())
+        fp32 = mix == "A_log and dt_bias fp32" and _kept_fp32(name)
+        tensors[name] = tensor if fp32 else tensor.bfloat16()
+    save_file(tensors, str(source / "model.safetensors"))
+    (source / "config.json").write_text((root / "ahn" / "config.json").read_text())
+    layouts.merge(root / "base", source, tmp_path / "merged")
     assert (
         convert_cli.main(["--hf_dir", str(tmp_path / "merged"), "--out", str(tmp_path / "c")]) == 0
     )
+    if mix == "a marker of one dtype":  # as convert wrote it before
+        marker_file = tmp_path / "c" / "ahn_jax_checkpoint.json"
+        marker = json.loads(marker_file.read_text())
+        marker["ahn"].pop("tensor_dtypes")
+        marker_file.write_text(
+            json.dumps({**marker, "ahn": {**marker["ahn"], "dtype": "bfloat16"}})
+        )
+    # the stored tensors' dtypes are no model setting: loading keeps the dtypes asked for
+    loaded = from_pretrained(tmp_path / "c", dtype=np.float32)
+    assert (loaded.config.param_dtype, loaded.config.dtype) == ("float32", "float32")
     argv = ["--ahn_only", "--ckpt", str(tmp_path / "c"), "--out", str(tmp_path / "back")]
     assert convert_cli.main(argv) == 0
-    assert _tensors(tmp_path / "back") == _tensors(ahn_bf16)
+    back = _tensors(tmp_path / "back")
+    assert back == _tensors(source)
+    kinds = {name: dtype for name, (dtype, _, _) in back.items()}
+    assert ("float32" in kinds.values()) == (mix == "A_log and dt_bias fp32")
 
 
 def test_transformers_loads_a_merged_dir_as_its_base(dirs):
