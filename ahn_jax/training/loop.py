@@ -91,11 +91,14 @@ def train(config) -> Run:
                 save(run, step)
             if signum:
                 break
+        # a signal during the last step's save was told the run stops: so it does, before the
+        # export (the same command then exports)
+        signum = signum or stop.requested()
     profile.close()
     progress.close()
     run.manager.wait_until_finished()
     if signum:
-        raise InterruptedTrainingError(step, signum)
+        raise InterruptedTrainingError(run.manager.latest_step(), signum)
     if t.objective == "pretrain":
         export_model(run)
     else:

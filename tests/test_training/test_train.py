@@ -233,6 +233,24 @@ def test_sigterm_saves_the_step_in_flight_and_resumes_exactly(tmp_path, single_d
     _assert_same_run(single_device_run[0] / "run", tmp_path / "b", 5)
 
 
+def test_a_signal_during_the_last_steps_save_stops_before_the_export(tmp_path):
+    """SIGTERM after the last step's decision to save (while it is saved): the run stops as it
+    said it would, with no export, and the same command exports without training again."""
+    config_path = _config_file(tmp_path)
+    env = {**_env(), "KILL_SIGNAL": "SIGTERM"}
+    killer = [sys.executable, str(Path(__file__).parent / "train_killed_at_step.py"), "2"]
+    stopped = subprocess.run([*killer, *_command(config_path, tmp_path / "b", 2)[3:]],
+                             env=env, cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    assert "stopped by SIGTERM after step 2; its checkpoint is saved" in stopped.stderr
+    assert not (tmp_path / "b" / "ahn").exists()
+    again = subprocess.run(_command(config_path, tmp_path / "b", 2), env=_env(), cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (tmp_path / "b" / "ahn" / "model.safetensors").is_file()
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_a_longer_run_replaces_the_export_and_names_the_changed_settings(
     tmp_path, single_device_run
 ):
