@@ -7,12 +7,12 @@ that have a valid position, so each sequence weighs the same whatever its number
 A sequence without a valid position has loss 0 (not NaN) and is left out of the mean. `loss` names
 one of LOSSES or a "+"-joined combination ("kl+ce"): each sequence's terms are added.
 
-The KL and CE never form the [T, V] logits (V = 151,936 for Qwen2.5): the B * T positions go
-`seq_tile` at a time and, within a tile, the vocabulary `vocab_tile` columns at a time with running
-log-sum-exp statistics (an online softmax); each tile adds its values into its sequences' sums.
-Both loops are `lax.scan`s over `jax.checkpoint`ed bodies, so the backward pass recomputes a tile's
-logits instead of storing them: peak memory is a few [seq_tile, vocab_tile] fp32 blocks whatever
-B, T and V.
+The KL and CE never form the [T, V] logits (V = 151,936 for Qwen2.5): the positions go a tile
+at a time and, within a tile, the vocabulary `vocab_tile` columns at a time with running
+log-sum-exp statistics (an online softmax); each tile adds its values into its sequences' sums
+(training/loss_tiles.py, laid out for a mesh). The backward pass recomputes a tile's logits
+instead of storing them: peak memory is a few [seq_tile, vocab_tile] fp32 blocks per device
+whatever B, T and V.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ahn_jax.config.run import LOSSES
-
-# finite: the repeated vocabulary columns of the last tile, and the running max before any column
-from kernels.common.masking import MASKED
+from ahn_jax.training.loss_tiles import online_stats, row_sums
 
 IGNORE = -100  # label of positions that carry no loss (HF convention)
 
@@ -69,75 +67,6 @@ def next_token_targets(labels_BT):
     return jnp.pad(labels_BT[:, 1:], ((0, 0), (0, 1)), constant_values=IGNORE)
 
 
-def _tiles(x_ND, n_rows, tile):
-    return jnp.pad(x_ND, ((0, n_rows - x_ND.shape[0]), (0, 0))).reshape(-1, tile, x_ND.shape[-1])
-
-
-def _online_stats(rows, head_DV, vocab_tile, with_teacher):
-    """Per row: student (max, sum exp) and, with a teacher, its (max, sum exp) and
-    sum_v exp(z_t - max_t) (z_t - z_s), each accumulated over vocabulary tiles.
-
-    Tiles are read from the head with `dynamic_slice` (no padded or transposed copy of the
-    [D, V] head); the last tile is shifted back to end at V and masks the columns it repeats."""
-    V = head_DV.shape[1]
-    tile = min(vocab_tile, V)
-    n_tiles = -(-V // tile)
-    n_rows = rows[0].shape[0]
-
-    @jax.checkpoint
-    def body(carry, index):
-        start = jnp.minimum(index * tile, V - tile)
-        head_tile = jax.lax.dynamic_slice_in_dim(head_DV, start, tile, axis=1)
-        fresh = start + jnp.arange(tile) >= index * tile
-
-        def logits(h):
-            z = jnp.einsum("RD,DV->RV", h, head_tile, preferred_element_type=jnp.float32)
-            return jnp.where(fresh, z, MASKED)
-
-        z_s = logits(rows[0])
-        m_s, s_s = carry[:2]
-        new_m_s = jnp.maximum(m_s, z_s.max(-1))
-        s_s = s_s * jnp.exp(m_s - new_m_s) + jnp.exp(z_s - new_m_s[:, None]).sum(-1)
-        if not with_teacher:
-            return (new_m_s, s_s), None
-        z_t = logits(rows[1])
-        m_t, s_t, cross = carry[2:]
-        new_m_t = jnp.maximum(m_t, z_t.max(-1))
-        rescale = jnp.exp(m_t - new_m_t)
-        p_t = jnp.exp(z_t - new_m_t[:, None])
-        s_t = s_t * rescale + p_t.sum(-1)
-        cross = cross * rescale + (p_t * (z_t - z_s)).sum(-1)
-        return (new_m_s, s_s, new_m_t, s_t, cross), None
-
-    start = jnp.full((n_rows,), MASKED, jnp.float32)
-    zero = jnp.zeros((n_rows,), jnp.float32)
-    init = (start, zero, start, zero, zero) if with_teacher else (start, zero)
-    stats, _ = jax.lax.scan(body, init, jnp.arange(n_tiles))
-    return stats
-
-
-def _row_sums(per_row_fn, arrays, valid_BT, seq_tile):
-    """Per-sequence sums [B] of per_row_fn(row tiles...) over the valid positions: the B * T
-    positions go one checkpointed tile at a time, each tile adding its values into the sums of
-    the sequences its positions belong to."""
-    B, T = valid_BT.shape
-    n_rows = -(-(B * T) // seq_tile) * seq_tile
-    tiled = [_tiles(a, n_rows, seq_tile) for a in arrays]
-    valid = jnp.pad(valid_BT.reshape(-1), (0, n_rows - B * T)).reshape(-1, seq_tile)
-
-    @jax.checkpoint
-    def body(sums_B, inputs):
-        index, *rows, valid_rows = inputs
-        value = jnp.where(valid_rows, per_row_fn(*rows), 0.0)
-        sequence = (index * seq_tile + jnp.arange(seq_tile)) // T  # padding: never valid
-        in_sequence = sequence[:, None] == jnp.arange(B)[None, :]  # [tile, B]
-        return sums_B + jnp.sum(jnp.where(in_sequence, value[:, None], 0.0), axis=0), None
-
-    inputs = (jnp.arange(n_rows // seq_tile), *tiled, valid)
-    sums, _ = jax.lax.scan(body, jnp.zeros((B,), jnp.float32), inputs)
-    return sums
-
-
 def sequence_means(sums_B, counts_B):
     """Each sequence's mean [B]: 0 where it has no valid position."""
     return jnp.where(counts_B > 0, sums_B / jnp.maximum(counts_B, 1), 0.0)
@@ -157,37 +86,33 @@ def kl_sums(student_BTD, teacher_BTD, head_DV, valid_BT, *, seq_tile=512, vocab_
     Inputs are final-normed hidden states; logits are hidden @ head_DV. No gradient reaches the
     teacher."""
     valid_BT = jnp.broadcast_to(valid_BT, student_BTD.shape[:2])
-    D = student_BTD.shape[-1]
     teacher = jax.lax.stop_gradient(teacher_BTD)
 
     def per_row(student_rows, teacher_rows):
-        m_s, s_s, m_t, s_t, cross = _online_stats(
+        m_s, s_s, m_t, s_t, cross = online_stats(
             (student_rows, teacher_rows), head_DV, vocab_tile, with_teacher=True
         )
         # KL = sum p_t (z_t - z_s) - lse_t + lse_s
         return cross / s_t - (m_t + jnp.log(s_t)) + (m_s + jnp.log(s_s))
 
-    rows = (student_BTD.reshape(-1, D), teacher.reshape(-1, D))
-    return _row_sums(per_row, rows, valid_BT, seq_tile)
+    return row_sums(per_row, (student_BTD, teacher), valid_BT, seq_tile)
 
 
 def ce_sums(student_BTD, head_DV, targets_BT, valid_BT, *, seq_tile=512, vocab_tile=8192):
     """Per-sequence sums [B] of the CE of `targets` (already aligned with the positions)."""
     valid_BT = jnp.broadcast_to(valid_BT, student_BTD.shape[:2])
-    D = student_BTD.shape[-1]
-    rows = student_BTD.reshape(-1, D)
     target_logits = jnp.einsum(
-        "ND,ND->N",
-        rows,
-        jnp.take(head_DV, jnp.maximum(targets_BT.reshape(-1), 0), axis=1).T,
+        "BTD,DBT->BT",
+        student_BTD,
+        jnp.take(head_DV, jnp.maximum(targets_BT, 0), axis=1),
         preferred_element_type=jnp.float32,
     )
 
     def per_row(student_rows, target_rows):
-        m_s, s_s = _online_stats((student_rows,), head_DV, vocab_tile, with_teacher=False)
+        m_s, s_s = online_stats((student_rows,), head_DV, vocab_tile, with_teacher=False)
         return m_s + jnp.log(s_s) - target_rows[:, 0]
 
-    return _row_sums(per_row, (rows, target_logits[:, None]), valid_BT, seq_tile)
+    return row_sums(per_row, (student_BTD, target_logits[..., None]), valid_BT, seq_tile)
 
 
 def distill_sums(student_LBTNH, teacher_LBTNH, valid_BT):

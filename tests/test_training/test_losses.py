@@ -1,10 +1,16 @@
 """The tiled losses against dense references, their empty-mask guard and their memory bound."""
 
+import math
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from ahn_jax.model.sharding import make_mesh, partition_spec
 from ahn_jax.training import losses
 
 B, T, D, V = 2, 37, 16, 300
@@ -128,8 +134,8 @@ def test_tiled_kl_memory_is_bounded_by_the_tile():
 
 
 def test_row_sums_are_per_sequence_across_tiles_and_empty_rows_give_zero():
-    """Tiles of 8 positions straddle the rows (T = 37); a row with no valid position sums to 0,
-    its mean is 0 and the batch mean leaves it out."""
+    """Tiles of 8 positions over 3 sequences (2 of each) leave T = 37 a padded last tile; a row
+    with no valid position sums to 0, its mean is 0 and the batch mean leaves it out."""
     rng = np.random.default_rng(5)
     student, teacher = (jnp.asarray(rng.normal(size=(3, T, D)), jnp.float32) for _ in range(2))
     head = jnp.asarray(rng.normal(size=(D, V)), jnp.float32)
@@ -257,3 +263,45 @@ def test_other_loss_names_are_refused_naming_the_field(loss):
         TrainConfig(loss=loss)
     with pytest.raises(ValueError, match="loss must be one of"):
         losses.loss_terms(loss)
+
+
+def _gathered_shapes(hlo_text):
+    return [tuple(int(n) for n in dims.split(",") if n)
+            for dims in re.findall(r"= \w+\[([\d,]*)\]\S* all-gather\(", hlo_text)]  # fmt: skip
+
+
+@pytest.mark.parametrize("axes", [{"data": 2, "fsdp": 2, "tensor": 2}, {"data": 2, "fsdp": 4}])
+def test_on_a_mesh_each_device_takes_its_own_rows_and_columns(axes):
+    """KL + grad on meshes equal the dense loss (with a tensor axis: vocabulary shards of 150
+    columns in tiles of 64, each shard's last tile shifted back), and the compiled program gathers
+    neither the batch's hidden states (the position tiles scanned the split batch: XLA gathered
+    every row onto every device) nor a split vocabulary (only the head's embed split)."""
+    mesh = make_mesh(axes)
+    rng = np.random.default_rng(3)
+    student, teacher = (rng.normal(size=(8, 64, D)).astype(np.float32) for _ in range(2))
+    head = rng.normal(size=(D, V)).astype(np.float32)
+    valid = rng.random((8, 64)) < 0.7
+
+    def loss(student, teacher, head):
+        return losses.distillation_kl(student, teacher, head, valid, seq_tile=32, vocab_tile=64)[0]
+
+    rows = NamedSharding(mesh, partition_spec(("batch", "length", "embed"), student.shape, mesh))
+    columns = NamedSharding(mesh, partition_spec(("embed", "vocab"), head.shape, mesh))
+    vocab = "tensor" if "tensor" in axes else None
+    assert rows.spec == P(("data", "fsdp")) and columns.spec == (
+        P("fsdp", vocab) if vocab else P("fsdp")
+    )
+    args = (jax.device_put(student, rows), jax.device_put(teacher, rows),
+            jax.device_put(head, columns))  # fmt: skip
+    with jax.set_mesh(mesh):
+        step = jax.jit(jax.value_and_grad(loss))
+        value, grad = step(*args)
+        hlo = step.lower(*args).compile().as_text()
+    want, want_grad = jax.value_and_grad(dense_kl)(student, teacher, head, valid)
+    np.testing.assert_allclose(value, want, rtol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
+    gathered = _gathered_shapes(hlo)
+    assert gathered, "no all-gather at all: the head's embed split should be gathered"
+    for shape in gathered:
+        assert math.prod(shape) < 8 * 64 * D, shape  # never every sequence's rows
+        assert vocab is None or V not in shape, shape  # never a split vocabulary whole
