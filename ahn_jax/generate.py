@@ -108,16 +108,18 @@ def generation_settings(model_dir: str) -> generation_config.GenerationSettings:
     return settings
 
 
-def window_and_sinks(mode: str) -> dict[str, int]:
+def window_and_sinks(mode: str) -> dict[str, int | None]:
     """--window and --sinks, else what the AHN weights' config.json records, else 32640 and 128;
     stderr says which. Mode full takes neither (given, a usage error)."""
     given = {name: FLAGS[name].value for name in recorded.NAMES}
     if mode == "full":
         run_mode.check_no_window_for_full(given["window"], given["sinks"])
+        print("mode full", file=sys.stderr)
+        return {"window": None, "sinks": 0}
     found = recorded.recorded_attention(FLAGS.model, FLAGS.ahn)
     defaults = {"window": DEFAULT_WINDOW, "sinks": DEFAULT_SINKS}
     chosen, note = recorded.window_and_sinks(given, found, defaults)
-    print(f"mode {mode}" + ("" if mode == "full" else f": {note}"), file=sys.stderr)
+    print(f"mode {mode}: {note}", file=sys.stderr)
     return chosen
 
 

@@ -173,12 +173,16 @@ class ModelConfig:
             raise ConfigError(
                 f"model.rope_scaling must be None or YaRN settings, got {self.rope_scaling!r}"
             )
-        object.__setattr__(self, "full_attention_layers", tuple(self.full_attention_layers))
-        bad = [i for i in self.full_attention_layers if not 0 <= i < self.num_layers]
+        layers = tuple(self.full_attention_layers)
+        bad = [i for i in layers if not 0 <= i < self.num_layers]
         if bad:
             raise ConfigError(
                 f"ahn.full_attention_layers has layer ids {bad} outside [0, {self.num_layers})"
             )
+        twice = sorted({i for i in layers if layers.count(i) > 1})
+        if twice:
+            raise ConfigError(f"ahn.full_attention_layers names layers {twice} more than once")
+        object.__setattr__(self, "full_attention_layers", tuple(sorted(layers)))
 
     @property
     def jnp_param_dtype(self):

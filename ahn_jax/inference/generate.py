@@ -34,6 +34,8 @@ from ahn_jax.model import transformer as model_lib
 from ahn_jax.model.cache import DecodeCache
 from ahn_jax.tokenizer import END_OF_TEXT, IM_END, ByteTokenizer, HFTokenizer
 
+FULL_CACHE_STEP = 256
+
 
 @functools.partial(jax.jit, static_argnames=("sampling", "compute_dtype"))
 def _first(logits_BV, prompt_BT, lengths_B, key, sampling: Sampling, compute_dtype):
@@ -100,7 +102,7 @@ def generate(
     *,
     max_new_tokens: int | Sequence[int],
     mode: str,
-    window: int,
+    window: int | None = None,
     sinks: int = 0,
     do_sample: bool = False,
     temperature: float = 1.0,
@@ -120,15 +122,25 @@ def generate(
     `generate` with the same keywords (greedy by default). Prompts are right-padded into one
     ragged batch: each row prefills and decodes from its own length, as if alone.
 
-    `on_tokens` sees each step's tokens (-1 for finished rows), `on_prefill` (positions fed, the
-    longest prompt) after each prefill chunk of `chunk_size` tokens, `on_cache` the final
-    cache."""
+    `window` and `sinks` are the cache's W and S in modes "swa" and "ahn"; mode "full" sizes its
+    cache to the longest row's context (rounded up to FULL_CACHE_STEP positions, so that
+    batches of nearby lengths share one compiled program) and takes neither (a window of 0 is
+    read as none). `on_tokens` sees each step's tokens (-1 for finished rows), `on_prefill`
+    (positions fed, the longest prompt) after each prefill chunk of `chunk_size` tokens,
+    `on_cache` the final cache."""
     ids, lengths, budgets = _ragged_batch(prompts, max_new_tokens)
     model = model_lib.for_decoding(model)  # per-layer weights on the CPU (its docstring)
     sampling = Sampling(do_sample, temperature, top_k, top_p, repetition_penalty)
     total = int((lengths + budgets).max())  # the longest row's context
     if mode == "full":  # plain attention: a window that holds the whole sequence
-        window, sinks = total, 0
+        if window or sinks:
+            raise ValueError(
+                "mode 'full' attends the whole context: window and sinks apply to modes 'swa' "
+                f"and 'ahn', got window={window!r}, sinks={sinks!r}"
+            )
+        window = total = -(-total // FULL_CACHE_STEP) * FULL_CACHE_STEP
+    elif window is None:
+        raise ValueError(f"mode {mode!r} needs window=W (the sliding window, sinks excluded)")
     cache = model.init_cache(
         len(prompts), window=window, sinks=sinks, mode=mode, decode=decode, max_length=total
     )

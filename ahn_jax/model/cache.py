@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ahn_jax.config import MODES
+from ahn_jax.model import inputs
 from kernels.window_attention import visible
 
 DECODES = ("exact", "reference")
@@ -274,19 +275,21 @@ def empty_cache(
 ) -> DecodeCache:
     """An empty cache of S + W + 1 slots per windowed layer; `full_layers` (of the `num_layers`)
     get `max_length` slots of their own."""
-    for name, value, low in (("batch_size", batch_size, 1), ("window", window, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if not isinstance(sinks, int) or sinks < 0:
-        raise ValueError(f"sinks must be an integer >= 0, got {sinks!r}")
+    batch_size = inputs.count(batch_size, "batch_size", 1)
+    window = inputs.count(window, "window", 1)
+    sinks = inputs.count(sinks, "sinks", 0)
     if mode not in MODES:
         raise ValueError(f"cache mode must be one of {MODES}, got {mode!r}")
+    if mode == "full" and sinks:
+        raise ValueError(f"mode 'full' attends every token: its cache takes no sinks, got {sinks}")
     check_decode(decode, mode)
-    if full_layers and (not isinstance(max_length, int) or max_length < 1):
-        raise ValueError(
-            f"layers {list(full_layers)} keep full attention, whose cache holds the whole context: "
-            f"init_cache needs max_length (prompt + new tokens), got {max_length!r}"
-        )
+    if full_layers:
+        if max_length is None:
+            raise ValueError(
+                f"layers {list(full_layers)} keep full attention, whose cache holds the whole "
+                "context: init_cache needs max_length (prompt + new tokens)"
+            )
+        max_length = inputs.count(max_length, "max_length", 1)
     gate_names = gate_names if mode == "ahn" else ()
     L, B, C = num_layers - len(full_layers), batch_size, sinks + window + 1
     M = max_length if full_layers else 0

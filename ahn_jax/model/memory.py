@@ -36,7 +36,9 @@ OUTPUT_INITS = ("zeros", "normal")
 
 
 class AhnParam(nnx.Param):
-    """A trainable AHN weight. Gradients and optimizer state exist only for this type."""
+    """A trainable AHN weight. Training differentiates and optimizes this type only (the base
+    weights are plain `nnx.Param`, so `nnx.grad` and `nnx.Optimizer` left at their default
+    `wrt=nnx.Param` would train the base too: pass `wrt=AhnParam`, as training/step.py does)."""
 
 
 def _normal(rngs, shape):

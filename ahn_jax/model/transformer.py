@@ -19,11 +19,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from ahn_jax.config import MODES, ModelConfig
-from ahn_jax.model import cached, layers, memory
+from ahn_jax.model import cached, inputs, layers, memory
 from ahn_jax.model import prefill as prefill_lib
 from ahn_jax.model.cache import DecodeCache, empty_cache
 from ahn_jax.model.decoder import DecoderLayer
@@ -80,9 +79,9 @@ class AhnModel(nnx.Module):
         + a window of W keys) and "ahn" (swa plus the memory of evicted tokens). `window` and
         `sinks` are runtime values, each a scalar or one per row (int32 [B]: row b is computed as
         if alone with its own pair); new ones do not recompile."""
-        input_ids = jnp.asarray(input_ids)
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+        input_ids = inputs.token_ids(input_ids, self.config.vocab_size, "input_ids", 2)
+        if mode == "full":
+            inputs.no_window(window, sinks)
         window, sinks = self._check_mode(mode, window, sinks, input_ids.shape[0])
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
@@ -109,12 +108,15 @@ class AhnModel(nnx.Module):
         self._check_supported(mode)
         if mode == "full":
             return jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32)
-        if window is None:
-            raise ValueError(f"mode {mode!r} needs window=W (the sliding window, sinks excluded)")
-        for name, value, low in (("window", window, 1), ("sinks", sinks, 0)):
-            if not isinstance(value, jax.core.Tracer) and np.size(value) and np.min(value) < low:
-                raise ValueError(f"{name} must be >= {low}, got {np.min(value)}")
+        inputs.window_and_sinks(mode, window, sinks)
         return per_row(window, batch), per_row(sinks, batch, "sinks")
+
+    def _check_stacked(self, what: str) -> None:
+        if isinstance(self.layers, nnx.List):
+            raise ValueError(
+                f"{what} needs the model itself: this copy's layers are cut one module per "
+                "layer for the cached path (unstack_layers / for_decoding)"
+            )
 
     def _embed(self, input_ids_BT, positions_BT):
         config = self.config
@@ -145,6 +147,9 @@ class AhnModel(nnx.Module):
         """Final-normed hidden states [B, T, D] (the input of `lm_head_DV`), and with `collect`
         every layer's attention output before o_proj, stacked [L, B, T, N, H] (else None).
         `window` and `sinks`: scalars or int32 [B], one per row."""
+        self._check_supported(mode)
+        self._check_stacked("the parallel forward")
+        inputs.window_and_sinks(mode, window, sinks)
         x, cos, sin = self._embed(input_ids_BT, positions_BT)
         B, T = input_ids_BT.shape
         windows = self._layer_windows(per_row(0 if window is None else window, B), T)
@@ -179,6 +184,7 @@ class AhnModel(nnx.Module):
         (`model.safetensors` + `config.json`, read by `from_pretrained(base, ahn_path=...)` and the
         reference's merge script); `window` and `sinks` are the inference W and S the config
         records. Returns the directory."""
+        self._check_stacked("save_ahn")
         # the one upward import of the model package (tests/test_architecture.py): the release
         # layout is a checkpoint format, which lives with the other formats
         from ahn_jax.checkpoints import ahn_weights
@@ -197,10 +203,11 @@ class AhnModel(nnx.Module):
         decode: str = "exact",
         max_length: int | None = None,
     ):
-        """An empty cache of S + W slots per layer. `mode` defaults to "ahn" when the model has
-        AHN weights, else "swa"; mode "full" is plain attention over up to `window` tokens.
-        `decode="reference"` reproduces the reference's decode bookkeeping (docs/evaluation.md);
-        layers kept as full attention hold `max_length` (prompt + new tokens) positions."""
+        """An empty cache of S + W + 1 slots per layer. `mode` defaults to "ahn" when the model
+        has AHN weights, else "swa"; mode "full" is plain attention over up to `window` tokens
+        (more is an error) and takes no sinks. `decode="reference"` reproduces the reference's
+        decode bookkeeping (docs/evaluation.md); layers kept as full attention hold `max_length`
+        (prompt + new tokens) positions."""
         config = self.config
         mode = mode or ("ahn" if config.ahn_type else "swa")
         self._check_supported(mode)  # window and sinks are checked by empty_cache
@@ -238,44 +245,38 @@ class AhnModel(nnx.Module):
         cache): each row's logits at its last prompt token [B, V], or every position's [B, P, V]
         with `all_logits` (padding included). Calls may follow each other (and decode steps).
         `on_chunk(done, total)`, for progress bars, is called once each chunk has been computed,
-        with the positions fed so far and the longest prompt's length."""
-        input_ids = jnp.asarray(input_ids)
-        if input_ids.ndim != 2 or input_ids.shape[1] < 1:
-            raise ValueError(f"input_ids must be [batch, length >= 1], got {input_ids.shape}")
+        with the positions fed so far and the longest prompt's length. Not for use inside jit: it
+        checks its arguments and chunks on the host (jit `extend_cache` instead)."""
+        input_ids = inputs.token_ids(input_ids, self.config.vocab_size, "input_ids", 2)
         B, P = input_ids.shape
         if B != cache.batch_size:
             raise ValueError(f"input_ids has batch {B}, the cache {cache.batch_size}")
-        lengths = _check_lengths(lengths, B, P)
-        if cache.full_layers and int(jnp.max(cache.length)) + int(lengths.max()) > (
-            cache.full_capacity
-        ):
-            raise ValueError(
-                f"the prompt overruns the full-attention layers' cache of {cache.full_capacity} "
-                "positions: init_cache(max_length=...) must hold prompt + new tokens"
-            )
+        lengths = inputs.lengths(lengths, B, P)
+        chunk_size = inputs.count(chunk_size, "chunk_size", 1)
+        inputs.room(cache, lengths)
         graphdef, state = nnx.split(self)
         extend = functools.partial(extend_cache, graphdef, state)
         return prefill_lib.in_chunks(
             extend, input_ids, cache, lengths, chunk_size, all_logits=all_logits, on_chunk=on_chunk
         )
 
-    def decode_step(self, token_ids: jax.Array, cache: DecodeCache):
+    def decode_step(self, token_ids: jax.Array, cache: DecodeCache, *, donate: bool = False):
         """One token per row, each at its own next position: token_ids [B] -> (logits [B, V],
-        cache)."""
+        cache). `donate=True` hands the cache to XLA to update in place (the one passed in is
+        spent: use the returned one), where otherwise every step copies it, as a decode loop
+        `logits, cache = model.decode_step(token, cache, donate=True)` wants."""
+        # ids already on the device (a previous step's argmax) are not read back to check them
+        host = not isinstance(token_ids, jax.Array)
+        vocab = self.config.vocab_size
+        token_ids = inputs.token_ids(token_ids, vocab, "token_ids", 1, values=host)
+        if token_ids.shape[0] != cache.batch_size:
+            raise ValueError(
+                f"token_ids has {token_ids.shape[0]} rows, the cache {cache.batch_size}"
+            )
+        inputs.room(cache, 1)
         graphdef, state = nnx.split(self)
-        return decode_step(graphdef, state, token_ids, cache)
-
-
-def _check_lengths(lengths, batch: int, width: int) -> np.ndarray:
-    if lengths is None:
-        return np.full((batch,), width, np.int64)
-    lengths = np.asarray(lengths)
-    if lengths.shape != (batch,) or lengths.min() < 1 or lengths.max() > width:
-        raise ValueError(
-            f"lengths must give each of the {batch} rows a prompt length in [1, {width}], "
-            f"got {lengths.tolist()}"
-        )
-    return lengths
+        step = _donating_decode_step if donate else decode_step
+        return step(graphdef, state, token_ids, cache)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mode"))
@@ -298,6 +299,9 @@ def decode_step(graphdef, state, token_ids_B, cache):
     """Pure decode step, usable inside jit and lax.scan: (logits [B, V], new cache)."""
     new_B = jnp.ones(token_ids_B.shape, jnp.int32)
     return extend_cache(graphdef, state, token_ids_B[:, None], cache, new_B, decoding=True)
+
+
+_donating_decode_step = jax.jit(decode_step, static_argnames="graphdef", donate_argnames="cache")
 
 
 def for_decoding(model: AhnModel) -> AhnModel:

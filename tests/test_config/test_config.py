@@ -136,11 +136,17 @@ def test_tiny_config_is_cpu_sized():
         ({"remat_policy": "sometimes"}, "model.remat_policy"),
         ({"head_dim": 7}, "model.head_dim"),
         ({"rms_norm_eps": 0.0}, "model.rms_norm_eps"),
+        ({"full_attention_layers": (1, 1)}, r"full_attention_layers names layers \[1\] more"),
+        ({"full_attention_layers": (9,)}, "full_attention_layers has layer ids"),
     ],
 )
 def test_model_config_validation_names_the_field(changes, field):
     with pytest.raises(ConfigError, match=field):
         tiny_config(**changes)
+
+
+def test_full_attention_layers_are_kept_in_order():
+    assert tiny_config(full_attention_layers=(1, 0)).full_attention_layers == (0, 1)
 
 
 def test_config_file_errors(tmp_path):

@@ -82,11 +82,39 @@ def test_decode_reaches_the_cache(monkeypatch):
     )
     assert [c["decode"] for c in calls] == ["exact", "reference"]
     # the reference's full and sliding-window baselines drop nothing: refused, not run otherwise
-    for mode in ("swa", "full"):
+    for mode, window in (("swa", 4), ("full", None)):
         with pytest.raises(ValueError, match=f"mode '{mode}' takes decode \"exact\""):
             generate_lib.generate(
-                model, [[1, 2, 3]], max_new_tokens=2, mode=mode, window=4, decode="reference"
+                model, [[1, 2, 3]], max_new_tokens=2, mode=mode, window=window, decode="reference"
             )
+
+
+def test_generate_names_a_window_mode_full_takes_none_of_and_one_the_others_need():
+    model = init_model(tiny_config(ahn_type="gdn"), seed=0)
+    with pytest.raises(ValueError, match="mode 'full' attends the whole context"):
+        generate_lib.generate(model, [[1, 2, 3]], max_new_tokens=2, mode="full", window=4)
+    with pytest.raises(ValueError, match="mode 'ahn' needs window=W"):
+        generate_lib.generate(model, [[1, 2, 3]], max_new_tokens=2, mode="ahn")
+
+
+def test_the_decode_step_compiles_once_and_full_mode_lengths_share_it(monkeypatch):
+    """One decode program per mode: a full-mode cache holds the context rounded up, so nearby
+    lengths share it (each total compiled its own)."""
+    model = init_model(tiny_config(ahn_type="gdn"), seed=0)
+    misses = []
+    real = generate_lib._step
+
+    def counting(*args, **kwargs):
+        before = real._cache_size()
+        out = real(*args, **kwargs)
+        misses.append(real._cache_size() - before)
+        return out
+
+    monkeypatch.setattr(generate_lib, "_step", counting)
+    generate_lib.generate(model, [[1, 2, 3]], max_new_tokens=6, mode="ahn", window=4, sinks=1)
+    generate_lib.generate(model, [[1, 2, 3]], max_new_tokens=6, mode="full")
+    generate_lib.generate(model, [[1, 2, 3, 4]], max_new_tokens=9, mode="full")
+    assert sum(misses) <= 2, misses  # one program per mode
 
 
 def test_cli_streams_a_prompt_and_batches_jsonl(tmp_path):
@@ -161,7 +189,7 @@ def _stream(monkeypatch, capsys, tokens) -> str:
             on_tokens(np.asarray([token]))
 
     monkeypatch.setattr(completions, "generate", generated)
-    completions.stream_completion(None, ByteTokenizer(), "hi", chat=False, mode="full", window=8)
+    completions.stream_completion(None, ByteTokenizer(), "hi", chat=False, mode="full")
     return capsys.readouterr().out
 
 
@@ -233,7 +261,7 @@ def test_an_interrupted_jsonl_run_resumes_after_its_finished_batches(tmp_path, m
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": "x" * n}) + "\n" for n in (5, 9, 3, 7, 4)))
     generation = dataclasses.replace(DEFAULTS, do_sample=True, top_k=0, max_new_tokens=4)
-    kwargs = dict(chat=False, batch_size=2, generation=generation, mode="full", window=8, seed=0,
+    kwargs = dict(chat=False, batch_size=2, generation=generation, mode="full", seed=0,
                   stop_ids=[])  # fmt: skip
     straight = completions.complete_jsonl(model, ByteTokenizer(), str(prompts), **kwargs)
 
