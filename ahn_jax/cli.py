@@ -11,6 +11,7 @@ import ast
 import contextlib
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -65,8 +66,19 @@ def check_files(**paths: str | None) -> None:
 def _check_paths(paths: dict, is_kind, other_kind: str) -> None:
     for name, path in paths.items():
         if path is not None and not is_kind(Path(path)):
-            what = other_kind if Path(path).exists() else "does not exist"
+            what = other_kind if Path(path).exists() else absent(path)
             raise app.UsageError(f"--{name}={path} {what}")
+
+
+def absent(path: str | Path) -> str:
+    """Why a path that is not there is not there: a Hugging Face hub id ("Qwen/Qwen2.5-3B") is
+    no path, as users of transformers expect one to be."""
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(path)) and not Path(path).exists():
+        return (
+            "does not exist (ahn_jax reads local directories and downloads nothing: "
+            f"`huggingface-cli download {path} --local-dir DIR`, then give DIR)"
+        )
+    return "does not exist"
 
 
 def fail(error: Exception | str) -> NoReturn:

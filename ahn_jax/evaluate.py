@@ -212,9 +212,17 @@ def _announce(settings, recorded) -> None:
     _, attention = window_and_sinks(
         settings.task, settings.mode, FLAGS.window, FLAGS.sinks, recorded
     )
-    print(f"{settings.task}: mode {settings.mode}, {attention}, chat template "
-          f"{'on' if settings.chat else 'off'}, {settings.dtype}, decode {settings.decode}",
-          file=sys.stderr)  # fmt: skip
+    chat = "on" if settings.chat else "off"
+    if (
+        not settings.chat
+        and FLAGS.chat == "auto"
+        and settings.task not in ("passkey", "perplexity")
+    ):
+        name = FLAGS.model_name or Path(FLAGS.model).resolve().name
+        chat += (f" (--chat auto: {name!r} has no lower-case 'qwen2', the reference's rule; "
+                 "--chat on applies the template)")  # fmt: skip
+    print(f"{settings.task}: mode {settings.mode}, {attention}, chat template {chat}, "
+          f"{settings.dtype}, decode {settings.decode}", file=sys.stderr)  # fmt: skip
 
 
 def _prompts(tokenizer, settings, files):

@@ -35,6 +35,9 @@ LIBTPU_WITHOUT_TPU = {
     "TPU_SKIP_MDS_QUERY": "1",  # no GCE metadata server to ask
     "TPU_ACCELERATOR_TYPE": "v5litepod-4",
     "TPU_WORKER_HOSTNAMES": "localhost",
+    # libtpu's lockfile keeps a second process off a chip; without one there is nothing to
+    # protect, and two compile checks (or one beside the tests) aborted with a lockfile error
+    "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
 }
 
 

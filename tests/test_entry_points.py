@@ -137,6 +137,10 @@ USER_ERRORS = {
                  "--model=/nope does not exist"),
     "no model (evaluate)": (["ahn_jax.evaluate", "--model=/nope", "--task=passkey", "--out=/x"],
                             "--model=/nope does not exist"),
+    "hub id": (["ahn_jax.generate", "--model=Qwen/Qwen2.5-3B", "--prompt=hi"],
+               "--model=Qwen/Qwen2.5-3B does not exist (ahn_jax reads local directories and "
+               "downloads nothing: `huggingface-cli download Qwen/Qwen2.5-3B --local-dir DIR`, "
+               "then give DIR)"),
     "no AHN dir": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--ahn=/nope", "--prompt=hi"],
                    "--ahn=/nope does not exist"),
     "ahn without weights": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--mode=ahn",
@@ -220,6 +224,13 @@ def test_a_users_error_is_one_line_without_help_traceback_or_info_logs(case):
     args, message = USER_ERRORS[case]
     done = _tool(*args)
     assert (done.returncode, done.stderr) == (2, f"error: {message}\n")
+
+
+def test_from_pretrained_of_a_hub_id_says_nothing_is_downloaded():
+    from ahn_jax import from_pretrained
+
+    with pytest.raises(FileNotFoundError, match="downloads nothing: `huggingface-cli download"):
+        from_pretrained("Qwen/Qwen2.5-3B-Instruct")
 
 
 def test_evaluate_refuses_a_file_with_nothing_to_evaluate(tmp_path):
@@ -317,3 +328,21 @@ def test_ctrl_c_while_xla_runs_in_another_thread_exits_130_not_a_fatal_error():
     done = _python(code)
     assert done.returncode == 130, done.stderr[-2000:]
     assert done.stderr.endswith("interrupted\n") and "Fatal" not in done.stderr
+
+
+@pytest.mark.skipif(ON_AN_ACCELERATOR, reason="compiles for a TPU from a host without one")
+def test_compile_check_says_it_compiles_and_prints_one_json_report():
+    """The report comes minutes after the start for a real model: a line says the compile began
+    (stderr; stdout keeps the one JSON object). Run in a user's environment, without the tests'
+    ALLOW_MULTIPLE_LIBTPU_LOAD, which the tool sets itself on a host without a TPU."""
+    env = {k: v for k, v in _clean_env().items() if k != "ALLOW_MULTIPLE_LIBTPU_LOAD"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ahn_jax.compile_check", "--config=configs/tiny_gdn.py",
+         "--topology=v5e-4", "--step=decode", "--batch_size=2", "--window=64", "--sinks=4",
+         "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "compiling the decode step for v5e-4 ...\n" in done.stderr
+    report = json.loads(done.stdout)
+    assert report["fits"] and report["step"] == "decode"

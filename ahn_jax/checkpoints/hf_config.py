@@ -10,6 +10,7 @@ from typing import Any
 
 from absl import logging
 
+from ahn_jax.cli import absent
 from ahn_jax.config import ConfigError, ModelConfig
 from ahn_jax.config.model import YarnScaling
 
@@ -177,6 +178,8 @@ def from_hf_config(hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
 
 def read_hf_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "config.json"
+    if not Path(directory).exists():
+        raise FileNotFoundError(f"{directory} {absent(directory)}")
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in {directory}")
     try:

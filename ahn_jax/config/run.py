@@ -203,9 +203,16 @@ def _check_documents(d: DataConfig) -> None:
             f"data.paths mixes .txt documents {txt} with JSONL files: one kind per run (a .txt "
             "would be read as JSONL)"
         )
+    documents = bool(txt) or d.format == "shakespeare"
     for name in ("mix", "max_samples"):
-        if getattr(d, name) and (txt or d.format == "shakespeare"):
+        if getattr(d, name) and documents:
             raise ConfigError(f"data.{name} applies to JSONL files, not to whole documents")
+    if documents and d.filter_len >= d.cutoff_len:
+        raise ConfigError(
+            f"data.filter_len ({d.filter_len}) must be below data.cutoff_len ({d.cutoff_len}) "
+            "for whole documents: they are cut into pieces of at most cutoff_len tokens and "
+            "pieces of at most filter_len are dropped, so none would be left"
+        )
     if d.recall and (d.format == "chat" or d.tokenizer != "bytes"):
         raise ConfigError(
             "data.recall inserts byte-level key/recall pairs into text windows: it needs "

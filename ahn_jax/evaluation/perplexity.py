@@ -20,7 +20,7 @@ from ahn_jax.evaluation.results import (
     Settings,
     append_results,
     nothing_to_evaluate,
-    read_results,
+    scored_ids,
 )
 from ahn_jax.jsonl import read_jsonl
 from ahn_jax.model import cached
@@ -113,7 +113,7 @@ def run_perplexity(model, documents, settings: Settings, out: Path, *, batch_siz
     """Score the `documents` (`tokenized_documents`, cut to a --limit by the caller, as
     `run_generation`'s prompts) not yet scored in `out`, appending each batch's records."""
     length, bucket = settings.max_length, settings.extra["bucket"]
-    done = {r["id"] for r in read_results(out)}
+    done = scored_ids(out, (d[0] for d in documents))
     todo = [d for d in documents if d[0] not in done]
     n_buckets = -(-(length - 1) // bucket)
     # the bar counts this command's documents, those scored before included (as generation's)

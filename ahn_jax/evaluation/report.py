@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -65,7 +66,10 @@ def _perplexity_summary(records, bucket: int) -> dict:
     nll = np.asarray([r["bucket_nll"] for r in records])  # [docs, buckets]
     tokens = np.asarray([r["bucket_tokens"] for r in records])
     mean = (nll * tokens).sum(0) / tokens.sum(0)
-    stderr = nll.std(0, ddof=1) / math.sqrt(len(records)) if len(records) > 1 else 0 * mean
+    # one document has no standard error (None: "n/a" in the table, no band in the plot)
+    stderr = (
+        nll.std(0, ddof=1) / math.sqrt(len(records)) if len(records) > 1 else [None] * len(mean)
+    )
     length = records[0]["tokens"]
     overall = float((nll * tokens).sum() / tokens.sum())
     return {
@@ -75,7 +79,11 @@ def _perplexity_summary(records, bucket: int) -> dict:
         "loss": round(overall, 4),
         "perplexity": round(math.exp(overall), 3),
         "buckets": [
-            {"start": i * bucket, "loss": round(float(m), 4), "stderr": round(float(e), 4)}
+            {
+                "start": i * bucket,
+                "loss": round(float(m), 4),
+                "stderr": None if e is None else round(float(e), 4),
+            }  # fmt: skip
             for i, (m, e) in enumerate(zip(mean, stderr, strict=True))
         ],
     }
@@ -94,7 +102,9 @@ def markdown_table(summary: dict) -> str:
             "|---:|---:|---:|",
         ]
         lines += [
-            f"| {b['start']} | {b['loss']:.4f} | {b['stderr']:.4f} |" for b in summary["buckets"]
+            f"| {b['start']} | {b['loss']:.4f} | "
+            f"{'n/a (1 document)' if b['stderr'] is None else format(b['stderr'], '.4f')} |"
+            for b in summary["buckets"]
         ]
         return "\n".join(lines)
     lines = ["| dataset | samples | score |", "|---|---:|---:|"]
@@ -134,9 +144,10 @@ def _loss_by_position(ax, summary: dict, label: str) -> None:
     """A perplexity run's bucket losses with their standard-error band."""
     starts = [b["start"] for b in summary["buckets"]]
     loss = np.asarray([b["loss"] for b in summary["buckets"]])
-    err = np.asarray([b["stderr"] for b in summary["buckets"]])
     ax.plot(starts, loss, marker="o", label=label)
-    ax.fill_between(starts, loss - err, loss + err, alpha=0.25)
+    if summary["documents"] > 1:  # one document has no standard error
+        err = np.asarray([b["stderr"] for b in summary["buckets"]])
+        ax.fill_between(starts, loss - err, loss + err, alpha=0.25)
     ax.set(xlabel="position (tokens)", ylabel="loss (nats/token)")
 
 
@@ -265,10 +276,14 @@ def compare_plot(run_dirs: list[Path], path: Path) -> None:
     tasks = sorted({summary["task"] for summary in summaries})
     if len(tasks) != 1:
         raise CompareError(f"the runs mix tasks {tasks}: compare runs of one task")
+    counts = [summary.get("documents", summary.get("samples")) for summary in summaries]
+    if len(set(counts)) > 1:  # e.g. a run stopped early, or another --limit
+        print(f"warning: the runs scored different numbers of samples ({counts}): their lines "
+              "are not over the same data", file=sys.stderr)  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 4))
-    for run, summary in zip(run_dirs, summaries, strict=True):
+    for run, summary, count in zip(run_dirs, summaries, counts, strict=True):
         # two runs of one mode, W and S (two AHN checkpoints, say) differ by their directory
-        label = f"{Path(run).resolve().name}: {run_label(summary['settings'])}"
+        label = f"{Path(run).resolve().name}: {run_label(summary['settings'])}, n={count}"
         if summary["task"] == "perplexity":
             _loss_by_position(ax, summary, label)
         elif summary["task"] in GRID_TASKS:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -132,6 +133,16 @@ def read_results(out: Path) -> list[dict]:
             f"{error}: the saved results are damaged there; delete that line (the same command "
             "then redoes its sample) or use another --out"
         ) from error
+
+
+def scored_ids(out: Path, ids: Iterable[str]) -> set[str]:
+    """Which of `ids` `out` has scored already (a resumed run's), said on stderr when any."""
+    ids = set(ids)
+    done = {r["id"] for r in read_results(out)} & ids
+    if done:
+        print(f"resuming: {len(done)} of {len(ids)} samples already scored in {out / PREDICTIONS}",
+              file=sys.stderr)  # fmt: skip
+    return done
 
 
 def sort_results(out: Path, ids: Sequence[str]) -> None:

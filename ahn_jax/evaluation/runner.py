@@ -18,7 +18,7 @@ from ahn_jax.evaluation.results import (
     Settings,
     append_results,
     nothing_to_evaluate,
-    read_results,
+    scored_ids,
     sort_results,
 )
 from ahn_jax.inference import generate as generate_lib
@@ -142,7 +142,7 @@ def run_generation(
     prefilled `chunk` tokens at a time. At the end predictions.jsonl holds the records in the
     prompts' order. Decoding is greedy with `settings.repetition_penalty`, stopping at `stop_ids`
     (default: the tokenizer's end tokens)."""
-    done = {r["id"] for r in read_results(out)}
+    done = scored_ids(out, (p.id for p in prompts))
     todo = sorted((p for p in prompts if p.id not in done), key=lambda p: len(p.ids))
     stops = generate_lib.stop_ids(tokenizer) if stop_ids is None else stop_ids
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=settings.task)

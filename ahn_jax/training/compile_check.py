@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 
 import jax
@@ -68,8 +69,11 @@ def topology_devices(name: str):
     try:
         topology = topologies.get_topology_desc(description, platform="tpu")
     except Exception as e:  # noqa: BLE001 - libtpu's message is the useful part
-        if "lockfile" in str(e):  # libtpu serves one process at a time
-            raise ConfigError(f"libtpu is busy in another process: {e}") from e
+        if "lockfile" in str(e):  # libtpu serves one process at a time (on a TPU host)
+            raise ConfigError(
+                "libtpu is in use by another process on this TPU host (a training run?): run "
+                "the check when it ends, or from a host without a TPU"
+            ) from e
         if "TPU support not installed" in str(e):  # jax without libtpu: no topology is known
             raise ConfigError(
                 "compiling for a TPU needs libtpu, which `make demo`'s install leaves out: "
@@ -119,7 +123,11 @@ def _base_report(step, topology, description, devices, mesh, model_config, kerne
 def _compile(lowered, report: dict, keep: bool = False):
     """Compile `lowered` and complete `report` with XLA's figures and the verdict; an HBM
     overflow is the verdict "does not fit". With `keep`, the compiled program itself, unless it
-    does not fit (then the report)."""
+    does not fit (then the report). The step's compile says it starts (on stderr): its report
+    comes minutes later for a real model."""
+    if not keep:
+        print(f"compiling the {report['step']} step for {report['topology']} ...",
+              file=sys.stderr, flush=True)  # fmt: skip
     start = time.perf_counter()
     try:
         compiled = lowered.compile()

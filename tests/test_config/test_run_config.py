@@ -158,12 +158,16 @@ def test_a_run_checks_the_sections_against_each_other_and_the_file_system(tmp_pa
         ({"format": "text", "paths": ("a.jsonl", "b.txt")}, r"mixes \.txt documents \[.*b\.txt"),
         ({"format": "shakespeare", "max_samples": 5}, r"data\.max_samples applies to JSONL"),
         ({"format": "chat", "recall": {"span": 8}}, r"data\.recall .* got 'chat' and 'checkpoint'"),
+        ({"format": "shakespeare", "cutoff_len": 256},
+         r"data\.filter_len \(288\) must be below data\.cutoff_len \(256\) for whole documents"),
+        ({"format": "text", "paths": ("a.txt",), "cutoff_len": 288}, r"must be below data\.cutoff"),
     ],
 )  # fmt: skip
 def test_data_settings_that_would_be_ignored_or_misapplied_are_refused(tmp_path, data, message):
     """Each ran: a .txt read as JSONL (its document skipped as invalid), a traceback from the
-    data pipeline, or recall pairs that relabelled chat prompts (and inserted byte values as
-    token ids under a checkpoint's tokenizer)."""
+    data pipeline, recall pairs that relabelled chat prompts (and inserted byte values as token
+    ids under a checkpoint's tokenizer), or documents whose every piece was dropped (found only
+    once the base had loaded)."""
     paths = tuple(str(tmp_path / p) for p in data.get("paths", ()))
     for path in paths:
         Path(path).write_text("{}\n")
@@ -174,7 +178,8 @@ def test_data_settings_that_would_be_ignored_or_misapplied_are_refused(tmp_path,
 def test_length_buckets_must_hold_the_longest_row_within_seq_len():
     def config(buckets):
         return make_config(MODEL, ahn_type="gdn",
-                           data={"cutoff_len": 128, "format": "shakespeare", "tokenizer": "bytes"},
+                           data={"cutoff_len": 128, "filter_len": 64, "format": "shakespeare",
+                                 "tokenizer": "bytes"},
                            train=dict(seq_len=128, length_buckets=buckets,
                                       allow_random_base=True))  # fmt: skip
 
@@ -203,7 +208,8 @@ def test_a_run_needs_a_base_and_data_unless_it_says_otherwise(tmp_path):
 
     def tiny(**data):
         return make_config(MODEL, ahn_type="gdn", train=dict(seq_len=256),
-                           data={"cutoff_len": 256, "format": "shakespeare", **data})  # fmt: skip
+                           data={"cutoff_len": 256, "filter_len": 64, "format": "shakespeare",
+                                 **data})  # fmt: skip
 
     with pytest.raises(ConfigError, match=r"needs train\.base_checkpoint \(") as e:
         run_configs(tiny(tokenizer="bytes"))
@@ -224,7 +230,7 @@ def test_bytes_are_refused_for_a_base_with_its_own_tokenizer(tmp_path, qwen25_to
     ids 0-255: the run stops at start naming both fields; a base without one (the demo's byte
     model, an ahn_jax checkpoint) takes bytes."""
     train = dict(seq_len=256, base_checkpoint=str(tmp_path))
-    data = dict(cutoff_len=256, format="shakespeare", tokenizer="bytes")
+    data = dict(cutoff_len=256, filter_len=64, format="shakespeare", tokenizer="bytes")
     config = make_config(MODEL, ahn_type="gdn", train=train, data=data)
     run_configs(config)
     (tmp_path / "tokenizer.json").write_bytes(

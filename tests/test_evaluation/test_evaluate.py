@@ -146,6 +146,25 @@ def _a_record_without_its_newline_is_kept_and_a_damaged_one_named(model, prompts
     path.write_bytes(whole)
 
 
+def test_the_chat_rule_says_why_it_left_the_template_off(tmp_path):
+    """--chat auto follows the reference's name rule, which leaves out "Qwen2.5-3B-Instruct"
+    (no lower-case "qwen2"): the start line says so, and how to apply the template."""
+    model_dir = tmp_path / "Qwen2.5-tiny-Instruct"
+    save_tiny_qwen2(model_dir, vocab_size=151936, hidden_size=32, intermediate_size=48)
+    write_qwen25_tokenizer(model_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "ahn_jax.evaluate", f"--model={model_dir}", "--task=longbench",
+         f"--data={FIXTURES / 'longbench'}", "--mode=full", "--max_length=60",
+         "--max_new_tokens=1", "--limit=1", f"--out={tmp_path / 'out'}"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (
+        "chat template off (--chat auto: 'Qwen2.5-tiny-Instruct' has no lower-case 'qwen2', the "
+        "reference's rule; --chat on applies the template)" in done.stderr
+    )
+
+
 def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
     model_dir = (
         tmp_path / "qwen2-tiny"
@@ -178,6 +197,7 @@ def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr
     assert (out / "predictions.jsonl").read_text() == before  # nothing was scored twice
+    assert f"resuming: 3 of 3 samples already scored in {out / 'predictions.jsonl'}" in again.stderr
     changed = subprocess.run([*command[:-1], "--window=32", f"--out={out}"], capture_output=True,
                              text=True, cwd=ROOT)  # fmt: skip
     assert changed.returncode == 2 and changed.stderr.splitlines()[-1].startswith(
@@ -240,6 +260,18 @@ def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_p
     assert "scored 32/63 tokens" in err  # the bar's stage inside a batch (chunks of 32)
     report.compare_plot(runs, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 0
+    assert "warning" not in capsys.readouterr().err
+    # one document: no standard error (it read 0.0000), and the runs no longer match in samples
+    one = report.write_report(tmp_path / "swa", dataclasses.asdict(settings), records[:1],
+                              byte_model.config)  # fmt: skip
+    assert {b["stderr"] for b in one["buckets"]} == {None}
+    assert "| 0 | " in report.markdown_table(one) and "n/a (1 document)" in report.markdown_table(
+        one
+    )
+    report.compare_plot(runs, tmp_path / "compare.png")
+    assert (
+        "warning: the runs scored different numbers of samples ([1, 2])" in capsys.readouterr().err
+    )
     other = tmp_path / "other"
     other.mkdir()
     (other / "summary.json").write_text(json.dumps({"task": "passkey", "settings": {}}))
