@@ -73,7 +73,8 @@ def _check_paths(paths: dict, is_kind, other_kind: str) -> None:
 def absent(path: str | Path) -> str:
     """Why a path that is not there is not there: a Hugging Face hub id ("Qwen/Qwen2.5-3B") is
     no path, as users of transformers expect one to be."""
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(path)) and not Path(path).exists():
+    hub_like = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(path))
+    if hub_like and not Path(Path(path).parts[0]).exists():  # not a typo under a local folder
         return (
             "does not exist (ahn_jax reads local directories and downloads nothing: "
             f"`huggingface-cli download {path} --local-dir DIR`, then give DIR)"

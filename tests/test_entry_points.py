@@ -226,6 +226,15 @@ def test_a_users_error_is_one_line_without_help_traceback_or_info_logs(case):
     assert (done.returncode, done.stderr) == (2, f"error: {message}\n")
 
 
+def test_only_a_path_that_looks_like_a_hub_id_gets_the_download_hint(tmp_path, monkeypatch):
+    from ahn_jax import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert cli.absent("runs/ahn") == "does not exist"  # a typo under a local folder
+    assert "huggingface-cli download Qwen/Qwen2.5-3B" in cli.absent("Qwen/Qwen2.5-3B")
+
+
 def test_from_pretrained_of_a_hub_id_says_nothing_is_downloaded():
     from ahn_jax import from_pretrained
 

@@ -168,9 +168,12 @@ def run_generation(
             repetition_penalty=settings.repetition_penalty,
             chunk_size=chunk,
         )
-        # every cache array is per row; the batch's longest prompt + budget sizes a full cache
+        # every cache array is per row; a full cache holds the batch's longest prompt + budget,
+        # rounded up by `generate` (its window), the positions its bytes are for
+        longest = max(len(p.ids) + p.max_new for p in batch)
+        held = caches[0].window if settings.mode == "full" else longest
         cache = dict(cache_bytes=caches[0].nbytes() // len(batch), batch_size=len(batch),
-                     cache_tokens=max(len(p.ids) + p.max_new for p in batch))  # fmt: skip
+                     cache_tokens=held)  # fmt: skip
         append_results(out, [_scored(p, new, settings, tokenizer, cache)
                              for p, new in zip(batch, outputs, strict=True)])  # fmt: skip
         progress.written()

@@ -71,7 +71,7 @@ def _note_if_nothing_leaves_the_window(prompts, generation: GenerationSettings, 
     """Tell (stderr) when every prompt with its new tokens fits in S + W: in mode ahn or swa no
     token is then evicted, and the output is full attention's (a W recorded for a long-context
     model, 32,640, on short prompts: the AHN is never used)."""
-    mode, window, sinks = settings["mode"], settings["window"], settings.get("sinks", 0)
+    mode, window, sinks = settings["mode"], settings.get("window"), settings.get("sinks", 0)
     # the reference's decode drops cache index 128 at every step, evicted or not
     if mode == "full" or settings.get("decode") == "reference" or not prompts:
         return

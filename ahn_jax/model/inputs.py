@@ -74,7 +74,9 @@ def room(cache, new_B) -> None:
     """The cache can take `new_B` more tokens per row without dropping one silently: a mode
     "full" cache holds init_cache's `window` tokens, the full-attention layers `max_length`
     (past them the oldest would leave, a sliding window). Reads the rows' lengths from the device
-    only for such caches."""
+    only for such caches (one sync per call), and not at all inside a user's jit."""
+    if isinstance(cache.length, jax.core.Tracer):
+        return
     limits = []
     if cache.mode == "full":
         limits.append((cache.window, "mode 'full' holds init_cache(window=...)"))

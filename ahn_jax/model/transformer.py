@@ -264,7 +264,9 @@ class AhnModel(nnx.Module):
         """One token per row, each at its own next position: token_ids [B] -> (logits [B, V],
         cache). `donate=True` hands the cache to XLA to update in place (the one passed in is
         spent: use the returned one), where otherwise every step copies it, as a decode loop
-        `logits, cache = model.decode_step(token, cache, donate=True)` wants."""
+        `logits, cache = model.decode_step(token, cache, donate=True)` wants. A cache that can
+        overrun (mode "full", full-attention layers) is checked each step, which waits for the
+        previous step; `generate` sizes its cache itself and skips that."""
         # ids already on the device (a previous step's argmax) are not read back to check them
         host = not isinstance(token_ids, jax.Array)
         vocab = self.config.vocab_size

@@ -13,7 +13,8 @@ every tile ("involuntary full rematerialization" warnings on a data x fsdp x ten
 
 Both bodies are `jax.checkpoint`ed: the backward pass recomputes a tile's logits instead of
 storing them. Per device a step holds a few [seq_tile, vocab_tile] fp32 blocks: a step's position
-tile per sequence is seq_tile over the sequences a device holds.
+tile per sequence is seq_tile over the sequences a device holds (at least one position: a device
+holding more sequences than seq_tile scores one row of each per step).
 """
 
 from __future__ import annotations
@@ -41,14 +42,11 @@ def _ways(logical_axes, shape, dim: int) -> int:
     return math.prod(mesh.shape[name] for name in names)
 
 
-def online_stats(rows, head_DV, vocab_tile, with_teacher):
-    """Per row of `rows` ([R, D] each): student (max, sum exp) and, with a teacher (rows[1]), its
-    (max, sum exp) and sum_v exp(z_t - max_t) (z_t - z_s), each accumulated over vocabulary tiles.
-
-    The head is gathered over its embed split once (FSDP's gather-on-use) and viewed as
-    [D, P, V / P] for its P vocabulary shards; tiles of the last axis are read with
-    `dynamic_slice` (no padded or transposed copy), the last one shifted back to end at V / P
-    with the columns it repeats masked."""
+def _vocabulary_tiles(head_DV, vocab_tile):
+    """(head_tile(start) -> [D, shards * tile], the vocabulary's shards, columns per shard, the
+    tile): the head gathered over its embed split once (FSDP's gather-on-use) and, split over
+    P vocabulary shards, viewed as [D, P, V / P], a tile taking the same columns of every shard
+    (shard-major)."""
     D, V = head_DV.shape
     shards = _ways((None, "vocab"), (D, V), 1)
     columns = V // shards
@@ -61,9 +59,22 @@ def online_stats(rows, head_DV, vocab_tile, with_teacher):
     else:
         head = constrain(head_DV.reshape(D, shards, columns), (None, "vocab", None))
 
-        def head_tile(start):  # [D, shards * tile]: the same columns of every shard
+        def head_tile(start):
             return jax.lax.dynamic_slice_in_dim(head, start, tile, axis=2).reshape(D, -1)
 
+    return head_tile, shards, columns, tile
+
+
+def online_stats(rows, head_DV, vocab_tile, with_teacher, targets=None):
+    """Per row of `rows` ([R, D] each): student (max, sum exp) and, with a teacher (rows[1]), its
+    (max, sum exp) and sum_v exp(z_t - max_t) (z_t - z_s), each accumulated over vocabulary tiles;
+    with `targets` ([R] ids, no teacher) also the student's logit of each row's target, picked
+    from the tile that holds it (a gather of the head's target columns gathered the whole split
+    vocabulary onto every device).
+
+    Tiles (`_vocabulary_tiles`) are read with `dynamic_slice` (no padded or transposed copy), the
+    last one shifted back to end at V / P with the columns it repeats masked."""
+    head_tile, shards, columns, tile = _vocabulary_tiles(head_DV, vocab_tile)
     n_tiles = -(-columns // tile)
     n_rows = rows[0].shape[0]
 
@@ -81,6 +92,10 @@ def online_stats(rows, head_DV, vocab_tile, with_teacher):
         m_s, s_s = carry[:2]
         new_m_s = jnp.maximum(m_s, z_s.max(-1))
         s_s = s_s * jnp.exp(m_s - new_m_s) + jnp.exp(z_s - new_m_s[:, None]).sum(-1)
+        if targets is not None:  # the tile's columns are shard-major, as `head_tile` lays them
+            column = (jnp.arange(shards)[:, None] * columns + start + jnp.arange(tile)).ravel()
+            hit = fresh & (column == targets[:, None])
+            return (new_m_s, s_s, carry[2] + jnp.where(hit, z_s, 0.0).sum(-1)), None
         if not with_teacher:
             return (new_m_s, s_s), None
         z_t = logits(rows[1])
@@ -95,6 +110,8 @@ def online_stats(rows, head_DV, vocab_tile, with_teacher):
     start = jnp.full((n_rows,), MASKED, jnp.float32)
     zero = jnp.zeros((n_rows,), jnp.float32)
     init = (start, zero, start, zero, zero) if with_teacher else (start, zero)
+    if targets is not None:
+        init = (start, zero, zero)
     stats, _ = jax.lax.scan(body, init, jnp.arange(n_tiles))
     return stats
 

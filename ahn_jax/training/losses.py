@@ -101,18 +101,14 @@ def kl_sums(student_BTD, teacher_BTD, head_DV, valid_BT, *, seq_tile=512, vocab_
 def ce_sums(student_BTD, head_DV, targets_BT, valid_BT, *, seq_tile=512, vocab_tile=8192):
     """Per-sequence sums [B] of the CE of `targets` (already aligned with the positions)."""
     valid_BT = jnp.broadcast_to(valid_BT, student_BTD.shape[:2])
-    target_logits = jnp.einsum(
-        "BTD,DBT->BT",
-        student_BTD,
-        jnp.take(head_DV, jnp.maximum(targets_BT, 0), axis=1),
-        preferred_element_type=jnp.float32,
-    )
 
     def per_row(student_rows, target_rows):
-        m_s, s_s = online_stats((student_rows,), head_DV, vocab_tile, with_teacher=False)
-        return m_s + jnp.log(s_s) - target_rows[:, 0]
+        m_s, s_s, target_logit = online_stats(
+            (student_rows,), head_DV, vocab_tile, with_teacher=False, targets=target_rows[:, 0]
+        )
+        return m_s + jnp.log(s_s) - target_logit
 
-    return row_sums(per_row, (student_BTD, target_logits[..., None]), valid_BT, seq_tile)
+    return row_sums(per_row, (student_BTD, targets_BT[..., None]), valid_BT, seq_tile)
 
 
 def distill_sums(student_LBTNH, teacher_LBTNH, valid_BT):

@@ -73,8 +73,9 @@ def test_decode_cache_bytes_with_full_layers():
     }
     model = init_model(config, seed=0)
     for mode, size in expected.items():
-        assert table.decode_cache_bytes(config, 12, 4, mode, B, max_length=M) == size, mode
-        cache = model.init_cache(B, window=12, sinks=4, mode=mode, max_length=M)
+        W, S = (16, 0) if mode == "full" else (12, 4)  # mode "full" takes no sinks: C alike
+        assert table.decode_cache_bytes(config, W, S, mode, B, max_length=M) == size, mode
+        cache = model.init_cache(B, window=W, sinks=S, mode=mode, max_length=M)
         assert cache.nbytes() == size, mode
     # without full layers max_length changes nothing
     plain = config.replace(full_attention_layers=())

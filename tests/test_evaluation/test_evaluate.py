@@ -82,6 +82,23 @@ def test_perplexity_through_the_cache_equals_the_parallel_forward(byte_model, mo
     assert cache_bytes > 0
 
 
+def test_a_full_mode_records_cache_bytes_for_the_positions_its_cache_holds(byte_model, tmp_path):
+    """`generate` rounds a full cache up (one program for nearby lengths): the record's
+    cache_tokens are the positions those bytes hold, as the memory plot's cost model reads them."""
+    from ahn_jax.costs import table
+
+    tokenizer, settings = ByteTokenizer(), _settings("passkey", "full", window=0, sinks=0)
+    samples = passkey.passkey_samples(tokenizer, [300], [0.5], 1, seed=0)
+    prompts = [runner.Prompt(s.id, s.ids, 2, dict(dataset="passkey", answers=[s.passkey],
+                             context_length=s.length, depth=s.depth)) for s in samples]  # fmt: skip
+    results_lib.check_settings(tmp_path, settings)
+    runner.run_generation(byte_model, tokenizer, prompts, settings, tmp_path, 1)
+    (record,) = results_lib.read_results(tmp_path)
+    assert record["cache_tokens"] >= record["prompt_tokens"] + 2
+    modelled = table.decode_cache_bytes(byte_model.config, record["cache_tokens"], 0, "full")
+    assert record["cache_bytes"] == modelled
+
+
 def test_batched_generation_resumes_after_a_crash(byte_model, tmp_path, monkeypatch, capsys):
     tokenizer, settings = ByteTokenizer(), _settings("passkey", max_new_tokens=4)
     # two prompt lengths and two budgets, interleaved: the batches of 4 are ragged

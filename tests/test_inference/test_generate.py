@@ -216,7 +216,7 @@ def test_sampled_batches_draw_their_own_numbers(tmp_path, capsys):
     generation = dataclasses.replace(DEFAULTS, do_sample=True, top_k=0, max_new_tokens=8)
     lines = completions.complete_jsonl(model, ByteTokenizer(), str(prompts), chat=False,
                                         batch_size=2, generation=generation, mode="full",
-                                        window=8, seed=0, stop_ids=[])  # fmt: skip
+                                        seed=0, stop_ids=[])  # fmt: skip
     texts = [json.loads(line)["completion"] for line in lines]
     assert len(set(texts)) == 4, texts
 

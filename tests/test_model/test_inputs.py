@@ -130,3 +130,11 @@ def test_the_per_layer_copy_for_decoding_says_what_it_is_not_for(model, ids, tmp
     np.testing.assert_allclose(
         layerwise.prefill(ids, cache)[0], model.prefill(ids, cache)[0], atol=1e-6
     )
+
+
+def test_decode_step_inside_a_users_jit_checks_shapes_only(model):
+    """The room check reads the rows' lengths from the device: inside a jit they are traced."""
+    cache = model.init_cache(2, window=8, mode="full")
+    step = jax.jit(lambda tokens, cache: model.decode_step(tokens, cache))
+    logits, cache = step(jnp.ones(2, jnp.int32), cache)
+    assert logits.shape == (2, 64) and int(cache.length[0]) == 1

@@ -270,20 +270,36 @@ def _gathered_shapes(hlo_text):
             for dims in re.findall(r"= \w+\[([\d,]*)\]\S* all-gather\(", hlo_text)]  # fmt: skip
 
 
+def dense_ce(student, targets, head, valid):
+    log_p = jax.nn.log_softmax(student @ head, -1)
+    return per_sequence_mean(-jnp.take_along_axis(log_p, targets[..., None], -1)[..., 0], valid)
+
+
 @pytest.mark.parametrize("axes", [{"data": 2, "fsdp": 2, "tensor": 2}, {"data": 2, "fsdp": 4}])
-def test_on_a_mesh_each_device_takes_its_own_rows_and_columns(axes):
-    """KL + grad on meshes equal the dense loss (with a tensor axis: vocabulary shards of 150
-    columns in tiles of 64, each shard's last tile shifted back), and the compiled program gathers
-    neither the batch's hidden states (the position tiles scanned the split batch: XLA gathered
-    every row onto every device) nor a split vocabulary (only the head's embed split)."""
+@pytest.mark.parametrize("objective", ["kl", "ce"])
+def test_on_a_mesh_each_device_takes_its_own_rows_and_columns(axes, objective):
+    """KL and CE + grad on meshes equal the dense losses (with a tensor axis: vocabulary shards of
+    150 columns in tiles of 64, each shard's last tile shifted back), and the compiled program
+    gathers neither the batch's hidden states (the position tiles scanned the split batch: XLA
+    gathered every row onto every device) nor a split vocabulary (only the head's embed split;
+    CE's target logits came from a gather of the head's columns, the whole vocabulary)."""
     mesh = make_mesh(axes)
     rng = np.random.default_rng(3)
     student, teacher = (rng.normal(size=(8, 64, D)).astype(np.float32) for _ in range(2))
     head = rng.normal(size=(D, V)).astype(np.float32)
     valid = rng.random((8, 64)) < 0.7
+    targets = rng.integers(0, V, (8, 64)).astype(np.int32)
 
     def loss(student, teacher, head):
-        return losses.distillation_kl(student, teacher, head, valid, seq_tile=32, vocab_tile=64)[0]
+        tiles = {"seq_tile": 32, "vocab_tile": 64}
+        if objective == "ce":
+            return losses.cross_entropy(student, head, targets, valid, **tiles)[0]
+        return losses.distillation_kl(student, teacher, head, valid, **tiles)[0]
+
+    def dense(student, teacher, head):
+        if objective == "ce":
+            return dense_ce(student, targets, head, valid)
+        return dense_kl(student, teacher, head, valid)
 
     rows = NamedSharding(mesh, partition_spec(("batch", "length", "embed"), student.shape, mesh))
     columns = NamedSharding(mesh, partition_spec(("embed", "vocab"), head.shape, mesh))
@@ -297,11 +313,11 @@ def test_on_a_mesh_each_device_takes_its_own_rows_and_columns(axes):
         step = jax.jit(jax.value_and_grad(loss))
         value, grad = step(*args)
         hlo = step.lower(*args).compile().as_text()
-    want, want_grad = jax.value_and_grad(dense_kl)(student, teacher, head, valid)
+    want, want_grad = jax.value_and_grad(dense)(student, teacher, head)
     np.testing.assert_allclose(value, want, rtol=1e-5)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
     gathered = _gathered_shapes(hlo)
     assert gathered, "no all-gather at all: the head's embed split should be gathered"
     for shape in gathered:
-        assert math.prod(shape) < 8 * 64 * D, shape  # never every sequence's rows
+        assert shape[0] != 8 and math.prod(shape) < 8 * 64 * D, shape  # no sequence's rows
         assert vocab is None or V not in shape, shape  # never a split vocabulary whole
