@@ -175,7 +175,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert (
         convert_cli.main(["--hf_dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
     )
-    assert "no config.json" in capsys.readouterr().err
+    assert f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         convert_cli.main(["--out", str(tmp_path / "z")])
     assert "--hf_dir DIR is required" in capsys.readouterr().err
