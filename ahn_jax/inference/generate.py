@@ -30,6 +30,7 @@ from flax import nnx
 from ahn_jax.config import check_vocabulary
 from ahn_jax.inference import sampling as sampling_lib
 from ahn_jax.inference.sampling import Sampling, sample_token
+from ahn_jax.model import inputs
 from ahn_jax.model import transformer as model_lib
 from ahn_jax.model.cache import DecodeCache
 from ahn_jax.tokenizer import END_OF_TEXT, IM_END, ByteTokenizer, HFTokenizer
@@ -133,14 +134,10 @@ def generate(
     sampling = Sampling(do_sample, temperature, top_k, top_p, repetition_penalty)
     total = int((lengths + budgets).max())  # the longest row's context
     if mode == "full":  # plain attention: a window that holds the whole sequence
-        if window or sinks:
-            raise ValueError(
-                "mode 'full' attends the whole context: window and sinks apply to modes 'swa' "
-                f"and 'ahn', got window={window!r}, sinks={sinks!r}"
-            )
+        inputs.no_window(window, sinks, zero_is_none=True)
         window = total = -(-total // FULL_CACHE_STEP) * FULL_CACHE_STEP
-    elif window is None:
-        raise ValueError(f"mode {mode!r} needs window=W (the sliding window, sinks excluded)")
+    else:
+        inputs.window_and_sinks(mode, window, sinks)
     cache = model.init_cache(
         len(prompts), window=window, sinks=sinks, mode=mode, decode=decode, max_length=total
     )

@@ -43,9 +43,11 @@ def token_ids(ids, vocab_size: int, name: str, ndim: int, *, values: bool = True
     return jax.numpy.asarray(array)
 
 
-def no_window(window, sinks) -> None:
-    """Mode "full" of a public call attends the whole context: it takes no window or sinks."""
-    if window is not None or isinstance(sinks, jax.core.Tracer) or np.any(np.asarray(sinks)):
+def no_window(window, sinks, *, zero_is_none: bool = False) -> None:
+    """Mode "full" of a public call attends the whole context: it takes no window or sinks
+    (`zero_is_none`: a window of 0 reads as none, as evaluate's settings record mode full)."""
+    given = window is not None and not (zero_is_none and window == 0)
+    if given or isinstance(sinks, jax.core.Tracer) or np.any(np.asarray(sinks)):
         raise ValueError(
             "mode 'full' attends the whole context: window and sinks apply to modes 'swa' and "
             f"'ahn', got window={window!r}, sinks={sinks!r}"

@@ -212,15 +212,20 @@ def _assert_same_run(straight_dir, run_dir, steps) -> None:
         assert _windows(a[step]) == _windows(b[step]), step
 
 
+def _sigterm_at(step, config_path, run_dir, steps) -> subprocess.CompletedProcess:
+    """The training command, sent SIGTERM right after `step`'s metrics are written."""
+    killer = [sys.executable, str(Path(__file__).parent / "train_killed_at_step.py"), str(step)]
+    return subprocess.run([*killer, *_command(config_path, run_dir, steps)[3:]],
+                          env={**_env(), "KILL_SIGNAL": "SIGTERM"}, cwd=ROOT, capture_output=True,
+                          text=True)  # fmt: skip
+
+
 def test_sigterm_saves_the_step_in_flight_and_resumes_exactly(tmp_path, single_device_run):
     """SIGTERM (a scheduler's stop) during step 3: the run finishes the step in flight, saves it
     though checkpoints come every 2 steps, says so and exits 128 + 15; the same command resumes
     after it and gives the uninterrupted run's losses."""
     config_path = _config_file(tmp_path)
-    env = {**_env(), "KILL_SIGNAL": "SIGTERM"}
-    killer = [sys.executable, str(Path(__file__).parent / "train_killed_at_step.py"), "3"]
-    stopped = subprocess.run([*killer, *_command(config_path, tmp_path / "b", 5)[3:]],
-                             env=env, cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    stopped = _sigterm_at(3, config_path, tmp_path / "b", 5)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     # the signal came after step 3's decision to save, so step 4 ran and was saved
     assert "SIGTERM: the step in flight finishes and is saved" in stopped.stderr
@@ -237,10 +242,7 @@ def test_a_signal_during_the_last_steps_save_stops_before_the_export(tmp_path):
     """SIGTERM after the last step's decision to save (while it is saved): the run stops as it
     said it would, with no export, and the same command exports without training again."""
     config_path = _config_file(tmp_path)
-    env = {**_env(), "KILL_SIGNAL": "SIGTERM"}
-    killer = [sys.executable, str(Path(__file__).parent / "train_killed_at_step.py"), "2"]
-    stopped = subprocess.run([*killer, *_command(config_path, tmp_path / "b", 2)[3:]],
-                             env=env, cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    stopped = _sigterm_at(2, config_path, tmp_path / "b", 2)
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
     assert "stopped by SIGTERM after step 2; its checkpoint is saved" in stopped.stderr
     assert not (tmp_path / "b" / "ahn").exists()
