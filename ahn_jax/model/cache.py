@@ -10,10 +10,17 @@ copying it (docs/benchmarks.md, ragged decode). Each slot also keeps the token's
 (docs/method.md §Inference), so the memory ingests an evicted token without its hidden state;
 each layer keeps its AHN state [B, N, H, H] in fp32.
 
-Every layer has arrays of its own (tuples over layers, not one stacked array): the decode step
-runs its layers unrolled, each reading and writing its own buffers, where a layer scan over a
-stacked cache copies each layer's slice out for the products. Keys are stored slots-last
-[B, K, H, C], the layout in which the q·k product reads them without a transpose.
+Every layer has k, v and state arrays of its own (tuples over layers, not one stacked array): the
+decode step runs its layers unrolled, each reading and writing its own buffers, where a layer scan
+over a stacked cache copies each layer's slice out for the products. Keys are stored slots-last
+[B, K, H, C], the layout in which XLA:CPU's q·k product reads them without a transpose (XLA:TPU
+chooses the physical layouts of its arguments itself). The gates of all
+layers share one array [B, C, G], a slot's G = N x layers x gate names values side by side: a
+layer's own gates are a row of N (16 for Qwen2.5-3B) fp32 per slot, which XLA:TPU pads to 128
+lanes and copies each step to scatter into (the gate arrays of a 3B decode step: 5.5 GiB read and
+written per chip and step, against 0.3 MiB for the shared one; docs/benchmarks.md). Every windowed
+layer uses the same slots, so one gather before the layers reads what each evicts and one
+scatter after them writes the new tokens' gates.
 
 Each batch row has its own length and slot positions (ragged batches: prompts of different
 lengths prefill together, right-padded, and decode on from their own positions). `extend_plan`
@@ -62,16 +69,18 @@ REFERENCE_DROPPED_INDEX = 128
 @struct.dataclass
 class DecodeCache:
     """One entry per windowed layer (C = S + W + 1 slots): k [B, K, H, C] (slots last), v
-    [B, C, K, H]; gates {name: per layer [B, C, N]} fp32; state per layer [B, N, H, H] fp32
-    (N = 0 outside mode "ahn"); slot_pos [B, C] (absolute position held by each slot, -1 if
+    [B, C, K, H]; state per layer [B, N, H, H] fp32 (N = 0 outside mode "ahn"); gates [B, C, G]
+    fp32 for all windowed layers, G = N x layers x len(gate_names) (0 outside mode "ahn",
+    `layer_gates` unpacks it); slot_pos [B, C] (absolute position held by each slot, -1 if
     empty); length [B]: tokens seen so far by each row. The full-attention layers' group: full_k
     [B, K, H, M] and full_v [B, M, K, H] per such layer and full_slot_pos [B, M] (M = max_length),
-    `full_layers` their indices. `window`, `sinks`, `mode`, `decode` and `full_layers` are static
-    (they fix shapes or the program). Every array keeps its batch rows on axis 0."""
+    `full_layers` their indices. `window`, `sinks`, `mode`, `decode`, `full_layers` and
+    `gate_names` are static (they fix shapes or the program). Every array keeps its batch rows on
+    axis 0."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
-    gates: dict[str, tuple[jax.Array, ...]]
+    gates: jax.Array
     state: tuple[jax.Array, ...]
     slot_pos: jax.Array
     length: jax.Array
@@ -83,6 +92,7 @@ class DecodeCache:
     mode: str = struct.field(pytree_node=False)
     decode: str = struct.field(pytree_node=False, default="exact")
     full_layers: tuple[int, ...] = struct.field(pytree_node=False, default=())
+    gate_names: tuple[str, ...] = struct.field(pytree_node=False, default=())
 
     @property
     def capacity(self) -> int:
@@ -98,13 +108,33 @@ class DecodeCache:
         return self.length.shape[0]
 
     def window_layer(self, i: int) -> dict:
-        """The arrays of windowed layer i (its index among the windowed layers)."""
-        return {"k": self.k[i], "v": self.v[i], "state": self.state[i],
-                "gates": {name: g[i] for name, g in self.gates.items()}}  # fmt: skip
+        """The k, v and state of windowed layer i (its index among the windowed layers)."""
+        return {"k": self.k[i], "v": self.v[i], "state": self.state[i]}
 
     def full_layer(self, i: int) -> dict:
         """The arrays of full-attention layer i (its index among `full_layers`): no memory."""
-        return {"k": self.full_k[i], "v": self.full_v[i], "state": None, "gates": {}}
+        return {"k": self.full_k[i], "v": self.full_v[i], "state": None}
+
+    def layer_gates(self, gates_BPG) -> list[dict]:
+        """Rows of `gates` [B, P, G] (`read_gates`) as each windowed layer's {name: [B, P, N]}."""
+        B, P, _ = gates_BPG.shape
+        names, L = self.gate_names, len(self.k)
+        if not names or not L:  # no memory, or no windowed layer
+            return [{} for _ in range(L)]
+        split = gates_BPG.reshape(B, P, -1, L, len(names))  # heads first: a tensor split cuts N
+        return [{n: split[:, :, :, i, j] for j, n in enumerate(names)} for i in range(L)]
+
+    def read_gates(self, index_BP) -> list[dict]:
+        """Every windowed layer's gates {name: [B, P, N]} held in slots `index_BP` [B, P]."""
+        return self.layer_gates(gather_rows(self.gates, index_BP))
+
+    def write_gates(self, new_gates: list[dict], slot_BP) -> jax.Array:
+        """`gates` with each windowed layer's new {name: [B, P, N]} written to slots `slot_BP`."""
+        if not self.gate_names or not new_gates:
+            return self.gates
+        rows = [jnp.stack([g[n] for n in self.gate_names], axis=-1) for g in new_gates]
+        items = jnp.stack(rows, axis=-2)  # [B, P, N, L, names]
+        return _scatter_slots(self.gates, items.reshape(items.shape[:2] + (-1,)), slot_BP)
 
     def nbytes(self) -> int:
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self))
@@ -119,30 +149,28 @@ class DecodeCache:
 
 
 def write_slots(arrays: dict, new: dict, slot_BP) -> dict:
-    """One layer's arrays (`DecodeCache.window_layer`) with the new tokens' k, v [B, P, K, H] and
-    gates [B, P, N] (`new`) written to their slots `slot_BP` (a slot of C drops the item).
+    """One layer's arrays (`DecodeCache.window_layer`) with the new tokens' k, v [B, P, K, H]
+    (`new`) written to their slots `slot_BP` (a slot of C drops the item)."""
+    return {
+        **arrays,
+        "k": _scatter_slots(arrays["k"], new["k"], slot_BP, slots_last=True),
+        "v": _scatter_slots(arrays["v"], new["v"], slot_BP),
+    }
+
+
+def _scatter_slots(cached, items, slot_BP, slots_last=False):
+    """cached [B, C, ...] (or [B, ..., C] `slots_last`) with items [B, P, ...] in slots `slot_BP`.
 
     With one row, XLA rewrites a scatter into a bounds-checked dynamic-update-slice which XLA:CPU
     then fuses with its reader's reshape and runs on two copies of the buffer; the same update
     given twice keeps it a scatter, done in place (docs/benchmarks.md, ragged decode)."""
-    B = slot_BP.shape[0]
-    rows = jnp.broadcast_to(jnp.arange(B)[:, None], slot_BP.shape)
-    if B == 1:
-        rows, slot_BP = (jnp.concatenate([x, x], axis=1) for x in (rows, slot_BP))
-        new = jax.tree.map(lambda x: jnp.concatenate([x, x], axis=1), new)
-
-    def scatter(cached, items, slots_last=False):
-        items = items.astype(cached.dtype)
-        if slots_last:  # k [B, K, H, C]: items [B, P, K, H] go to [rows, :, :, slots]
-            return cached.at[rows, :, :, slot_BP].set(items, mode="drop")
-        return cached.at[rows, slot_BP].set(items, mode="drop")
-
-    return {
-        **arrays,
-        "k": scatter(arrays["k"], new["k"], slots_last=True),
-        "v": scatter(arrays["v"], new["v"]),
-        "gates": {n: scatter(g, new["gates"][n]) for n, g in arrays["gates"].items()},
-    }
+    rows = jnp.broadcast_to(jnp.arange(slot_BP.shape[0])[:, None], slot_BP.shape)
+    items = items.astype(cached.dtype)
+    if slot_BP.shape[0] == 1:
+        rows, slot_BP, items = (jnp.concatenate([x, x], axis=1) for x in (rows, slot_BP, items))
+    if slots_last:  # k [B, K, H, C]: items [B, P, K, H] go to [rows, :, :, slots]
+        return cached.at[rows, :, :, slot_BP].set(items, mode="drop")
+    return cached.at[rows, slot_BP].set(items, mode="drop")
 
 
 def gather_rows(x, index_BP, axis: int = 0):
@@ -151,12 +179,11 @@ def gather_rows(x, index_BP, axis: int = 0):
 
 
 def gather_slots(arrays: dict, index_BP) -> dict:
-    """The k, v [B, P, K, H] and gates [B, P, N] held in slots `index_BP` [B, P] of one layer."""
+    """The k, v [B, P, K, H] held in slots `index_BP` [B, P] of one layer."""
     return {
         # k [B, K, H, C] -> [B, K, H, P] -> [B, P, K, H]
         "k": jnp.moveaxis(gather_rows(arrays["k"], index_BP, axis=2), -1, 1),
         "v": gather_rows(arrays["v"], index_BP),
-        "gates": {n: gather_rows(g, index_BP) for n, g in arrays["gates"].items()},
     }
 
 
@@ -302,7 +329,7 @@ def empty_cache(
         k=per_layer(L, (B, K, H, C), dtype),
         v=per_layer(L, (B, C, K, H), dtype),
         # the memory's gate cache and state exist only in mode "ahn"
-        gates={name: per_layer(L, (B, C, N), jnp.float32) for name in gate_names},
+        gates=jnp.zeros((B, C, N * L * len(gate_names)), jnp.float32),
         state=per_layer(L, (B, N if gate_names else 0, H, H), jnp.float32),
         slot_pos=jnp.full((B, C), -1, jnp.int32),
         length=jnp.zeros((B,), jnp.int32),
@@ -314,4 +341,5 @@ def empty_cache(
         mode=mode,
         decode=decode,
         full_layers=tuple(full_layers),
+        gate_names=tuple(gate_names),
     )

@@ -2,8 +2,10 @@
 
 The layers run unrolled, each against its own cache arrays: the windowed group's slots
 (S + W + 1, memory in mode "ahn") or, for layers kept as full attention, the full group's (the
-whole context, no memory). Only what the call adds is written — the new tokens' k, v and gates
-scattered into their slots and the memory's state — so a decode step writes O(P) slots per layer,
+whole context, no memory). The AHN gates of every windowed layer share one array, read once
+before the layers (what each evicts) and written once after them. Only what the call adds is
+written — the new tokens' k, v and gates scattered into their slots and the memory's state — so a
+decode step writes O(P) slots per layer,
 not the whole cache (with the cache donated, as `ahn_jax.inference.generate` does, XLA updates it
 in place). A `lax.scan` over the stacked layers would be one compiled body, but XLA:CPU copies
 each layer's slice of a stacked cache out for the attention products: at batch 8 of the tiny
@@ -60,6 +62,8 @@ def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
     """Every layer in order, each against its own group's arrays (module docstring)."""
     cos, sin = rope
     windowed, full = [], []
+    # each windowed layer's gates of the tokens it evicts, wherever those are still cached
+    evicted_gates = cache.read_gates(jnp.minimum(plan.evict_index, cache.capacity - 1))
     for index in range(model.config.num_layers):
         if isinstance(model.layers, nnx.List):  # transformer.unstack_layers: no slicing
             layer = model.layers[index]
@@ -71,13 +75,13 @@ def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
             full.append(arrays)
         else:
             arrays = cache.window_layer(len(windowed))
+            arrays["evicted_gates"] = evicted_gates[len(windowed)]
             x, arrays = layer.with_cache(x, cos, sin, arrays, plan, cache.mode)
             windowed.append(arrays)
-    names = cache.gates.keys()
     return x, {
         "k": tuple(a["k"] for a in windowed),
         "v": tuple(a["v"] for a in windowed),
-        "gates": {n: tuple(a["gates"][n] for a in windowed) for n in names},
+        "gates": cache.write_gates([a.get("new_gates", {}) for a in windowed], plan.write_slot),
         # outside mode "ahn" the state is the cache's empty placeholder, untouched
         "state": tuple(a["state"] for a in windowed),
         "full_k": tuple(a["k"] for a in full),

@@ -27,10 +27,12 @@ def _masked_where(keep_BT, x):
 
 
 def _gather_evicted(arrays: dict, new: dict, index_BP) -> dict:
-    """The k, v and gates at `index_BP` of `cache slots ++ new tokens` (one layer's arrays, then
-    the call's new items [B, P, ...]) without joining the two."""
+    """The k, v and gates at `index_BP` of `cache slots ++ new tokens` (one layer's arrays, whose
+    "evicted_gates" were read at the same indices clipped to the cache, then the call's new items
+    [B, P, ...]) without joining the two."""
     C = arrays["v"].shape[1]
     from_cache = cache_lib.gather_slots(arrays, jnp.minimum(index_BP, C - 1))
+    from_cache["gates"] = arrays["evicted_gates"]
     in_cache = index_BP < C
     new_index = jnp.clip(index_BP - C, 0, index_BP.shape[1] - 1)
 
@@ -136,9 +138,11 @@ class DecoderLayer(nnx.Module):
 
     def with_cache(self, x_BTD, cos_BTH, sin_BTH, arrays: dict, plan, mode: str):
         """P new tokens per row against this layer's cache arrays (`DecodeCache.window_layer` or
-        `full_layer`; ahn_jax/model/cache.py). Returns the new hidden states and the layer's
-        arrays with the new tokens' k, v (and gates in mode "ahn", the memory's only mode)
-        written to their slots (`plan.write_slot`) and the memory's new state.
+        `full_layer`; ahn_jax/model/cache.py; in mode "ahn" also "evicted_gates", the cached
+        gates at `plan.evict_index` clipped to the cache, `DecodeCache.read_gates`). Returns the
+        new hidden states and the layer's arrays with the new tokens' k, v written to their slots
+        (`plan.write_slot`), the memory's new state and, in mode "ahn", "new_gates" (the new
+        tokens' gates, which the caller writes for all layers at once: `DecodeCache.write_gates`).
 
         One token per row (`plan.write_first`, a decode step) is written before the layer reads:
         the reads then follow the write, so XLA updates the donated buffers in place. A block of
@@ -169,10 +173,11 @@ class DecoderLayer(nnx.Module):
         if mode == "ahn":
             # written first, the evicted token is always still in its slot (the ring holds W + 1)
             evicted = (
-                cache_lib.gather_slots(arrays, plan.evict_index)
+                {**cache_lib.gather_slots(arrays, plan.evict_index),
+                 "gates": arrays["evicted_gates"]}
                 if plan.write_first
                 else _gather_evicted(arrays, new, plan.evict_index)
-            )
+            )  # fmt: skip
             y, state = self._read_memory(
                 h,
                 q,
@@ -184,7 +189,7 @@ class DecoderLayer(nnx.Module):
                 ),
             )
             attn = attn + y
-            arrays = {**arrays, "state": state}
+            arrays = {**arrays, "state": state, "new_gates": new["gates"]}
         if not plan.write_first:
             arrays = cache_lib.write_slots(arrays, new, plan.write_slot)
         return self._finish(x_BTD, attn), arrays

@@ -27,7 +27,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec
@@ -38,6 +37,7 @@ from ahn_jax.model.cache import DecodeCache
 from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.sharding import MeshError, make_mesh, partition_spec, state_shardings
 from ahn_jax.model.transformer import abstract_model, decode_step
+from ahn_jax.training import compiled_figures
 from ahn_jax.training.distributed import parse_mesh, row_split_warning
 from ahn_jax.training.optimizer import opt_state_shardings, optimizer_for
 from ahn_jax.training.step import make_train_step
@@ -58,8 +58,6 @@ TOPOLOGY_ALIASES = {
                                                                 ("v6e", "v6e"))
        for chips, shape in _TORUS_2D.items()},
 }  # fmt: skip
-# How a Pallas kernel lowered through Mosaic appears in compiled TPU HLO
-MOSAIC_CALL = 'custom_call_target="tpu_custom_call"'
 # HBM per chip, bytes (Cloud TPU documentation).
 HBM_BYTES = {"v4": 32 * 2**30, "v5p": 95 * 2**30, "v5e": 16 * 2**30, "v6e": 32 * 2**30}
 
@@ -120,11 +118,11 @@ def _base_report(step, topology, description, devices, mesh, model_config, kerne
     }
 
 
-def _compile(lowered, report: dict, keep: bool = False):
+def _compile(lowered, report: dict, keep: bool = False, read=None):
     """Compile `lowered` and complete `report` with XLA's figures and the verdict; an HBM
     overflow is the verdict "does not fit". With `keep`, the compiled program itself, unless it
-    does not fit (then the report). The step's compile says it starts (on stderr): its report
-    comes minutes later for a real model."""
+    does not fit (then the report); `read(compiled)` adds figures of its own. The step's compile
+    says it starts (on stderr): its report comes minutes later for a real model."""
     if not keep:
         print(f"compiling the {report['step']} step for {report['topology']} ...",
               file=sys.stderr, flush=True)  # fmt: skip
@@ -139,7 +137,7 @@ def _compile(lowered, report: dict, keep: bool = False):
     if keep:
         return compiled
     report["compile_seconds"] = round(time.perf_counter() - start, 1)
-    report.update(_memory_and_flops(compiled))
+    report.update(compiled_figures.memory_and_flops(compiled), **(read(compiled) if read else {}))
     hbm = report["hbm_bytes_per_chip"]
     report["fits"] = hbm is None or report["peak_bytes_per_chip"] <= hbm
     return report
@@ -276,42 +274,12 @@ def check_decode(
                       cache_bytes=_cache_bytes(cache))  # fmt: skip
         # decode runs its own step kernels whatever model.kernels says (docs/kernels.md)
         report.update(kernels="decode step", recurrence="one token a step", attention="cache")
-        return _compile(lowered, report)
+        copies = functools.partial(compiled_figures.cache_copies, sinks + window + 1)
+        return _compile(lowered, report, read=copies)
 
 
 def _cache_bytes(cache) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache)))
-
-
-def _memory_and_flops(compiled) -> dict:
-    """XLA's per-device memory figures of a compiled step, their peak, its FLOPs and bytes as
-    XLA's cost analysis counts them, and how many Pallas (Mosaic) kernel calls the program holds.
-
-    The cost analysis is a partial count: it sees nothing inside a Pallas call, and it counts a
-    loop's body once (the layer scan: one layer of the model), so its FLOPs are far below the
-    step's (ahn_jax.costs has first-principles counts). It compares programs of the same loop
-    structure, not kernels against XLA."""
-    memory = compiled.memory_analysis()
-    figures = {
-        "argument_bytes": memory.argument_size_in_bytes,
-        "output_bytes": memory.output_size_in_bytes,
-        "alias_bytes": memory.alias_size_in_bytes,
-        "temp_bytes": memory.temp_size_in_bytes,
-        "generated_code_bytes": memory.generated_code_size_in_bytes,
-    }
-    figures["peak_bytes_per_chip"] = (
-        figures["argument_bytes"] + figures["output_bytes"] - figures["alias_bytes"]
-        + figures["temp_bytes"] + figures["generated_code_bytes"]
-    )  # fmt: skip
-    cost = compiled.cost_analysis() or {}
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    return {
-        **figures,
-        "flops_per_chip": float(cost.get("flops", np.nan)),
-        "bytes_accessed_per_chip": float(cost.get("bytes accessed", np.nan)),
-        # from the program itself, not the setting: a silent fallback to XLA would show here
-        "pallas_calls": compiled.as_text().count(MOSAIC_CALL),
-    }
 
 
 def _gib(x) -> str:
@@ -342,6 +310,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  {name:22s} {_gib(report[name])}")
     lines.append(f"  HBM per chip           {_gib(report['hbm_bytes_per_chip'])}")
     lines.append(f"  Pallas kernel calls    {report['pallas_calls']}")
+    if "cache_copies" in report:  # 0: the donated cache is updated in place
+        lines.append(f"  cache buffer copies    {report['cache_copies']}")
     partial = "(cost analysis: a scanned layer once, inside Pallas calls nothing)"
     lines.append(f"  XLA FLOPs per chip     {report['flops_per_chip']:.3e} {partial}")
     lines.append(f"  XLA bytes per chip     {report['bytes_accessed_per_chip']:.3e}")
