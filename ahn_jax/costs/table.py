@@ -24,6 +24,7 @@ from flax import nnx
 
 from ahn_jax.config import MODES, ModelConfig
 from ahn_jax.costs import formulas
+from ahn_jax.model.cache import gate_width
 from ahn_jax.model.memory import AhnParam, gate_names
 from ahn_jax.model.transformer import abstract_model
 
@@ -58,12 +59,12 @@ def cache_bytes(
 
 def gate_cache_bytes(config: ModelConfig, window: int, sinks: int) -> int:
     """The AHN write gates kept (fp32) for every cached slot (S + W + 1, ahn_jax/model/cache.py),
-    which the paper does not count."""
+    which the paper does not count: the cache's row of them per slot, padding lanes included."""
     if config.ahn_type is None:
         return 0
     _, memory_layers = formulas.layer_split(config)
     n_gates = len(gate_names(config.ahn_type))
-    return memory_layers * (window + sinks + 1) * config.num_heads * n_gates * 4
+    return (window + sinks + 1) * gate_width(config.num_heads, memory_layers, n_gates) * 4
 
 
 def decode_cache_bytes(
@@ -96,7 +97,8 @@ def decode_cache_bytes(
     total *= np.dtype(config.jnp_dtype).itemsize
     if mode == "ahn":
         n_gates = len(gate_names(config.ahn_type))
-        total += 4 * memory_layers * B * config.num_heads * (n_gates * C + config.head_dim**2)
+        total += 4 * B * C * gate_width(config.num_heads, memory_layers, n_gates)
+        total += 4 * memory_layers * B * config.num_heads * config.head_dim**2  # the states
     return total + 4 * B * (C + 1 + M)  # slot positions, length, the full layers' positions
 
 

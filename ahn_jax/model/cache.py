@@ -121,7 +121,9 @@ class DecodeCache:
         names, L = self.gate_names, len(self.k)
         if not names or not L:  # no memory, or no windowed layer
             return [{} for _ in range(L)]
-        split = gates_BPG.reshape(B, P, -1, L, len(names))  # heads first: a tensor split cuts N
+        N = self.state[0].shape[1]
+        # heads first: a tensor split cuts N; the lanes past N x L x names are padding
+        split = gates_BPG[..., : N * L * len(names)].reshape(B, P, N, L, len(names))
         return [{n: split[:, :, :, i, j] for j, n in enumerate(names)} for i in range(L)]
 
     def read_gates(self, index_BP) -> list[dict]:
@@ -134,7 +136,10 @@ class DecodeCache:
             return self.gates
         rows = [jnp.stack([g[n] for n in self.gate_names], axis=-1) for g in new_gates]
         items = jnp.stack(rows, axis=-2)  # [B, P, N, L, names]
-        return _scatter_slots(self.gates, items.reshape(items.shape[:2] + (-1,)), slot_BP)
+        items = items.reshape(items.shape[:2] + (-1,))
+        padding = self.gates.shape[-1] - items.shape[-1]
+        items = jnp.pad(items, ((0, 0), (0, 0), (0, padding)))
+        return _scatter_slots(self.gates, items, slot_BP)
 
     def nbytes(self) -> int:
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self))
@@ -185,6 +190,16 @@ def gather_slots(arrays: dict, index_BP) -> dict:
         "k": jnp.moveaxis(gather_rows(arrays["k"], index_BP, axis=2), -1, 1),
         "v": gather_rows(arrays["v"], index_BP),
     }
+
+
+def gate_width(num_heads: int, windowed_layers: int, gates_per_head: int) -> int:
+    """Values per slot of the shared gate array: N x layers x gates, rounded up to whole 128-lane
+    rows (a TPU vreg's) from 128 on. With a ragged last row XLA:TPU stores the array slots-last
+    and copies it into a slots-first layout and back to scatter each step's row (Qwen2.5-3B's DN
+    gates, 576 wide: two copies of the whole array a step; padded to 640, none). Narrower rows
+    stay as they are: tiny models would multiply their gates to save nothing."""
+    width = num_heads * windowed_layers * gates_per_head
+    return width if width < 128 else -(-width // 128) * 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +344,7 @@ def empty_cache(
         k=per_layer(L, (B, K, H, C), dtype),
         v=per_layer(L, (B, C, K, H), dtype),
         # the memory's gate cache and state exist only in mode "ahn"
-        gates=jnp.zeros((B, C, N * L * len(gate_names)), jnp.float32),
+        gates=jnp.zeros((B, C, gate_width(N, L, len(gate_names))), jnp.float32),
         state=per_layer(L, (B, N if gate_names else 0, H, H), jnp.float32),
         slot_pos=jnp.full((B, C), -1, jnp.int32),
         length=jnp.zeros((B,), jnp.int32),

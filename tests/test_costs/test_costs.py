@@ -118,6 +118,24 @@ def test_cache_held_by_decode_equals_the_model_at_every_length():
     )
 
 
+@pytest.mark.parametrize("ahn_type", ["gdn", "dn", "mamba2"])
+def test_cost_model_counts_the_gate_rows_padding_lanes(ahn_type):
+    """Qwen2.5-3B's heads and layers: the gate rows of 1,152 (GDN) or 576 (DN, Mamba2) values per
+    slot, the latter padded to 640 lanes (cache.gate_width); the cost model counts what
+    init_cache allocates."""
+    import jax
+
+    from ahn_jax.model.cache import gate_width
+    from ahn_jax.model.transformer import abstract_model
+
+    config = validate_config(load_config_file(CONFIGS / "qwen3b_gdn.py")).replace(ahn_type=ahn_type)
+    cache = jax.eval_shape(lambda: abstract_model(config).init_cache(2, window=4064, sinks=32))
+    held = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+    assert held == table.decode_cache_bytes(config, 4064, 32, "ahn", batch_size=2)
+    assert cache.gates.shape == (2, 4097, 1152 if ahn_type == "gdn" else 640)
+    assert gate_width(2, 2, 2) == 8  # narrower than a lane row: as it is
+
+
 def test_costs_cli_writes_the_plot(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "ahn_jax.costs", f"--config={CONFIGS / 'qwen3b_gdn.py'}",

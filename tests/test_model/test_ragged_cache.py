@@ -52,6 +52,15 @@ def test_ragged_ahn_rows_equal_rows_alone(ahn_type):
     _check_ragged(model, "ahn", W, S, chunk_size=8)  # chunks end inside and after the rows
 
 
+def test_ragged_rows_with_padded_gate_rows():
+    """16 heads x 9 layers of DN gates: a gate row of 144 values per slot, padded to 256 lanes
+    (cache.gate_width), read and written through the padding."""
+    config = tiny_config(ahn_type="dn", num_heads=16, num_kv_heads=2, num_layers=9)
+    model = init_model(config, ahn_output_init="normal")
+    assert model.init_cache(1, window=W, sinks=S).gates.shape[-1] == 256
+    _check_ragged(model, "ahn", W, S, chunk_size=8)
+
+
 @pytest.fixture(params=["whole", "small"])
 def cache_blocks(request, monkeypatch):
     """Prefill reads the cache whole ("whole": `masked_attention`, as every cache up to

@@ -175,8 +175,10 @@ LIKE_3B = dict(vocab_size=256, hidden_size=256, intermediate_size=256, num_layer
                num_kv_heads=2, head_dim=128, param_dtype="bfloat16")  # fmt: skip
 
 
-def test_decode_step_compiles_for_a_tpu_topology_with_the_cache_split_by_rows():
-    config = make_config(LIKE_3B, ahn_type="gdn")
+# gate rows (cache.gate_width) of 16 x 4 x 2 = 128 values per slot, and of 16 x 9 = 144 padded to 256
+@pytest.mark.parametrize("ahn_type, num_layers", [("gdn", 4), ("dn", 9)])
+def test_decode_step_compiles_for_a_tpu_topology_with_the_cache_split_by_rows(ahn_type, num_layers):
+    config = make_config({**LIKE_3B, "num_layers": num_layers}, ahn_type=ahn_type)
     report = compile_check.check_decode(config, "v5e-4", batch_size=8, window=1024, sinks=32)
     assert report["step"] == "decode" and report["fits"]
     # k and v of S + W slots, the gates and the state: split over the 4 chips by rows, and the
@@ -184,7 +186,8 @@ def test_decode_step_compiles_for_a_tpu_topology_with_the_cache_split_by_rows():
     assert report["argument_bytes"] < report["cache_bytes"] / 2
     assert report["alias_bytes"] > 0 and report["bytes_accessed_per_chip"] > 0
     # no layer's k, v or gates copied whole: written where they lie (per-layer gate arrays, N
-    # fp32 per slot, were copied into a padded layout and back every step: 16 copies here)
+    # fp32 per slot, were copied into a padded layout and back every step: 16 copies for gdn; an
+    # unpadded gate row of 144 was copied twice)
     assert report["cache_copies"] == 0
     assert "decode step on v5e-4" in compile_check.format_report(report)
     assert "cache buffer copies    0" in compile_check.format_report(report)
