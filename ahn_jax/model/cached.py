@@ -5,11 +5,11 @@ The layers run unrolled, each against its own cache arrays: the windowed group's
 whole context, no memory). The AHN gates of every windowed layer share one array, read once
 before the layers (what each evicts) and written once after them. Only what the call adds is
 written — the new tokens' k, v and gates scattered into their slots and the memory's state — so a
-decode step writes O(P) slots per layer,
-not the whole cache (with the cache donated, as `ahn_jax.inference.generate` does, XLA updates it
-in place). A `lax.scan` over the stacked layers would be one compiled body, but XLA:CPU copies
-each layer's slice of a stacked cache out for the attention products: at batch 8 of the tiny
-model those copies were the largest part of a decode step (docs/benchmarks.md, ragged decode).
+decode step writes O(P) slots per layer, not the whole cache (with the cache donated, as
+`ahn_jax.inference.generate` does, XLA updates it in place). A `lax.scan` over the stacked layers
+would be one compiled body, but XLA:CPU copies each layer's slice of a stacked cache out for the
+attention products: at batch 8 of the tiny model those copies were the largest part of a decode
+step (docs/benchmarks.md, ragged decode).
 The same holds for weights: a model from `transformer.unstack_layers` (what `generate` decodes
 with on the CPU) hands each layer its own arrays; a stacked one is sliced here, per layer.
 Shapes: docs/method.md §Shapes.
@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ahn_jax.model.cache import DecodeCache, extend_plan
+from ahn_jax.model.cache import DecodeCache
+from ahn_jax.model.slots import extend_plan
 
 
 def cached_logits(model, input_ids_BP, cache: DecodeCache, new_B, *, all_logits, decoding):
@@ -63,7 +64,7 @@ def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
     cos, sin = rope
     windowed, full = [], []
     # each windowed layer's gates of the tokens it evicts, wherever those are still cached
-    evicted_gates = cache.read_gates(jnp.minimum(plan.evict_index, cache.capacity - 1))
+    evicted_gates = cache.read_gates(plan.evict_slot)
     for index in range(model.config.num_layers):
         if isinstance(model.layers, nnx.List):  # transformer.unstack_layers: no slicing
             layer = model.layers[index]
@@ -81,7 +82,10 @@ def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
     return x, {
         "k": tuple(a["k"] for a in windowed),
         "v": tuple(a["v"] for a in windowed),
-        "gates": cache.write_gates([a.get("new_gates", {}) for a in windowed], plan.write_slot),
+        # outside mode "ahn" the cache holds no gates and the layers make none
+        "gates": cache.write_gates([a["new_gates"] for a in windowed], plan.write_slot)
+        if cache.gate_names
+        else cache.gates,
         # outside mode "ahn" the state is the cache's empty placeholder, untouched
         "state": tuple(a["state"] for a in windowed),
         "full_k": tuple(a["k"] for a in full),

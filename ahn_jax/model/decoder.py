@@ -26,12 +26,12 @@ def _masked_where(keep_BT, x):
     return jnp.where(_expand(keep_BT, x.ndim), x, 0)
 
 
-def _gather_evicted(arrays: dict, new: dict, index_BP) -> dict:
-    """The k, v and gates at `index_BP` of `cache slots ++ new tokens` (one layer's arrays, whose
-    "evicted_gates" were read at the same indices clipped to the cache, then the call's new items
-    [B, P, ...]) without joining the two."""
-    C = arrays["v"].shape[1]
-    from_cache = cache_lib.gather_slots(arrays, jnp.minimum(index_BP, C - 1))
+def _gather_evicted(arrays: dict, new: dict, plan) -> dict:
+    """The k, v and gates at `plan.evict_index` of `cache slots ++ new tokens` (one layer's arrays,
+    whose "evicted_gates" were read at `plan.evict_slot`, then the call's new items [B, P, ...])
+    without joining the two."""
+    index_BP, C = plan.evict_index, arrays["v"].shape[1]
+    from_cache = cache_lib.gather_slots(arrays, plan.evict_slot)
     from_cache["gates"] = arrays["evicted_gates"]
     in_cache = index_BP < C
     new_index = jnp.clip(index_BP - C, 0, index_BP.shape[1] - 1)
@@ -138,11 +138,11 @@ class DecoderLayer(nnx.Module):
 
     def with_cache(self, x_BTD, cos_BTH, sin_BTH, arrays: dict, plan, mode: str):
         """P new tokens per row against this layer's cache arrays (`DecodeCache.window_layer` or
-        `full_layer`; ahn_jax/model/cache.py; in mode "ahn" also "evicted_gates", the cached
-        gates at `plan.evict_index` clipped to the cache, `DecodeCache.read_gates`). Returns the
-        new hidden states and the layer's arrays with the new tokens' k, v written to their slots
-        (`plan.write_slot`), the memory's new state and, in mode "ahn", "new_gates" (the new
-        tokens' gates, which the caller writes for all layers at once: `DecodeCache.write_gates`).
+        `full_layer`; ahn_jax/model/cache.py; in mode "ahn" also "evicted_gates", the cached gates
+        at `plan.evict_slot`, `DecodeCache.read_gates`). Returns the new hidden states and the
+        layer's arrays with the new tokens' k, v written to their slots (`plan.write_slot`), the
+        memory's new state and, in mode "ahn", "new_gates" (the new tokens' gates, which the
+        caller writes for all layers at once: `DecodeCache.write_gates`).
 
         One token per row (`plan.write_first`, a decode step) is written before the layer reads:
         the reads then follow the write, so XLA updates the donated buffers in place. A block of
@@ -176,7 +176,7 @@ class DecoderLayer(nnx.Module):
                 {**cache_lib.gather_slots(arrays, plan.evict_index),
                  "gates": arrays["evicted_gates"]}
                 if plan.write_first
-                else _gather_evicted(arrays, new, plan.evict_index)
+                else _gather_evicted(arrays, new, plan)
             )  # fmt: skip
             y, state = self._read_memory(
                 h,

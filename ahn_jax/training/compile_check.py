@@ -206,12 +206,15 @@ def _with_kernels(model_config, kernels: str):
     return model_config.replace(kernels=kernels)
 
 
-# Each cache array's logical axes (ahn_jax/model/cache.py; one array per layer): rows split over
-# the mesh like a batch
+# Each cache array's logical axes (ahn_jax/model/cache.py: k, v and state one array per layer,
+# the gates one for all): rows split over the mesh like a batch
 _CACHE_AXES = {
     "k": ("batch", "kv_heads", "head_dim", "length"),
     "v": ("batch", "length", "kv_heads", "head_dim"),
-    "gates": ("batch", "length", "heads"),
+    # all layers' gates side by side, padded (cache.gate_width): a tensor split of that row cuts
+    # heads apart unless it happens to line up (Qwen2.5-7B, tensor=8: 131 collectives a step
+    # against 29 replicated), and a step exchanges only the new rows [B, P, G] to keep it whole
+    "gates": ("batch", "length", None),
     "state": ("batch", "heads", "head_dim", None),
     "slot_pos": ("batch", "length"),
     "length": ("batch",),
@@ -274,7 +277,8 @@ def check_decode(
                       cache_bytes=_cache_bytes(cache))  # fmt: skip
         # decode runs its own step kernels whatever model.kernels says (docs/kernels.md)
         report.update(kernels="decode step", recurrence="one token a step", attention="cache")
-        copies = functools.partial(compiled_figures.cache_copies, sinks + window + 1)
+        shapes = [x.sharding.shard_shape(x.shape) for x in jax.tree.leaves(cache)]
+        copies = functools.partial(compiled_figures.cache_copies, shapes)
         return _compile(lowered, report, read=copies)
 
 

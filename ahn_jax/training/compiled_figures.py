@@ -4,6 +4,7 @@ program text shows (Pallas kernel calls, copies of a decode cache's buffers). Us
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -43,11 +44,16 @@ def memory_and_flops(compiled) -> dict:
     }
 
 
-def cache_copies(capacity: int, compiled) -> dict:
-    """How many whole-buffer copies of a windowed layer's cache arrays the compiled decode step
-    makes: the program's own `copy` instructions of a shape with the cache's `capacity` slots (a
-    relayout inside a fusion streams through on-chip memory; moves between memory spaces are
-    `copy-start`s). 0 when XLA updates the donated cache where it lies."""
-    program = compiled.as_text().split("\nENTRY ", 1)[-1]
-    slots = re.compile(rf"= \w+\[[\d,]*\b{capacity}\b[\d,]*\]\S* copy\(")
-    return {"cache_copies": len(slots.findall(program))}
+def cache_copies(cache_shapes, compiled) -> dict:
+    """How many whole-buffer copies of the decode cache's arrays the compiled step makes: the
+    program's own `copy` instructions whose shape is that of a cache array on one device
+    (`cache_shapes`, dimensions in any order, as a relayout or transpose may put them). A relayout
+    inside a fusion streams through on-chip memory, and moves between memory spaces are
+    `copy-start`s: neither counts. 0 when XLA updates the donated cache where it lies."""
+    # the per-row arrays (k, v, gates, state, slot positions), not the lengths [B]
+    wanted = {tuple(sorted(shape)) for shape in cache_shapes if len(shape) > 1 and math.prod(shape)}
+    text = compiled.as_text()
+    program = text[text.index("\nENTRY ") :]  # the computation the step runs, not fused bodies
+    copies = re.findall(r"= \w+\[([\d,]*)\]\S* copy\(", program)
+    shapes = [tuple(sorted(int(d) for d in dims.split(","))) for dims in copies if dims]
+    return {"cache_copies": sum(shape in wanted for shape in shapes)}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from shared import random_ids, tiny_config
 
-from ahn_jax.model.cache import extend_plan
+from ahn_jax.model.slots import extend_plan
 from ahn_jax.model.transformer import init_model
 
 

@@ -172,10 +172,10 @@ def test_train_step_compiles_with_the_pallas_kernels_through_mosaic():
 # Qwen2.5-3B's heads (16 query, 2 K/V of 128) and dtype in a few narrow layers: XLA:TPU picks the
 # cache's layouts by these shapes
 LIKE_3B = dict(vocab_size=256, hidden_size=256, intermediate_size=256, num_layers=4, num_heads=16,
-               num_kv_heads=2, head_dim=128, param_dtype="bfloat16")  # fmt: skip
+               num_kv_heads=2, head_dim=128, param_dtype="bfloat16", dtype="bfloat16")  # fmt: skip
 
 
-# gate rows (cache.gate_width) of 16 x 4 x 2 = 128 values per slot, and of 16 x 9 = 144 padded to 256
+# gate rows (cache.gate_width) of 16 x 4 x 2 = 128 values a slot, and 16 x 9 = 144 padded to 256
 @pytest.mark.parametrize("ahn_type, num_layers", [("gdn", 4), ("dn", 9)])
 def test_decode_step_compiles_for_a_tpu_topology_with_the_cache_split_by_rows(ahn_type, num_layers):
     config = make_config({**LIKE_3B, "num_layers": num_layers}, ahn_type=ahn_type)
