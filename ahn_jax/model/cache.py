@@ -114,7 +114,7 @@ class DecodeCache:
         if not names or not L:  # no memory, or no windowed layer
             return [{} for _ in range(L)]
         N = self.state[0].shape[1]
-        # heads first: a tensor split cuts N; the lanes past N x L x names are padding
+        # heads outermost, then layers, then gates; the lanes past N x L x names are padding
         split = gates_BPG[..., : N * L * len(names)].reshape(B, P, N, L, len(names))
         return [{n: split[:, :, :, i, j] for j, n in enumerate(names)} for i in range(L)]
 
