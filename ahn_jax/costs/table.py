@@ -96,8 +96,7 @@ def decode_cache_bytes(
     total = 2 * B * slots * config.num_kv_heads * config.head_dim
     total *= np.dtype(config.jnp_dtype).itemsize
     if mode == "ahn":
-        n_gates = len(gate_names(config.ahn_type))
-        total += 4 * B * C * gate_width(config.num_heads, memory_layers, n_gates)
+        total += B * gate_cache_bytes(config, window, sinks)
         total += 4 * memory_layers * B * config.num_heads * config.head_dim**2  # the states
     return total + 4 * B * (C + 1 + M)  # slot positions, length, the full layers' positions
 

@@ -132,7 +132,7 @@ class DecodeCache:
 
     def write_gates(self, new_gates: list[dict], slot_BP) -> jax.Array:
         """`gates` with each windowed layer's new {name: [B, P, N]} written to slots `slot_BP`."""
-        if not new_gates:  # every layer keeps full attention
+        if not self.gate_names or not new_gates:  # no memory, or no windowed layer
             return self.gates
         rows = [jnp.stack([g[n] for n in self.gate_names], axis=-1) for g in new_gates]
         items = jnp.stack(rows, axis=-2)  # [B, P, N, L, names]

@@ -82,10 +82,7 @@ def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
     return x, {
         "k": tuple(a["k"] for a in windowed),
         "v": tuple(a["v"] for a in windowed),
-        # outside mode "ahn" the cache holds no gates and the layers make none
-        "gates": cache.write_gates([a["new_gates"] for a in windowed], plan.write_slot)
-        if cache.gate_names
-        else cache.gates,
+        "gates": cache.write_gates([a["new_gates"] for a in windowed], plan.write_slot),
         # outside mode "ahn" the state is the cache's empty placeholder, untouched
         "state": tuple(a["state"] for a in windowed),
         "full_k": tuple(a["k"] for a in full),

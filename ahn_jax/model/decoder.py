@@ -141,8 +141,8 @@ class DecoderLayer(nnx.Module):
         `full_layer`; ahn_jax/model/cache.py; in mode "ahn" also "evicted_gates", the cached gates
         at `plan.evict_slot`, `DecodeCache.read_gates`). Returns the new hidden states and the
         layer's arrays with the new tokens' k, v written to their slots (`plan.write_slot`), the
-        memory's new state and, in mode "ahn", "new_gates" (the new tokens' gates, which the
-        caller writes for all layers at once: `DecodeCache.write_gates`).
+        memory's new state and "new_gates" (the new tokens' gates, none outside mode "ahn", which
+        the caller writes for all layers at once: `DecodeCache.write_gates`).
 
         One token per row (`plan.write_first`, a decode step) is written before the layer reads:
         the reads then follow the write, so XLA updates the donated buffers in place. A block of
@@ -189,7 +189,7 @@ class DecoderLayer(nnx.Module):
                 ),
             )
             attn = attn + y
-            arrays = {**arrays, "state": state, "new_gates": new["gates"]}
+            arrays = {**arrays, "state": state}
         if not plan.write_first:
             arrays = cache_lib.write_slots(arrays, new, plan.write_slot)
-        return self._finish(x_BTD, attn), arrays
+        return self._finish(x_BTD, attn), {**arrays, "new_gates": new["gates"]}
