@@ -268,7 +268,13 @@ def check_decode(
         cache = _abstract_cache(model, mesh, batch_size, window, sinks, max_length)
         rows = NamedSharding(mesh, partition_spec(("batch",), (batch_size,), mesh))
         tokens = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=rows)
-        step = jax.jit(functools.partial(decode_step, graphdef), donate_argnums=(2,))
+        logits = partition_spec(("batch", "vocab"), (batch_size, model_config.vocab_size), mesh)
+        # the cache leaves as it came: left to XLA, the gates came back split over `tensor`
+        # and were written anew every step instead of in place
+        out = (NamedSharding(mesh, logits), jax.tree.map(lambda x: x.sharding, cache))
+        step = jax.jit(
+            functools.partial(decode_step, graphdef), donate_argnums=(2,), out_shardings=out
+        )
         lowered = step.lower(state, tokens, cache)
         report = _base_report(
             "decode", topology, description, devices, mesh, model_config, model_config.kernels
