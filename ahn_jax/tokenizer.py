@@ -73,6 +73,17 @@ def render_chat(
     return "".join(text for text, _ in segments)
 
 
+def user_turn_frame(default_system: str = QWEN_DEFAULT_SYSTEM) -> tuple[str, str]:
+    """(opening, closing): the chat template's text before and after one user message, the
+    assistant's header included in the closing, for prompts built piece by piece around it."""
+    rendered = render_chat(
+        [{"role": "user", "content": "\0"}], add_generation_prompt=True,
+        default_system=default_system,
+    )  # fmt: skip
+    opening, closing = rendered.split("\0")
+    return opening, closing
+
+
 def checkpoint_chat_template(directory: str | Path) -> str | None:
     """The chat template a checkpoint ships: transformers 5's `chat_template.jinja`, else
     `tokenizer_config.json`'s "chat_template" (a string, or named templates: "default")."""

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ahn_jax.tokenizer import user_turn_frame
+
 INSTRUCTION = (
     "There is an important piece of information hidden inside a lot of irrelevant text. "
     "Find it and memorize it. I will quiz you about it."
@@ -21,7 +23,9 @@ FILLER = (
     " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 )
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
-QUESTION = " What is the pass key? The pass key is"
+ASK = " What is the pass key?"
+ANSWER_PREFIX = " The pass key is"
+QUESTION = ASK + ANSWER_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,11 +55,20 @@ def passkey_samples(
     depths: Sequence[float],
     samples_per_cell: int,
     seed: int,
+    *,
+    chat: bool = False,
 ) -> list[PasskeySample]:
     """`samples_per_cell` prompts for every (length, depth); the same arguments give the same
-    samples (keys and token ids)."""
+    samples (keys and token ids). With `chat` the instruction, haystack and question are one user
+    turn of the chat template (the tokenizer's default system turn) and the answer prefix opens
+    the assistant's turn, as RULER's prompts are framed; the `length` tokens include the
+    template's."""
     instruction = tokenizer.encode(INSTRUCTION)
     question = tokenizer.encode(QUESTION)
+    if chat:
+        opening, closing = user_turn_frame(tokenizer.default_system)
+        instruction = tokenizer.encode(opening + INSTRUCTION)
+        question = tokenizer.encode(ASK + closing + ANSWER_PREFIX.lstrip())
     filler_unit = tokenizer.encode(FILLER)
     samples = []
     for length, depth, index, rng in grid_cells(lengths, depths, samples_per_cell, seed):

@@ -95,7 +95,11 @@ def token_nll(model, ids_BT: np.ndarray, settings: Settings, chunk: int, on_chun
     window, sinks = settings.window, settings.sinks
     if settings.mode == "full":
         window, sinks = ids_BT.shape[1], 0
-    cache = model.init_cache(ids_BT.shape[0], window=window, sinks=sinks, mode=settings.mode)
+    # layers kept as full attention (the reference's fa_layer_ids) hold every position
+    cache = model.init_cache(
+        ids_BT.shape[0], window=window, sinks=sinks, mode=settings.mode,
+        max_length=ids_BT.shape[1],
+    )  # fmt: skip
     graphdef, state = nnx.split(model)
     pieces = []
     for start in range(0, ids_BT.shape[1] - 1, chunk):

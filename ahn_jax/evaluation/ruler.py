@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ahn_jax.evaluation import passkey
-from ahn_jax.tokenizer import QWEN_DEFAULT_SYSTEM, render_chat
+from ahn_jax.tokenizer import QWEN_DEFAULT_SYSTEM, user_turn_frame
 
 # RULER's scripts/synthetic.yaml: (num_needle_k, num_needle_v, num_needle_q) of each variant
 VARIANTS = {"niah_multikey": (4, 1, 1), "niah_multivalue": (1, 4, 1), "niah_multiquery": (1, 1, 4)}
@@ -141,11 +141,7 @@ def prompt_texts(
         kind = kind[:-1]
     query = queries[0] if len(queries) == 1 else ", ".join(queries[:-1]) + ", and " + queries[-1]
     head, question = template.format(type_needle_v=kind, query=query, context="\0").split("\0")
-    opening, closing = "", ""
-    if chat:
-        rendered = render_chat([{"role": "user", "content": "\0"}], add_generation_prompt=True,
-                               default_system=default_system)  # fmt: skip
-        opening, closing = rendered.split("\0")
+    opening, closing = user_turn_frame(default_system) if chat else ("", "")
     # the haystack's pieces each end with RULER's "\n" separator: the question gives up its own
     return (
         opening + head,

@@ -85,8 +85,9 @@ def _grouped(problems: list[str]) -> list[str]:
 def passkey_prompts(tokenizer, settings: Settings) -> list[Prompt]:
     extra = settings.extra
     samples = passkey.passkey_samples(
-        tokenizer, extra["lengths"], extra["depths"], extra["samples"], extra["seed"]
-    )
+        tokenizer, extra["lengths"], extra["depths"], extra["samples"], extra["seed"],
+        chat=settings.chat,
+    )  # fmt: skip
     return [
         Prompt(
             s.id,

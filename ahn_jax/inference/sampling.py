@@ -93,7 +93,10 @@ def top_k_filter(scores_BV, top_k: int):
 
 def top_p_filter(scores_BV, top_p: float):
     """TopPLogitsWarper: in ascending order, drops the tokens whose cumulative probability is at
-    most 1 - top_p, always keeping the most likely one."""
+    most 1 - top_p, always keeping the most likely one. Where tokens tie in score across the
+    boundary, which of them are dropped follows this stable sort (lower ids first); torch's sort
+    leaves that order unspecified (on CPU it put tied ids in descending order), so the kept set
+    can differ from transformers' in which tied ids it holds, not in their scores."""
     order = jnp.argsort(scores_BV, axis=-1)  # ascending, as transformers sorts
     ascending = jnp.take_along_axis(scores_BV, order, axis=-1)
     cumulative = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)

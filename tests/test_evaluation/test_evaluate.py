@@ -82,6 +82,40 @@ def test_perplexity_through_the_cache_equals_the_parallel_forward(byte_model, mo
     assert cache_bytes > 0
 
 
+def test_perplexity_with_layers_kept_as_full_attention_equals_the_parallel_forward():
+    """The reference's fa_layer_ids: such a layer's cache holds the whole document (init_cache
+    needs max_length; perplexity once omitted it and raised in modes swa and ahn)."""
+    config = tiny_config(vocab_size=256, ahn_type="gdn", full_attention_layers=(1,))
+    model = init_model(config, seed=3, ahn_output_init="normal")
+    ids = np.random.default_rng(1).integers(0, 256, (2, 23)).astype(np.int32)
+    for mode in ("ahn", "swa"):
+        nll, _ = perplexity.token_nll(model, ids, _settings("perplexity", mode), chunk=5)
+        logits = model(jnp.asarray(ids), mode=mode, window=8, sinks=2)
+        log_probs = np.asarray(jax.nn.log_softmax(logits[:, :-1], axis=-1))
+        expected = -np.take_along_axis(log_probs, ids[:, 1:, None], axis=-1)[..., 0]
+        np.testing.assert_allclose(nll, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_passkey_prompts_take_the_chat_template_when_asked(qwen25_tokenizer_dir):
+    """`--task passkey --chat on`: one user turn, the answer prefix opening the assistant's
+    turn, still exactly `length` tokens (the setting was recorded but the prompt stayed raw)."""
+    tokenizer = HFTokenizer.from_dir(qwen25_tokenizer_dir)
+    extra = dict(lengths=[600], depths=[0.5], samples=2, seed=3)
+    for chat in (False, True):
+        prompts = runner.passkey_prompts(tokenizer, _settings("passkey", chat=chat, extra=extra))
+        for prompt in prompts:
+            assert len(prompt.ids) == 600
+            text = tokenizer.decode(prompt.ids)
+            assert passkey.NEEDLE.format(key=prompt.record["answers"][0]) in text
+            if chat:
+                assert text.startswith("<|im_start|>system\n" + tokenizer.default_system)
+                assert text.endswith(
+                    "What is the pass key?<|im_end|>\n<|im_start|>assistant\nThe pass key is"
+                )
+            else:
+                assert "<|im_start|>" not in text and text.endswith(passkey.QUESTION)
+
+
 def test_a_full_mode_records_cache_bytes_for_the_positions_its_cache_holds(byte_model, tmp_path):
     """`generate` rounds a full cache up (one program for nearby lengths): the record's
     cache_tokens are the positions those bytes hold, as the memory plot's cost model reads them."""
