@@ -197,7 +197,8 @@ def main(argv) -> None:
         run_perplexity(model, documents, settings, out, batch_size=FLAGS.batch_size,
                        chunk=FLAGS.chunk)  # fmt: skip
     else:
-        # the eos ids of generation_config.json, as HF `generate` stops (else the tokenizer's)
+        # the eos ids of generation_config.json (else config.json's), as HF `generate` stops;
+        # else the tokenizer's end tokens
         stops = read_generation_config(FLAGS.model).stop_ids(generate_lib.stop_ids(tokenizer))
         run_generation(model, tokenizer, prompts, settings, out, FLAGS.batch_size, stops,
                        chunk=FLAGS.chunk)  # fmt: skip

@@ -9,7 +9,8 @@
 The token choice and the length are the model directory's generation_config.json, as
 transformers' `generate` reads it, with the flags given over it (built-in defaults < file < flags;
 greedy, no penalty and 128 new tokens where neither says otherwise). The stop ids are the file's
-eos_token_id, else the tokenizer's <|im_end|> and <|endoftext|>. The window and sinks are the
+eos_token_id (without the file, config.json's, as transformers reads it), else the tokenizer's
+<|im_end|> and <|endoftext|>. The window and sinks are the
 flags', else those the AHN weights' config.json records (`sliding_window`, `num_attn_sinks`; of
 --ahn, or of a merged --model or its Orbax conversion), else 32640 and 128; stderr says which.
 The flags are read here; the work is done by ahn_jax/inference/generate.py's functions.

@@ -155,11 +155,12 @@ DEFAULTS = GenerationSettings()
 
 
 def read_generation_config(model_dir: str | Path) -> GenerationSettings:
-    """The defaults updated by `model_dir`'s generation_config.json (the defaults when there is
-    none). Errors name the file and the key."""
+    """The defaults updated by `model_dir`'s generation_config.json. Without that file, as
+    transformers builds the generation config from the model's config.json, the defaults with
+    config.json's `eos_token_id` (if it names one). Errors name the file and the key."""
     path = Path(model_dir) / FILE_NAME
     if not path.is_file():
-        return DEFAULTS
+        return _from_model_config(Path(model_dir) / "config.json")
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -178,6 +179,19 @@ def read_generation_config(model_dir: str | Path) -> GenerationSettings:
         if raw.get(key) is not None  # null: not set, as transformers reads it
     }
     return dataclasses.replace(DEFAULTS, **changes)
+
+
+def _from_model_config(path: Path) -> GenerationSettings:
+    """The defaults with the stop ids of a model's config.json; unreadable files are left to the
+    model loader, which names them."""
+    try:
+        eos = json.loads(path.read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return DEFAULTS
+    if eos is None:
+        return DEFAULTS
+    eos_ids = _checked("eos_token_ids", eos, f"{path}: key 'eos_token_id'")
+    return dataclasses.replace(DEFAULTS, eos_token_ids=eos_ids)
 
 
 def _used(used, value) -> bool:

@@ -52,6 +52,27 @@ def test_reads_qwen25_instruct_and_flags_win(tmp_path):
     assert settings.max_new_tokens is None  # null: not set
 
 
+def test_without_the_file_the_stop_ids_are_config_jsons_as_transformers_reads_them(tmp_path):
+    """transformers builds the generation config from config.json when the checkpoint has no
+    generation_config.json: its eos_token_id stops generation (not the tokenizer's end tokens)."""
+    from transformers import GenerationConfig
+
+    for eos, expected in ((151643, (151643,)), ([151645, 151643], (151645, 151643))):
+        (tmp_path / "config.json").write_text(
+            json.dumps({"model_type": "qwen2", "bos_token_id": 151643, "eos_token_id": eos})
+        )
+        theirs = GenerationConfig.from_pretrained(
+            tmp_path, config_file_name="config.json", _from_model_config=True
+        ).eos_token_id
+        assert read_generation_config(tmp_path).eos_token_ids == expected
+        assert tuple(theirs if isinstance(theirs, list) else [theirs]) == expected
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    assert read_generation_config(tmp_path) == DEFAULTS  # none named: the tokenizer's, ours
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": "x"}))
+    with pytest.raises(ValueError, match="config.json: key 'eos_token_id'"):
+        read_generation_config(tmp_path)
+
+
 def test_lengths_as_transformers_counts_them():
     assert DEFAULTS.new_tokens(10) == DEFAULT_MAX_NEW_TOKENS
     assert GenerationSettings(max_length=30).new_tokens(10) == 20  # max_length counts the prompt
