@@ -11,6 +11,7 @@ tensors and fields inside a base checkpoint make the merged layout (ahn_jax/chec
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping
@@ -286,17 +287,45 @@ def save_ahn_weights(
     return directory
 
 
+@dataclasses.dataclass(frozen=True)
+class AhnRecord:
+    """What the config.json of loaded AHN weights records beyond the model (`read_ahn_settings`):
+    `from_pretrained` keeps it on the model (`AhnModel.ahn_record`), so that `save_ahn` writes
+    the weights back with it instead of the defaults."""
+
+    window: int | None
+    sinks: int | None
+    window_sampling: str = "fixed"
+    loss: str = "kl"
+
+    @classmethod
+    def read(cls, directory: str | Path) -> AhnRecord:
+        found = read_ahn_settings(directory)
+        loss = found["hf"].get("loss_type") or ["kl"]  # kept as the file names it
+        loss = "+".join(map(str, loss)) if isinstance(loss, list) else str(loss)
+        return cls(found["window"], found["sinks"], found["window_sampling"], loss)
+
+
 def save_model_ahn(
-    model, directory: str | Path, *, window: int, sinks: int, loss: str = "kl"
+    model, directory: str | Path, *, window: int | None = None, sinks: int | None = None
 ) -> Path:
-    """`AhnModel.save_ahn`: a model's AHN weights in the reference's layout. The model is taken
-    by what it has (`config`, its nnx state), as this module must not import ahn_jax.model
-    (which imports it: tests/test_architecture.py)."""
+    """`AhnModel.save_ahn`: a model's AHN weights in the reference's layout; W and S as given,
+    else as the model's `ahn_record` has them, else DEFAULT_WINDOW / DEFAULT_SINKS. The model is
+    taken by what it has (`config`, its nnx state, `ahn_record`), as this module must not import
+    ahn_jax.model (which imports it: tests/test_architecture.py)."""
     config = model.config
+    record = getattr(model, "ahn_record", None) or AhnRecord(None, None)
+    if window is None:
+        window = record.window if record.window is not None else DEFAULT_WINDOW
+    if sinks is None:
+        sinks = record.sinks if record.sinks is not None else DEFAULT_SINKS
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     params = {path: np.asarray(v) for path, v in flat.items() if is_ahn_param(path)}
     if config.ahn_type is None or not params:
         raise ConfigError(
             f"the model has no AHN weights to save to {directory} (ahn_type={config.ahn_type!r})"
         )
-    return save_ahn_weights(directory, config, params, window=window, sinks=sinks, loss=loss)
+    return save_ahn_weights(
+        directory, config, params, window=window, sinks=sinks, loss=record.loss,
+        window_sampling=record.window_sampling,
+    )  # fmt: skip

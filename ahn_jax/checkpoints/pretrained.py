@@ -254,7 +254,19 @@ def from_pretrained(
     params.update(_missing_ahn(params, flat_abstract, config, source, seed, ahn_output_init))
     params = jax.device_put(params, {p: flat_shardings[p] for p in params})
     nnx.replace_by_pure_dict(abstract_state, traverse_util.unflatten_dict(params))
-    return nnx.merge(graphdef, abstract_state)
+    model = nnx.merge(graphdef, abstract_state)
+    model.ahn_record = _ahn_record(path, ahn_path, config)
+    return model
+
+
+def _ahn_record(path: Path, ahn_path, config: ModelConfig) -> ahn_weights.AhnRecord | None:
+    """What the config.json of the AHN weights that loaded records (None for fresh ones)."""
+    if ahn_path is not None:
+        return ahn_weights.AhnRecord.read(ahn_path)
+    stored = _stored_ahn(path).get("ahn_type")
+    if config.ahn_type is None or stored != config.ahn_type or not records_ahn(path):
+        return None
+    return ahn_weights.AhnRecord.read(path)
 
 
 def _missing_ahn(params, flat_abstract, config, source, seed: int, output_init: str) -> dict:

@@ -43,6 +43,10 @@ class AhnModel(nnx.Module):
     `decode_step` run inference with a cache of constant size (ahn_jax/model/cache.py).
     """
 
+    # what the config.json of the AHN weights loaded by from_pretrained records (W, S, how they
+    # were trained: checkpoints.ahn_weights.AhnRecord), for save_ahn; None for fresh weights
+    ahn_record = None
+
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs, ahn_output_init: str = "zeros"):
         self.config = config
         V, D = config.vocab_size, config.hidden_size
@@ -179,11 +183,12 @@ class AhnModel(nnx.Module):
             "...D,DV->...V", normed_x, self.lm_head_DV(), preferred_element_type=jnp.float32
         )
 
-    def save_ahn(self, directory, *, window: int = 32640, sinks: int = 128):
+    def save_ahn(self, directory, *, window: int | None = None, sinks: int | None = None):
         """Write the AHN weights as the released AHN-only checkpoints are laid out
         (`model.safetensors` + `config.json`, read by `from_pretrained(base, ahn_path=...)` and the
         reference's merge script); `window` and `sinks` are the inference W and S the config
-        records. Returns the directory."""
+        records: given, else those recorded with the AHN weights the model was loaded with
+        (`ahn_record`, with how they were trained), else 32640 and 128. Returns the directory."""
         self._check_stacked("save_ahn")
         # the one upward import of the model package (tests/test_architecture.py): the release
         # layout is a checkpoint format, which lives with the other formats

@@ -88,6 +88,35 @@ def _export(hf_dir, tmp_path, ahn_type="gdn", name="ahn"):
     return model.save_ahn(tmp_path / name, window=W, sinks=S)
 
 
+def test_saving_loaded_weights_again_keeps_what_their_config_records(hf_dir, tmp_path):
+    """A model loaded with AHN weights saves them with their W, S, window sampling and loss
+    (`save_ahn()` wrote 32640 / 128 / fixed / kl, and generate --ahn then ran other windows),
+    from an AHN-only directory and from a merged one; fresh weights take the defaults."""
+    from ahn_jax.checkpoints import layouts
+
+    model = from_pretrained(hf_dir, ahn_type="gdn", ahn_output_init="normal")
+    params = ahn_params_of(model)
+    first = ahn_weights.save_ahn_weights(
+        tmp_path / "first", model.config, params, window=48, sinks=3, loss="kl+ce",
+        window_sampling="random",
+    )  # fmt: skip
+    merged = layouts.merge(hf_dir, first, tmp_path / "merged")
+    for source, loaded in (
+        ("ahn-only", from_pretrained(hf_dir, ahn_path=first)),
+        ("merged", from_pretrained(merged)),
+    ):
+        again = ahn_weights.read_ahn_settings(loaded.save_ahn(tmp_path / f"again-{source}"))
+        assert (again["window"], again["sinks"], again["window_sampling"]) == (48, 3, "random")
+        assert again["hf"]["loss_type"] == ["kl", "ce"], source
+        flagged = loaded.save_ahn(tmp_path / f"flags-{source}", window=16, sinks=0)
+        assert ahn_weights.read_ahn_settings(flagged)["window"] == 16
+    fresh = ahn_weights.read_ahn_settings(model.save_ahn(tmp_path / "fresh"))
+    assert (fresh["window"], fresh["sinks"]) == (ahn_weights.DEFAULT_WINDOW, 128)
+    # a merged directory loaded with fresh weights of another type records nothing of its own
+    other = from_pretrained(merged, ahn_type="dn")
+    assert other.ahn_record is None
+
+
 def _rewrite(directory, drop=(), reshape=None):
     infos = safetensors_io.tensor_index(directory)
     arrays = {n: np.array(safetensors_io.read_tensor(i)) for n, i in infos.items() if n not in drop}
