@@ -38,7 +38,7 @@ from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.sharding import MeshError, make_mesh, partition_spec, state_shardings
 from ahn_jax.model.transformer import abstract_model, decode_step
 from ahn_jax.training import compiled_figures
-from ahn_jax.training.distributed import parse_mesh, row_split_warning
+from ahn_jax.training.distributed import parse_mesh, row_split_warning, unsplit_rows
 from ahn_jax.training.optimizer import opt_state_shardings, optimizer_for
 from ahn_jax.training.step import make_train_step
 from kernels.common import pallas_mode
@@ -65,7 +65,7 @@ HBM_BYTES = {"v4": 32 * 2**30, "v5p": 95 * 2**30, "v5e": 16 * 2**30, "v6e": 32 *
 def topology_devices(name: str):
     description = TOPOLOGY_ALIASES.get(name, name)
     try:
-        topology = topologies.get_topology_desc(description, platform="tpu")
+        topology = _topology(description)
     except Exception as e:  # noqa: BLE001 - libtpu's message is the useful part
         if "lockfile" in str(e):  # libtpu serves one process at a time (on a TPU host)
             raise ConfigError(
@@ -83,6 +83,19 @@ def topology_devices(name: str):
             "v5e-N, v6e-1 .. v6e-256) or a description like 'v5p:2x2x1'"
         ) from e
     return description, list(topology.devices)
+
+
+def _topology(description: str):
+    try:
+        return topologies.get_topology_desc(description, platform="tpu")
+    except Exception as e:  # noqa: BLE001 - retried below, or re-raised for the caller to name
+        # a slice smaller than libtpu's default host (2x2x1 chips: v5e-1, v6e-1) is one chip
+        # on a host of its own
+        if "chips_per_host_bounds" not in str(e):
+            raise
+        return topologies.get_topology_desc(
+            description, platform="tpu", chips_per_host_bounds=(1, 1, 1)
+        )
 
 
 def _abstract(tree, shardings):
@@ -281,6 +294,13 @@ def check_decode(
         )
         report.update(batch_size=batch_size, window=window, sinks=sinks, max_length=max_length,
                       cache_bytes=_cache_bytes(cache))  # fmt: skip
+        if split := unsplit_rows(batch_size, mesh):
+            report["warning"] = (
+                f"warning: batch {batch_size} does not divide the mesh's {split[0]} ({split[1]}): "
+                "every chip holds the cache of the rows it cannot split (replicated) and XLA "
+                f"may copy it each step; give a multiple of {split[1]} rows, or a --mesh whose "
+                "batch axes divide them (e.g. --mesh=tensor=N, or one chip)"
+            )
         # decode runs its own step kernels whatever model.kernels says (docs/kernels.md)
         report.update(kernels="decode step", recurrence="one token a step", attention="cache")
         shapes = [x.sharding.shard_shape(x.shape) for x in jax.tree.leaves(cache)]

@@ -85,17 +85,23 @@ def row_split_warning(t: TrainConfig, mesh: jax.sharding.Mesh | None) -> str | N
     work. None when they divide, or without a mesh."""
     if mesh is None:
         return None
-    axes = [a for a in DEFAULT_RULES["batch"] if a in mesh.shape]
-    shards = math.prod(mesh.shape[a] for a in axes)
     rows = t.batch_size // t.micro_batches
-    if rows % shards == 0:
+    if (split := unsplit_rows(rows, mesh)) is None:
         return None
+    axes, shards = split
     return (
         f"warning: {rows} rows per micro-batch (train.batch_size {t.batch_size} / "
-        f"train.micro_batches {t.micro_batches}) do not divide the mesh's "
-        f"{' x '.join(axes) or 'batch axes'} ({shards}): devices repeat each other's rows; a "
-        f"multiple of {shards} rows per micro-batch gives each device its own"
+        f"train.micro_batches {t.micro_batches}) do not divide the mesh's {axes} ({shards}): "
+        f"devices repeat each other's rows; a multiple of {shards} rows per micro-batch gives "
+        "each device its own"
     )
+
+
+def unsplit_rows(rows: int, mesh: jax.sharding.Mesh) -> tuple[str, int] | None:
+    """(the mesh's batch axes, their size) when `rows` do not divide over them, else None."""
+    axes = [a for a in DEFAULT_RULES["batch"] if a in mesh.shape]
+    shards = math.prod(mesh.shape[a] for a in axes)
+    return None if rows % shards == 0 else (" x ".join(axes) or "batch axes", shards)
 
 
 def gather_rows(local: np.ndarray) -> np.ndarray:

@@ -205,6 +205,18 @@ def test_decode_step_on_a_tensor_axis_returns_the_whole_cache_in_place():
     assert report["output_bytes"] - report["alias_bytes"] < report["alias_bytes"] / 100
 
 
+def test_one_chip_slices_compile_and_rows_that_do_not_split_are_warned_about():
+    """v5e-1 / v6e-1 (how generate runs) are smaller than libtpu's default host of 2x2 chips
+    and were refused; a decode batch that the mesh's batch axes cannot split is replicated."""
+    config = make_config(LIKE_3B, ahn_type="gdn")
+    for topology in ("v5e-1", "v6e-1"):
+        report = compile_check.check_decode(config, topology, batch_size=2, window=256, sinks=0)
+        assert report["chips"] == 1 and report["fits"] and "warning" not in report
+    report = compile_check.check_decode(config, "v5e-4", batch_size=2, window=256, sinks=0)
+    assert "batch 2 does not divide the mesh's fsdp (4)" in report["warning"]
+    assert report["warning"] in compile_check.format_report(report)
+
+
 def test_unknown_topology_is_named():
     config = make_config(MODEL, ahn_type="gdn")
     with pytest.raises(ConfigError, match="'v9z-8' is not a TPU topology"):
