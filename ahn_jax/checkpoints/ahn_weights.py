@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
-from ahn_jax.checkpoints import safetensors_io
+from ahn_jax.checkpoints import safetensors_io, staging
 from ahn_jax.checkpoints.converted import ParamPath
 from ahn_jax.checkpoints.hf_config import read_hf_config, to_hf_config
 from ahn_jax.checkpoints.hf_naming import TensorMap, check_fits, layer_maps
@@ -265,8 +265,7 @@ def save_ahn_weights(
     `window_sampling` (`ahn_hf_config`). `tensor_dtypes` (HF tensor name -> dtype name) casts
     tensors on writing; the others keep their array's dtype."""
     directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise FileExistsError(f"output directory {directory} exists and is not empty")
+    staging.require_empty(directory)
     # checks W, S first
     hf_config = ahn_hf_config(
         config, window=window, sinks=sinks, loss=loss, window_sampling=window_sampling
@@ -282,8 +281,10 @@ def save_ahn_weights(
                 m.hf_name, m.hf_shape, array.dtype, lambda m=m, a=array: m.to_hf(a)
             )
         )
-    safetensors_io.write_checkpoint(directory, plans, max_shard_bytes=2**62)  # one file
-    (directory / "config.json").write_text(json.dumps(hf_config, indent=2))
+    with staging.staged(directory) as (partial,):  # whole or not at all
+        desc = f"writing {directory}"
+        safetensors_io.write_checkpoint(partial, plans, max_shard_bytes=2**62, desc=desc)  # 1 file
+        (partial / "config.json").write_text(json.dumps(hf_config, indent=2))
     return directory
 
 

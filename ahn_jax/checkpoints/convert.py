@@ -14,7 +14,8 @@ ahn_jax/convert.py):
 copying each tensor's bytes. An --hf_dir in the merged layout converts with its AHN weights;
 --to_hf writes the base layout (config.json without the AHN fields).
 
-Every direction streams tensor by tensor: peak memory is about one copy of the weights.
+Every direction streams tensor by tensor: peak memory is about one copy of the weights. Each
+writes its output whole or not at all (ahn_jax/checkpoints/staging.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,15 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, layouts, recorded, safetensors_io
+from ahn_jax.checkpoints import (
+    ahn_weights,
+    converted,
+    hf_naming,
+    layouts,
+    recorded,
+    safetensors_io,
+    staging,
+)
 from ahn_jax.checkpoints.hf_config import from_hf_config, read_hf_config
 from ahn_jax.checkpoints.pretrained import (
     check_holds_a_base,
@@ -87,15 +96,11 @@ def hf_to_orbax(hf_dir: str | Path, out: str | Path, *, dtype: str | None = None
         shapes = {p: s for p, s in param_shapes(ahn_config).items() if ahn_weights.is_ahn_param(p)}
         params = ahn_weights.load_ahn_weights(hf_dir, ahn_config, shapes, merged=True)
         pieces = itertools.chain(pieces, params.items())
-    created = not out.exists()
-    try:
+    # a tensor that does not fit, found while writing, or an interruption: no half a checkpoint
+    with staging.staged(out) as (partial,):
         converted.save_params(
-            out, pieces, hf_config=hf_config, param_dtype=dtype, side_files_from=hf_dir, ahn=ahn
+            partial, pieces, hf_config=hf_config, param_dtype=dtype, side_files_from=hf_dir, ahn=ahn
         )
-    except BaseException:  # a tensor that does not fit, found while writing: no half a checkpoint
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     return out
 
 
@@ -107,8 +112,7 @@ def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 *
     """
     ckpt, out = Path(ckpt), Path(out)
     marker = converted.read_marker(ckpt)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"output directory {out} exists and is not empty")
+    staging.require_empty(out)  # before the minutes of writing; `staged` checks it again
     hf_config = read_hf_config(ckpt)
     dtype = marker["param_dtype"]
     config = from_hf_config(hf_config, param_dtype=dtype, dtype=dtype)
@@ -135,7 +139,16 @@ def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 *
     maps.sort(key=lambda m: (order[m.path], m.layer or 0))
     np_dtype = np.dtype(config.jnp_param_dtype)
     plans = [safetensors_io.TensorPlan(m.hf_name, m.hf_shape, np_dtype, producer(m)) for m in maps]
-    safetensors_io.write_checkpoint(out, plans, max_shard_bytes=max_shard_bytes)
+    with staging.staged(out) as (partial,):
+        safetensors_io.write_checkpoint(
+            partial, plans, max_shard_bytes=max_shard_bytes, desc=f"writing {out}"
+        )
+        _write_hf_files(ckpt, partial, hf_config, dtype)
+    return out
+
+
+def _write_hf_files(ckpt: Path, out: Path, hf_config: dict, dtype: str) -> None:
+    """config.json and the side files of `orbax_to_hf`'s output."""
     # the base layout (a merged source's AHN fields would announce tensors that are not here),
     # read alike by transformers 4 and 5, and the dtype of the tensors written (the source's
     # config.json is kept verbatim, but `--dtype` may have converted them): transformers loads
@@ -146,7 +159,6 @@ def orbax_to_hf(ckpt: str | Path, out: str | Path, *, max_shard_bytes: int = 5 *
     for name in converted.SIDE_FILES:
         if (ckpt / name).is_file():
             shutil.copy2(ckpt / name, out / name)
-    return out
 
 
 def orbax_to_ahn(
@@ -162,6 +174,7 @@ def orbax_to_ahn(
     DEFAULT_SINKS)."""
     ckpt = Path(ckpt)
     marker = converted.read_marker(ckpt)
+    staging.require_empty(out)  # before reading the weights; the write checks it again
     if "ahn" not in marker:
         raise ConfigError(f"checkpoint {ckpt} holds no AHN weights (its marker has no 'ahn')")
     defaults = {"window": ahn_weights.DEFAULT_WINDOW, "sinks": ahn_weights.DEFAULT_SINKS}

@@ -23,18 +23,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, safetensors_io
+from ahn_jax.checkpoints import ahn_weights, converted, hf_naming, safetensors_io, staging
 from ahn_jax.checkpoints.hf_config import from_hf_config, read_hf_config
 from ahn_jax.checkpoints.pretrained import check_holds_a_base, param_shapes
 from ahn_jax.config import ConfigError
 
 DEFAULT_SHARD_BYTES = 5 * 2**30
-
-
-def _require_empty(*directories: Path) -> None:
-    for directory in directories:
-        if directory.exists() and any(directory.iterdir()):
-            raise FileExistsError(f"output directory {directory} exists and is not empty")
 
 
 def _model_config(hf_config: Mapping[str, Any], ahn_settings=None):
@@ -90,8 +84,10 @@ def with_both_key_sets(hf: Mapping[str, Any]) -> dict[str, Any]:
     return hf
 
 
-def _write(directory: Path, plans, hf_config: Mapping[str, Any], max_shard_bytes: int) -> None:
-    safetensors_io.write_checkpoint(directory, plans, max_shard_bytes=max_shard_bytes)
+def _write(
+    directory: Path, plans, hf_config: Mapping[str, Any], max_shard_bytes: int, *, desc: str
+) -> None:
+    safetensors_io.write_checkpoint(directory, plans, max_shard_bytes=max_shard_bytes, desc=desc)
     config = with_both_key_sets(hf_config)
     (directory / "config.json").write_text(json.dumps(config, indent=2))
 
@@ -125,14 +121,19 @@ def split(
             "(base + AHN weights)"
         )
     check_holds_a_base(merged_dir, "not a merged checkpoint, it is already the AHN-only half")
-    _require_empty(base_out, ahn_out)
+    staging.require_empty(base_out, ahn_out)  # before reading; `staged` checks it again
     infos = safetensors_io.tensor_index(merged_dir)
     _check_tensors(infos, _model_config(hf, ahn_weights.read_ahn_settings(merged_dir)), merged_dir)
     ahn = [info for name, info in infos.items() if ahn_weights.is_ahn_tensor(name)]
     base = [info for name, info in infos.items() if not ahn_weights.is_ahn_tensor(name)]
-    _write(base_out, _copy_plans(base), ahn_weights.base_hf_config(hf), max_shard_bytes)
-    _copy_side_files(merged_dir, base_out)
-    _write(ahn_out, _copy_plans(ahn), {**hf, "save_ahn_only": True}, 2**62)  # one file
+    with staging.staged(base_out, ahn_out) as (base_partial, ahn_partial):  # both or neither
+        base_hf = ahn_weights.base_hf_config(hf)
+        _write(
+            base_partial, _copy_plans(base), base_hf, max_shard_bytes, desc=f"writing {base_out}"
+        )
+        _copy_side_files(merged_dir, base_partial)
+        ahn_hf = {**hf, "save_ahn_only": True}
+        _write(ahn_partial, _copy_plans(ahn), ahn_hf, 2**62, desc=f"writing {ahn_out}")  # one file
     return base_out, ahn_out
 
 
@@ -173,7 +174,7 @@ def merge(
             "weights (split it first: --split)"
         )
     settings = ahn_weights.read_ahn_settings(ahn_dir)
-    _require_empty(out)
+    staging.require_empty(out)  # before reading; `staged` checks it again
     base = safetensors_io.tensor_index(base_dir)
     ahn = safetensors_io.tensor_index(ahn_dir)
     if ahn_weights.hf_layout(ahn_dir) == "merged":  # its AHN tensors, as from_pretrained's --ahn
@@ -183,6 +184,7 @@ def merge(
     # the AHN tensors against the base's dimensions (the AHN config's could differ from them)
     _check_tensors(ahn, _model_config(config, settings), ahn_dir, base=False)
     plans = _copy_plans(base.values()) + _copy_plans(ahn.values())
-    _write(out, plans, config, max_shard_bytes)
-    _copy_side_files(base_dir, out)
+    with staging.staged(out) as (partial,):
+        _write(partial, plans, config, max_shard_bytes, desc=f"writing {out}")
+        _copy_side_files(base_dir, partial)
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+from tqdm import tqdm
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -159,7 +160,7 @@ class TensorPlan:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def _write_file(path: Path, plans: list[TensorPlan], metadata: dict[str, str]) -> None:
+def _write_file(path: Path, plans: list[TensorPlan], metadata: dict[str, str], bar: tqdm) -> None:
     header: dict = {"__metadata__": metadata}
     offset = 0
     for plan in plans:
@@ -181,12 +182,19 @@ def _write_file(path: Path, plans: list[TensorPlan], metadata: dict[str, str]) -
                     f"tensor {plan.name!r}: produced {data.shape}, planned {plan.shape}"
                 )
             f.write(data.tobytes())
+            bar.update(plan.nbytes)
 
 
 def write_checkpoint(
-    directory: str | Path, plans: list[TensorPlan], *, max_shard_bytes: int = 5 * 2**30
+    directory: str | Path,
+    plans: list[TensorPlan],
+    *,
+    max_shard_bytes: int = 5 * 2**30,
+    desc: str | None = None,
 ) -> list[Path]:
-    """Write `model.safetensors`, or shards plus an index when the tensors exceed the limit."""
+    """Write `model.safetensors`, or shards plus an index when the tensors exceed the limit, with a
+    progress bar over the bytes written on stderr (a terminal's only) labelled `desc` (default:
+    "writing <directory name>"; a staged write names its final directory)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     shards: list[list[TensorPlan]] = [[]]
@@ -197,18 +205,22 @@ def write_checkpoint(
             size = 0
         shards[-1].append(plan)
         size += plan.nbytes
-    metadata = {"format": "pt"}
-    if len(shards) == 1:
-        path = directory / SINGLE_FILE
-        _write_file(path, shards[0], metadata)
-        return [path]
-    paths, weight_map = [], {}
-    for i, shard in enumerate(shards):
-        path = directory / f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        _write_file(path, shard, metadata)
-        paths.append(path)
-        weight_map.update({plan.name: path.name for plan in shard})
     total = sum(plan.nbytes for plan in plans)
+    if len(shards) == 1:
+        names = [SINGLE_FILE]
+    else:
+        names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    # minutes of reading and writing on a 14B model: said as it goes, as reading is (pretrained.py)
+    desc = desc or f"writing {directory.name}"
+    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, disable=None) as bar:
+        for name, shard in zip(names, shards, strict=True):
+            _write_file(directory / name, shard, {"format": "pt"}, bar)
+    paths = [directory / name for name in names]
+    if len(shards) == 1:
+        return paths
+    weight_map = {
+        plan.name: name for name, shard in zip(names, shards, strict=True) for plan in shard
+    }
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (directory / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return paths
