@@ -11,7 +11,9 @@ counts the q, k, v, o projections twice (in the mixing term and among the parame
 untied model, the embedding lookup as a matmul. `model_flops` keeps that accounting, so that the
 paper's -40.5% is reproduced; `forward_flops` counts each matmul once (2 L per matmul weight: the
 projections, the MLP and the head; plus attention over the visible keys and the memory), as XLA's
-cost analysis does (tests/test_costs), and is what training's MFU uses.
+cost analysis does (tests/test_costs), and is what training's MFU uses (a distillation step:
+`distillation_step_flops`; a full-attention step of every weight, pretraining:
+`full_attention_step_flops`).
 Layers kept as full attention (`full_attention_layers`) count as full in every mode.
 """
 
@@ -118,6 +120,14 @@ def distillation_step_flops(config: ModelConfig, length: int, window: int) -> fl
         config, length, "ahn", window
     )
     return teacher + student + backward
+
+
+def full_attention_step_flops(config: ModelConfig, length: int) -> float:
+    """One sequence's work in a training step of every weight under full attention (pretraining
+    a base; recomputation not counted): the forward, and a backward that passes twice through
+    each weight matmul (the activations' gradient and the weight's) and twice through attention
+    (dq, dk, dv and dp against scores and values): three forwards. No window, no memory."""
+    return 3 * forward_flops(config, length, "full")
 
 
 def peak_flops(device_kind: str, override: float = 0.0) -> float | None:

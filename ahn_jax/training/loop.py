@@ -145,14 +145,17 @@ class StepOutcome(NamedTuple):
     loss: float
     metrics: dict  # the jitted step's scalars
     lengths: np.ndarray  # [B] every row's unpadded length, all processes' rows
-    window: np.ndarray  # [B] every row's W (without the sinks)
-    sinks: np.ndarray  # [B] every row's S
+    # [B] every row's W (without the sinks) and S; None when pretraining (full attention)
+    window: np.ndarray | None
+    sinks: np.ndarray | None
     padded: int  # the batch's padded length (its length bucket)
-    learning: np.ndarray  # [B] bool: the rows with a memory position (`windows.memory_rows`)
+    # [B] bool: the rows with a memory position (`windows.memory_rows`); pretraining: every row
+    learning: np.ndarray
 
 
 def _step(run: Run, step: int) -> StepOutcome:
-    """One optimizer step on the next global batch, each row with its own (W, S).
+    """One optimizer step on the next global batch, each row with its own (W, S) (pretraining,
+    under full attention, draws none).
 
     The pairs come from (seed, step, global row) and each row's true length, never the padded
     one (docs/method.md §Training), and reach the step as [B] int32 arrays placed like the rows:
@@ -163,29 +166,35 @@ def _step(run: Run, step: int) -> StepOutcome:
     """
     t = run.train
     batch = next(run.iterator)
-    window, sinks = windows.sample_windows(
-        batch["lengths"], seed=t.seed, step=step, kind=t.window_sampling, window=t.window,
-        sinks=t.sinks, window_choices=t.window_choices, sink_choices=t.sink_choices,
-        **_row_placement(jax.process_index(), jax.process_count()),
-    )  # fmt: skip
-    arrays = run.place_batch({**batch, "window": window, "sinks": sinks})
+    drawn = {}  # pretraining runs full attention: no window or sinks to draw, log or count
+    if t.objective != "pretrain":
+        drawn["window"], drawn["sinks"] = windows.sample_windows(
+            batch["lengths"], seed=t.seed, step=step, kind=t.window_sampling, window=t.window,
+            sinks=t.sinks, window_choices=t.window_choices, sink_choices=t.sink_choices,
+            **_row_placement(jax.process_index(), jax.process_count()),
+        )  # fmt: skip
+    arrays = run.place_batch({**batch, **drawn})
     run.trainable, run.opt_state, metrics = run.step_fn(
         run.trainable, run.opt_state, run.frozen, arrays, jnp.int32(step - 1)
     )
     loss = float(metrics["loss"])
     # every process joins the gather (the logged distribution is the global batch's)
-    rows = gather_rows(np.stack([batch["lengths"], window, sinks], axis=1).astype(np.int32))
-    lengths, window, sinks = rows.T
-    learning = windows.memory_rows(lengths, window, sinks)
+    columns = [batch["lengths"], *drawn.values()]
+    lengths, *pair = gather_rows(np.stack(columns, axis=1).astype(np.int32)).T
+    window, sinks = pair or (None, None)
+    learning = (np.ones(len(lengths), bool) if window is None
+                else windows.memory_rows(lengths, window, sinks))  # fmt: skip
     outcome = StepOutcome(step, loss, metrics, lengths, window, sinks, arrays["input_ids"].shape[1],
                           learning)  # fmt: skip
     if not math.isfinite(loss):
         run.manager.wait_until_finished()
         spread = _spread(outcome)
+        drawn_note = "" if window is None else (
+            f" (W_tot {spread['window_total_min']}..{spread['window_total_max']}, S "
+            f"{spread['sinks_min']}..{spread['sinks_max']})")  # fmt: skip
         raise TrainingError(
-            f"non-finite loss {loss} at step {step} (W_tot {spread['window_total_min']}.."
-            f"{spread['window_total_max']}, S {spread['sinks_min']}..{spread['sinks_max']}); "
-            f"the last good checkpoint is step {run.manager.latest_step()}"
+            f"non-finite loss {loss} at step {step}{drawn_note}; the last good checkpoint is "
+            f"step {run.manager.latest_step()}"
         )
     return outcome
 
@@ -198,8 +207,10 @@ def _row_placement(process_index: int, process_count: int) -> dict:
 
 def _spread(o: StepOutcome) -> dict:
     """min / median (the lower one: a drawn value) / max of W_tot = W + S and of S over the rows
-    with a memory position; None when the batch has none."""
+    with a memory position; None when the batch has none; nothing when pretraining (no draws)."""
     stats = {}
+    if o.window is None:
+        return stats
     for name, values in (("window_total", o.window + o.sinks), ("sinks", o.sinks)):
         values = np.sort(values[o.learning])
         for stat, at in (("min", 0), ("median", (len(values) - 1) // 2), ("max", -1)):
@@ -208,8 +219,9 @@ def _spread(o: StepOutcome) -> dict:
 
 
 def _log(log: MetricsLog, record: dict, o: StepOutcome) -> None:
-    """The record, and a histogram of W_tot over the rows with a memory position (as `_spread`)."""
-    if o.learning.any():
+    """The record, and a histogram of W_tot over the rows with a memory position (as `_spread`;
+    none when pretraining)."""
+    if o.window is not None and o.learning.any():
         log.histogram("window_total", (o.window + o.sinks)[o.learning], o.step)
     log.write(record)
 
@@ -218,16 +230,23 @@ def _record(run: Run, outcome: StepOutcome, loss_name: str, seconds: float, util
     """The step's line of metrics.jsonl (and TensorBoard scalars)."""
     o = outcome
     # the FLOP estimate takes one lossless length per batch: the rows' mean W_tot (the window's
-    # work is close to linear in it once L >> W_tot), rows without a memory position included
-    mean_total = max(1, round(float(np.mean(o.window + o.sinks))))
+    # work is close to linear in it once L >> W_tot), rows without a memory position included;
+    # pretraining has none (None: a full-attention step's FLOPs)
+    mean_total = None
+    drawn = {}
+    if o.window is not None:
+        mean_total = max(1, round(float(np.mean(o.window + o.sinks))))
+        drawn = {
+            **_spread(o),
+            "rows_without_window": windows.rows_without_window(o.lengths, o.window, o.sinks),
+        }
     return {
         "step": o.step,
         "loss": o.loss,
         loss_name: o.loss,
         "grad_norm": float(o.metrics["grad_norm"]),
         "learning_rate": float(o.metrics["learning_rate"]),
-        **_spread(o),
-        "rows_without_window": windows.rows_without_window(o.lengths, o.window, o.sinks),
+        **drawn,
         "sequences": int(o.metrics["sequences"]),
         "valid_tokens": int(o.metrics["valid_tokens"]),
         "padded_length": o.padded,

@@ -12,19 +12,26 @@ from ahn_jax.costs import formulas
 
 
 class Utilization:
-    """Model FLOP/s of a step (teacher forward + student forward and backward, each matmul counted
-    once: `formulas.distillation_step_flops` on the padded length) and, where the device's peak is
-    known, MFU = that / (peak x devices)."""
+    """Model FLOP/s of a step on the padded length, each matmul counted once (distillation:
+    teacher forward + student forward and backward, `formulas.distillation_step_flops`;
+    pretraining: forward and backward of every weight under full attention,
+    `formulas.full_attention_step_flops`) and, where the device's peak is known, MFU = that /
+    (peak x devices)."""
 
     def __init__(self, config: ModelConfig, devices: int, peak_override: float = 0.0):
         self.config = config
         self.devices = devices  # the devices the step runs on (the mesh's, else one)
         self.peak = formulas.peak_flops(jax.devices()[0].device_kind, peak_override)
 
-    def of_step(self, rows: int, length: int, lossless: int, seconds: float) -> dict:
+    def of_step(self, rows: int, length: int, lossless: int | None, seconds: float) -> dict:
         """FLOP/s (and MFU) of a step of `rows` sequences padded to `length` with `lossless`
-        = W + S tokens kept exactly (one value for all rows: the loop passes their mean)."""
-        work = rows * formulas.distillation_step_flops(self.config, length, lossless)
+        = W + S tokens kept exactly (one value for all rows: the loop passes their mean), or
+        None for a full-attention step (pretraining: no window, no memory)."""
+        if lossless is None:
+            per_row = formulas.full_attention_step_flops(self.config, length)
+        else:
+            per_row = formulas.distillation_step_flops(self.config, length, lossless)
+        work = rows * per_row
         rate = work / seconds
         stats = {"model_tflops_per_s": rate / 1e12}
         if self.peak:

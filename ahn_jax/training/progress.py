@@ -4,7 +4,8 @@ log, where a bar shows nothing), one plain line every `log_every` steps:
 
   step 40/740  loss 0.1234  W_tot 512/2048/8192  S 0/64/2048  tok/s 12,345  step 1.23 s  ETA 0:12:34
 
-(W_tot = W + S and S as min/median/max over the global batch's rows.)
+(W_tot = W + S and S as min/median/max over the global batch's rows; pretraining, under full
+attention, draws neither and its lines leave them out.)
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def start_lines(run) -> list[str]:
     resume = f"; resuming after step {run.start_step}" if run.start_step else ""
     windows = (f"fixed, W {t.window} + S {t.sinks}" if t.window_sampling == "fixed"
                else f"{t.window_sampling}, drawn per row")  # fmt: skip
+    if t.objective == "pretrain":  # train.window_sampling is not read
+        windows = "none (pretraining: full attention)"
     lines = [
         f"devices: {len(devices)} x {devices[0].device_kind} in {jax.process_count()} process(es)",
         f"mesh: {mesh}",
@@ -89,11 +92,10 @@ class Progress:
         else:
             self._timed, self._seconds = self._timed + 1, self._seconds + record["step_seconds"]
         if self.bar is not None:
-            shown = {
-                self.loss_name: f"{record['loss']:.4f}",
-                "W_tot": _spread(record, "window_total"),
-                "tok/s": f"{record['tokens_per_s']:,.0f}",
-            }
+            shown = {self.loss_name: f"{record['loss']:.4f}"}
+            if _DRAWN in record:  # (pretraining draws no window)
+                shown["W_tot"] = _spread(record, "window_total")
+            shown["tok/s"] = f"{record['tokens_per_s']:,.0f}"
             self.bar.set_postfix(shown, refresh=False)
             self.bar.update()
         elif record["step"] % self.every == 0 or record["step"] == self.total:
@@ -106,15 +108,21 @@ class Progress:
         if self._timed or step == self.total:
             mean = self._seconds / self._timed if self._timed else 0.0
             eta = datetime.timedelta(seconds=round(mean * (self.total - step)))
+        drawn = ""
+        if _DRAWN in record:  # (pretraining draws no window)
+            drawn = f"W_tot {_spread(record, 'window_total')}  S {_spread(record, 'sinks')}  "
         return (
-            f"step {step}/{self.total}  loss {record['loss']:.4f}  "
-            f"W_tot {_spread(record, 'window_total')}  S {_spread(record, 'sinks')}  "
+            f"step {step}/{self.total}  loss {record['loss']:.4f}  {drawn}"
             f"tok/s {record['tokens_per_s']:,.0f}  step {record['step_seconds']:.2f} s  ETA {eta}"
         )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+# a record with the rows' window draws has this key (a distillation step's)
+_DRAWN = "window_total_min"
 
 
 def _spread(record: dict, name: str) -> str:

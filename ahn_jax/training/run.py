@@ -148,8 +148,8 @@ class Run:
     def place_batch(self, batch: dict) -> dict:
         """The step's arrays: the rows ("input_ids", "labels" [B, T]) with each row's "window"
         and "sinks" ([B]), all split over the mesh's data-parallel axes alike, so a row's pair
-        sits on the devices that hold the row."""
-        local = {k: batch[k] for k in ROW_ARRAYS}
+        sits on the devices that hold the row (pretraining draws no pair: the rows alone)."""
+        local = {k: batch[k] for k in ROW_ARRAYS if k in batch}
         if self.mesh is None:
             return {k: jnp.asarray(v) for k, v in local.items()}
         rows = local["input_ids"].shape[0] * jax.process_count()

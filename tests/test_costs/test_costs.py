@@ -176,3 +176,24 @@ def test_forward_flops_equal_xlas_count_and_the_papers_exceed_it(tied):
         config, L, "full", base_params=parameter_counts(config)["base_params"]
     )
     assert paper + formulas.attention_flops(config, L, "full") > 1.1 * xla
+
+
+def test_a_full_attention_training_step_is_three_forwards_whatever_the_window():
+    """Pretraining's step: the forward, then a backward through every weight matmul twice (the
+    activations' and the weights' gradients) and through attention twice; no window."""
+    from shared import tiny_config
+
+    from ahn_jax.costs import formulas
+
+    config = tiny_config(num_layers=2)
+    L = 96
+    matmuls, attention = (
+        2 * L * formulas.matmul_weights(config),
+        2 * config.head_dim * (config.num_heads * L**2 * config.num_layers),
+    )
+    assert formulas.attention_flops(config, L, "full") == attention
+    assert formulas.full_attention_step_flops(config, L) == 3 * matmuls + 3 * attention
+    # distillation's step counts no weight gradient and adds the teacher: not the same number
+    assert formulas.full_attention_step_flops(config, L) != formulas.distillation_step_flops(
+        config, L, 32
+    )

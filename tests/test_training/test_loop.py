@@ -31,12 +31,12 @@ DATA = dict(format="shakespeare", tokenizer="bytes", filter_len=32, cutoff_len=1
 ROW_LENGTHS = ((60, 41), (128, 100), (8, 8), (120, 90))
 
 
-def _batches(passes: data.DataPasses):
+def _batches(passes: data.DataPasses, row_lengths=ROW_LENGTHS):
     """The batches as a grain iterator (checkpoints save its state), as if the data held two
     batches: steps 3 and 4 read its second pass."""
     rng = np.random.default_rng(0)
     batches = []
-    for lengths in ROW_LENGTHS:
+    for lengths in row_lengths:
         rows = [rng.integers(1, 256, n).astype(np.int32) for n in lengths]
         batches.append(data.pad_batch([data.Example(x, x) for x in rows], TRAIN["length_buckets"]))
     dataset = grain.MapDataset.source(batches).map_with_index(functools.partial(passes.note, 2))
@@ -63,27 +63,33 @@ def _tensorboard_histograms(directory):
     return found
 
 
-@pytest.fixture(scope="module")
-def bucketed_run(tmp_path_factory):
-    """4 steps over hand-made batches of two length buckets; stdout captured (not a terminal)."""
-    tmp_path = tmp_path_factory.mktemp("buckets")
-    config = make_config(MODEL, ahn_type="gdn", train={**TRAIN, "output_dir": str(tmp_path)},
-                         data=DATA)  # fmt: skip
+def _run_on(config, tmp_path, row_lengths=ROW_LENGTHS, patch_more=lambda patch: None):
+    """`train` on hand-made batches of `row_lengths`; stdout captured (not a terminal)."""
     setup = train_lib.setup
 
     def setup_with_batches(config):
         run = setup(config)
-        run.iterator = _batches(run.passes)
+        run.iterator = _batches(run.passes, row_lengths)
         return run
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_lib, "setup", setup_with_batches)
+        patch_more(patch)
         out = tmp_path / "stdout.txt"
         with open(out, "w") as stdout:
             patch.setattr(sys, "stdout", stdout)
             run = train_lib.train(config)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
     return tmp_path, run, records, out.read_text()
+
+
+@pytest.fixture(scope="module")
+def bucketed_run(tmp_path_factory):
+    """4 steps over hand-made batches of two length buckets; stdout captured (not a terminal)."""
+    tmp_path = tmp_path_factory.mktemp("buckets")
+    config = make_config(MODEL, ahn_type="gdn", train={**TRAIN, "output_dir": str(tmp_path)},
+                         data=DATA)  # fmt: skip
+    return _run_on(config, tmp_path)
 
 
 def test_two_buckets_compile_twice_and_new_windows_never(bucketed_run):
@@ -211,3 +217,41 @@ def test_the_command_line_prints_start_and_step_lines_into_a_pipe(tmp_path):
     assert again.stdout.splitlines()[-2].startswith(
         "done: nothing to run (train.steps = 1; checkpoint of step 2); weights in"
     )
+
+
+def test_pretraining_logs_no_window_and_counts_a_full_attention_step(tmp_path):
+    """Pretraining runs full attention: no (W, S) is drawn, logged or fed to the FLOP estimate,
+    whose work is a plain forward + backward of every weight (`full_attention_step_flops`)."""
+    from ahn_jax.costs import formulas
+
+    train = {
+        **TRAIN,
+        "objective": "pretrain",
+        "steps": 2,
+        "checkpoint_every": 2,
+        "tensorboard": False,
+        "peak_flops_per_device": 1e11,
+        "output_dir": str(tmp_path),
+    }
+    config = make_config(MODEL, ahn_type=None, train=train, data=DATA)
+
+    def no_draws(patch):  # a draw would be wasted work and a logged lie
+        patch.setattr(train_lib.windows, "sample_windows",
+                      lambda *_, **__: pytest.fail("pretraining drew windows"))  # fmt: skip
+
+    row_lengths = ((60, 41), (128, 100))  # buckets 64 and 128
+    _, run, records, stdout = _run_on(config, tmp_path, row_lengths, no_draws)
+    assert [r["padded_length"] for r in records] == [64, 128]
+    model_config = run.model_config
+    for record in records:
+        assert not {k for k in record if k.startswith(("window_total", "sinks"))}, record
+        assert "rows_without_window" not in record
+        work = record["model_tflops_per_s"] * 1e12 * record["step_seconds"]
+        step_flops = formulas.full_attention_step_flops(model_config, record["padded_length"])
+        assert work == pytest.approx(2 * step_flops, rel=1e-9)
+        assert record["mfu"] == pytest.approx(record["model_tflops_per_s"] * 1e12 / 1e11)
+    steps = re.findall(r"^step (\d)/2  loss [\d.]+  tok/s [\d,]+  step [\d.]+ s  ETA \S+$",
+                       stdout, re.M)  # fmt: skip
+    assert steps == ["1", "2"], stdout
+    assert "W_tot" not in stdout
+    assert re.search(r"; windows: none \(pretraining: full attention\)$", stdout, re.M)
