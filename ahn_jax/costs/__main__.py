@@ -9,7 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from ahn_jax import cli, xla_cpu
-from ahn_jax.config import AHN_TYPES, ConfigError, validate_config
+from ahn_jax.config import AHN_TYPES, ConfigError, TrainConfig, validate_config
 from ahn_jax.costs import table
 
 FLAGS = flags.FLAGS
@@ -26,9 +26,18 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("length", 128_000, "context length L in tokens", lower_bound=1)
     flags.DEFINE_integer(
-        "window", 32_640, "sliding window W (tokens, sinks excluded)", lower_bound=1
+        "window",
+        32_640,
+        "sliding window W (tokens, sinks excluded); default: the config's where its training "
+        "fixes one, else 32640",
+        lower_bound=1,
     )
-    flags.DEFINE_integer("sinks", 128, "attention sinks S", lower_bound=0)
+    flags.DEFINE_integer(
+        "sinks",
+        128,
+        "attention sinks S; default: the config's where fixed, else 128",
+        lower_bound=0,
+    )
     flags.DEFINE_integer(
         "bytes_per_element", 4, "bytes per cached value (the paper: 4)", lower_bound=1
     )
@@ -43,6 +52,27 @@ def _layer_ids(values: list[str]) -> tuple[int, ...]:
         raise app.UsageError(
             f"--full_attention_layers must be a comma list of layer ids, got {values}"
         ) from e
+
+
+def _window_and_sinks(config) -> tuple[int, int, str]:
+    """(W, S, where they came from): each flag given wins; else the config's where its training
+    fixes them (`table.training_window`: e.g. the demo's W = 32, S = 4), else the flags'
+    defaults (W + S = 32,768, the paper's Table 9)."""
+    fixed = None
+    if "train" in config:
+        fixed = table.training_window(TrainConfig.from_dict(config.train.to_dict()))
+    name = config_flags.get_config_filename(FLAGS["config"])
+    chosen, sources = {}, {}
+    for flag, at in (("window", 0), ("sinks", 1)):
+        if FLAGS[flag].present:
+            chosen[flag], sources[flag] = FLAGS[flag].value, f"--{flag}"
+        elif fixed:
+            chosen[flag], sources[flag] = fixed[at], f"{name}'s {fixed[2]}"
+        else:
+            chosen[flag], sources[flag] = FLAGS[flag].value, "the defaults; the config fixes none"
+    if sources["window"] == sources["sinks"]:
+        return chosen["window"], chosen["sinks"], f"W and S: {sources['window']}"
+    return chosen["window"], chosen["sinks"], f"W: {sources['window']}; S: {sources['sinks']}"
 
 
 def main(argv) -> None:
@@ -63,8 +93,9 @@ def main(argv) -> None:
             "None): give --ahn_type "
             "gdn|dn|mamba2 for the costs with that AHN"
         )
-    args = (FLAGS.length, FLAGS.window, FLAGS.sinks, FLAGS.bytes_per_element)
-    result = table.report(config, *args)
+    window, sinks, source = _window_and_sinks(cli.config())
+    args = (FLAGS.length, window, sinks, FLAGS.bytes_per_element)
+    result = table.report(config, *args, window_source=source)
     plot = table.plot(config, FLAGS.plot, *args) if FLAGS.plot else None
     if FLAGS.json:
         print(json.dumps(result))

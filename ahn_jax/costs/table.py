@@ -8,11 +8,13 @@
 Parameter counts (docs/method.md §Costs) come from `jax.eval_shape` of the model, so a 14B config
 costs milliseconds. Cache memory and FLOPs follow the paper's Table 1 formulas (docs/method.md
 §Costs; FLOPs in ahn_jax/costs/formulas.py) with W = window + sinks, the whole lossless memory: at
-128,000 tokens they reproduce the paper's Table 9. The AHN's gate cache (the per-token write gates
-kept for tokens in the window), which the paper leaves out, is reported separately;
-`decode_cache_bytes` is what `ahn_jax.model.cache.DecodeCache` actually holds (tests compare it with
-a real cache). Layers kept as full attention (`--full_attention_layers`, the reference's
-fa_layer_ids) cost as full attention at L, in FLOPs and cache; the others as window + AHN.
+128,000 tokens they reproduce the paper's Table 9. That cache counts the values held at L tokens
+(min(L, S + W) per windowed layer). What `model.init_cache` allocates, up front and whatever L
+(S + W + 1 slots per windowed layer, K/V in the config's dtype), is reported beside it at batch 1
+(`allocated_cache_bytes`, from `decode_cache_bytes`: tests compare it with a real cache), with the
+AHN's gate cache (the per-slot write gates, which the paper leaves out) as part of it. Layers kept
+as full attention (`--full_attention_layers`, the reference's fa_layer_ids) cost as full attention
+at L, in FLOPs and cache; the others as window + AHN.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from ahn_jax.config import MODES, ModelConfig
+from ahn_jax.config import MODES, ModelConfig, TrainConfig
 from ahn_jax.costs import formulas
 from ahn_jax.model.cache import gate_width
 from ahn_jax.model.memory import AhnParam, gate_names
@@ -101,13 +103,46 @@ def decode_cache_bytes(
     return total + 4 * B * (C + 1 + M)  # slot positions, length, the full layers' positions
 
 
+def training_window(train: TrainConfig) -> tuple[int, int, str] | None:
+    """(W, S, the settings they come from) where a config's training fixes them: "fixed"
+    sampling, or "random" with a single W + S and a single S choice (S kept where S <= (W + S) / 2,
+    else 0, as the draw keeps it: training/windows.py); None where it draws several, derives them
+    from each row's length ("linear"), or pretrains (full attention, no window)."""
+    if train.objective == "pretrain":
+        return None
+    if train.window_sampling == "fixed":
+        return train.window, train.sinks, "train.window / train.sinks"
+    single = len(train.window_choices) == 1 and len(train.sink_choices) == 1
+    if train.window_sampling != "random" or not single:
+        return None
+    (total,), (sinks,) = train.window_choices, train.sink_choices
+    sinks = sinks if sinks <= total / 2 else 0
+    return total - sinks, sinks, "train.window_choices / train.sink_choices (one each)"
+
+
+def allocated_cache_bytes(config: ModelConfig, length: int, window: int, sinks: int) -> dict:
+    """What `model.init_cache(1, ...)` allocates for a context of `length` tokens, by mode: "full"
+    a plain cache of L + 1 slots (window L, no sinks), "swa" and "ahn" S + W + 1 slots per
+    windowed layer whatever L (layers kept as full attention: L). None for "ahn" without an AHN
+    (such a model has no mode "ahn")."""
+    return {
+        "full": decode_cache_bytes(config, length, 0, "full"),
+        "swa": decode_cache_bytes(config, window, sinks, "swa", max_length=length),
+        "ahn": (decode_cache_bytes(config, window, sinks, "ahn", max_length=length)
+                if config.ahn_type else None),
+    }  # fmt: skip
+
+
 def report(
     config: ModelConfig,
     length: int = 128_000,
     window: int = 32_640,
     sinks: int = 128,
     bytes_per_element: int = 4,
+    window_source: str = "given",
 ) -> dict:
+    """Every cost of `config` at `length` tokens with W = `window`, S = `sinks`;
+    `window_source` says where W and S came from (printed with them)."""
     counts = parameter_counts(config)
     lossless = window + sinks
     mixing = {mode: formulas.mixing_flops(config, length, mode, lossless) for mode in MODES}
@@ -128,8 +163,11 @@ def report(
         "length": length,
         "window": window,
         "sinks": sinks,
+        "window_source": window_source,
         "bytes_per_element": bytes_per_element,
         "cache_bytes": cache,
+        "allocated_cache_bytes": allocated_cache_bytes(config, length, window, sinks),
+        "dtype": config.dtype,
         "gate_cache_bytes": gate_cache_bytes(config, window, sinks),
         "mixing_flops": mixing,
         "model_flops": model,
@@ -191,20 +229,37 @@ def _layers_line(full_layers: list[int]) -> list[str]:
     return [f"full attention: layers {full_layers} (their cache and FLOPs grow with L)"]
 
 
+def _allocated_lines(result: dict) -> list[str]:
+    """What init_cache allocates (not the paper's held values), and the gate cache within it."""
+    sizes = {mode: "-" if n is None else _size(n)
+             for mode, n in result["allocated_cache_bytes"].items()}  # fmt: skip
+    return [
+        f"allocated:      full {sizes['full']}, swa {sizes['swa']}, ahn {sizes['ahn']} "
+        f"(model.init_cache at batch 1, K/V in {result['dtype']}: S + W + 1 slots whatever L; "
+        "full L + 1)",
+        f"gate cache:     {_size(result['gate_cache_bytes'])} (the AHN's write gates, fp32, in "
+        "ahn's allocated bytes; not in the paper)",
+    ]
+
+
 def format_report(result: dict) -> str:
     """A `report` as the lines `python -m ahn_jax.costs` prints."""
     cache, mixing, model = result["cache_bytes"], result["mixing_flops"], result["model_flops"]
     forward, ratios = result["forward_flops"], result["ratios"]
+    held = min(result["length"], result["window"] + result["sinks"])  # per windowed layer
     return "\n".join([
         f"AHN type:       {result['ahn_type']}",
         f"base params:    {result['base_params']:,}",
         f"AHN params:     {result['ahn_params']:,} ({100 * result['ahn_fraction']:.2f}% of the "
         f"base; {result['ahn_params_per_layer']:,} per layer)",
         *_layers_line(result["full_attention_layers"]),
-        f"at L = {result['length']:,}, W = {result['window']:,}, S = {result['sinks']}:",
+        f"at L = {result['length']:,}, W = {result['window']:,}, S = {result['sinks']} "
+        f"({result['window_source']}):",
         f"cache:          full {_size(cache['full'])}, swa {_size(cache['swa'])}, ahn "
-        f"{_size(cache['ahn'])} ({100 * ratios['cache_ahn_over_full']:.1f}% of full)"
-        f"; + AHN gate cache {_size(result['gate_cache_bytes'])} (not in the paper)",
+        f"{_size(cache['ahn'])} ({100 * ratios['cache_ahn_over_full']:.1f}% of full; the "
+        f"paper's: the values held at L, {held:,} tokens a windowed layer, "
+        f"{result['bytes_per_element']} bytes each)",
+        *_allocated_lines(result),
         f"mixing FLOPs:   full {mixing['full']:.3e}, swa {mixing['swa']:.3e}, ahn "
         f"{mixing['ahn']:.3e} ({100 * ratios['mixing_ahn_over_full']:.1f}%)",
         f"model FLOPs:    full {model['full']:.3e}, swa {model['swa']:.3e}, ahn "

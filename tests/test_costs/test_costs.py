@@ -52,7 +52,9 @@ def test_every_cost_has_each_mode_in_the_json_and_the_table_in_readable_units():
     cache = result["cache_bytes"]
     assert (cache["full"], cache["swa"], result["gate_cache_bytes"]) == (1_048_576, 36_864, 0)
     assert "cache:          full 1.05 MB, swa 36.86 KB, ahn 53.25 KB" in text, text
-    assert "gate cache 0 B" in text and "GB" not in text
+    assert "gate cache:     0 B" in text and "GB" not in text
+    # no AHN, no mode "ahn" to allocate a cache for
+    assert result["allocated_cache_bytes"]["ahn"] is None and "ahn -" in text
 
 
 def _config(base):
@@ -197,3 +199,70 @@ def test_a_full_attention_training_step_is_three_forwards_whatever_the_window():
     assert formulas.full_attention_step_flops(config, L) != formulas.distillation_step_flops(
         config, L, 32
     )
+
+
+def _costs_json(*flags):
+    command = [sys.executable, "-m", "ahn_jax.costs", "--json", *flags]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=CONFIGS.parent)
+    return json.loads(out.stdout)
+
+
+def test_costs_cli_takes_the_window_and_sinks_a_config_fixes_unless_flags_are_given():
+    """configs/demo_gdn.py trains and scores at W = 32, S = 4: its costs are those, not the
+    paper's 32,640 + 128, and the report says where W and S came from; a flag overrides one."""
+    demo = _costs_json(f"--config={CONFIGS / 'demo_gdn.py'}", "--length=1024")
+    assert (demo["window"], demo["sinks"]) == (32, 4)
+    assert demo["window_source"] == (
+        f"W and S: {CONFIGS / 'demo_gdn.py'}'s train.window / train.sinks"
+    )
+    assert demo["ratios"]["cache_ahn_over_full"] < 0.1  # was 101.6% at W + S = 32,768 > L
+    text = table.format_report(demo)
+    assert "at L = 1,024, W = 32, S = 4 (W and S: " in text
+    wider = _costs_json(f"--config={CONFIGS / 'demo_gdn.py'}", "--length=1024", "--window=64")
+    assert (wider["window"], wider["sinks"]) == (64, 4)
+    assert wider["window_source"].startswith("W: --window; S: ")
+
+
+def test_training_window_reads_fixed_and_single_choice_configs_only():
+    from ahn_jax.config import TrainConfig
+
+    def window(**train):
+        return table.training_window(TrainConfig(**train))
+
+    assert window(window_sampling="fixed", window=32, sinks=4)[:2] == (32, 4)
+    assert window(window_choices=(64,), sink_choices=(4,))[:2] == (60, 4)
+    # a sink above (W + S) / 2 is never drawn: S = 0, as training/windows.py draws it
+    assert window(window_choices=(64,), sink_choices=(48,))[:2] == (64, 0)
+    assert window(window_choices=(64, 128), sink_choices=(4,)) is None
+    assert window(window_sampling="linear") is None
+    assert window(objective="pretrain", window_sampling="fixed", window=32, sinks=4) is None
+
+
+def test_allocated_cache_is_what_init_cache_allocates_whatever_the_length():
+    """The paper's cache counts the values held at L (min(L, S + W) tokens a windowed layer); the
+    real cache allocates S + W + 1 slots up front, gates included, whatever L. The report gives
+    both, each consistent: the gate cache is part of the allocated bytes, not of the paper's."""
+    from shared import tiny_config
+
+    from ahn_jax.model.transformer import init_model
+
+    config = tiny_config(num_layers=2, ahn_type="gdn")
+    model = init_model(config, seed=0)
+    window, sinks = 28, 4
+    for length in (10, 1000):  # below and far beyond S + W
+        result = table.report(config, length, window, sinks)
+        allocated = result["allocated_cache_bytes"]
+        for mode in ("swa", "ahn"):
+            cache = model.init_cache(1, window=window, sinks=sinks, mode=mode)
+            assert allocated[mode] == cache.nbytes(), (length, mode)
+        full = model.init_cache(1, window=length, sinks=0, mode="full")
+        assert allocated["full"] == full.nbytes(), length
+        gates = table.gate_cache_bytes(config, window, sinks)
+        states = 4 * config.num_layers * config.num_heads * config.head_dim**2
+        assert allocated["ahn"] - allocated["swa"] == gates + states
+        held = min(length, window + sinks)
+        kv = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4
+        assert result["cache_bytes"]["swa"] == held * kv  # the paper's: no slot to spare, no gates
+        text = table.format_report(result)
+        assert f"{held:,} tokens a windowed layer" in text
+        assert "allocated:      full " in text and "S + W + 1 slots whatever L" in text

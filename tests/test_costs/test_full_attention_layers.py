@@ -101,7 +101,11 @@ def test_costs_cli_full_attention_layers_flag(qwen3b):
     out = _cli("--full_attention_layers=0,17", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    expected = table.report(qwen3b.replace(full_attention_layers=(0, 17)))
+    # qwen3b_gdn.py draws its windows: the CLI's default W and S, and it says so
+    assert result["window_source"] == "W and S: the defaults; the config fixes none"
+    expected = table.report(
+        qwen3b.replace(full_attention_layers=(0, 17)), window_source=result["window_source"]
+    )
     assert result == json.loads(json.dumps(expected))
     bad = _cli("--full_attention_layers=0,x")
     assert bad.returncode != 0 and "--full_attention_layers" in bad.stderr
