@@ -157,7 +157,28 @@ def run(
             raise
         # ml_collections applies `--config.a.b=value` while absl parses the command line, and
         # names a misspelt field there ("... Did you mean ...") under a traceback
-        fail(f"a --config override: {_plain(error)}")
+        fail(f"a --config override{_override_named(error)}: {_plain(error)}")
+    except OSError as error:
+        if started:
+            raise
+        # an override makes ml_collections load the file while parsing: a missing or unreadable
+        # one surfaces here, not in `config()`
+        missing = re.search(r"No such file or directory: '([^']+)'", str(error))
+        if missing:
+            fail(f"--config={missing[1]} does not exist: --config takes a config file "
+                 "(configs/<name>.py)")  # fmt: skip
+        fail(f"--config: {_plain(error)}")
+
+
+def _override_named(error: Exception) -> str:
+    """ " (--config.train.stepz=3)": the command-line override whose field the error names (""
+    when none does), since ml_collections names the last key alone."""
+    key = re.match(r"'?([A-Za-z_]\w*)", _plain(error))
+    if key is None:
+        return ""
+    names = [a for a in sys.argv[1:] if a.startswith("--config.")]
+    named = [a for a in names if a.split("=", 1)[0].endswith(f".{key[1]}")]
+    return f" ({named[0]})" if named else ""
 
 
 def _plain(error: Exception) -> str:

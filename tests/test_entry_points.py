@@ -207,8 +207,12 @@ USER_ERRORS = {
     "config directory (train)": (["ahn_jax.train", "--config=configs"], "--config=configs is a "
                                  "directory: --config takes a config file (configs/<name>.py)"),
     "misspelt override": (["ahn_jax.train", "--config=configs/tiny_gdn.py",
-                           "--config.train.stepz=3"], "a --config override: 'stepz' Did you mean "
-                          '"steps" instead of "stepz"?'),
+                           "--config.train.stepz=3"], "a --config override "
+                          "(--config.train.stepz=3): 'stepz' Did you mean \"steps\" instead of "
+                          '"stepz"?'),
+    "no config file, an override": (["ahn_jax.train", "--config=configs/nope.py",
+                                     "--config.train.steps=3"], "--config=configs/nope.py does "
+                                    "not exist: --config takes a config file (configs/<name>.py)"),
     "shakespeare with paths": (["ahn_jax.train", "--config=configs/tiny_gdn.py",
                                 "--config.data.paths=('a.jsonl',)"], "data.paths is not read with "
                                "data.format = 'shakespeare' (the plays come with a package): set "

@@ -103,7 +103,7 @@ class AhnModel(nnx.Module):
         if mode == "ahn" and self.config.ahn_type is None:
             raise ValueError(
                 "mode 'ahn' needs AHN weights: load with from_pretrained(..., ahn_type=...) or "
-                "ahn_path=..., or set memory.type in the config"
+                "ahn_path=..., or set ahn.type in the config"
             )
 
     def _check_mode(self, mode, window, sinks, batch):
