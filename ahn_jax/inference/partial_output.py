@@ -39,9 +39,11 @@ class PartialOutput:
             jsonl.write_whole(self.path, json.dumps({"settings": self.settings}) + "\n")
             return {}
         if records[0] != {"settings": self.settings}:
+            before = records[0].get("settings") if isinstance(records[0], dict) else None
             raise app.UsageError(
-                f"{self.path} holds the completions of a run with other settings (prompts, "
-                "model or flags): delete it to start over, or run that command again"
+                f"{self.path} holds the completions of a run with other settings "
+                f"({_changes(before, self.settings)}): delete it to start over, or run that "
+                "command again"
             )
         return {r["index"]: r["completion"] for r in records[1:]}
 
@@ -59,3 +61,23 @@ class PartialOutput:
         and remove the partial file."""
         jsonl.write_whole(self.out, "".join(line + "\n" for line in lines))
         self.path.unlink(missing_ok=True)  # a file of no prompts never started one
+
+
+def _changes(before, now: dict) -> str:
+    """ "max_new_tokens: 300 -> 20, ...": what differs between the recorded settings and these."""
+    if not isinstance(before, dict):
+        return "prompts, model or flags"
+    before, now = _flat(before), _flat(now)
+    keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    return ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """{"generation": {"max_new_tokens": 20}} -> {"generation.max_new_tokens": 20}."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

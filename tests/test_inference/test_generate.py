@@ -286,10 +286,13 @@ def test_an_interrupted_jsonl_run_resumes_after_its_finished_batches(tmp_path, m
     partial.finish(lines)
     assert (tmp_path / "out.jsonl").read_text() == "".join(x + "\n" for x in straight)
     assert not partial.path.exists()
-    other = json.dumps({"settings": {"run": 2}}) + "\n"
+    other = json.dumps({"settings": {"run": 2, "generation": {"top_k": 5, "seed": 0}}}) + "\n"
     partial.path.write_text(other + json.dumps({"index": 0, "completion": "x"}) + "\n")
-    with pytest.raises(app.UsageError, match="a run with other settings"):
-        PartialOutput(tmp_path / "out.jsonl", {"run": 1}).done()
+    # the error names what changed
+    message = r"other settings \(generation.top_k: 5 -> 20, run: 2 -> 1\)"
+    with pytest.raises(app.UsageError, match=message):
+        now = {"run": 1, "generation": {"top_k": 20, "seed": 0}}
+        PartialOutput(tmp_path / "out.jsonl", now).done()
     # one that holds no completion yet (a run that failed at once) is started over
     partial.path.write_text(other)
     assert PartialOutput(tmp_path / "out.jsonl", {"run": 1}).done() == {}
