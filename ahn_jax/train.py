@@ -3,6 +3,7 @@ with `train.objective = "pretrain"`, a base's pretraining); the loop is ahn_jax/
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from absl import app
@@ -32,6 +33,10 @@ def main(argv) -> None:
         cli.fail(e)
     except InterruptedTrainingError as e:
         print(e, file=sys.stderr)
+        # another signal during the interpreter's teardown (its atexit callbacks: the
+        # distributed runtime's shutdown) ends the process at once instead of raising there
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda number, frame: cli.exit_now(128 + number))
         sys.exit(128 + e.signum)  # the shell's convention for a process a signal ended
     what = "model" if run.train.objective == "pretrain" else "ahn"
     steps = f"{run.train.steps} step{'' if run.train.steps == 1 else 's'}"

@@ -33,8 +33,11 @@ class InterruptedTrainingError(RuntimeError):
 
     def __init__(self, step: int, signum: int):
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} after step {step}; its checkpoint is saved, and the "
-                         "same command resumes from it")  # fmt: skip
+        super().__init__(
+            f"stopped by {name} after step {step}; its checkpoint is saved, and the same command "
+            f"resumes from it (with --config.train.steps={step} added it exports that step's "
+            "weights without training on)"
+        )
         self.step, self.signum = step, signum
 
 
