@@ -82,6 +82,36 @@ def absent(path: str | Path) -> str:
     return "does not exist"
 
 
+def training_run_note(path: str | Path) -> str:
+    """ "" unless `path` is a training run of `ahn_jax.train`, its checkpoints folder or one
+    step's checkpoint (AHN weights with their optimizer state, which no tool reads as a model):
+    then where the run's exported weights are, or how to export a step's."""
+    path = Path(path)
+    steps = [path] if _is_train_step(path) else []
+    for folder in (path, path / "checkpoints"):
+        if not steps and folder.is_dir():
+            numbered = [p for p in folder.iterdir() if p.name.isdigit() and _is_train_step(p)]
+            steps = sorted(numbered, key=lambda p: int(p.name))
+    if not steps:
+        return ""
+    run, step = steps[-1].parent.parent, int(steps[-1].name)
+    exported = next((run / n for n in ("ahn", "model") if (run / n / "config.json").is_file()), 0)
+    if not exported:
+        where = (
+            f"the run exports its weights to {run}/ahn when it finishes; to export step "
+            f"{step}'s now, run its training command again with --config.train.steps={step}"
+        )
+    elif exported.name == "ahn":
+        where = f"its exported AHN weights are {exported}: --ahn {exported} with the base --model"
+    else:
+        where = f"its exported model is {exported}"
+    return f" (training checkpoints of ahn_jax.train, up to step {step}: {where})"
+
+
+def _is_train_step(path: Path) -> bool:
+    return (path / "trainable").is_dir() and (path / "meta").is_dir()
+
+
 def fail(error: Exception | str) -> NoReturn:
     """The tools' way out on a user's error: one line on stderr, exit status 2."""
     print(f"error: {error}", file=sys.stderr)

@@ -239,6 +239,30 @@ def test_only_a_path_that_looks_like_a_hub_id_gets_the_download_hint(tmp_path, m
     assert "huggingface-cli download Qwen/Qwen2.5-3B" in cli.absent("Qwen/Qwen2.5-3B")
 
 
+def test_a_training_run_given_as_a_model_says_where_its_weights_are(tmp_path):
+    """A run of ahn_jax.train, its checkpoints folder or one step's checkpoint given to generate
+    or convert (they read models, and said "no config.json" or advised converting an HF model)."""
+    from ahn_jax.checkpoints.converted import read_marker
+    from ahn_jax.checkpoints.hf_config import read_hf_config
+
+    run = tmp_path / "run"
+    for step in (6, 20):
+        for part in ("trainable", "meta", "opt_state"):
+            (run / "checkpoints" / str(step) / part).mkdir(parents=True)
+    step_20 = run / "checkpoints" / "20"
+    for given in (run, run / "checkpoints", step_20):
+        with pytest.raises(FileNotFoundError, match=r"up to step 20: .* --config.train.steps=20"):
+            read_hf_config(given)
+    with pytest.raises(FileNotFoundError, match="is not a converted checkpoint .* step 20"):
+        read_marker(step_20)
+    (run / "ahn").mkdir()
+    (run / "ahn" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=f"--ahn {run / 'ahn'} with the base --model"):
+        read_hf_config(step_20)
+    with pytest.raises(FileNotFoundError, match="write one with: python -m ahn_jax.convert"):
+        read_marker(tmp_path)  # no run: the general advice
+
+
 def test_from_pretrained_of_a_hub_id_says_nothing_is_downloaded():
     from ahn_jax import from_pretrained
 

@@ -25,6 +25,7 @@ import orbax.checkpoint.experimental.v1 as ocp
 from flax import traverse_util
 
 from ahn_jax.checkpoints.safetensors_io import CheckpointFormatError
+from ahn_jax.cli import training_run_note
 
 PARAMS_DIR = "params"
 MARKER_FILE = "ahn_jax_checkpoint.json"
@@ -81,6 +82,8 @@ def save_params(
 def read_marker(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MARKER_FILE
     if not path.is_file():
+        if note := training_run_note(directory):
+            raise FileNotFoundError(f"{directory} is not a converted checkpoint{note}")
         raise FileNotFoundError(
             f"{directory} is not an ahn_jax checkpoint (no {MARKER_FILE}); "
             "write one with: python -m ahn_jax.convert --hf_dir DIR --out CKPT"

@@ -10,7 +10,7 @@ from typing import Any
 
 from absl import logging
 
-from ahn_jax.cli import absent
+from ahn_jax.cli import absent, training_run_note
 from ahn_jax.config import ConfigError, ModelConfig
 from ahn_jax.config.model import YarnScaling
 
@@ -181,7 +181,7 @@ def read_hf_config(directory: str | Path) -> dict[str, Any]:
     if not Path(directory).exists():
         raise FileNotFoundError(f"{directory} {absent(directory)}")
     if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {directory}")
+        raise FileNotFoundError(f"no config.json in {directory}{training_run_note(directory)}")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
