@@ -19,6 +19,7 @@ The flags are read here; the work is done by ahn_jax/inference/generate.py's fun
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -105,7 +106,12 @@ def generation_settings(model_dir: str) -> generation_config.GenerationSettings:
         )
         settings.sampling()  # checks the combination (a temperature of 0 when sampling, ...)
     except ValueError as error:
-        raise app.UsageError(str(error)) from error
+        # the library's names as this tool's flags ("set do_sample false": --nodo_sample)
+        message = str(error).replace("set do_sample false", "give --nodo_sample")
+        for name in ("temperature", "top_k", "top_p", "repetition_penalty"):
+            if FLAGS[name].present:
+                message = re.sub(rf"^{name}\b", f"--{name}", message)
+        raise app.UsageError(message) from error
     return settings
 
 

@@ -210,6 +210,10 @@ USER_ERRORS = {
                            "--config.train.stepz=3"], "a --config override "
                           "(--config.train.stepz=3): 'stepz' Did you mean \"steps\" instead of "
                           '"stepz"?'),
+    "sampling at temperature 0": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--prompt=hi",
+                                   "--do_sample", "--temperature=0"], "--temperature must be > 0 "
+                                  "when sampling (do_sample), got 0.0; for greedy decoding give "
+                                  "--nodo_sample"),
     "no config file, an override": (["ahn_jax.train", "--config=configs/nope.py",
                                      "--config.train.steps=3"], "--config=configs/nope.py does "
                                     "not exist: --config takes a config file (configs/<name>.py)"),
