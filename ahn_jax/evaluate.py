@@ -200,6 +200,7 @@ def main(argv) -> None:
         # the eos ids of generation_config.json (else config.json's), as HF `generate` stops;
         # else the tokenizer's end tokens
         stops = read_generation_config(FLAGS.model).stop_ids(generate_lib.stop_ids(tokenizer))
+        _note_prompts_inside_the_window(settings, prompts)
         run_generation(model, tokenizer, prompts, settings, out, FLAGS.batch_size, stops,
                        chunk=FLAGS.chunk)  # fmt: skip
     # this command's samples only: a resumed --out may hold more (an earlier run without --limit)
@@ -224,6 +225,21 @@ def _announce(settings, recorded) -> None:
                  "--chat on applies the template)")  # fmt: skip
     print(f"{settings.task}: mode {settings.mode}, {attention}, chat template {chat}, "
           f"{settings.dtype}, decode {settings.decode}", file=sys.stderr)  # fmt: skip
+
+
+def _note_prompts_inside_the_window(settings, prompts) -> None:
+    """Tell (stderr) how many prompts, with their answers, fit in S + W: no token of theirs
+    leaves the window, so their outputs are full attention's (expected for a benchmark's short
+    samples; for all of them, the window chosen evicts nothing)."""
+    if settings.mode == "full" or settings.decode == "reference" or not prompts:
+        return  # the reference's decode drops cache index 128 at every step, evicted or not
+    held = settings.sinks + settings.window
+    inside = sum(len(p.ids) + p.max_new - 1 <= held for p in prompts)  # the last token unread
+    if inside:
+        memory = "the AHN memory" if settings.mode == "ahn" else "the window"
+        print(f"note: {inside} of {len(prompts)} prompts fit in S + W = {held} with their "
+              f"answers: {memory} changes nothing for them (full attention's outputs)",
+              file=sys.stderr)  # fmt: skip
 
 
 def _prompts(tokenizer, settings, files):

@@ -233,6 +233,7 @@ def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
     assert first.returncode == 0, first.stderr
     assert "hotpotqa.jsonl:3: invalid JSON" in first.stderr
     assert "chat template on" in first.stderr
+    assert "prompts fit in S + W" not in first.stderr  # all longer than S + W = 18
     records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in records) == ["hotpotqa:1", "hotpotqa:2", "triviaqa:1"]
     by_id = {r["id"]: r for r in records}
@@ -255,6 +256,10 @@ def test_cli_scores_longbench_files_resumes_and_guards_settings(tmp_path):
         f"error: {out} holds a run with other settings (window: 16 -> 32)"
     )
     assert "  --" not in changed.stderr  # no flag help under the message
+    wide = [*command[:-1], "--window=200", f"--out={tmp_path / 'wide'}", "--limit=2"]
+    wide = subprocess.run(wide, capture_output=True, text=True, cwd=ROOT)
+    assert wide.returncode == 0, wide.stderr
+    assert "note: 2 of 2 prompts fit in S + W = 202 with their answers" in wide.stderr
     # other data under the same file name (ids "hotpotqa:1", ...) does not take these results
     other = tmp_path / "other"
     other.mkdir()
