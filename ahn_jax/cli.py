@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import json
 import os
 import re
 import sys
@@ -84,32 +85,49 @@ def absent(path: str | Path) -> str:
 
 def training_run_note(path: str | Path) -> str:
     """ "" unless `path` is a training run of `ahn_jax.train`, its checkpoints folder or one
-    step's checkpoint (AHN weights with their optimizer state, which no tool reads as a model):
-    then where the run's exported weights are, or how to export a step's."""
+    step's checkpoint (trained weights with their optimizer state, which no tool reads as a
+    model): then where the run's exported weights are, or how to export them. A rerun resumes
+    from the run's latest step whichever step was given, so that is the step it names."""
     path = Path(path)
-    steps = [path] if _is_train_step(path) else []
-    for folder in (path, path / "checkpoints"):
-        if not steps and folder.is_dir():
-            numbered = [p for p in folder.iterdir() if p.name.isdigit() and _is_train_step(p)]
-            steps = sorted(numbered, key=lambda p: int(p.name))
+    run = path.parent.parent if _is_train_step(path) else path
+    if not (run / "checkpoints").is_dir() and _train_steps(run):  # the checkpoints folder
+        run = run.parent
+    steps = _train_steps(run / "checkpoints")
     if not steps:
         return ""
-    run, step = steps[-1].parent.parent, int(steps[-1].name)
-    exported = next((run / n for n in ("ahn", "model") if (run / n / "config.json").is_file()), 0)
-    if not exported:
+    latest = steps[-1]
+    what = "model" if _objective(run / "checkpoints" / str(latest)) == "pretrain" else "ahn"
+    exported = run / what
+    if not (exported / "config.json").is_file():
         where = (
-            f"the run exports its weights to {run}/ahn when it finishes; to export step "
-            f"{step}'s now, run its training command again with --config.train.steps={step}"
+            f"the run writes its weights to {exported} when it finishes; to export them at its "
+            f"latest step, {latest}, run its training command again with "
+            f"--config.train.steps={latest}"
         )
-    elif exported.name == "ahn":
+    elif what == "ahn":
         where = f"its exported AHN weights are {exported}: --ahn {exported} with the base --model"
     else:
         where = f"its exported model is {exported}"
-    return f" (training checkpoints of ahn_jax.train, up to step {step}: {where})"
+    return f" (training checkpoints of ahn_jax.train, up to step {latest}: {where})"
+
+
+def _train_steps(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and _is_train_step(p))
 
 
 def _is_train_step(path: Path) -> bool:
     return (path / "trainable").is_dir() and (path / "meta").is_dir()
+
+
+def _objective(step: Path) -> str | None:
+    """The saved config's train.objective (training/checkpointing.py writes it as `meta`)."""
+    try:
+        meta = json.loads((step / "meta" / "metadata").read_text())
+        return meta["config"]["train"]["objective"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def fail(error: Exception | str) -> NoReturn:
@@ -194,7 +212,8 @@ def run(
         # an override makes ml_collections load the file while parsing: a missing or unreadable
         # one surfaces here, not in `config()`
         missing = re.search(r"No such file or directory: '([^']+)'", str(error))
-        if missing:
+        given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")]
+        if missing and missing[1] in given:  # not a file the config itself opens
             fail(f"--config={missing[1]} does not exist: --config takes a config file "
                  "(configs/<name>.py)")  # fmt: skip
         fail(f"--config: {_plain(error)}")

@@ -108,6 +108,8 @@ def generation_settings(model_dir: str) -> generation_config.GenerationSettings:
     except ValueError as error:
         # the library's names as this tool's flags ("set do_sample false": --nodo_sample)
         message = str(error).replace("set do_sample false", "give --nodo_sample")
+        if FLAGS["do_sample"].present:
+            message = message.replace("(do_sample)", "(--do_sample)")
         for name in ("temperature", "top_k", "top_p", "repetition_penalty"):
             if FLAGS[name].present:
                 message = re.sub(rf"^{name}\b", f"--{name}", message)

@@ -212,7 +212,7 @@ USER_ERRORS = {
                           '"stepz"?'),
     "sampling at temperature 0": (["ahn_jax.generate", f"--model={DEMO_BASE}", "--prompt=hi",
                                    "--do_sample", "--temperature=0"], "--temperature must be > 0 "
-                                  "when sampling (do_sample), got 0.0; for greedy decoding give "
+                                  "when sampling (--do_sample), got 0.0; for greedy decoding give "
                                   "--nodo_sample"),
     "no config file, an override": (["ahn_jax.train", "--config=configs/nope.py",
                                      "--config.train.steps=3"], "--config=configs/nope.py does "
@@ -249,20 +249,32 @@ def test_a_training_run_given_as_a_model_says_where_its_weights_are(tmp_path):
     from ahn_jax.checkpoints.converted import read_marker
     from ahn_jax.checkpoints.hf_config import read_hf_config
 
+    def steps(run, objective):
+        for step in (6, 20):
+            for part in ("trainable", "meta", "opt_state"):
+                (run / "checkpoints" / str(step) / part).mkdir(parents=True)
+            meta = {"step": step, "config": {"train": {"objective": objective}}}
+            (run / "checkpoints" / str(step) / "meta" / "metadata").write_text(json.dumps(meta))
+        return run / "checkpoints"
+
     run = tmp_path / "run"
-    for step in (6, 20):
-        for part in ("trainable", "meta", "opt_state"):
-            (run / "checkpoints" / str(step) / part).mkdir(parents=True)
-    step_20 = run / "checkpoints" / "20"
-    for given in (run, run / "checkpoints", step_20):
-        with pytest.raises(FileNotFoundError, match=r"up to step 20: .* --config.train.steps=20"):
+    checkpoints = steps(run, "distill")
+    # a rerun resumes from the latest step, whichever one was given
+    for given in (run, checkpoints, checkpoints / "20", checkpoints / "6"):
+        with pytest.raises(FileNotFoundError, match=rf"writes its weights to {run / 'ahn'} .*"
+                           r"latest step, 20, .* --config.train.steps=20\)"):  # fmt: skip
             read_hf_config(given)
     with pytest.raises(FileNotFoundError, match="is not a converted checkpoint .* step 20"):
-        read_marker(step_20)
+        read_marker(checkpoints / "20")
     (run / "ahn").mkdir()
     (run / "ahn" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=f"--ahn {run / 'ahn'} with the base --model"):
-        read_hf_config(step_20)
+        read_hf_config(checkpoints / "6")
+    pretraining = steps(tmp_path / "base", "pretrain")
+    with pytest.raises(
+        FileNotFoundError, match=f"writes its weights to {tmp_path / 'base' / 'model'}"
+    ):
+        read_hf_config(pretraining)
     with pytest.raises(FileNotFoundError, match="write one with: python -m ahn_jax.convert"):
         read_marker(tmp_path)  # no run: the general advice
 

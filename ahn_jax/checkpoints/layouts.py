@@ -114,6 +114,9 @@ def split(
             f"--out and --ahn_out name one directory ({base_out}): the base and the AHN weights "
             "need two"
         )
+    for outer, inner in ((base_out, ahn_out), (ahn_out, base_out)):
+        if outer.resolve() in inner.resolve().parents:  # one would not be a checkpoint alone
+            raise ConfigError(f"--out and --ahn_out must not nest: {inner} lies inside {outer}")
     hf = read_hf_config(merged_dir)
     if hf.get("_ahn_implementation") is None:
         raise ConfigError(

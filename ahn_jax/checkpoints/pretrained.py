@@ -306,10 +306,22 @@ def save_model(model: AhnModel, directory: str | Path, *, side_files_from=None) 
             "ahn_type": config.ahn_type,
             "full_attention_layers": list(config.full_attention_layers),
         }
+    hf_config = to_hf_config(config)
+    record = model.ahn_record
+    if config.ahn_type is not None and record is not None:
+        # as a merged directory's config.json: what the loaded AHN weights record comes back
+        # with them (ahn_record, so that save_ahn still writes it)
+        hf_config = ahn_weights.ahn_hf_config(
+            config,
+            window=record.window if record.window is not None else ahn_weights.DEFAULT_WINDOW,
+            sinks=record.sinks if record.sinks is not None else ahn_weights.DEFAULT_SINKS,
+            loss=record.loss,
+            window_sampling=record.window_sampling,
+        ) | {"save_ahn_only": False}
     converted.save_params(
         directory,
         ((path, np.asarray(value)) for path, value in flat.items()),
-        hf_config=to_hf_config(config),
+        hf_config=hf_config,
         param_dtype=config.param_dtype,
         side_files_from=side_files_from,
         ahn=ahn_settings,

@@ -6,6 +6,9 @@ filesystem, so an interrupted run (Ctrl-C, an exception, SIGKILL, a full disk) n
 half-written output that a rerun refuses as "not empty" or, worse, that a reader takes for a
 checkpoint. An exception or KeyboardInterrupt removes the sibling; one a killed process left is
 removed by the next run on the same host (its pid no longer runs), and never blocks it meanwhile.
+An output directory that already exists (empty; `--out .`) is kept: the staging directory is made
+inside it and its entries moved out one by one at the end, config.json and the marker last, so an
+interruption there leaves a directory that reads as unfinished.
 """
 
 from __future__ import annotations
@@ -83,12 +86,11 @@ def _remove_stale(out: Path) -> None:
 
 
 def _staging_dir(out: Path) -> Path:
-    """A sibling of `out`; inside `out` when it is an existing directory on another filesystem
-    than its parent (a mounted volume given as --out: a sibling would be written on the wrong disk
-    and could not be renamed onto a mount point) or in a parent we may not write to."""
-    if out.is_dir() and (
-        out.stat().st_dev != out.parent.stat().st_dev or not os.access(out.parent, os.W_OK)
-    ):
+    """A sibling of `out`, renamed onto it at the end; inside `out` when that is an existing
+    (empty) directory, whose entries then move in one by one: renaming a sibling onto it would
+    replace the directory itself (`--out .` would leave the shell in a deleted directory, a
+    mount point could not be renamed onto, and its mode, owner and ACLs would be lost)."""
+    if out.is_dir():
         return out / _tag()
     return out.parent / f".{out.name}{_tag()}"
 

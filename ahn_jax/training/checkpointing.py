@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from ahn_jax.checkpoints import ahn_weights
 from ahn_jax.checkpoints.pretrained import save_model
 from ahn_jax.config import ConfigError, TrainConfig
+from ahn_jax.costs.table import training_window
 from ahn_jax.training.optimizer import rate_change_on_resume
 
 if TYPE_CHECKING:  # the run imports this module to restore its latest checkpoint
@@ -102,11 +103,12 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
 
 
 def export_attention(t: TrainConfig) -> tuple[int, int]:
-    """The inference W and S the AHN export's config.json records: the one pair a "fixed" run
-    trained on; else the evaluation defaults (docs/method.md §Inference), TrainConfig having no
+    """The inference W and S the AHN export's config.json records: the one pair the run trained
+    on ("fixed", or one W + S and one S choice: `costs.table.training_window`, which `costs`
+    reads too); else the evaluation defaults (docs/method.md §Inference), TrainConfig having no
     such field (the file's `sliding_window_type` says the windows were drawn)."""
-    if t.window_sampling == "fixed":
-        return t.window, t.sinks
+    if trained_on := training_window(t):
+        return trained_on[0], trained_on[1]
     return ahn_weights.DEFAULT_WINDOW, ahn_weights.DEFAULT_SINKS
 
 

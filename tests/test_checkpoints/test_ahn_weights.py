@@ -110,6 +110,11 @@ def test_saving_loaded_weights_again_keeps_what_their_config_records(hf_dir, tmp
         assert again["hf"]["loss_type"] == ["kl", "ce"], source
         flagged = loaded.save_ahn(tmp_path / f"flags-{source}", window=16, sinks=0)
         assert ahn_weights.read_ahn_settings(flagged)["window"] == 16
+    # through an Orbax checkpoint of the loaded model, and its export back to HF
+    save_model(from_pretrained(merged), tmp_path / "ckpt")
+    reloaded = from_pretrained(tmp_path / "ckpt")
+    assert reloaded.ahn_record == ahn_weights.AhnRecord(48, 3, "random", "kl+ce")
+    _assert_same_ahn(reloaded, model)
     fresh = ahn_weights.read_ahn_settings(model.save_ahn(tmp_path / "fresh"))
     assert (fresh["window"], fresh["sinks"]) == (ahn_weights.DEFAULT_WINDOW, 128)
     # a merged directory loaded with fresh weights of another type records nothing of its own

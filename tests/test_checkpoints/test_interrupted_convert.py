@@ -163,21 +163,32 @@ def test_split_publishes_both_directories_or_neither(dirs, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_existing_directory_whose_parent_is_no_place_to_stage(dirs, tmp_path, monkeypatch):
-    """A mounted volume (or a directory in a read-only parent) given as --out: staged inside it,
-    and left as it was, empty, when interrupted."""
-    monkeypatch.setattr(staging.os, "access", lambda path, mode: False)
-    (tmp_path / "volume").mkdir()
+def test_an_existing_directory_is_written_into_and_kept(dirs, tmp_path, monkeypatch):
+    """An existing empty --out (`.`, a mounted volume, a shared folder with its own mode) is the
+    directory the files land in, not replaced by a renamed sibling (which left `--out .` a
+    deleted directory and dropped the mode); interrupted, it is left as it was, empty."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    volume.chmod(0o2770)
+    before = volume.stat()
+    monkeypatch.chdir(volume)
     argv = ["--merge", "--hf_dir", dirs / "base", "--ahn_dir", dirs / "ahn", *SMALL_SHARDS]
-    argv += ["--out", tmp_path / "volume"]
+    argv += ["--out", "."]
     real = safetensors_io._write_file
     _interrupt_writer(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _run(argv)
-    assert list(tmp_path.iterdir()) == [tmp_path / "volume"]
-    assert list((tmp_path / "volume").iterdir()) == []
+    assert list(tmp_path.iterdir()) == [volume] and list(volume.iterdir()) == []
     monkeypatch.setattr(safetensors_io, "_write_file", real)
     assert _run(argv) == 0
-    written = _files(tmp_path / "volume")
+    written = _files(volume)
     assert "config.json" in written and safetensors_io.INDEX_FILE in written
-    assert list(tmp_path.iterdir()) == [tmp_path / "volume"]
+    assert list(tmp_path.iterdir()) == [volume]
+    after = volume.stat()
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+
+
+def test_split_refuses_one_output_inside_the_other(dirs, tmp_path):
+    argv = ["--split", "--hf_dir", dirs / "merged", "--out", tmp_path / "n"]
+    assert _run([*argv, "--ahn_out", tmp_path / "n" / "ahn"]) == 2
+    assert list(tmp_path.iterdir()) == []

@@ -236,6 +236,11 @@ def test_training_window_reads_fixed_and_single_choice_configs_only():
     assert window(window_choices=(64, 128), sink_choices=(4,)) is None
     assert window(window_sampling="linear") is None
     assert window(objective="pretrain", window_sampling="fixed", window=32, sinks=4) is None
+    # the training export's config.json records the same pair (costs and generate agree)
+    from ahn_jax.training.checkpointing import export_attention
+
+    assert export_attention(TrainConfig(window_choices=(64,), sink_choices=(4,))) == (60, 4)
+    assert export_attention(TrainConfig(window_choices=(64, 128))) == (32640, 128)
 
 
 def test_allocated_cache_is_what_init_cache_allocates_whatever_the_length():
