@@ -41,8 +41,26 @@ from flax import struct
 
 from ahn_jax.config import MODES
 from ahn_jax.model import inputs
+from ahn_jax.model.sharding import constrain
 
 DECODES = ("exact", "reference")
+
+
+# Each cache array's logical axes (model/sharding.py's rules place them on a mesh): k, v and state
+# one array per layer, the gates one for all; rows split over the mesh like a batch
+CACHE_AXES = {
+    "k": ("batch", "kv_heads", "head_dim", "length"),
+    "v": ("batch", "length", "kv_heads", "head_dim"),
+    # all layers' gates side by side, padded (gate_width): a tensor split of that row cuts heads
+    # apart unless it happens to line up (Qwen2.5-7B, tensor=8: 131 collectives a step against
+    # 29 replicated), and a step exchanges only the new rows [B, P, G] to keep it whole
+    "gates": ("batch", "length", None),
+    "state": ("batch", "heads", "head_dim", None),
+    "slot_pos": ("batch", "length"),
+    "length": ("batch",),
+}
+CACHE_AXES |= {"full_k": CACHE_AXES["k"], "full_v": CACHE_AXES["v"],
+               "full_slot_pos": CACHE_AXES["slot_pos"]}  # fmt: skip
 
 
 def check_decode(decode: str, mode: str) -> None:
@@ -155,12 +173,15 @@ class DecodeCache:
 
 def write_slots(arrays: dict, new: dict, slot_BP) -> dict:
     """One layer's arrays (`DecodeCache.window_layer`) with the new tokens' k, v [B, P, K, H]
-    (`new`) written to their slots `slot_BP` (a slot of C drops the item)."""
-    return {
-        **arrays,
+    (`new`) written to their slots `slot_BP` (a slot of C drops the item), where the cache lies
+    on a mesh: with K/V heads replicated over a tensor axis (fewer than its size), XLA otherwise
+    wrote each chip's head slice and all-gathered the layer's whole cache back every step
+    (Qwen2.5-3B, fsdp=2 x tensor=4: 72 cache copies a step; docs/benchmarks.md)."""
+    written = {
         "k": _scatter_slots(arrays["k"], new["k"], slot_BP, slots_last=True),
         "v": _scatter_slots(arrays["v"], new["v"], slot_BP),
     }
+    return {**arrays, **{name: constrain(x, CACHE_AXES[name]) for name, x in written.items()}}
 
 
 def _scatter_slots(cached, items, slot_BP, slots_last=False):

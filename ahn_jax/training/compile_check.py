@@ -33,7 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ahn_jax.config import KERNELS, ConfigError, TrainConfig, validate_config
 from ahn_jax.model import kernel_choice
-from ahn_jax.model.cache import DecodeCache
+from ahn_jax.model.cache import CACHE_AXES, DecodeCache
 from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.sharding import MeshError, make_mesh, partition_spec, state_shardings
 from ahn_jax.model.transformer import abstract_model, decode_step
@@ -219,36 +219,19 @@ def _with_kernels(model_config, kernels: str):
     return model_config.replace(kernels=kernels)
 
 
-# Each cache array's logical axes (ahn_jax/model/cache.py: k, v and state one array per layer,
-# the gates one for all): rows split over the mesh like a batch
-_CACHE_AXES = {
-    "k": ("batch", "kv_heads", "head_dim", "length"),
-    "v": ("batch", "length", "kv_heads", "head_dim"),
-    # all layers' gates side by side, padded (cache.gate_width): a tensor split of that row cuts
-    # heads apart unless it happens to line up (Qwen2.5-7B, tensor=8: 131 collectives a step
-    # against 29 replicated), and a step exchanges only the new rows [B, P, G] to keep it whole
-    "gates": ("batch", "length", None),
-    "state": ("batch", "heads", "head_dim", None),
-    "slot_pos": ("batch", "length"),
-    "length": ("batch",),
-}
-_CACHE_AXES |= {"full_k": _CACHE_AXES["k"], "full_v": _CACHE_AXES["v"],
-                "full_slot_pos": _CACHE_AXES["slot_pos"]}  # fmt: skip
-
-
 def _abstract_cache(model, mesh, batch_size, window, sinks, max_length) -> DecodeCache:
     cache = jax.eval_shape(
         lambda: model.init_cache(batch_size, window=window, sinks=sinks, max_length=max_length)
     )
 
     def place(name, x):
-        spec = partition_spec(_CACHE_AXES[name], x.shape, mesh)
+        spec = partition_spec(CACHE_AXES[name], x.shape, mesh)
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec))
 
     fields = {
         name: jax.tree.map(lambda x, name=name: place(name, x), value)
         for name, value in vars(cache).items()
-        if name in _CACHE_AXES
+        if name in CACHE_AXES
     }
     return cache.replace(**fields)
 
@@ -342,6 +325,7 @@ def format_report(report: dict) -> str:
     lines.append(f"  Pallas kernel calls    {report['pallas_calls']}")
     if "cache_copies" in report:  # 0: the donated cache is updated in place
         lines.append(f"  cache buffer copies    {report['cache_copies']}")
+        lines.append(f"  cache buffer gathers   {report['cache_gathers']}")
     partial = "(cost analysis: a scanned layer once, inside Pallas calls nothing)"
     lines.append(f"  XLA FLOPs per chip     {report['flops_per_chip']:.3e} {partial}")
     lines.append(f"  XLA bytes per chip     {report['bytes_accessed_per_chip']:.3e}")

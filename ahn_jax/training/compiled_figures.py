@@ -49,11 +49,18 @@ def cache_copies(cache_shapes, compiled) -> dict:
     program's own `copy` instructions whose shape is that of a cache array on one device
     (`cache_shapes`, dimensions in any order, as a relayout or transpose may put them). A relayout
     inside a fusion streams through on-chip memory, and moves between memory spaces are
-    `copy-start`s: neither counts. 0 when XLA updates the donated cache where it lies."""
+    `copy-start`s: neither counts. 0 when XLA updates the donated cache where it lies. Also how
+    many `all-gather`s produce an array of such a shape (`cache_gathers`)."""
     # the per-row arrays (k, v, gates, state, slot positions), not the lengths [B]
     wanted = {tuple(sorted(shape)) for shape in cache_shapes if len(shape) > 1 and math.prod(shape)}
     text = compiled.as_text()
     program = text[text.index("\nENTRY ") :]  # the computation the step runs, not fused bodies
-    copies = re.findall(r"= \w+\[([\d,]*)\]\S* copy\(", program)
-    shapes = [tuple(sorted(int(d) for d in dims.split(","))) for dims in copies if dims]
-    return {"cache_copies": sum(shape in wanted for shape in shapes)}
+
+    def count(op):
+        found = re.findall(rf"= \w+\[([\d,]*)\]\S* {op}\(", program)
+        shapes = [tuple(sorted(int(d) for d in dims.split(","))) for dims in found if dims]
+        return sum(shape in wanted for shape in shapes)
+
+    # gathers: a cache array rebuilt on each chip from pieces other chips hold (a write done
+    # split over a mesh axis the cache is not split over)
+    return {"cache_copies": count("copy"), "cache_gathers": count("all-gather")}

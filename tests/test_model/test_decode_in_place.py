@@ -24,4 +24,4 @@ def test_decode_step_copies_no_cache_array(batch, mode):
     step = jax.jit(functools.partial(decode_step, graphdef), donate_argnums=(2,))
     compiled = step.lower(state, jnp.zeros((batch,), jnp.int32), cache).compile()
     shapes = [x.shape for x in jax.tree.leaves(cache)]
-    assert compiled_figures.cache_copies(shapes, compiled) == {"cache_copies": 0}
+    assert compiled_figures.cache_copies(shapes, compiled)["cache_copies"] == 0
