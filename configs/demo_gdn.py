@@ -13,7 +13,7 @@ needs the memory. `--config.ahn.type=dn` or `mamba2` (and another output_dir) tr
 1200 steps (~5 min on 2 CPU cores): at 400 the KL was still falling and the AHNs recovered under
 a third of what they do at 1200. Peak learning rate 6e-3: at 3e-3 Mamba2 recovered 44% of full
 attention's recall margin on the 30,000-step base, at 6e-3 64% (DN 68 -> 76%, GDN 78% both); on
-the committed base at 6e-3 GDN 73%, DN 72%, Mamba2 64% (docs/results.md)."""
+the committed base at 6e-3 GDN 73%, DN 72%, Mamba2 63% (docs/results.md)."""
 
 from ahn_jax.config import make_config
 from configs.tiny_base import DATA, MODEL
