@@ -3,7 +3,10 @@
 # logs, delete. See launch/README.md.
 #
 #   NAME=ahn-v5p ZONE=us-east5-a ACCELERATOR=v5p-8 CONFIG=configs/qwen3b_gdn.py BUCKET=my-bucket \
-#   OUTPUT_DIR=/gcs/my-bucket/runs/qwen3b_gdn launch/tpu_vm_pod.sh all
+#   OUTPUT_DIR=/gcs/my-bucket/runs/qwen3b_gdn \
+#   EXTRA_FLAGS="--config.train.mesh=fsdp=4 --config.train.base_checkpoint=/gcs/my-bucket/qwen2.5-3b \
+#   --config.data.paths=/gcs/my-bucket/data/chat.jsonl" \
+#   launch/tpu_vm_pod.sh all
 #
 # Steps: create | copy | setup | mount | run | stop | logs | delete | all (create copy setup mount
 # run).
@@ -65,7 +68,9 @@ setup() {
 }
 
 mount() {
-  # gcsfuse from Google's apt repository, BUCKET mounted at /gcs/BUCKET (not run without BUCKET)
+  # gcsfuse from Google's apt repository, BUCKET mounted at /gcs/BUCKET (not run without BUCKET);
+  # directory renames allowed (a flat bucket refuses them by default): the training export and
+  # `convert` publish a finished directory by renaming it
   [[ -n "$BUCKET" ]] || { echo "mount: BUCKET is not set, nothing to mount" >&2; return 0; }
   tpu ssh "$NAME" --worker=all --command="curl -fsSL \
 https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc \
@@ -74,7 +79,7 @@ https://packages.cloud.google.com/apt gcsfuse-'\$(lsb_release -c -s)' main' \
 | sudo tee /etc/apt/sources.list.d/gcsfuse.list && sudo apt-get update -q \
 && sudo apt-get install -y -q gcsfuse && sudo mkdir -p /gcs/$BUCKET \
 && sudo chown \$USER /gcs/$BUCKET && (mountpoint -q /gcs/$BUCKET \
-|| gcsfuse --implicit-dirs $BUCKET /gcs/$BUCKET)"
+|| gcsfuse --implicit-dirs --rename-dir-limit=200000 $BUCKET /gcs/$BUCKET)"
 }
 
 train_command() {
@@ -94,8 +99,11 @@ start() {
 stop() {
   # every worker's run, e.g. before `run` again when some workers' processes died: the survivors
   # would wait for peers that a new `run` cannot give them
-  tpu ssh "$NAME" --worker=all --command="kill \$(cat ~/train.pid 2> /dev/null) 2> /dev/null; \
-rm -f ~/train.pid; true"
+  # the run saves the step in flight before it exits: the pid file goes once it has, so that a
+  # `run` right after cannot start a second process beside it
+  tpu ssh "$NAME" --worker=all --command="pid=\$(cat ~/train.pid 2> /dev/null); \
+if [ -n \"\$pid\" ] && kill \$pid 2> /dev/null; then \
+while kill -0 \$pid 2> /dev/null; do sleep 2; done; fi; rm -f ~/train.pid; true"
 }
 
 logs() {

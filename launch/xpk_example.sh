@@ -3,7 +3,9 @@
 # top of BASE_IMAGE, runs it on every host of the slice(s) as a JobSet, and restarts it on failure;
 # the run resumes from its latest checkpoint in OUTPUT_DIR, which must be on storage attached to
 # the cluster: without it each restart writes into its container's own, discarded filesystem.
-# Attach a bucket once (xpk's storage docs), then name it in STORAGE:
+# Attach a bucket once (xpk's storage docs; give its gcsfuse mount the option
+# rename-dir-limit=200000, as launch/tpu_vm_pod.sh mounts it: the training export is published by
+# renaming its directory, which a flat bucket refuses by default), then name it in STORAGE:
 #
 #   xpk storage attach ahn-bucket --cluster=my-cluster --zone=... --type=gcsfuse --bucket=my-bucket \
 #       --mount-point=/gcs/my-bucket --readonly=false --size=1 --auto-mount=false

@@ -4,6 +4,7 @@ step and the config) and the exports written at the end of a run."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,7 @@ def restore_latest(run: Run) -> None:
     saved = run.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     run.changed_settings = changed_settings(saved.meta["config"], _as_json(run.config))
     run.rate_change = rate_change_on_resume(saved.meta["config"].get("train", {}), run.train, step)
+    _check_process_count(run.manager.directory / str(step) / "data", step)
     try:
         restored = run.manager.restore(
             step,
@@ -77,6 +79,20 @@ def restore_latest(run: Run) -> None:
     run.trainable, run.opt_state = restored.trainable, restored.opt_state
     run.start_step = step
     logging.info("resumed from %s at step %d", run.manager.directory, step)
+
+
+def _check_process_count(data_dir: Path, step: int) -> None:
+    """The data iterators' positions are saved one file per process (`process_<i>-of-<n>.json`):
+    a run on another number of hosts cannot take them up (grain names a missing file)."""
+    saved = {m[1] for f in data_dir.glob("process_*-of-*.json")
+             if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f.name))}  # fmt: skip
+    if saved and saved != {str(jax.process_count())}:
+        raise ConfigError(
+            f"the checkpoint of step {step} in {data_dir.parent.parent} was written by "
+            f"{', '.join(sorted(saved))} processes and this run has {jax.process_count()}: each "
+            "process's position in the data is saved on its own, so the run resumes on as many "
+            "hosts as it was saved from (the weights and optimizer state fit any mesh)"
+        )
 
 
 def _as_json(config) -> dict:

@@ -226,7 +226,14 @@ def setup(config: ConfigDict) -> Run:
     manager = ocp.CheckpointManager(
         output_dir / "checkpoints",
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=t.keep_checkpoints, enable_async_checkpointing=True
+            max_to_keep=t.keep_checkpoints,
+            enable_async_checkpointing=True,
+            # a step is final once its commit file is written, not by renaming its directory:
+            # gcsfuse (the pods' shared OUTPUT_DIR) refuses directory renames on a flat bucket
+            # unless mounted with --rename-dir-limit, and then copies every file
+            atomicity_options=ocp.options.AtomicityOptions(
+                mode=ocp.options.AtomicityMode.COMMIT_FILE
+            ),
         ),
     )
     run = Run(config, model_config, t, d, graphdef, trainable, frozen, opt_state, tx, schedule,

@@ -288,6 +288,39 @@ def test_resuming_with_another_ahn_type_stops_naming_the_setting(tmp_path, singl
         run_lib.setup(make_config(MODEL, ahn_type="dn", train=train, data=DATA))
 
 
+def test_resuming_on_another_number_of_hosts_says_why_it_cannot(tmp_path, single_device_run):
+    """Each process's data position is its own file: a slice that comes back with another host
+    count cannot take them up (grain said only that a file does not exist)."""
+    shutil.copytree(single_device_run[0] / "run", tmp_path / "run")
+    data = tmp_path / "run" / "checkpoints" / "5" / "data"
+    (data / "process_0-of-1.json").rename(data / "process_0-of-2.json")
+    (data / "process_1-of-2.json").write_text("{}")
+    message = r"written by 2 processes and this run has 1: .* as many hosts as it was saved from"
+    with pytest.raises(ConfigError, match=message):
+        run_lib.setup(tiny(tmp_path, **OBSERVED))
+
+
+def test_checkpoints_are_saved_without_renaming_a_directory(tmp_path, monkeypatch):
+    """gcsfuse, a pod's shared OUTPUT_DIR, refuses directory renames on a flat bucket unless
+    mounted with --rename-dir-limit: Orbax's default finished each save by one (and the run died
+    with no checkpoint); it now writes a commit file instead."""
+    from ahn_jax.training import checkpointing
+
+    real = os.rename
+
+    def rename(source, target, *args, **kwargs):
+        if os.path.isdir(source):
+            raise OSError(38, "Function not implemented", str(source))
+        return real(source, target, *args, **kwargs)
+
+    run = run_lib.setup(tiny(tmp_path))
+    monkeypatch.setattr(os, "rename", rename)
+    checkpointing.save(run, 1)
+    run.manager.wait_until_finished()
+    assert run.manager.latest_step() == 1
+    assert (tmp_path / "run" / "checkpoints" / "1" / "trainable").is_dir()
+
+
 def test_a_base_checkpoint_must_have_the_config_s_shapes():
     """A config whose model section is not the base checkpoint's stops, naming each differing
     shape; settings its config.json decides (RoPE theta, norm eps) are taken from it."""
