@@ -56,14 +56,18 @@ def test_pod_script_mounts_the_bucket_and_starts_one_run_per_worker():
     remote = [next(a for a in c if a.startswith("--command=")) for c in commands if "ssh" in c]
     setup, mount, train = remote[1:]
     assert "python3.11 -m venv ~/venv" in setup and "~/venv/bin/pip install" in setup
-    assert "gcsfuse --implicit-dirs my-bucket /gcs/my-bucket" in mount
+    # directory renames allowed: the export and convert publish a finished directory by renaming
+    assert "gcsfuse --implicit-dirs --rename-dir-limit=200000 my-bucket /gcs/my-bucket" in mount
     # a worker still training keeps its run; the log is appended to
     assert train.startswith("--command=if kill -0 $(cat ~/train.pid")
     assert "~/venv/bin/python -m ahn_jax.train" in train and ">> ~/train.log" in train
     without = [c for c in dry_run("all", ACCELERATOR="v5p-32") if "ssh" in c]
     assert len(without) == 3  # no BUCKET: nothing to mount
     (stop,) = dry_run("stop")
-    assert "--worker=all" in stop and "--command=kill $(cat ~/train.pid" in " ".join(stop)
+    # the pid file goes once the run has saved and exited: a `run` right after starts no twin
+    stop = " ".join(stop)
+    assert "--worker=all" in stop and "kill $pid" in stop
+    assert stop.index("while kill -0 $pid") < stop.index("rm -f ~/train.pid")
 
 
 def test_several_processes_need_rows_every_process_and_mesh_shard_can_hold():
