@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -53,7 +54,19 @@ def make_mesh(axis_sizes: Mapping[str, int], devices: Sequence[jax.Device] | Non
             f"({devices[0].platform}); make the product of the mesh axes equal the device count"
         )
     shape = tuple(int(s) for s in axis_sizes.values())
-    return Mesh(np.array(devices).reshape(shape), tuple(axis_sizes))
+    return Mesh(_device_grid(shape, devices), tuple(axis_sizes))
+
+
+def _device_grid(shape: tuple[int, ...], devices: list[jax.Device]) -> np.ndarray:
+    """The devices arranged in `shape`: on TPUs along the chips' physical torus (jax's
+    mesh_utils, as MaxText builds its meshes: neighbours on a mesh axis are neighbours on the
+    interconnect), where it can map the shape; elsewhere, or where it cannot, in their order."""
+    if devices[0].platform == "tpu":
+        try:
+            return mesh_utils.create_device_mesh(shape, devices)
+        except (ValueError, NotImplementedError, AssertionError):  # a shape off the torus
+            pass
+    return np.array(devices).reshape(shape)
 
 
 def partition_spec(

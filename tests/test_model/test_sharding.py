@@ -57,3 +57,20 @@ def test_mesh_must_match_device_count():
         make_mesh({"fsdp": 2, "tensor": 3})
     with pytest.raises(MeshError, match="not known"):
         make_mesh({"model": 8})
+
+
+def test_tpu_meshes_follow_the_chips_torus_and_cpu_ones_the_device_order():
+    """On TPUs a mesh axis follows the interconnect (jax's mesh_utils, as MaxText lays its
+    meshes), not the order the devices are listed in; other platforms keep their order."""
+    from jax.experimental import mesh_utils
+
+    from ahn_jax.training.compile_check import topology_devices
+
+    _, chips = topology_devices("v5p-16")  # 8 chips, a 2x2x2 torus
+    mesh = make_mesh({"fsdp": 2, "tensor": 4}, chips)
+    assert (mesh.devices == mesh_utils.create_device_mesh((2, 4), chips)).all()
+    assert not (mesh.devices == np.array(chips).reshape(2, 4)).all()
+    for row in mesh.devices:  # each tensor group: one 2x2 face of the torus
+        assert any(len({chip.coords[axis] for chip in row}) == 1 for axis in range(3))
+    cpus = jax.devices()
+    assert (make_mesh({"fsdp": 2, "tensor": 4}, cpus).devices == np.array(cpus).reshape(2, 4)).all()
