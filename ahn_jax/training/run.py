@@ -223,10 +223,19 @@ def setup(config: ConfigDict) -> Run:
     )
     iterator = iter(dataset)
     samples = source_size(dataset)
-    manager = ocp.CheckpointManager(
-        output_dir / "checkpoints",
+    manager = _checkpoint_manager(output_dir / "checkpoints", t.keep_checkpoints)
+    run = Run(config, model_config, t, d, graphdef, trainable, frozen, opt_state, tx, schedule,
+              iterator, manager, output_dir, skips, samples, mesh=mesh,
+              passes=passes)  # fmt: skip
+    restore_latest(run)
+    return run
+
+
+def _checkpoint_manager(directory: Path, keep: int) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=t.keep_checkpoints,
+            max_to_keep=keep,
             enable_async_checkpointing=True,
             # a step is final once its commit file is written, not by renaming its directory:
             # gcsfuse (the pods' shared OUTPUT_DIR) refuses directory renames on a flat bucket
@@ -236,8 +245,3 @@ def setup(config: ConfigDict) -> Run:
             ),
         ),
     )
-    run = Run(config, model_config, t, d, graphdef, trainable, frozen, opt_state, tx, schedule,
-              iterator, manager, output_dir, skips, samples, mesh=mesh,
-              passes=passes)  # fmt: skip
-    restore_latest(run)
-    return run
