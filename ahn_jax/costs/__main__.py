@@ -4,6 +4,7 @@ FLOPs); the work is ahn_jax/costs/table.py's."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -96,7 +97,8 @@ def main(argv) -> None:
     window, sinks, source = _window_and_sinks(cli.config())
     args = (FLAGS.length, window, sinks, FLAGS.bytes_per_element)
     result = table.report(config, *args, window_source=source)
-    plot = table.plot(config, FLAGS.plot, *args) if FLAGS.plot else None
+    name = Path(config_flags.get_config_filename(FLAGS["config"])).name
+    plot = table.plot(config, FLAGS.plot, *args, title=f"{name} ({source})") if FLAGS.plot else None
     if FLAGS.json:
         print(json.dumps(result))
         return

@@ -181,29 +181,38 @@ def report(
     }
 
 
-def plot(config: ModelConfig, path, max_length: int, window: int, sinks: int, bpe: int) -> Path:
-    """Cache bytes and mixing FLOPs against context length for full, swa and ahn, written to
-    `path` (a PNG where it names no format: matplotlib's default); returns the file written."""
+_STYLES = {"full": ("-", "o"), "swa": ("--", "s"), "ahn": (":", "^")}
+
+
+def plot(
+    config: ModelConfig, path, max_length: int, window: int, sinks: int, bpe: int, title: str = ""
+) -> Path:
+    """Cache bytes and mixing FLOPs against context length for full, swa and ahn (log-log), written
+    to `path` (a PNG where it names no format: matplotlib's default); returns the file written.
+    `title` names the config and where W and S came from."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     lengths = np.unique(np.geomspace(1024, max_length, 48).astype(int))
-    fig, (ax_cache, ax_flops) = plt.subplots(1, 2, figsize=(11, 4))
-    for mode in MODES:
-        cache = [cache_bytes(config, int(n), window, sinks, bpe)[mode] / 1e9 for n in lengths]
+    fig, (ax_cache, ax_flops) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for mode in MODES:  # swa and ahn overlap in cache: distinct styles keep both visible
+        cache = [cache_bytes(config, int(n), window, sinks, bpe)[mode] for n in lengths]
         mix = [formulas.mixing_flops(config, int(n), mode, window + sinks) for n in lengths]
-        ax_cache.plot(lengths, cache, label=mode)
-        ax_flops.plot(lengths, mix, label=mode)
-    for ax, title in ((ax_cache, f"cache (GB, {bpe} bytes/value)"), (ax_flops, "mixing FLOPs")):
-        ax.set_xscale("log")
-        ax.set_xlabel("context length (tokens)")
-        ax.set_title(title)
-        ax.axvline(window + sinks, color="grey", linestyle=":", linewidth=1)
+        linestyle, marker = _STYLES[mode]
+        style = dict(linestyle=linestyle, marker=marker, markevery=6, markerfacecolor="none")
+        ax_cache.plot(lengths, cache, label=mode, **style)
+        ax_flops.plot(lengths, mix, label=mode, **style)
+    labels = ((ax_cache, f"decode cache (bytes, {bpe} per value)", "cache held at L"),
+              (ax_flops, "mixing FLOPs (per sequence)", "token-mixing FLOPs"))  # fmt: skip
+    for ax, ylabel, name in labels:
+        ax.set(xscale="log", yscale="log", xlabel="context length L (tokens)", ylabel=ylabel)
+        ax.set_title(name)
+        ax.axvline(window + sinks, color="grey", linestyle="-.", linewidth=1,
+                   label=f"W + S = {window + sinks:,}")  # fmt: skip
         ax.legend()
-    ax_flops.set_yscale("log")
-    fig.suptitle(f"{config.ahn_type or 'base'}: W = {window}, S = {sinks}")
+    fig.suptitle(f"{title or config.ahn_type}: AHN {config.ahn_type}, W = {window:,}, S = {sinks}")
     fig.tight_layout()
     formats = fig.canvas.get_supported_filetypes()  # a name without one of them: a PNG
     path = Path(path)

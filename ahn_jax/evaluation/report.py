@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ahn_jax.costs import table
+from ahn_jax.evaluation import figures
+from ahn_jax.evaluation.figures import CompareError, grid_label, run_label  # noqa: F401 (API)
 from ahn_jax.evaluation.results import GRID_TASKS
 from ahn_jax.evaluation.tasks import report_name
 
@@ -42,22 +43,20 @@ def summarize(task: str, records: list[dict], *, bucket: int | None = None) -> d
     return summary
 
 
-def grid_label(task: str) -> str:
-    """What the length x depth grid of a pass-key or NIAH run holds."""
-    return "pass-key accuracy" if task == "passkey" else f"{task} score (values recalled)"
-
-
 def _length_depth_grid(records) -> dict:
-    """{length: {depth: mean score %}} plus each length's mean over depths."""
+    """{length: {depth: mean score %}} plus each length's mean over its depths (of the unrounded
+    cell means)."""
     cells = defaultdict(list)
     for r in records:
         cells[(r["context_length"], r["depth"])].append(r["score"])
-    grid: dict = defaultdict(dict)
+    raw: dict = defaultdict(dict)
     for (length, depth), scores in sorted(cells.items()):
-        grid[str(length)][f"{depth:g}"] = round(100 * float(np.mean(scores)), 2)
-    for row in grid.values():
-        row["all"] = round(float(np.mean(list(row.values()))), 2)
-    return dict(grid)
+        raw[str(length)][f"{depth:g}"] = 100 * float(np.mean(scores))
+    grid = {}
+    for length, row in raw.items():
+        grid[length] = {d: round(v, 2) for d, v in row.items()}
+        grid[length]["all"] = round(float(np.mean(list(row.values()))), 2)
+    return grid
 
 
 def _perplexity_summary(records, bucket: int) -> dict:
@@ -121,12 +120,41 @@ def markdown_table(summary: dict) -> str:
             "(columns):",
             "",
         ]
-        lines.append("| length | " + " | ".join(depths) + " | all |")
-        lines.append("|---:|" + "---:|" * (len(depths) + 1))
-        for length, row in summary["accuracy"].items():
-            cells = [f"{row[d]:.0f}" if d in row else "" for d in [*depths, "all"]]
-            lines.append(f"| {length} | " + " | ".join(cells) + " |")
+        lines += _grid_rows(summary["accuracy"], depths)
     return "\n".join(lines)
+
+
+def _grid_rows(grid: dict, depths: list[str]) -> list[str]:
+    """The grid's table, one decimal; a length missing some depth is starred (its "all" is over
+    the depths scored)."""
+    lines = ["| length | " + " | ".join(depths) + " | all |"]
+    lines.append("|---:|" + "---:|" * (len(depths) + 1))
+    partial = False
+    for length, row in grid.items():
+        cells = [f"{row[d]:.1f}" if d in row else "n/a" for d in [*depths, "all"]]
+        missing = any(d not in row for d in depths)
+        partial |= missing
+        lines.append(f"| {length}{' *' if missing else ''} | " + " | ".join(cells) + " |")
+    if partial:
+        lines += ["", "\\* some depths not scored at this length: its all is over those scored"]
+    return lines
+
+
+def settings_line(settings: dict) -> str:
+    """The run's settings in one line (summary.md's header)."""
+    chat = "on" if settings.get("chat") else "off"
+    fields = [
+        f"task {settings['task']}", f"model {figures.model_name({**settings, 'ahn': None})}",
+        f"ahn {Path(settings['ahn']).name if settings.get('ahn') else 'none'}",
+        f"mode {settings['mode']}", f"W {settings['window']}", f"S {settings['sinks']}",
+        f"dtype {settings.get('dtype')}", f"decode {settings.get('decode')}", f"chat {chat}",
+        f"max_new_tokens {settings.get('max_new_tokens')}",
+        f"max_length {settings.get('max_length')}",
+    ]  # fmt: skip
+    fields += [f"{k} {v}" for k, v in settings.get("extra", {}).items()]
+    if settings.get("data"):
+        fields.append(f"data {figures.data_name(settings)}")
+    return "settings: " + ", ".join(fields)
 
 
 def _depths(grid: dict) -> list[str]:
@@ -134,118 +162,16 @@ def _depths(grid: dict) -> list[str]:
     return sorted({d for row in grid.values() for d in row if d != "all"}, key=float)
 
 
-def run_label(settings: dict) -> str:
-    """The run's mode, with its window and sinks unless it is full attention."""
-    mode = settings["mode"]
-    return mode if mode == "full" else f"{mode} (W {settings['window']}, S {settings['sinks']})"
-
-
-def _loss_by_position(ax, summary: dict, label: str) -> None:
-    """A perplexity run's bucket losses with their standard-error band."""
-    starts = [b["start"] for b in summary["buckets"]]
-    loss = np.asarray([b["loss"] for b in summary["buckets"]])
-    ax.plot(starts, loss, marker="o", label=label)
-    if summary["documents"] > 1:  # one document has no standard error
-        err = np.asarray([b["stderr"] for b in summary["buckets"]])
-        ax.fill_between(starts, loss - err, loss + err, alpha=0.25)
-    ax.set(xlabel="position (tokens)", ylabel="loss (nats/token)")
-
-
 def write_report(out: Path, settings: dict, records: list[dict], config) -> dict:
-    """summary.json, summary.md and the plots; returns the summary."""
+    """summary.json (with the run's settings), summary.md and the figures; returns the summary."""
     summary = summarize(settings["task"], records, bucket=settings["extra"].get("bucket"))
-    summary["settings"] = {k: settings[k] for k in ("mode", "window", "sinks", "max_length")}
+    summary["settings"] = json.loads(json.dumps(settings))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    (out / "summary.md").write_text(markdown_table(summary) + "\n")
+    text = settings_line(settings) + "\n\n" + markdown_table(summary)
+    (out / "summary.md").write_text(text + "\n")
     if records:
-        _plots(out, settings, summary, records, config)
+        figures.write_figures(out, settings, summary, records, config)
     return summary
-
-
-def _plots(out: Path, settings: dict, summary: dict, records: list[dict], config) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    label = run_label(settings)
-    if settings["task"] == "perplexity":
-        fig, ax = plt.subplots(figsize=(7, 4))
-        _loss_by_position(ax, summary, label)
-        ax.set(title="loss by position")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "loss_by_position.png", dpi=120)
-        plt.close(fig)
-    elif settings["task"] in GRID_TASKS:
-        grid = summary["accuracy"]
-        depths = _depths(grid)
-        matrix = np.asarray([[grid[length].get(d, np.nan) for length in grid] for d in depths])
-        fig, ax = plt.subplots(figsize=(1.2 * len(grid) + 3, 0.5 * len(depths) + 2.5))
-        image = ax.imshow(matrix, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
-        ax.set_xticks(range(len(grid)), list(grid))
-        ax.set_yticks(range(len(depths)), depths)
-        task = settings["task"]
-        ax.set(xlabel="prompt length (tokens)", ylabel="needle depth", title=f"{task}, {label}")
-        fig.colorbar(image, label="accuracy %" if task == "passkey" else "values recalled %")
-        fig.tight_layout()
-        fig.savefig(out / f"{task}.png", dpi=120)
-        plt.close(fig)
-    else:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        by_dataset = defaultdict(list)
-        for r in records:
-            by_dataset[report_name(r)].append((r["prompt_tokens"], 100 * r["score"]))
-        for name, points in sorted(by_dataset.items()):
-            x, y = zip(*sorted(points), strict=True)
-            ax.plot(x, y, marker="o", linestyle="none", alpha=0.6, label=name)
-        ax.set(xlabel="prompt tokens", ylabel="score", title=f"{settings['task']}, {label}")
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        fig.savefig(out / "score_by_length.png", dpi=120)
-        plt.close(fig)
-    _memory_plot(out, settings, records, config, label, plt)
-
-
-def _cache_tokens(record: dict) -> int:
-    """The tokens a record's cache was sized for: a perplexity document's, or a generation
-    batch's longest prompt + budget (before ragged batches: the record's own)."""
-    if "cache_tokens" in record or "tokens" in record:
-        return record.get("cache_tokens") or record["tokens"]
-    return record["prompt_tokens"] + record["max_new_tokens"]
-
-
-def _memory_plot(out, settings, records, config, label, plt) -> None:
-    """Cache bytes per sequence measured after each batch, and what the cost model predicts."""
-    # a sequence's cache is sized for its batch's longest prompt plus generation budget; runs
-    # before ragged batches recorded the whole batch's bytes, with a slot table it shared
-    tokens = np.asarray([_cache_tokens(r) for r in records])
-    capacity = np.where(settings["mode"] == "full", tokens, settings["window"] + settings["sinks"])
-    shared = 4 * (capacity + 1)
-    batch = np.asarray([r["batch_size"] for r in records])
-    whole_batch = (np.asarray([r["cache_bytes"] for r in records]) - shared) / batch + shared
-    per_row = np.asarray(["cache_tokens" in r for r in records])
-    measured = np.where(per_row, [r["cache_bytes"] for r in records], whole_batch)
-    lengths = np.linspace(1, tokens.max() * 1.1, 50).astype(int)
-    mode, window, sinks = settings["mode"], settings["window"], settings["sinks"]
-    if mode == "full":  # the cache holds every token (generation sizes it prompt + budget)
-        modelled = [table.decode_cache_bytes(config, int(n), 0, "full") for n in lengths]
-    else:
-        modelled = [table.decode_cache_bytes(config, window, sinks, mode)] * len(lengths)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(lengths, np.asarray(modelled) / 2**20, label=f"cost model, {mode}")
-    ax.plot(tokens, measured / 2**20, "o", alpha=0.6, label=f"measured, {label}")
-    ax.set(xlabel="tokens in the sequence", ylabel="decode cache (MiB per sequence)",
-           title="cache memory against length")  # fmt: skip
-    ax.set_ylim(bottom=0)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "memory_by_length.png", dpi=120)
-    plt.close(fig)
-
-
-class CompareError(ValueError):
-    """Runs that one comparison figure cannot show (the CLI reports it as one error line)."""
 
 
 def compare_plot(run_dirs: list[Path], path: Path) -> None:
@@ -280,25 +206,7 @@ def compare_plot(run_dirs: list[Path], path: Path) -> None:
     if len(set(counts)) > 1:  # e.g. a run stopped early, or another --limit
         print(f"warning: the runs scored different numbers of samples ({counts}): their lines "
               "are not over the same data", file=sys.stderr)  # fmt: skip
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for run, summary, count in zip(run_dirs, summaries, counts, strict=True):
-        # two runs of one mode, W and S (two AHN checkpoints, say) differ by their directory
-        label = f"{Path(run).resolve().name}: {run_label(summary['settings'])}, n={count}"
-        if summary["task"] == "perplexity":
-            _loss_by_position(ax, summary, label)
-        elif summary["task"] in GRID_TASKS:
-            lengths = list(summary["accuracy"])
-            ax.plot([int(n) for n in lengths], [summary["accuracy"][n]["all"] for n in lengths],
-                    marker="o", label=label)  # fmt: skip
-            ax.set(xlabel="prompt length (tokens)", ylabel=f"{grid_label(summary['task'])} %",
-                   ylim=(-5, 105))  # fmt: skip
-        else:
-            plt.close(fig)
-            raise CompareError(f"{run}: compare plots cover perplexity, passkey and NIAH runs")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    figures.compare_figure(plt, run_dirs, summaries, counts, path)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ahn_jax.evaluation import metrics, report, tasks
+from ahn_jax.evaluation import figures, metrics, report, tasks
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -136,6 +136,35 @@ def test_perplexity_buckets_start_where_the_run_s_bucket_puts_them():
     records = [{"tokens": 65, "bucket_nll": [1.0, 2.0, 3.0], "bucket_tokens": [29, 30, 5]}] * 2
     summary = report.summarize("perplexity", records, bucket=30)
     assert [b["start"] for b in summary["buckets"]] == [0, 30, 60]
+
+
+def test_the_grid_table_prints_one_decimal_and_marks_rows_missing_a_depth():
+    """12.5 printed as 12.5 (`:.0f` rounded it to 12, 37.5 to 38), "all" from the unrounded cells,
+    and a length missing a depth starred."""
+    records = [
+        {"context_length": 100, "depth": d, "score": float(i == 0), "dataset": "passkey"}
+        for d in (0.0, 1.0)
+        for i in range(8)
+    ] + [{"context_length": 200, "depth": 0.0, "score": s, "dataset": "passkey"} for s in (0, 1)]
+    records[8]["score"] = records[9]["score"] = records[10]["score"] = 1.0  # depth 1: 3/8
+    summary = report.summarize("passkey", records)
+    assert summary["accuracy"]["100"] == {"0": 12.5, "1": 37.5, "all": 25.0}
+    text = report.markdown_table(summary)
+    assert "| 100 | 12.5 | 37.5 | 25.0 |" in text
+    assert "| 200 * | 50.0 | n/a | 50.0 |" in text
+
+
+def test_figure_names_and_settings_line_carry_the_variant():
+    settings = {"task": "niah_multikey", "model": "/m/Qwen2.5-3B", "ahn": None, "mode": "ahn",
+                "window": 64, "sinks": 4, "dtype": "bfloat16", "decode": "exact", "chat": True,
+                "max_new_tokens": 128, "max_length": None,
+                "extra": {"seed": 0, "keys": 4, "values": 1, "queries": 1, "key_type": "words",
+                          "value_type": "numbers", "haystack": "needle"}}  # fmt: skip
+    assert figures.variant_name(settings) == "niah_multikey_haystack-needle"
+    assert figures.variant_name({**settings, "extra": {}}) == "niah_multikey"
+    line = report.settings_line(settings)
+    assert line.startswith("settings: task niah_multikey, model Qwen2.5-3B, ahn none, mode ahn")
+    assert "W 64, S 4, dtype bfloat16, decode exact, chat on" in line and "seed 0" in line
 
 
 def test_the_file_name_gives_the_level_where_the_records_name_the_dataset_only(tmp_path):

@@ -211,6 +211,8 @@ def test_evaluate_runs_a_niah_variant_end_to_end_and_guards_settings(tmp_path):
     assert set(summary["accuracy"]) == {"300", "340"}
     assert set(summary["accuracy"]["300"]) == {"0", "1", "all"}
     assert "niah_multivalue score (values recalled) (%)" in (out / "summary.md").read_text()
+    assert summary["settings"]["extra"]["values"] == 4 and summary["settings"]["dtype"] == "float32"
+    assert (out / "summary.md").read_text().startswith("settings: task niah_multivalue, model ")
     for name in ("niah_multivalue.png", "memory_by_length.png"):
         assert (out / name).stat().st_size > 0
     saved = json.loads((out / "run.json").read_text())
