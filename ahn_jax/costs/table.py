@@ -212,7 +212,8 @@ def plot(
         ax.axvline(window + sinks, color="grey", linestyle="-.", linewidth=1,
                    label=f"W + S = {window + sinks:,}")  # fmt: skip
         ax.legend()
-    fig.suptitle(f"{title or config.ahn_type}: AHN {config.ahn_type}, W = {window:,}, S = {sinks}")
+    kind = config.ahn_type or "no AHN"
+    fig.suptitle(f"{title or kind}: AHN {kind}, W = {window:,}, S = {sinks}")
     fig.tight_layout()
     formats = fig.canvas.get_supported_filetypes()  # a name without one of them: a PNG
     path = Path(path)

@@ -153,7 +153,9 @@ def memory_figure(plt, out: Path, settings: dict, records: list[dict], config) -
     if mode == "full":  # the cache holds every token (generation sizes it prompt + budget)
         modelled = [table.decode_cache_bytes(config, int(n), 0, "full") for n in lengths]
     else:
-        modelled = [table.decode_cache_bytes(config, window, sinks, mode)] * len(lengths)
+        # layers kept as full attention hold every position: they grow with the capacity
+        modelled = [table.decode_cache_bytes(config, window, sinks, mode, max_length=int(n))
+                    for n in lengths]  # fmt: skip
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(lengths, np.asarray(modelled) / 2**20, label=f"cost model, {mode}")
     ax.plot(tokens, measured / 2**20, "o", alpha=0.6, label=f"measured, n = {len(records)}")

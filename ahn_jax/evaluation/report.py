@@ -54,8 +54,10 @@ def _length_depth_grid(records) -> dict:
         raw[str(length)][f"{depth:g}"] = 100 * float(np.mean(scores))
     grid = {}
     for length, row in raw.items():
-        grid[length] = {d: round(v, 2) for d, v in row.items()}
-        grid[length]["all"] = round(float(np.mean(list(row.values()))), 2)
+        # 4 decimals: a table printing one decimal then rounds once (46.1538 -> 46.2; stored as
+        # 46.15, the float under it printed 46.1)
+        grid[length] = {d: round(v, 4) for d, v in row.items()}
+        grid[length]["all"] = round(float(np.mean(list(row.values()))), 4)
     return grid
 
 
@@ -149,6 +151,7 @@ def settings_line(settings: dict) -> str:
         f"mode {settings['mode']}", f"W {settings['window']}", f"S {settings['sinks']}",
         f"dtype {settings.get('dtype')}", f"decode {settings.get('decode')}", f"chat {chat}",
         f"max_new_tokens {settings.get('max_new_tokens')}",
+        f"repetition_penalty {settings.get('repetition_penalty')}",
         f"max_length {settings.get('max_length')}",
     ]  # fmt: skip
     fields += [f"{k} {v}" for k, v in settings.get("extra", {}).items()]
@@ -166,9 +169,10 @@ def write_report(out: Path, settings: dict, records: list[dict], config) -> dict
     """summary.json (with the run's settings), summary.md and the figures; returns the summary."""
     summary = summarize(settings["task"], records, bucket=settings["extra"].get("bucket"))
     summary["settings"] = json.loads(json.dumps(settings))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    summary_json = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    (out / "summary.json").write_text(summary_json, encoding="utf-8")  # names of any script
     text = settings_line(settings) + "\n\n" + markdown_table(summary)
-    (out / "summary.md").write_text(text + "\n")
+    (out / "summary.md").write_text(text + "\n", encoding="utf-8")
     if records:
         figures.write_figures(out, settings, summary, records, config)
     return summary

@@ -5,6 +5,7 @@ shows the arithmetic), so these tests check our port of the reference's scoring 
 port against itself.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -152,6 +153,10 @@ def test_the_grid_table_prints_one_decimal_and_marks_rows_missing_a_depth():
     text = report.markdown_table(summary)
     assert "| 100 | 12.5 | 37.5 | 25.0 |" in text
     assert "| 200 * | 50.0 | n/a | 50.0 |" in text
+    # rounded once: 6 of 13 is 46.15...% -> 46.2 (stored as 46.15, the float under it gave 46.1)
+    thirteen = [{"context_length": 300, "depth": 0.0, "score": float(i < 6), "dataset": "passkey"}
+                for i in range(13)]  # fmt: skip
+    assert "| 300 | 46.2 | 46.2 |" in report.markdown_table(report.summarize("passkey", thirteen))
 
 
 def test_figure_names_and_settings_line_carry_the_variant():
@@ -204,3 +209,21 @@ def test_a_missing_field_is_named_as_missing(tmp_path):
     _, problems = tasks.read_samples(tasks.LONGBENCH, path)
     assert problems == [f"{path}:1: field 'context' is missing",
                         f"{path}:2: field 'context' must be a string"]  # fmt: skip
+
+
+def test_the_memory_figure_models_layers_kept_as_full_attention(tmp_path):
+    """Their cache grows with the context: the cost model needs max_length (the figure raised)."""
+    from shared import tiny_config
+
+    from ahn_jax.evaluation import results as results_lib
+
+    config = tiny_config(vocab_size=256, ahn_type="gdn", full_attention_layers=(0,))
+    values = dict(task="passkey", model="/m/tiny", ahn=None, mode="ahn", window=8, sinks=2,
+                  max_length=None, max_new_tokens=None, chat=False, dtype="float32",
+                  extra={})  # fmt: skip
+    settings = dataclasses.asdict(results_lib.Settings(**values))
+    record = dict(id="100-0.5-0", dataset="passkey", context_length=100, depth=0.5, score=1.0,
+                  prompt_tokens=100, cache_tokens=108, cache_bytes=1000, batch_size=1,
+                  max_new_tokens=8)  # fmt: skip
+    report.write_report(tmp_path, settings, [record], config)
+    assert (tmp_path / "memory_by_length.png").stat().st_size > 0
