@@ -196,11 +196,13 @@ def compare_plot(run_dirs: list[Path], path: Path) -> None:
                 "finished"
             )
         try:
-            summary = json.loads((Path(run) / "summary.json").read_text())
+            summary = json.loads((Path(run) / "summary.json").read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise CompareError(f"{run}/summary.json is not valid JSON: {error}") from None
         if not isinstance(summary, dict) or not {"task", "settings"} <= set(summary):
             raise CompareError(f"{run}/summary.json is not an evaluation summary")
+        if summary["task"] == "perplexity" and not summary.get("buckets"):
+            raise CompareError(f"{run}: its run scored no document, nothing to plot")
         summaries.append(summary)
 
     tasks = sorted({summary["task"] for summary in summaries})

@@ -336,6 +336,10 @@ def test_perplexity_run_buckets_by_position_and_compares_modes(byte_model, tmp_p
     (other / "summary.json").write_text("{")
     with pytest.raises(report.CompareError, match=r"other/summary\.json is not valid JSON"):
         report.compare_plot([other], tmp_path / "torn.png")
+    empty = {"task": "perplexity", "documents": 0, "settings": {}}  # a run that scored nothing
+    (other / "summary.json").write_text(json.dumps(empty))
+    with pytest.raises(report.CompareError, match="other: its run scored no document"):
+        report.compare_plot([*runs, other], tmp_path / "empty.png")
 
 
 DOCS = ROOT / "docs" / "evaluation.md"
