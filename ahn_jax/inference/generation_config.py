@@ -57,8 +57,8 @@ def _anything(value) -> bool:
 # Keys of processors and stopping rules not implemented here -> the test by which transformers'
 # `generate` uses them (generation/utils.py `_get_logits_processor`, `_get_stopping_criteria`;
 # null always means unset). A file whose value passes is refused rather than decoded otherwise
-# than transformers would; the sampling-only ones (min_p, typical_p, the cutoffs, top_h) are
-# refused even when greedy.
+# than transformers would; the sampling-only ones (SAMPLING_ONLY) only where the run samples:
+# transformers adds their warpers under do_sample alone, so a greedy run ignores them as it does.
 UNSUPPORTED = {
     "num_beams": lambda value: value != 1,
     "num_beam_groups": lambda value: value != 1,
@@ -92,6 +92,9 @@ UNSUPPORTED = {
 }
 
 
+SAMPLING_ONLY = frozenset({"min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h"})
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationSettings:
     """The generation settings; the defaults are transformers' global ones (but for the length).
@@ -105,6 +108,9 @@ class GenerationSettings:
     max_new_tokens: int | None = None
     max_length: int | None = None
     eos_token_ids: tuple[int, ...] | None = None
+    # the file's sampling-only keys this package does not implement ("<file>: key 'min_p' =
+    # 0.05"): refused by `sampling()` when sampling, ignored when greedy (as transformers does)
+    unsupported_when_sampling: tuple[str, ...] = ()
 
     def merged(self, overrides: Mapping, describe: str = "--{key}") -> GenerationSettings:
         """These settings with `overrides` ({field: value}) replacing them where not None (a flag
@@ -133,6 +139,12 @@ class GenerationSettings:
 
     def sampling(self) -> Sampling:
         """The token choice (checks the settings it uses: temperature > 0 when sampling, ...)."""
+        if self.do_sample and self.unsupported_when_sampling:
+            raise ValueError(
+                f"{self.unsupported_when_sampling[0]} is not supported by ahn_jax's sampling "
+                "(transformers would apply it when sampling); remove it, or decode greedily "
+                "(do_sample false)"
+            )
         return Sampling(
             do_sample=self.do_sample,
             temperature=self.temperature,
@@ -150,7 +162,10 @@ class GenerationSettings:
         return list(self.eos_token_ids) if self.eos_token_ids is not None else list(fallback)
 
 
-FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(GenerationSettings))
+# the settings an override may set (not the record of the file's unsupported sampling keys)
+FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(GenerationSettings)) - {
+    "unsupported_when_sampling"
+}
 DEFAULTS = GenerationSettings()
 
 
@@ -167,18 +182,23 @@ def read_generation_config(model_dir: str | Path) -> GenerationSettings:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: holds {type(raw).__name__}, not a JSON object")
+    when_sampling = []
     for key, used in UNSUPPORTED.items():
-        if raw.get(key) is not None and _used(used, raw[key]):
-            raise ValueError(
-                f"{path}: key {key!r} = {raw[key]!r} is not supported by ahn_jax's generation "
-                "(transformers would apply it); remove it to decode without it"
-            )
+        if raw.get(key) is None or not _used(used, raw[key]):
+            continue
+        if key in SAMPLING_ONLY:
+            when_sampling.append(f"{path}: key {key!r} = {raw[key]!r}")
+            continue
+        raise ValueError(
+            f"{path}: key {key!r} = {raw[key]!r} is not supported by ahn_jax's generation "
+            "(transformers would apply it); remove it to decode without it"
+        )
     changes = {
         field: _checked(field, raw[key], f"{path}: key {key!r}")
         for key, field in FIELDS.items()
         if raw.get(key) is not None  # null: not set, as transformers reads it
     }
-    return dataclasses.replace(DEFAULTS, **changes)
+    return dataclasses.replace(DEFAULTS, **changes, unsupported_when_sampling=tuple(when_sampling))
 
 
 def _from_model_config(path: Path) -> GenerationSettings:

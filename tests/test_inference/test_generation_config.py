@@ -97,7 +97,6 @@ def test_lengths_as_transformers_counts_them():
         # transformers applies it to decoder-only models too (the prompt is the "encoder input")
         ({"encoder_repetition_penalty": 3.0}, "key 'encoder_repetition_penalty' = 3.0 is not"),
         ({"stop_strings": ["\n\n"]}, "key 'stop_strings'"),
-        ({"epsilon_cutoff": 0.5}, "key 'epsilon_cutoff'"),
         ({"min_new_tokens": "2"}, "key 'min_new_tokens' = '2'"),  # what transformers can't test
     ],
 )
@@ -106,6 +105,18 @@ def test_bad_files_name_the_file_and_key(tmp_path, content, message):
     with pytest.raises(ValueError, match=message) as error:
         read_generation_config(tmp_path)
     assert "generation_config.json" in str(error.value)
+
+
+def test_sampling_only_keys_are_refused_only_when_sampling(tmp_path):
+    """transformers adds the min_p / typical_p / cutoff / top_h warpers under do_sample alone: a
+    greedy run (evaluate always; generate with --nodo_sample) ignores them as it does, a sampling
+    run refuses them (they were refused even when greedy)."""
+    write(tmp_path, {"do_sample": True, "min_p": 0.05, "epsilon_cutoff": 0.5, "top_k": 20})
+    settings = read_generation_config(tmp_path)
+    assert settings.top_k == 20 and settings.do_sample
+    with pytest.raises(ValueError, match=r"generation_config.json: key 'min_p' = 0.05 is not"):
+        settings.sampling()
+    assert not settings.merged({"do_sample": False}).sampling().do_sample
 
 
 def test_neutral_values_of_unsupported_keys_are_fine(tmp_path):
