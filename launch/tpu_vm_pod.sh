@@ -20,6 +20,9 @@ ACCELERATOR="${ACCELERATOR:-v5p-8}"
 CONFIG="${CONFIG:-configs/qwen3b_gdn.py}"
 OUTPUT_DIR="${OUTPUT_DIR:?set OUTPUT_DIR to a path every worker shares (a gcsfuse mount or NFS)}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"  # more --config.* overrides, e.g. --config.train.mesh=fsdp=4
+# more `gcloud compute tpus tpu-vm create` flags, e.g. --spot or --reserved (a preempted spot VM:
+# `delete`, then `all`; the run resumes from OUTPUT_DIR)
+CREATE_FLAGS="${CREATE_FLAGS:-}"
 # a GCS bucket that `mount` mounts at /gcs/$BUCKET on every worker (gcsfuse), for OUTPUT_DIR, the
 # base checkpoint and the data; leave it empty when they are on a filesystem the workers share
 BUCKET="${BUCKET:-}"
@@ -47,7 +50,8 @@ run() {
 tpu() { run gcloud compute tpus tpu-vm "$@" --zone="$ZONE" $PROJECT_FLAG; }
 
 create() {
-  tpu create "$NAME" --accelerator-type="$ACCELERATOR" --version="$VERSION"
+  # shellcheck disable=SC2086 # CREATE_FLAGS: several flags, split on purpose
+  tpu create "$NAME" --accelerator-type="$ACCELERATOR" --version="$VERSION" $CREATE_FLAGS
 }
 
 copy() {

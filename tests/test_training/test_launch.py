@@ -29,6 +29,8 @@ def test_pod_script_creates_copies_sets_up_and_runs_on_every_worker():
     verbs = [c[4] if c[0] == "gcloud" else c[0] for c in commands]
     assert verbs == ["create", "tar", "scp", "ssh", "ssh", "ssh"]
     assert "--accelerator-type=v6e-8" in commands[0] and "--version=v2-alpha-tpuv6e" in commands[0]
+    (spot,) = dry_run("create", CREATE_FLAGS="--spot --labels=team=ahn")
+    assert spot[4] == "create" and {"--spot", "--labels=team=ahn"} <= set(spot)
     for command in commands[2:]:
         assert "--worker=all" in command and "--zone=us-east5-a" in command
     train = next(a for a in commands[-1] if a.startswith("--command=")).split(" ")
