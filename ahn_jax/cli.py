@@ -47,11 +47,13 @@ def config():
         return None
     path = Path(flag.config_filename.split(":", 1)[0])  # "file.py:args" parameterises get_config
     if not path.is_file():
-        what = "is a directory" if path.is_dir() else "does not exist"
-        raise app.UsageError(
-            f"--config={path} {what}: --config takes a config file (configs/<name>.py)"
-        )
+        raise app.UsageError(_not_a_config_file(path))
     return flag.value
+
+
+def _not_a_config_file(path: str | Path) -> str:
+    what = "is a directory" if Path(path).is_dir() else "does not exist"
+    return f"--config={path} {what}: --config takes a config file (configs/<name>.py)"
 
 
 def check_directories(**paths: str | None) -> None:
@@ -214,8 +216,7 @@ def run(
         missing = re.search(r"No such file or directory: '([^']+)'", str(error))
         given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config=")]
         if missing and missing[1] in given:  # not a file the config itself opens
-            fail(f"--config={missing[1]} does not exist: --config takes a config file "
-                 "(configs/<name>.py)")  # fmt: skip
+            fail(_not_a_config_file(missing[1]))
         fail(f"--config: {_plain(error)}")
 
 

@@ -231,10 +231,12 @@ def _note_prompts_inside_the_window(settings, prompts) -> None:
     """Tell (stderr) how many prompts, with their answers, fit in S + W: no token of theirs
     leaves the window, so their outputs are full attention's (expected for a benchmark's short
     samples; for all of them, the window chosen evicts nothing)."""
-    if settings.mode == "full" or settings.decode == "reference" or not prompts:
-        return  # the reference's decode drops cache index 128 at every step, evicted or not
-    held = settings.sinks + settings.window
-    inside = sum(len(p.ids) + p.max_new - 1 <= held for p in prompts)  # the last token unread
+    held, window_sinks = settings.sinks + settings.window, (settings.window, settings.sinks)
+    inside = sum(
+        run_mode.window_unused(settings.mode, settings.decode,
+                               run_mode.attended(len(p.ids), p.max_new), *window_sinks)
+        for p in prompts
+    )  # fmt: skip
     if inside:
         memory = "the AHN memory" if settings.mode == "ahn" else "the window"
         print(f"note: {inside} of {len(prompts)} prompts fit in S + W = {held} with their "

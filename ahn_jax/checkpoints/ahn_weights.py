@@ -194,8 +194,6 @@ def read_ahn_settings(directory: str | Path) -> dict[str, Any]:
     its windows (`window_sampling`) and the whole config.json as `hf`, from an AHN-only or merged
     directory."""
     path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no config.json in AHN directory {directory}")
     hf = read_hf_config(directory)
     implementation = hf.get("_ahn_implementation")
     by_name = {name: t for t, name in IMPLEMENTATIONS.items()}
@@ -265,7 +263,6 @@ def save_ahn_weights(
     `window_sampling` (`ahn_hf_config`). `tensor_dtypes` (HF tensor name -> dtype name) casts
     tensors on writing; the others keep their array's dtype."""
     directory = Path(directory)
-    staging.require_empty(directory)
     # checks W, S first
     hf_config = ahn_hf_config(
         config, window=window, sinks=sinks, loss=loss, window_sampling=window_sampling
@@ -294,17 +291,20 @@ class AhnRecord:
     `from_pretrained` keeps it on the model (`AhnModel.ahn_record`), so that `save_ahn` writes
     the weights back with it instead of the defaults."""
 
-    window: int | None
-    sinks: int | None
+    window: int = DEFAULT_WINDOW
+    sinks: int = DEFAULT_SINKS
     window_sampling: str = "fixed"
     loss: str = "kl"
 
     @classmethod
     def read(cls, directory: str | Path) -> AhnRecord:
+        """The file's record; W and S the defaults where it has none (the released configs carry
+        no num_attn_sinks), as every tool reads them."""
         found = read_ahn_settings(directory)
         loss = found["hf"].get("loss_type") or ["kl"]  # kept as the file names it
         loss = "+".join(map(str, loss)) if isinstance(loss, list) else str(loss)
-        return cls(found["window"], found["sinks"], found["window_sampling"], loss)
+        recorded = {name: found[name] for name in ("window", "sinks") if found[name] is not None}
+        return cls(**recorded, window_sampling=found["window_sampling"], loss=loss)
 
 
 def save_model_ahn(
@@ -315,11 +315,9 @@ def save_model_ahn(
     taken by what it has (`config`, its nnx state, `ahn_record`), as this module must not import
     ahn_jax.model (which imports it: tests/test_architecture.py)."""
     config = model.config
-    record = getattr(model, "ahn_record", None) or AhnRecord(None, None)
-    if window is None:
-        window = record.window if record.window is not None else DEFAULT_WINDOW
-    if sinks is None:
-        sinks = record.sinks if record.sinks is not None else DEFAULT_SINKS
+    record = model.ahn_record or AhnRecord()
+    window = record.window if window is None else window
+    sinks = record.sinks if sinks is None else sinks
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     params = {path: np.asarray(v) for path, v in flat.items() if is_ahn_param(path)}
     if config.ahn_type is None or not params:

@@ -313,8 +313,8 @@ def save_model(model: AhnModel, directory: str | Path, *, side_files_from=None) 
         # with them (ahn_record, so that save_ahn still writes it)
         hf_config = ahn_weights.ahn_hf_config(
             config,
-            window=record.window if record.window is not None else ahn_weights.DEFAULT_WINDOW,
-            sinks=record.sinks if record.sinks is not None else ahn_weights.DEFAULT_SINKS,
+            window=record.window,
+            sinks=record.sinks,
             loss=record.loss,
             window_sampling=record.window_sampling,
         ) | {"save_ahn_only": False}

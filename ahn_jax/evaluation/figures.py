@@ -54,10 +54,16 @@ def variant_name(settings: dict) -> str:
     return "_".join([task, *changed])
 
 
+def grid_depths(grid: dict) -> list[str]:
+    """The needle depths of a length x depth grid {length: {depth: score, "all": mean}}, in
+    order."""
+    return sorted({d for row in grid.values() for d in row if d != "all"}, key=float)
+
+
 def grid_figure(plt, out: Path, settings: dict, summary: dict, records: list[dict]) -> Path:
     """The length x depth heat map; returns the file name (the variant's)."""
     grid = summary["accuracy"]
-    depths = sorted({d for row in grid.values() for d in row if d != "all"}, key=float)
+    depths = grid_depths(grid)
     matrix = np.asarray([[grid[n].get(d, np.nan) for n in grid] for d in depths], float)
     counts = defaultdict(int)
     for r in records:
@@ -150,12 +156,9 @@ def memory_figure(plt, out: Path, settings: dict, records: list[dict], config) -
     measured = np.where(per_row, [r["cache_bytes"] for r in records], whole_batch)
     lengths = np.linspace(1, tokens.max() * 1.1, 50).astype(int)
     mode, window, sinks = settings["mode"], settings["window"], settings["sinks"]
-    if mode == "full":  # the cache holds every token (generation sizes it prompt + budget)
-        modelled = [table.decode_cache_bytes(config, int(n), 0, "full") for n in lengths]
-    else:
-        # layers kept as full attention hold every position: they grow with the capacity
-        modelled = [table.decode_cache_bytes(config, window, sinks, mode, max_length=int(n))
-                    for n in lengths]  # fmt: skip
+    # full: the cache holds every token (generation sizes it prompt + budget); swa / ahn: S + W
+    # slots, and layers kept as full attention every position
+    modelled = [table.allocated_cache_bytes(config, int(n), window, sinks)[mode] for n in lengths]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(lengths, np.asarray(modelled) / 2**20, label=f"cost model, {mode}")
     ax.plot(tokens, measured / 2**20, "o", alpha=0.6, label=f"measured, n = {len(records)}")

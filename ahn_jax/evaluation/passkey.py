@@ -63,12 +63,11 @@ def passkey_samples(
     turn of the chat template (the tokenizer's default system turn) and the answer prefix opens
     the assistant's turn, as RULER's prompts are framed; the `length` tokens include the
     template's."""
-    instruction = tokenizer.encode(INSTRUCTION)
-    question = tokenizer.encode(QUESTION)
-    if chat:
-        opening, closing = user_turn_frame(tokenizer.default_system)
-        instruction = tokenizer.encode(opening + INSTRUCTION)
-        question = tokenizer.encode(ASK + closing + ANSWER_PREFIX.lstrip())
+    opening, closing = user_turn_frame(tokenizer.default_system) if chat else ("", "")
+    # without chat the question and answer prefix are one string, tokenised as one
+    answer = ANSWER_PREFIX.lstrip() if chat else ANSWER_PREFIX
+    instruction = tokenizer.encode(opening + INSTRUCTION)
+    question = tokenizer.encode(ASK + closing + answer)
     filler_unit = tokenizer.encode(FILLER)
     samples = []
     for length, depth, index, rng in grid_cells(lengths, depths, samples_per_cell, seed):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ahn_jax.evaluation import figures
-from ahn_jax.evaluation.figures import CompareError, grid_label, run_label  # noqa: F401 (API)
+from ahn_jax.evaluation.figures import CompareError, grid_depths, grid_label  # noqa: F401 (API)
 from ahn_jax.evaluation.results import GRID_TASKS
 from ahn_jax.evaluation.tasks import report_name
 
@@ -115,7 +115,7 @@ def markdown_table(summary: dict) -> str:
     if "average" in summary:
         lines.append(f"| **average** | {summary['samples']} | **{summary['average']:.2f}** |")
     if summary.get("accuracy"):
-        depths = _depths(summary["accuracy"])
+        depths = grid_depths(summary["accuracy"])
         lines += [
             "",
             f"{grid_label(summary['task'])} (%) by prompt length (rows) and needle depth "
@@ -158,11 +158,6 @@ def settings_line(settings: dict) -> str:
     if settings.get("data"):
         fields.append(f"data {figures.data_name(settings)}")
     return "settings: " + ", ".join(fields)
-
-
-def _depths(grid: dict) -> list[str]:
-    """The needle depths of a pass-key grid {length: {depth: accuracy, "all": mean}}, in order."""
-    return sorted({d for row in grid.values() for d in row if d != "all"}, key=float)
 
 
 def write_report(out: Path, settings: dict, records: list[dict], config) -> dict:

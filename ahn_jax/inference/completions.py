@@ -11,6 +11,7 @@ import sys
 import numpy as np
 from absl import app
 
+from ahn_jax.inference import run_mode
 from ahn_jax.inference.generate import generate
 from ahn_jax.inference.generation_config import DEFAULTS, GenerationSettings
 from ahn_jax.inference.partial_output import PartialOutput
@@ -72,16 +73,13 @@ def _note_if_nothing_leaves_the_window(prompts, generation: GenerationSettings, 
     token is then evicted, and the output is full attention's (a W recorded for a long-context
     model, 32,640, on short prompts: the AHN is never used)."""
     mode, window, sinks = settings["mode"], settings.get("window"), settings.get("sinks", 0)
-    # the reference's decode drops cache index 128 at every step, evicted or not
-    if mode == "full" or settings.get("decode") == "reference" or not prompts:
+    if mode == "full" or not prompts:
         return
     try:
-        # the last new token is chosen, never attended: a prompt of P and n new tokens attends
-        # P + n - 1, and none is evicted while that is at most S + W
-        attended = max(len(p) + generation.new_tokens(len(p)) - 1 for p in prompts)
+        attended = max(run_mode.attended(len(p), generation.new_tokens(len(p))) for p in prompts)
     except ValueError:  # reported where the tokens are generated
         return
-    if attended <= sinks + window:
+    if run_mode.window_unused(mode, settings.get("decode", "exact"), attended, window, sinks):
         memory = "the AHN memory is not used" if mode == "ahn" else "the window changes nothing"
         print(
             f"note: mode {mode}: no token leaves S + W = {sinks + window} (at most {attended} "

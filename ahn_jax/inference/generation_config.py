@@ -142,8 +142,8 @@ class GenerationSettings:
         if self.do_sample and self.unsupported_when_sampling:
             raise ValueError(
                 f"{self.unsupported_when_sampling[0]} is not supported by ahn_jax's sampling "
-                "(transformers would apply it when sampling); remove it, or decode greedily "
-                "(do_sample false)"
+                "(transformers would apply it when sampling); remove it, or for greedy decoding "
+                "set do_sample false"
             )
         return Sampling(
             do_sample=self.do_sample,

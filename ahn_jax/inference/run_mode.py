@@ -38,3 +38,16 @@ def check_no_window_for_full(window: int | None, sinks: int | None) -> None:
             "--window and --sinks do not apply to mode full (it attends every token; the "
             "default without AHN weights): leave them out, or pass --mode swa / ahn"
         )
+
+
+def attended(prompt_tokens: int, new_tokens: int) -> int:
+    """Tokens a sequence attends: its prompt and new tokens but the last, which is chosen and
+    never attended."""
+    return prompt_tokens + new_tokens - 1
+
+
+def window_unused(mode: str, decode: str, attended_tokens: int, window: int, sinks: int) -> bool:
+    """Whether a sequence attending `attended_tokens` leaves no token out of S + W in `mode`, so
+    that its output is full attention's (mode "full" always is; the reference's decode drops cache
+    index 128 at every step, evicted or not, so it never is)."""
+    return mode != "full" and decode != "reference" and attended_tokens <= sinks + window

@@ -4,7 +4,6 @@ step and the config) and the exports written at the end of a run."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,8 +83,8 @@ def restore_latest(run: Run) -> None:
 def _check_process_count(data_dir: Path, step: int) -> None:
     """The data iterators' positions are saved one file per process (`process_<i>-of-<n>.json`):
     a run on another number of hosts cannot take them up (grain names a missing file)."""
-    saved = {m[1] for f in data_dir.glob("process_*-of-*.json")
-             if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f.name))}  # fmt: skip
+    saved = {f.name.removesuffix(".json").rsplit("-of-", 1)[1]
+             for f in data_dir.glob("process_*-of-*.json")}  # fmt: skip
     if saved and saved != {str(jax.process_count())}:
         raise ConfigError(
             f"the checkpoint of step {step} in {data_dir.parent.parent} was written by "

@@ -125,9 +125,8 @@ class _Notices:
                 "run trains one pass)"
             )
         self.data_pass = run.passes.current
-        # (pretraining's loss counts every labelled position, windows or not)
-        pretrain = run.train.objective == "pretrain"
-        if not (self.warned or pretrain or o.learning.any()):
+        # (pretraining's loss counts every labelled position: all its rows learn, `_step`)
+        if not (self.warned or o.learning.any()):
             self.warned = True
             t = run.train
             drawn = (f"train.window_choices {t.window_choices} (W + S with L/8 < W + S < L)"
