@@ -3,8 +3,10 @@
   python bench/decode.py [--lengths=1024,2048,...] [--steps=32] [--repeats=3]
 
 For each context length L the prompt (random bytes) is prefilled through the real chunked
-prefill, then `--steps` decode steps are timed (best of `--repeats`, after a warm-up step that
-compiles) for the three modes side by side, and the cache's bytes are read off the cache itself.
+prefill, then `--steps` greedy decode steps are timed (best of `--repeats`, after a warm-up step
+that compiles) for the three modes side by side, and the cache's bytes are read off the cache
+itself. The step is the one `ahn_jax.inference.generate` runs: the model as `for_decoding` holds it,
+state and cache passed as flat lists, the cache donated (bench/ragged_decode.py's `greedy_step`).
 The tiny_gdn config (4 layers, d 128, 2 / 1 heads) with S = 32 sinks and W = 992: the windowed
 caches hold S + W = 1024 tokens. Writes bench/results/decode.json and decode.png.
 """
@@ -24,8 +26,10 @@ import numpy as np
 from absl import app, flags
 from common import RESULTS, machine, write_result
 from flax import nnx
+from ragged_decode import greedy_step
 
 from ahn_jax.config import MODES, load_config_file, validate_config
+from ahn_jax.costs.table import MODE_STYLES
 from ahn_jax.model import transformer as model_lib
 
 SINKS, WINDOW = 32, 992
@@ -44,19 +48,24 @@ def time_decode(model, ids, mode, steps, repeats):
     L = ids.shape[1]
     window, sinks = (L + steps + 1, 0) if mode == "full" else (WINDOW, SINKS)
     cache = model.init_cache(1, window=window, sinks=sinks, mode=mode)
-    _, cache = model.prefill(ids, cache, chunk_size=1024)
+    logits, cache = model.prefill(ids, cache, chunk_size=1024)
     graphdef, state = nnx.split(model)
-    step = jax.jit(lambda t, c: model_lib.decode_step(graphdef, state, t, c))
-    token = ids[:, -1]
-    logits, warm = step(token, cache)  # compiles
-    jax.block_until_ready(logits)
+    state_leaves, state_tree = jax.tree.flatten(state)
+    cache_leaves, cache_tree = jax.tree.flatten(cache)
+    trees = (state_tree, cache_tree)
+    first = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    # compiles (on a copy: the step spends the cache it is given)
+    jax.block_until_ready(
+        greedy_step(graphdef, trees, state_leaves, first, [jnp.copy(x) for x in cache_leaves])
+    )
     best = float("inf")
     for _ in range(repeats):
-        c = cache
+        tokens, leaves = first, [jnp.copy(x) for x in cache_leaves]
+        jax.block_until_ready(leaves)
         start = time.perf_counter()
         for _ in range(steps):
-            logits, c = step(token, c)
-        jax.block_until_ready(logits)
+            tokens, leaves = greedy_step(graphdef, trees, state_leaves, tokens, leaves)
+        jax.block_until_ready((tokens, leaves))
         best = min(best, (time.perf_counter() - start) / steps)
     return best, cache.nbytes()
 
@@ -66,6 +75,7 @@ def main(argv):
     lengths = [int(x) for x in FLAGS.lengths]
     config = validate_config(load_config_file("configs/tiny_gdn.py"))
     model = model_lib.init_model(config, seed=0, ahn_output_init="normal")
+    model = model_lib.for_decoding(model)  # as ahn_jax.inference.generate holds it
     rows = []
     for L in lengths:
         ids = jnp.asarray(np.random.default_rng(L).integers(0, 256, (1, L)), jnp.int32)
@@ -94,20 +104,32 @@ def plot(rows):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, ScalarFormatter
 
     lengths = [r["length"] for r in rows]
     fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(10, 4))
-    for mode in MODES:
-        ax_mem.plot(lengths, [r[mode]["cache_bytes"] / 2**20 for r in rows], "o-", label=mode)
-        ax_time.plot(lengths, [r[mode]["ms_per_token"] for r in rows], "o-", label=mode)
-    for ax, title in ((ax_mem, "cache (MiB)"), (ax_time, "decode (ms / token)")):
+    for mode in MODES:  # swa and ahn nearly coincide: distinct styles keep both visible
+        linestyle, marker = MODE_STYLES[mode]
+        style = dict(label=mode, linestyle=linestyle, marker=marker, markerfacecolor="none")
+        ax_mem.plot(lengths, [r[mode]["cache_bytes"] / 2**20 for r in rows], **style)
+        ax_time.plot(lengths, [r[mode]["ms_per_token"] for r in rows], **style)
+    titles = ((ax_mem, "cache per sequence", "MiB (log scale)"),
+              (ax_time, "decode step (best of the runs)", "ms per token (log scale)"))  # fmt: skip
+    for ax, title, ylabel in titles:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [f"{n // 1024}k" if n >= 1024 else str(n) for n in lengths])
+        ax.set_yscale("log")
+        # plain numbers at 1, 2, 5 x 10^k: a reader compares 2 MiB with 128, not exponents
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(plt.NullFormatter())
         ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.axvline(SINKS + WINDOW, color="grey", ls=":", lw=1)
+        ax.axvline(SINKS + WINDOW, color="grey", ls=":", lw=1, label="S + W")
+        ax.grid(True, which="major", alpha=0.3)
         ax.legend()
-    ax_mem.set_yscale("log")
-    fig.suptitle(f"tiny model, CPU, S={SINKS}, W={WINDOW}")
+    fig.suptitle(f"tiny model (configs/tiny_gdn.py), CPU, batch 1, S={SINKS}, W={WINDOW}")
     fig.tight_layout()
     RESULTS.mkdir(exist_ok=True)
     fig.savefig(RESULTS / "decode.png", dpi=110)

@@ -181,7 +181,7 @@ def report(
     }
 
 
-_STYLES = {"full": ("-", "o"), "swa": ("--", "s"), "ahn": (":", "^")}
+MODE_STYLES = {"full": ("-", "o"), "swa": ("--", "s"), "ahn": (":", "^")}
 
 
 def plot(
@@ -200,7 +200,7 @@ def plot(
     for mode in MODES:  # swa and ahn overlap in cache: distinct styles keep both visible
         cache = [cache_bytes(config, int(n), window, sinks, bpe)[mode] for n in lengths]
         mix = [formulas.mixing_flops(config, int(n), mode, window + sinks) for n in lengths]
-        linestyle, marker = _STYLES[mode]
+        linestyle, marker = MODE_STYLES[mode]
         style = dict(linestyle=linestyle, marker=marker, markevery=6, markerfacecolor="none")
         ax_cache.plot(lengths, cache, label=mode, **style)
         ax_flops.plot(lengths, mix, label=mode, **style)

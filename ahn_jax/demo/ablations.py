@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from itertools import cycle
 from pathlib import Path
 
 import numpy as np
@@ -162,23 +163,32 @@ def plot_recall_vs_window(rows: Sequence[dict], sinks: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    from ahn_jax.evaluation.figures import LINE_STYLES
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     lines: dict[str, list] = {}
     for row in rows:
         lines.setdefault(row["name"].split(" @ ")[0], []).append(row)
+    styles = cycle(LINE_STYLES)
     for name, points in lines.items():
         w = np.array([p["window"] for p in points])
         mean = np.array([p["recall"]["mean"] for p in points])
         err = np.array([p["recall"]["stderr"] for p in points])
         if name == "full":  # independent of W: a line across
-            ax.axhline(mean[0], color="black", linestyle="--", label="full attention")
+            ax.axhline(mean[0], color="black", linestyle="--",
+                       label=f"full attention ({mean[0]:.3f})")  # fmt: skip
             continue
-        ax.errorbar(w, mean, yerr=err, marker="o", capsize=3, label=name)
+        marker, linestyle = next(styles)
+        ax.errorbar(w, mean, yerr=err, marker=marker, linestyle=linestyle, markerfacecolor="none",
+                    capsize=3, label=name)  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_xticks(EVAL_WINDOWS, [str(w) for w in EVAL_WINDOWS])
-    ax.set(xlabel=f"window W (plus {sinks} sinks)", ylabel="recalled letters (nats/byte)",
-           title="recall beyond the window, held-out plays")  # fmt: skip
-    ax.legend(fontsize=8)
+    ax.minorticks_off()
+    ax.set(xlabel=f"window W at evaluation (plus {sinks} sinks)",
+           ylabel="loss on the recalled letters (nats/letter)",
+           title="recall beyond the window, held-out plays\n"
+                 "lower is better; error bars: ±1 s.e. over plays")  # fmt: skip
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -26,7 +26,7 @@ def grid_label(task: str) -> str:
 
 
 # distinct markers and line styles: runs with identical values stay visible one over another
-_STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"))
+LINE_STYLES = (("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", "-"), ("P", "--"))
 
 
 def run_label(settings: dict) -> str:
@@ -95,7 +95,7 @@ def score_figure(plt, out: Path, settings: dict, records: list[dict]) -> Path:
     by_dataset = defaultdict(list)
     for r in records:
         by_dataset[report_name(r)].append((r["prompt_tokens"], 100 * r["score"]))
-    for (name, points), (marker, _) in zip(sorted(by_dataset.items()), cycle(_STYLES)):
+    for (name, points), (marker, _) in zip(sorted(by_dataset.items()), cycle(LINE_STYLES)):
         x, y = zip(*sorted(points), strict=True)
         ax.plot(x, y, marker=marker, linestyle="none", alpha=0.6, label=name)
     ax.set(xlabel="prompt tokens", ylabel="score (x100; F1 / ROUGE-L per dataset)",
@@ -200,7 +200,7 @@ def compare_figure(plt, runs: list[Path], summaries: list[dict], counts: list, p
     fig, ax = plt.subplots(figsize=(8, 4.5))
     lengths: set[int] = set()
     for i, (run, summary, count) in enumerate(zip(runs, summaries, counts, strict=True)):
-        style = _STYLES[i % len(_STYLES)]
+        style = LINE_STYLES[i % len(LINE_STYLES)]
         size = max(11 - 2.5 * i, 4)  # nested markers: identical lines stay apart
         # two runs of one mode, W and S (two AHN checkpoints, say) differ by their directory
         label = f"{Path(run).resolve().name}: {run_label(summary['settings'])}, n={count}"
