@@ -21,7 +21,14 @@ MAX_FUNCTION_LINES = 60
 # Lowest first. A module may import its own package and any package of a lower rank.
 LAYERS = (
     ("kernels",),
-    ("ahn_jax.config", "ahn_jax.tokenizer", "ahn_jax.jsonl", "ahn_jax.xla_cpu", "ahn_jax.cli"),
+    (
+        "ahn_jax.config",
+        "ahn_jax.tokenizer",
+        "ahn_jax.jsonl",
+        "ahn_jax.setting_changes",
+        "ahn_jax.xla_cpu",
+        "ahn_jax.cli",
+    ),
     ("ahn_jax.model",),
     ("ahn_jax.checkpoints", "ahn_jax.costs"),
     ("ahn_jax.training", "ahn_jax.inference"),

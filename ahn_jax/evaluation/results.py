@@ -13,7 +13,7 @@ from pathlib import Path
 
 from absl import app
 
-from ahn_jax import jsonl
+from ahn_jax import jsonl, setting_changes
 from ahn_jax.cli import file_digest
 from ahn_jax.evaluation.ruler import VARIANTS
 
@@ -68,9 +68,7 @@ def check_settings(out: Path, settings: Settings) -> None:
             before |= {"window": 0, "sinks": 0}
         # `data` file by file, below; not at all against a run.json written before it was (its
         # data are unknown, not "none")
-        compared = (set(before) | set(current)) - {"data"}
-        changed = sorted(k for k in compared if _fixed(before.get(k)) != _fixed(current.get(k)))
-        details = [f"{k}: {before.get(k)!r} -> {current.get(k)!r}" for k in changed]
+        details = setting_changes.changes(before, current, ignore={"data"}, compared=_fixed)
         if "data" in written:
             details += _data_changes(before["data"], current["data"])
         if details:

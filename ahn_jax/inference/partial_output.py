@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import app
 
-from ahn_jax import jsonl
+from ahn_jax import jsonl, setting_changes
 
 
 class PartialOutput:
@@ -67,17 +67,5 @@ def _changes(before, now: dict) -> str:
     """ "max_new_tokens: 300 -> 20, ...": what differs between the recorded settings and these."""
     if not isinstance(before, dict):
         return "prompts, model or flags"
-    before, now = _flat(before), _flat(now)
-    keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-    return ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
-
-
-def _flat(settings: dict, prefix: str = "") -> dict:
-    """{"generation": {"max_new_tokens": 20}} -> {"generation.max_new_tokens": 20}."""
-    flat = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    flat = setting_changes.flat
+    return ", ".join(setting_changes.changes(flat(before), flat(now)))

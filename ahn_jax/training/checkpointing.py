@@ -16,6 +16,7 @@ from absl import logging
 from flax import nnx, traverse_util
 from jax.experimental import multihost_utils
 
+from ahn_jax import setting_changes
 from ahn_jax.checkpoints import ahn_weights
 from ahn_jax.checkpoints.pretrained import save_model
 from ahn_jax.config import ConfigError, TrainConfig
@@ -99,7 +100,7 @@ def _as_json(config) -> dict:
 
 
 # the settings whose change can make a checkpoint's trees another shape than this run's
-TREE_SETTINGS = ("model.", "ahn.", "data.", "train.objective ")
+TREE_SETTINGS = ("model.", "ahn.", "data.", "train.objective:")
 
 # where the run is, not how it trains: a run directory may be moved or copied
 NOT_COMPARED = ("train.output_dir",)
@@ -107,14 +108,10 @@ NOT_COMPARED = ("train.output_dir",)
 
 def changed_settings(saved: dict, now: dict) -> list[str]:
     """The settings that differ between a checkpoint's config and the resuming run's, as
-    "section.field saved -> now" (fields only one side has included), NOT_COMPARED aside."""
-    saved = traverse_util.flatten_dict(saved, sep=".")
-    now = traverse_util.flatten_dict(now, sep=".")
-    return [
-        f"{name} {saved.get(name, '(unset)')!r} -> {now.get(name, '(unset)')!r}"
-        for name in sorted(set(saved) | set(now))
-        if saved.get(name) != now.get(name) and name not in NOT_COMPARED
-    ]
+    "section.field: saved -> now" (fields only one side has included), NOT_COMPARED aside."""
+    return setting_changes.changes(
+        setting_changes.flat(saved), setting_changes.flat(now), ignore=NOT_COMPARED
+    )
 
 
 def export_attention(t: TrainConfig) -> tuple[int, int]:

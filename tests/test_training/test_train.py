@@ -263,9 +263,9 @@ def test_a_longer_run_replaces_the_export_and_names_the_changed_settings(
     exported = tmp_path / "run" / "ahn" / "model.safetensors"
     five = exported.read_bytes()
     run = train_lib.train(tiny(tmp_path, steps=6, **OBSERVED))
-    assert run.changed_settings == ["train.steps 5 -> 6"]
+    assert run.changed_settings == ["train.steps: 5 -> 6"]
     lines = progress.start_lines(run)
-    assert "changed since the checkpoint: train.steps 5 -> 6" in lines
+    assert "changed since the checkpoint: train.steps: 5 -> 6" in lines
     # 5 steps' cosine ends at 0 after step 5; 6 steps' gives step 6 a rate (3e-3 peak, 1 warmup)
     rate = 3e-3 * 0.5 * (1 + np.cos(np.pi * 4 / 5))
     assert (f"the learning-rate schedule is the new settings' from step 0: step 6 trains at "
@@ -283,7 +283,7 @@ def test_resuming_with_another_ahn_type_stops_naming_the_setting(tmp_path, singl
     changed setting and the way out, not Orbax's list of every mismatched leaf."""
     shutil.copytree(single_device_run[0] / "run", tmp_path / "run")
     train = {**TRAIN, "output_dir": str(tmp_path / "run"), **OBSERVED}
-    message = r"step 5 of another run.*ahn\.type 'gdn' -> 'dn'.*set a new train\.output_dir"
+    message = r"step 5 of another run.*ahn\.type: 'gdn' -> 'dn'.*set a new train\.output_dir"
     with pytest.raises(ConfigError, match=message):
         run_lib.setup(make_config(MODEL, ahn_type="dn", train=train, data=DATA))
 
