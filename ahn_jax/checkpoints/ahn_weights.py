@@ -122,10 +122,21 @@ _TENSORS = {
 def ahn_tensor_maps(
     config: ModelConfig, param_shapes: Mapping[ParamPath, tuple[int, ...]]
 ) -> list[TensorMap]:
+    """The reference name of each of our AHN parameters in `param_shapes` (stacked shapes), per
+    layer. An AHN parameter the type's table does not name is refused, not left out: it would
+    be missing from a saved checkpoint, and unfilled in a loaded model."""
     table = [(ref_name, (ours,), kind) for ref_name, ours, kind in _TENSORS[config.ahn_type]]
-    return layer_maps(
+    maps = layer_maps(
         config.num_layers, table, param_shapes, hf_prefix="ahn.fn.", path_prefix=("ahn",)
     )
+    unnamed = {p for p in param_shapes if is_ahn_param(p)} - {m.path for m in maps}
+    if unnamed:
+        raise ConfigError(
+            f"AHN weights {sorted('.'.join(p) for p in unnamed)} of ahn.type "
+            f"{config.ahn_type!r} have no reference name: add them to _TENSORS in "
+            "ahn_jax/checkpoints/ahn_weights.py"
+        )
+    return maps
 
 
 def ahn_hf_config(

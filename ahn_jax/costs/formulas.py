@@ -5,7 +5,8 @@ Per layer, with L tokens, D = hidden size, H = head dim, Nq / Nkv heads and W th
 (window + sinks), matmuls only, causal:
   full:  4 L D H (Nq + Nkv) + 2 H Nq L^2
   swa:   4 L D H (Nq + Nkv) + 2 H Nq W^2 + 2 (L - W) (2 W H Nq)
-  ahn:   the swa terms + 2 (L - W) (2 H^2 Nq + 3 D Nq)   (the memory's read, write and gates)
+  ahn:   the swa terms + 2 (L - W) (2 H^2 Nq + P D Nq)   (the memory's read, write and gates;
+         P its D -> N gate projections: GDN 3, as in the paper, DN and Mamba2 2)
 "Model FLOPs" add 2 L per base parameter (the paper's 3B figures: mixing + 2 L * 3.09 B): that
 counts the q, k, v, o projections twice (in the mixing term and among the parameters) and, for an
 untied model, the embedding lookup as a matmul. `model_flops` keeps that accounting, so that the
@@ -20,6 +21,7 @@ Layers kept as full attention (`full_attention_layers`) count as full in every m
 from __future__ import annotations
 
 from ahn_jax.config import MODES, ModelConfig
+from ahn_jax.model.memory import gate_names
 
 # Dense bf16 peak of one device, FLOP/s, by `jax.Device.device_kind` (vendor datasheets). A device
 # not listed gets no MFU unless `train.peak_flops_per_device` names its peak.
@@ -44,8 +46,14 @@ def _layer_attention(config: ModelConfig, length: int, mode: str, window: int) -
     evicted = L - window
     attention = 2 * H * Nq * window**2 + 2 * evicted * (2 * window * H * Nq)
     if mode == "ahn":
-        attention += 2 * evicted * (2 * H**2 * Nq + 3 * D * Nq)
+        attention += 2 * evicted * (2 * H**2 * Nq + _gate_projections(config) * D * Nq)
     return attention
+
+
+def _gate_projections(config: ModelConfig) -> int:
+    """The memory's D -> N projections: one per write gate and the output gate's. A model
+    without an AHN type is costed as the paper's GDN."""
+    return len(gate_names(config.ahn_type or "gdn")) + 1
 
 
 def _projection_weights(config: ModelConfig) -> int:

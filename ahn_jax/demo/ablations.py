@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ahn_jax.checkpoints.pretrained import from_pretrained
-from ahn_jax.config import DataConfig, TrainConfig
+from ahn_jax.config import AHN_TYPES, DataConfig, TrainConfig
 from ahn_jax.demo import scoring
 from ahn_jax.training.recall_pairs import RecallSpec
 
@@ -92,7 +92,7 @@ def _evaluations(ahns: dict[str, Path], window: int, sinks: int) -> dict[str, li
         ],
         "window_generalisation": [],
     }
-    trained = [(f"ahn-{k}", k) for k in ("gdn", "dn", "mamba2") if k in ahns]
+    trained = [(f"ahn-{k}", k) for k in AHN_TYPES if k in ahns]
     trained.append(("ahn-gdn, random W", "gdn-random-window"))
     for w in EVAL_WINDOWS:
         # full attention does not depend on W: one row, at the first

@@ -19,8 +19,10 @@ the base model's dtype. Parameter names follow the reference (`model.layers.{i}.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -171,14 +173,41 @@ def _kernel_call(run, impl, args, layouts):
     return per_shard(run, args, (*layouts.split(), "BNHE"), ("BTNH", "BNHE"), head_counts=(heads,))
 
 
+@dataclasses.dataclass(frozen=True)
+class MemoryType:
+    """How one `ahn.type` is built, and the write gates its `write_gates` returns (the decode
+    cache keeps them per slot; each comes from one D -> N projection of the evicted token, and
+    the output gate from one more: what the cost model counts)."""
+
+    build: Callable[..., nnx.Module]  # (config, rngs, *, output_init) -> the memory
+    gates: tuple[str, ...]
+
+
+# every type of config.AHN_TYPES, one entry each (tests/test_model/test_memory_types.py checks
+# this table against the config's types, the checkpoint names and the modules built)
+MEMORY_TYPES = {
+    "gdn": MemoryType(functools.partial(DeltaMemory, gated=True), ("beta", "log_alpha")),
+    "dn": MemoryType(functools.partial(DeltaMemory, gated=False), ("beta",)),
+    "mamba2": MemoryType(Mamba2Memory, ("dt",)),
+}
+
+
+def memory_type(ahn_type: str) -> MemoryType:
+    try:
+        return MEMORY_TYPES[ahn_type]
+    except KeyError:
+        raise ValueError(
+            f"ahn.type {ahn_type!r} has no entry in MEMORY_TYPES (ahn_jax/model/memory.py); "
+            f"known: {sorted(MEMORY_TYPES)}"
+        ) from None
+
+
 def make_memory(config: ModelConfig, rngs: nnx.Rngs, output_init: str = "zeros"):
-    if config.ahn_type == "mamba2":
-        return Mamba2Memory(config, rngs, output_init=output_init)
-    return DeltaMemory(config, rngs, gated=config.ahn_type == "gdn", output_init=output_init)
+    return memory_type(config.ahn_type).build(config, rngs, output_init=output_init)
 
 
 def gate_names(ahn_type: str) -> tuple[str, ...]:
-    return {"gdn": ("beta", "log_alpha"), "dn": ("beta",), "mamba2": ("dt",)}[ahn_type]
+    return memory_type(ahn_type).gates
 
 
 def recurrence_impl(num_items: int, chunked: str = "chunked") -> str:

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from shared import flat_state, tiny_config
 
-from ahn_jax.config import TrainConfig
+from ahn_jax.config import AHN_TYPES, TrainConfig
 from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.transformer import abstract_model
 from ahn_jax.training.optimizer import decay_mask, learning_rate_schedule, optimizer_for
@@ -168,7 +168,7 @@ def _named_leaves(state) -> dict[str, np.ndarray]:
     return {"/".join(map(str, path)): np.asarray(v) for path, v in flat_state(state).items()}
 
 
-@pytest.mark.parametrize("ahn_type", ["gdn", "dn", "mamba2", None])
+@pytest.mark.parametrize("ahn_type", [*AHN_TYPES, None])
 def test_a_zero_gradient_step_decays_exactly_the_weights_that_should(ahn_type):
     """On each model's real trainable state (the AHN weights; the whole base for pretraining): with
     zero gradients Adam's step is 0, so a step at learning rate lr leaves the exempt weights
