@@ -87,11 +87,14 @@ def masked_attention(q, k, v, mask, *, scale=None, key_layouts=None):
     weights = [jnp.exp(s - top) for s in scores]
     total = sum(w.sum(-1, keepdims=True) for w in weights)  # [B, K, G, T, 1]
     G, E = N // K, v_blocks[0].shape[-1]
-    # p [B, K, G*T, U_i] @ v [B, K, U_i, E]: a plain batched matmul on v's own layout
+    # p [B, K, G*T, U_i] @ v [B, K, U_i, E]: a plain batched matmul on v's own layout, summed in
+    # fp32 (a bf16 product would round before the division and again after it)
     o = sum(
         jnp.matmul(
-            w.reshape(B, K, G * T, -1).astype(block.dtype), block.transpose(0, 2, 1, 3)
-        ).astype(jnp.float32)
+            w.reshape(B, K, G * T, -1).astype(block.dtype),
+            block.transpose(0, 2, 1, 3),
+            preferred_element_type=jnp.float32,
+        )
         for w, block in zip(weights, v_blocks, strict=True)
     )
     o = o.reshape(B, K, G, T, E) / total

@@ -71,6 +71,26 @@ def test_masked_attention_over_key_blocks_equals_the_dense_reference(dtype, tol)
         masked_attention(q, k, v, mask, key_layouts=("BHUK",))
 
 
+def test_masked_attention_in_bf16_rounds_its_output_once():
+    """bf16 q, k, v (the decode step's on an accelerator): the weights are rounded to bf16 for
+    the product with v (flash-style), everything else is fp32 until the output is rounded once.
+    Every output then equals float64's result rounded to bf16; a product rounded to bf16 before
+    the division rounded a quarter of them twice."""
+    rng = np.random.default_rng(0)
+    B, T, U, N, K, H = 2, 4, 256, 4, 2, 64
+    q, k, v = (jnp.asarray(rng.normal(size=shape), jnp.bfloat16)
+               for shape in ((B, T, N, H), (B, U, K, H), (B, U, K, H)))  # fmt: skip
+    got = np.float32(masked_attention(q, [k[:, :200], k[:, 200:]], [v[:, :200], v[:, 200:]],
+                                      jnp.ones((T, U), bool)))  # fmt: skip
+    qf, kf, vf = (np.asarray(np.float32(x), np.float64) for x in (q, k, v))
+    s = np.einsum("BTKGH,BUKH->BKGTU", qf.reshape(B, T, K, N // K, H), kf) * H**-0.5
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w_bf16 = np.float64(np.float32(jnp.asarray(np.float32(w), jnp.bfloat16)))
+    o = np.einsum("BKGTU,BUKH->BTKGH", w_bf16, vf) / w.sum(-1).transpose(0, 3, 1, 2)[..., None]
+    once = np.float32(jnp.asarray(np.float32(o.reshape(B, T, N, H)), jnp.bfloat16))
+    np.testing.assert_array_equal(got, once)
+
+
 @pytest.mark.parametrize("block", [4, 5, 40])  # 20 slots: whole blocks, a shorter last one, one
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
 def test_skipping_attention_equals_masked_attention(block, dtype, tol):
