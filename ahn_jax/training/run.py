@@ -185,6 +185,14 @@ def setup(config: ConfigDict) -> Run:
     pretrain = t.objective == "pretrain"
     if pretrain and model_config.ahn_type is not None:
         raise ConfigError("train.objective = 'pretrain' trains the base: set ahn.type = None")
+    if pretrain and model_config.param_dtype != "float32":
+        # the trained weights are the optimizer's master copy, and Adam's moments take their
+        # dtype: in bf16 an update below a weight's precision (lr 2e-3 on a norm scale of 1) is lost
+        raise ConfigError(
+            f"train.objective = 'pretrain' trains the base's weights, which must be kept in "
+            f"float32 (model.param_dtype = {model_config.param_dtype!r}); model.dtype = "
+            "'bfloat16' still computes in bf16"
+        )
     if not pretrain and model_config.ahn_type is None:
         raise ConfigError("ahn.type must be set to train AHN weights")
     windows.check_some_row_learns(t, d)

@@ -485,6 +485,10 @@ def test_pretraining_trains_every_base_weight_and_exports_a_loadable_model(tmp_p
         tiny(tmp_path, steps=2, base_checkpoint=str(tmp_path / "base" / "model"))
     )
     assert distilled.step_fn._cache_size() == 1
+    with pytest.raises(ConfigError, match=r"kept in float32 \(model.param_dtype = 'bfloat16'\)"):
+        config.model.param_dtype = "bfloat16"
+        run_lib.setup(config)
+    config.model.param_dtype = "float32"
     with pytest.raises(ConfigError, match="set ahn.type = None"):
         config.ahn.type = "gdn"
         run_lib.setup(config)
