@@ -46,10 +46,12 @@ from ahn_jax.evaluation.perplexity import run_perplexity, tokenized_documents
 from ahn_jax.evaluation.results import (
     GRID_TASKS,
     TASKS,
+    UnknownKindError,
     check_settings,
     data_files,
     data_record,
     read_results,
+    task_kind,
 )
 from ahn_jax.evaluation.runner import (
     benchmark_prompts,
@@ -245,15 +247,18 @@ def _note_prompts_inside_the_window(settings, prompts) -> None:
 
 
 def _prompts(tokenizer, settings, files):
+    kind = task_kind(settings.task)
     try:
-        if settings.task == "passkey":
+        if kind == "passkey":
             return passkey_prompts(tokenizer, settings)
-        if settings.task in ruler.VARIANTS:
+        if kind == "niah":
             return ruler_prompts(tokenizer, settings)
     except ValueError as error:  # a grid the prompts cannot be built for; it names the flag
         raise app.UsageError(str(error)) from None
-    benchmark = tasks.BENCHMARKS[settings.task]
-    return benchmark_prompts(benchmark, files, tokenizer, settings, FLAGS.dataset)
+    if kind == "benchmark":
+        benchmark = tasks.BENCHMARKS[settings.task]
+        return benchmark_prompts(benchmark, files, tokenizer, settings, FLAGS.dataset)
+    raise UnknownKindError(settings.task, "prompt builder")
 
 
 if __name__ == "__main__":

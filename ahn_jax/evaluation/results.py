@@ -16,11 +16,41 @@ from absl import app
 from ahn_jax import jsonl, setting_changes
 from ahn_jax.cli import file_digest
 from ahn_jax.evaluation.ruler import VARIANTS
+from ahn_jax.evaluation.tasks import BENCHMARKS
 
-TASKS = ("lveval", "infinitebench", "longbench", "passkey", *VARIANTS, "perplexity")
-# the generated tasks scored on a grid of prompt length x needle depth
-GRID_TASKS = ("passkey", *VARIANTS)
+# Each task is of one kind, which decides its prompts, score, chat rule and extra settings: a
+# "benchmark" reads data files (tasks.BENCHMARKS), "passkey" and "niah" (RULER's needle variants)
+# are generated on a grid of prompt length x needle depth, "perplexity" scores documents. A new
+# task joins a kind; a new kind needs a branch wherever `task_kind` is dispatched on, each of
+# which refuses a kind it does not know (docs/evaluation.md "Adding a task").
+TASK_KINDS = {
+    **dict.fromkeys(BENCHMARKS, "benchmark"),
+    "passkey": "passkey",
+    **dict.fromkeys(VARIANTS, "niah"),
+    "perplexity": "perplexity",
+}
+TASKS = tuple(TASK_KINDS)
+GRID_TASKS = tuple(task for task, kind in TASK_KINDS.items() if kind in ("passkey", "niah"))
 PREDICTIONS, RUN_SETTINGS = "predictions.jsonl", "run.json"
+
+
+def task_kind(task: str) -> str:
+    try:
+        return TASK_KINDS[task]
+    except KeyError:
+        raise ValueError(
+            f"task {task!r} has no kind: add it to TASK_KINDS (ahn_jax/evaluation/results.py)"
+        ) from None
+
+
+class UnknownKindError(ValueError):
+    """A task kind one of evaluation's dispatches has no branch for."""
+
+    def __init__(self, task: str, what: str):
+        super().__init__(
+            f"task {task!r} is of kind {task_kind(task)!r}, for which evaluation has no {what}: "
+            "see docs/evaluation.md, Adding a task"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

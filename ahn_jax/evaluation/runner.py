@@ -16,10 +16,12 @@ from ahn_jax.evaluation.batch_progress import BatchProgress
 from ahn_jax.evaluation.metrics import passkey_exact_match, string_match_all
 from ahn_jax.evaluation.results import (
     Settings,
+    UnknownKindError,
     append_results,
     nothing_to_evaluate,
     scored_ids,
     sort_results,
+    task_kind,
 )
 from ahn_jax.inference import generate as generate_lib
 from ahn_jax.model import transformer as model_lib
@@ -118,14 +120,17 @@ def ruler_prompts(tokenizer, settings: Settings) -> list[Prompt]:
 
 
 def score_prediction(task: str, record: dict, prediction: str) -> float:
-    if task == "passkey":
+    kind = task_kind(task)
+    if kind == "passkey":
         return passkey_exact_match(prediction, record["answers"][0])
-    if task in ruler.VARIANTS:
+    if kind == "niah":
         return string_match_all(prediction, record["answers"])
-    benchmark = tasks.BENCHMARKS[task]
-    return tasks.score(
-        benchmark, record["dataset"], prediction, record["answers"], record.get("keywords")
-    )
+    if kind == "benchmark":
+        benchmark = tasks.BENCHMARKS[task]
+        return tasks.score(
+            benchmark, record["dataset"], prediction, record["answers"], record.get("keywords")
+        )
+    raise UnknownKindError(task, "score")
 
 
 def run_generation(

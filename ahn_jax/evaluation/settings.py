@@ -13,7 +13,7 @@ from absl import app
 from ahn_jax.checkpoints import recorded as recorded_lib
 from ahn_jax.config import ModelConfig
 from ahn_jax.evaluation import ruler, tasks
-from ahn_jax.evaluation.results import GRID_TASKS, Settings
+from ahn_jax.evaluation.results import Settings, UnknownKindError, task_kind
 from ahn_jax.inference import run_mode
 from ahn_jax.inference.generation_config import read_generation_config
 
@@ -115,28 +115,34 @@ def window_and_sinks(
 
 
 def _uses_chat(task: str, model_name: str, chat: str) -> bool:
+    kind = task_kind(task)
     # RULER runs a chat model with its chat template; which models get it follows the benchmarks'
-    if task in tasks.BENCHMARKS or task in ruler.VARIANTS:
+    if kind in ("benchmark", "niah"):
         return tasks.uses_chat(model_name, chat)
-    return task == "passkey" and chat == "on"
+    if kind in ("passkey", "perplexity"):  # raw prompts unless asked (perplexity: never read)
+        return kind == "passkey" and chat == "on"
+    raise UnknownKindError(task, "chat-template rule")
 
 
 def _task_extras(task, max_length, grid: dict, niah: dict, bucket) -> dict:
     """The settings only some tasks have: the pass-key and NIAH grid and seed, the NIAH needles
     (RULER's counts and kinds), perplexity's position bucket."""
-    if task in GRID_TASKS:
+    kind = task_kind(task)
+    if kind in ("passkey", "niah"):
         extra = _grid(**grid)
-        if task in ruler.VARIANTS:
+        if kind == "niah":
             try:
                 extra.update(dataclasses.asdict(ruler.make_config(task, **niah)))
             except ValueError as error:  # its message names the flag
                 raise app.UsageError(str(error)) from None
         return extra
-    if task == "perplexity":
+    if kind == "perplexity":
         if max_length is None or max_length < 2:
             raise app.UsageError("--task=perplexity needs --max_length (tokens per document) >= 2")
         return dict(bucket=bucket or max(max_length // 16, 1))
-    return {}
+    if kind == "benchmark":
+        return {}
+    raise UnknownKindError(task, "extra settings")
 
 
 def _grid(lengths, depths, samples: int, seed: int) -> dict:
