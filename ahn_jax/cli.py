@@ -85,6 +85,11 @@ def absent(path: str | Path) -> str:
     return "does not exist"
 
 
+# The folder of a training run's output_dir its weights are exported to, by train.objective
+# (training/checkpointing.py): the AHN weights of a distillation, the whole pretrained base.
+EXPORT_NAMES = {"distill": "ahn", "pretrain": "model"}
+
+
 def training_run_note(path: str | Path) -> str:
     """ "" unless `path` is a training run of `ahn_jax.train`, its checkpoints folder or one
     step's checkpoint (trained weights with their optimizer state, which no tool reads as a
@@ -98,7 +103,8 @@ def training_run_note(path: str | Path) -> str:
     if not steps:
         return ""
     latest = steps[-1]
-    what = "model" if _objective(run / "checkpoints" / str(latest)) == "pretrain" else "ahn"
+    # a step whose config cannot be read: the paper's objective
+    what = EXPORT_NAMES[_objective(run / "checkpoints" / str(latest)) or "distill"]
     exported = run / what
     if not (exported / "config.json").is_file():
         where = (

@@ -39,7 +39,7 @@ def main(argv) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda number, frame: cli.exit_now(128 + number))
         sys.exit(128 + e.signum)  # the shell's convention for a process a signal ended
-    what = "model" if run.train.objective == "pretrain" else "ahn"
+    what = cli.EXPORT_NAMES[run.train.objective]
     steps = f"{run.train.steps} step{'' if run.train.steps == 1 else 's'}"
     if run.start_step > run.train.steps:  # nothing ran: the export is the checkpoint's
         steps = f"nothing to run (train.steps = {run.train.steps}; checkpoint of step "

@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from ahn_jax import setting_changes
 from ahn_jax.checkpoints import ahn_weights
 from ahn_jax.checkpoints.pretrained import save_model
+from ahn_jax.cli import EXPORT_NAMES
 from ahn_jax.config import ConfigError, TrainConfig
 from ahn_jax.costs.table import training_window
 from ahn_jax.training.optimizer import rate_change_on_resume
@@ -142,7 +143,7 @@ def export_ahn(run: Run) -> Path:
             window_sampling=t.window_sampling,
         )
 
-    return _export(run, run.output_dir / "ahn", write)
+    return _export(run, run.output_dir / EXPORT_NAMES["distill"], write)
 
 
 def export_model(run: Run) -> Path:
@@ -152,7 +153,7 @@ def export_model(run: Run) -> Path:
     def write(gathered, directory: Path) -> None:
         save_model(nnx.merge(run.graphdef, gathered, run.frozen), directory)
 
-    return _export(run, run.output_dir / "model", write)
+    return _export(run, run.output_dir / EXPORT_NAMES["pretrain"], write)
 
 
 def _export(run: Run, export_dir: Path, write) -> Path:
