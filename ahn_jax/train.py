@@ -23,7 +23,7 @@ def main(argv) -> None:
     # imported: orbax, grain and TensorBoard's writer take seconds to import
     validate_config(config)
     run_configs(config)
-    from ahn_jax.costs.table import training_window
+    from ahn_jax.config.windows import fixed_window
     from ahn_jax.training.checkpointing import export_attention
     from ahn_jax.training.interrupt import InterruptedTrainingError
     from ahn_jax.training.loop import TrainingError, train
@@ -45,7 +45,7 @@ def main(argv) -> None:
         steps = f"nothing to run (train.steps = {run.train.steps}; checkpoint of step "
         steps += f"{run.start_step})"
     print(f"done: {steps}; weights in {run.output_dir / what}")
-    if what == "ahn" and training_window(run.train) is None:
+    if what == "ahn" and fixed_window(run.train) is None:
         window, sinks = export_attention(run.train)
         print(
             f"its config.json records inference window {window}, sinks {sinks} (the evaluation "

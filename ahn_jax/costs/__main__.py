@@ -11,6 +11,7 @@ from ml_collections import config_flags
 
 from ahn_jax import cli, xla_cpu
 from ahn_jax.config import AHN_TYPES, ConfigError, TrainConfig, validate_config
+from ahn_jax.config.windows import fixed_window
 from ahn_jax.costs import table
 
 FLAGS = flags.FLAGS
@@ -57,11 +58,11 @@ def _layer_ids(values: list[str]) -> tuple[int, ...]:
 
 def _window_and_sinks(config) -> tuple[int, int, str]:
     """(W, S, where they came from): each flag given wins; else the config's where its training
-    fixes them (`table.training_window`: e.g. the demo's W = 32, S = 4), else the flags'
+    fixes them (`config.windows.fixed_window`: e.g. the demo's W = 32, S = 4), else the flags'
     defaults (W + S = 32,768, the paper's Table 9)."""
     fixed = None
     if "train" in config:
-        fixed = table.training_window(TrainConfig.from_dict(config.train.to_dict()))
+        fixed = fixed_window(TrainConfig.from_dict(config.train.to_dict()))
     name = config_flags.get_config_filename(FLAGS["config"])
     chosen, sources = {}, {}
     for flag, at in (("window", 0), ("sinks", 1)):

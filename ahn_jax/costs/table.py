@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from ahn_jax.config import MODES, ModelConfig, TrainConfig
+from ahn_jax.config import MODES, ModelConfig
 from ahn_jax.costs import formulas
 from ahn_jax.model.cache import gate_width
 from ahn_jax.model.memory import AhnParam, gate_names
@@ -101,23 +101,6 @@ def decode_cache_bytes(
         total += B * gate_cache_bytes(config, window, sinks)
         total += 4 * memory_layers * B * config.num_heads * config.head_dim**2  # the states
     return total + 4 * B * (C + 1 + M)  # slot positions, length, the full layers' positions
-
-
-def training_window(train: TrainConfig) -> tuple[int, int, str] | None:
-    """(W, S, the settings they come from) where a config's training fixes them: "fixed"
-    sampling, or "random" with a single W + S and a single S choice (S kept where S <= (W + S) / 2,
-    else 0, as the draw keeps it: training/windows.py); None where it draws several, derives them
-    from each row's length ("linear"), or pretrains (full attention, no window)."""
-    if train.objective == "pretrain":
-        return None
-    if train.window_sampling == "fixed":
-        return train.window, train.sinks, "train.window / train.sinks"
-    single = len(train.window_choices) == 1 and len(train.sink_choices) == 1
-    if train.window_sampling != "random" or not single:
-        return None
-    (total,), (sinks,) = train.window_choices, train.sink_choices
-    sinks = sinks if sinks <= total / 2 else 0
-    return total - sinks, sinks, "train.window_choices / train.sink_choices (one each)"
 
 
 def allocated_cache_bytes(config: ModelConfig, length: int, window: int, sinks: int) -> dict:

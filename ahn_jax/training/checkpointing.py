@@ -21,7 +21,7 @@ from ahn_jax.checkpoints import ahn_weights
 from ahn_jax.checkpoints.pretrained import save_model
 from ahn_jax.cli import EXPORT_NAMES
 from ahn_jax.config import ConfigError, TrainConfig
-from ahn_jax.costs.table import training_window
+from ahn_jax.config.windows import fixed_window
 from ahn_jax.training.optimizer import rate_change_on_resume
 
 if TYPE_CHECKING:  # the run imports this module to restore its latest checkpoint
@@ -117,10 +117,10 @@ def changed_settings(saved: dict, now: dict) -> list[str]:
 
 def export_attention(t: TrainConfig) -> tuple[int, int]:
     """The inference W and S the AHN export's config.json records: the one pair the run trained
-    on ("fixed", or one W + S and one S choice: `costs.table.training_window`, which `costs`
+    on ("fixed", or one W + S and one S choice: `config.windows.fixed_window`, which `costs`
     reads too); else the evaluation defaults (docs/method.md §Inference), TrainConfig having no
     such field (the file's `sliding_window_type` says the windows were drawn)."""
-    if trained_on := training_window(t):
+    if trained_on := fixed_window(t):
         return trained_on[0], trained_on[1]
     return ahn_weights.DEFAULT_WINDOW, ahn_weights.DEFAULT_SINKS
 

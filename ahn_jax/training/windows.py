@@ -24,6 +24,7 @@ import numpy as np
 
 from ahn_jax.config import SINK_CHOICES, WINDOW_CHOICES, ConfigError
 from ahn_jax.config.run import WINDOW_SAMPLINGS, DataConfig, TrainConfig
+from ahn_jax.config.windows import sinks_allowed
 
 # LLaMA-Factory's training collator pads each batch to a multiple of this (its SFT workflow)
 COLLATOR_PAD_MULTIPLE = 8
@@ -142,7 +143,7 @@ def _random_pair(seen, length, seed, step, row, window_choices, sink_choices) ->
         return max(length, 1), 0
     rng = np.random.default_rng([seed, step, row])
     total = int(totals[rng.integers(len(totals))])
-    sink_options = [s for s in sink_choices if s <= total / 2]
+    sink_options = [s for s in sink_choices if sinks_allowed(s, total)]
     chosen = int(sink_options[rng.integers(len(sink_options))]) if sink_options else 0
     return total - chosen, chosen
 

@@ -223,11 +223,12 @@ def test_costs_cli_takes_the_window_and_sinks_a_config_fixes_unless_flags_are_gi
     assert wider["window_source"].startswith("W: --window; S: ")
 
 
-def test_training_window_reads_fixed_and_single_choice_configs_only():
+def test_the_fixed_window_reads_fixed_and_single_choice_configs_only():
     from ahn_jax.config import TrainConfig
+    from ahn_jax.config.windows import fixed_window
 
     def window(**train):
-        return table.training_window(TrainConfig(**train))
+        return fixed_window(TrainConfig(**train))
 
     assert window(window_sampling="fixed", window=32, sinks=4)[:2] == (32, 4)
     assert window(window_choices=(64,), sink_choices=(4,))[:2] == (60, 4)
