@@ -16,7 +16,8 @@ from pathlib import Path
 import tokenizers
 
 # Qwen2.5's own default system prompt. LLaMA-Factory's qwen template (the reference's SFT) inserts
-# it too when a conversation has none (since April 2025; before: "You are a helpful assistant.")
+# it too when a conversation has none (since April 2025; before: "You are a helpful assistant.";
+# the reference's pins date its fork to May 2025: docs/method.md §Training)
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 # Qwen2-Instruct's (and Qwen1.5's) template inserts this one instead
 QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."

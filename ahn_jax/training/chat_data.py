@@ -20,44 +20,56 @@ import numpy as np
 from ahn_jax.tokenizer import CHAT_ROLES, chat_segments
 from ahn_jax.training.losses import IGNORE
 
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-                  "assistant": "assistant"}  # fmt: skip
+# both forms take both spellings (LLaMA-Factory's sharegpt tags and OpenAI's roles)
+ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
+         "assistant": "assistant"}  # fmt: skip
+# the roles of tool use, which the reference's template renders and ours does not
+TOOL_ROLES = ("function_call", "observation", "tool", "function")
 
 
 class BadRecordError(ValueError):
     """A record that cannot be used; the message says why."""
 
 
-def _turns_of(record) -> tuple[list, str, str, dict | None]:
+def _turns_of(record) -> tuple[list, str, str]:
     if not isinstance(record, dict):
         raise BadRecordError("a chat record must be a JSON object")
+    if record.get("tools"):
+        raise BadRecordError('"tools" are not supported (tool use is not rendered)')
     if "messages" in record:
-        turns, role_key, text_key, roles = record["messages"], "role", "content", None
+        turns, role_key, text_key = record["messages"], "role", "content"
     elif "conversations" in record:
-        turns, role_key, text_key, roles = record["conversations"], "from", "value", SHAREGPT_ROLES
+        turns, role_key, text_key = record["conversations"], "from", "value"
     else:
         raise BadRecordError('no "messages" or "conversations" field')
     if not isinstance(turns, list) or not turns:
         raise BadRecordError("the conversation is empty or not a list")
-    return turns, role_key, text_key, roles
+    return turns, role_key, text_key
 
 
 def chat_messages(record) -> list[dict[str, str]]:
-    """The conversation of a chat record in OpenAI form, whichever form it came in."""
-    turns, role_key, text_key, roles = _turns_of(record)
+    """The conversation of a chat record in OpenAI form, whichever form it came in. A record's
+    top-level "system" string is its system turn where the conversation has none (LLaMA-Factory's
+    sharegpt column)."""
+    turns, role_key, text_key = _turns_of(record)
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
             raise BadRecordError(f'turn {i} lacks "{role_key}" or "{text_key}"')
-        role = turn[role_key] if roles is None else roles.get(turn[role_key])
+        role = ROLES.get(turn[role_key])
+        if turn[role_key] in TOOL_ROLES:
+            raise BadRecordError(f"turn {i} is a tool turn ({turn[role_key]!r}): not supported")
         if role not in CHAT_ROLES:
             raise BadRecordError(f"turn {i} has an unknown role {turn[role_key]!r}")
-        if not isinstance(turn[text_key], str):
+        text = turn[text_key]
+        if role == "system" and text is None:  # the default system prompt, as an empty one
+            text = ""
+        if not isinstance(text, str):
             raise BadRecordError(f"turn {i}'s text is not a string")
-        messages.append({"role": role, "content": turn[text_key]})
+        messages.append({"role": role, "content": text})
     # an empty system turn gets the default system prompt, as in the reference (`system or
     # default_system`)
-    first = 1 if messages[0]["role"] == "system" else 0
+    first = had_system = 1 if messages[0]["role"] == "system" else 0
     if first and not messages[0]["content"]:
         messages = messages[1:]
         first = 0
@@ -67,6 +79,9 @@ def chat_messages(record) -> list[dict[str, str]]:
             raise BadRecordError(f"turn {i} is {message['role']!r} where {expected!r} must be")
     if len(messages) == first or (len(messages) - first) % 2:
         raise BadRecordError("the conversation must end with an assistant reply")
+    system = record.get("system")
+    if not had_system and isinstance(system, str) and system:
+        messages.insert(0, {"role": "system", "content": system})
     return messages
 
 

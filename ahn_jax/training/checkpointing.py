@@ -22,6 +22,7 @@ from ahn_jax.checkpoints.pretrained import save_model
 from ahn_jax.cli import EXPORT_NAMES
 from ahn_jax.config import ConfigError, TrainConfig
 from ahn_jax.config.windows import fixed_window
+from ahn_jax.training import data_files
 from ahn_jax.training.optimizer import rate_change_on_resume
 
 if TYPE_CHECKING:  # the run imports this module to restore its latest checkpoint
@@ -35,9 +36,10 @@ def save(run: Run, step: int) -> None:
             trainable=ocp.args.StandardSave(run.trainable),
             opt_state=ocp.args.StandardSave(run.opt_state),
             data=grain.checkpoint.CheckpointSave(run.iterator),  # one file per process
-            meta=ocp.args.JsonSave({"step": step, "config": _as_json(run.config)}),
+            meta=ocp.args.JsonSave({"step": step, "config": _as_json(run.config),
+                                    "data_files": data_files.fingerprints(run.data.paths)}),
         ),
-    )
+    )  # fmt: skip
 
 
 def restore_latest(run: Run) -> None:
@@ -54,6 +56,7 @@ def restore_latest(run: Run) -> None:
     # trees, and the restore's error (a list of every mismatched leaf) would not say which setting
     saved = run.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     run.changed_settings = changed_settings(saved.meta["config"], _as_json(run.config))
+    _check_data_files(saved.meta.get("data_files"), run, step)
     run.rate_change = rate_change_on_resume(saved.meta["config"].get("train", {}), run.train, step)
     _check_process_count(run.manager.directory / str(step) / "data", step)
     try:
@@ -80,6 +83,16 @@ def restore_latest(run: Run) -> None:
     run.trainable, run.opt_state = restored.trainable, restored.opt_state
     run.start_step = step
     logging.info("resumed from %s at step %d", run.manager.directory, step)
+
+
+def _check_data_files(saved: dict | None, run: Run, step: int) -> None:
+    if changed := data_files.changed_files(saved, data_files.fingerprints(run.data.paths)):
+        raise ConfigError(
+            f"train.output_dir {run.output_dir} holds the checkpoint of step {step}, which read "
+            f"{', '.join(changed)} with other contents (size or first / last MiB): resumed, "
+            "its data order would not continue (a record added or removed moves every later "
+            "one). Resume with the files as they were, or set a new train.output_dir"
+        )
 
 
 def _check_process_count(data_dir: Path, step: int) -> None:

@@ -2,8 +2,9 @@
 
 Formats (`data.format`):
   chat   JSONL, one conversation per line, in the sharegpt form ({"conversations": [{"from":
-         "system"|"human"|"gpt", "value": ...}]}) or the OpenAI form ({"messages": [{"role",
-         "content"}]});
+         "system"|"human"|"gpt", "value": ...}], optionally "system": ...}) or the OpenAI form
+         ({"messages": [{"role", "content"}]}); a JSON array file or alpaca records are refused
+         at start-up (ahn_jax/training/data_files.py);
          rendered with Qwen2.5's chat template, labels only on the assistant's replies (each with
          its closing `<|im_end|>\n`) and samples over `cutoff_len` truncated turn by turn with the
          prompt shortened first, as the reference's LLaMA-Factory SFT does
@@ -18,10 +19,11 @@ window gets key/recall pairs (ahn_jax/training/recall_pairs.py). JSONL files are
 `data.max_samples` records each, then concatenated or, with `data.mix`, interleaved with those
 probabilities (ahn_jax/training/mixing.py).
 
-A bad record (invalid JSON, a missing field, empty text, a conversation whose turns do not
-alternate user / assistant) is skipped and counted; the first few are logged with their file and
-line. Order is a function of the seed alone: the iterator's state, saved with each checkpoint,
-resumes it exactly. Each process reads its own shard (`process_index`).
+A bad record (invalid JSON or not UTF-8, a missing field, empty text, a conversation whose turns
+do not alternate user / assistant, tool use) is skipped and counted; the first few are logged with
+their file and line. Order is a function of the seed alone: the iterator's state, saved with each
+checkpoint, resumes it exactly, over the same files (checkpoints keep their fingerprints). Each
+process reads its own shard (`process_index`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from absl import logging
 
 from ahn_jax import jsonl
 from ahn_jax.config import DATA_FORMATS, ConfigError, DataConfig
-from ahn_jax.training import recall_pairs
+from ahn_jax.training import data_files, recall_pairs
 from ahn_jax.training.chat_data import BadRecordError, chat_messages, chat_turns, truncate_turns
 from ahn_jax.training.chat_data import encode_chat as encode_chat  # the module's API, as before
 from ahn_jax.training.losses import IGNORE
@@ -141,11 +143,11 @@ class JsonlLines:
     def __len__(self) -> int:
         return len(self._index)
 
-    def __getitem__(self, i: int) -> tuple[str, str]:
+    def __getitem__(self, i: int) -> tuple[str, bytes]:
         path, number, offset = self._index[i]
         with open(path, "rb") as f:
             f.seek(offset)
-            return f"{path}:{number}", f.readline().decode("utf-8", errors="replace")
+            return f"{path}:{number}", f.readline()
 
 
 def _pieces(ids: np.ndarray, size: int, min_len: int) -> list[np.ndarray]:
@@ -198,7 +200,7 @@ def _jsonl_record(fmt, tokenizer, cutoff, filter_len, skips, item) -> Example | 
     """One JSONL line as an example; None (counted in `skips` when malformed) when it is dropped."""
     where, line = item
     try:
-        record = jsonl.loads(line)
+        record = jsonl.loads(jsonl.decode_line(line))  # a line not UTF-8 is a bad record
         if fmt == "chat":
             turns = chat_turns(tokenizer, chat_messages(record))
             length = sum(len(prompt) + len(reply) for prompt, reply in turns)
@@ -249,6 +251,7 @@ def make_dataset(
     else:
         source = JsonlLines(data_config.paths, max_samples=data_config.max_samples,
                             mix=data_config.mix, seed=seed)  # fmt: skip
+        data_files.check_shapes(data_config.paths, fmt)
         encode = functools.partial(_jsonl_record, fmt, tokenizer, cutoff, filter_len, skips)
 
     # one global shuffled stream, dealt out to the processes: together they read the batches a

@@ -1,7 +1,8 @@
 """Several data files mixed with probabilities `data.mix`, as the reference mixes its datasets
 (docs/method.md §Training): LLaMA-Factory's `interleave_probs`, which is Hugging Face datasets'
-`interleave_datasets` with the "first_exhausted" stopping strategy (its default, LLaMA-Factory's
-`mix_strategy = "interleave_under"`).
+`interleave_datasets` with the "first_exhausted" stopping strategy (LLaMA-Factory's
+`mix_strategy = "interleave_under"`, which the reference must name: LLaMA-Factory's default,
+`concat`, refuses `interleave_probs`). Without `data.mix` the files are concatenated (`concat`).
 
 Each draw picks a file with the given probabilities and takes that file's next record, in file
 order; the mixture ends with the draw that takes the last record of some file. The draws come from

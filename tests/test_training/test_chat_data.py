@@ -159,6 +159,33 @@ def test_the_default_system_prompt_is_inserted_when_a_sample_has_none(qwen):
     assert qwen.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
 
 
+def test_a_top_level_system_is_the_system_turn_where_the_conversation_has_none(qwen):
+    # LLaMA-Factory's sharegpt form: "system" beside "conversations"
+    turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]
+    record = {"system": "Be brief.", "conversations": turns}
+    ids, _ = chat_data.encode_chat(qwen, chat_data.chat_messages(record))
+    assert qwen.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+    # a system turn, even empty (then the default), wins over the column, as in the reference
+    for content, shown in (("Be terse.", "Be terse."), ("", QWEN_DEFAULT_SYSTEM),
+                           (None, QWEN_DEFAULT_SYSTEM)):  # fmt: skip
+        record["conversations"] = [{"from": "system", "value": content}, *turns]
+        ids, _ = chat_data.encode_chat(qwen, chat_data.chat_messages(record))
+        assert qwen.decode(ids).startswith(f"<|im_start|>system\n{shown}<|im_end|>\n")
+    # both forms take both spellings of the roles
+    messages = {"messages": [{"role": "human", "content": "Hi"}, {"role": "gpt", "content": "x"}]}
+    assert [m["role"] for m in chat_data.chat_messages(messages)] == ["user", "assistant"]
+
+
+def test_tool_use_is_named_as_unsupported():
+    turns = [{"from": "human", "value": "Hi"}, {"from": "function_call", "value": "{}"},
+             {"from": "observation", "value": "{}"}, {"from": "gpt", "value": "Done."}]  # fmt: skip
+    with pytest.raises(chat_data.BadRecordError, match="turn 1 is a tool turn .*not supported"):
+        chat_data.chat_messages({"conversations": turns})
+    record = {"conversations": [turns[0], turns[-1]], "tools": '[{"name": "f"}]'}
+    with pytest.raises(chat_data.BadRecordError, match='"tools" are not supported'):
+        chat_data.chat_messages(record)
+
+
 @pytest.mark.parametrize(
     "roles, why",
     [

@@ -74,6 +74,37 @@ def test_bad_records_are_skipped_counted_and_located(tmp_path, caplog):
     assert all(int(b["lengths"].max()) < CHAT_LEN for b in batches)  # nothing cut: rows differ
 
 
+def test_a_line_that_is_not_utf8_is_a_bad_record_not_replacement_characters(tmp_path, caplog):
+    path = tmp_path / "chat.jsonl"
+    _write_chat(path, 6)
+    latin1 = {"messages": [{"role": "user", "content": "caf\u00e9"},
+                           {"role": "assistant", "content": "ol\u00e9"}]}  # fmt: skip
+    path.write_bytes(path.read_bytes() + json.dumps(latin1, ensure_ascii=False).encode("latin-1"))
+    skips = data.SkipCounter()
+    dataset = data.make_dataset(_config([path], cutoff_len=CHAT_LEN), ByteTokenizer(),
+                                batch_size=1, seed=0, buckets=(CHAT_LEN,), skips=skips)  # fmt: skip
+    iterator = iter(dataset)
+    with caplog.at_level(logging.WARNING):
+        rows = [next(iterator)["input_ids"][0] for _ in range(6)]
+    assert skips.count == 1 and f"{path}:7: invalid JSON (not UTF-8: byte 0xe9" in caplog.text
+    assert not any(b"\xef\xbf\xbd" in bytes(row.astype(np.uint8)) for row in rows)  # no U+FFFD
+
+
+def test_files_in_shapes_the_reader_does_not_take_are_named_at_start(tmp_path):
+    array = tmp_path / "lf.json"
+    array.write_text(json.dumps([{"conversations": [{"from": "human", "value": "q"}]}]))
+    with pytest.raises(ConfigError, match=f"{array} is a JSON array; the data files are JSON L"):
+        data.make_dataset(_config([array]), ByteTokenizer(), batch_size=1, seed=0, buckets=(64,))
+    alpaca = tmp_path / "alpaca.jsonl"
+    alpaca.write_text("\n" + json.dumps({"instruction": "Add.", "input": "1+1", "output": "2"}))
+    with pytest.raises(ConfigError, match=f"{alpaca} holds alpaca records"):
+        data.make_dataset(_config([alpaca]), ByteTokenizer(), batch_size=1, seed=0, buckets=(64,))
+    # as text records they are only records without "text": skipped, counted, like any bad one
+    with pytest.raises(ConfigError, match="no usable record"):
+        next(iter(data.make_dataset(_config([alpaca], fmt="text"), ByteTokenizer(),
+                                    batch_size=1, seed=0, buckets=(64,))))  # fmt: skip
+
+
 def test_filter_and_cutoff(tmp_path):
     path = tmp_path / "text.jsonl"
     texts = ["short", "x" * 30, "y" * 200]

@@ -492,3 +492,20 @@ def test_pretraining_trains_every_base_weight_and_exports_a_loadable_model(tmp_p
     with pytest.raises(ConfigError, match="set ahn.type = None"):
         config.ahn.type = "gdn"
         run_lib.setup(config)
+
+
+def test_resuming_over_a_changed_data_file_is_refused_naming_it(tmp_path):
+    """The checkpoint keeps each data file's fingerprint: resumed over a file with a record more,
+    the saved position would index another order, so the run stops and says so."""
+    path = tmp_path / "text.jsonl"
+    lines = [json.dumps({"text": f"record {i}: " + "to be or not to be " * 8}) for i in range(40)]
+    path.write_text("\n".join(lines) + "\n")
+    data = dict(format="text", tokenizer="bytes", paths=(str(path),), filter_len=8,
+                cutoff_len=128)  # fmt: skip
+    train = {**TRAIN, "steps": 1, "output_dir": str(tmp_path / "run")}
+    config = make_config(MODEL, ahn_type="gdn", train=train, data=data)
+    train_lib.train(config)
+    assert run_lib.setup(config).start_step == 1  # the same file: resumed
+    path.write_text(json.dumps({"text": "a new first record"}) + "\n" + path.read_text())
+    with pytest.raises(ConfigError, match=f"step 1, which read {path} with other contents"):
+        run_lib.setup(config)
