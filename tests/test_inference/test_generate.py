@@ -303,3 +303,27 @@ def test_an_interrupted_jsonl_run_resumes_after_its_finished_batches(tmp_path, m
                                             partial=empty, **kwargs))  # fmt: skip
     assert (tmp_path / "o2.jsonl").read_text() == ""
     assert completions._batch_seed(-1, 0) != completions._batch_seed(1, 0)  # a negative --seed
+
+
+def test_the_readmes_text_generation_runs_as_written(tmp_path, qwen25_tokenizer_dir, monkeypatch):
+    """README "Use": its generation lines, run on a tiny model saved as the directory it names
+    (smaller W, S and budget), with the tokenizer and a generation_config.json of Qwen's keys."""
+    import shutil
+
+    from ahn_jax import from_pretrained
+
+    model_dir = tmp_path / "Qwen2.5-3B-Instruct"
+    save_tiny_qwen2(model_dir, vocab_size=151936, hidden_size=32, intermediate_size=48)
+    shutil.copy(qwen25_tokenizer_dir / "tokenizer.json", model_dir)
+    settings = {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8,
+                "repetition_penalty": 1.05, "eos_token_id": [151645, 151643]}  # fmt: skip
+    (model_dir / "generation_config.json").write_text(json.dumps(settings))
+    readme = (ROOT / "README.md").read_text()
+    last = "print(tokenizer.decode(new_ids))"
+    code = readme[readme.index("# text in, text out") : readme.index(last) + len(last)]
+    code = code.replace("window=32640, sinks=128", "window=16, sinks=4")
+    code = code.replace("max_new_tokens=256", "max_new_tokens=6")
+    monkeypatch.chdir(tmp_path)
+    scope = {"model": from_pretrained(model_dir, ahn_type="gdn")}
+    exec(code, scope)  # noqa: S102 - the README's own lines
+    assert 1 <= len(scope["new_ids"]) <= 6
