@@ -262,11 +262,16 @@ def make_dataset(
     dataset = dataset[process_index::process_count].map(Usable(encode, 2 * len(source)))
     if data_config.recall:
         dataset = _add_recall_pairs(dataset, data_config, cutoff, batch_size, seed)
-    # Read in this thread: grain's default per-element thread pool polls its futures on every
-    # element, several times slower per batch than reading here (docs/benchmarks.md, the tiny
-    # base's pretraining); a batch-level prefetch thread aborted the interpreter at exit. The
-    # records dropped (None: too short, bad) are skipped by to_iter_dataset itself.
-    return dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).batch(
+    # By default read in this thread: grain's per-element thread pool polls its futures on every
+    # element, several times slower per batch than reading here on 2 cores (docs/benchmarks.md,
+    # the tiny base's pretraining); a batch-level prefetch thread aborted the interpreter at exit.
+    # `read_threads` reads ahead instead (the same stream, the same saved state). The records
+    # dropped (None: too short, bad) are skipped by to_iter_dataset itself.
+    threads = data_config.read_threads
+    ahead = grain.ReadOptions(
+        num_threads=threads, prefetch_buffer_size=2 * batch_size * (threads > 0)
+    )
+    return dataset.to_iter_dataset(ahead).batch(
         batch_size, drop_remainder=True, batch_fn=lambda b: pad_batch(b, buckets)
     )
 

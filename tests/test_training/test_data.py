@@ -161,6 +161,34 @@ def test_order_is_seeded_and_the_iterator_state_resumes_exactly(tmp_path):
     assert any(not np.array_equal(next(other)["input_ids"], b) for b in [next(make())["input_ids"]])
 
 
+def test_reading_ahead_in_threads_gives_the_same_stream_and_resumes_it(tmp_path):
+    """data.read_threads: records read and tokenized in grain's threads ahead of the loop; the
+    batches, and the state a checkpoint saves (the batches consumed, not those read ahead), are
+    the in-thread reader's, so either resumes the other."""
+    path = tmp_path / "chat.jsonl"
+    _write_chat(path, 20)
+
+    def make(threads):
+        config = DataConfig(format="chat", paths=(str(path),), filter_len=10,
+                            cutoff_len=CHAT_LEN, read_threads=threads)  # fmt: skip
+        return iter(data.make_dataset(config, ByteTokenizer(), batch_size=2, seed=0,
+                                      buckets=(CHAT_LEN,)))  # fmt: skip
+
+    inline, ahead = make(0), make(3)
+    for _ in range(15):  # one and a half passes
+        np.testing.assert_array_equal(next(inline)["input_ids"], next(ahead)["input_ids"])
+    state = ahead.get_state()
+    assert state == inline.get_state()
+    expected = [next(ahead)["input_ids"] for _ in range(4)]
+    for threads in (0, 3):
+        resumed = make(threads)
+        resumed.set_state(json.loads(json.dumps(state)))
+        for batch in expected:
+            np.testing.assert_array_equal(next(resumed)["input_ids"], batch)
+    with pytest.raises(ConfigError, match="data.read_threads must be >= 0"):
+        DataConfig(read_threads=-1)
+
+
 def test_the_stream_says_which_pass_over_the_records_it_reads(tmp_path):
     """10 records, batches of 2 (one record too short, dropped): the first 4 batches read pass 1,
     the 5th reaches into pass 2, whose records are the same ones again."""
