@@ -217,11 +217,9 @@ def _announce(settings, recorded) -> None:
         settings.task, settings.mode, FLAGS.window, FLAGS.sinks, recorded
     )
     chat = "on" if settings.chat else "off"
-    if (
-        not settings.chat
-        and FLAGS.chat == "auto"
-        and settings.task not in ("passkey", "perplexity")
-    ):
+    # the tasks whose --chat auto follows the model's name (settings._uses_chat)
+    named = task_kind(settings.task) in ("benchmark", "niah")
+    if not settings.chat and FLAGS.chat == "auto" and named:
         name = FLAGS.model_name or Path(FLAGS.model).resolve().name
         chat += (f" (--chat auto: {name!r} has no lower-case 'qwen2', the reference's rule; "
                  "--chat on applies the template)")  # fmt: skip

@@ -109,7 +109,7 @@ def plot(rows):
     lengths = [r["length"] for r in rows]
     fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(10, 4))
     for mode in MODES:  # swa and ahn nearly coincide: distinct styles keep both visible
-        linestyle, marker = MODE_STYLES[mode]
+        marker, linestyle = MODE_STYLES[mode]
         style = dict(label=mode, linestyle=linestyle, marker=marker, markerfacecolor="none")
         ax_mem.plot(lengths, [r[mode]["cache_bytes"] / 2**20 for r in rows], **style)
         ax_time.plot(lengths, [r[mode]["ms_per_token"] for r in rows], **style)

@@ -111,7 +111,13 @@ def train_rows(config: str):
         for kernels in FLAGS.kernels:
             yield compile_check(config, topology, f"--kernels={kernels}", *common)
         if FLAGS.baseline:
-            yield compile_check(config, topology, *common, "--config.train.objective=pretrain")
+            yield compile_check(
+                config,
+                topology,
+                *common,
+                "--config.train.objective=pretrain",
+                "--config.model.param_dtype=float32",
+            )  # as train requires
     if FLAGS.smallest:
         for topology in SMALLER:
             batch = FLAGS.batch_size or CHIPS[topology]

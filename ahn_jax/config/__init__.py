@@ -1,6 +1,6 @@
 """Typed, validated settings, the lowest layer of ahn_jax (it imports nothing else of ours)."""
 
-from ahn_jax.config.files import load_config_file, make_config, validate_config
+from ahn_jax.config.files import check_objective, load_config_file, make_config, validate_config
 from ahn_jax.config.model import (
     AHN_TYPES,
     DTYPES,
@@ -26,6 +26,7 @@ from ahn_jax.config.run import (
 
 __all__ = [
     "AHN_TYPES",
+    "check_objective",
     "DATA_DEFAULTS",
     "DATA_FORMATS",
     "DTYPES",

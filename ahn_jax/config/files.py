@@ -78,3 +78,21 @@ def load_config_file(path: str | Path):
     config = module.get_config()
     validate_config(config)
     return config
+
+
+def check_objective(model: ModelConfig, train: TrainConfig) -> None:
+    """What the training objective needs of the model, for `train` and `compile_check` alike:
+    distillation an AHN type; pretraining none, and the base's weights kept in float32."""
+    pretrain = train.objective == "pretrain"
+    if pretrain and model.ahn_type is not None:
+        raise ConfigError("train.objective = 'pretrain' trains the base: set ahn.type = None")
+    if not pretrain and model.ahn_type is None:
+        raise ConfigError("ahn.type must be set to train AHN weights")
+    if pretrain and model.param_dtype != "float32":
+        # the trained weights are the optimizer's master copy, and Adam's moments take their
+        # dtype: in bf16 an update below a weight's precision (lr 2e-3 on a norm scale of 1) is lost
+        raise ConfigError(
+            f"train.objective = 'pretrain' trains the base's weights, which must be kept in "
+            f"float32 (model.param_dtype = {model.param_dtype!r}); model.dtype = 'bfloat16' "
+            "still computes in bf16"
+        )

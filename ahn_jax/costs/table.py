@@ -164,7 +164,8 @@ def report(
     }
 
 
-MODE_STYLES = {"full": ("-", "o"), "swa": ("--", "s"), "ahn": (":", "^")}
+# (marker, line style) per mode, as evaluation/figures.py's LINE_STYLES
+MODE_STYLES = {"full": ("o", "-"), "swa": ("s", "--"), "ahn": ("^", ":")}
 
 
 def plot(
@@ -183,7 +184,7 @@ def plot(
     for mode in MODES:  # swa and ahn overlap in cache: distinct styles keep both visible
         cache = [cache_bytes(config, int(n), window, sinks, bpe)[mode] for n in lengths]
         mix = [formulas.mixing_flops(config, int(n), mode, window + sinks) for n in lengths]
-        linestyle, marker = MODE_STYLES[mode]
+        marker, linestyle = MODE_STYLES[mode]
         style = dict(linestyle=linestyle, marker=marker, markevery=6, markerfacecolor="none")
         ax_cache.plot(lengths, cache, label=mode, **style)
         ax_flops.plot(lengths, mix, label=mode, **style)

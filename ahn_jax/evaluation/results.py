@@ -22,7 +22,7 @@ from ahn_jax.evaluation.tasks import BENCHMARKS
 # "benchmark" reads data files (tasks.BENCHMARKS), "passkey" and "niah" (RULER's needle variants)
 # are generated on a grid of prompt length x needle depth, "perplexity" scores documents. A new
 # task joins a kind; a new kind needs a branch wherever `task_kind` is dispatched on, each of
-# which refuses a kind it does not know (docs/evaluation.md "Adding a task").
+# which refuses a kind it does not know (docs/extending.md, "A new evaluate task").
 TASK_KINDS = {
     **dict.fromkeys(BENCHMARKS, "benchmark"),
     "passkey": "passkey",
@@ -49,7 +49,7 @@ class UnknownKindError(ValueError):
     def __init__(self, task: str, what: str):
         super().__init__(
             f"task {task!r} is of kind {task_kind(task)!r}, for which evaluation has no {what}: "
-            "see docs/evaluation.md, Adding a task"
+            "see docs/extending.md, A new evaluate task"
         )
 
 

@@ -38,12 +38,12 @@ class PartialOutput:
         if len(records) < 2:
             jsonl.write_whole(self.path, json.dumps({"settings": self.settings}) + "\n")
             return {}
-        if records[0] != {"settings": self.settings}:
-            before = records[0].get("settings") if isinstance(records[0], dict) else None
+        before = records[0].get("settings") if isinstance(records[0], dict) else None
+        # a setting recorded as None and one not recorded are the same (setting_changes)
+        if before != self.settings and (changed := _changes(before, self.settings)):
             raise app.UsageError(
-                f"{self.path} holds the completions of a run with other settings "
-                f"({_changes(before, self.settings)}): delete it to start over, or run that "
-                "command again"
+                f"{self.path} holds the completions of a run with other settings ({changed}): "
+                "delete it to start over, or run that command again"
             )
         return {r["index"]: r["completion"] for r in records[1:]}
 

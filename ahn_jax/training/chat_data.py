@@ -34,8 +34,6 @@ class BadRecordError(ValueError):
 def _turns_of(record) -> tuple[list, str, str]:
     if not isinstance(record, dict):
         raise BadRecordError("a chat record must be a JSON object")
-    if record.get("tools"):
-        raise BadRecordError('"tools" are not supported (tool use is not rendered)')
     if "messages" in record:
         turns, role_key, text_key = record["messages"], "role", "content"
     elif "conversations" in record:
@@ -47,18 +45,21 @@ def _turns_of(record) -> tuple[list, str, str]:
     return turns, role_key, text_key
 
 
-def chat_messages(record) -> list[dict[str, str]]:
-    """The conversation of a chat record in OpenAI form, whichever form it came in. A record's
-    top-level "system" string is its system turn where the conversation has none (LLaMA-Factory's
-    sharegpt column)."""
+def chat_messages(record, system_field: str = "") -> list[dict[str, str]]:
+    """The conversation of a chat record in OpenAI form, whichever form it came in. Other fields
+    are not read (a "tools" list either), as LLaMA-Factory reads no column its dataset_info.json
+    does not map, the reference's ChatQA2 entry mapping only the messages; `system_field` names a
+    top-level string that is the system turn where the conversation has none (its `system`
+    column)."""
     turns, role_key, text_key = _turns_of(record)
     messages = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
             raise BadRecordError(f'turn {i} lacks "{role_key}" or "{text_key}"')
-        role = ROLES.get(turn[role_key])
-        if turn[role_key] in TOOL_ROLES:
-            raise BadRecordError(f"turn {i} is a tool turn ({turn[role_key]!r}): not supported")
+        raw = turn[role_key]
+        role = ROLES.get(raw) if isinstance(raw, str) else None
+        if raw in TOOL_ROLES:
+            raise BadRecordError(f"turn {i} is a tool turn ({raw!r}): not supported")
         if role not in CHAT_ROLES:
             raise BadRecordError(f"turn {i} has an unknown role {turn[role_key]!r}")
         text = turn[text_key]
@@ -79,7 +80,7 @@ def chat_messages(record) -> list[dict[str, str]]:
             raise BadRecordError(f"turn {i} is {message['role']!r} where {expected!r} must be")
     if len(messages) == first or (len(messages) - first) % 2:
         raise BadRecordError("the conversation must end with an assistant reply")
-    system = record.get("system")
+    system = record.get(system_field) if system_field else None
     if not had_system and isinstance(system, str) and system:
         messages.insert(0, {"role": "system", "content": system})
     return messages

@@ -37,7 +37,7 @@ def save(run: Run, step: int) -> None:
             opt_state=ocp.args.StandardSave(run.opt_state),
             data=grain.checkpoint.CheckpointSave(run.iterator),  # one file per process
             meta=ocp.args.JsonSave({"step": step, "config": _as_json(run.config),
-                                    "data_files": data_files.fingerprints(run.data.paths)}),
+                                    "data_files": run.data_fingerprints}),
         ),
     )  # fmt: skip
 
@@ -85,8 +85,8 @@ def restore_latest(run: Run) -> None:
     logging.info("resumed from %s at step %d", run.manager.directory, step)
 
 
-def _check_data_files(saved: dict | None, run: Run, step: int) -> None:
-    if changed := data_files.changed_files(saved, data_files.fingerprints(run.data.paths)):
+def _check_data_files(saved: list[str] | None, run: Run, step: int) -> None:
+    if changed := data_files.changed_files(saved, run.data_fingerprints, run.data.paths):
         raise ConfigError(
             f"train.output_dir {run.output_dir} holds the checkpoint of step {step}, which read "
             f"{', '.join(changed)} with other contents (size or first / last MiB): resumed, "

@@ -31,7 +31,7 @@ from flax import nnx
 from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ahn_jax.config import KERNELS, ConfigError, TrainConfig, validate_config
+from ahn_jax.config import KERNELS, ConfigError, TrainConfig, check_objective, validate_config
 from ahn_jax.model import kernel_choice
 from ahn_jax.model.cache import CACHE_AXES, DecodeCache
 from ahn_jax.model.memory import AhnParam
@@ -172,10 +172,12 @@ def check(
     description, devices, mesh = _mesh(topology, mesh_spec, t.mesh)
 
     # distillation trains the AHN weights; "pretrain" (the full-attention baseline: the same base,
-    # no AHN, every weight trained by next-token CE) trains every weight
+    # no AHN, every weight trained by next-token CE, kept in float32 as train requires) trains
+    # every weight
     trained = AhnParam
     if t.objective == "pretrain":
         trained, model_config = nnx.Param, model_config.replace(ahn_type=None)
+    check_objective(model_config, t)
     graphdef, trainable, frozen = nnx.split(abstract_model(model_config), trained, ...)
     trainable = _abstract(trainable, state_shardings(trainable, mesh))
     frozen = _abstract(frozen, state_shardings(frozen, mesh))

@@ -2,9 +2,9 @@
 
 Formats (`data.format`):
   chat   JSONL, one conversation per line, in the sharegpt form ({"conversations": [{"from":
-         "system"|"human"|"gpt", "value": ...}], optionally "system": ...}) or the OpenAI form
-         ({"messages": [{"role", "content"}]}); a JSON array file or alpaca records are refused
-         at start-up (ahn_jax/training/data_files.py);
+         "system"|"human"|"gpt", "value": ...}]}; `data.system_field` may name a top-level system
+         field) or the OpenAI form ({"messages": [{"role", "content"}]}); a JSON array file or
+         alpaca records are refused at start-up (ahn_jax/training/data_files.py);
          rendered with Qwen2.5's chat template, labels only on the assistant's replies (each with
          its closing `<|im_end|>\n`) and samples over `cutoff_len` truncated turn by turn with the
          prompt shortened first, as the reference's LLaMA-Factory SFT does
@@ -196,13 +196,13 @@ def pad_batch(examples: Sequence[Example], buckets: Sequence[int]) -> dict[str, 
     return {"input_ids": ids, "labels": labels, "lengths": lengths}
 
 
-def _jsonl_record(fmt, tokenizer, cutoff, filter_len, skips, item) -> Example | None:
+def _jsonl_record(fmt, system_field, tokenizer, cutoff, filter_len, skips, item) -> Example | None:
     """One JSONL line as an example; None (counted in `skips` when malformed) when it is dropped."""
     where, line = item
     try:
         record = jsonl.loads(jsonl.decode_line(line))  # a line not UTF-8 is a bad record
         if fmt == "chat":
-            turns = chat_turns(tokenizer, chat_messages(record))
+            turns = chat_turns(tokenizer, chat_messages(record, system_field))
             length = sum(len(prompt) + len(reply) for prompt, reply in turns)
         else:
             ids = np.asarray(tokenizer.encode(text_of(record)), np.int32)
@@ -249,10 +249,11 @@ def make_dataset(
         texts = {str(p): _read_text(p) for p in data_config.paths}
         source, encode = TokenizedDocuments(texts, tokenizer, cutoff, filter_len), _document
     else:
+        data_files.check_shapes(data_config.paths, fmt)  # before indexing whole files
         source = JsonlLines(data_config.paths, max_samples=data_config.max_samples,
                             mix=data_config.mix, seed=seed)  # fmt: skip
-        data_files.check_shapes(data_config.paths, fmt)
-        encode = functools.partial(_jsonl_record, fmt, tokenizer, cutoff, filter_len, skips)
+        encode = functools.partial(_jsonl_record, fmt, data_config.system_field, tokenizer,
+                                   cutoff, filter_len, skips)  # fmt: skip
 
     # one global shuffled stream, dealt out to the processes: together they read the batches a
     # single process would (up to rows dropped by the filter below)

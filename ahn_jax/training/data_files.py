@@ -1,7 +1,7 @@
 """What the JSONL data files are, before and between runs: a file in a shape the reader does not
 take is refused at start-up, naming it (not after thousands of skipped records), and each file's
-fingerprint goes with every checkpoint, so that a resume over changed files is refused (a record
-added or removed moves every later one in the shuffled order)."""
+fingerprint, taken when the run starts, goes with every checkpoint, so that a resume over changed
+files is refused (a record added or removed moves every later one in the shuffled order)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def check_shapes(paths: Sequence[str | Path], fmt: str) -> None:
     """Refuse a file whose first record shows a shape the `fmt` reader does not take: a JSON
     array (LLaMA-Factory's .json files) or, for chat, alpaca records."""
     for path in map(Path, paths):
+        if not path.is_file():  # named where the files are indexed
+            continue
         first = _first_line(path)
         if first.startswith(b"["):
             raise ConfigError(
@@ -35,8 +37,8 @@ def check_shapes(paths: Sequence[str | Path], fmt: str) -> None:
             raise ConfigError(
                 f"data.paths: {path} holds alpaca records (instruction / input / output), which "
                 'data.format "chat" does not read: write each as {"messages": [{"role": "user", '
-                '"content": instruction + "\\n" + input}, {"role": "assistant", "content": '
-                "output}]} (a system field as a first system message)"
+                '"content": instruction, with "\\n" + input if input}, {"role": "assistant", '
+                '"content": output}]} (a system field as a first system message)'
             )
 
 
@@ -48,9 +50,10 @@ def _first_line(path: Path) -> bytes:
     return b""
 
 
-def fingerprints(paths: Sequence[str | Path]) -> dict[str, str]:
-    """{path: size and a SHA-256 of the first and last MiB}: cheap for files of any size."""
-    found = {}
+def fingerprints(paths: Sequence[str | Path]) -> list[str]:
+    """Each file's size and a SHA-256 of its first and last MiB, in `paths`' order: cheap for
+    files of any size."""
+    found = []
     for path in map(Path, paths):
         size = path.stat().st_size
         digest = hashlib.sha256()
@@ -58,12 +61,13 @@ def fingerprints(paths: Sequence[str | Path]) -> dict[str, str]:
             digest.update(f.read(_EDGE))
             f.seek(max(size - _EDGE, 0))
             digest.update(f.read(_EDGE))
-        found[str(path)] = f"{size} bytes, {digest.hexdigest()[:16]}"
+        found.append(f"{size} bytes, {digest.hexdigest()[:16]}")
     return found
 
 
-def changed_files(saved: dict[str, str] | None, now: dict[str, str]) -> list[str]:
-    """The files, read by both runs, whose fingerprints differ (a checkpoint written before
-    fingerprints were kept: none)."""
-    saved = saved or {}
-    return sorted(path for path in set(saved) & set(now) if saved[path] != now[path])
+def changed_files(saved: list[str] | None, now: list[str], paths: Sequence) -> list[str]:
+    """The paths whose file differs from the one a checkpoint read at the same place of
+    data.paths (compared by place, not name: a path spelt otherwise, or another file under the
+    same name, is the same place). A checkpoint written before fingerprints were kept: none."""
+    saved = saved or []
+    return [str(path) for path, a, b in zip(paths, saved, now, strict=False) if a != b]

@@ -24,6 +24,7 @@ from ahn_jax.config import (
     DataConfig,
     ModelConfig,
     TrainConfig,
+    check_objective,
     check_vocabulary,
     run_configs,
     validate_config,
@@ -32,7 +33,7 @@ from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.sharding import partition_spec, shard_module
 from ahn_jax.model.transformer import init_model
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
-from ahn_jax.training import data, windows
+from ahn_jax.training import data, data_files, windows
 from ahn_jax.training.checkpointing import restore_latest
 from ahn_jax.training.distributed import (
     check_batch_layout,
@@ -140,7 +141,9 @@ class Run:
     step_fn: Callable | None = None  # the jitted train step, once made
     mesh: jax.sharding.Mesh | None = None
     passes: data.DataPasses = dataclasses.field(default_factory=data.DataPasses)
-    # resumed with another config than the checkpoint's: "section.field saved -> now" each
+    # data.paths' fingerprints as the run found them (saved with every checkpoint)
+    data_fingerprints: list[str] = dataclasses.field(default_factory=list)
+    # resumed with another config than the checkpoint's: "section.field: saved -> now" each
     changed_settings: list[str] = dataclasses.field(default_factory=list)
     # resumed on another learning-rate schedule: what that does to the next step's rate
     rate_change: str | None = None
@@ -183,18 +186,7 @@ def setup(config: ConfigDict) -> Run:
     model_config = validate_config(config)
     t, d = run_configs(config)
     pretrain = t.objective == "pretrain"
-    if pretrain and model_config.ahn_type is not None:
-        raise ConfigError("train.objective = 'pretrain' trains the base: set ahn.type = None")
-    if pretrain and model_config.param_dtype != "float32":
-        # the trained weights are the optimizer's master copy, and Adam's moments take their
-        # dtype: in bf16 an update below a weight's precision (lr 2e-3 on a norm scale of 1) is lost
-        raise ConfigError(
-            f"train.objective = 'pretrain' trains the base's weights, which must be kept in "
-            f"float32 (model.param_dtype = {model_config.param_dtype!r}); model.dtype = "
-            "'bfloat16' still computes in bf16"
-        )
-    if not pretrain and model_config.ahn_type is None:
-        raise ConfigError("ahn.type must be set to train AHN weights")
+    check_objective(model_config, t)
     windows.check_some_row_learns(t, d)
     initialize_distributed(t)
     mesh = make_train_mesh(t.mesh)
@@ -233,8 +225,8 @@ def setup(config: ConfigDict) -> Run:
     samples = source_size(dataset)
     manager = _checkpoint_manager(output_dir / "checkpoints", t.keep_checkpoints)
     run = Run(config, model_config, t, d, graphdef, trainable, frozen, opt_state, tx, schedule,
-              iterator, manager, output_dir, skips, samples, mesh=mesh,
-              passes=passes)  # fmt: skip
+              iterator, manager, output_dir, skips, samples, mesh=mesh, passes=passes,
+              data_fingerprints=data_files.fingerprints(d.paths))  # fmt: skip
     restore_latest(run)
     return run
 

@@ -159,31 +159,36 @@ def test_the_default_system_prompt_is_inserted_when_a_sample_has_none(qwen):
     assert qwen.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
 
 
-def test_a_top_level_system_is_the_system_turn_where_the_conversation_has_none(qwen):
-    # LLaMA-Factory's sharegpt form: "system" beside "conversations"
+def test_a_top_level_system_is_read_only_where_named_as_llama_factorys_mapped_column(qwen):
+    # LLaMA-Factory's sharegpt form: "system" beside "conversations", read when its
+    # dataset_info.json maps the column (the reference's ChatQA2 entry maps none)
     turns = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]
-    record = {"system": "Be brief.", "conversations": turns}
+    record = {"system": "Be brief.", "conversations": turns, "tools": '[{"name": "f"}]'}
+    default = f"<|im_start|>system\n{QWEN_DEFAULT_SYSTEM}<|im_end|>\n"
     ids, _ = chat_data.encode_chat(qwen, chat_data.chat_messages(record))
+    assert qwen.decode(ids).startswith(default)
+    ids, _ = chat_data.encode_chat(qwen, chat_data.chat_messages(record, "system"))
     assert qwen.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
     # a system turn, even empty (then the default), wins over the column, as in the reference
     for content, shown in (("Be terse.", "Be terse."), ("", QWEN_DEFAULT_SYSTEM),
                            (None, QWEN_DEFAULT_SYSTEM)):  # fmt: skip
         record["conversations"] = [{"from": "system", "value": content}, *turns]
-        ids, _ = chat_data.encode_chat(qwen, chat_data.chat_messages(record))
+        ids, _ = chat_data.encode_chat(qwen, chat_data.chat_messages(record, "system"))
         assert qwen.decode(ids).startswith(f"<|im_start|>system\n{shown}<|im_end|>\n")
     # both forms take both spellings of the roles
     messages = {"messages": [{"role": "human", "content": "Hi"}, {"role": "gpt", "content": "x"}]}
     assert [m["role"] for m in chat_data.chat_messages(messages)] == ["user", "assistant"]
 
 
-def test_tool_use_is_named_as_unsupported():
+def test_tool_turns_and_roles_of_other_types_are_bad_records():
     turns = [{"from": "human", "value": "Hi"}, {"from": "function_call", "value": "{}"},
              {"from": "observation", "value": "{}"}, {"from": "gpt", "value": "Done."}]  # fmt: skip
     with pytest.raises(chat_data.BadRecordError, match="turn 1 is a tool turn .*not supported"):
         chat_data.chat_messages({"conversations": turns})
-    record = {"conversations": [turns[0], turns[-1]], "tools": '[{"name": "f"}]'}
-    with pytest.raises(chat_data.BadRecordError, match='"tools" are not supported'):
-        chat_data.chat_messages(record)
+    for role in (["user"], {"name": "user"}, None):  # a TypeError (unhashable) crashed training
+        record = {"messages": [{"role": role, "content": "Hi"}]}
+        with pytest.raises(chat_data.BadRecordError, match="turn 0 has an unknown role"):
+            chat_data.chat_messages(record)
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,10 @@ def test_the_full_attention_baseline_compiles_with_its_moments_split_over_the_ch
     weights = sum(x.size for x in jax.tree.leaves(nnx.state(abstract_model(model_config))))
     # arguments per chip: the weights and two fp32 moments, split 4 ways (+ the batch, scalars)
     assert report["argument_bytes"] < 0.5 * 8 * weights
+    # bf16 weights are refused as train refuses them (a baseline train could not run)
+    config.model.param_dtype = "bfloat16"
+    with pytest.raises(ConfigError, match=r"kept in float32 \(model.param_dtype = 'bfloat16'\)"):
+        compile_check.check(config, "v5e-4", seq_len=256, batch_size=2, kernels="xla")
 
 
 def test_train_step_compiles_with_the_pallas_kernels_through_mosaic():
@@ -263,7 +267,11 @@ def _xpk_command(**env) -> str:
                           cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
     create = shlex.split(done.stdout.splitlines()[0])
     assert "--termination-grace-period-seconds=300" in create
-    return next(a for a in create if a.startswith("--command=")).removeprefix("--command=")
+    command = next(a for a in create if a.startswith("--command=")).removeprefix("--command=")
+    # bash execs a subshell's last command by itself, so only a pipe or a command after the
+    # trainer shows below; exec makes it certain
+    assert " exec python3 -m ahn_jax.train " in command
+    return command
 
 
 def test_xpk_job_passes_the_disruptions_sigterm_to_the_training_process(tmp_path):

@@ -494,7 +494,7 @@ def test_pretraining_trains_every_base_weight_and_exports_a_loadable_model(tmp_p
         run_lib.setup(config)
 
 
-def test_resuming_over_a_changed_data_file_is_refused_naming_it(tmp_path):
+def test_resuming_over_a_changed_data_file_is_refused_naming_it(tmp_path, monkeypatch):
     """The checkpoint keeps each data file's fingerprint: resumed over a file with a record more,
     the saved position would index another order, so the run stops and says so."""
     path = tmp_path / "text.jsonl"
@@ -508,4 +508,9 @@ def test_resuming_over_a_changed_data_file_is_refused_naming_it(tmp_path):
     assert run_lib.setup(config).start_step == 1  # the same file: resumed
     path.write_text(json.dumps({"text": "a new first record"}) + "\n" + path.read_text())
     with pytest.raises(ConfigError, match=f"step 1, which read {path} with other contents"):
+        run_lib.setup(config)
+    # compared by place in data.paths: the same file under another spelling is caught too
+    monkeypatch.chdir(tmp_path)
+    config.data.paths = ("text.jsonl",)
+    with pytest.raises(ConfigError, match="step 1, which read text.jsonl with other contents"):
         run_lib.setup(config)
