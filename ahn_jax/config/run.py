@@ -177,7 +177,7 @@ class DataConfig(_Section):
     mix: tuple[float, ...] = ()
     max_samples: int = 0  # the first this many records of each JSONL file (0 = all)
     # "chat": a top-level string field that is the system turn of records without one (e.g.
-    # "system", LLaMA-Factory's mapped `system` column); "" = none read, as the reference's data
+    # "system", LLaMA-Factory's mapped `system` column); "" = none read (the reference's ChatQA2)
     system_field: str = ""
     # threads reading and tokenizing records up to two batches ahead, while the step runs (e.g. 16
     # on a TPU host, data on gcsfuse); 0 = in the loop's thread, the fastest on a 2-core CPU

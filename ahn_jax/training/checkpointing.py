@@ -88,8 +88,8 @@ def restore_latest(run: Run) -> None:
 def _check_data_files(saved: list[str] | None, run: Run, step: int) -> None:
     if changed := data_files.changed_files(saved, run.data_fingerprints, run.data.paths):
         raise ConfigError(
-            f"train.output_dir {run.output_dir} holds the checkpoint of step {step}, which read "
-            f"{', '.join(changed)} with other contents (size or first / last MiB): resumed, "
+            f"train.output_dir {run.output_dir} holds the checkpoint of step {step}, whose data "
+            f"files differ from these: {', '.join(changed)} (size, first / last MiB). Resumed, "
             "its data order would not continue (a record added or removed moves every later "
             "one). Resume with the files as they were, or set a new train.output_dir"
         )

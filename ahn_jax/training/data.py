@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,11 +76,13 @@ class DataPasses:
 
     def __init__(self):
         self.current = 1
+        self._lock = threading.Lock()  # data.read_threads call `note` from several threads
 
     def note(self, records: int, index: int, element):
         """A map over the repeated global stream: element `index` belongs to pass index //
         records + 1."""
-        self.current = max(self.current, index // records + 1)
+        with self._lock:
+            self.current = max(self.current, index // records + 1)
         return element
 
 
@@ -269,9 +272,8 @@ def make_dataset(
     # `read_threads` reads ahead instead (the same stream, the same saved state). The records
     # dropped (None: too short, bad) are skipped by to_iter_dataset itself.
     threads = data_config.read_threads
-    ahead = grain.ReadOptions(
-        num_threads=threads, prefetch_buffer_size=2 * batch_size * (threads > 0)
-    )
+    buffer = max(2 * batch_size, threads) if threads else 0  # every thread has a record to read
+    ahead = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=buffer)
     return dataset.to_iter_dataset(ahead).batch(
         batch_size, drop_remainder=True, batch_fn=lambda b: pad_batch(b, buckets)
     )

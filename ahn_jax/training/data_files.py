@@ -66,8 +66,16 @@ def fingerprints(paths: Sequence[str | Path]) -> list[str]:
 
 
 def changed_files(saved: list[str] | None, now: list[str], paths: Sequence) -> list[str]:
-    """The paths whose file differs from the one a checkpoint read at the same place of
-    data.paths (compared by place, not name: a path spelt otherwise, or another file under the
-    same name, is the same place). A checkpoint written before fingerprints were kept: none."""
-    saved = saved or []
-    return [str(path) for path, a, b in zip(paths, saved, now, strict=False) if a != b]
+    """What differs from the files a checkpoint read: each path whose file is not the one at
+    the same place of data.paths then (compared by place, not name: a path spelt otherwise, or
+    another file under the same name, is the same place), or the number of files. A checkpoint
+    written before fingerprints were kept: nothing."""
+    if isinstance(saved, dict):  # {path: fingerprint}, as kept for a few commits, in order
+        saved = list(saved.values())
+    if not saved:
+        return []
+    if len(saved) != len(now):
+        return [f"{len(now)} files where it read {len(saved)}"]
+    return [
+        f"{path} (other contents)" for path, a, b in zip(paths, saved, now, strict=True) if a != b
+    ]

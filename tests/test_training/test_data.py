@@ -296,3 +296,17 @@ def test_copy_warmup_settings_are_checked(warmup, recall, match):
 
     with pytest.raises(ConfigError, match=match):
         DataConfig(format="shakespeare", recall=recall, copy_warmup=warmup)
+
+
+def test_data_files_are_compared_by_place_and_count():
+    from ahn_jax.training.data_files import changed_files
+
+    assert changed_files(None, ["1 bytes, a"], ["x.jsonl"]) == []  # a checkpoint before them
+    assert changed_files(["1 bytes, a"], ["1 bytes, a"], ["y.jsonl"]) == []  # renamed, same file
+    changed = changed_files(["1 bytes, a"], ["2 bytes, b"], ["x.jsonl"])
+    assert changed == ["x.jsonl (other contents)"]
+    assert changed_files(["1 bytes, a"], ["1 bytes, a"] * 2, ["x", "y"]) == [
+        "2 files where it read 1"
+    ]
+    # the {path: fingerprint} a few commits kept, read in its order
+    assert changed_files({"x.jsonl": "1 bytes, a"}, ["1 bytes, a"], ["x.jsonl"]) == []
