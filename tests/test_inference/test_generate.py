@@ -305,9 +305,10 @@ def test_an_interrupted_jsonl_run_resumes_after_its_finished_batches(tmp_path, m
     assert completions._batch_seed(-1, 0) != completions._batch_seed(1, 0)  # a negative --seed
 
 
-def test_the_readmes_text_generation_runs_as_written(tmp_path, qwen25_tokenizer_dir, monkeypatch):
-    """README "Use": its generation lines, run on a tiny model saved as the directory it names
-    (smaller W, S and budget), with the tokenizer and a generation_config.json of Qwen's keys."""
+def test_the_readmes_python_runs_as_written(tmp_path, qwen25_tokenizer_dir, monkeypatch):
+    """README "Use", the whole Python block: on a tiny model saved under the directory names it
+    uses (with Qwen's tokenizer, a generation_config.json of Qwen's keys and AHN weights saved
+    beside it), with a smaller W, S and budget; the mesh over the tests' 8 CPU devices."""
     import shutil
 
     from ahn_jax import from_pretrained
@@ -318,12 +319,19 @@ def test_the_readmes_text_generation_runs_as_written(tmp_path, qwen25_tokenizer_
     settings = {"do_sample": True, "temperature": 0.7, "top_k": 20, "top_p": 0.8,
                 "repetition_penalty": 1.05, "eos_token_id": [151645, 151643]}  # fmt: skip
     (model_dir / "generation_config.json").write_text(json.dumps(settings))
+    from_pretrained(model_dir, ahn_type="gdn").save_ahn(
+        tmp_path / "AHN-GDN-for-Qwen-2.5-Instruct-3B"
+    )
+    shutil.copytree(model_dir, tmp_path / "ckpt")
     readme = (ROOT / "README.md").read_text()
-    last = "print(tokenizer.decode(new_ids))"
-    code = readme[readme.index("# text in, text out") : readme.index(last) + len(last)]
-    code = code.replace("window=32640, sinks=128", "window=16, sinks=4")
+    block = readme[readme.index("## Use\n\n```python\n") :].split("```")[1].removeprefix("python")
+    code = block.replace("window=32640, sinks=128", "window=16, sinks=4")
     code = code.replace("max_new_tokens=256", "max_new_tokens=6")
+    assert code.count("window=16, sinks=4") == 3
     monkeypatch.chdir(tmp_path)
-    scope = {"model": from_pretrained(model_dir, ahn_type="gdn")}
+    rows = np.random.default_rng(0).integers(0, 1000, (2, 24)).astype(np.int32)
+    scope = {"input_ids": rows, "positions": np.arange(24)[None].repeat(2, 0) + 5,
+             "prompt_ids": rows[:1], "next_ids": rows[:1, 0]}  # fmt: skip
     exec(code, scope)  # noqa: S102 - the README's own lines
     assert 1 <= len(scope["new_ids"]) <= 6
+    assert scope["logits"].shape == (2, 24, 151936)  # the last line's, under the mesh
