@@ -187,6 +187,10 @@ class DataConfig(_Section):
         check_fields(self, "data", positive=("cutoff_len",))
         if self.read_threads < 0:
             raise ConfigError(f"data.read_threads must be >= 0, got {self.read_threads}")
+        if self.system_field and self.format != "chat":
+            raise ConfigError(
+                f"data.system_field is read by data.format 'chat' only, not {self.format!r}"
+            )
         check_choice("data", "format", self.format, DATA_FORMATS)
         check_choice("data", "tokenizer", self.tokenizer, TOKENIZERS)
         if self.max_samples < 0:

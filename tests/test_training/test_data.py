@@ -187,6 +187,8 @@ def test_reading_ahead_in_threads_gives_the_same_stream_and_resumes_it(tmp_path)
             np.testing.assert_array_equal(next(resumed)["input_ids"], batch)
     with pytest.raises(ConfigError, match="data.read_threads must be >= 0"):
         DataConfig(read_threads=-1)
+    with pytest.raises(ConfigError, match="data.system_field is read by data.format 'chat' only"):
+        DataConfig(format="text", system_field="system")
 
 
 def test_the_stream_says_which_pass_over_the_records_it_reads(tmp_path):
