@@ -179,8 +179,8 @@ class DataConfig(_Section):
     # "chat": a top-level string field that is the system turn of records without one (e.g.
     # "system", LLaMA-Factory's mapped `system` column); "" = none read (the reference's ChatQA2)
     system_field: str = ""
-    # threads reading and tokenizing records up to two batches ahead, while the step runs (e.g. 16
-    # on a TPU host, data on gcsfuse); 0 = in the loop's thread, the fastest on a 2-core CPU
+    # threads reading records two batches ahead while the step runs (e.g. 16 on a TPU host; skips
+    # and passes then logged that early); 0 = in the loop's thread, the fastest on a 2-core CPU
     read_threads: int = 0
 
     def __post_init__(self):
