@@ -157,7 +157,12 @@ class DecodeCache:
         items = items.reshape(items.shape[:2] + (-1,))
         padding = self.gates.shape[-1] - items.shape[-1]
         items = jnp.pad(items, ((0, 0), (0, 0), (0, padding)))
-        return _scatter_slots(self.gates, items, slot_BP)
+        # the new rows made whole on every chip before the write, and the written array kept as
+        # the cache lies: else XLA wrote each chip's heads (the gate projections split over
+        # `tensor`) and all-gathered the whole array back every step (3B, fsdp=2 x tensor=4:
+        # [8, 32769, 288] -> 1152 per chip, and a relayout copy of it)
+        items = constrain(items, CACHE_AXES["gates"])
+        return constrain(_scatter_slots(self.gates, items, slot_BP), CACHE_AXES["gates"])
 
     def nbytes(self) -> int:
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self))

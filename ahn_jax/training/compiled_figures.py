@@ -56,11 +56,16 @@ def cache_copies(cache_shapes, compiled) -> dict:
     text = compiled.as_text()
     program = text[text.index("\nENTRY ") :]  # the computation the step runs, not fused bodies
 
-    def count(op):
-        found = re.findall(rf"= \w+\[([\d,]*)\]\S* {op}\(", program)
+    def count(pattern):
+        found = re.findall(rf"{pattern}\(", program)
         shapes = [tuple(sorted(int(d) for d in dims.split(","))) for dims in found if dims]
         return sum(shape in wanted for shape in shapes)
 
+    result = r" = \w+\[([\d,]*)\]\S*"
     # gathers: a cache array rebuilt on each chip from pieces other chips hold (a write done
-    # split over a mesh axis the cache is not split over)
-    return {"cache_copies": count("copy"), "cache_gathers": count("all-gather")}
+    # split over a mesh axis the cache is not split over), as an all-gather or as XLA:TPU's
+    # asynchronous collective fusion
+    gathers = count(rf"{result} all-gather(?:-done)?") + count(
+        rf"%async-collective-done[\w.]*{result} fusion"
+    )
+    return {"cache_copies": count(rf"{result} copy"), "cache_gathers": gathers}
