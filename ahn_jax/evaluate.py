@@ -59,7 +59,7 @@ from ahn_jax.evaluation.runner import (
     ruler_prompts,
     run_generation,
 )
-from ahn_jax.evaluation.settings import resolve_settings, window_and_sinks
+from ahn_jax.evaluation.settings import chat_follows_model_name, resolve_settings, window_and_sinks
 from ahn_jax.inference import completions, run_mode
 from ahn_jax.inference import generate as generate_lib
 from ahn_jax.inference.generation_config import read_generation_config
@@ -217,9 +217,7 @@ def _announce(settings, recorded) -> None:
         settings.task, settings.mode, FLAGS.window, FLAGS.sinks, recorded
     )
     chat = "on" if settings.chat else "off"
-    # the tasks whose --chat auto follows the model's name (settings._uses_chat)
-    named = task_kind(settings.task) in ("benchmark", "niah")
-    if not settings.chat and FLAGS.chat == "auto" and named:
+    if not settings.chat and FLAGS.chat == "auto" and chat_follows_model_name(settings.task):
         name = FLAGS.model_name or Path(FLAGS.model).resolve().name
         chat += (f" (--chat auto: {name!r} has no lower-case 'qwen2', the reference's rule; "
                  "--chat on applies the template)")  # fmt: skip

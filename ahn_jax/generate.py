@@ -110,9 +110,9 @@ def generation_settings(model_dir: str) -> generation_config.GenerationSettings:
         message = str(error).replace("set do_sample false", "give --nodo_sample")
         if FLAGS["do_sample"].present:
             message = message.replace("(do_sample)", "(--do_sample)")
-        for name in ("temperature", "top_k", "top_p", "repetition_penalty"):
-            if FLAGS[name].present:
-                message = re.sub(rf"^{name}\b", f"--{name}", message)
+        # the one combination `merged`'s field checks cannot see: a temperature of 0 when sampling
+        if FLAGS["temperature"].present:
+            message = re.sub(r"^temperature\b", "--temperature", message)
         raise app.UsageError(message) from error
     return settings
 

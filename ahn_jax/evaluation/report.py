@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ahn_jax.evaluation import figures
-from ahn_jax.evaluation.figures import CompareError, grid_depths, grid_label  # noqa: F401 (API)
+from ahn_jax.evaluation.figures import CompareError, grid_depths, grid_label
 from ahn_jax.evaluation.results import GRID_TASKS
 from ahn_jax.evaluation.tasks import report_name
 

@@ -114,10 +114,15 @@ def window_and_sinks(
     return (chosen["window"], chosen["sinks"]), note
 
 
+def chat_follows_model_name(task: str) -> bool:
+    """Whether `--chat auto` decides by the model's name for this task (the benchmarks' rule;
+    RULER runs a chat model with its chat template, so the NIAH variants take it too)."""
+    return task_kind(task) in ("benchmark", "niah")
+
+
 def _uses_chat(task: str, model_name: str, chat: str) -> bool:
     kind = task_kind(task)
-    # RULER runs a chat model with its chat template; which models get it follows the benchmarks'
-    if kind in ("benchmark", "niah"):
+    if chat_follows_model_name(task):
         return tasks.uses_chat(model_name, chat)
     if kind in ("passkey", "perplexity"):  # raw prompts unless asked (perplexity: never read)
         return kind == "passkey" and chat == "on"

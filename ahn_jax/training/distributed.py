@@ -69,7 +69,7 @@ def check_batch_layout(t: TrainConfig, mesh: jax.sharding.Mesh | None, processes
             f"train.batch_size ({t.batch_size}) must be a multiple of the process count "
             f"({processes}): each process reads its own rows"
         )
-    shards = 1 if mesh is None else math.prod(mesh.shape.get(a, 1) for a in DEFAULT_RULES["batch"])
+    shards = 1 if mesh is None else batch_shards(mesh)
     if t.batch_size % shards:
         axes = " x ".join(DEFAULT_RULES["batch"])
         raise ConfigError(
@@ -97,10 +97,15 @@ def row_split_warning(t: TrainConfig, mesh: jax.sharding.Mesh | None) -> str | N
     )
 
 
+def batch_shards(mesh: jax.sharding.Mesh) -> int:
+    """How many pieces the mesh's batch axes (DEFAULT_RULES["batch"]) cut a batch into."""
+    return math.prod(mesh.shape.get(a, 1) for a in DEFAULT_RULES["batch"])
+
+
 def unsplit_rows(rows: int, mesh: jax.sharding.Mesh) -> tuple[str, int] | None:
     """(the mesh's batch axes, their size) when `rows` do not divide over them, else None."""
     axes = [a for a in DEFAULT_RULES["batch"] if a in mesh.shape]
-    shards = math.prod(mesh.shape[a] for a in axes)
+    shards = batch_shards(mesh)
     return None if rows % shards == 0 else (" x ".join(axes) or "batch axes", shards)
 
 

@@ -187,10 +187,11 @@ def _step(run: Run, step: int) -> StepOutcome:
                           learning)  # fmt: skip
     if not math.isfinite(loss):
         run.manager.wait_until_finished()
-        spread = _spread(outcome)
-        drawn_note = "" if window is None else (
-            f" (W_tot {spread['window_total_min']}..{spread['window_total_max']}, S "
-            f"{spread['sinks_min']}..{spread['sinks_max']})")  # fmt: skip
+        drawn_note = ""
+        if window is not None:
+            spread = _spread(outcome)
+            drawn_note = (f" (W_tot {spread['window_total_min']}..{spread['window_total_max']}, "
+                          f"S {spread['sinks_min']}..{spread['sinks_max']})")  # fmt: skip
         raise TrainingError(
             f"non-finite loss {loss} at step {step}{drawn_note}; the last good checkpoint is "
             f"step {run.manager.latest_step()}"
@@ -206,10 +207,8 @@ def _row_placement(process_index: int, process_count: int) -> dict:
 
 def _spread(o: StepOutcome) -> dict:
     """min / median (the lower one: a drawn value) / max of W_tot = W + S and of S over the rows
-    with a memory position; None when the batch has none; nothing when pretraining (no draws)."""
+    with a memory position; None when the batch has none."""
     stats = {}
-    if o.window is None:
-        return stats
     for name, values in (("window_total", o.window + o.sinks), ("sinks", o.sinks)):
         values = np.sort(values[o.learning])
         for stat, at in (("min", 0), ("median", (len(values) - 1) // 2), ("max", -1)):
