@@ -31,6 +31,7 @@ from ragged_decode import greedy_step
 from ahn_jax.config import MODES, load_config_file, validate_config
 from ahn_jax.costs.table import MODE_STYLES
 from ahn_jax.model import transformer as model_lib
+from ahn_jax.model.layerwise import for_decoding
 
 SINKS, WINDOW = 32, 992
 
@@ -75,7 +76,7 @@ def main(argv):
     lengths = [int(x) for x in FLAGS.lengths]
     config = validate_config(load_config_file("configs/tiny_gdn.py"))
     model = model_lib.init_model(config, seed=0, ahn_output_init="normal")
-    model = model_lib.for_decoding(model)  # as ahn_jax.inference.generate holds it
+    model = for_decoding(model)  # as ahn_jax.inference.generate holds it
     rows = []
     for L in lengths:
         ids = jnp.asarray(np.random.default_rng(L).integers(0, 256, (1, L)), jnp.int32)

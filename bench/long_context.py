@@ -36,6 +36,7 @@ from flax import nnx  # noqa: E402
 
 from ahn_jax.config import MODES, load_config_file, validate_config  # noqa: E402
 from ahn_jax.model import transformer as model_lib  # noqa: E402
+from ahn_jax.model.layerwise import for_decoding  # noqa: E402
 
 CONFIGS = {"qwen3b": "configs/qwen3b_gdn.py", "tiny": "configs/tiny_gdn.py"}
 FLAGS = flags.FLAGS
@@ -62,7 +63,7 @@ def build(name: str, dtype: str, max_length: int):
         max_position_embeddings=max(max_length, 32768),
     )
     model = model_lib.init_model(validate_config(config), seed=0, ahn_output_init="normal")
-    return model_lib.for_decoding(model)
+    return for_decoding(model)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))

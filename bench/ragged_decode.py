@@ -46,6 +46,7 @@ from train_step import MODELS  # noqa: E402
 
 from ahn_jax.config import load_config_file, make_config, validate_config  # noqa: E402
 from ahn_jax.model import transformer as model_lib  # noqa: E402
+from ahn_jax.model.layerwise import for_decoding  # noqa: E402
 
 CHUNK = 1024
 WAYS = ("batched", "one_by_one")
@@ -164,7 +165,7 @@ def warm_up(model, ids, lengths) -> None:
 
 def measure(name: str, lengths: list[int], dtype: str) -> dict:
     steps, rounds, decodes = FLAGS.steps, FLAGS.repeats, FLAGS.decode_repeats
-    model = model_lib.for_decoding(build(name, dtype))  # as ahn_jax.inference.generate holds it
+    model = for_decoding(build(name, dtype))  # as ahn_jax.inference.generate holds it
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.config.vocab_size, (len(lengths), max(lengths)))
     ids = np.where(np.arange(max(lengths))[None] < np.asarray(lengths)[:, None], ids, 0)

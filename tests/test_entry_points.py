@@ -164,7 +164,10 @@ USER_ERRORS = {
                          "its prompts are generated (--lengths, --depths, --samples)"),
     "flag of the other step": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py",
                                 "--step=decode", "--kernels=xla"], "--kernels applies to "
-                               "--step=train only"),
+                               "--step=train or --step=prefill only"),
+    "prefill flag to decode": (["ahn_jax.compile_check", "--config=configs/tiny_gdn.py",
+                                "--step=decode", "--chunk_size=64"], "--chunk_size applies to "
+                               "--step=prefill only"),
     "demo windows": (["ahn_jax.demo", "--windows_per_play=0"], "flag --windows_per_play=0: 0 is "
                      "not a positive integer"),
     "demo base missing": (["ahn_jax.demo", "--quick", "--out=/tmp/nope_demo", "--base=/nope"],

@@ -77,7 +77,8 @@ def tokenized_documents(tokenizer, files: Sequence[Path], length: int) -> list[t
     return documents
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
+# the cache donated: XLA writes each chunk's slots where it lies (one cache held, not two)
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
 def _chunk_nll(graphdef, state, inputs_BP, targets_BP, cache):
     model = nnx.merge(graphdef, state)
     new_B = jnp.full(inputs_BP.shape[:1], inputs_BP.shape[1], jnp.int32)

@@ -24,7 +24,7 @@ from ahn_jax.evaluation.results import (
     task_kind,
 )
 from ahn_jax.inference import generate as generate_lib
-from ahn_jax.model import transformer as model_lib
+from ahn_jax.model.layerwise import for_decoding
 
 
 @dataclasses.dataclass
@@ -154,7 +154,7 @@ def run_generation(
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=settings.task)
     progress = BatchProgress(bar)
     # the per-layer copy `generate` decodes with, made once for every batch (on the CPU)
-    model = model_lib.for_decoding(model)
+    model = for_decoding(model)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         progress.start(max(p.max_new for p in batch))

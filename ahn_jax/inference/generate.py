@@ -33,6 +33,7 @@ from ahn_jax.inference.sampling import Sampling, sample_token
 from ahn_jax.model import inputs
 from ahn_jax.model import transformer as model_lib
 from ahn_jax.model.cache import DecodeCache
+from ahn_jax.model.layerwise import for_decoding
 from ahn_jax.tokenizer import END_OF_TEXT, IM_END, ByteTokenizer, HFTokenizer
 
 FULL_CACHE_STEP = 256
@@ -130,7 +131,7 @@ def generate(
     (positions fed, the longest prompt) after each prefill chunk of `chunk_size` tokens,
     `on_cache` the final cache."""
     ids, lengths, budgets = _ragged_batch(prompts, max_new_tokens)
-    model = model_lib.for_decoding(model)  # per-layer weights on the CPU (its docstring)
+    model = for_decoding(model)  # per-layer weights on the CPU (its docstring)
     sampling = Sampling(do_sample, temperature, top_k, top_p, repetition_penalty)
     total = int((lengths + budgets).max())  # the longest row's context
     if mode == "full":  # plain attention: a window that holds the whole sequence
@@ -141,8 +142,8 @@ def generate(
     cache = model.init_cache(
         len(prompts), window=window, sinks=sinks, mode=mode, decode=decode, max_length=total
     )
-    logits, cache = model.prefill(
-        ids, cache, lengths=lengths, chunk_size=chunk_size, on_chunk=on_prefill
+    logits, cache = model.prefill(  # the cache is ours: updated in place
+        ids, cache, lengths=lengths, chunk_size=chunk_size, on_chunk=on_prefill, donate=True
     )
     key, sub = jax.random.split(jax.random.key(seed))
     loop = _DecodeLoop(model, cache, sampling)

@@ -10,7 +10,7 @@ decode step writes O(P) slots per layer, not the whole cache (with the cache don
 would be one compiled body, but XLA:CPU copies each layer's slice of a stacked cache out for the
 attention products: at batch 8 of the tiny model those copies were the largest part of a decode
 step (docs/benchmarks.md, ragged decode).
-The same holds for weights: a model from `transformer.unstack_layers` (what `generate` decodes
+The same holds for weights: a model from `layerwise.unstack_layers` (what `generate` decodes
 with on the CPU) hands each layer its own arrays; a stacked one is sliced here, per layer.
 Shapes: docs/method.md §Shapes.
 """
@@ -66,7 +66,7 @@ def _layers(model, x, rope, cache: DecodeCache, plan, full_plan):
     # each windowed layer's gates of the tokens it evicts, wherever those are still cached
     evicted_gates = cache.read_gates(plan.evict_slot)
     for index in range(model.config.num_layers):
-        if isinstance(model.layers, nnx.List):  # transformer.unstack_layers: no slicing
+        if isinstance(model.layers, nnx.List):  # layerwise.unstack_layers: no slicing
             layer = model.layers[index]
         else:
             layer = jax.tree.map(lambda a, i=index: a[i], model.layers)  # static slices

@@ -1,9 +1,14 @@
 """Prefill's loop over chunks of the prompt (`AhnModel.prefill`), each chunk one call of the jitted
 `extend` (transformer.extend_cache with the model bound): P new tokens per row against the cache.
+
+The cache each chunk returns is the loop's own, so the next chunk donates it and XLA writes the
+new slots where it lies: an accelerator holds one cache, not two, through a long prompt. The
+caller's cache is donated only when the caller says so (`donate`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -11,13 +16,23 @@ import jax.numpy as jnp
 import numpy as np
 
 
+@functools.partial(jax.jit, donate_argnums=0)
+def _with_rows_in_place(cache, index, part):
+    """`cache.with_rows(index, part)` written into the donated cache (eagerly, each array was
+    copied whole to replace a few rows)."""
+    return cache.with_rows(index, part)
+
+
 def in_chunks(
     extend, input_ids, cache, lengths: np.ndarray, chunk_size: int, *, all_logits: bool,
-    on_chunk: Callable[[int, int], None] | None,
+    on_chunk: Callable[[int, int], None] | None, donate: bool = False,
 ):  # fmt: skip
     """(logits, cache) of `AhnModel.prefill`, its arguments checked: each row's logits at its
-    last prompt token [B, V], or every position's [B, P, V] with `all_logits`."""
+    last prompt token [B, V], or every position's [B, P, V] with `all_logits`. `extend(ids,
+    cache, new, all_logits=False, *, in_place)` advances a cache by one chunk, donating it when
+    `in_place`; the caller's cache is donated only with `donate`."""
     B, P = input_ids.shape
+    owned = donate  # whether `cache` may be donated: after the first chunk it is the loop's own
 
     def computed(logits, start, total):
         if on_chunk is not None:  # waits for the chunk: what the caller reports has been done
@@ -28,7 +43,9 @@ def in_chunks(
         pieces = []
         for start in range(0, P, chunk_size):
             new = jnp.asarray(np.clip(lengths - start, 0, chunk_size), jnp.int32)
-            logits, cache = extend(input_ids[:, start : start + chunk_size], cache, new, True)
+            chunk = input_ids[:, start : start + chunk_size]
+            logits, cache = extend(chunk, cache, new, True, in_place=owned)
+            owned = True
             pieces.append(logits)
             computed(logits, start, P)
         return jnp.concatenate(pieces, axis=1), cache
@@ -40,9 +57,13 @@ def in_chunks(
         active = np.flatnonzero(lengths > start)
         new = jnp.asarray(np.clip(lengths[active] - start, 0, chunk_size), jnp.int32)
         chunk = jnp.asarray(host_ids[active, start : start + chunk_size])
-        part = cache if len(active) == B else cache.rows(active)
-        logits, part = extend(chunk, part, new)
-        cache = part if len(active) == B else cache.with_rows(active, part)
+        if len(active) == B:
+            logits, cache = extend(chunk, cache, new, in_place=owned)
+        else:  # a later chunk (every prompt has a token for the first): the cache is the loop's
+            index = jnp.asarray(active)
+            logits, part = extend(chunk, cache.rows(index), new, in_place=True)
+            cache = _with_rows_in_place(cache, index, part)
+        owned = True
         # a row's logits come from the chunk that holds its last prompt token
         last = logits if last is None else last.at[active].set(logits)
         computed(logits, start, longest)

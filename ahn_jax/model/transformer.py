@@ -242,6 +242,7 @@ class AhnModel(nnx.Module):
         chunk_size: int = 1024,
         all_logits: bool = False,
         on_chunk: Callable[[int, int], None] | None = None,
+        donate: bool = False,
     ):
         """Feed prompts [B, P] (any P >= 1) into the cache, `chunk_size` tokens at a time.
 
@@ -250,8 +251,11 @@ class AhnModel(nnx.Module):
         cache): each row's logits at its last prompt token [B, V], or every position's [B, P, V]
         with `all_logits` (padding included). Calls may follow each other (and decode steps).
         `on_chunk(done, total)`, for progress bars, is called once each chunk has been computed,
-        with the positions fed so far and the longest prompt's length. Not for use inside jit: it
-        checks its arguments and chunks on the host (jit `extend_cache` instead)."""
+        with the positions fed so far and the longest prompt's length. `donate=True` hands the
+        cache to XLA to update in place (the one passed in is spent: use the returned one), as
+        `decode_step`'s; the chunks after the first update the cache in place either way. Not for
+        use inside jit: it checks its arguments and chunks on the host (jit `extend_cache`
+        instead)."""
         input_ids = inputs.token_ids(input_ids, self.config.vocab_size, "input_ids", 2)
         B, P = input_ids.shape
         if B != cache.batch_size:
@@ -260,10 +264,15 @@ class AhnModel(nnx.Module):
         chunk_size = inputs.count(chunk_size, "chunk_size", 1)
         inputs.room(cache, lengths)
         graphdef, state = nnx.split(self)
-        extend = functools.partial(extend_cache, graphdef, state)
+
+        def extend(ids, part, new, all_logits=False, *, in_place):
+            step = extend_cache_in_place if in_place else extend_cache
+            return step(graphdef, state, ids, part, new, all_logits)
+
         return prefill_lib.in_chunks(
-            extend, input_ids, cache, lengths, chunk_size, all_logits=all_logits, on_chunk=on_chunk
-        )
+            extend, input_ids, cache, lengths, chunk_size, all_logits=all_logits,
+            on_chunk=on_chunk, donate=donate,
+        )  # fmt: skip
 
     def decode_step(self, token_ids: jax.Array, cache: DecodeCache, *, donate: bool = False):
         """One token per row, each at its own next position: token_ids [B] -> (logits [B, V],
@@ -293,13 +302,20 @@ def forward(graphdef, state, input_ids_BT, positions_BT, window, sinks, *, mode=
     return model.logits(input_ids_BT, positions_BT, mode=mode, window=window, sinks=sinks)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "all_logits", "decoding"))
-def extend_cache(graphdef, state, input_ids_BP, cache, new_B, all_logits=False, decoding=False):
+def _extend(graphdef, state, input_ids_BP, cache, new_B, all_logits=False, decoding=False):
     """Pure prefill of P tokens per row, the first new_B[b] of row b real: (logits, new cache)."""
     model = nnx.merge(graphdef, state)
     return cached.cached_logits(
         model, input_ids_BP, cache, new_B, all_logits=all_logits, decoding=decoding
     )
+
+
+_EXTEND_STATIC = ("graphdef", "all_logits", "decoding")
+extend_cache = jax.jit(_extend, static_argnames=_EXTEND_STATIC)
+# prefill's chunks: the cache donated, so XLA writes the new slots where it lies; without it every
+# chunk held two whole caches (Qwen2.5-3B on one v5e chip, W = 32,640, 2 rows: peak 13.2 -> 10.5
+# GB, docs/benchmarks.md)
+extend_cache_in_place = jax.jit(_extend, static_argnames=_EXTEND_STATIC, donate_argnames="cache")
 
 
 def decode_step(graphdef, state, token_ids_B, cache):
@@ -309,33 +325,6 @@ def decode_step(graphdef, state, token_ids_B, cache):
 
 
 _donating_decode_step = jax.jit(decode_step, static_argnames="graphdef", donate_argnames="cache")
-
-
-def for_decoding(model: AhnModel) -> AhnModel:
-    """The model as the decode loop should hold it: on the CPU, `unstack_layers(model)`; on other
-    backends the model itself (the per-layer copy would double the weights in accelerator
-    memory). A model already unstacked is returned as it is."""
-    unstacked = isinstance(model.layers, nnx.List)
-    return unstack_layers(model) if jax.default_backend() == "cpu" and not unstacked else model
-
-
-def unstack_layers(model: AhnModel) -> AhnModel:
-    """The model with its stacked layers cut into a list of per-layer modules, for the cached
-    path (prefill and decode steps; not the parallel forward, which scans the stacked layers).
-
-    The cached path runs its layers unrolled (ahn_jax/model/cached.py); given the stacked
-    weights it slices each layer's out inside every step, and XLA:CPU copies each slice (on the
-    ~50M model 1.4-1.8 ms per 3 MB matrix, a third of a decode step: docs/benchmarks.md). Cut
-    here once, each layer's weights reach the jitted step as arrays of their own. Everything
-    but the layer weights is shared with `model`; the layer weights are copied."""
-    graphdef, state = nnx.split(model)
-    layer_graphdef, layer_state = nnx.split(model.layers)
-    layerwise = nnx.merge(graphdef, state)  # new Variables around the same arrays
-    layerwise.layers = nnx.List(
-        nnx.merge(layer_graphdef, jax.tree.map(lambda a, i=i: a[i], layer_state))
-        for i in range(model.config.num_layers)
-    )
-    return layerwise
 
 
 def init_model(config: ModelConfig, seed: int = 0, ahn_output_init: str = "zeros") -> AhnModel:

@@ -1,10 +1,12 @@
-"""Will the train step (or the decode step) fit? Compile it ahead of time for a TPU topology,
-from a CPU host.
+"""Will the train step (or the decode step, or a chunk of prefill) fit? Compile it ahead of time
+for a TPU topology, from a CPU host.
 
-  python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5p-8 \
+  python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5p-8 \\
       [--kernels=pallas|xla] [--mesh=fsdp=4] [--seq_len=24576] [--batch_size=4] [--json]
-  python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5e-8 --step=decode \
+  python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5e-8 --step=decode \\
       --batch_size=16 [--window=32640 --sinks=128]
+  python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5e-1 --step=prefill \
+      --batch_size=4 [--chunk_size=1024]
 
 Needs `jax[tpu]`'s libtpu (the `tpu` or `test` extra) and JAX_PLATFORMS=cpu; nothing runs on a TPU.
 The whole jitted step of `ahn_jax.train` (teacher and student forwards, KL loss, backward, AdamW) is
@@ -14,8 +16,8 @@ per-device memory analysis against the chip's HBM. An HBM overflow is a compile 
 "does not fit". Pallas kernels are lowered through Mosaic for real (`kernels`: "pallas", "xla" or
 "auto" = Pallas for a TPU; ahn_jax/model/kernel_choice.py), so their tiling and VMEM use are checked
 too. The decode step compiles one token per row against a full cache of S + W + 1 slots, the cache
-split over the mesh by rows. What this cannot tell: speed and numerics (nothing executes), and
-host-side memory.
+split over the mesh by rows; `--step=prefill` one chunk of a prompt against the same cache. What
+this cannot tell: speed and numerics (nothing executes), and host-side memory.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ahn_jax.config import KERNELS, ConfigError, TrainConfig, check_objective, validate_config
@@ -36,66 +37,13 @@ from ahn_jax.model import kernel_choice
 from ahn_jax.model.cache import CACHE_AXES, DecodeCache
 from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.sharding import MeshError, make_mesh, partition_spec, state_shardings
-from ahn_jax.model.transformer import abstract_model, decode_step
+from ahn_jax.model.transformer import abstract_model, decode_step, extend_cache
 from ahn_jax.training import compiled_figures
 from ahn_jax.training.distributed import parse_mesh, row_split_warning, unsplit_rows
 from ahn_jax.training.optimizer import opt_state_shardings, optimizer_for
 from ahn_jax.training.step import make_train_step
+from ahn_jax.training.tpu_topologies import HBM_BYTES, topology_devices
 from kernels.common import pallas_mode
-
-# Cloud TPU slice names -> the topology descriptions libtpu accepts (it takes e.g. "v5p:2x2x1", not
-# "v5p-8"; launch/README.md). v4/v5p names count TensorCores (2 per chip) over a 3D torus of
-# chips; v5e (v5litepod) and v6e names count chips on a 2D torus; shapes as Cloud TPU provisions
-# them.
-_TORUS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
-             256: "4x8x8", 512: "8x8x8"}  # fmt: skip
-_TORUS_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
-             256: "16x16"}  # fmt: skip
-TOPOLOGY_ALIASES = {
-    **{f"{gen}-{2 * chips}": f"{gen}:{shape}" for gen in ("v4", "v5p")
-       for chips, shape in _TORUS_3D.items()},
-    **{f"{name}-{chips}": f"{gen}:{shape}" for gen, name in (("v5e", "v5e"), ("v5e", "v5litepod"),
-                                                                ("v6e", "v6e"))
-       for chips, shape in _TORUS_2D.items()},
-}  # fmt: skip
-# HBM per chip, bytes (Cloud TPU documentation).
-HBM_BYTES = {"v4": 32 * 2**30, "v5p": 95 * 2**30, "v5e": 16 * 2**30, "v6e": 32 * 2**30}
-
-
-def topology_devices(name: str):
-    description = TOPOLOGY_ALIASES.get(name, name)
-    try:
-        topology = _topology(description)
-    except Exception as e:  # noqa: BLE001 - libtpu's message is the useful part
-        if "lockfile" in str(e):  # libtpu serves one process at a time (on a TPU host)
-            raise ConfigError(
-                "libtpu is in use by another process on this TPU host (a training run?): run "
-                "the check when it ends, or from a host without a TPU"
-            ) from e
-        if "TPU support not installed" in str(e):  # jax without libtpu: no topology is known
-            raise ConfigError(
-                "compiling for a TPU needs libtpu, which `make demo`'s install leaves out: "
-                "pip install -e '.[tpu]' (or the test extra)"
-            ) from e
-        raise ConfigError(
-            f"--topology {name!r} is not a TPU topology libtpu knows ({e}); try a Cloud TPU "
-            "slice name (v4-8 .. v4-1024, v5p-8 .. v5p-1024, v5litepod-1 .. v5litepod-256 or "
-            "v5e-N, v6e-1 .. v6e-256) or a description like 'v5p:2x2x1'"
-        ) from e
-    return description, list(topology.devices)
-
-
-def _topology(description: str):
-    try:
-        return topologies.get_topology_desc(description, platform="tpu")
-    except Exception as e:  # noqa: BLE001 - retried below, or re-raised for the caller to name
-        # a slice smaller than libtpu's default host (2x2x1 chips: v5e-1, v6e-1) is one chip
-        # on a host of its own
-        if "chips_per_host_bounds" not in str(e):
-            raise
-        return topologies.get_topology_desc(
-            description, platform="tpu", chips_per_host_bounds=(1, 1, 1)
-        )
 
 
 def _abstract(tree, shardings):
@@ -251,7 +199,36 @@ def check_decode(
     full attention hold `max_length` positions) for `topology`: XLA's per-device memory figures,
     FLOPs and bytes accessed, and the verdict. The cache and the AHN states are the donated
     arguments, updated in place."""
+    return _check_cached(config, topology, mesh_spec, batch_size, (window, sinks, max_length))
+
+
+def check_prefill(
+    config,
+    topology: str,
+    mesh_spec: str = "",
+    batch_size: int = 1,
+    window: int = 32640,
+    sinks: int = 128,
+    max_length: int | None = None,
+    chunk_size: int = 1024,
+    kernels: str | None = None,
+) -> dict:
+    """Compile one chunk of prefill (`AhnModel.prefill`: `chunk_size` tokens per row against the
+    cache, donated as every chunk after the first is) for `topology`, as `check_decode` does the
+    decode step. Prefill's recurrences follow `kernels` (default: the config's); its attention
+    reads the cache in blocks (docs/kernels.md)."""
+    return _check_cached(
+        config, topology, mesh_spec, batch_size, (window, sinks, max_length), chunk_size, kernels
+    )
+
+
+def _check_cached(config, topology, mesh_spec, batch_size, sizes, chunk_size=None, kernels=None):
+    """check_decode (`chunk_size` None) or check_prefill: one call of the cached path, its cache
+    (`sizes`: W, S, max_length) donated."""
     model_config = validate_config(config)
+    if kernels is not None:
+        model_config = _with_kernels(model_config, kernels)
+    window, sinks, max_length = sizes
     if model_config.full_attention_layers and max_length is None:
         raise ConfigError(
             f"ahn.full_attention_layers {model_config.full_attention_layers} keep every position: "
@@ -262,20 +239,27 @@ def check_decode(
     model = abstract_model(model_config)
     graphdef, state = nnx.split(model)
     state = _abstract(state, state_shardings(state, mesh))
+    step = "decode" if chunk_size is None else "prefill"
     with jax.set_mesh(mesh), pallas_mode.compiled_for_tpu():
         cache = _abstract_cache(model, mesh, batch_size, window, sinks, max_length)
-        rows = NamedSharding(mesh, partition_spec(("batch",), (batch_size,), mesh))
-        tokens = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=rows)
+
+        def by_rows(shape, dtype=jnp.int32):
+            spec = partition_spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
+
+        if step == "decode":
+            call, inputs = functools.partial(decode_step, graphdef), (by_rows((batch_size,)),)
+        else:  # every row's chunk whole: the program is the same whatever the cache holds
+            call = functools.partial(extend_cache, graphdef)
+            inputs = (by_rows((batch_size, chunk_size)), by_rows((batch_size,)))
         logits = partition_spec(("batch", "vocab"), (batch_size, model_config.vocab_size), mesh)
         # the cache leaves as it came: left to XLA, the gates came back split over `tensor`
         # and were written anew every step instead of in place
         out = (NamedSharding(mesh, logits), jax.tree.map(lambda x: x.sharding, cache))
-        step = jax.jit(
-            functools.partial(decode_step, graphdef), donate_argnums=(2,), out_shardings=out
-        )
-        lowered = step.lower(state, tokens, cache)
+        donated = jax.jit(call, donate_argnums=(2,), out_shardings=out)
+        lowered = donated.lower(state, inputs[0], cache, *inputs[1:])
         report = _base_report(
-            "decode", topology, description, devices, mesh, model_config, model_config.kernels
+            step, topology, description, devices, mesh, model_config, model_config.kernels
         )
         report.update(batch_size=batch_size, window=window, sinks=sinks, max_length=max_length,
                       cache_bytes=_cache_bytes(cache))  # fmt: skip
@@ -286,8 +270,10 @@ def check_decode(
                 f"may copy it each step; give a multiple of {split[1]} rows, or a --mesh whose "
                 "batch axes divide them (e.g. --mesh=tensor=N, or one chip)"
             )
-        # decode runs its own step kernels whatever model.kernels says (docs/kernels.md)
-        report.update(kernels="decode step", recurrence="one token a step", attention="cache")
+        if step == "decode":  # decode runs its own step kernels whatever model.kernels says
+            report.update(kernels="decode step", recurrence="one token a step", attention="cache")
+        else:
+            report.update(chunk_size=chunk_size, attention="cache blocks")
         shapes = [x.sharding.shard_shape(x.shape) for x in jax.tree.leaves(cache)]
         copies = functools.partial(compiled_figures.cache_copies, shapes)
         return _compile(lowered, report, read=copies)
@@ -314,7 +300,10 @@ def format_report(report: dict) -> str:
                  f"{report['seq_len']} tokens ({report['micro_batches']} micro-batch(es)), "
                  f"{kernels}"]  # fmt: skip
     else:
-        lines = [f"decode step {where}, batch {report['batch_size']}, cache of S + W + 1 = "
+        what = "decode step "
+        if report["step"] == "prefill":
+            what = f"one prefill chunk of {report['chunk_size']} tokens a row, {kernels}, "
+        lines = [f"{what}{where}, batch {report['batch_size']}, cache of S + W + 1 = "
                  f"{report['sinks']} + {report['window']} + 1 slots "
                  f"({_gib(report['cache_bytes'])} in all)"]  # fmt: skip
     lines += [report["warning"]] if "warning" in report else []

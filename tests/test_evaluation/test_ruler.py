@@ -12,7 +12,8 @@ from shared import save_tiny_qwen2, write_qwen25_tokenizer
 
 from ahn_jax.config import load_config_file, validate_config
 from ahn_jax.evaluation import metrics, ruler, runner
-from ahn_jax.model.transformer import for_decoding, init_model
+from ahn_jax.model.layerwise import for_decoding
+from ahn_jax.model.transformer import init_model
 from ahn_jax.tokenizer import ByteTokenizer, HFTokenizer
 
 ROOT = Path(__file__).parents[2]

@@ -9,6 +9,7 @@ from shared import flat_state, random_ids, tiny_config
 
 from ahn_jax.config import AHN_TYPES
 from ahn_jax.model import transformer as model_lib
+from ahn_jax.model.layerwise import for_decoding, unstack_layers
 from ahn_jax.model.memory import AhnParam
 from ahn_jax.model.transformer import init_model
 from kernels.window_attention import causal_attention
@@ -139,9 +140,9 @@ def test_unstacked_layers_prefill_and_decode_as_the_stacked_model():
     """`unstack_layers` (what generate decodes with on the CPU) gives the same logits; the model
     it came from keeps its stacked layers (its parallel forward still runs)."""
     model = make("gdn")
-    unstacked = model_lib.unstack_layers(model)
+    unstacked = unstack_layers(model)
     assert isinstance(unstacked.layers, nnx.List) and len(unstacked.layers) == 3
-    assert model_lib.for_decoding(unstacked) is unstacked  # no second copy
+    assert for_decoding(unstacked) is unstacked  # no second copy
     ids = token_ids(12)
     runs = []
     for m in (model, unstacked):

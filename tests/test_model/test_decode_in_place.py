@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 from shared import tiny_config
 
-from ahn_jax.model.transformer import decode_step, for_decoding, init_model
+from ahn_jax.model.layerwise import for_decoding
+from ahn_jax.model.transformer import decode_step, init_model
 from ahn_jax.training import compiled_figures
 
 

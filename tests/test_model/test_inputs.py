@@ -120,7 +120,7 @@ def test_a_donated_decode_step_spends_the_cache_and_computes_the_same(model, ids
 
 
 def test_the_per_layer_copy_for_decoding_says_what_it_is_not_for(model, ids, tmp_path):
-    from ahn_jax.model.transformer import unstack_layers
+    from ahn_jax.model.layerwise import unstack_layers
 
     layerwise = unstack_layers(model)
     for call in (lambda: layerwise(ids), lambda: layerwise.save_ahn(tmp_path / "ahn")):

@@ -64,7 +64,7 @@ def test_tpu_meshes_follow_the_chips_torus_and_cpu_ones_the_device_order():
     meshes), not the order the devices are listed in; other platforms keep their order."""
     from jax.experimental import mesh_utils
 
-    from ahn_jax.training.compile_check import topology_devices
+    from ahn_jax.training.tpu_topologies import topology_devices
 
     _, chips = topology_devices("v5p-16")  # 8 chips, a 2x2x2 torus
     mesh = make_mesh({"fsdp": 2, "tensor": 4}, chips)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ahn_jax.config import ConfigError, make_config
-from ahn_jax.training import compile_check
+from ahn_jax.training import compile_check, tpu_topologies
 
 ROOT = Path(__file__).parents[2]
 MODEL = dict(vocab_size=256, hidden_size=128, intermediate_size=256, num_layers=1, num_heads=2,
@@ -115,7 +115,7 @@ def test_rows_that_do_not_divide_the_mesh_s_batch_axes_are_warned_of():
 
 @pytest.mark.parametrize("name, chips", [("v5p-32", 16), ("v6e-16", 16), ("v5litepod-8", 8)])
 def test_compile_check_knows_pod_slice_names(name, chips):
-    description, devices = compile_check.topology_devices(name)
+    description, devices = tpu_topologies.topology_devices(name)
     assert len(devices) == chips, description
 
 
@@ -233,6 +233,26 @@ def test_decode_with_kv_heads_replicated_over_the_tensor_axis_writes_the_cache_i
     assert "cache buffer gathers   0" in compile_check.format_report(report)
 
 
+@pytest.mark.parametrize("kernels", ["pallas", "xla"])
+def test_a_prefill_chunk_compiles_for_a_tpu_topology_with_the_cache_donated(kernels):
+    """One chunk of prefill against a cache of S + W + 1 = 1,057 slots (read in blocks), split by
+    rows over 4 chips, the cache donated as prefill's chunks after the first are
+    (test_prefill_in_place.py): aliased, so a chip holds one cache during prefill, not two (3B on
+    one v5e chip: docs/benchmarks.md)."""
+    config = make_config(LIKE_3B, ahn_type="gdn")
+    report = compile_check.check_prefill(
+        config, "v5e-4", batch_size=8, window=1024, sinks=32, chunk_size=256, kernels=kernels
+    )
+    assert report["step"] == "prefill" and report["fits"] and report["kernels"] == kernels
+    per_chip = report["cache_bytes"] / 4
+    assert per_chip <= report["alias_bytes"] < per_chip * 1.01  # the logits are not aliased
+    assert report["cache_gathers"] == 0
+    assert (report["pallas_calls"] > 0) == (kernels == "pallas")  # the recurrence's kernels
+    text = compile_check.format_report(report)
+    assert f"one prefill chunk of 256 tokens a row, kernels {kernels} (recurrence " in text
+    assert "cache buffer copies" in text
+
+
 def test_one_chip_slices_compile_and_rows_that_do_not_split_are_warned_about():
     """v5e-1 / v6e-1 (how generate runs) are smaller than libtpu's default host of 2x2 chips
     and were refused; a decode batch that the mesh's batch axes cannot split is replicated."""
@@ -260,7 +280,7 @@ def test_a_missing_libtpu_is_named_with_its_install(monkeypatch):
 
     monkeypatch.setattr(compile_check.topologies, "get_topology_desc", no_libtpu)
     with pytest.raises(ConfigError, match=r"needs libtpu.*pip install -e '\.\[tpu\]'"):
-        compile_check.topology_devices("v5e-4")
+        tpu_topologies.topology_devices("v5e-4")
 
 
 def _xpk_command(**env) -> str:

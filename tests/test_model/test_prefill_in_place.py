@@ -1,0 +1,72 @@
+"""Prefill updates the cache in place: every chunk after the first donates the cache the previous
+chunk returned (an accelerator holds one cache through a long prompt, not two), and the caller's
+cache is donated only with `donate=True`. The results are those of a prefill that copies. That
+XLA:TPU then writes the chunk where the cache lies: test_launch.py (XLA:CPU copies k and v for a
+chunk of several tokens, which reads the old slots before writing)."""
+
+import jax
+import numpy as np
+import pytest
+from shared import random_ids, tiny_config
+
+from ahn_jax.model import prefill as prefill_lib
+from ahn_jax.model import transformer
+from ahn_jax.model.transformer import init_model
+
+LENGTHS = (5, 13, 9)  # three chunks of 5: the second and third leave rows out
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_model(tiny_config(ahn_type="gdn"), ahn_output_init="normal")
+
+
+def _spy_on_donations(monkeypatch):
+    """The caches handed to each chunk (and to the ragged batch's row replacement), in order."""
+    handed = []
+
+    def spy(real, position):
+        def call(*args, **kwargs):
+            handed.append(args[position])
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("extend_cache", "extend_cache_in_place"):
+        monkeypatch.setattr(transformer, name, spy(getattr(transformer, name), 3))
+    monkeypatch.setattr(prefill_lib, "_with_rows_in_place", spy(prefill_lib._with_rows_in_place, 0))
+    return handed
+
+
+def _deleted(cache) -> bool:
+    return all(x.is_deleted() for x in jax.tree.leaves(cache))
+
+
+@pytest.mark.parametrize("donate", [False, True])
+@pytest.mark.parametrize("ragged", [False, True])
+def test_chunks_after_the_first_take_the_cache_in_place(model, monkeypatch, donate, ragged):
+    ids = np.asarray(random_ids(64, (3, max(LENGTHS)), seed=1))
+    lengths = LENGTHS if ragged else None
+    expected = model.prefill(ids, model.init_cache(3, window=6, sinks=2), lengths=lengths,
+                             chunk_size=5)  # fmt: skip
+    handed = _spy_on_donations(monkeypatch)
+    cache = model.init_cache(3, window=6, sinks=2)
+    logits, after = model.prefill(ids, cache, lengths=lengths, chunk_size=5, donate=donate)
+    for got, want in zip(jax.tree.leaves((logits, after)), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert handed[0] is cache and _deleted(cache) == donate
+    # ragged: chunk 2's rows, the whole cache they go back into, chunk 3's rows and theirs
+    assert len(handed) == (5 if ragged else 3)
+    assert all(_deleted(spent) for spent in handed[1:])
+    assert not any(x.is_deleted() for x in jax.tree.leaves(after))
+
+
+def test_all_logits_chunks_take_the_cache_in_place(model, monkeypatch):
+    ids = np.asarray(random_ids(64, (2, 12), seed=2))
+    expected, _ = model.prefill(ids, model.init_cache(2, window=6, sinks=2), chunk_size=5,
+                                all_logits=True)  # fmt: skip
+    handed = _spy_on_donations(monkeypatch)
+    cache = model.init_cache(2, window=6, sinks=2)
+    logits, _ = model.prefill(ids, cache, chunk_size=5, all_logits=True)
+    np.testing.assert_array_equal(logits, expected)
+    assert len(handed) == 3 and not _deleted(cache) and all(map(_deleted, handed[1:]))
