@@ -40,8 +40,8 @@ def define_flags() -> None:
     )
     flags.DEFINE_enum("step", "train", list(STEPS), "which step to compile")
     flags.DEFINE_enum("kernels", None, list(KERNELS),
-                      "the forward's kernels (default: the config's model.kernels; 'auto' = "
-                      "Pallas on TPU)")  # fmt: skip
+                      "the kernels of the forward (train) or of prefill's recurrences "
+                      "(default: the config's model.kernels; 'auto' = Pallas on TPU)")  # fmt: skip
     flags.DEFINE_integer("window", 32640, "decode, prefill: the cache's window W", lower_bound=1)
     flags.DEFINE_integer("sinks", 128, "decode, prefill: the cache's sinks S", lower_bound=0)
     flags.DEFINE_integer(
@@ -50,8 +50,8 @@ def define_flags() -> None:
         "decode, prefill: positions of layers kept as full attention",
         lower_bound=1,
     )
-    flags.DEFINE_integer("chunk_size", 1024, "prefill: tokens per row in one chunk (generate's "
-                         "and evaluate's --chunk)", lower_bound=1)  # fmt: skip
+    flags.DEFINE_integer("chunk_size", 1024, "prefill: tokens per row in one chunk (evaluate's "
+                         "--chunk; generate's 1024)", lower_bound=1)  # fmt: skip
     flags.DEFINE_bool("json", False, "print one JSON object")
 
 
@@ -64,7 +64,7 @@ STEPS = {
 
 
 def _check_step_flags(step: str) -> None:
-    for name in {name for names in STEPS.values() for name in names} - set(STEPS[step]):
+    for name in sorted({name for names in STEPS.values() for name in names} - set(STEPS[step])):
         if FLAGS[name].present:
             steps = " or ".join(f"--step={s}" for s, names in STEPS.items() if name in names)
             raise app.UsageError(f"--{name} applies to {steps} only")

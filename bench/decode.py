@@ -49,7 +49,7 @@ def time_decode(model, ids, mode, steps, repeats):
     L = ids.shape[1]
     window, sinks = (L + steps + 1, 0) if mode == "full" else (WINDOW, SINKS)
     cache = model.init_cache(1, window=window, sinks=sinks, mode=mode)
-    logits, cache = model.prefill(ids, cache, chunk_size=1024)
+    logits, cache = model.prefill(ids, cache, chunk_size=1024, donate=True)
     graphdef, state = nnx.split(model)
     state_leaves, state_tree = jax.tree.flatten(state)
     cache_leaves, cache_tree = jax.tree.flatten(cache)

@@ -90,10 +90,10 @@ def run(model, device, mode: str, L: int) -> dict:
     # compile: two chunks (the chunk step and the chunks' joining) and a last, shorter chunk if L
     # is not a multiple of the chunk
     for width in {min(2 * chunk, L), (L - 1) % chunk + 1}:
-        jax.block_until_ready(model.prefill(ids[:, :width], empty(), chunk_size=chunk))
+        jax.block_until_ready(model.prefill(ids[:, :width], empty(), chunk_size=chunk, donate=True))
     cache = jax.block_until_ready(empty())
     start = time.perf_counter()
-    logits, cache = model.prefill(ids, cache, chunk_size=chunk)
+    logits, cache = model.prefill(ids, cache, chunk_size=chunk, donate=True)  # as generate does
     tokens = jax.block_until_ready(jnp.argmax(logits, axis=-1).astype(jnp.int32))
     prefill_s = time.perf_counter() - start
     after_prefill = memory(device)

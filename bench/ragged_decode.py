@@ -103,7 +103,8 @@ def generate(model, ids, lengths, steps, decodes):
     cache = model.init_cache(ids.shape[0], window=FLAGS.window, sinks=FLAGS.sinks, mode="ahn")
     jax.block_until_ready(cache)
     start = time.perf_counter()
-    logits, prefilled = model.prefill(ids, cache, lengths=lengths, chunk_size=CHUNK)
+    # the cache handed over, as generate does: every chunk compiled in place (warm_up)
+    logits, prefilled = model.prefill(ids, cache, lengths=lengths, chunk_size=CHUNK, donate=True)
     first = jax.block_until_ready(first_token(logits))
     prefill = time.perf_counter() - start
     state_leaves, state_tree = jax.tree.flatten(state)
@@ -153,14 +154,16 @@ def warm_up(model, ids, lengths) -> None:
         for chunk in sorted(chunks):
             generate(model, ids[:batch, :chunk], None, 1, 1)
         cache = model.init_cache(batch, window=FLAGS.window, sinks=FLAGS.sinks, mode="ahn")
-        jax.block_until_ready(model.prefill(ids[:batch, :2], cache, chunk_size=1))
+        jax.block_until_ready(model.prefill(ids[:batch, :2], cache, chunk_size=1, donate=True))
     # the batched prefill runs only the rows with prompt left: every smaller batch's chunk, and
     # the taking and putting back of k rows of the cache (lengths 2, 4, ... in chunks of 2)
     for active in range(1, rows):
         generate(model, ids[:active, :CHUNK], None, 1, 1)
     cache = model.init_cache(rows, window=FLAGS.window, sinks=FLAGS.sinks, mode="ahn")
     short = 2 * np.arange(1, rows + 1)
-    jax.block_until_ready(model.prefill(ids[:, : short.max()], cache, lengths=short, chunk_size=2))
+    jax.block_until_ready(
+        model.prefill(ids[:, : short.max()], cache, lengths=short, chunk_size=2, donate=True)
+    )
 
 
 def measure(name: str, lengths: list[int], dtype: str) -> dict:

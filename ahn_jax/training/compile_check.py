@@ -5,7 +5,7 @@ for a TPU topology, from a CPU host.
       [--kernels=pallas|xla] [--mesh=fsdp=4] [--seq_len=24576] [--batch_size=4] [--json]
   python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5e-8 --step=decode \\
       --batch_size=16 [--window=32640 --sinks=128]
-  python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5e-1 --step=prefill \
+  python -m ahn_jax.compile_check --config=configs/qwen3b_gdn.py --topology=v5e-1 --step=prefill \\
       --batch_size=4 [--chunk_size=1024]
 
 Needs `jax[tpu]`'s libtpu (the `tpu` or `test` extra) and JAX_PLATFORMS=cpu; nothing runs on a TPU.
@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from ahn_jax.config import KERNELS, ConfigError, TrainConfig, check_objective, validate_config
 from ahn_jax.model import kernel_choice
 from ahn_jax.model.cache import CACHE_AXES, DecodeCache
-from ahn_jax.model.memory import AhnParam
+from ahn_jax.model.memory import AhnParam, recurrence_impl
 from ahn_jax.model.sharding import MeshError, make_mesh, partition_spec, state_shardings
 from ahn_jax.model.transformer import abstract_model, decode_step, extend_cache
 from ahn_jax.training import compiled_figures
@@ -274,6 +274,8 @@ def _check_cached(config, topology, mesh_spec, batch_size, sizes, chunk_size=Non
             report.update(kernels="decode step", recurrence="one token a step", attention="cache")
         else:
             report.update(chunk_size=chunk_size, attention="cache blocks")
+            if model_config.ahn_type:  # short chunks run the recurrence token by token
+                report["recurrence"] = recurrence_impl(chunk_size, report["recurrence"])
         shapes = [x.sharding.shard_shape(x.shape) for x in jax.tree.leaves(cache)]
         copies = functools.partial(compiled_figures.cache_copies, shapes)
         return _compile(lowered, report, read=copies)

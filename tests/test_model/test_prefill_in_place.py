@@ -7,6 +7,7 @@ chunk of several tokens, which reads the old slots before writing)."""
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from shared import random_ids, tiny_config
 
 from ahn_jax.model import prefill as prefill_lib
@@ -42,6 +43,10 @@ def _deleted(cache) -> bool:
     return all(x.is_deleted() for x in jax.tree.leaves(cache))
 
 
+def _untouched(cache) -> bool:
+    return not any(x.is_deleted() for x in jax.tree.leaves(cache))
+
+
 @pytest.mark.parametrize("donate", [False, True])
 @pytest.mark.parametrize("ragged", [False, True])
 def test_chunks_after_the_first_take_the_cache_in_place(model, monkeypatch, donate, ragged):
@@ -54,11 +59,11 @@ def test_chunks_after_the_first_take_the_cache_in_place(model, monkeypatch, dona
     logits, after = model.prefill(ids, cache, lengths=lengths, chunk_size=5, donate=donate)
     for got, want in zip(jax.tree.leaves((logits, after)), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(got, want)
-    assert handed[0] is cache and _deleted(cache) == donate
+    assert handed[0] is cache and (_deleted(cache) if donate else _untouched(cache))
     # ragged: chunk 2's rows, the whole cache they go back into, chunk 3's rows and theirs
     assert len(handed) == (5 if ragged else 3)
     assert all(_deleted(spent) for spent in handed[1:])
-    assert not any(x.is_deleted() for x in jax.tree.leaves(after))
+    assert _untouched(after)
 
 
 def test_all_logits_chunks_take_the_cache_in_place(model, monkeypatch):
@@ -69,4 +74,41 @@ def test_all_logits_chunks_take_the_cache_in_place(model, monkeypatch):
     cache = model.init_cache(2, window=6, sinks=2)
     logits, _ = model.prefill(ids, cache, chunk_size=5, all_logits=True)
     np.testing.assert_array_equal(logits, expected)
-    assert len(handed) == 3 and not _deleted(cache) and all(map(_deleted, handed[1:]))
+    assert len(handed) == 3 and _untouched(cache) and all(map(_deleted, handed[1:]))
+
+
+def test_every_row_running_every_chunk_gives_what_leaving_ended_rows_out_does(model):
+    """On an accelerator each chunk runs every row (rows taken out would be a second cache in
+    device memory); a row whose prompt has ended gets no new tokens and keeps its logits."""
+    ids = np.asarray(random_ids(64, (3, max(LENGTHS)), seed=4))
+    left_out = model.prefill(ids, model.init_cache(3, window=6, sinks=2), lengths=LENGTHS,
+                             chunk_size=5)  # fmt: skip
+    graphdef, state = nnx.split(model)
+
+    def extend(chunk, cache, new, all_logits=False, *, in_place):
+        return transformer.extend_cache(graphdef, state, chunk, cache, new, all_logits)
+
+    every_row = prefill_lib.in_chunks(
+        extend, ids, model.init_cache(3, window=6, sinks=2), np.asarray(LENGTHS), 5,
+        all_logits=False, on_chunk=None, leave_ended_rows_out=False,
+    )  # fmt: skip
+    assert every_row[1].length.tolist() == list(LENGTHS)
+    for got, want in zip(jax.tree.leaves(every_row), jax.tree.leaves(left_out), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_generate_and_perplexity_hand_their_own_caches_over(model, monkeypatch):
+    from ahn_jax.evaluation import perplexity
+    from ahn_jax.inference.generate import generate
+
+    handed = _spy_on_donations(monkeypatch)
+    generate(model, [[1, 2, 3, 4, 5, 6, 7], [3, 4]], max_new_tokens=2, mode="ahn", window=6,
+             sinks=2, chunk_size=3)  # fmt: skip
+    # prefill's 3 chunks, the last two of row 0 alone (taken out and put back); the decode steps
+    # call the same function inside their own jit (tracers)
+    prefilled = [c for c in handed if not isinstance(c.k[0], jax.core.Tracer)]
+    assert len(prefilled) == 5 and all(map(_deleted, prefilled))  # the first chunk's cache too
+    cache = model.init_cache(1, window=6, sinks=2)
+    ids = np.asarray(random_ids(64, (1, 6), seed=5))
+    perplexity._chunk_nll(nnx.graphdef(model), nnx.state(model), ids[:, :5], ids[:, 1:], cache)
+    assert _deleted(cache)

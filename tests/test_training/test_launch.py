@@ -278,7 +278,7 @@ def test_a_missing_libtpu_is_named_with_its_install(monkeypatch):
     def no_libtpu(*args, **kwargs):
         raise RuntimeError("Unable to initialize backend 'tpu': JAX TPU support not installed")
 
-    monkeypatch.setattr(compile_check.topologies, "get_topology_desc", no_libtpu)
+    monkeypatch.setattr(tpu_topologies.topologies, "get_topology_desc", no_libtpu)
     with pytest.raises(ConfigError, match=r"needs libtpu.*pip install -e '\.\[tpu\]'"):
         tpu_topologies.topology_devices("v5e-4")
 
