@@ -269,10 +269,9 @@ class AhnModel(nnx.Module):
             step = extend_cache_in_place if in_place else extend_cache
             return step(graphdef, state, ids, part, new, all_logits)
 
-        # on an accelerator every row runs every chunk: rows taken out would be a second cache
         return prefill_lib.in_chunks(
             extend, input_ids, cache, lengths, chunk_size, all_logits=all_logits,
-            on_chunk=on_chunk, donate=donate, leave_ended_rows_out=jax.default_backend() == "cpu",
+            on_chunk=on_chunk, donate=donate,
         )  # fmt: skip
 
     def decode_step(self, token_ids: jax.Array, cache: DecodeCache, *, donate: bool = False):

@@ -5,11 +5,13 @@ XLA:TPU then writes the chunk where the cache lies: test_launch.py (XLA:CPU copi
 chunk of several tokens, which reads the old slots before writing)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from shared import random_ids, tiny_config
 
+from ahn_jax.config import AHN_TYPES
 from ahn_jax.model import prefill as prefill_lib
 from ahn_jax.model import transformer
 from ahn_jax.model.transformer import init_model
@@ -77,21 +79,28 @@ def test_all_logits_chunks_take_the_cache_in_place(model, monkeypatch):
     assert len(handed) == 3 and _untouched(cache) and all(map(_deleted, handed[1:]))
 
 
-def test_every_row_running_every_chunk_gives_what_leaving_ended_rows_out_does(model):
+@pytest.mark.parametrize("ahn_type", AHN_TYPES)
+def test_every_row_running_every_chunk_gives_what_leaving_ended_rows_out_does(
+    ahn_type, monkeypatch
+):
     """On an accelerator each chunk runs every row (rows taken out would be a second cache in
-    device memory); a row whose prompt has ended gets no new tokens and keeps its logits."""
+    device memory): a row whose prompt has ended gets no new tokens, keeps its logits and its
+    cache as they were, and decodes on the same."""
+    model = init_model(tiny_config(ahn_type=ahn_type), ahn_output_init="normal")
     ids = np.asarray(random_ids(64, (3, max(LENGTHS)), seed=4))
-    left_out = model.prefill(ids, model.init_cache(3, window=6, sinks=2), lengths=LENGTHS,
-                             chunk_size=5)  # fmt: skip
-    graphdef, state = nnx.split(model)
 
-    def extend(chunk, cache, new, all_logits=False, *, in_place):
-        return transformer.extend_cache(graphdef, state, chunk, cache, new, all_logits)
+    def prefill_and_decode():
+        cache = model.init_cache(3, window=6, sinks=2)
+        logits, cache = model.prefill(ids, cache, lengths=LENGTHS, chunk_size=5, donate=True)
+        after, _ = model.decode_step(jnp.asarray([1, 2, 3]), cache)
+        return logits, cache, after
 
-    every_row = prefill_lib.in_chunks(
-        extend, ids, model.init_cache(3, window=6, sinks=2), np.asarray(LENGTHS), 5,
-        all_logits=False, on_chunk=None, leave_ended_rows_out=False,
-    )  # fmt: skip
+    left_out = prefill_and_decode()
+    handed = _spy_on_donations(monkeypatch)
+    monkeypatch.setattr(prefill_lib, "ended_rows_left_out", lambda: False)
+    every_row = prefill_and_decode()
+    # three chunks of all 3 rows, none taken out and put back
+    assert len(handed) == 3 + 1 and all(c.batch_size == 3 for c in handed)
     assert every_row[1].length.tolist() == list(LENGTHS)
     for got, want in zip(jax.tree.leaves(every_row), jax.tree.leaves(left_out), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
