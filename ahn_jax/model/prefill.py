@@ -38,17 +38,16 @@ def ended_rows_left_out() -> bool:
 def in_chunks(
     extend, input_ids, cache, lengths: np.ndarray, chunk_size: int, *, all_logits: bool,
     on_chunk: Callable[[int, int], None] | None, donate: bool = False,
-    leave_ended_rows_out: bool | None = None,
 ):  # fmt: skip
     """(logits, cache) of `AhnModel.prefill`, its arguments checked: each row's logits at its
     last prompt token [B, V], or every position's [B, P, V] with `all_logits`. `extend(ids,
     cache, new, all_logits=False, *, in_place)` advances a cache by one chunk, donating it when
-    `in_place`; the caller's cache is donated only with `donate`. With `leave_ended_rows_out`
-    (default: `ended_rows_left_out()`) a chunk runs only the rows whose prompts reach it, else
-    every row (the ended ones with no new tokens, which leaves them as they were)."""
+    `in_place`; the caller's cache is donated only with `donate`. Where `ended_rows_left_out()`
+    a chunk runs only the rows whose prompts reach it, else every row (the ended ones with no new
+    tokens, which leaves them as they were)."""
     B, P = input_ids.shape
     owned = donate  # whether `cache` may be donated: after the first chunk it is the loop's own
-    leave_out = ended_rows_left_out() if leave_ended_rows_out is None else leave_ended_rows_out
+    leave_out = ended_rows_left_out()
 
     def computed(logits, start, total):
         if on_chunk is not None:  # waits for the chunk: what the caller reports has been done
