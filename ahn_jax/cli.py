@@ -104,15 +104,15 @@ def training_run_note(path: str | Path) -> str:
         return ""
     latest = steps[-1]
     # a step whose config cannot be read: the paper's objective
-    what = EXPORT_NAMES[_objective(run / "checkpoints" / str(latest)) or "distill"]
-    exported = run / what
+    objective = _objective(run / "checkpoints" / str(latest)) or "distill"
+    exported = run / EXPORT_NAMES[objective]
     if not (exported / "config.json").is_file():
         where = (
             f"the run writes its weights to {exported} when it finishes; to export them at its "
             f"latest step, {latest}, run its training command again with "
             f"--config.train.steps={latest}"
         )
-    elif what == "ahn":
+    elif objective == "distill":
         where = f"its exported AHN weights are {exported}: --ahn {exported} with the base --model"
     else:
         where = f"its exported model is {exported}"

@@ -45,7 +45,7 @@ def main(argv) -> None:
         steps = f"nothing to run (train.steps = {run.train.steps}; checkpoint of step "
         steps += f"{run.start_step})"
     print(f"done: {steps}; weights in {run.output_dir / what}")
-    if what == "ahn" and fixed_window(run.train) is None:
+    if run.train.objective == "distill" and fixed_window(run.train) is None:
         window, sinks = export_attention(run.train)
         print(
             f"its config.json records inference window {window}, sinks {sinks} (the evaluation "

@@ -37,6 +37,7 @@ import numpy as np
 from absl import app
 from tqdm import tqdm
 
+from ahn_jax import cli
 from ahn_jax.checkpoints.pretrained import from_pretrained
 from ahn_jax.config import DataConfig, TrainConfig
 from ahn_jax.costs import formulas, table
@@ -92,7 +93,7 @@ def distil(config, ahn_type: str, base: Path, out: Path, quick: bool, name: str 
     start = time.perf_counter()
     run = loop.train(config)
     print(f"   done in {time.perf_counter() - start:.0f} s")
-    return run.output_dir / "ahn"
+    return run.output_dir / cli.EXPORT_NAMES["distill"]
 
 
 def cost_columns(model_config, mode: str, window: int, sinks: int) -> dict[str, float]:

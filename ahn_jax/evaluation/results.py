@@ -30,7 +30,8 @@ TASK_KINDS = {
     "perplexity": "perplexity",
 }
 TASKS = tuple(TASK_KINDS)
-GRID_TASKS = tuple(task for task, kind in TASK_KINDS.items() if kind in ("passkey", "niah"))
+GRID_KINDS = ("passkey", "niah")  # the kinds scored on a grid of lengths and depths
+GRID_TASKS = tuple(task for task, kind in TASK_KINDS.items() if kind in GRID_KINDS)
 PREDICTIONS, RUN_SETTINGS = "predictions.jsonl", "run.json"
 
 

@@ -13,7 +13,7 @@ from absl import app
 from ahn_jax.checkpoints import recorded as recorded_lib
 from ahn_jax.config import ModelConfig
 from ahn_jax.evaluation import ruler, tasks
-from ahn_jax.evaluation.results import Settings, UnknownKindError, task_kind
+from ahn_jax.evaluation.results import GRID_KINDS, Settings, UnknownKindError, task_kind
 from ahn_jax.inference import run_mode
 from ahn_jax.inference.generation_config import read_generation_config
 
@@ -133,7 +133,7 @@ def _task_extras(task, max_length, grid: dict, niah: dict, bucket) -> dict:
     """The settings only some tasks have: the pass-key and NIAH grid and seed, the NIAH needles
     (RULER's counts and kinds), perplexity's position bucket."""
     kind = task_kind(task)
-    if kind in ("passkey", "niah"):
+    if kind in GRID_KINDS:
         extra = _grid(**grid)
         if kind == "niah":
             try:

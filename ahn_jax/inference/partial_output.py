@@ -40,7 +40,7 @@ class PartialOutput:
             return {}
         before = records[0].get("settings") if isinstance(records[0], dict) else None
         # a setting recorded as None and one not recorded are the same (setting_changes)
-        if before != self.settings and (changed := _changes(before, self.settings)):
+        if changed := _changes(before, self.settings):
             raise app.UsageError(
                 f"{self.path} holds the completions of a run with other settings ({changed}): "
                 "delete it to start over, or run that command again"

@@ -110,9 +110,7 @@ def check(
     """Compile the train step of a config ConfigDict for `topology`; XLA's per-device memory
     figures and the verdict. `mesh_spec`, `seq_len`, `batch_size` and `kernels` default to the
     config's."""
-    model_config = validate_config(config)
-    if kernels is not None:
-        model_config = _with_kernels(model_config, kernels)
+    model_config = _with_kernels(validate_config(config), kernels)
     t = TrainConfig.from_dict(config.train.to_dict())
     seq_len = seq_len or t.seq_len
     batch_size = batch_size or t.batch_size
@@ -149,21 +147,26 @@ def check(
         if isinstance(init, dict):
             return init
         opt_state = _abstract(jax.eval_shape(tx.init, trainable), init.output_shardings)
-        batch_shape = (batch_size, seq_len)
-        rows = NamedSharding(mesh, partition_spec(("batch", None), batch_shape, mesh))
-        batch = {k: jax.ShapeDtypeStruct(batch_shape, jnp.int32, sharding=rows)
-                 for k in ("input_ids", "labels")}  # fmt: skip
+        batch = {k: _by_rows((batch_size, seq_len), mesh) for k in ("input_ids", "labels")}
         # each row's window and sinks, split over the mesh like the rows
-        per_row = NamedSharding(mesh, partition_spec(("batch",), (batch_size,), mesh))
-        for k in ("window", "sinks"):
-            batch[k] = jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=per_row)
+        batch.update({k: _by_rows((batch_size,), mesh) for k in ("window", "sinks")})
         scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
         step = make_train_step(graphdef, tx, schedule, t)
         lowered = step.lower(trainable, opt_state, frozen, batch, scalar)
         return _compile(lowered, report)
 
 
-def _with_kernels(model_config, kernels: str):
+def _by_rows(shape, mesh):
+    """An abstract int32 input whose first axis is the batch's rows, split over the mesh as they
+    are."""
+    spec = partition_spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
+    return jax.ShapeDtypeStruct(shape, jnp.int32, sharding=NamedSharding(mesh, spec))
+
+
+def _with_kernels(model_config, kernels: str | None):
+    """The model config with `kernels` (None: as it is)."""
+    if kernels is None:
+        return model_config
     if kernels not in KERNELS:
         raise ConfigError(f"--kernels must be one of {KERNELS}, got {kernels!r}")
     return model_config.replace(kernels=kernels)
@@ -225,9 +228,7 @@ def check_prefill(
 def _check_cached(config, topology, mesh_spec, batch_size, sizes, chunk_size=None, kernels=None):
     """check_decode (`chunk_size` None) or check_prefill: one call of the cached path, its cache
     (`sizes`: W, S, max_length) donated."""
-    model_config = validate_config(config)
-    if kernels is not None:
-        model_config = _with_kernels(model_config, kernels)
+    model_config = _with_kernels(validate_config(config), kernels)
     window, sinks, max_length = sizes
     if model_config.full_attention_layers and max_length is None:
         raise ConfigError(
@@ -242,16 +243,12 @@ def _check_cached(config, topology, mesh_spec, batch_size, sizes, chunk_size=Non
     step = "decode" if chunk_size is None else "prefill"
     with jax.set_mesh(mesh), pallas_mode.compiled_for_tpu():
         cache = _abstract_cache(model, mesh, batch_size, window, sinks, max_length)
-
-        def by_rows(shape, dtype=jnp.int32):
-            spec = partition_spec(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
-            return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
-
+        per_row = _by_rows((batch_size,), mesh)  # the tokens of a decode step; prefill's counts
         if step == "decode":
-            call, inputs = functools.partial(decode_step, graphdef), (by_rows((batch_size,)),)
+            call, inputs = functools.partial(decode_step, graphdef), (per_row,)
         else:  # every row's chunk whole: the program is the same whatever the cache holds
             call = functools.partial(extend_cache, graphdef)
-            inputs = (by_rows((batch_size, chunk_size)), by_rows((batch_size,)))
+            inputs = (_by_rows((batch_size, chunk_size), mesh), per_row)
         logits = partition_spec(("batch", "vocab"), (batch_size, model_config.vocab_size), mesh)
         # the cache leaves as it came: left to XLA, the gates came back split over `tensor`
         # and were written anew every step instead of in place
